@@ -1,0 +1,58 @@
+// GPU fused max-pool + ghost batch norm + CELU (+ residual add), forward and backward.
+// CPU reference: kernels/ref/pool.h, ghost_bn.h, elementwise.h (composed).
+//
+// Forward (training), per conv output x [N][H][W][C] fp16:
+//   p   = maxpool_P(x)                    [N][H/P][W/P][C]  (P = 1: no pool, p = x)
+//   per group g of `group` images: mean_g, var_g (biased) over images x pixels, fp32
+//   out = celu((p - mean_g) * invstd_g + bias, alpha) (+ residual)
+// Saved for backward: p (when P > 1; the caller's buffer), save_mean / save_invstd [G][C].
+// Running statistics [G][C] updated in PyTorch convention (unbiased variance).
+#pragma once
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+namespace kernels {
+
+struct GhostBnCeluShape {
+  int N, H, W, C;  // conv output (before pooling)
+  int P;           // pool window and stride: 1 (none) or 2
+  int group;       // images per BN group; N % group == 0
+  int groups() const { return N / group; }
+  int Ho() const { return H / P; }
+  int Wo() const { return W / P; }
+};
+
+struct GhostBnCeluParams {
+  float eps, momentum, alpha;
+};
+
+// Scratch the forward and backward need ([G][C][2] fp32 partial sums); from the arena.
+size_t ghost_bn_celu_scratch_bytes(const GhostBnCeluShape& s);
+
+// pooled may alias x when P == 1. residual (may be null) has the output's shape.
+void pool_bn_celu_forward_train(const __half* x, __half* pooled, const float* bias,
+                                const __half* residual, __half* out, float* save_mean,
+                                float* save_invstd, float* running_mean, float* running_var,
+                                float* scratch, const GhostBnCeluShape& s,
+                                const GhostBnCeluParams& prm, cudaStream_t stream);
+
+// Evaluation: statistics mean/var [C] (averaged over groups); no state is changed.
+// pooled_scratch [N][Ho][Wo][C] (may alias x when P == 1).
+void pool_bn_celu_forward_eval(const __half* x, __half* pooled_scratch, const float* bias,
+                               const float* mean, const float* var, const __half* residual,
+                               __half* out, const GhostBnCeluShape& s,
+                               const GhostBnCeluParams& prm, cudaStream_t stream);
+
+// Backward. dout [N][Ho][Wo][C]; dout2 (may be null) is added to dout first (the residual
+// branch's gradient). Writes dx [N][H][W][C] (zeros where the pool did not pick) and
+// dbias [C] fp32 (overwritten). x, pooled, save_* as saved by the forward.
+void pool_bn_celu_backward(const __half* dout, const __half* dout2, const __half* x,
+                           const __half* pooled, const float* bias, const float* save_mean,
+                           const float* save_invstd, __half* dx, float* dbias, float* scratch,
+                           const GhostBnCeluShape& s, const GhostBnCeluParams& prm,
+                           cudaStream_t stream);
+
+// Averages per-group running statistics [G][C] into [C] (for evaluation).
+void bn_average_groups(const float* per_group, float* avg, int G, int C, cudaStream_t stream);
+
+}  // namespace kernels
