@@ -1,0 +1,65 @@
+// The training driver's interface, shared by the CPU reference engine (net/resnet9_cpu.*) and
+// the GPU engine (net/resnet9_gpu.*), so bench/speedrun.cpp treats both alike.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/cifar10.h"
+#include "net/recipe.h"
+
+namespace net {
+
+struct TrainConfig {
+  Recipe recipe;
+  bool eval_every_epoch = false;  // untimed per-epoch test accuracy (TTA), for curves
+};
+
+struct EpochLog {
+  int epoch = 0;             // 1-based
+  double train_loss = 0;     // mean per image over the epoch
+  double train_acc = 0;      // fraction of training images classified right (augmented)
+  double test_acc_tta = -1;  // -1 when not evaluated this epoch
+  double lr = 0;             // weight lr at the end of the epoch (already divided by batch)
+  double seconds = 0;        // wall/GPU time of the epoch's training steps
+};
+
+struct RunResult {
+  uint64_t seed = 0;
+  std::vector<EpochLog> epochs;
+  double test_acc = -1;      // EMA model, no TTA
+  double test_acc_tta = -1;  // EMA model, mirror TTA (the reported number)
+  // Time split (seconds). train: timed region per recipes.md (whitening stats + training);
+  // eval: the final evaluation (TTA included); timed_total = train + eval.
+  double train_seconds = 0, eval_seconds = 0, timed_total_seconds = 0;
+  bool diverged = false;
+  long diverged_step = -1;
+  bool warmup = false;  // a warm-up run, reported but excluded from the summary
+};
+
+// One-time costs, reported separately from the timed region.
+struct SetupTimes {
+  double data_read_seconds = 0;  // reading the files (filled by the caller)
+  double upload_seconds = 0;     // host -> device copy and dataset preparation
+  double init_seconds = 0;       // allocations, handles, autotuning, graph capture
+};
+
+using ProgressFn = std::function<void(const EpochLog&)>;
+
+// A trainer is built once (setup), then run for several seeds.
+class Trainer {
+ public:
+  virtual ~Trainer() = default;
+  virtual RunResult run(uint64_t seed, const ProgressFn& progress) = 0;
+  virtual SetupTimes setup_times() const = 0;
+  virtual std::string device_name() const = 0;
+};
+
+// CPU reference engine (always available). Keeps a reference to `data`.
+std::unique_ptr<Trainer> make_cpu_trainer(const data::Cifar10& data, const TrainConfig& cfg);
+// GPU engine; only defined when built with CUDA (CS_HAVE_CUDA). Keeps a reference to `data`.
+std::unique_ptr<Trainer> make_gpu_trainer(const data::Cifar10& data, const TrainConfig& cfg);
+
+}  // namespace net
