@@ -5,7 +5,7 @@
 # Extra arguments go to speedrun (e.g. ./run.sh --runs 20).
 set -euo pipefail
 cd "$(dirname "$0")"
-CS_WITH_TORCH=0 tools/install_deps.sh
+CS_WITH_TORCH=0 CS_WITH_FUZZ=0 tools/install_deps.sh
 tools/build.sh
 build_dir=${CS_BUILD_DIR:-build}
 

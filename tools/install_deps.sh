@@ -4,6 +4,10 @@
 set -euo pipefail
 
 packages=(cmake ninja-build g++ catch2 nlohmann-json3-dev python3-numpy python3-pil)
+if [[ "${CS_WITH_FUZZ:-1}" == 1 ]]; then
+  # libFuzzer and the sanitizer runtimes (tools/fuzz_and_sanitize.sh).
+  packages+=(clang libclang-rt-14-dev)
+fi
 if [[ "${CS_WITH_TORCH:-1}" == 1 ]]; then
   # The PyTorch cross-check of the CPU reference (tests/torch_crosscheck_test.cpp).
   packages+=(python3-torch)
