@@ -7,6 +7,7 @@
 //   out = celu((p - mean_g) * invstd_g + bias, alpha) (+ residual)
 // Saved for backward: p (when P > 1; the caller's buffer), save_mean / save_invstd [G][C].
 // Running statistics [G][C] updated in PyTorch convention (unbiased variance).
+// C must be even (channel pairs are accessed as half2) and fp16 tensors 4-byte aligned.
 #pragma once
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -29,15 +30,17 @@ struct GhostBnCeluParams {
 // Scratch the forward and backward need ([G][C][2] fp32 partial sums); from the arena.
 size_t ghost_bn_celu_scratch_bytes(const GhostBnCeluShape& s);
 
-// pooled may alias x when P == 1. residual (may be null) has the output's shape.
+// pooled is written only when P > 1 (with P == 1 it is ignored: pass x or null).
+// residual (may be null) has the output's shape. running_* may be null (not updated).
 void pool_bn_celu_forward_train(const __half* x, __half* pooled, const float* bias,
                                 const __half* residual, __half* out, float* save_mean,
                                 float* save_invstd, float* running_mean, float* running_var,
                                 float* scratch, const GhostBnCeluShape& s,
                                 const GhostBnCeluParams& prm, cudaStream_t stream);
 
-// Evaluation: statistics mean/var [C] (averaged over groups); no state is changed.
-// pooled_scratch [N][Ho][Wo][C] (may alias x when P == 1).
+// Evaluation: statistics mean/var [C] (averaged over groups); no state is changed; any N
+// (s.group is not used). pooled_scratch [N][Ho][Wo][C] receives the pooled input when P > 1;
+// it may be null (one pass pools on the fly) and is ignored when P == 1.
 void pool_bn_celu_forward_eval(const __half* x, __half* pooled_scratch, const float* bias,
                                const float* mean, const float* var, const __half* residual,
                                __half* out, const GhostBnCeluShape& s,
@@ -45,7 +48,8 @@ void pool_bn_celu_forward_eval(const __half* x, __half* pooled_scratch, const fl
 
 // Backward. dout [N][Ho][Wo][C]; dout2 (may be null) is added to dout first (the residual
 // branch's gradient). Writes dx [N][H][W][C] (zeros where the pool did not pick) and
-// dbias [C] fp32 (overwritten). x, pooled, save_* as saved by the forward.
+// dbias [C] fp32 (overwritten). x, pooled, save_* as saved by the forward (pooled is ignored
+// when P == 1: the pooled values are x).
 void pool_bn_celu_backward(const __half* dout, const __half* dout2, const __half* x,
                            const __half* pooled, const float* bias, const float* save_mean,
                            const float* save_invstd, __half* dx, float* dbias, float* scratch,

@@ -20,8 +20,8 @@ void head_backward(const __half* x, const float* feat, const float* w, const flo
                    __half* dx, float* dw, int N, int C, float scale, cudaStream_t stream);
 
 // loss_sum (device scalar, fp32) = sum over the batch of the smoothed cross-entropy;
-// dlogits [N][K] as ref::xent_smooth_forward_backward; correct (device int, may be null) =
-// number of argmax hits. All outputs overwritten.
+// dlogits [N][K] (may be null) as ref::xent_smooth_forward_backward; correct (device int, may
+// be null) = number of argmax hits. All outputs overwritten.
 void xent_smooth_forward_backward(const float* logits, const uint8_t* labels, int N, int K,
                                   float smoothing, float* dlogits, float* loss_sum, int* correct,
                                   cudaStream_t stream);

@@ -1,0 +1,444 @@
+// GPU fused max-pool + ghost batch norm + CELU (+ residual), forward and backward.
+// See kernels/bn.cuh for the math and the layouts.
+//
+// Training forward = memset(scratch) -> pool_stats (pool, per-group sums) -> finalize (mean,
+// invstd, running stats) -> apply (normalise, bias, CELU, residual).
+// Backward = memset(scratch) -> backward_stats (per-group sums of dz and dz * xhat) -> dbias ->
+// backward_apply (dx, routed through the pool).
+//
+// Threads own channel pairs (half2) so a warp reads 64 consecutive channels (128 bytes) of
+// one pixel: C must be even. Statistics are fp32; the forward sums are shifted by one sample
+// of the group (its first value) so that var = E[(x-K)^2] - E[x-K]^2 does not cancel when the
+// mean is large compared to the spread.
+#include "kernels/bn.cuh"
+
+#include <cstdint>
+
+#include "kernels/common.cuh"
+
+namespace kernels {
+
+namespace {
+
+// Statistics kernels: block (32, 8); x covers 32 channel pairs, y covers 8 pixels; grid
+// (channel tiles, groups, slices of the group's pixels).
+constexpr int kStatX = 32, kStatY = 8;
+constexpr int kPairsPerTile = kStatX;  // 64 channels per block
+// Aim for about this many pixels per thread in the statistics kernels.
+constexpr int kPixelsPerThread = 32;
+
+struct Geometry {
+  int N, H, W, C, P, group, Ho, Wo;
+  int pix_per_group;  // group * Ho * Wo (values per channel in one group)
+};
+
+Geometry geometry(const GhostBnCeluShape& s) {
+  Geometry g;
+  g.N = s.N;
+  g.H = s.H;
+  g.W = s.W;
+  g.C = s.C;
+  g.P = s.P;
+  g.group = s.group;
+  g.Ho = s.Ho();
+  g.Wo = s.Wo();
+  g.pix_per_group = s.group * g.Ho * g.Wo;
+  return g;
+}
+
+// Max over the P x P window of x for the pooled pixel (img, oy, ox), channels c, c+1. With
+// P == 1 it is the value itself. `arg` receives the window position (ky * P + kx) of the
+// first maximum scanning rows then columns (ref::maxpool_backward's tie rule).
+__device__ __forceinline__ float2 window_max(const __half* __restrict__ x, const Geometry& g,
+                                             long img, int oy, int ox, int c, int* arg0,
+                                             int* arg1) {
+  float2 best = make_float2(0.0f, 0.0f);
+  int a0 = 0, a1 = 0;
+  for (int ky = 0; ky < g.P; ky++)
+    for (int kx = 0; kx < g.P; kx++) {
+      const long off = ((img * g.H + (long)oy * g.P + ky) * g.W + (long)ox * g.P + kx) * g.C + c;
+      const float2 v = load_half2(x + off);
+      const int pos = ky * g.P + kx;
+      if (pos == 0 || v.x > best.x) {
+        best.x = v.x;
+        a0 = pos;
+      }
+      if (pos == 0 || v.y > best.y) {
+        best.y = v.y;
+        a1 = pos;
+      }
+    }
+  *arg0 = a0;
+  *arg1 = a1;
+  return best;
+}
+
+// Forward statistics. Pools (writes `pooled` when P > 1) and adds, per (group, channel),
+// sum(v - K) and sum((v - K)^2) into scratch[g][c][0..1], K = x[first pixel of group][c].
+__global__ void __launch_bounds__(kStatX * kStatY)
+    pool_stats_kernel(const __half* __restrict__ x, __half* __restrict__ pooled, Geometry g,
+                      float* __restrict__ scratch) {
+  __shared__ float4 red[kStatY][kStatX];
+  const int cp = blockIdx.x * kPairsPerTile + threadIdx.x;  // channel pair
+  const int grp = blockIdx.y;
+  const bool active = 2 * cp < g.C;
+  const int c = 2 * cp;
+  float2 s1 = make_float2(0.0f, 0.0f), s2 = make_float2(0.0f, 0.0f);
+  if (active) {
+    const float2 K = load_half2(x + (long)grp * g.group * g.H * g.W * g.C + c);
+    const int HWo = g.Ho * g.Wo;
+    for (int p = blockIdx.z * kStatY + threadIdx.y; p < g.pix_per_group; p += gridDim.z * kStatY) {
+      const int q = p / HWo;
+      const int r = p - q * HWo;
+      const int img = grp * g.group + q;
+      const int oy = r / g.Wo, ox = r - oy * g.Wo;
+      int a0, a1;
+      const float2 v = window_max(x, g, img, oy, ox, c, &a0, &a1);
+      if (g.P > 1) store_half2(pooled + ((long)img * HWo + r) * g.C + c, v.x, v.y);
+      // Statistics of the fp16 values the rest of the layer sees (pooled is stored in fp16,
+      // and max of fp16 values is exact, so v is already representable).
+      const float d0 = v.x - K.x, d1 = v.y - K.y;
+      s1.x += d0;
+      s1.y += d1;
+      s2.x += d0 * d0;
+      s2.y += d1 * d1;
+    }
+  }
+  red[threadIdx.y][threadIdx.x] = make_float4(s1.x, s1.y, s2.x, s2.y);
+  __syncthreads();
+  if (threadIdx.y == 0 && active) {
+    float4 t = red[0][threadIdx.x];
+    for (int j = 1; j < kStatY; j++) {
+      const float4 u = red[j][threadIdx.x];
+      t.x += u.x;
+      t.y += u.y;
+      t.z += u.z;
+      t.w += u.w;
+    }
+    float* dst = scratch + ((long)grp * g.C + c) * 2;
+    atomicAdd(dst + 0, t.x);  // channel c: sum, sum of squares
+    atomicAdd(dst + 1, t.z);
+    atomicAdd(dst + 2, t.y);  // channel c + 1
+    atomicAdd(dst + 3, t.w);
+  }
+}
+
+// One thread per (group, channel): mean, invstd, running statistics (PyTorch convention).
+__global__ void finalize_stats_kernel(const __half* __restrict__ x, Geometry g,
+                                      const float* __restrict__ scratch, float* save_mean,
+                                      float* save_invstd, float* running_mean, float* running_var,
+                                      float eps, float momentum) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;  // grp * C + c
+  const int G = g.N / g.group;
+  if (i >= G * g.C) return;
+  const int grp = i / g.C, c = i % g.C;
+  const float K = __half2float(x[(long)grp * g.group * g.H * g.W * g.C + c]);
+  const double n = (double)g.pix_per_group;
+  const double m1 = (double)scratch[2 * i] / n;        // E[v - K]
+  double var = (double)scratch[2 * i + 1] / n - m1 * m1;  // biased
+  if (var < 0.0) var = 0.0;
+  const float mean = (float)(K + m1);
+  save_mean[i] = mean;
+  save_invstd[i] = (float)(1.0 / sqrt(var + (double)eps));
+  if (running_mean != nullptr && running_var != nullptr) {
+    const double unbiased = n > 1.0 ? var * n / (n - 1.0) : var;
+    running_mean[i] = (float)((1.0 - momentum) * running_mean[i] + (double)momentum * mean);
+    running_var[i] = (float)((1.0 - momentum) * running_var[i] + (double)momentum * unbiased);
+  }
+}
+
+// out = celu((p - mean) * invstd + bias) (+ residual) over all pooled values, two channels per
+// thread. p = window max of `in` with window P_in (1 when `in` is already pooled).
+// kEval: statistics are mean/var [C]; otherwise mean/invstd per group [G][C].
+// pooled_out (may be null) receives p when P_in > 1.
+template <bool kEval>
+__global__ void apply_kernel(const __half* __restrict__ in, Geometry g, __half* pooled_out,
+                             const float* __restrict__ bias, const float* __restrict__ mean,
+                             const float* __restrict__ stat2, float eps, float alpha,
+                             const __half* __restrict__ residual, __half* __restrict__ out) {
+  const int pairs = g.C / 2;
+  const int total = g.N * g.Ho * g.Wo * pairs;  // < 2^30, checked by the launchers
+  const int HWo = g.Ho * g.Wo;
+  for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < total; e += gridDim.x * blockDim.x) {
+    const int pix = e / pairs;  // img * HWo + r
+    const int c = 2 * (e - pix * pairs);
+    const int img = pix / HWo;
+    const int r = pix - img * HWo;
+    const int oy = r / g.Wo, ox = r - oy * g.Wo;
+    int a0, a1;
+    const float2 v = window_max(in, g, img, oy, ox, c, &a0, &a1);
+    const long off = (long)pix * g.C + c;
+    if (pooled_out != nullptr && g.P > 1) store_half2(pooled_out + off, v.x, v.y);
+    float m0, m1, is0, is1;
+    if (kEval) {
+      m0 = mean[c];
+      m1 = mean[c + 1];
+      is0 = 1.0f / sqrtf(stat2[c] + eps);
+      is1 = 1.0f / sqrtf(stat2[c + 1] + eps);
+    } else {
+      const int s = (img / g.group) * g.C + c;
+      m0 = mean[s];
+      m1 = mean[s + 1];
+      is0 = stat2[s];
+      is1 = stat2[s + 1];
+    }
+    float y0 = celu((v.x - m0) * is0 + bias[c], alpha);
+    float y1 = celu((v.y - m1) * is1 + bias[c + 1], alpha);
+    if (residual != nullptr) {
+      const float2 res = load_half2(residual + off);
+      y0 += res.x;
+      y1 += res.y;
+    }
+    store_half2(out + off, y0, y1);
+  }
+}
+
+// Backward statistics: per (group, channel) sum(dz) and sum(dz * xhat) into scratch[g][c][0..1],
+// dz = (dout + dout2) * celu'(z), z = xhat + bias, xhat = (p - mean) * invstd.
+__global__ void __launch_bounds__(kStatX * kStatY)
+    backward_stats_kernel(const __half* __restrict__ dout, const __half* __restrict__ dout2,
+                          const __half* __restrict__ p_in, Geometry g,
+                          const float* __restrict__ bias, const float* __restrict__ save_mean,
+                          const float* __restrict__ save_invstd, float alpha,
+                          float* __restrict__ scratch) {
+  __shared__ float4 red[kStatY][kStatX];
+  const int cp = blockIdx.x * kPairsPerTile + threadIdx.x;
+  const int grp = blockIdx.y;
+  const bool active = 2 * cp < g.C;
+  const int c = 2 * cp;
+  float2 sdz = make_float2(0.0f, 0.0f), sdzx = make_float2(0.0f, 0.0f);
+  if (active) {
+    const float m0 = save_mean[grp * g.C + c], m1 = save_mean[grp * g.C + c + 1];
+    const float is0 = save_invstd[grp * g.C + c], is1 = save_invstd[grp * g.C + c + 1];
+    const float b0 = bias[c], b1 = bias[c + 1];
+    const long base = (long)grp * g.pix_per_group;  // first pooled pixel of the group
+    for (int p = blockIdx.z * kStatY + threadIdx.y; p < g.pix_per_group; p += gridDim.z * kStatY) {
+      const long off = (base + p) * g.C + c;
+      float2 d = load_half2(dout + off);
+      if (dout2 != nullptr) {
+        const float2 d2 = load_half2(dout2 + off);
+        d.x += d2.x;
+        d.y += d2.y;
+      }
+      const float2 v = load_half2(p_in + off);
+      const float xh0 = (v.x - m0) * is0, xh1 = (v.y - m1) * is1;
+      const float dz0 = d.x * celu_grad(xh0 + b0, alpha), dz1 = d.y * celu_grad(xh1 + b1, alpha);
+      sdz.x += dz0;
+      sdz.y += dz1;
+      sdzx.x += dz0 * xh0;
+      sdzx.y += dz1 * xh1;
+    }
+  }
+  red[threadIdx.y][threadIdx.x] = make_float4(sdz.x, sdz.y, sdzx.x, sdzx.y);
+  __syncthreads();
+  if (threadIdx.y == 0 && active) {
+    float4 t = red[0][threadIdx.x];
+    for (int j = 1; j < kStatY; j++) {
+      const float4 u = red[j][threadIdx.x];
+      t.x += u.x;
+      t.y += u.y;
+      t.z += u.z;
+      t.w += u.w;
+    }
+    float* dst = scratch + ((long)grp * g.C + c) * 2;
+    atomicAdd(dst + 0, t.x);
+    atomicAdd(dst + 1, t.z);
+    atomicAdd(dst + 2, t.y);
+    atomicAdd(dst + 3, t.w);
+  }
+}
+
+// dbias[c] = sum over groups of sum(dz) (the bias gradient is the sum of dz over the batch).
+__global__ void dbias_kernel(const float* __restrict__ scratch, int G, int C,
+                             float* __restrict__ dbias) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  float s = 0.0f;
+  for (int grp = 0; grp < G; grp++) s += scratch[((long)grp * C + c) * 2];
+  dbias[c] = s;
+}
+
+// dx for every pooled value (two channels per thread):
+//   dp = invstd * (dz - sum(dz) / n - xhat * sum(dz * xhat) / n)
+// then routed to the first maximum of its P x P window of x (zeros elsewhere); with P == 1,
+// dx = dp. Every dx value is written exactly once since H, W are multiples of P.
+__global__ void backward_apply_kernel(const __half* __restrict__ dout,
+                                      const __half* __restrict__ dout2,
+                                      const __half* __restrict__ x, Geometry g,
+                                      const float* __restrict__ bias,
+                                      const float* __restrict__ save_mean,
+                                      const float* __restrict__ save_invstd, float alpha,
+                                      const float* __restrict__ scratch, __half* __restrict__ dx) {
+  const int pairs = g.C / 2;
+  const int total = g.N * g.Ho * g.Wo * pairs;  // < 2^30, checked by the launcher
+  const int HWo = g.Ho * g.Wo;
+  const float inv_n = 1.0f / (float)g.pix_per_group;
+  for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < total; e += gridDim.x * blockDim.x) {
+    const int pix = e / pairs;
+    const int c = 2 * (e - pix * pairs);
+    const int img = pix / HWo;
+    const int r = pix - img * HWo;
+    const int oy = r / g.Wo, ox = r - oy * g.Wo;
+    const int s = (img / g.group) * g.C + c;
+    int a0, a1;
+    const float2 v = window_max(x, g, img, oy, ox, c, &a0, &a1);
+    const long off = (long)pix * g.C + c;
+    float2 d = load_half2(dout + off);
+    if (dout2 != nullptr) {
+      const float2 d2 = load_half2(dout2 + off);
+      d.x += d2.x;
+      d.y += d2.y;
+    }
+    const float is0 = save_invstd[s], is1 = save_invstd[s + 1];
+    const float xh0 = (v.x - save_mean[s]) * is0, xh1 = (v.y - save_mean[s + 1]) * is1;
+    const float dz0 = d.x * celu_grad(xh0 + bias[c], alpha);
+    const float dz1 = d.y * celu_grad(xh1 + bias[c + 1], alpha);
+    const float dp0 = is0 * (dz0 - scratch[2 * s] * inv_n - xh0 * scratch[2 * s + 1] * inv_n);
+    const float dp1 =
+        is1 * (dz1 - scratch[2 * s + 2] * inv_n - xh1 * scratch[2 * s + 3] * inv_n);
+    for (int ky = 0; ky < g.P; ky++)
+      for (int kx = 0; kx < g.P; kx++) {
+        const int pos = ky * g.P + kx;
+        const long dx_off =
+            (((long)img * g.H + (long)oy * g.P + ky) * g.W + (long)ox * g.P + kx) * g.C + c;
+        store_half2(dx + dx_off, pos == a0 ? dp0 : 0.0f, pos == a1 ? dp1 : 0.0f);
+      }
+  }
+}
+
+void check_shape(const GhostBnCeluShape& s, const char* fn) {
+  require(s.N > 0 && s.H > 0 && s.W > 0 && s.C > 0, fn, "empty shape");
+  require(s.C % 2 == 0, fn, "C must be even (channel pairs are loaded as half2)");
+  require(s.P == 1 || s.P == 2, fn, "pool window P must be 1 or 2");
+  require(s.H % s.P == 0 && s.W % s.P == 0, fn, "H and W must be multiples of P");
+  // The kernels index channel pairs of the pooled tensor with 32-bit ints (memory offsets are
+  // 64-bit): 2^30 pairs leave room for the grid stride without overflow.
+  require((long)s.N * (s.H / s.P) * (s.W / s.P) * (s.C / 2) < (1L << 30), fn,
+          "tensor too large for 32-bit pair indices");
+}
+
+void check_groups(const GhostBnCeluShape& s, const char* fn) {
+  require(s.group > 0 && s.N % s.group == 0, fn, "N must be a multiple of group");
+  require(s.groups() <= 65535, fn, "at most 65535 groups (grid y)");
+}
+
+void check_aligned(const void* p, const char* fn) {
+  require(((uintptr_t)p & 3) == 0, fn, "fp16 tensors must be 4-byte aligned (half2 access)");
+}
+
+// Grid of the statistics kernels: enough pixel slices that each thread sees about
+// kPixelsPerThread pixels of its group.
+dim3 stats_grid(const Geometry& g) {
+  const int tiles = ceil_div(g.C / 2, kPairsPerTile);
+  int slices = ceil_div(g.pix_per_group, kStatY * kPixelsPerThread);
+  if (slices < 1) slices = 1;
+  if (slices > 65535) slices = 65535;
+  return dim3(tiles, g.N / g.group, slices);
+}
+
+constexpr int kApplyThreads = 256;
+
+}  // namespace
+
+size_t ghost_bn_celu_scratch_bytes(const GhostBnCeluShape& s) {
+  return sizeof(float) * 2 * (size_t)s.groups() * s.C;
+}
+
+void pool_bn_celu_forward_train(const __half* x, __half* pooled, const float* bias,
+                                const __half* residual, __half* out, float* save_mean,
+                                float* save_invstd, float* running_mean, float* running_var,
+                                float* scratch, const GhostBnCeluShape& s,
+                                const GhostBnCeluParams& prm, cudaStream_t stream) {
+  const char* fn = "pool_bn_celu_forward_train";
+  check_shape(s, fn);
+  check_groups(s, fn);
+  require(s.P == 1 || pooled != nullptr, fn, "pooled is needed when P > 1");
+  check_aligned(x, fn);
+  check_aligned(out, fn);
+  if (s.P > 1) check_aligned(pooled, fn);
+  if (residual != nullptr) check_aligned(residual, fn);
+  const Geometry g = geometry(s);
+  CUDA_CHECK(cudaMemsetAsync(scratch, 0, ghost_bn_celu_scratch_bytes(s), stream));
+  pool_stats_kernel<<<stats_grid(g), dim3(kStatX, kStatY), 0, stream>>>(x, pooled, g, scratch);
+  CUDA_CHECK_LAUNCH();
+  const int GC = s.groups() * s.C;
+  finalize_stats_kernel<<<ceil_div(GC, 256), 256, 0, stream>>>(
+      x, g, scratch, save_mean, save_invstd, running_mean, running_var, prm.eps, prm.momentum);
+  CUDA_CHECK_LAUNCH();
+  // The apply pass reads the pooled tensor (window 1).
+  Geometry ga = g;
+  ga.P = 1;
+  ga.H = g.Ho;
+  ga.W = g.Wo;
+  const __half* p = s.P > 1 ? pooled : x;
+  const long total = (long)s.N * g.Ho * g.Wo * (s.C / 2);
+  apply_kernel<false><<<grid_stride_blocks(total, kApplyThreads), kApplyThreads, 0, stream>>>(
+      p, ga, nullptr, bias, save_mean, save_invstd, prm.eps, prm.alpha, residual, out);
+  CUDA_CHECK_LAUNCH();
+}
+
+void pool_bn_celu_forward_eval(const __half* x, __half* pooled_scratch, const float* bias,
+                               const float* mean, const float* var, const __half* residual,
+                               __half* out, const GhostBnCeluShape& s,
+                               const GhostBnCeluParams& prm, cudaStream_t stream) {
+  const char* fn = "pool_bn_celu_forward_eval";
+  // Evaluation uses no groups, so any N works (the test set is not a multiple of 32).
+  GhostBnCeluShape se = s;
+  se.group = 1;
+  check_shape(se, fn);
+  check_aligned(x, fn);
+  check_aligned(out, fn);
+  if (s.P > 1 && pooled_scratch != nullptr) check_aligned(pooled_scratch, fn);
+  if (residual != nullptr) check_aligned(residual, fn);
+  Geometry g = geometry(se);
+  const long total = (long)s.N * g.Ho * g.Wo * (s.C / 2);
+  apply_kernel<true><<<grid_stride_blocks(total, kApplyThreads), kApplyThreads, 0, stream>>>(
+      x, g, pooled_scratch, bias, mean, var, prm.eps, prm.alpha, residual, out);
+  CUDA_CHECK_LAUNCH();
+}
+
+void pool_bn_celu_backward(const __half* dout, const __half* dout2, const __half* x,
+                           const __half* pooled, const float* bias, const float* save_mean,
+                           const float* save_invstd, __half* dx, float* dbias, float* scratch,
+                           const GhostBnCeluShape& s, const GhostBnCeluParams& prm,
+                           cudaStream_t stream) {
+  const char* fn = "pool_bn_celu_backward";
+  check_shape(s, fn);
+  check_groups(s, fn);
+  require(s.P == 1 || pooled != nullptr, fn, "pooled is needed when P > 1");
+  check_aligned(dout, fn);
+  check_aligned(x, fn);
+  check_aligned(dx, fn);
+  if (dout2 != nullptr) check_aligned(dout2, fn);
+  if (s.P > 1) check_aligned(pooled, fn);
+  const Geometry g = geometry(s);
+  CUDA_CHECK(cudaMemsetAsync(scratch, 0, ghost_bn_celu_scratch_bytes(s), stream));
+  // With P == 1 the pooled values are x itself (the forward does not write `pooled` then).
+  const __half* p = s.P > 1 ? pooled : x;
+  backward_stats_kernel<<<stats_grid(g), dim3(kStatX, kStatY), 0, stream>>>(
+      dout, dout2, p, g, bias, save_mean, save_invstd, prm.alpha, scratch);
+  CUDA_CHECK_LAUNCH();
+  dbias_kernel<<<ceil_div(s.C, 256), 256, 0, stream>>>(scratch, s.groups(), s.C, dbias);
+  CUDA_CHECK_LAUNCH();
+  const long total = (long)s.N * g.Ho * g.Wo * (s.C / 2);
+  backward_apply_kernel<<<grid_stride_blocks(total, kApplyThreads), kApplyThreads, 0, stream>>>(
+      dout, dout2, x, g, bias, save_mean, save_invstd, prm.alpha, scratch, dx);
+  CUDA_CHECK_LAUNCH();
+}
+
+__global__ void bn_average_groups_kernel(const float* __restrict__ per_group,
+                                         float* __restrict__ avg, int G, int C) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  float s = 0.0f;
+  for (int grp = 0; grp < G; grp++) s += per_group[(long)grp * C + c];
+  avg[c] = s / (float)G;
+}
+
+void bn_average_groups(const float* per_group, float* avg, int G, int C, cudaStream_t stream) {
+  require(G > 0 && C > 0, "bn_average_groups", "need G, C > 0");
+  bn_average_groups_kernel<<<ceil_div(C, 256), 256, 0, stream>>>(per_group, avg, G, C);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace kernels

@@ -1,0 +1,73 @@
+// Small device and launch helpers shared by the kernel families (kernels/*.cu).
+#pragma once
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "engine/cuda_check.h"
+
+namespace kernels {
+
+template <typename T>
+__host__ __device__ constexpr T ceil_div(T a, T b) {
+  return (a + b - 1) / b;
+}
+
+// Blocks for a grid-stride loop over n items: one item per thread up to a cap, beyond which
+// each thread loops. 4096 blocks of 256 threads keep every SM of an H100 (132 SMs) busy.
+inline int grid_stride_blocks(long n, int block, int max_blocks = 4096) {
+  long blocks = ceil_div(n, (long)block);
+  if (blocks < 1) blocks = 1;
+  return (int)(blocks < max_blocks ? blocks : max_blocks);
+}
+
+// Host-side precondition check of a launcher: throws with the launcher's name, so a wrong
+// shape fails at the call instead of corrupting memory.
+inline void require(bool ok, const char* fn, const char* what) {
+  if (!ok) throw std::invalid_argument(std::string(fn) + ": " + what);
+}
+
+__device__ __forceinline__ float warp_reduce_sum(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+__device__ __forceinline__ int warp_reduce_sum(int v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Sum over the whole block; every thread gets the result. blockDim.x must be a multiple of 32
+// (at most 1024) and every thread of the block must call it (it synchronises). `shared` holds
+// 32 floats; it may be reused after the call returns.
+__device__ __forceinline__ float block_reduce_sum(float v, float* shared) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int warps = blockDim.x >> 5;
+  v = warp_reduce_sum(v);
+  __syncthreads();  // `shared` may still be read by a previous call
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  float total = lane < warps ? shared[lane] : 0.0f;
+  return warp_reduce_sum(total);
+}
+
+// CELU (alpha > 0): x for x > 0, alpha * (exp(x / alpha) - 1) otherwise; expm1f keeps the
+// small negative values exact, like the CPU reference.
+__device__ __forceinline__ float celu(float x, float alpha) {
+  return x > 0.0f ? x : alpha * expm1f(x / alpha);
+}
+// d celu / d x at the CELU input x.
+__device__ __forceinline__ float celu_grad(float x, float alpha) {
+  return x > 0.0f ? 1.0f : expf(x / alpha);
+}
+
+__device__ __forceinline__ float2 load_half2(const __half* p) {
+  return __half22float2(*reinterpret_cast<const __half2*>(p));
+}
+__device__ __forceinline__ void store_half2(__half* p, float a, float b) {
+  *reinterpret_cast<__half2*>(p) = __floats2half2_rn(a, b);
+}
+
+}  // namespace kernels

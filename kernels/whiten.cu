@@ -1,0 +1,130 @@
+// GPU whitening: the 3x3 patch covariance of the training images (for the filters, solved on
+// the host) and the fixed whitening conv 3 -> 27 (stored as 32 channels). See whiten.cuh.
+#include "kernels/whiten.cuh"
+
+#include "kernels/common.cuh"
+
+namespace kernels {
+
+namespace {
+
+constexpr int kImage = 32, kChannels = 3, kR = 3;
+constexpr int kD = kChannels * kR * kR;          // 27 values per patch, ordered (c, ky, kx)
+constexpr int kPairs = kD * (kD + 1) / 2;        // 378 entries of the upper triangle
+constexpr int kPatchesPerRow = kImage - kR + 1;  // 30 (no padding)
+constexpr int kPatchesPerImage = kPatchesPerRow * kPatchesPerRow;
+constexpr int kCovThreads = 384;                 // >= kPairs, a multiple of 32
+constexpr int kCovTile = 128;                    // patches staged in shared memory at a time
+constexpr int kCovMaxBlocks = 264;               // 2 per SM on an H100
+
+// Each block walks tiles of patches (grid-stride), stages them in shared memory as fp32, and
+// thread t < 378 accumulates entry t of the upper triangle of sum p p^T in double (a product
+// of two fp16 values is exact in fp32; the sums over ~9M patches need double). At the end each
+// block adds its share, already divided by (count - 1), to cov with fp32 atomics: at most
+// kCovMaxBlocks terms per entry, so the fp32 sum loses ~1e-6 relative.
+__global__ void __launch_bounds__(kCovThreads)
+    patch_covariance_kernel(const __half* __restrict__ x, long num_patches, double inv_count_m1,
+                            float* __restrict__ cov) {
+  __shared__ float tile[kCovTile][kD];
+  // Entry (i, j), i <= j, of this thread.
+  int pi = 0, pj = 0;
+  const bool owns_pair = threadIdx.x < kPairs;
+  if (owns_pair) {
+    int rem = threadIdx.x;
+    while (rem >= kD - pi) {
+      rem -= kD - pi;
+      pi++;
+    }
+    pj = pi + rem;
+  }
+  double acc = 0.0;
+  const long num_tiles = ceil_div(num_patches, (long)kCovTile);
+  for (long t = blockIdx.x; t < num_tiles; t += gridDim.x) {
+    const long first = t * kCovTile;
+    for (int k = threadIdx.x; k < kCovTile * kD; k += blockDim.x) {
+      const int lp = k / kD, d = k % kD;
+      const long p = first + lp;
+      float v = 0.0f;  // patches past the end contribute zero
+      if (p < num_patches) {
+        const long img = p / kPatchesPerImage;
+        const int r = (int)(p % kPatchesPerImage);
+        const int oy = r / kPatchesPerRow, ox = r % kPatchesPerRow;
+        const int c = d / (kR * kR), ky = (d / kR) % kR, kx = d % kR;
+        v = __half2float(x[((img * kImage + oy + ky) * kImage + ox + kx) * kChannels + c]);
+      }
+      tile[lp][d] = v;
+    }
+    __syncthreads();
+    if (owns_pair) {
+      for (int lp = 0; lp < kCovTile; lp++) acc += (double)(tile[lp][pi] * tile[lp][pj]);
+    }
+    __syncthreads();  // the tile is overwritten by the next iteration
+  }
+  if (owns_pair) {
+    const float v = (float)(acc * inv_count_m1);
+    atomicAdd(&cov[pi * kD + pj], v);
+    if (pi != pj) atomicAdd(&cov[pj * kD + pi], v);
+  }
+}
+
+// One block per output row (image b, row y): the three input rows it needs (zero padded to
+// 34 columns, mirrored when asked) and the 27 filters sit in shared memory. Thread t computes
+// channel t % 32 of pixels t / 32, t / 32 + 8, ...: a warp writes one pixel's 32 channels
+// (64 contiguous bytes). Filter reads w[k][...] are 27 floats apart across the warp: 27 is odd,
+// so the 32 lanes hit 32 different banks.
+constexpr int kConvThreads = 256;
+__global__ void __launch_bounds__(kConvThreads)
+    whiten_conv_kernel(const __half* __restrict__ x, const float* __restrict__ w,
+                       __half* __restrict__ y, bool mirror) {
+  constexpr int Cout = kWhitenChannelsPadded;
+  __shared__ float s_w[kD * kD];                          // [27][3][3][3] KRSC
+  __shared__ float s_in[kR][kImage + 2][kChannels];       // rows oy-1..oy+1, cols -1..32
+  const int b = blockIdx.x / kImage, oy = blockIdx.x % kImage;
+  for (int i = threadIdx.x; i < kD * kD; i += blockDim.x) s_w[i] = w[i];
+  for (int i = threadIdx.x; i < kR * (kImage + 2) * kChannels; i += blockDim.x) {
+    const int c = i % kChannels, col = (i / kChannels) % (kImage + 2), r = i / (kChannels * (kImage + 2));
+    const int iy = oy + r - 1, ix = col - 1;
+    float v = 0.0f;  // zero padding
+    if (iy >= 0 && iy < kImage && ix >= 0 && ix < kImage) {
+      const int sx = mirror ? kImage - 1 - ix : ix;
+      v = __half2float(x[(((long)b * kImage + iy) * kImage + sx) * kChannels + c]);
+    }
+    s_in[r][col][c] = v;
+  }
+  __syncthreads();
+  const int k = threadIdx.x % Cout;
+  for (int ox = threadIdx.x / Cout; ox < kImage; ox += kConvThreads / Cout) {
+    float acc = 0.0f;
+    if (k < kD) {
+      const float* wk = s_w + k * kD;
+      for (int ky = 0; ky < kR; ky++)
+        for (int kx = 0; kx < kR; kx++)
+          for (int c = 0; c < kChannels; c++)
+            acc += wk[(ky * kR + kx) * kChannels + c] * s_in[ky][ox + kx][c];
+    }
+    y[(((long)b * kImage + oy) * kImage + ox) * Cout + k] = __float2half_rn(acc);
+  }
+}
+
+}  // namespace
+
+void patch_covariance(const __half* x, int n, float* cov, cudaStream_t stream) {
+  require(n >= 1, "patch_covariance", "need n >= 1 images");
+  const long num_patches = (long)n * kPatchesPerImage;
+  CUDA_CHECK(cudaMemsetAsync(cov, 0, sizeof(float) * kD * kD, stream));
+  const long tiles = ceil_div(num_patches, (long)kCovTile);
+  const int blocks = (int)(tiles < kCovMaxBlocks ? tiles : kCovMaxBlocks);
+  patch_covariance_kernel<<<blocks, kCovThreads, 0, stream>>>(
+      x, num_patches, 1.0 / ((double)num_patches - 1.0), cov);
+  CUDA_CHECK_LAUNCH();
+}
+
+void whiten_conv_forward(const __half* x, const float* w, __half* y, int B, bool mirror,
+                         cudaStream_t stream) {
+  require(B >= 0, "whiten_conv_forward", "B must be >= 0");
+  if (B == 0) return;
+  whiten_conv_kernel<<<B * kImage, kConvThreads, 0, stream>>>(x, w, y, mirror);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace kernels

@@ -1,0 +1,155 @@
+// Helpers for the GPU tests and kernel_bench: device detection (for the skip rule), an RAII
+// device buffer, and float <-> fp16 transfers. No Catch2 here, so bench/ can use it too.
+//
+// Every GPU test starts with GPU_TEST_SKIP_WITHOUT_DEVICE(): without a usable device it prints
+// "SKIPPED: no CUDA device (<reason>)" and returns. CTest marks a test whose output contains
+// "SKIPPED:" as skipped (CI has no GPU).
+#pragma once
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "engine/cuda_check.h"
+#include "engine/gpu_info.h"
+
+namespace gpu_test {
+
+// True when a CUDA device can be used; otherwise *why (if given) says why not.
+inline bool gpu_available(std::string* why = nullptr) {
+  static const cs::GpuInfo info = cs::detect_gpu();  // probe the driver once per process
+  if (!info.available && why != nullptr) *why = info.reason;
+  return info.available;
+}
+
+// Owns n elements of device memory (uninitialised). Move-only.
+template <typename T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t n) : n_(n) {
+    if (n > 0) CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&p_), n * sizeof(T)));
+  }
+  ~DeviceBuffer() {
+    if (p_ != nullptr) cudaFree(p_);  // no check: destructors must not throw
+  }
+  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(o.p_), n_(o.n_) {
+    o.p_ = nullptr;
+    o.n_ = 0;
+  }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      if (p_ != nullptr) cudaFree(p_);
+      p_ = o.p_;
+      n_ = o.n_;
+      o.p_ = nullptr;
+      o.n_ = 0;
+    }
+    return *this;
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  T* get() const { return p_; }
+  size_t size() const { return n_; }
+  size_t bytes() const { return n_ * sizeof(T); }
+  void zero() {
+    if (n_ > 0) CUDA_CHECK(cudaMemset(p_, 0, bytes()));
+  }
+
+ private:
+  T* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+// Owns a cuDNN handle bound to the default stream.
+class CudnnHandle {
+ public:
+  CudnnHandle() { CUDNN_CHECK(cudnnCreate(&h_)); }
+  ~CudnnHandle() { cudnnDestroy(h_); }
+  CudnnHandle(const CudnnHandle&) = delete;
+  CudnnHandle& operator=(const CudnnHandle&) = delete;
+  cudnnHandle_t get() const { return h_; }
+
+ private:
+  cudnnHandle_t h_ = nullptr;
+};
+
+// Rounds every value to fp16 and back: the exact inputs an fp16 kernel sees, so the CPU
+// reference can be fed the same numbers.
+inline std::vector<float> round_to_half(const std::vector<float>& x) {
+  std::vector<float> y(x.size());
+  for (size_t i = 0; i < x.size(); i++) y[i] = __half2float(__float2half_rn(x[i]));
+  return y;
+}
+
+// Host float -> device fp16 (round to nearest).
+inline DeviceBuffer<__half> upload_half(const std::vector<float>& x) {
+  std::vector<__half> h(x.size());
+  for (size_t i = 0; i < x.size(); i++) h[i] = __float2half_rn(x[i]);
+  DeviceBuffer<__half> d(x.size());
+  if (!h.empty()) CUDA_CHECK(cudaMemcpy(d.get(), h.data(), d.bytes(), cudaMemcpyHostToDevice));
+  return d;
+}
+
+template <typename T>
+DeviceBuffer<T> upload(const std::vector<T>& x) {
+  DeviceBuffer<T> d(x.size());
+  if (!x.empty()) CUDA_CHECK(cudaMemcpy(d.get(), x.data(), d.bytes(), cudaMemcpyHostToDevice));
+  return d;
+}
+
+// Device fp16 (n values from p) -> host float. Synchronous (waits for prior work).
+inline std::vector<float> download_half(const __half* p, size_t n) {
+  std::vector<__half> h(n);
+  if (n > 0) CUDA_CHECK(cudaMemcpy(h.data(), p, n * sizeof(__half), cudaMemcpyDeviceToHost));
+  std::vector<float> y(n);
+  for (size_t i = 0; i < n; i++) y[i] = __half2float(h[i]);
+  return y;
+}
+inline std::vector<float> download_half(const DeviceBuffer<__half>& d) {
+  return download_half(d.get(), d.size());
+}
+
+template <typename T>
+std::vector<T> download(const T* p, size_t n) {
+  std::vector<T> y(n);
+  if (n > 0) CUDA_CHECK(cudaMemcpy(y.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
+  return y;
+}
+template <typename T>
+std::vector<T> download(const DeviceBuffer<T>& d) {
+  return download(d.get(), d.size());
+}
+
+// Copies host data into an existing device buffer (sizes must match).
+inline void upload_half_into(const std::vector<float>& x, __half* dst) {
+  std::vector<__half> h(x.size());
+  for (size_t i = 0; i < x.size(); i++) h[i] = __float2half_rn(x[i]);
+  if (!h.empty())
+    CUDA_CHECK(cudaMemcpy(dst, h.data(), h.size() * sizeof(__half), cudaMemcpyHostToDevice));
+}
+
+// True when every value is finite (no NaN / Inf).
+inline bool all_finite(const std::vector<float>& x) {
+  for (float v : x)
+    if (!std::isfinite(v)) return false;
+  return true;
+}
+
+}  // namespace gpu_test
+
+// Printed with printf (not a Catch2 macro) so it shows in the output of a passing test.
+#define GPU_TEST_SKIP_WITHOUT_DEVICE()                                      \
+  do {                                                                      \
+    std::string gpu_test_why_;                                              \
+    if (!::gpu_test::gpu_available(&gpu_test_why_)) {                       \
+      std::printf("SKIPPED: no CUDA device (%s)\n", gpu_test_why_.c_str()); \
+      std::fflush(stdout);                                                  \
+      return;                                                               \
+    }                                                                       \
+  } while (0)
