@@ -5,6 +5,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "data/cifar10.h"
@@ -55,6 +56,9 @@ class Trainer {
   virtual RunResult run(uint64_t seed, const ProgressFn& progress) = 0;
   virtual SetupTimes setup_times() const = 0;
   virtual std::string device_name() const = 0;
+  // Engine facts for logs and the JSON record, as name/value pairs (the GPU engine: whether
+  // the step runs as a CUDA graph, arena peak bytes, library versions, conv algorithms).
+  virtual std::vector<std::pair<std::string, std::string>> engine_info() const { return {}; }
 };
 
 // CPU reference engine (always available). Keeps a reference to `data`.
