@@ -1,0 +1,53 @@
+// The GPU engine's per-process state: one non-blocking stream with the cuDNN and cuBLAS
+// handles bound to it, and CUDA-event timing. Everything the engine launches goes on stream(),
+// so work is ordered without device-wide syncs and can be captured into a CUDA graph.
+#pragma once
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cudnn.h>
+
+#include <string>
+
+namespace cs {
+
+class GpuContext {
+ public:
+  explicit GpuContext(int device = 0);  // sets the device, creates stream and handles
+  ~GpuContext();
+  GpuContext(const GpuContext&) = delete;
+  GpuContext& operator=(const GpuContext&) = delete;
+
+  cudaStream_t stream() const { return stream_; }
+  cudnnHandle_t cudnn() const { return cudnn_; }
+  cublasHandle_t cublas() const { return cublas_; }
+  void sync() const;  // cudaStreamSynchronize, checked
+
+  // "cuDNN 9.x.y, cuBLAS 13.x.y, CUDA runtime 13.0, driver 13.0" for logs and JSON.
+  static std::string library_versions();
+
+ private:
+  cudaStream_t stream_ = nullptr;
+  cudnnHandle_t cudnn_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+};
+
+// A CUDA event with timing enabled. record() enqueues it on a stream; the time between two
+// recorded events is measured on the GPU's timeline, so host-side launch overhead between them
+// counts only where it leaves the GPU idle.
+class CudaEvent {
+ public:
+  CudaEvent();
+  ~CudaEvent();
+  CudaEvent(const CudaEvent&) = delete;
+  CudaEvent& operator=(const CudaEvent&) = delete;
+  void record(cudaStream_t stream);
+  cudaEvent_t get() const { return ev_; }
+
+ private:
+  cudaEvent_t ev_ = nullptr;
+};
+
+// Seconds from `start` to `stop`; waits for `stop` to complete.
+double elapsed_seconds(const CudaEvent& start, const CudaEvent& stop);
+
+}  // namespace cs

@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# One-call GPU check, for a short session on a GPU machine:
+#   tools/gpu_check.sh OUTDIR [DATA_DIR] [RUNS]
+# 1. setup: nvidia-smi, GPU name, cuDNN / cuBLAS / cuRAND versions; LD_LIBRARY_PATH from the
+#    Python wheels (site-packages/nvidia/*/lib) when present; builds build-gpu with cmake +
+#    ninja unless build/ (or $BUILD_DIR) already holds cs_gpu_tests, kernel_bench and speedrun.
+# 2. sanitizer: the GPU tests once under compute-sanitizer memcheck (the test binary directly).
+# 3. gpu_tests: the GPU tests normally (ctest -L gpu when the build's CTest files point at this
+#    checkout, else the test binary directly: a build carried from another path has stale
+#    absolute paths in its CTest files).
+# 4. kernel_bench: kernel_bench --json OUTDIR/kernel_bench.json.
+# 5. speedrun (only with DATA_DIR or $CIFAR10_DIR): speedrun --device cuda --runs RUNS (default
+#    3) --json OUTDIR/speedrun.json. DATA_DIR may be the cifar-10-batches-bin folder, its parent,
+#    or the repo's compressed pack (a folder with build_bins.py, e.g. ../shared/cifar10), which
+#    is unpacked to /tmp/cifar10-bins first.
+# Every step has a time limit and its log in OUTDIR; a failing step does not stop the others;
+# the exit status is non-zero if any step failed. OUTDIR holds at most 8 files: setup.log,
+# sanitizer.log, gpu_tests.log, kernel_bench.log, kernel_bench.json, speedrun.log,
+# speedrun.json, summary.txt. Steps 1-4 take under 5 minutes on an H100 with a prebuilt build/.
+set -u -o pipefail
+
+if [ $# -lt 1 ]; then
+  echo "usage: $0 OUTDIR [DATA_DIR] [RUNS]" >&2
+  exit 2
+fi
+OUT=$1
+DATA=${2:-${CIFAR10_DIR:-}}
+RUNS=${3:-3}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+cd "$ROOT" || exit 2
+
+# Time limits per step (seconds).
+T_BUILD=${T_BUILD:-900}
+T_SANITIZER=${T_SANITIZER:-180}
+T_TESTS=${T_TESTS:-120}
+T_BENCH=${T_BENCH:-90}
+T_SPEEDRUN=${T_SPEEDRUN:-600}
+
+NAMES=()
+RESULTS=()
+SECONDS_TAKEN=()
+FAILED=0
+
+# run_step NAME LIMIT LOG CMD...: runs CMD with a time limit, output appended to OUTDIR/LOG.
+run_step() {
+  local name=$1 limit=$2 log=$3
+  shift 3
+  local t0 rc status
+  t0=$(date +%s)
+  echo "=== $name: $* (limit ${limit}s)" | tee -a "$OUT/$log"
+  timeout --kill-after=15 "$limit" "$@" 2>&1 | tee -a "$OUT/$log"
+  rc=$?
+  if [ $rc -eq 0 ]; then
+    status=ok
+  elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+    status="TIMEOUT (${limit}s)"
+    FAILED=1
+  else
+    status="FAIL (rc $rc)"
+    FAILED=1
+  fi
+  echo "=== $name: $status" | tee -a "$OUT/$log"
+  NAMES+=("$name")
+  RESULTS+=("$status")
+  SECONDS_TAKEN+=("$(($(date +%s) - t0))")
+}
+
+skip_step() {
+  NAMES+=("$1")
+  RESULTS+=("skipped: $2")
+  SECONDS_TAKEN+=("0")
+}
+
+# ---------------------------------------------------------------- 1. setup
+LOG=setup.log
+: >"$OUT/$LOG"
+{
+  echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+  echo "commit: $(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
+  nvidia-smi || echo "nvidia-smi failed"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
+  command -v nvcc >/dev/null && nvcc --version | tail -2
+} 2>&1 | tee -a "$OUT/$LOG"
+
+NV=$(python3 -c "import nvidia; print(list(nvidia.__path__)[0])" 2>/dev/null || true)
+if [ -n "$NV" ] && [ -d "$NV" ]; then
+  for lib in "$NV"/*/lib; do
+    [ -d "$lib" ] && LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  done
+  export LD_LIBRARY_PATH
+  echo "python nvidia wheels: $NV" | tee -a "$OUT/$LOG"
+fi
+echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}" | tee -a "$OUT/$LOG"
+{
+  echo "library versions:"
+  python3 -m pip list 2>/dev/null | grep -Ei '^nvidia-(cudnn|cublas|curand|cuda-runtime)' || true
+  for h in "${NV:-/nonexistent}"/cudnn/include/cudnn_version.h /usr/local/cuda/include/cudnn_version.h \
+           /usr/include/cudnn_version.h /usr/include/x86_64-linux-gnu/cudnn_version.h; do
+    if [ -f "$h" ]; then
+      echo "  $h: cuDNN $(awk '/#define CUDNN_MAJOR /{a=$3} /#define CUDNN_MINOR /{b=$3} /#define CUDNN_PATCHLEVEL /{c=$3} END{print a"."b"."c}' "$h")"
+    fi
+  done
+  LDP=${LD_LIBRARY_PATH:-}
+  for d in ${LDP//:/ } /usr/local/cuda/lib64 /usr/local/cuda/lib; do
+    for f in "$d"/libcudnn.so.* "$d"/libcublas.so.* "$d"/libcurand.so.*; do
+      [ -e "$f" ] && echo "  $f"
+    done
+  done | sort -u
+} 2>&1 | tee -a "$OUT/$LOG"
+
+BUILD=${BUILD_DIR:-}
+if [ -z "$BUILD" ]; then
+  if [ -x build/cs_gpu_tests ] && [ -x build/kernel_bench ] && [ -x build/speedrun ]; then
+    BUILD=build
+  else
+    BUILD=build-gpu
+  fi
+fi
+if [ -x "$BUILD/cs_gpu_tests" ] && [ -x "$BUILD/kernel_bench" ] && [ -x "$BUILD/speedrun" ]; then
+  echo "using prebuilt binaries in $BUILD" | tee -a "$OUT/$LOG"
+  skip_step build "prebuilt $BUILD"
+else
+  CMAKE_ARGS=(-S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release)
+  [ -n "$NV" ] && [ -d "$NV/cudnn" ] && CMAKE_ARGS+=(-DCUDNN_ROOT="$NV/cudnn")
+  [ -n "${CUDA_ARCHS:-}" ] && CMAKE_ARGS+=(-DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCHS")
+  run_step build "$T_BUILD" "$LOG" bash -c \
+    "cmake $(printf '%q ' "${CMAKE_ARGS[@]}") && ninja -C $(printf '%q' "$BUILD") cs_gpu_tests kernel_bench speedrun"
+fi
+
+# ---------------------------------------------------------------- 2. sanitizer
+SANITIZER=$(command -v compute-sanitizer || true)
+for c in /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer; do
+  [ -z "$SANITIZER" ] && [ -x "$c" ] && SANITIZER=$c
+done
+: >"$OUT/sanitizer.log"
+if [ ! -x "$BUILD/cs_gpu_tests" ]; then
+  skip_step sanitizer "no $BUILD/cs_gpu_tests"
+elif [ -z "$SANITIZER" ]; then
+  echo "compute-sanitizer not found" | tee -a "$OUT/sanitizer.log"
+  skip_step sanitizer "compute-sanitizer not found"
+else
+  run_step sanitizer "$T_SANITIZER" sanitizer.log \
+    "$SANITIZER" --tool memcheck --report-api-errors no --error-exitcode 1 \
+    "$BUILD/cs_gpu_tests" "[gpu]"
+fi
+
+# ---------------------------------------------------------------- 3. GPU tests
+: >"$OUT/gpu_tests.log"
+if [ ! -x "$BUILD/cs_gpu_tests" ]; then
+  skip_step gpu_tests "no $BUILD/cs_gpu_tests"
+elif [ -f "$BUILD/CTestTestfile.cmake" ] && grep -q "$ROOT/" "$BUILD/CTestTestfile.cmake" &&
+     command -v ctest >/dev/null; then
+  run_step gpu_tests "$T_TESTS" gpu_tests.log ctest --test-dir "$BUILD" -L gpu --output-on-failure
+else
+  run_step gpu_tests "$T_TESTS" gpu_tests.log "$BUILD/cs_gpu_tests" "[gpu]" --durations yes
+fi
+
+# ---------------------------------------------------------------- 4. kernel bench
+: >"$OUT/kernel_bench.log"
+if [ -x "$BUILD/kernel_bench" ]; then
+  run_step kernel_bench "$T_BENCH" kernel_bench.log "$BUILD/kernel_bench" --json "$OUT/kernel_bench.json"
+else
+  skip_step kernel_bench "no $BUILD/kernel_bench"
+fi
+
+# ---------------------------------------------------------------- 5. speedrun
+: >"$OUT/speedrun.log"
+if [ -z "$DATA" ]; then
+  skip_step speedrun "no DATA_DIR argument or CIFAR10_DIR"
+elif [ ! -x "$BUILD/speedrun" ]; then
+  skip_step speedrun "no $BUILD/speedrun"
+else
+  if [ -f "$DATA/build_bins.py" ] && [ ! -d "$DATA/cifar-10-batches-bin" ]; then
+    # The compressed pack: rebuild the official binary files (checked against SHA256SUMS).
+    run_step unpack_data 120 speedrun.log python3 "$DATA/build_bins.py" /tmp/cifar10-bins "$DATA"
+    DATA=/tmp/cifar10-bins
+  fi
+  run_step speedrun "$T_SPEEDRUN" speedrun.log \
+    "$BUILD/speedrun" --device cuda --data "$DATA" --runs "$RUNS" --json "$OUT/speedrun.json"
+fi
+
+# ---------------------------------------------------------------- summary
+{
+  echo
+  printf '%-14s %-40s %s\n' step result seconds
+  for i in "${!NAMES[@]}"; do
+    printf '%-14s %-40s %s\n' "${NAMES[$i]}" "${RESULTS[$i]}" "${SECONDS_TAKEN[$i]}"
+  done
+  if [ $FAILED -ne 0 ]; then echo "gpu_check: FAILED"; else echo "gpu_check: all steps passed"; fi
+} | tee "$OUT/summary.txt"
+exit $FAILED
