@@ -312,15 +312,16 @@ void bench_whiten(std::vector<Row>& rows) {
     const auto x = round_to_half(random_vec((long)n * S * S * 3, 2, -2.0f, 2.0f));
     auto d_x = upload_half(x);
     DeviceBuffer<float> d_cov(27 * 27);
+    DeviceBuffer<char> d_cov_scratch(kernels::patch_covariance_scratch_bytes(n));  // n >= k
     const int k = 100;  // slice: the covariance of the first 100 images
-    kernels::patch_covariance(d_x.get(), k, d_cov.get(), 0);
+    kernels::patch_covariance(d_x.get(), k, d_cov.get(), d_cov_scratch.get(), 0);
     const auto got = download(d_cov);
     std::vector<double> cov((size_t)27 * 27);
     ref::patch_covariance(x.data(), k, S, S, 3, 3, cov.data());
     const std::vector<float> want(cov.begin(), cov.end());
     add_check(row.check, "covariance of images 0..99", rel_l2(got.data(), want.data(), 27 * 27), kTolF32);
     row.bytes = 2.0 * n * S * S * 3;
-    time_row(row, [&] { kernels::patch_covariance(d_x.get(), n, d_cov.get(), 0); });
+    time_row(row, [&] { kernels::patch_covariance(d_x.get(), n, d_cov.get(), d_cov_scratch.get(), 0); });
     rows.push_back(row);
   }
   for (int mirror = 0; mirror <= 1; mirror++) {

@@ -1,5 +1,10 @@
 // cuDNN convolutions (legacy cuDNN 9 API): NHWC fp16 tensors, KRSC fp16 filters, fp32
 // accumulation with tensor-core math, stride 1, pad (R - 1) / 2. See engine/conv_cudnn.h.
+//
+// Only algorithms cuDNN reports as deterministic (CUDNN_DETERMINISTIC: no atomics, e.g. not
+// BWD_DATA_ALGO_0 or BWD_FILTER_ALGO_0/3) are chosen, so a training step gives bitwise the same
+// result every time it runs: fp16 activations make the step chaotic, and tiny summation-order
+// differences grow into percent-level gradient differences through flipped max-pool choices.
 #include "engine/conv_cudnn.h"
 
 #include <stdexcept>
@@ -82,8 +87,8 @@ CudnnConv::CudnnConv(cudnnHandle_t handle, const ConvDesc& d)
     if (out_n != d.N || out_c != d.K || out_h != d.H || out_w != d.W)
       throw std::logic_error("CudnnConv: cuDNN's output shape differs from [N][H][W][K]");
 
-    // Until autotune() runs, cuDNN's heuristic choice (first supported entry) is used, so an
-    // untuned convolution still works.
+    // Until autotune() runs, cuDNN's heuristic choice (first supported deterministic entry) is
+    // used, so an untuned convolution still works.
     int returned = 0;
     cudnnConvolutionFwdAlgoPerf_t fwd[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
     CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(handle_, x_desc_, w_desc_, conv_desc_,
@@ -91,11 +96,11 @@ CudnnConv::CudnnConv(cudnnHandle_t handle, const ConvDesc& d)
                                                        &returned, fwd));
     bool found = false;
     for (int i = 0; i < returned && !found; i++)
-      if (fwd[i].status == CUDNN_STATUS_SUCCESS) {
+      if (fwd[i].status == CUDNN_STATUS_SUCCESS && fwd[i].determinism == CUDNN_DETERMINISTIC) {
         fwd_algo_ = fwd[i].algo;
         found = true;
       }
-    if (!found) throw std::runtime_error("CudnnConv: cuDNN has no forward algorithm");
+    if (!found) throw std::runtime_error("CudnnConv: cuDNN has no deterministic forward algorithm");
 
     cudnnConvolutionBwdDataAlgoPerf_t bd[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
     CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
@@ -103,11 +108,12 @@ CudnnConv::CudnnConv(cudnnHandle_t handle, const ConvDesc& d)
         &returned, bd));
     found = false;
     for (int i = 0; i < returned && !found; i++)
-      if (bd[i].status == CUDNN_STATUS_SUCCESS) {
+      if (bd[i].status == CUDNN_STATUS_SUCCESS && bd[i].determinism == CUDNN_DETERMINISTIC) {
         bwd_data_algo_ = bd[i].algo;
         found = true;
       }
-    if (!found) throw std::runtime_error("CudnnConv: cuDNN has no backward-data algorithm");
+    if (!found)
+      throw std::runtime_error("CudnnConv: cuDNN has no deterministic backward-data algorithm");
 
     cudnnConvolutionBwdFilterAlgoPerf_t bf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
     CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
@@ -115,11 +121,12 @@ CudnnConv::CudnnConv(cudnnHandle_t handle, const ConvDesc& d)
         &returned, bf));
     found = false;
     for (int i = 0; i < returned && !found; i++)
-      if (bf[i].status == CUDNN_STATUS_SUCCESS) {
+      if (bf[i].status == CUDNN_STATUS_SUCCESS && bf[i].determinism == CUDNN_DETERMINISTIC) {
         bwd_filter_algo_ = bf[i].algo;
         found = true;
       }
-    if (!found) throw std::runtime_error("CudnnConv: cuDNN has no backward-filter algorithm");
+    if (!found)
+      throw std::runtime_error("CudnnConv: cuDNN has no deterministic backward-filter algorithm");
 
     CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(handle_, x_desc_, w_desc_, conv_desc_,
                                                         y_desc_, fwd_algo_, &fwd_ws_));
@@ -148,8 +155,9 @@ CudnnConv::~CudnnConv() {
 void CudnnConv::autotune(__half* x, __half* w, __half* y, void* workspace, size_t max_workspace) {
   timings_.clear();
   // cuDNN's Find* runs every algorithm that fits in the workspace and returns them sorted by
-  // time. An entry is taken only if it succeeded, fits, and cuDNN accepts it for this
-  // descriptor's math type (the workspace query fails for an algorithm it would not run).
+  // time. An entry is taken only if it succeeded, is deterministic, fits, and cuDNN accepts it
+  // for this descriptor's math type (the workspace query fails for an algorithm it would not
+  // run). Every candidate stays in timings(), chosen or not.
   int returned = 0;
 
   cudnnConvolutionFwdAlgoPerf_t fwd[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
@@ -162,7 +170,7 @@ void CudnnConv::autotune(__half* x, __half* w, __half* y, void* workspace, size_
     timings_.push_back({"fwd", (int)fwd[i].algo, fwd_algo_name(fwd[i].algo),
                         ok ? fwd[i].time : -1.0f, fwd[i].memory});
     size_t ws = 0;
-    if (ok && !found &&
+    if (ok && !found && fwd[i].determinism == CUDNN_DETERMINISTIC &&
         cudnnGetConvolutionForwardWorkspaceSize(handle_, x_desc_, w_desc_, conv_desc_, y_desc_,
                                                 fwd[i].algo, &ws) == CUDNN_STATUS_SUCCESS &&
         ws <= max_workspace) {
@@ -171,7 +179,8 @@ void CudnnConv::autotune(__half* x, __half* w, __half* y, void* workspace, size_
       found = true;
     }
   }
-  if (!found) throw std::runtime_error("CudnnConv::autotune: no forward algorithm fits");
+  if (!found)
+    throw std::runtime_error("CudnnConv::autotune: no deterministic forward algorithm fits");
 
   // y now holds the forward output: finite, used as dy. x is overwritten with dx.
   cudnnConvolutionBwdDataAlgoPerf_t bd[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
@@ -184,7 +193,7 @@ void CudnnConv::autotune(__half* x, __half* w, __half* y, void* workspace, size_
     timings_.push_back({"bwd_data", (int)bd[i].algo, bwd_data_algo_name(bd[i].algo),
                         ok ? bd[i].time : -1.0f, bd[i].memory});
     size_t ws = 0;
-    if (ok && !found &&
+    if (ok && !found && bd[i].determinism == CUDNN_DETERMINISTIC &&
         cudnnGetConvolutionBackwardDataWorkspaceSize(handle_, w_desc_, y_desc_, conv_desc_,
                                                      x_desc_, bd[i].algo,
                                                      &ws) == CUDNN_STATUS_SUCCESS &&
@@ -194,7 +203,8 @@ void CudnnConv::autotune(__half* x, __half* w, __half* y, void* workspace, size_
       found = true;
     }
   }
-  if (!found) throw std::runtime_error("CudnnConv::autotune: no backward-data algorithm fits");
+  if (!found)
+    throw std::runtime_error("CudnnConv::autotune: no deterministic backward-data algorithm fits");
 
   // x holds dx (finite), y holds dy; w is overwritten with dw.
   cudnnConvolutionBwdFilterAlgoPerf_t bf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
@@ -207,7 +217,7 @@ void CudnnConv::autotune(__half* x, __half* w, __half* y, void* workspace, size_
     timings_.push_back({"bwd_filter", (int)bf[i].algo, bwd_filter_algo_name(bf[i].algo),
                         ok ? bf[i].time : -1.0f, bf[i].memory});
     size_t ws = 0;
-    if (ok && !found &&
+    if (ok && !found && bf[i].determinism == CUDNN_DETERMINISTIC &&
         cudnnGetConvolutionBackwardFilterWorkspaceSize(handle_, x_desc_, y_desc_, conv_desc_,
                                                        w_desc_, bf[i].algo,
                                                        &ws) == CUDNN_STATUS_SUCCESS &&
@@ -217,7 +227,9 @@ void CudnnConv::autotune(__half* x, __half* w, __half* y, void* workspace, size_
       found = true;
     }
   }
-  if (!found) throw std::runtime_error("CudnnConv::autotune: no backward-filter algorithm fits");
+  if (!found)
+    throw std::runtime_error(
+        "CudnnConv::autotune: no deterministic backward-filter algorithm fits");
 }
 
 size_t CudnnConv::workspace_bytes() const {

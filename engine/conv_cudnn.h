@@ -1,6 +1,7 @@
 // Convolutions through cuDNN: NHWC fp16 activations, KRSC fp16 filters, fp32 accumulation,
-// stride 1, pad (R - 1) / 2. The fastest algorithm of each pass is chosen once at setup by
-// timing cuDNN's candidates on the real shape; the workspace comes from the caller's arena.
+// stride 1, pad (R - 1) / 2. The fastest deterministic algorithm of each pass is chosen once at
+// setup by timing cuDNN's candidates on the real shape (so a step is bitwise reproducible); the
+// workspace comes from the caller's arena.
 // CPU reference: kernels/ref/conv.h.
 #pragma once
 #include <cuda_fp16.h>
@@ -33,8 +34,8 @@ class CudnnConv {
   CudnnConv& operator=(const CudnnConv&) = delete;
 
   // Times cuDNN's algorithms for the three passes on the given buffers (their contents are
-  // overwritten; x, dy and w must hold finite data) and keeps the fastest of each within
-  // max_workspace bytes. workspace must have max_workspace bytes.
+  // overwritten; x, dy and w must hold finite data) and keeps the fastest deterministic one of
+  // each within max_workspace bytes. workspace must have max_workspace bytes.
   void autotune(__half* x, __half* w, __half* y, void* workspace, size_t max_workspace);
   // Bytes of workspace the chosen algorithms need (max over the three passes).
   size_t workspace_bytes() const;

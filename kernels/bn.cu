@@ -1,10 +1,16 @@
 // GPU fused max-pool + ghost batch norm + CELU (+ residual), forward and backward.
 // See kernels/bn.cuh for the math and the layouts.
 //
-// Training forward = memset(scratch) -> pool_stats (pool, per-group sums) -> finalize (mean,
-// invstd, running stats) -> apply (normalise, bias, CELU, residual).
-// Backward = memset(scratch) -> backward_stats (per-group sums of dz and dz * xhat) -> dbias ->
-// backward_apply (dx, routed through the pool).
+// Training forward = pool_stats (pool, per-slice partial sums per group) -> finalize (slice sums
+// in a fixed order; mean, invstd, running stats) -> apply (normalise, bias, CELU, residual).
+// Backward = backward_stats (per-slice partial sums of dz and dz * xhat) -> backward_totals
+// (slice sums in a fixed order) -> dbias -> backward_apply (dx, routed through the pool).
+//
+// Determinism: no atomics. Each statistics block writes its partial sums to its own scratch
+// slot and a second kernel adds the slots in a fixed order, so a step gives bitwise the same
+// result every run. (fp32 atomics made the sums depend on block timing; differences of ~1e-7
+// then flipped fp16 roundings and max-pool choices downstream, and the whole step's gradients
+// differed by percents from run to run: see tests/resnet9_gpu_test.cu.)
 //
 // Threads own channel pairs (half2) so a warp reads 64 consecutive channels (128 bytes) of
 // one pixel: C must be even. Statistics are fp32; the forward sums are shifted by one sample
@@ -26,6 +32,7 @@ constexpr int kStatX = 32, kStatY = 8;
 constexpr int kPairsPerTile = kStatX;  // 64 channels per block
 // Aim for about this many pixels per thread in the statistics kernels.
 constexpr int kPixelsPerThread = 32;
+constexpr int kMaxSlices = 65535;  // grid z limit
 
 struct Geometry {
   int N, H, W, C, P, group, Ho, Wo;
@@ -73,11 +80,38 @@ __device__ __forceinline__ float2 window_max(const __half* __restrict__ x, const
   return best;
 }
 
-// Forward statistics. Pools (writes `pooled` when P > 1) and adds, per (group, channel),
-// sum(v - K) and sum((v - K)^2) into scratch[g][c][0..1], K = x[first pixel of group][c].
+// Scratch layout (fp32, see ghost_bn_celu_scratch_bytes):
+//   partial [slices][G][C][2]  one slot per statistics block (grid z = slice), no atomics
+//   totals  [G][C][2]          backward only: the slices summed in a fixed order
+// [..][c][0..1] are the two sums of channel c; a block's channel pair (c, c + 1) owns 4
+// consecutive floats at a multiple of 4 (c even): one float4 store.
+__device__ __forceinline__ void store_pair_sums(float* __restrict__ partial, const Geometry& g,
+                                                int grp, int c, float4 t) {
+  const int G = g.N / g.group;
+  float* dst = partial + (((long)blockIdx.z * G + grp) * g.C + c) * 2;
+  // (sum, sum2) of channel c, then of channel c + 1.
+  *reinterpret_cast<float4*>(dst) = make_float4(t.x, t.z, t.y, t.w);
+}
+
+// Sum of the 8 rows of red[][tx] (fixed order).
+__device__ __forceinline__ float4 column_sum(float4 (*red)[kStatX], int tx) {
+  float4 t = red[0][tx];
+  for (int j = 1; j < kStatY; j++) {
+    const float4 u = red[j][tx];
+    t.x += u.x;
+    t.y += u.y;
+    t.z += u.z;
+    t.w += u.w;
+  }
+  return t;
+}
+
+// Forward statistics. Pools (writes `pooled` when P > 1) and writes, per (slice, group,
+// channel), the slice's sum(v - K) and sum((v - K)^2) to partial[slice][g][c][0..1],
+// K = x[first pixel of group][c].
 __global__ void __launch_bounds__(kStatX * kStatY)
     pool_stats_kernel(const __half* __restrict__ x, __half* __restrict__ pooled, Geometry g,
-                      float* __restrict__ scratch) {
+                      float* __restrict__ partial) {
   __shared__ float4 red[kStatY][kStatX];
   const int cp = blockIdx.x * kPairsPerTile + threadIdx.x;  // channel pair
   const int grp = blockIdx.y;
@@ -106,26 +140,13 @@ __global__ void __launch_bounds__(kStatX * kStatY)
   }
   red[threadIdx.y][threadIdx.x] = make_float4(s1.x, s1.y, s2.x, s2.y);
   __syncthreads();
-  if (threadIdx.y == 0 && active) {
-    float4 t = red[0][threadIdx.x];
-    for (int j = 1; j < kStatY; j++) {
-      const float4 u = red[j][threadIdx.x];
-      t.x += u.x;
-      t.y += u.y;
-      t.z += u.z;
-      t.w += u.w;
-    }
-    float* dst = scratch + ((long)grp * g.C + c) * 2;
-    atomicAdd(dst + 0, t.x);  // channel c: sum, sum of squares
-    atomicAdd(dst + 1, t.z);
-    atomicAdd(dst + 2, t.y);  // channel c + 1
-    atomicAdd(dst + 3, t.w);
-  }
+  if (threadIdx.y == 0 && active) store_pair_sums(partial, g, grp, c, column_sum(red, threadIdx.x));
 }
 
-// One thread per (group, channel): mean, invstd, running statistics (PyTorch convention).
-__global__ void finalize_stats_kernel(const __half* __restrict__ x, Geometry g,
-                                      const float* __restrict__ scratch, float* save_mean,
+// One thread per (group, channel): the slices' sums added in slice order (double), then mean,
+// invstd, running statistics (PyTorch convention).
+__global__ void finalize_stats_kernel(const __half* __restrict__ x, Geometry g, int slices,
+                                      const float* __restrict__ partial, float* save_mean,
                                       float* save_invstd, float* running_mean, float* running_var,
                                       float eps, float momentum) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;  // grp * C + c
@@ -133,9 +154,17 @@ __global__ void finalize_stats_kernel(const __half* __restrict__ x, Geometry g,
   if (i >= G * g.C) return;
   const int grp = i / g.C, c = i % g.C;
   const float K = __half2float(x[(long)grp * g.group * g.H * g.W * g.C + c]);
+  double s1 = 0.0, s2 = 0.0;
+  // Unrolled so the loads of several slices are in flight at once; the adds stay in order.
+#pragma unroll 8
+  for (int z = 0; z < slices; z++) {
+    const float* src = partial + ((long)z * G * g.C + i) * 2;
+    s1 += (double)src[0];
+    s2 += (double)src[1];
+  }
   const double n = (double)g.pix_per_group;
-  const double m1 = (double)scratch[2 * i] / n;        // E[v - K]
-  double var = (double)scratch[2 * i + 1] / n - m1 * m1;  // biased
+  const double m1 = s1 / n;        // E[v - K]
+  double var = s2 / n - m1 * m1;  // biased
   if (var < 0.0) var = 0.0;
   const float mean = (float)(K + m1);
   save_mean[i] = mean;
@@ -193,14 +222,15 @@ __global__ void apply_kernel(const __half* __restrict__ in, Geometry g, __half* 
   }
 }
 
-// Backward statistics: per (group, channel) sum(dz) and sum(dz * xhat) into scratch[g][c][0..1],
-// dz = (dout + dout2) * celu'(z), z = xhat + bias, xhat = (p - mean) * invstd.
+// Backward statistics: per (slice, group, channel) the slice's sum(dz) and sum(dz * xhat) to
+// partial[slice][g][c][0..1], dz = (dout + dout2) * celu'(z), z = xhat + bias,
+// xhat = (p - mean) * invstd.
 __global__ void __launch_bounds__(kStatX * kStatY)
     backward_stats_kernel(const __half* __restrict__ dout, const __half* __restrict__ dout2,
                           const __half* __restrict__ p_in, Geometry g,
                           const float* __restrict__ bias, const float* __restrict__ save_mean,
                           const float* __restrict__ save_invstd, float alpha,
-                          float* __restrict__ scratch) {
+                          float* __restrict__ partial) {
   __shared__ float4 red[kStatY][kStatX];
   const int cp = blockIdx.x * kPairsPerTile + threadIdx.x;
   const int grp = blockIdx.y;
@@ -231,30 +261,28 @@ __global__ void __launch_bounds__(kStatX * kStatY)
   }
   red[threadIdx.y][threadIdx.x] = make_float4(sdz.x, sdz.y, sdzx.x, sdzx.y);
   __syncthreads();
-  if (threadIdx.y == 0 && active) {
-    float4 t = red[0][threadIdx.x];
-    for (int j = 1; j < kStatY; j++) {
-      const float4 u = red[j][threadIdx.x];
-      t.x += u.x;
-      t.y += u.y;
-      t.z += u.z;
-      t.w += u.w;
-    }
-    float* dst = scratch + ((long)grp * g.C + c) * 2;
-    atomicAdd(dst + 0, t.x);
-    atomicAdd(dst + 1, t.z);
-    atomicAdd(dst + 2, t.y);
-    atomicAdd(dst + 3, t.w);
-  }
+  if (threadIdx.y == 0 && active) store_pair_sums(partial, g, grp, c, column_sum(red, threadIdx.x));
+}
+
+// One thread per (group, channel) and sum: totals[i] = sum over slices of partial[slice][i]
+// (slice order, double), i over [G][C][2].
+__global__ void backward_totals_kernel(const float* __restrict__ partial, long GC2, int slices,
+                                       float* __restrict__ totals) {
+  const long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+  if (i >= GC2) return;
+  double s = 0.0;
+#pragma unroll 8
+  for (int z = 0; z < slices; z++) s += (double)partial[(long)z * GC2 + i];
+  totals[i] = (float)s;
 }
 
 // dbias[c] = sum over groups of sum(dz) (the bias gradient is the sum of dz over the batch).
-__global__ void dbias_kernel(const float* __restrict__ scratch, int G, int C,
+__global__ void dbias_kernel(const float* __restrict__ totals, int G, int C,
                              float* __restrict__ dbias) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= C) return;
   float s = 0.0f;
-  for (int grp = 0; grp < G; grp++) s += scratch[((long)grp * C + c) * 2];
+  for (int grp = 0; grp < G; grp++) s += totals[((long)grp * C + c) * 2];
   dbias[c] = s;
 }
 
@@ -268,7 +296,7 @@ __global__ void backward_apply_kernel(const __half* __restrict__ dout,
                                       const float* __restrict__ bias,
                                       const float* __restrict__ save_mean,
                                       const float* __restrict__ save_invstd, float alpha,
-                                      const float* __restrict__ scratch, __half* __restrict__ dx) {
+                                      const float* __restrict__ totals, __half* __restrict__ dx) {
   const int pairs = g.C / 2;
   const int total = g.N * g.Ho * g.Wo * pairs;  // < 2^30, checked by the launcher
   const int HWo = g.Ho * g.Wo;
@@ -293,9 +321,8 @@ __global__ void backward_apply_kernel(const __half* __restrict__ dout,
     const float xh0 = (v.x - save_mean[s]) * is0, xh1 = (v.y - save_mean[s + 1]) * is1;
     const float dz0 = d.x * celu_grad(xh0 + bias[c], alpha);
     const float dz1 = d.y * celu_grad(xh1 + bias[c + 1], alpha);
-    const float dp0 = is0 * (dz0 - scratch[2 * s] * inv_n - xh0 * scratch[2 * s + 1] * inv_n);
-    const float dp1 =
-        is1 * (dz1 - scratch[2 * s + 2] * inv_n - xh1 * scratch[2 * s + 3] * inv_n);
+    const float dp0 = is0 * (dz0 - totals[2 * s] * inv_n - xh0 * totals[2 * s + 1] * inv_n);
+    const float dp1 = is1 * (dz1 - totals[2 * s + 2] * inv_n - xh1 * totals[2 * s + 3] * inv_n);
     for (int ky = 0; ky < g.P; ky++)
       for (int kx = 0; kx < g.P; kx++) {
         const int pos = ky * g.P + kx;
@@ -326,14 +353,22 @@ void check_aligned(const void* p, const char* fn) {
   require(((uintptr_t)p & 3) == 0, fn, "fp16 tensors must be 4-byte aligned (half2 access)");
 }
 
-// Grid of the statistics kernels: enough pixel slices that each thread sees about
-// kPixelsPerThread pixels of its group.
-dim3 stats_grid(const Geometry& g) {
-  const int tiles = ceil_div(g.C / 2, kPairsPerTile);
-  int slices = ceil_div(g.pix_per_group, kStatY * kPixelsPerThread);
+void check_scratch(const void* p, const char* fn) {
+  require(p != nullptr && ((uintptr_t)p & 15) == 0, fn,
+          "scratch must be non-null and 16-byte aligned (float4 stores)");
+}
+
+// Pixel slices (grid z) of the statistics kernels: enough that each thread sees about
+// kPixelsPerThread pixels of its group. The scratch holds one partial-sum slot per slice.
+int stats_slices(const GhostBnCeluShape& s) {
+  int slices = ceil_div(s.group * s.Ho() * s.Wo(), kStatY * kPixelsPerThread);
   if (slices < 1) slices = 1;
-  if (slices > 65535) slices = 65535;
-  return dim3(tiles, g.N / g.group, slices);
+  if (slices > kMaxSlices) slices = kMaxSlices;
+  return slices;
+}
+
+dim3 stats_grid(const GhostBnCeluShape& s) {
+  return dim3(ceil_div(s.C / 2, kPairsPerTile), s.groups(), stats_slices(s));
 }
 
 constexpr int kApplyThreads = 256;
@@ -341,7 +376,8 @@ constexpr int kApplyThreads = 256;
 }  // namespace
 
 size_t ghost_bn_celu_scratch_bytes(const GhostBnCeluShape& s) {
-  return sizeof(float) * 2 * (size_t)s.groups() * s.C;
+  // partial [slices][G][C][2] + totals [G][C][2]
+  return sizeof(float) * 2 * (size_t)s.groups() * s.C * ((size_t)stats_slices(s) + 1);
 }
 
 void pool_bn_celu_forward_train(const __half* x, __half* pooled, const float* bias,
@@ -357,13 +393,15 @@ void pool_bn_celu_forward_train(const __half* x, __half* pooled, const float* bi
   check_aligned(out, fn);
   if (s.P > 1) check_aligned(pooled, fn);
   if (residual != nullptr) check_aligned(residual, fn);
+  check_scratch(scratch, fn);
   const Geometry g = geometry(s);
-  CUDA_CHECK(cudaMemsetAsync(scratch, 0, ghost_bn_celu_scratch_bytes(s), stream));
-  pool_stats_kernel<<<stats_grid(g), dim3(kStatX, kStatY), 0, stream>>>(x, pooled, g, scratch);
+  // Every partial slot is written by the statistics kernel: no memset needed.
+  pool_stats_kernel<<<stats_grid(s), dim3(kStatX, kStatY), 0, stream>>>(x, pooled, g, scratch);
   CUDA_CHECK_LAUNCH();
   const int GC = s.groups() * s.C;
-  finalize_stats_kernel<<<ceil_div(GC, 256), 256, 0, stream>>>(
-      x, g, scratch, save_mean, save_invstd, running_mean, running_var, prm.eps, prm.momentum);
+  finalize_stats_kernel<<<ceil_div(GC, 256), 256, 0, stream>>>(x, g, stats_slices(s), scratch,
+                                                               save_mean, save_invstd, running_mean,
+                                                               running_var, prm.eps, prm.momentum);
   CUDA_CHECK_LAUNCH();
   // The apply pass reads the pooled tensor (window 1).
   Geometry ga = g;
@@ -411,18 +449,24 @@ void pool_bn_celu_backward(const __half* dout, const __half* dout2, const __half
   check_aligned(dx, fn);
   if (dout2 != nullptr) check_aligned(dout2, fn);
   if (s.P > 1) check_aligned(pooled, fn);
+  check_scratch(scratch, fn);
   const Geometry g = geometry(s);
-  CUDA_CHECK(cudaMemsetAsync(scratch, 0, ghost_bn_celu_scratch_bytes(s), stream));
+  const int slices = stats_slices(s);
+  const long GC2 = 2L * s.groups() * s.C;
+  float* totals = scratch + (long)slices * GC2;  // after the partial slots
   // With P == 1 the pooled values are x itself (the forward does not write `pooled` then).
   const __half* p = s.P > 1 ? pooled : x;
-  backward_stats_kernel<<<stats_grid(g), dim3(kStatX, kStatY), 0, stream>>>(
+  backward_stats_kernel<<<stats_grid(s), dim3(kStatX, kStatY), 0, stream>>>(
       dout, dout2, p, g, bias, save_mean, save_invstd, prm.alpha, scratch);
   CUDA_CHECK_LAUNCH();
-  dbias_kernel<<<ceil_div(s.C, 256), 256, 0, stream>>>(scratch, s.groups(), s.C, dbias);
+  backward_totals_kernel<<<(int)ceil_div(GC2, 256L), 256, 0, stream>>>(scratch, GC2, slices,
+                                                                        totals);
+  CUDA_CHECK_LAUNCH();
+  dbias_kernel<<<ceil_div(s.C, 256), 256, 0, stream>>>(totals, s.groups(), s.C, dbias);
   CUDA_CHECK_LAUNCH();
   const long total = (long)s.N * g.Ho * g.Wo * (s.C / 2);
   backward_apply_kernel<<<grid_stride_blocks(total, kApplyThreads), kApplyThreads, 0, stream>>>(
-      dout, dout2, x, g, bias, save_mean, save_invstd, prm.alpha, scratch, dx);
+      dout, dout2, x, g, bias, save_mean, save_invstd, prm.alpha, totals, dx);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -27,7 +27,11 @@ struct GhostBnCeluParams {
   float eps, momentum, alpha;
 };
 
-// Scratch the forward and backward need ([G][C][2] fp32 partial sums); from the arena.
+// Scratch the forward and backward need, from the arena: fp32 per-block partial sums of the
+// statistics ([slices][G][C][2]) and their totals ([G][C][2]). The kernels write every slot they
+// read (no zeroing needed) and add the partials in a fixed order, so the results are bitwise
+// reproducible (no atomics). 16-byte aligned. One scratch may serve every layer in turn (its
+// contents do not outlive a call), given calls on one stream.
 size_t ghost_bn_celu_scratch_bytes(const GhostBnCeluShape& s);
 
 // pooled is written only when P > 1 (with P == 1 it is ignored: pass x or null).

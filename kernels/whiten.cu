@@ -2,6 +2,8 @@
 // the host) and the fixed whitening conv 3 -> 27 (stored as 32 channels). See whiten.cuh.
 #include "kernels/whiten.cuh"
 
+#include <cstdint>
+
 #include "kernels/common.cuh"
 
 namespace kernels {
@@ -20,11 +22,11 @@ constexpr int kCovMaxBlocks = 264;               // 2 per SM on an H100
 // Each block walks tiles of patches (grid-stride), stages them in shared memory as fp32, and
 // thread t < 378 accumulates entry t of the upper triangle of sum p p^T in double (a product
 // of two fp16 values is exact in fp32; the sums over ~9M patches need double). At the end each
-// block adds its share, already divided by (count - 1), to cov with fp32 atomics: at most
-// kCovMaxBlocks terms per entry, so the fp32 sum loses ~1e-6 relative.
+// block writes its sums to its own row partial[block][378] (no atomics: the result does not
+// depend on block timing, so the whitening filters and the whole run are reproducible).
 __global__ void __launch_bounds__(kCovThreads)
-    patch_covariance_kernel(const __half* __restrict__ x, long num_patches, double inv_count_m1,
-                            float* __restrict__ cov) {
+    patch_covariance_kernel(const __half* __restrict__ x, long num_patches,
+                            double* __restrict__ partial) {
   __shared__ float tile[kCovTile][kD];
   // Entry (i, j), i <= j, of this thread.
   int pi = 0, pj = 0;
@@ -60,11 +62,31 @@ __global__ void __launch_bounds__(kCovThreads)
     }
     __syncthreads();  // the tile is overwritten by the next iteration
   }
-  if (owns_pair) {
-    const float v = (float)(acc * inv_count_m1);
-    atomicAdd(&cov[pi * kD + pj], v);
-    if (pi != pj) atomicAdd(&cov[pj * kD + pi], v);
+  if (owns_pair) partial[(long)blockIdx.x * kPairs + threadIdx.x] = acc;
+}
+
+// One thread per upper-triangle entry t = (i, j): the blocks' sums added in block order, divided
+// by (count - 1), written to cov[i][j] and cov[j][i] (every entry of cov is written).
+__global__ void patch_covariance_reduce_kernel(const double* __restrict__ partial, int blocks,
+                                               double inv_count_m1, float* __restrict__ cov) {
+  const int t = blockIdx.x * blockDim.x + threadIdx.x;
+  if (t >= kPairs) return;
+  int pi = 0, rem = t;
+  while (rem >= kD - pi) {
+    rem -= kD - pi;
+    pi++;
   }
+  const int pj = pi + rem;
+  double s = 0.0;
+  for (int b = 0; b < blocks; b++) s += partial[(long)b * kPairs + t];
+  const float v = (float)(s * inv_count_m1);
+  cov[pi * kD + pj] = v;
+  cov[pj * kD + pi] = v;
+}
+
+int covariance_blocks(int n) {
+  const long tiles = ceil_div((long)n * kPatchesPerImage, (long)kCovTile);
+  return (int)(tiles < kCovMaxBlocks ? tiles : kCovMaxBlocks);
 }
 
 // One block per output row (image b, row y): the three input rows it needs (zero padded to
@@ -108,14 +130,22 @@ __global__ void __launch_bounds__(kConvThreads)
 
 }  // namespace
 
-void patch_covariance(const __half* x, int n, float* cov, cudaStream_t stream) {
+size_t patch_covariance_scratch_bytes(int n) {
+  require(n >= 1, "patch_covariance_scratch_bytes", "need n >= 1 images");
+  return sizeof(double) * kPairs * (size_t)covariance_blocks(n);
+}
+
+void patch_covariance(const __half* x, int n, float* cov, void* scratch, cudaStream_t stream) {
   require(n >= 1, "patch_covariance", "need n >= 1 images");
+  require(scratch != nullptr && ((uintptr_t)scratch & 7) == 0, "patch_covariance",
+          "scratch must be non-null and 8-byte aligned");
   const long num_patches = (long)n * kPatchesPerImage;
-  CUDA_CHECK(cudaMemsetAsync(cov, 0, sizeof(float) * kD * kD, stream));
-  const long tiles = ceil_div(num_patches, (long)kCovTile);
-  const int blocks = (int)(tiles < kCovMaxBlocks ? tiles : kCovMaxBlocks);
-  patch_covariance_kernel<<<blocks, kCovThreads, 0, stream>>>(
-      x, num_patches, 1.0 / ((double)num_patches - 1.0), cov);
+  const int blocks = covariance_blocks(n);
+  double* partial = static_cast<double*>(scratch);
+  patch_covariance_kernel<<<blocks, kCovThreads, 0, stream>>>(x, num_patches, partial);
+  CUDA_CHECK_LAUNCH();
+  patch_covariance_reduce_kernel<<<ceil_div(kPairs, 128), 128, 0, stream>>>(
+      partial, blocks, 1.0 / ((double)num_patches - 1.0), cov);
   CUDA_CHECK_LAUNCH();
 }
 

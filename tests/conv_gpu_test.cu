@@ -6,6 +6,10 @@
 // gradient (a sum over the batch) dy is zero beyond the first kRefImages images, so the sum
 // is over the same images on both sides. A second filter-gradient run with dy over the whole
 // batch checks that nothing overflows or turns NaN at the real size.
+//
+// Outputs are poisoned with NaN bytes before each pass, so a pass that leaves part of its output
+// unwritten fails the finiteness checks; every pass is run twice and must give the same bits
+// (autotune keeps only deterministic algorithms, which training relies on).
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -17,8 +21,11 @@
 #include "tests/gpu_test_util.h"
 #include "tests/support.h"
 
+using gpu_test::bitwise_equal;
 using gpu_test::DeviceBuffer;
+using gpu_test::device_all_finite;
 using gpu_test::download_half;
+using gpu_test::poisoned;
 using gpu_test::round_to_half;
 using gpu_test::upload_half;
 using testing_support::random_vector;
@@ -72,11 +79,17 @@ void check_conv(int H, int C, int K, int R, int real_channels, uint64_t seed) {
 
   auto d_x = upload_half(x), d_w = upload_half(w), d_dy = upload_half(dy);
   auto d_dy_masked = upload_half(dy_masked);
-  DeviceBuffer<__half> d_y(y_size), d_dx(x_size), d_dw(w_size);
+  ws.poison();  // the passes must not depend on what autotune left in the workspace
+  auto d_y = poisoned<__half>(y_size);
+  auto d_dx = poisoned<__half>(x_size);
+  auto d_dw = poisoned<__half>(w_size);
   conv.forward(d_x.get(), d_w.get(), d_y.get(), ws.get());
   conv.backward_data(d_dy.get(), d_w.get(), d_dx.get(), ws.get());
   conv.backward_filter(d_x.get(), d_dy_masked.get(), d_dw.get(), ws.get());
   CUDA_CHECK(cudaDeviceSynchronize());
+  CHECK(device_all_finite(d_y));
+  CHECK(device_all_finite(d_dx));
+  CHECK(device_all_finite(d_dw));
   const auto y = download_half(d_y.get(), kRefImages * y_img);
   const auto dx = download_half(d_dx.get(), kRefImages * x_img);
   const auto dw = download_half(d_dw);
@@ -96,6 +109,7 @@ void check_conv(int H, int C, int K, int R, int real_channels, uint64_t seed) {
   CHECK(e_bwd_filter < kTolConv);
 
   // The whole batch: every output finite (fp16 overflow would give Inf) and not all zero.
+  d_dw.poison();
   conv.backward_filter(d_x.get(), d_dy.get(), d_dw.get(), ws.get());
   CUDA_CHECK(cudaDeviceSynchronize());
   const auto y_all = download_half(d_y), dx_all = download_half(d_dx), dw_all = download_half(d_dw);
@@ -105,6 +119,18 @@ void check_conv(int H, int C, int K, int R, int real_channels, uint64_t seed) {
   double dw_norm = 0.0;
   for (float v : dw_all) dw_norm += (double)v * v;
   CHECK(dw_norm > 0.0);
+
+  // Determinism: each pass again, into fresh poisoned outputs, gives the same bits.
+  auto d_y2 = poisoned<__half>(y_size);
+  auto d_dx2 = poisoned<__half>(x_size);
+  auto d_dw2 = poisoned<__half>(w_size);
+  conv.forward(d_x.get(), d_w.get(), d_y2.get(), ws.get());
+  conv.backward_data(d_dy.get(), d_w.get(), d_dx2.get(), ws.get());
+  conv.backward_filter(d_x.get(), d_dy.get(), d_dw2.get(), ws.get());
+  CUDA_CHECK(cudaDeviceSynchronize());
+  CHECK(bitwise_equal(download_half(d_y2), y_all));
+  CHECK(bitwise_equal(download_half(d_dx2), dx_all));
+  CHECK(bitwise_equal(download_half(d_dw2), dw_all));
 }
 
 }  // namespace

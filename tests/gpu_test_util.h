@@ -1,6 +1,10 @@
 // Helpers for the GPU tests and kernel_bench: device detection (for the skip rule), an RAII
 // device buffer, and float <-> fp16 transfers. No Catch2 here, so bench/ can use it too.
 //
+// Outputs under test are poisoned before the launch (poisoned<T>(n) / poison(): 0xFF bytes,
+// NaN as fp16 and fp32): fresh cudaMalloc memory is usually zero, which would hide an output
+// the kernel writes only in part. A test then checks that every output value is finite.
+//
 // Every GPU test starts with GPU_TEST_SKIP_WITHOUT_DEVICE(): without a usable device it prints
 // "SKIPPED: no CUDA device (<reason>)" and returns. CTest marks a test whose output contains
 // "SKIPPED:" as skipped (CI has no GPU).
@@ -11,6 +15,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -60,11 +65,23 @@ class DeviceBuffer {
   void zero() {
     if (n_ > 0) CUDA_CHECK(cudaMemset(p_, 0, bytes()));
   }
+  // 0xFF in every byte: NaN as fp16 and fp32, -1 as a signed integer, 255 as uint8.
+  void poison() {
+    if (n_ > 0) CUDA_CHECK(cudaMemset(p_, 0xFF, bytes()));
+  }
 
  private:
   T* p_ = nullptr;
   size_t n_ = 0;
 };
+
+// A buffer of n elements filled with 0xFF bytes (see DeviceBuffer::poison), for outputs.
+template <typename T>
+DeviceBuffer<T> poisoned(size_t n) {
+  DeviceBuffer<T> d(n);
+  d.poison();
+  return d;
+}
 
 // Owns a cuDNN handle bound to the default stream.
 class CudnnHandle {
@@ -139,6 +156,19 @@ inline bool all_finite(const std::vector<float>& x) {
   for (float v : x)
     if (!std::isfinite(v)) return false;
   return true;
+}
+
+// Every value of a device fp16 / fp32 buffer finite (no poison left, no overflow).
+inline bool device_all_finite(const DeviceBuffer<__half>& d) {
+  return all_finite(download_half(d));
+}
+inline bool device_all_finite(const DeviceBuffer<float>& d) { return all_finite(download(d)); }
+
+// Bitwise equality of two host copies (determinism checks: same launches, same bits).
+template <typename T>
+bool bitwise_equal(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() &&
+         (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
 }
 
 }  // namespace gpu_test

@@ -1,6 +1,8 @@
 // GPU kernels vs the CPU reference (kernels/ref) at the recipe's real shapes, batch 512.
 // Inputs are rounded to fp16 first so both sides see the same numbers; the remaining
 // differences are fp16 rounding of outputs and fp32-vs-double accumulation (tolerances below).
+// Every output buffer (and scratch) is poisoned with NaN bytes before the launch, so an output
+// written only in part fails; the reductions are also rerun and must give the same bits.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -29,9 +31,11 @@
 #include "tests/gpu_test_util.h"
 #include "tests/support.h"
 
+using gpu_test::bitwise_equal;
 using gpu_test::DeviceBuffer;
 using gpu_test::download;
 using gpu_test::download_half;
+using gpu_test::poisoned;
 using gpu_test::round_to_half;
 using gpu_test::upload;
 using gpu_test::upload_half;
@@ -81,9 +85,10 @@ TEST_CASE("prepare_dataset matches normalize_cifar + reflect_pad", "[gpu][augmen
     norm.std_[c] = r.std_[c];
   }
   auto d_planes = upload(planes);
-  DeviceBuffer<__half> d_out((size_t)n * Sp * Sp * 3);
+  auto d_out = poisoned<__half>((size_t)n * Sp * Sp * 3);
   kernels::prepare_dataset(d_planes.get(), n, pad, norm, d_out.get(), 0);
   const auto got = download_half(d_out);
+  REQUIRE(gpu_test::all_finite(got));
 
   std::vector<float> normed((size_t)n * S * S * 3), padded(d_out.size());
   ref::normalize_cifar(planes.data(), n, r.mean, r.std_, normed.data());
@@ -111,10 +116,11 @@ TEST_CASE("crop_flip_batch matches ref::crop_flip", "[gpu][augment]") {
   auto d_padded = upload_half(padded);
   auto d_index = upload(index);
   auto d_params = upload(params);
-  DeviceBuffer<__half> d_out((size_t)kBatch * S * S * 3);
+  auto d_out = poisoned<__half>((size_t)kBatch * S * S * 3);
   kernels::crop_flip_batch(d_padded.get(), Sp, Sp, d_index.get(), d_params.get(), kBatch,
                            d_out.get(), 0);
   const auto got = download_half(d_out);
+  REQUIRE(gpu_test::all_finite(got));
 
   // The GPU takes the parameters of the source image (params[index[b]]), the reference those
   // of the batch slot (params[b]).
@@ -136,8 +142,9 @@ TEST_CASE("make_epoch_params: permutation, offsets in range, fair flips", "[gpu]
   kernels::make_epoch_params(1, 0, n, pad, nullptr, nullptr, nullptr, &temp_bytes, 0);
   REQUIRE(temp_bytes > 0);
   DeviceBuffer<char> d_temp(temp_bytes);
-  DeviceBuffer<int> d_perm(n);
-  DeviceBuffer<kernels::CropFlipParams> d_params(n);
+  // Poisoned: -1 entries would fail the permutation and range checks below.
+  auto d_perm = poisoned<int>(n);
+  auto d_params = poisoned<kernels::CropFlipParams>(n);
 
   auto draw = [&](uint64_t seed, uint64_t epoch, std::vector<int>& perm,
                   std::vector<kernels::CropFlipParams>& params) {
@@ -205,15 +212,21 @@ TEST_CASE("patch_covariance matches ref::patch_covariance (10,000 images)", "[gp
   for (size_t i = 0; i < x.size(); i++) x[i] += 0.2f * (float)(i % 3) - 0.2f;
   x = round_to_half(x);
   auto d_x = upload_half(x);
-  DeviceBuffer<float> d_cov(27 * 27);
-  kernels::patch_covariance(d_x.get(), n, d_cov.get(), 0);
+  auto d_cov = poisoned<float>(27 * 27);
+  auto d_scratch = poisoned<char>(kernels::patch_covariance_scratch_bytes(n));
+  kernels::patch_covariance(d_x.get(), n, d_cov.get(), d_scratch.get(), 0);
   const auto got = download(d_cov);
+  REQUIRE(gpu_test::all_finite(got));
+  // Fixed-order sums: a second run gives the same bits.
+  d_cov.poison();
+  kernels::patch_covariance(d_x.get(), n, d_cov.get(), d_scratch.get(), 0);
+  REQUIRE(bitwise_equal(download(d_cov), got));
 
   std::vector<double> cov_d(27 * 27);
   ref::patch_covariance(x.data(), n, S, S, 3, 3, cov_d.data());
   std::vector<float> want(cov_d.begin(), cov_d.end());
-  // Products of fp16 values are exact in fp32, the per-block sums are double, and at most 264
-  // block partials are added in fp32: ~1e-6 relative.
+  // Products of fp16 values are exact in fp32 and every sum is double: only the final fp32
+  // rounding (~6e-8 relative) remains.
   REQUIRE(rel_l2_error(got.data(), want.data(), (long)want.size()) < kTolF32Sum);
 }
 
@@ -228,8 +241,10 @@ TEST_CASE("whiten_conv_forward matches ref::conv_forward (and with mirror)", "[g
   const ref::ConvShape cs{kBatch, S, S, 3, D, 3};
 
   for (int mirror = 0; mirror <= 1; mirror++) {
+    d_y.poison();
     kernels::whiten_conv_forward(d_x.get(), d_w.get(), d_y.get(), kBatch, mirror != 0, 0);
     const auto y = download_half(d_y);
+    REQUIRE(gpu_test::all_finite(y));  // all 32 channels written, padding included
     std::vector<float> src = x;
     if (mirror) ref::flip_horizontal(x.data(), src.data(), kBatch, S, S, 3);
     std::vector<float> want(cs.y_size());
@@ -283,11 +298,16 @@ void check_pool_bn_celu(int H, int W, int C, int P, bool with_residual, bool wit
   auto d_bias = upload(bias);
   DeviceBuffer<__half> d_res;
   if (with_residual) d_res = upload_half(residual);
-  DeviceBuffer<__half> d_pooled(P > 1 ? np : 0), d_out(np), d_dx(nx);
-  DeviceBuffer<float> d_mean((size_t)G * C), d_invstd((size_t)G * C), d_dbias(C);
+  auto d_pooled = poisoned<__half>(P > 1 ? np : 0);
+  auto d_out = poisoned<__half>(np);
+  auto d_dx = poisoned<__half>(nx);
+  auto d_mean = poisoned<float>((size_t)G * C);
+  auto d_invstd = poisoned<float>((size_t)G * C);
+  auto d_dbias = poisoned<float>(C);
   auto d_rm = upload(rm0);
   auto d_rv = upload(rv0);
-  DeviceBuffer<float> d_scratch(kernels::ghost_bn_celu_scratch_bytes(s) / sizeof(float));
+  // The scratch too: the kernels must write every partial-sum slot they read.
+  auto d_scratch = poisoned<float>(kernels::ghost_bn_celu_scratch_bytes(s) / sizeof(float));
 
   kernels::pool_bn_celu_forward_train(d_x.get(), P > 1 ? d_pooled.get() : nullptr, d_bias.get(),
                                       with_residual ? d_res.get() : nullptr, d_out.get(),
@@ -320,11 +340,29 @@ void check_pool_bn_celu(int H, int W, int C, int P, bool with_residual, bool wit
     const auto out = download_half(d_out);
     const auto mean = download(d_mean), invstd = download(d_invstd);
     const auto rm = download(d_rm), rv = download(d_rv);
+    REQUIRE(gpu_test::all_finite(out));
+    REQUIRE(gpu_test::all_finite(mean));
+    REQUIRE(gpu_test::all_finite(invstd));
+    REQUIRE(gpu_test::all_finite(rm));
+    REQUIRE(gpu_test::all_finite(rv));
     REQUIRE(rel_l2_error(mean.data(), mean_ref.data(), (long)mean.size()) < kTolF32Sum);
     REQUIRE(rel_l2_error(invstd.data(), invstd_ref.data(), (long)invstd.size()) < kTolF32Sum);
     REQUIRE(rel_l2_error(rm.data(), rm_ref.data(), (long)rm.size()) < kTolF32Sum);
     REQUIRE(rel_l2_error(rv.data(), rv_ref.data(), (long)rv.size()) < kTolF32Sum);
     REQUIRE(rel_l2_error(out.data(), out_ref.data(), np) < kTolHalfOut);
+
+    // Determinism: the same launch again (running statistics left alone) gives the same bits.
+    auto d_out2 = poisoned<__half>(np);
+    auto d_mean2 = poisoned<float>((size_t)G * C);
+    auto d_invstd2 = poisoned<float>((size_t)G * C);
+    d_scratch.poison();
+    kernels::pool_bn_celu_forward_train(d_x.get(), P > 1 ? d_pooled.get() : nullptr, d_bias.get(),
+                                        with_residual ? d_res.get() : nullptr, d_out2.get(),
+                                        d_mean2.get(), d_invstd2.get(), nullptr, nullptr,
+                                        d_scratch.get(), s, prm, 0);
+    REQUIRE(bitwise_equal(download(d_mean2), mean));
+    REQUIRE(bitwise_equal(download(d_invstd2), invstd));
+    REQUIRE(bitwise_equal(download_half(d_out2), out));
   }
 
   // Backward (from the GPU's own saved statistics, as in training).
@@ -350,8 +388,21 @@ void check_pool_bn_celu(int H, int W, int C, int P, bool with_residual, bool wit
   {
     const auto dx = download_half(d_dx);
     const auto dbias = download(d_dbias);
+    REQUIRE(gpu_test::all_finite(dx));  // zeros where the pool did not pick: every value written
+    REQUIRE(gpu_test::all_finite(dbias));
     REQUIRE(rel_l2_error(dx.data(), dx_ref.data(), nx) < kTolHalfGrad);
     REQUIRE(rel_l2_error(dbias.data(), dbias_ref.data(), C) < kTolF32Derived);
+
+    // Determinism: the same backward again gives the same bits.
+    auto d_dx2 = poisoned<__half>(nx);
+    auto d_dbias2 = poisoned<float>(C);
+    d_scratch.poison();
+    kernels::pool_bn_celu_backward(d_dout.get(), with_dout2 ? d_dout2.get() : nullptr, d_x.get(),
+                                   P > 1 ? d_pooled.get() : nullptr, d_bias.get(), d_mean.get(),
+                                   d_invstd.get(), d_dx2.get(), d_dbias2.get(), d_scratch.get(), s,
+                                   prm, 0);
+    REQUIRE(bitwise_equal(download_half(d_dx2), dx));
+    REQUIRE(bitwise_equal(download(d_dbias2), dbias));
   }
 
   // Evaluation with fixed statistics [C] (pooled_scratch receives the pooled input).
@@ -359,7 +410,8 @@ void check_pool_bn_celu(int H, int W, int C, int P, bool with_residual, bool wit
   const auto var_c = random_vector(C, seed + 8, 0.3f, 2.0f);
   auto d_mean_c = upload(mean_c);
   auto d_var_c = upload(var_c);
-  DeviceBuffer<__half> d_pool_scratch(P > 1 ? np : 0);
+  auto d_pool_scratch = poisoned<__half>(P > 1 ? np : 0);
+  d_out.poison();
   kernels::pool_bn_celu_forward_eval(d_x.get(), P > 1 ? d_pool_scratch.get() : nullptr,
                                      d_bias.get(), d_mean_c.get(), d_var_c.get(),
                                      with_residual ? d_res.get() : nullptr, d_out.get(), s, prm,
@@ -370,6 +422,7 @@ void check_pool_bn_celu(int H, int W, int C, int P, bool with_residual, bool wit
   ref::celu_forward(ze.data(), eval_ref.data(), np, r.celu_alpha);
   if (with_residual) ref::add(eval_ref.data(), residual.data(), eval_ref.data(), np);
   const auto out_eval = download_half(d_out);
+  REQUIRE(gpu_test::all_finite(out_eval));
   REQUIRE(rel_l2_error(out_eval.data(), eval_ref.data(), np) < kTolHalfOut);
   if (P > 1) {
     const auto ps = download_half(d_pool_scratch);
@@ -419,9 +472,10 @@ TEST_CASE("bn_average_groups matches ref::ghost_bn_average_groups", "[gpu][bn]")
   const int G = kBatch / kGroup, C = 512;
   const auto per_group = random_vector((long)G * C, 800, 0.0f, 2.0f);
   auto d_in = upload(per_group);
-  DeviceBuffer<float> d_avg(C);
+  auto d_avg = poisoned<float>(C);
   kernels::bn_average_groups(d_in.get(), d_avg.get(), G, C, 0);
   const auto got = download(d_avg);
+  REQUIRE(gpu_test::all_finite(got));
   std::vector<float> want(C);
   ref::ghost_bn_average_groups(per_group.data(), want.data(), G, C);
   REQUIRE(rel_l2_error(got.data(), want.data(), C) < kTolF32Sum);
@@ -440,12 +494,16 @@ TEST_CASE("head forward/backward match maxpool 4 + linear + scale", "[gpu][head]
   auto d_x = upload_half(x);
   auto d_w = upload(w);
   auto d_dlogits = upload(dlogits);
-  DeviceBuffer<float> d_feat((size_t)N * C), d_logits((size_t)N * K), d_dw((size_t)K * C);
-  DeviceBuffer<__half> d_dx((size_t)N * 16 * C);
+  auto d_feat = poisoned<float>((size_t)N * C);
+  auto d_logits = poisoned<float>((size_t)N * K);
+  auto d_dw = poisoned<float>((size_t)K * C);
+  auto d_dx = poisoned<__half>((size_t)N * 16 * C);
 
   kernels::head_forward(d_x.get(), d_w.get(), d_feat.get(), d_logits.get(), N, C, scale, false, 0);
   const auto feat = download(d_feat);
   const auto logits = download(d_logits);
+  REQUIRE(gpu_test::all_finite(feat));
+  REQUIRE(gpu_test::all_finite(logits));
   std::vector<float> feat_ref((size_t)N * C), lin((size_t)N * K), logits_ref((size_t)N * K);
   ref::maxpool_forward(x.data(), feat_ref.data(), N, 4, 4, C, 4);
   ref::linear_forward(feat_ref.data(), w.data(), lin.data(), N, C, K);
@@ -464,6 +522,8 @@ TEST_CASE("head forward/backward match maxpool 4 + linear + scale", "[gpu][head]
                          d_dw.get(), N, C, scale, 0);
   const auto dx = download_half(d_dx);
   const auto dw = download(d_dw);
+  REQUIRE(gpu_test::all_finite(dx));  // zeros off the max: all 16 pixels written
+  REQUIRE(gpu_test::all_finite(dw));
   std::vector<float> dlin((size_t)N * K), dfeat((size_t)N * C), dw_ref((size_t)K * C),
       dx_ref(x.size());
   ref::scale(dlogits.data(), dlin.data(), (long)N * K, scale);
@@ -486,13 +546,16 @@ TEST_CASE("xent_smooth_forward_backward matches the reference", "[gpu][loss]") {
     for (auto& l : labels) l = (uint8_t)(gen() % K);
     auto d_logits = upload(logits);
     auto d_labels = upload(labels);
-    DeviceBuffer<float> d_dlogits((size_t)N * K), d_loss(1);
-    DeviceBuffer<int> d_correct(1);
+    auto d_dlogits = poisoned<float>((size_t)N * K);
+    auto d_loss = poisoned<float>(1);
+    auto d_correct = poisoned<int>(1);
     kernels::xent_smooth_forward_backward(d_logits.get(), d_labels.get(), N, K, smoothing,
                                           d_dlogits.get(), d_loss.get(), d_correct.get(), 0);
     const auto dlogits = download(d_dlogits);
     const float loss = download(d_loss)[0];
     const int correct = download(d_correct)[0];
+    REQUIRE(gpu_test::all_finite(dlogits));
+    REQUIRE(std::isfinite(loss));
     std::vector<float> dlogits_ref((size_t)N * K);
     int correct_ref = -1;
     const double loss_ref = ref::xent_smooth_forward_backward(
@@ -589,7 +652,7 @@ TEST_CASE("ema_update and cast_f32_to_f16 match the reference", "[gpu][optim]") 
   ref::ema_update(ema_ref.data(), w.data(), n, rho);
   REQUIRE(rel_l2_error(ema.data(), ema_ref.data(), n) < kTolF32Elementwise);
 
-  DeviceBuffer<__half> d_h(n);
+  auto d_h = poisoned<__half>(n);
   kernels::cast_f32_to_f16(d_w.get(), d_h.get(), n, 0);
   const auto h = download_half(d_h);
   REQUIRE(max_abs_diff(h.data(), round_to_half(w).data(), n) == 0.0);
