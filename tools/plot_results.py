@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Draws PNG plots from result JSONs (docs/json_schema.md, docs/kernel_bench.md).
+
+    tools/plot_results.py --out DIR FILE.json [FILE.json ...]
+
+Training records (schema cifar-speedrun/v1, from speedrun or the PyTorch reference
+tools/reference/resnet9_torch.py) give:
+  accuracy_vs_time.png  test accuracy (TTA) against timed seconds, one point per run, one colour
+                        per file, the mean of each file as a cross, the 94% target as a line;
+  epoch_curves.png      per-epoch test accuracy (with --eval-every-epoch) or else training
+                        accuracy, one line per run.
+kernel_bench records (schema cifar-speedrun/kernel_bench/v1) give:
+  conv_tflops.png       per conv shape and pass: the autotuned path and every cuDNN candidate
+                        (and any other conv variant in the file), TFLOP/s.
+Needs matplotlib (Debian: python3-matplotlib). Only reads the files; numbers are plotted as
+the tools wrote them.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+
+TRAIN_SCHEMA = "cifar-speedrun/v1"
+BENCH_SCHEMA = "cifar-speedrun/kernel_bench/v1"
+
+
+def label_of(path, rec):
+    gpu = (rec.get("machine") or {}).get("gpu") or rec.get("device", "?")
+    return f"{rec.get('tool', '?')} ({gpu}) {os.path.basename(path)}"
+
+
+def counted_runs(rec):
+    return [r for r in rec.get("runs", []) if not r.get("warmup") and not r.get("diverged")]
+
+
+def plot_accuracy_vs_time(records, out, plt):
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for path, rec in records:
+        runs = [r for r in counted_runs(rec) if r.get("test_acc_tta") is not None]
+        if not runs:
+            continue
+        xs = [r["timed_total_seconds"] for r in runs]
+        ys = [100.0 * r["test_acc_tta"] for r in runs]
+        pts = ax.scatter(xs, ys, s=18, alpha=0.7, label=label_of(path, rec))
+        ax.scatter([statistics.mean(xs)], [statistics.mean(ys)], marker="x", s=120,
+                   color=pts.get_facecolor()[0], linewidths=2.5)
+    ax.axhline(94.0, color="gray", linestyle="--", linewidth=1, label="94% target")
+    ax.set_xlabel("timed seconds per run (whitening + training + TTA evaluation)")
+    ax.set_ylabel("test accuracy with TTA (%)")
+    ax.set_title("accuracy against time, one point per run (x: mean)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "accuracy_vs_time.png"), dpi=120)
+    plt.close(fig)
+
+
+def plot_epoch_curves(records, out, plt):
+    fig, ax = plt.subplots(figsize=(8, 5))
+    what = "training accuracy"
+    for i, (path, rec) in enumerate(records):
+        color = f"C{i % 10}"
+        for j, run in enumerate(counted_runs(rec)):
+            epochs = run.get("epochs", [])
+            test = [e.get("test_acc_tta") for e in epochs]
+            if epochs and all(t is not None for t in test):
+                ys, what = test, "test accuracy (TTA, per epoch)"
+            else:
+                ys = [e.get("train_acc") for e in epochs]
+            xs = [e["epoch"] for e in epochs]
+            pairs = [(x, 100.0 * y) for x, y in zip(xs, ys) if y is not None]
+            if pairs:
+                ax.plot(*zip(*pairs), color=color, alpha=0.5,
+                        label=label_of(path, rec) if j == 0 else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{what} (%)")
+    ax.set_title("per-epoch accuracy, one line per run")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "epoch_curves.png"), dpi=120)
+    plt.close(fig)
+
+
+def plot_conv_bench(path, rec, out, plt):
+    conv = [r for r in rec.get("results", []) if r.get("family") == "conv" and r.get("tflops")]
+    if not conv:
+        return
+    shapes = list(dict.fromkeys(r["shape"] for r in conv))
+    passes = ["fwd", "bwd_data", "bwd_filter"]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5), sharey=True)
+    for ax, p in zip(axes, passes):
+        rows = [r for r in conv if r["name"].split()[0] == p]
+        variants = list(dict.fromkeys(" ".join(r["name"].split()[1:]) for r in rows))
+        width = 0.8 / max(1, len(variants))
+        for k, v in enumerate(variants):
+            ys = []
+            for s in shapes:
+                hit = [r["tflops"] for r in rows if r["shape"] == s and r["name"] == f"{p} {v}"]
+                ys.append(hit[0] if hit else 0.0)
+            ax.bar([i + k * width for i in range(len(shapes))], ys, width=width, label=v)
+        ax.set_title(p)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(shapes))])
+        ax.set_xticklabels(shapes, rotation=60, ha="right", fontsize=7)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("TFLOP/s")
+    gpu = (rec.get("gpu") or {}).get("name", "?")
+    fig.suptitle(f"convolutions at batch 512 on {gpu} ({os.path.basename(path)})")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "conv_tflops.png"), dpi=120)
+    plt.close(fig)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True, help="folder for the PNG files (created)")
+    ap.add_argument("files", nargs="+", help="result JSON files")
+    args = ap.parse_args()
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        sys.exit("plot_results: matplotlib is missing (Debian: apt-get install python3-matplotlib)")
+    train, bench = [], []
+    for path in args.files:
+        try:
+            with open(path) as f:
+                rec = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            sys.exit(f"plot_results: {path}: cannot read JSON: {e}")
+        schema = rec.get("schema")
+        if schema == TRAIN_SCHEMA:
+            train.append((path, rec))
+        elif schema == BENCH_SCHEMA:
+            bench.append((path, rec))
+        else:
+            sys.exit(f"plot_results: {path}: unknown schema {schema!r} "
+                     f"(expected {TRAIN_SCHEMA} or {BENCH_SCHEMA})")
+    os.makedirs(args.out, exist_ok=True)
+    if train:
+        plot_accuracy_vs_time(train, args.out, plt)
+        plot_epoch_curves(train, args.out, plt)
+    for path, rec in bench:
+        plot_conv_bench(path, rec, args.out, plt)
+    print(f"plot_results: wrote PNGs to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
