@@ -4,7 +4,7 @@
     tools/plot_results.py --out DIR FILE.json [FILE.json ...]
 
 Training records (schema cifar-speedrun/v1, from speedrun or the PyTorch reference
-tools/reference/resnet9_torch.py) give:
+tools/reference/resnet9_torch.py, also that script's earlier records without a schema) give:
   accuracy_vs_time.png  test accuracy (TTA) against timed seconds, one point per run, one colour
                         per file, the mean of each file as a cross, the 94% target as a line;
   epoch_curves.png      per-epoch test accuracy (with --eval-every-epoch) or else training
@@ -23,6 +23,19 @@ import sys
 
 TRAIN_SCHEMA = "cifar-speedrun/v1"
 BENCH_SCHEMA = "cifar-speedrun/kernel_bench/v1"
+
+
+def from_legacy_torch(rec):
+    """The PyTorch reference's records written before schema v1 (no `schema` key, `device` an
+    object, -1 for "not measured"; docs/results/2026-11-26-h100-torch-reference)."""
+    out = dict(rec)
+    dev = rec.get("device") or {}
+    out["machine"] = {"gpu": dev.get("name") if dev.get("kind") == "cuda" else None}
+    out["device"] = dev.get("kind", "?")
+    out["runs"] = [dict(r, epochs=[dict(e, test_acc_tta=None if e.get("test_acc_tta", -1) < 0
+                                        else e["test_acc_tta"]) for e in r.get("epochs", [])])
+                   for r in rec.get("runs", [])]
+    return out
 
 
 def label_of(path, rec):
@@ -132,6 +145,9 @@ def main():
         except (OSError, json.JSONDecodeError) as e:
             sys.exit(f"plot_results: {path}: cannot read JSON: {e}")
         schema = rec.get("schema")
+        if schema is None and rec.get("tool") == "resnet9_torch":
+            rec = from_legacy_torch(rec)
+            schema = TRAIN_SCHEMA
         if schema == TRAIN_SCHEMA:
             train.append((path, rec))
         elif schema == BENCH_SCHEMA:
