@@ -1,0 +1,474 @@
+// Implicit-GEMM forward convolution on the tensor cores: kernels, then launchers.
+// Interface, layouts and the GEMM view: kernels/conv/implicit_gemm.cuh. Design notes and
+// measurements: docs/conv_kernels.md.
+//
+// One thread block computes a BlockM x BlockN tile of y (BlockM output pixels, BlockN output
+// channels), walking the GEMM's K = R*R*C in slices of BlockK:
+//   1. cp.async copies the A slice (gathered from x: implicit im2col, zero-filled at the
+//      image borders) and the B slice (filter rows) into shared memory, Stages - 1 slices
+//      ahead of the one being multiplied;
+//   2. each warp multiplies its WarpM x WarpN sub-tile with ldmatrix + mma.sync m16n8k16
+//      (fp16 x fp16 -> fp32 accumulators in registers);
+//   3. the epilogue rounds to fp16, stages the tile through shared memory and writes it with
+//      16-byte coalesced stores (and, optionally, per-channel partial sums for BN statistics).
+//
+// Shared memory, per stage: sA [BlockM][BlockK + 8] and sB [BlockN][BlockK + 8] halves, both
+// K-contiguous (A row-major; B is w's rows, i.e. B column-major, what mma's .col wants).
+// Bank conflicts are avoided by PADDING each row by 8 halves (16 bytes): a row is then
+// BlockK/8 + 1 16-byte units long, an odd number, so the 8 row addresses of one ldmatrix
+// 8x8 matrix fall into 8 different 16-byte bank groups. The epilogue tile sC [BlockM][BlockN + 8]
+// reuses the same memory, padded the same way for the same reason.
+#include "kernels/conv/implicit_gemm.cuh"
+
+#include <cstdint>
+#include <string>
+
+#include "kernels/common.cuh"
+
+namespace kernels {
+
+namespace {
+
+using igemm_detail::a_offset;
+using igemm_detail::FilterTap;
+
+// ------------------------------------------------------------------------ PTX wrappers (sm_80+)
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte global -> shared copy that bypasses L1 (.cg). When !valid nothing is read and the 16
+// bytes are zero-filled (src-size 0): the convolution's zero padding and the tile predication.
+// src must still be a valid address, so callers pass the tensor's base then.
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
+  const int src_bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+               "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+// Waits until at most n of this thread's most recent commit groups are still in flight.
+template <int n>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(n) : "memory");
+}
+
+// Four 8x8 fp16 matrices from shared memory; lane l gives the address of row l % 8 of matrix
+// l / 8 and receives, of each matrix, row l / 4, columns 2 * (l % 4) and + 1.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// d += a * b for a 16x16 (row-major) by 16x8 (column-major) fp16 product, fp32 accumulators.
+// Fragments (g = lane / 4, t = lane % 4): a[0] rows g, cols 2t..2t+1; a[1] rows g + 8;
+// a[2], a[3] the same at cols + 8. b[0] k = 2t..2t+1, n = g; b[1] k + 8. d[0..1] row g,
+// cols 2t..2t+1; d[2..3] row g + 8.
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                          uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// ------------------------------------------------------------------------------- tile shapes
+
+// A tile configuration as a type (CUTLASS style): block tile, warp tile, pipeline depth, and
+// the minimum resident blocks per SM handed to __launch_bounds__ (it caps the registers at
+// 65536 / (threads * MinBlocks) per thread).
+template <int BlockM, int BlockN, int BlockK, int WarpM, int WarpN, int Stages, int MinBlocks>
+struct IgemmTile {
+  static constexpr int kBlockM = BlockM, kBlockN = BlockN, kBlockK = BlockK;
+  static constexpr int kWarpM = WarpM, kWarpN = WarpN, kStages = Stages, kMinBlocks = MinBlocks;
+  static constexpr int kWarpsM = BlockM / WarpM, kWarpsN = BlockN / WarpN;
+  static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
+  static constexpr int kMmaM = WarpM / 16;  // m16 tiles per warp
+  static constexpr int kMmaN = WarpN / 8;   // n8 tiles per warp
+  static constexpr int kMmaK = BlockK / 16;  // k16 steps per stage
+
+  // Loaders: thread t copies the 16-byte chunk t % kChunksK of rows t / kChunksK + i * kRowStep.
+  static constexpr int kChunksK = BlockK / 8;
+  static constexpr int kRowStep = kThreads / kChunksK;
+  static constexpr int kARows = BlockM / kRowStep;  // A rows per thread
+  static constexpr int kBRows = BlockN / kRowStep;  // B rows per thread
+
+  static constexpr int kStride = BlockK + 8;   // halves per sA / sB row (padded)
+  static constexpr int kCStride = BlockN + 8;  // halves per sC row (padded)
+  static constexpr int kStageHalves = (BlockM + BlockN) * kStride;
+  static constexpr int kPipeHalves = Stages * kStageHalves;
+  static constexpr int kEpilogueHalves = BlockM * kCStride;
+  // Stats epilogue: threads per column pair, and its fp32 scratch [2][kStatSlices][BlockN]
+  // right after sC.
+  static constexpr int kStatSlices = kThreads / (BlockN / 2);
+  static constexpr int kEpilogueBytes = 2 * kEpilogueHalves + 2 * kStatSlices * BlockN * 4;
+  static constexpr size_t kSmemBytes =
+      (size_t)(2 * kPipeHalves > kEpilogueBytes ? 2 * kPipeHalves : kEpilogueBytes);
+
+  static_assert(BlockM % WarpM == 0 && BlockN % WarpN == 0, "warps must tile the block");
+  static_assert(WarpM % 16 == 0 && WarpN % 16 == 0, "warp tile: m16 rows, pairs of n8 columns");
+  static_assert(BlockK % 16 == 0, "BlockK: whole k16 steps (also keeps the padded rows odd)");
+  static_assert(kThreads % kChunksK == 0, "loader: whole rows per pass");
+  static_assert(BlockM % kRowStep == 0 && BlockN % kRowStep == 0, "loader: whole passes");
+  static_assert(BlockN % 8 == 0 && kThreads >= BlockN, "stats epilogue: a thread per column");
+  static_assert(kThreads % (BlockN / 2) == 0, "stats epilogue: whole slices of column pairs");
+  static_assert(Stages >= 2, "a pipeline needs two stages");
+};
+
+using Tile128x128x32 = IgemmTile<128, 128, 32, 64, 32, 4, 2>;
+using Tile128x128x64 = IgemmTile<128, 128, 64, 64, 32, 3, 2>;
+using Tile128x64x32 = IgemmTile<128, 64, 32, 64, 32, 4, 2>;
+using Tile64x64x32 = IgemmTile<64, 64, 32, 32, 32, 4, 4>;
+
+struct IgemmParams {
+  const __half* x;  // [N][H][W][C]
+  const __half* w;  // [K][R][R][C] = B^T, [K][Kg]
+  __half* y;        // [N][H][W][K] = [M][K]
+  float* partials;  // stats only: [2][gridDim.y][K] (sums, then sums of squares)
+  int H, W, C, K, R, pad;
+  int M;   // N * H * W
+  int Kg;  // R * R * C
+};
+
+// ------------------------------------------------------------------------------ the loaders
+
+// Copies one BlockK slice of A and of B into a pipeline stage. Each thread owns a fixed 16-byte
+// chunk column (so one FilterTap serves all its A rows) and kARows / kBRows rows; the output
+// pixel of each A row is decoded once, at construction.
+template <class T>
+struct TileLoader {
+  int chunk, row0;
+  int k;          // first GEMM column of this thread's chunk in the next slice
+  FilterTap tap;  // the filter tap of column k
+  int a_m[T::kARows], a_oh[T::kARows], a_ow[T::kARows];
+  bool a_ok[T::kARows];
+  int b_off[T::kBRows];  // offset of filter row n in w (n * Kg)
+  bool b_ok[T::kBRows];
+
+  __device__ TileLoader(const IgemmParams& p, int m0, int n0) {
+    chunk = threadIdx.x % T::kChunksK;
+    row0 = threadIdx.x / T::kChunksK;
+    k = chunk * 8;
+    tap.init(k, p.C, p.R);
+#pragma unroll
+    for (int i = 0; i < T::kARows; i++) {
+      const int m = m0 + row0 + i * T::kRowStep;
+      a_ok[i] = m < p.M;
+      a_m[i] = a_ok[i] ? m : 0;
+      a_ow[i] = a_m[i] % p.W;
+      a_oh[i] = (a_m[i] / p.W) % p.H;
+    }
+#pragma unroll
+    for (int i = 0; i < T::kBRows; i++) {
+      const int n = n0 + row0 + i * T::kRowStep;
+      b_ok[i] = n < p.K;
+      b_off[i] = b_ok[i] ? n * p.Kg : 0;
+    }
+  }
+
+  // Issues the copies of the next slice into `stage` (sA then sB) and steps to the slice after.
+  __device__ void load(const IgemmParams& p, __half* stage) {
+    __half* sA = stage;
+    __half* sB = stage + T::kBlockM * T::kStride;
+    const bool k_ok = k < p.Kg;  // Kg % 8 == 0: a chunk is wholly inside or wholly past the end
+#pragma unroll
+    for (int i = 0; i < T::kARows; i++) {
+      const int off = (a_ok[i] && k_ok) ? a_offset(a_m[i], a_oh[i], a_ow[i], tap, p.H, p.W, p.C, p.pad)
+                                        : -1;
+      const int row = row0 + i * T::kRowStep;
+      cp_async_16(smem_addr(sA + row * T::kStride + chunk * 8), p.x + (off >= 0 ? off : 0), off >= 0);
+    }
+#pragma unroll
+    for (int i = 0; i < T::kBRows; i++) {
+      const bool ok = b_ok[i] && k_ok;
+      const int row = row0 + i * T::kRowStep;
+      cp_async_16(smem_addr(sB + row * T::kStride + chunk * 8), p.w + (ok ? b_off[i] + k : 0), ok);
+    }
+    k += T::kBlockK;
+    tap.advance(T::kBlockK, p.C, p.R);
+  }
+};
+
+// -------------------------------------------------------------------------------- the warps
+
+// acc += the warp's WarpM x WarpN share of sA * sB^T for one stage.
+template <class T>
+__device__ __forceinline__ void warp_mma_stage(const __half* stage, int warp_m0, int warp_n0,
+                                               int lane, float (&acc)[T::kMmaM][T::kMmaN][4]) {
+  const __half* sA = stage;
+  const __half* sB = stage + T::kBlockM * T::kStride;
+  // ldmatrix.x4 row addresses. A (16x16 per m16 tile): matrices (rows 0-7, k 0-7),
+  // (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15) = a[0..3].
+  // B (two n8 tiles): matrices (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7),
+  // (n 8-15, k 8-15) = b[j][0], b[j][1], b[j+1][0], b[j+1][1].
+  const int a_row = lane & 15, a_col = (lane >> 4) * 8;
+  const int b_row = (lane & 7) + (lane >> 4) * 8, b_col = ((lane >> 3) & 1) * 8;
+#pragma unroll
+  for (int kk = 0; kk < T::kMmaK; kk++) {
+    uint32_t a[T::kMmaM][4], b[T::kMmaN][2];
+#pragma unroll
+    for (int i = 0; i < T::kMmaM; i++)
+      ldmatrix_x4(a[i], smem_addr(sA + (warp_m0 + i * 16 + a_row) * T::kStride + kk * 16 + a_col));
+#pragma unroll
+    for (int j = 0; j < T::kMmaN; j += 2) {
+      uint32_t t[4];
+      ldmatrix_x4(t, smem_addr(sB + (warp_n0 + j * 8 + b_row) * T::kStride + kk * 16 + b_col));
+      b[j][0] = t[0];
+      b[j][1] = t[1];
+      b[j + 1][0] = t[2];
+      b[j + 1][1] = t[3];
+    }
+#pragma unroll
+    for (int i = 0; i < T::kMmaM; i++)
+#pragma unroll
+      for (int j = 0; j < T::kMmaN; j++) mma_16816(acc[i][j], a[i], b[j][0], b[j][1]);
+  }
+}
+
+// -------------------------------------------------------------------------------- the kernel
+
+// Grid: x over output-channel tiles (fastest, so the blocks that share an A tile run together
+// and read it from DRAM once), y over output-pixel tiles. Block: T::kThreads threads.
+template <class T, bool kStats>
+__global__ void __launch_bounds__(T::kThreads, T::kMinBlocks)
+    conv_fwd_igemm_kernel(const IgemmParams p) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __half* smem = reinterpret_cast<__half*>(smem_raw);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int warp_m0 = (warp / T::kWarpsN) * T::kWarpM;
+  const int warp_n0 = (warp % T::kWarpsN) * T::kWarpN;
+  const int n0 = blockIdx.x * T::kBlockN, m0 = blockIdx.y * T::kBlockM;
+  const int k_tiles = ceil_div(p.Kg, T::kBlockK);
+
+  TileLoader<T> loader(p, m0, n0);
+  // Prologue: slices 0 .. Stages-2 in flight. One commit group per slice, empty past the end,
+  // so the wait count below is the same in every iteration.
+#pragma unroll
+  for (int s = 0; s < T::kStages - 1; s++) {
+    if (s < k_tiles) loader.load(p, smem + s * T::kStageHalves);
+    cp_async_commit();
+  }
+
+  float acc[T::kMmaM][T::kMmaN][4];
+#pragma unroll
+  for (int i = 0; i < T::kMmaM; i++)
+#pragma unroll
+    for (int j = 0; j < T::kMmaN; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
+
+  for (int kt = 0; kt < k_tiles; kt++) {
+    // Groups committed so far: Stages - 1 + kt; allowing Stages - 2 in flight means slices
+    // 0 .. kt have landed (this thread's copies; the barrier makes it everyone's). The barrier
+    // also tells us every warp is done with stage (kt - 1) % Stages, which is refilled next.
+    cp_async_wait<T::kStages - 2>();
+    __syncthreads();
+    const int next = kt + T::kStages - 1;
+    if (next < k_tiles) loader.load(p, smem + (next % T::kStages) * T::kStageHalves);
+    cp_async_commit();
+    warp_mma_stage<T>(smem + (kt % T::kStages) * T::kStageHalves, warp_m0, warp_n0, lane, acc);
+  }
+  cp_async_wait<0>();  // only empty groups remain; drained before sC reuses the stages
+  __syncthreads();
+
+  // Epilogue 1: accumulators -> fp16 tile sC [BlockM][kCStride]. A warp's half2 stores cover
+  // rows g (8 of them, kCStride / 2 words apart = 4 banks mod 32) x 4 column pairs: no conflicts.
+  __half* sC = smem;
+#pragma unroll
+  for (int i = 0; i < T::kMmaM; i++)
+#pragma unroll
+    for (int j = 0; j < T::kMmaN; j++) {
+      const int r = warp_m0 + i * 16 + (lane >> 2), c = warp_n0 + j * 8 + (lane & 3) * 2;
+      *reinterpret_cast<__half2*>(sC + r * T::kCStride + c) = __floats2half2_rn(acc[i][j][0], acc[i][j][1]);
+      *reinterpret_cast<__half2*>(sC + (r + 8) * T::kCStride + c) =
+          __floats2half2_rn(acc[i][j][2], acc[i][j][3]);
+    }
+  __syncthreads();
+
+  // Epilogue 2: sC -> y in 16-byte chunks, consecutive threads along a row (coalesced).
+  // K % 8 == 0, so a chunk of 8 channels is wholly inside or wholly outside [0, K).
+  constexpr int kChunksN = T::kBlockN / 8;
+  static_assert(T::kBlockM * kChunksN % T::kThreads == 0, "epilogue: whole passes");
+#pragma unroll
+  for (int it = 0; it < T::kBlockM * kChunksN / T::kThreads; it++) {
+    const int idx = it * T::kThreads + threadIdx.x;
+    const int r = idx / kChunksN, ch = idx % kChunksN;
+    const int m = m0 + r, n = n0 + ch * 8;
+    if (m < p.M && n < p.K)
+      *reinterpret_cast<uint4*>(p.y + (size_t)m * p.K + n) =
+          *reinterpret_cast<const uint4*>(sC + r * T::kCStride + ch * 8);
+  }
+
+  if constexpr (kStats) {
+    // Epilogue 3: this block's partial sum and sum of squares of each of its columns over its
+    // rows m < M, from the fp16 values just stored. Thread t sums column pair t % kPairs over
+    // rows t / kPairs, + kStatSlices, ... (consecutive threads read consecutive words); the
+    // kStatSlices partials of a column are then added in slice order. Fixed order: deterministic.
+    constexpr int kPairs = T::kBlockN / 2;
+    float* red = reinterpret_cast<float*>(smem + T::kEpilogueHalves);  // [2][kStatSlices][BlockN]
+    const int pair = threadIdx.x % kPairs, slice = threadIdx.x / kPairs;
+    const int rows = min(T::kBlockM, p.M - m0);
+    float2 s = make_float2(0.0f, 0.0f), ss = make_float2(0.0f, 0.0f);
+    for (int r = slice; r < rows; r += T::kStatSlices) {
+      const float2 v = __half22float2(*reinterpret_cast<const __half2*>(sC + r * T::kCStride + 2 * pair));
+      s.x += v.x;
+      s.y += v.y;
+      ss.x += v.x * v.x;
+      ss.y += v.y * v.y;
+    }
+    *reinterpret_cast<float2*>(red + slice * T::kBlockN + 2 * pair) = s;
+    *reinterpret_cast<float2*>(red + (T::kStatSlices + slice) * T::kBlockN + 2 * pair) = ss;
+    __syncthreads();
+    const int c = threadIdx.x, n = n0 + c;
+    if (c < T::kBlockN && n < p.K) {
+      float sum = 0.0f, sumsq = 0.0f;
+#pragma unroll
+      for (int j = 0; j < T::kStatSlices; j++) {
+        sum += red[j * T::kBlockN + c];
+        sumsq += red[(T::kStatSlices + j) * T::kBlockN + c];
+      }
+      p.partials[(size_t)blockIdx.y * p.K + n] = sum;
+      p.partials[((size_t)gridDim.y + blockIdx.y) * p.K + n] = sumsq;
+    }
+  }
+}
+
+// Adds the per-block partials of each group in block order: sum[g][n], sumsq[g][n] for
+// g < groups, n < K. One thread per (g, n); consecutive threads read consecutive n.
+__global__ void igemm_stats_reduce_kernel(const float* partials, int grid_m, int blocks_per_group,
+                                          int groups, int K, float* sum, float* sumsq) {
+  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= groups * K) return;
+  const int g = idx / K, n = idx % K;
+  const int b_end = min((g + 1) * blocks_per_group, grid_m);
+  float s = 0.0f, ss = 0.0f;
+  for (int b = g * blocks_per_group; b < b_end; b++) {
+    s += partials[(size_t)b * K + n];
+    ss += partials[((size_t)grid_m + b) * K + n];
+  }
+  sum[idx] = s;
+  sumsq[idx] = ss;
+}
+
+// ------------------------------------------------------------------------------- launchers
+
+template <class T>
+IgemmConfigInfo info_of(const char* name) {
+  return {name, T::kBlockM, T::kBlockN, T::kBlockK, T::kWarpM, T::kWarpN, T::kStages, T::kThreads,
+          T::kSmemBytes};
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+// The preconditions of conv_forward_igemm (see the header), and the kernel's parameters.
+IgemmParams make_params(const char* fn, const __half* x, const __half* w, __half* y,
+                        const ConvDesc& d, const IgemmConfigInfo& cfg) {
+  require(d.N > 0 && d.H > 0 && d.W > 0 && d.C > 0 && d.K > 0, fn, "every dimension must be positive");
+  require(d.R > 0 && d.R % 2 == 1, fn, "R must be odd (pad (R - 1) / 2 keeps the size)");
+  require(d.C % 8 == 0, fn, "C must be a multiple of 8 (16-byte loads of 8 fp16 channels)");
+  require(d.K % 8 == 0, fn, "K must be a multiple of 8 (16-byte stores of 8 fp16 channels)");
+  require(x != nullptr && w != nullptr && y != nullptr, fn, "null tensor");
+  require(aligned16(x) && aligned16(w) && aligned16(y), fn, "x, w and y must be 16-byte aligned");
+  const long long pixels = (long long)d.N * d.H * d.W;
+  const long long int_max = 2147483647LL;
+  require(pixels * d.C <= int_max && pixels * d.K <= int_max &&
+              (long long)d.K * d.R * d.R * d.C <= int_max,
+          fn, "tensors must have fewer than 2^31 elements (32-bit indexing)");
+  require(ceil_div(pixels, (long long)cfg.block_m) <= 65535, fn,
+          "too many output pixels for the grid's y dimension (ceil(N*H*W / BlockM) > 65535)");
+  IgemmParams p{};
+  p.x = x;
+  p.w = w;
+  p.y = y;
+  p.partials = nullptr;
+  p.H = d.H;
+  p.W = d.W;
+  p.C = d.C;
+  p.K = d.K;
+  p.R = d.R;
+  p.pad = (d.R - 1) / 2;
+  p.M = (int)pixels;
+  p.Kg = d.R * d.R * d.C;
+  return p;
+}
+
+template <class T, bool kStats>
+void launch_tile(const IgemmParams& p, cudaStream_t stream) {
+  auto* kernel = conv_fwd_igemm_kernel<T, kStats>;
+  // Above 48 KB a kernel must opt in to its dynamic shared memory; the attribute belongs to the
+  // function, so once per process and instantiation is enough.
+  static const cudaError_t attr = cudaFuncSetAttribute(
+      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)T::kSmemBytes);
+  CUDA_CHECK(attr);
+  const dim3 grid(ceil_div(p.K, T::kBlockN), ceil_div(p.M, T::kBlockM));
+  kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <bool kStats>
+void launch(IgemmConfig config, const IgemmParams& p, cudaStream_t stream) {
+  switch (config) {
+    case IgemmConfig::k128x128x32s4: return launch_tile<Tile128x128x32, kStats>(p, stream);
+    case IgemmConfig::k128x128x64s3: return launch_tile<Tile128x128x64, kStats>(p, stream);
+    case IgemmConfig::k128x64x32s4: return launch_tile<Tile128x64x32, kStats>(p, stream);
+    case IgemmConfig::k64x64x32s4: return launch_tile<Tile64x64x32, kStats>(p, stream);
+  }
+  require(false, "conv_forward_igemm", "unknown IgemmConfig");
+}
+
+}  // namespace
+
+IgemmConfigInfo igemm_config_info(IgemmConfig config) {
+  switch (config) {
+    case IgemmConfig::k128x128x32s4: return info_of<Tile128x128x32>("128x128x32_s4");
+    case IgemmConfig::k128x128x64s3: return info_of<Tile128x128x64>("128x128x64_s3");
+    case IgemmConfig::k128x64x32s4: return info_of<Tile128x64x32>("128x64x32_s4");
+    case IgemmConfig::k64x64x32s4: return info_of<Tile64x64x32>("64x64x32_s4");
+  }
+  throw std::invalid_argument("igemm_config_info: unknown IgemmConfig " +
+                              std::to_string(static_cast<int>(config)));
+}
+
+void conv_forward_igemm(const __half* x, const __half* w, __half* y, const ConvDesc& d,
+                        IgemmConfig config, cudaStream_t stream) {
+  const IgemmConfigInfo cfg = igemm_config_info(config);
+  const IgemmParams p = make_params("conv_forward_igemm", x, w, y, d, cfg);
+  launch<false>(config, p, stream);
+}
+
+size_t igemm_stats_scratch_bytes(const ConvDesc& d, IgemmConfig config) {
+  const IgemmConfigInfo cfg = igemm_config_info(config);
+  const long long grid_m = ceil_div((long long)d.N * d.H * d.W, (long long)cfg.block_m);
+  return 2 * (size_t)grid_m * (size_t)d.K * sizeof(float);
+}
+
+void conv_forward_igemm_stats(const __half* x, const __half* w, __half* y, const ConvDesc& d,
+                              IgemmConfig config, const IgemmStats& stats, cudaStream_t stream) {
+  const char* fn = "conv_forward_igemm_stats";
+  const IgemmConfigInfo cfg = igemm_config_info(config);
+  IgemmParams p = make_params(fn, x, w, y, d, cfg);
+  require(stats.sum != nullptr && stats.sumsq != nullptr && stats.partials != nullptr, fn,
+          "null statistics buffer");
+  require(stats.group_images > 0 && d.N % stats.group_images == 0, fn,
+          "group_images must divide N");
+  const int groups = d.N / stats.group_images;
+  const int group_pixels = stats.group_images * d.H * d.W;
+  // Each block's rows must lie in one group, so its partial belongs to one group.
+  require(groups == 1 || group_pixels % cfg.block_m == 0, fn,
+          "with several groups, group_images * H * W must be a multiple of BlockM");
+  p.partials = stats.partials;
+  launch<true>(config, p, stream);
+
+  const int grid_m = ceil_div(p.M, cfg.block_m);
+  const int blocks_per_group = groups == 1 ? grid_m : group_pixels / cfg.block_m;
+  const int threads = 256, blocks = ceil_div(groups * d.K, threads);
+  igemm_stats_reduce_kernel<<<blocks, threads, 0, stream>>>(stats.partials, grid_m, blocks_per_group,
+                                                           groups, d.K, stats.sum, stats.sumsq);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace kernels

@@ -1,0 +1,116 @@
+// Hand-written implicit-GEMM convolution on the tensor cores (mma.sync m16n8k16, sm_80+):
+// the forward pass, fp16 activations and filters, fp32 accumulation, fp16 output.
+// Not used by the training engine yet (it runs cuDNN through engine/conv_cudnn.h); see
+// docs/conv_kernels.md for the design, the tile configurations and what is measured.
+//
+// Layouts as in the CPU reference (kernels/ref/conv.h), stride 1, pad (R - 1) / 2:
+//   x  [N][H][W][C]   input activations (NHWC)
+//   w  [K][R][R][C]   filters (KRSC)
+//   y  [N][H][W][K]   output, same spatial size as x
+// GEMM view: y[m][n] = sum_k A[m][k] * B[k][n] with
+//   m = (img * H + oh) * W + ow    output pixel,      M = N * H * W
+//   n                              output channel,    N_gemm = K
+//   k = (r * R + s) * C + c        filter tap and input channel, K_gemm = R * R * C
+//   A[m][k] = x[img][oh + r - pad][ow + s - pad][c]   (0 outside the image: the zero padding)
+//   B[k][n] = w[n][r][s][c]                            (so B is w read as an [K][R*R*C] matrix)
+#pragma once
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+namespace kernels {
+
+// One convolution's shape (the same fields as cs::ConvDesc in engine/conv_cudnn.h).
+struct ConvDesc {
+  int N, H, W, C;  // input [N][H][W][C]
+  int K, R;        // filters [K][R][R][C]; output [N][H][W][K]
+};
+
+// Tile configurations: BlockM output pixels x BlockN output channels per thread block, BlockK
+// GEMM columns (a slice of R*R*C) per pipeline stage, Stages cp.async stages in flight.
+enum class IgemmConfig : int {
+  k128x128x32s4,  // 8 warps (2 x 4) of 64x32: the big layers (layer1, layer2)
+  k128x128x64s3,  // the same warps, a K slice twice as deep: half the barriers per flop
+  k128x64x32s4,   // 4 warps (2 x 2) of 64x32: K = 64 (the 1x1 prep conv)
+  k64x64x32s4,    // 4 warps (2 x 2) of 32x32: small grids (layer3 @8, layer3_res @4)
+};
+constexpr IgemmConfig kIgemmConfigs[] = {IgemmConfig::k128x128x32s4, IgemmConfig::k128x128x64s3,
+                                         IgemmConfig::k128x64x32s4, IgemmConfig::k64x64x32s4};
+
+struct IgemmConfigInfo {
+  const char* name;  // e.g. "128x128x32_s4"
+  int block_m, block_n, block_k;
+  int warp_m, warp_n;
+  int stages, threads;
+  size_t smem_bytes;  // dynamic shared memory per block
+};
+IgemmConfigInfo igemm_config_info(IgemmConfig config);
+
+// y = conv(x, w). Overwrites y. Requirements (checked, std::invalid_argument otherwise):
+// C % 8 == 0 and K % 8 == 0 (every copy is a 16-byte vector of 8 channels); x, w, y 16-byte
+// aligned; R odd; every tensor below 2^31 elements (32-bit indexing); ceil(M / BlockM) <= 65535
+// (the grid's y dimension). y must not overlap x or w. Any M, K, R*R*C: partial tiles are
+// predicated. Asynchronous on `stream`; deterministic (no atomics).
+void conv_forward_igemm(const __half* x, const __half* w, __half* y, const ConvDesc& d,
+                        IgemmConfig config, cudaStream_t stream);
+
+// Optional fused epilogue for BN statistics: per group of images and output channel, the sum
+// and the sum of squares of y as stored (the fp16-rounded values), in fp32.
+//   sum[g][k] = sum over images g*group_images .. (g+1)*group_images-1 and all pixels of y,
+//   sumsq[g][k] likewise of y^2;  g < N / group_images.
+// Ghost BN with groups of 32 images: group_images = 32; plain BN over the batch: group_images
+// = N. Each thread block writes a partial sum of its BlockM rows to `partials` (scratch of
+// igemm_stats_scratch_bytes(d, config) bytes) and a second small kernel adds the partials of
+// each group in a fixed order, so the result is deterministic.
+struct IgemmStats {
+  float* sum;         // [N / group_images][K]
+  float* sumsq;       // [N / group_images][K]
+  float* partials;    // scratch
+  int group_images;   // divides N; when N / group_images > 1, group_images*H*W % BlockM == 0
+};
+size_t igemm_stats_scratch_bytes(const ConvDesc& d, IgemmConfig config);
+// conv_forward_igemm plus the statistics above (y is bitwise the same as without them).
+void conv_forward_igemm_stats(const __half* x, const __half* w, __half* y, const ConvDesc& d,
+                              IgemmConfig config, const IgemmStats& stats, cudaStream_t stream);
+
+namespace igemm_detail {
+
+// Where the 8 channels A[m][k .. k+7] of the implicit im2col matrix come from: the filter tap
+// (r, s) and first channel c of GEMM column k = (r * R + s) * C + c. A thread block walks k in
+// steps of BlockK; advance() does it without divisions. r >= R means k >= R*R*C (past the end).
+// __host__ __device__ so tests/implicit_gemm_gpu_test.cu checks it on the host.
+struct FilterTap {
+  int r, s, c;
+  __host__ __device__ void init(int k, int C, int R) {
+    const int rs = k / C;
+    c = k - rs * C;
+    r = rs / R;
+    s = rs - r * R;
+  }
+  __host__ __device__ void advance(int step, int C, int R) {
+    c += step;
+    while (c >= C) {  // once per step when C >= step; C / step times for thin inputs
+      c -= C;
+      if (++s == R) {
+        s = 0;
+        ++r;
+      }
+    }
+  }
+};
+
+// Element offset in x of A[m][k] for output pixel m = (img, oh, ow) and tap t (with t.r < R),
+// or -1 when the tap falls into the zero padding. Input pixel (img, oh + dr, ow + ds) is pixel
+// m + dr * W + ds of the flattened [N*H*W] pixel index, which is valid once the bounds hold.
+__host__ __device__ inline int a_offset(int m, int oh, int ow, const FilterTap& t, int H, int W,
+                                        int C, int pad) {
+  const int dr = t.r - pad, ds = t.s - pad;
+  const int ih = oh + dr, iw = ow + ds;
+  if (ih < 0 || ih >= H || iw < 0 || iw >= W) return -1;
+  return (m + dr * W + ds) * C + t.c;
+}
+
+}  // namespace igemm_detail
+
+}  // namespace kernels
