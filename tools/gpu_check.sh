@@ -4,19 +4,22 @@
 # 1. setup: nvidia-smi, GPU name, cuDNN / cuBLAS / cuRAND versions; LD_LIBRARY_PATH from the
 #    Python wheels (site-packages/nvidia/*/lib) when present; builds build-gpu with cmake +
 #    ninja unless build/ (or $BUILD_DIR) already holds cs_gpu_tests, kernel_bench and speedrun.
-# 2. sanitizer: the GPU tests once under compute-sanitizer memcheck (the test binary directly).
-# 3. gpu_tests: the GPU tests normally (ctest -L gpu when the build's CTest files point at this
+# 2. gpu_tests: the GPU tests (ctest -L gpu when the build's CTest files point at this
 #    checkout, else the test binary directly: a build carried from another path has stale
 #    absolute paths in its CTest files).
-# 4. kernel_bench: kernel_bench --json OUTDIR/kernel_bench.json.
+# 3. kernel_bench: kernel_bench --json OUTDIR/kernel_bench.json.
+# 4. conv_bench (when built): the hand-written conv kernels against cuDNN,
+#    --json OUTDIR/conv_bench.json.
 # 5. speedrun (only with DATA_DIR or $CIFAR10_DIR): speedrun --device cuda --runs RUNS (default
 #    3) --json OUTDIR/speedrun.json. DATA_DIR may be the cifar-10-batches-bin folder, its parent,
 #    or the repo's compressed pack (a folder with build_bins.py, e.g. ../shared/cifar10), which
 #    is unpacked to /tmp/cifar10-bins first.
-# Every step has a time limit and its log in OUTDIR; a failing step does not stop the others;
-# the exit status is non-zero if any step failed. OUTDIR holds at most 8 files: setup.log,
-# sanitizer.log, gpu_tests.log, kernel_bench.log, kernel_bench.json, speedrun.log,
-# speedrun.json, summary.txt. Steps 1-4 take under 5 minutes on an H100 with a prebuilt build/.
+# 6. sanitizer: the GPU tests under compute-sanitizer memcheck (the test binary directly); last,
+#    because it is the slowest step and the others matter more when time is short.
+# Every step has a time limit; a failing step does not stop the others; the exit status is
+# non-zero if any step failed. OUTDIR holds at most 7 files (a device call returns at most 8):
+# gpu_check.log (setup, benchmarks' and speedrun's output, the summary table), gpu_tests.log,
+# sanitizer.log, kernel_bench.json, conv_bench.json, speedrun.json.
 set -u -o pipefail
 
 if [ $# -lt 1 ]; then
@@ -33,9 +36,9 @@ cd "$ROOT" || exit 2
 
 # Time limits per step (seconds).
 T_BUILD=${T_BUILD:-900}
-T_SANITIZER=${T_SANITIZER:-180}
+T_SANITIZER=${T_SANITIZER:-300}
 T_TESTS=${T_TESTS:-120}
-T_BENCH=${T_BENCH:-90}
+T_BENCH=${T_BENCH:-120}
 T_SPEEDRUN=${T_SPEEDRUN:-600}
 
 NAMES=()
@@ -74,7 +77,7 @@ skip_step() {
 }
 
 # ---------------------------------------------------------------- 1. setup
-LOG=setup.log
+LOG=gpu_check.log
 : >"$OUT/$LOG"
 {
   echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
@@ -129,7 +132,47 @@ else
     "cmake $(printf '%q ' "${CMAKE_ARGS[@]}") && ninja -C $(printf '%q' "$BUILD") cs_gpu_tests kernel_bench speedrun"
 fi
 
-# ---------------------------------------------------------------- 2. sanitizer
+# ---------------------------------------------------------------- 2. GPU tests
+: >"$OUT/gpu_tests.log"
+if [ ! -x "$BUILD/cs_gpu_tests" ]; then
+  skip_step gpu_tests "no $BUILD/cs_gpu_tests"
+elif [ -f "$BUILD/CTestTestfile.cmake" ] && grep -q "$ROOT/" "$BUILD/CTestTestfile.cmake" &&
+     command -v ctest >/dev/null; then
+  run_step gpu_tests "$T_TESTS" gpu_tests.log ctest --test-dir "$BUILD" -L gpu --output-on-failure
+else
+  run_step gpu_tests "$T_TESTS" gpu_tests.log "$BUILD/cs_gpu_tests" "[gpu]" --durations yes
+fi
+
+# ---------------------------------------------------------------- 3. kernel bench
+if [ -x "$BUILD/kernel_bench" ]; then
+  run_step kernel_bench "$T_BENCH" "$LOG" "$BUILD/kernel_bench" --json "$OUT/kernel_bench.json"
+else
+  skip_step kernel_bench "no $BUILD/kernel_bench"
+fi
+
+# ---------------------------------------------------------------- 4. conv bench
+if [ -x "$BUILD/conv_bench" ]; then
+  run_step conv_bench "$T_BENCH" "$LOG" "$BUILD/conv_bench" --json "$OUT/conv_bench.json"
+else
+  skip_step conv_bench "no $BUILD/conv_bench"
+fi
+
+# ---------------------------------------------------------------- 5. speedrun
+if [ -z "$DATA" ]; then
+  skip_step speedrun "no DATA_DIR argument or CIFAR10_DIR"
+elif [ ! -x "$BUILD/speedrun" ]; then
+  skip_step speedrun "no $BUILD/speedrun"
+else
+  if [ -f "$DATA/build_bins.py" ] && [ ! -d "$DATA/cifar-10-batches-bin" ]; then
+    # The compressed pack: rebuild the official binary files (checked against SHA256SUMS).
+    run_step unpack_data 120 "$LOG" python3 "$DATA/build_bins.py" /tmp/cifar10-bins "$DATA"
+    DATA=/tmp/cifar10-bins
+  fi
+  run_step speedrun "$T_SPEEDRUN" "$LOG" \
+    "$BUILD/speedrun" --device cuda --data "$DATA" --runs "$RUNS" --json "$OUT/speedrun.json"
+fi
+
+# ---------------------------------------------------------------- 6. sanitizer
 SANITIZER=$(command -v compute-sanitizer || true)
 for c in /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer; do
   [ -z "$SANITIZER" ] && [ -x "$c" ] && SANITIZER=$c
@@ -146,41 +189,6 @@ else
     "$BUILD/cs_gpu_tests" "[gpu]"
 fi
 
-# ---------------------------------------------------------------- 3. GPU tests
-: >"$OUT/gpu_tests.log"
-if [ ! -x "$BUILD/cs_gpu_tests" ]; then
-  skip_step gpu_tests "no $BUILD/cs_gpu_tests"
-elif [ -f "$BUILD/CTestTestfile.cmake" ] && grep -q "$ROOT/" "$BUILD/CTestTestfile.cmake" &&
-     command -v ctest >/dev/null; then
-  run_step gpu_tests "$T_TESTS" gpu_tests.log ctest --test-dir "$BUILD" -L gpu --output-on-failure
-else
-  run_step gpu_tests "$T_TESTS" gpu_tests.log "$BUILD/cs_gpu_tests" "[gpu]" --durations yes
-fi
-
-# ---------------------------------------------------------------- 4. kernel bench
-: >"$OUT/kernel_bench.log"
-if [ -x "$BUILD/kernel_bench" ]; then
-  run_step kernel_bench "$T_BENCH" kernel_bench.log "$BUILD/kernel_bench" --json "$OUT/kernel_bench.json"
-else
-  skip_step kernel_bench "no $BUILD/kernel_bench"
-fi
-
-# ---------------------------------------------------------------- 5. speedrun
-: >"$OUT/speedrun.log"
-if [ -z "$DATA" ]; then
-  skip_step speedrun "no DATA_DIR argument or CIFAR10_DIR"
-elif [ ! -x "$BUILD/speedrun" ]; then
-  skip_step speedrun "no $BUILD/speedrun"
-else
-  if [ -f "$DATA/build_bins.py" ] && [ ! -d "$DATA/cifar-10-batches-bin" ]; then
-    # The compressed pack: rebuild the official binary files (checked against SHA256SUMS).
-    run_step unpack_data 120 speedrun.log python3 "$DATA/build_bins.py" /tmp/cifar10-bins "$DATA"
-    DATA=/tmp/cifar10-bins
-  fi
-  run_step speedrun "$T_SPEEDRUN" speedrun.log \
-    "$BUILD/speedrun" --device cuda --data "$DATA" --runs "$RUNS" --json "$OUT/speedrun.json"
-fi
-
 # ---------------------------------------------------------------- summary
 {
   echo
@@ -189,5 +197,5 @@ fi
     printf '%-14s %-40s %s\n' "${NAMES[$i]}" "${RESULTS[$i]}" "${SECONDS_TAKEN[$i]}"
   done
   if [ $FAILED -ne 0 ]; then echo "gpu_check: FAILED"; else echo "gpu_check: all steps passed"; fi
-} | tee "$OUT/summary.txt"
+} | tee -a "$OUT/$LOG"
 exit $FAILED
