@@ -1,13 +1,20 @@
 // speedrun: trains the resnet9 recipe (../shared/docs/recipes.md) on CIFAR-10 for one or more
 // seeds, prints per-epoch progress and a summary, and optionally writes a JSON record
-// (docs/json_schema.md). The GPU engine runs when there is one; the CPU reference engine
-// otherwise (slow: meant for narrow networks and small subsets).
+// (docs/json_schema.md) and a checkpoint of the last run's averaged model (--save,
+// net/checkpoint.h). The GPU engine runs when there is one; the CPU reference engine otherwise
+// (slow: meant for narrow networks and small subsets).
+//   speedrun eval --load FILE      accuracy, per-class accuracy and confusion matrix of a
+//                                  checkpoint on the test set (CPU reference engine)
+//   speedrun predict --load FILE IMAGE.ppm...   class probabilities of 32x32 binary PPM images
 //
-// Exit codes: 0 success, 1 internal or I/O error, 2 usage error, 3 data error, 4 a run
-// diverged (non-finite loss), 5 the requested device is unavailable.
+// Exit codes: 0 success, 1 internal or I/O error, 2 usage error, 3 bad input (CIFAR-10 data,
+// checkpoint or image), 4 a run diverged (non-finite loss), 5 the requested device is
+// unavailable. Every message and what to do about it: docs/errors.md.
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -17,26 +24,40 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "data/cifar10.h"
 #include "engine/gpu_info.h"
+#include "kernels/ref/augment.h"
+#include "net/checkpoint.h"
 #include "net/layout.h"
 #include "net/recipe.h"
+#include "net/resnet9_cpu.h"
 #include "net/train.h"
 
 namespace {
 
 constexpr int kExitError = 1, kExitUsage = 2, kExitData = 3, kExitDiverged = 4, kExitDevice = 5;
 constexpr double kTargetAcc = 0.94;  // the recipe's claim: mean TTA accuracy >= 94%
+constexpr int kImage = 32;
+constexpr long kPixels = (long)kImage * kImage * 3;
+// Images per CPU evaluation forward, as in net/train_cpu.cpp (bounds the activation memory;
+// BN uses running statistics, so the split does not change the result).
+constexpr int kEvalBatch = 200;
+const char* const kClassNames[net::kClasses] = {"airplane", "automobile", "bird", "cat", "deer",
+                                                "dog",      "frog",       "horse", "ship", "truck"};
 
 using json = nlohmann::ordered_json;
 
 const char* const kUsage = R"(usage: speedrun [options]
+       speedrun eval --load FILE [options]        (speedrun eval --help)
+       speedrun predict --load FILE IMAGE.ppm...  (speedrun predict --help)
 
 Trains the resnet9 recipe on CIFAR-10 and reports test accuracy (mirror TTA on the
 weight-averaged model) and the timed seconds per run, over one or more seeds.
@@ -55,6 +76,8 @@ options:
   --data DIR              CIFAR-10 directory (cifar-10-batches-bin or its parent; default
                           $CIFAR10_DIR, else ~/.cache/cifar-speedrun)
   --json FILE             write a JSON record (docs/json_schema.md), atomically
+  --save FILE             after the runs, save the weight-averaged model of the last run as
+                          a safetensors checkpoint (atomically; CPU engine only for now)
   --eval-every-epoch      evaluate the averaged model after every epoch (untimed)
   --warmup                do one extra run first (seed S), reported but left out of the
                           summary
@@ -62,11 +85,53 @@ options:
   --version               print the version and exit
 
 Values may also be given as --flag=value.
-exit codes: 0 ok, 1 internal/I-O error, 2 usage error, 3 data error, 4 a run diverged,
-            5 the requested device is unavailable
+exit codes: 0 ok, 1 internal/I-O error, 2 usage error, 3 bad input (data, checkpoint,
+            image), 4 a run diverged, 5 the requested device is unavailable
+Every error message and what to do: docs/errors.md.
+)";
+
+const char* const kEvalUsage = R"(usage: speedrun eval --load FILE [options]
+
+Evaluates a checkpoint (speedrun --save) on the CIFAR-10 test set with the CPU reference
+engine: accuracy, per-class accuracy and the 10x10 confusion matrix (rows: true class,
+columns: predicted class). The CPU engine is slow at full width: use --test-subset.
+
+options:
+  --load FILE        the checkpoint (.safetensors) to evaluate (required)
+  --data DIR         CIFAR-10 directory, as for training (default $CIFAR10_DIR, else
+                     ~/.cache/cifar-speedrun)
+  --test-subset M    evaluate on the first M test images, 1..10000 (default all)
+  --tta, --no-tta    with or without mirror test-time augmentation (default: as the
+                     checkpoint's recipe, which is on)
+  --json FILE        write the result as JSON (docs/json_schema.md), atomically
+  --help             print this help and exit
+
+exit codes: 0 ok, 1 internal/I-O error, 2 usage error, 3 bad data or checkpoint
+)";
+
+const char* const kPredictUsage = R"(usage: speedrun predict --load FILE [options] IMAGE.ppm...
+
+Classifies 32x32 RGB images with a checkpoint (speedrun --save) on the CPU reference engine.
+Images must be binary PPM (P6), 32x32 pixels, maxval 255; convert others first, e.g.
+with ImageMagick: convert in.png -resize '32x32!' out.ppm. Prints per image the top class
+and the probabilities (softmax of the logits) of the ten classes: airplane automobile bird
+cat deer dog frog horse ship truck.
+
+options:
+  --load FILE        the checkpoint (.safetensors) (required)
+  --tta, --no-tta    average the logits of the image and its mirror or not (default: as the
+                     checkpoint's recipe, which is on)
+  --help             print this help and exit
+
+exit codes: 0 ok, 1 internal/I-O error, 2 usage error, 3 bad checkpoint or image
 )";
 
 struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// A bad input image (exit 3, like a data error or a bad checkpoint).
+struct InputError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
@@ -76,8 +141,56 @@ struct Options {
   int train_subset = -1, test_subset = -1;  // -1: the whole split
   uint64_t seed = 0;
   int runs = 1;
-  std::string data_dir, json_path;
+  std::string data_dir, json_path, save_path;
   bool eval_every_epoch = false, warmup = false, help = false, version = false;
+};
+
+// Walks argv from `first`: "--flag", "--flag value" and "--flag=value"; anything not starting
+// with "--" is a positional argument.
+class ArgReader {
+ public:
+  ArgReader(int argc, char** argv, int first) : argc_(argc), argv_(argv), i_(first - 1) {}
+  // Advances to the next argument; false at the end.
+  bool next() {
+    if (++i_ >= argc_) return false;
+    arg_ = argv_[i_];
+    value_.clear();
+    inline_value_ = false;
+    if (!is_flag()) return true;
+    const size_t eq = arg_.find('=');
+    if (eq != std::string::npos) {
+      value_ = arg_.substr(eq + 1);
+      arg_ = arg_.substr(0, eq);
+      inline_value_ = true;
+    }
+    return true;
+  }
+  bool is_flag() const { return arg_.rfind("--", 0) == 0; }
+  const std::string& arg() const { return arg_; }  // the flag (without =value) or positional
+  // A flag without a value: refuses --flag=value.
+  bool flag_only() const {
+    if (inline_value_) throw UsageError(arg_ + ": takes no value");
+    return true;
+  }
+  // The flag's value: after '=' or the next argument.
+  std::string value() {
+    if (inline_value_) return value_;
+    if (i_ + 1 >= argc_) throw UsageError(arg_ + ": missing value");
+    return argv_[++i_];
+  }
+  // A non-empty value naming a file or folder.
+  std::string path_value(const char* what) {
+    std::string v = value();
+    if (v.empty()) throw UsageError(arg_ + ": empty " + what);
+    return v;
+  }
+
+ private:
+  int argc_;
+  char** argv_;
+  int i_;
+  std::string arg_, value_;
+  bool inline_value_ = false;
 };
 
 long parse_int(const std::string& flag, const std::string& text, long lo, long hi) {
@@ -114,63 +227,72 @@ double parse_float(const std::string& flag, const std::string& text, double lo_e
   return v;
 }
 
+// An output file (--json, --save): its folder must exist and the path must not be a folder.
+// Checked with probe_writable() before any data is read, so a bad path costs no training.
+void check_output_path(const std::string& flag, const std::string& path) {
+  namespace fs = std::filesystem;
+  const fs::path parent = fs::path(path).parent_path();
+  std::error_code ec;
+  if (!parent.empty() && !fs::is_directory(parent, ec))
+    throw UsageError(flag + ": directory '" + parent.string() + "' does not exist");
+  if (fs::is_directory(path, ec)) throw UsageError(flag + ": '" + path + "' is a directory");
+}
+
+// Creates and removes the temporary file the atomic write will use, so that a folder we cannot
+// write to fails now rather than after training.
+void probe_writable(const std::string& flag, const std::string& path) {
+  const std::string tmp = path + ".tmp." + std::to_string((long)getpid());
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    const std::string dir = std::filesystem::path(path).parent_path().string();
+    throw UsageError(flag + ": cannot create a file in '" + (dir.empty() ? "." : dir) + "' (" +
+                     std::strerror(errno) + ")");
+  }
+  ::close(fd);
+  std::remove(tmp.c_str());
+}
+
 Options parse_args(int argc, char** argv) {
   Options o;
   bool have_train_subset = false;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i], value;
-    bool inline_value = false;
-    if (arg.rfind("--", 0) != 0) throw UsageError("unexpected argument '" + arg + "'");
-    const size_t eq = arg.find('=');
-    if (eq != std::string::npos) {
-      value = arg.substr(eq + 1);
-      arg = arg.substr(0, eq);
-      inline_value = true;
-    }
-    auto flag_only = [&](bool& field) {
-      if (inline_value) throw UsageError(arg + ": takes no value");
-      field = true;
-    };
-    auto need_value = [&]() -> std::string {
-      if (inline_value) return value;
-      if (i + 1 >= argc) throw UsageError(arg + ": missing value");
-      return argv[++i];
-    };
+  for (ArgReader a(argc, argv, 1); a.next();) {
+    const std::string& arg = a.arg();
+    if (!a.is_flag()) throw UsageError("unexpected argument '" + arg + "'");
     if (arg == "--help") {
-      flag_only(o.help);
+      o.help = a.flag_only();
     } else if (arg == "--version") {
-      flag_only(o.version);
+      o.version = a.flag_only();
     } else if (arg == "--eval-every-epoch") {
-      flag_only(o.eval_every_epoch);
+      o.eval_every_epoch = a.flag_only();
     } else if (arg == "--warmup") {
-      flag_only(o.warmup);
+      o.warmup = a.flag_only();
     } else if (arg == "--device") {
-      o.device = need_value();
+      o.device = a.value();
       if (o.device != "cpu" && o.device != "cuda" && o.device != "auto")
         throw UsageError("--device: expected cpu, cuda or auto, got '" + o.device + "'");
     } else if (arg == "--epochs") {
-      o.recipe.epochs = (int)parse_int(arg, need_value(), 1, 1000);
+      o.recipe.epochs = (int)parse_int(arg, a.value(), 1, 1000);
     } else if (arg == "--width") {
-      o.recipe.width = (float)parse_float(arg, need_value(), 0.0, 16.0);
+      o.recipe.width = (float)parse_float(arg, a.value(), 0.0, 16.0);
     } else if (arg == "--batch") {
-      o.recipe.batch = (int)parse_int(arg, need_value(), 1, data::kTrainImages);
+      o.recipe.batch = (int)parse_int(arg, a.value(), 1, data::kTrainImages);
     } else if (arg == "--bn-group") {
-      o.recipe.bn_group = (int)parse_int(arg, need_value(), 1, data::kTrainImages);
+      o.recipe.bn_group = (int)parse_int(arg, a.value(), 1, data::kTrainImages);
     } else if (arg == "--train-subset") {
-      o.train_subset = (int)parse_int(arg, need_value(), 1, data::kTrainImages);
+      o.train_subset = (int)parse_int(arg, a.value(), 1, data::kTrainImages);
       have_train_subset = true;
     } else if (arg == "--test-subset") {
-      o.test_subset = (int)parse_int(arg, need_value(), 1, data::kTestImages);
+      o.test_subset = (int)parse_int(arg, a.value(), 1, data::kTestImages);
     } else if (arg == "--seed") {
-      o.seed = parse_u64(arg, need_value());
+      o.seed = parse_u64(arg, a.value());
     } else if (arg == "--runs") {
-      o.runs = (int)parse_int(arg, need_value(), 1, 100000);
+      o.runs = (int)parse_int(arg, a.value(), 1, 100000);
     } else if (arg == "--data") {
-      o.data_dir = need_value();
-      if (o.data_dir.empty()) throw UsageError("--data: empty directory name");
+      o.data_dir = a.path_value("directory name");
     } else if (arg == "--json") {
-      o.json_path = need_value();
-      if (o.json_path.empty()) throw UsageError("--json: empty file name");
+      o.json_path = a.path_value("file name");
+    } else if (arg == "--save") {
+      o.save_path = a.path_value("file name");
     } else {
       throw UsageError("unknown flag '" + arg + "'");
     }
@@ -187,13 +309,15 @@ Options parse_args(int argc, char** argv) {
                      std::to_string(train_images) +
                      " training images (--train-subset): no full batch to train on");
   if (!o.json_path.empty()) {
-    namespace fs = std::filesystem;
-    const fs::path parent = fs::path(o.json_path).parent_path();
-    std::error_code ec;
-    if (!parent.empty() && !fs::is_directory(parent, ec))
-      throw UsageError("--json: directory '" + parent.string() + "' does not exist");
-    if (fs::is_directory(o.json_path, ec))
-      throw UsageError("--json: '" + o.json_path + "' is a directory");
+    check_output_path("--json", o.json_path);
+    probe_writable("--json", o.json_path);
+  }
+  if (!o.save_path.empty()) {
+    check_output_path("--save", o.save_path);
+    if (!o.json_path.empty() &&
+        std::filesystem::absolute(o.json_path) == std::filesystem::absolute(o.save_path))
+      throw UsageError("--save: the same file as --json");
+    probe_writable("--save", o.save_path);
   }
   return o;
 }
@@ -301,28 +425,6 @@ std::string pct(double v) {
   return buf;
 }
 
-// Writes `text` to `path` atomically: a temporary file in the same directory, then rename.
-// Throws std::runtime_error (after removing the temporary) on failure.
-void write_atomically(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp." + std::to_string((long)getpid());
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (f) f << text;
-    if (f) f.flush();
-    if (!f) {
-      f.close();
-      std::remove(tmp.c_str());
-      throw std::runtime_error("cannot write '" + tmp + "'");
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    std::remove(tmp.c_str());
-    throw std::runtime_error("cannot rename '" + tmp + "' to '" + path +
-                             "': " + std::strerror(err));
-  }
-}
-
 json epoch_json(const net::EpochLog& e) {
   json j;
   j["epoch"] = e.epoch;
@@ -351,15 +453,10 @@ json run_json(const net::RunResult& r) {
   return j;
 }
 
-int run_main(int argc, char** argv) {
+// speedrun [options]: training. Usage, data and I/O errors propagate to main().
+int train_main(int argc, char** argv) {
   const std::string date = utc_now_iso8601();
-  Options opt;
-  try {
-    opt = parse_args(argc, argv);
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "speedrun: %s\nRun 'speedrun --help' for usage.\n", e.what());
-    return kExitUsage;
-  }
+  const Options opt = parse_args(argc, argv);
   if (opt.help) {
     std::fputs(kUsage, stdout);
     return 0;
@@ -420,6 +517,13 @@ int run_main(int argc, char** argv) {
     trainer = net::make_cpu_trainer(cifar, cfg);
   }
   if (!trainer) throw std::logic_error("no trainer for device " + device);
+  if (!opt.save_path.empty() && !trainer->can_export_ema()) {
+    std::fprintf(stderr,
+                 "speedrun: --save is not supported with --device %s yet (the %s engine cannot "
+                 "export its model); train with --device cpu to save a checkpoint\n",
+                 device.c_str(), device.c_str());
+    return kExitUsage;
+  }
   net::SetupTimes setup = trainer->setup_times();
   setup.data_read_seconds = data_read_seconds;
 
@@ -513,6 +617,24 @@ int run_main(int argc, char** argv) {
   }
   std::fflush(stdout);
 
+  // The checkpoint: the averaged model of the last run (warm-up included when it is the only one).
+  std::string saved;
+  int exit_code = any_diverged ? kExitDiverged : 0;
+  if (!opt.save_path.empty()) {
+    if (results.back().diverged) {
+      std::fprintf(stderr, "speedrun: --save: the last run diverged; no checkpoint written\n");
+    } else {
+      try {
+        net::save_checkpoint(opt.save_path, trainer->export_ema(), CS_GIT_COMMIT_FALLBACK);
+        saved = opt.save_path;
+        std::printf("saved the averaged model of the last run to %s\n", saved.c_str());
+      } catch (const net::CheckpointError& e) {
+        std::fprintf(stderr, "speedrun: --save: %s\n", e.what());
+        exit_code = kExitError;
+      }
+    }
+  }
+
   if (!opt.json_path.empty()) {
     json j;
     j["schema"] = "cifar-speedrun/v1";
@@ -585,27 +707,375 @@ int run_main(int argc, char** argv) {
     s["train_seconds"] = stats_json(stats_of(train_s), false);
     s["eval_seconds"] = stats_json(stats_of(eval_s), false);
     j["summary"] = s;
+    j["checkpoint"] = saved.empty() ? json(nullptr) : json(saved);
     try {
-      write_atomically(opt.json_path, j.dump(2) + "\n");
+      net::write_file_atomically(opt.json_path, j.dump(2) + "\n");
     } catch (const std::exception& e) {
       std::fprintf(stderr, "speedrun: --json: %s\n", e.what());
       return kExitError;
     }
     std::printf("wrote %s\n", opt.json_path.c_str());
   }
-  return any_diverged ? kExitDiverged : 0;
+  return exit_code;
+}
+
+// ---------------------------------------------------------------- eval and predict
+
+// --tta / --no-tta: -1 when neither is given (the checkpoint's recipe decides).
+void set_tta(ArgReader& a, int& tta) {
+  a.flag_only();
+  const int v = a.arg() == "--tta" ? 1 : 0;
+  if (tta >= 0 && tta != v) throw UsageError(a.arg() + ": contradicts an earlier --tta/--no-tta");
+  tta = v;
+}
+
+// Logits [n][10] of n normalised images x [n][32][32][3], in batches of kEvalBatch.
+std::vector<float> eval_logits(net::Resnet9Cpu& model, const float* x, int n, bool tta) {
+  std::vector<float> logits((size_t)n * net::kClasses);
+  for (int i0 = 0; i0 < n; i0 += kEvalBatch) {
+    const int b = std::min(kEvalBatch, n - i0);
+    model.forward_eval(x + (size_t)i0 * kPixels, b, logits.data() + (size_t)i0 * net::kClasses,
+                       tta);
+  }
+  return logits;
+}
+
+int argmax10(const float* z) {
+  int best = 0;
+  for (int k = 1; k < net::kClasses; ++k)
+    if (z[k] > z[best]) best = k;  // first index on ties, like the trainer's evaluation
+  return best;
+}
+
+// A metadata entry the loader does not require (git_commit), or "unknown".
+std::string meta_or_unknown(const std::map<std::string, std::string>& meta, const char* key) {
+  const auto it = meta.find(key);
+  return it == meta.end() ? "unknown" : it->second;
+}
+
+std::string checkpoint_summary(const std::string& path, const net::ModelState& m,
+                               const std::map<std::string, std::string>& meta) {
+  const net::Widths w = net::Widths::from_multiplier(m.recipe.width);
+  char buf[160];
+  std::snprintf(buf, sizeof buf, " (resnet9, width %g, channels %d/%d/%d/%d, commit %s)",
+                m.recipe.width, w.c0, w.c1, w.c2, w.c3,
+                meta_or_unknown(meta, "git_commit").c_str());
+  return path + buf;
+}
+
+struct EvalOptions {
+  std::string load, data_dir, json_path;
+  int test_subset = -1;  // -1: all
+  int tta = -1;          // -1: the checkpoint's recipe
+  bool help = false;
+};
+
+EvalOptions parse_eval_args(int argc, char** argv) {
+  EvalOptions o;
+  for (ArgReader a(argc, argv, 2); a.next();) {
+    const std::string& arg = a.arg();
+    if (!a.is_flag()) throw UsageError("unexpected argument '" + arg + "'");
+    if (arg == "--help") {
+      o.help = a.flag_only();
+    } else if (arg == "--load") {
+      o.load = a.path_value("file name");
+    } else if (arg == "--data") {
+      o.data_dir = a.path_value("directory name");
+    } else if (arg == "--test-subset") {
+      o.test_subset = (int)parse_int(arg, a.value(), 1, data::kTestImages);
+    } else if (arg == "--tta" || arg == "--no-tta") {
+      set_tta(a, o.tta);
+    } else if (arg == "--json") {
+      o.json_path = a.path_value("file name");
+    } else {
+      throw UsageError("unknown flag '" + arg + "'");
+    }
+  }
+  if (o.help) return o;
+  if (o.load.empty()) throw UsageError("--load: missing; give the checkpoint to evaluate");
+  if (!o.json_path.empty()) {
+    check_output_path("--json", o.json_path);
+    probe_writable("--json", o.json_path);
+  }
+  return o;
+}
+
+// speedrun eval: accuracy, per-class accuracy and confusion matrix of a checkpoint.
+int eval_main(int argc, char** argv) {
+  const std::string date = utc_now_iso8601();
+  const EvalOptions opt = parse_eval_args(argc, argv);
+  if (opt.help) {
+    std::fputs(kEvalUsage, stdout);
+    return 0;
+  }
+  std::map<std::string, std::string> meta;
+  const net::ModelState state = net::load_checkpoint(opt.load, &meta);
+  const net::Recipe& r = state.recipe;
+  const bool tta = opt.tta < 0 ? r.tta : opt.tta == 1;
+  const data::Cifar10 cifar = data::load(data::resolve_data_dir(opt.data_dir), 0, opt.test_subset);
+  const int n = cifar.test.size();
+  std::printf("%s | checkpoint %s\n", version_string().c_str(),
+              checkpoint_summary(opt.load, state, meta).c_str());
+  std::printf("test set: %d images from %s, mirror TTA %s, CPU reference engine\n", n,
+              cifar.dir.c_str(), tta ? "on" : "off");
+  std::fflush(stdout);
+
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<float> x((size_t)n * kPixels);
+  ref::normalize_cifar(cifar.test.images.data(), n, r.mean, r.std_, x.data());
+  std::unique_ptr<net::Resnet9Cpu> model = net::make_cpu_model(state);
+  const std::vector<float> logits = eval_logits(*model, x.data(), n, tta);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  long confusion[net::kClasses][net::kClasses] = {};  // [true][predicted]
+  long correct = 0;
+  for (int i = 0; i < n; ++i) {
+    const int label = cifar.test.labels[i];
+    const int pred = argmax10(logits.data() + (size_t)i * net::kClasses);
+    ++confusion[label][pred];
+    correct += pred == label;
+  }
+  const double accuracy = (double)correct / n;
+  std::printf("accuracy: %s (%ld/%d) in %.2f s\n", pct(accuracy).c_str(), correct, n, seconds);
+  std::printf("per-class accuracy:\n");
+  long class_images[net::kClasses] = {};
+  for (int c = 0; c < net::kClasses; ++c) {
+    for (int p = 0; p < net::kClasses; ++p) class_images[c] += confusion[c][p];
+    const double acc =
+        class_images[c] > 0 ? (double)confusion[c][c] / class_images[c] : -1.0;
+    std::printf("  %-10s %8s  (%ld/%ld)\n", kClassNames[c], pct(acc).c_str(), confusion[c][c],
+                class_images[c]);
+  }
+  std::printf("confusion matrix (rows: true class, columns: predicted class):\n%-12s", "");
+  for (int p = 0; p < net::kClasses; ++p)
+    std::printf(" %6.5s", kClassNames[p]);
+  std::printf("\n");
+  for (int c = 0; c < net::kClasses; ++c) {
+    std::printf("  %-10s", kClassNames[c]);
+    for (int p = 0; p < net::kClasses; ++p) std::printf(" %6ld", confusion[c][p]);
+    std::printf("\n");
+  }
+  std::fflush(stdout);
+
+  if (!opt.json_path.empty()) {
+    const net::Widths w = net::Widths::from_multiplier(r.width);
+    json j;
+    j["schema"] = "cifar-speedrun-eval/v1";
+    j["tool"] = "speedrun eval";
+    j["version"] = CS_VERSION;
+    j["git_commit"] = CS_GIT_COMMIT_FALLBACK;
+    j["date"] = date;
+    j["machine"] = {{"hostname", hostname()}, {"cpu", cpu_name()}};
+    j["checkpoint"] = {{"path", opt.load},
+                       {"format_version", meta.at("format_version")},
+                       {"git_commit", meta_or_unknown(meta, "git_commit")},
+                       {"data_sha256", meta.at("data_sha256")},
+                       {"width", f2d(r.width)},
+                       {"channels", {w.c0, w.c1, w.c2, w.c3}}};
+    j["config"] = {{"data_dir", cifar.dir},
+                   {"test_subset", opt.test_subset > 0 ? json(opt.test_subset) : json(nullptr)},
+                   {"test_images", n},
+                   {"tta", tta}};
+    j["accuracy"] = accuracy;
+    j["correct"] = correct;
+    json classes = json::array(), per_class = json::array(), matrix = json::array();
+    for (int c = 0; c < net::kClasses; ++c) {
+      classes.push_back(kClassNames[c]);
+      per_class.push_back(
+          {{"class", kClassNames[c]},
+           {"images", class_images[c]},
+           {"correct", confusion[c][c]},
+           {"accuracy", class_images[c] > 0 ? json((double)confusion[c][c] / class_images[c])
+                                            : json(nullptr)}});
+      json row = json::array();
+      for (int p = 0; p < net::kClasses; ++p) row.push_back(confusion[c][p]);
+      matrix.push_back(row);
+    }
+    j["classes"] = classes;
+    j["per_class"] = per_class;
+    j["confusion"] = matrix;
+    j["eval_seconds"] = seconds;
+    net::write_file_atomically(opt.json_path, j.dump(2) + "\n");
+    std::printf("wrote %s\n", opt.json_path.c_str());
+  }
+  return 0;
+}
+
+// Reads a binary PPM (P6) of 32x32 pixels with maxval 255 into the CIFAR-10 layout [3][32][32]
+// (R plane, G plane, B plane), so it is normalised exactly like the data set. Comments ('#' to
+// the end of the line) may appear between the header fields. Throws InputError.
+std::vector<uint8_t> read_ppm32(const std::string& path) {
+  auto fail = [&path](const std::string& problem, const std::string& todo) {
+    throw InputError("image " + path + ": " + problem + ". " + todo + ".");
+  };
+  const char* kConvert =
+      "Convert it to a 32x32 binary PPM, e.g. with ImageMagick: convert IN -resize '32x32!' "
+      "OUT.ppm";
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec))
+    fail(std::filesystem::exists(path, ec) ? "not a regular file" : "file not found",
+         "Check the image path");
+  std::ifstream f(path, std::ios::binary);
+  if (!f) fail(std::string("cannot open it (") + std::strerror(errno) + ")", "Check permissions");
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  const std::string b = ss.str();
+  if (b.size() < 2 || b[0] != 'P' || b[1] != '6') {
+    std::string kind = "not a binary PPM (P6) image";
+    if (b.size() >= 2 && b[0] == 'P' && b[1] == '3') kind = "an ASCII PPM (P3), not binary (P6)";
+    if (b.size() >= 2 && b[0] == 'P' && (b[1] == '5' || b[1] == '2'))
+      kind = "a grey-scale PGM, not a colour PPM (P6)";
+    if (b.size() >= 4 && b.compare(1, 3, "PNG") == 0) kind = "a PNG, not a binary PPM (P6)";
+    fail("is " + kind, kConvert);
+  }
+  size_t pos = 2;
+  // One header number: whitespace and comments before it, at least one separator before it.
+  auto number = [&](const char* field) -> long {
+    bool separated = false;
+    while (pos < b.size()) {
+      if (std::isspace((unsigned char)b[pos])) {
+        ++pos;
+        separated = true;
+      } else if (b[pos] == '#') {
+        while (pos < b.size() && b[pos] != '\n' && b[pos] != '\r') ++pos;
+        separated = true;
+      } else {
+        break;
+      }
+    }
+    long v = 0;
+    const size_t start = pos;
+    while (pos < b.size() && std::isdigit((unsigned char)b[pos]) && v < 100000000)
+      v = v * 10 + (b[pos++] - '0');
+    if (!separated || pos == start || (pos < b.size() && std::isdigit((unsigned char)b[pos])))
+      fail(std::string("bad PPM header: no valid ") + field, kConvert);
+    return v;
+  };
+  const long width = number("width"), height = number("height"), maxval = number("maxval");
+  if (width != kImage || height != kImage)
+    fail("is " + std::to_string(width) + "x" + std::to_string(height) +
+             " pixels, but the model reads 32x32 images",
+         kConvert);
+  if (maxval != 255)
+    fail("has maxval " + std::to_string(maxval) + ", but only 8-bit PPM (maxval 255) is read",
+         kConvert);
+  // Exactly one whitespace byte separates maxval from the pixels.
+  if (pos >= b.size() || !std::isspace((unsigned char)b[pos]))
+    fail("bad PPM header: no whitespace after maxval", kConvert);
+  ++pos;
+  const size_t have = b.size() - pos;
+  if (have != (size_t)kPixels)
+    fail("has " + std::to_string(have) + " bytes of pixel data, expected " +
+             std::to_string(kPixels) + " (32x32 RGB)" +
+             (have < (size_t)kPixels ? ": truncated" : ": extra bytes after the image"),
+         kConvert);
+  std::vector<uint8_t> planes(kPixels);
+  const int hw = kImage * kImage;
+  for (int p = 0; p < hw; ++p)
+    for (int c = 0; c < 3; ++c) planes[(size_t)c * hw + p] = (uint8_t)b[pos + 3 * p + c];
+  return planes;
+}
+
+struct PredictOptions {
+  std::string load;
+  int tta = -1;  // -1: the checkpoint's recipe
+  std::vector<std::string> images;
+  bool help = false;
+};
+
+PredictOptions parse_predict_args(int argc, char** argv) {
+  PredictOptions o;
+  for (ArgReader a(argc, argv, 2); a.next();) {
+    const std::string& arg = a.arg();
+    if (!a.is_flag()) {
+      o.images.push_back(arg);
+    } else if (arg == "--help") {
+      o.help = a.flag_only();
+    } else if (arg == "--load") {
+      o.load = a.path_value("file name");
+    } else if (arg == "--tta" || arg == "--no-tta") {
+      set_tta(a, o.tta);
+    } else {
+      throw UsageError("unknown flag '" + arg + "'");
+    }
+  }
+  if (o.help) return o;
+  if (o.load.empty()) throw UsageError("--load: missing; give the checkpoint to predict with");
+  if (o.images.empty()) throw UsageError("no images given (IMAGE.ppm...)");
+  return o;
+}
+
+// speedrun predict: top class and class probabilities of each image.
+int predict_main(int argc, char** argv) {
+  const PredictOptions opt = parse_predict_args(argc, argv);
+  if (opt.help) {
+    std::fputs(kPredictUsage, stdout);
+    return 0;
+  }
+  std::map<std::string, std::string> meta;
+  const net::ModelState state = net::load_checkpoint(opt.load, &meta);
+  const net::Recipe& r = state.recipe;
+  const bool tta = opt.tta < 0 ? r.tta : opt.tta == 1;
+  // Every image is read (and checked) before any is classified.
+  const int n = (int)opt.images.size();
+  std::vector<uint8_t> planes;
+  planes.reserve((size_t)n * kPixels);
+  for (const std::string& path : opt.images) {
+    const std::vector<uint8_t> p = read_ppm32(path);
+    planes.insert(planes.end(), p.begin(), p.end());
+  }
+  std::vector<float> x((size_t)n * kPixels);
+  ref::normalize_cifar(planes.data(), n, r.mean, r.std_, x.data());
+  std::unique_ptr<net::Resnet9Cpu> model = net::make_cpu_model(state);
+  const std::vector<float> logits = eval_logits(*model, x.data(), n, tta);
+
+  std::printf("checkpoint %s, mirror TTA %s\n", checkpoint_summary(opt.load, state, meta).c_str(),
+              tta ? "on" : "off");
+  for (int i = 0; i < n; ++i) {
+    // Softmax in double, shifted by the largest logit.
+    const float* z = logits.data() + (size_t)i * net::kClasses;
+    const int top = argmax10(z);
+    double prob[net::kClasses], sum = 0;
+    for (int k = 0; k < net::kClasses; ++k) sum += prob[k] = std::exp((double)z[k] - z[top]);
+    for (double& v : prob) v /= sum;
+    std::printf("%s: %s (%.4f)\n ", opt.images[i].c_str(), kClassNames[top], prob[top]);
+    for (int k = 0; k < net::kClasses; ++k) std::printf(" %s %.4f", kClassNames[k], prob[k]);
+    std::printf("\n");
+  }
+  return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Subcommands: speedrun eval ..., speedrun predict ...; anything else trains.
+  std::string prog = "speedrun";
+  int (*entry)(int, char**) = train_main;
+  if (argc >= 2 && std::strcmp(argv[1], "eval") == 0) {
+    prog = "speedrun eval";
+    entry = eval_main;
+  } else if (argc >= 2 && std::strcmp(argv[1], "predict") == 0) {
+    prog = "speedrun predict";
+    entry = predict_main;
+  }
   try {
-    return run_main(argc, argv);
+    return entry(argc, argv);
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "%s: %s\nRun '%s --help' for usage.\n", prog.c_str(), e.what(),
+                 prog.c_str());
+    return kExitUsage;
   } catch (const data::DataError& e) {
-    std::fprintf(stderr, "speedrun: %s\n", e.what());
+    std::fprintf(stderr, "%s: %s\n", prog.c_str(), e.what());
+    return kExitData;
+  } catch (const net::CheckpointError& e) {
+    std::fprintf(stderr, "%s: %s\n", prog.c_str(), e.what());
+    return kExitData;
+  } catch (const InputError& e) {
+    std::fprintf(stderr, "%s: %s\n", prog.c_str(), e.what());
     return kExitData;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "speedrun: error: %s\n", e.what());
+    std::fprintf(stderr, "%s: error: %s\n", prog.c_str(), e.what());
     return kExitError;
   }
 }

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -47,6 +48,16 @@ struct SetupTimes {
   double init_seconds = 0;       // allocations, handles, autotuning, graph capture
 };
 
+// A model as evaluated: the EMA weights and running statistics of a run, and the fixed
+// whitening filters. What a checkpoint holds (net/checkpoint.h).
+struct ModelState {
+  Recipe recipe;                                 // of the run: width, BN eps, normalisation, ...
+  std::vector<float> params;                     // [num_params], net/layout.h offsets
+  std::vector<float> running_mean, running_var;  // [num_stats]: [G][C] per BN layer,
+                                                 // G = recipe.batch / recipe.bn_group
+  std::vector<float> whiten;                     // [27][3][3][3] (KRSC)
+};
+
 using ProgressFn = std::function<void(const EpochLog&)>;
 
 // A trainer is built once (setup), then run for several seeds.
@@ -59,6 +70,12 @@ class Trainer {
   // Engine facts for logs and the JSON record, as name/value pairs (the GPU engine: whether
   // the step runs as a CUDA graph, arena peak bytes, library versions, conv algorithms).
   virtual std::vector<std::pair<std::string, std::string>> engine_info() const { return {}; }
+  // The EMA model of the last run() (speedrun --save). An engine that cannot export keeps these
+  // defaults; callers ask can_export_ema() before training so that --save fails early.
+  virtual bool can_export_ema() const { return false; }
+  virtual ModelState export_ema() const {
+    throw std::logic_error("this engine cannot export its EMA model");
+  }
 };
 
 // CPU reference engine (always available). Keeps a reference to `data`.

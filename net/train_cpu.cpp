@@ -146,11 +146,17 @@ class CpuTrainer : public Trainer {
       res.eval_seconds = seconds_since(t_eval);
     }
     res.timed_total_seconds = res.train_seconds + res.eval_seconds;
+    have_ema_ = !res.diverged;
     return res;
   }
 
   SetupTimes setup_times() const override { return setup_; }
   std::string device_name() const override { return "CPU (fp32 reference, kernels/ref)"; }
+  bool can_export_ema() const override { return true; }
+  ModelState export_ema() const override {
+    if (!have_ema_) throw std::logic_error("CPU trainer: no finished run to export");
+    return ModelState{cfg_.recipe, ema_.params, ema_.running_mean, ema_.running_var, ema_.whiten};
+  }
 
  private:
   // Accuracy of `model` on the test split, without and with mirror TTA (one pass over the
@@ -182,6 +188,7 @@ class CpuTrainer : public Trainer {
   TrainConfig cfg_;
   Resnet9Cpu model_, ema_;
   SetupTimes setup_;
+  bool have_ema_ = false;  // the last run() did not diverge: ema_ is its averaged model
   int padded_size_ = 0, whiten_n_ = 0;
   std::vector<float> train_padded_;   // [n_train][32+2p][32+2p][3]
   std::vector<float> whiten_images_;  // [whiten_n][32][32][3], the first training images
