@@ -45,6 +45,7 @@
 #include "kernels/ref/pool.h"
 #include "kernels/ref/whiten.h"
 #include "kernels/whiten.cuh"
+#include "net/checkpoint.h"  // write_file_atomically
 #include "net/layout.h"
 #include "net/recipe.h"
 #include "tests/gpu_test_util.h"
@@ -955,12 +956,13 @@ int main(int argc, char** argv) {
         {"results", results},
         {"cudnn_autotune", find_log},
     };
-    std::ofstream f(json_path);
-    if (!f) {
-      std::fprintf(stderr, "kernel_bench: cannot write %s\n", json_path.c_str());
+    // Atomic (temporary file + rename): a failed write leaves no partial JSON behind.
+    try {
+      net::write_file_atomically(json_path, out.dump(2) + "\n");
+    } catch (const std::runtime_error& e) {
+      std::fprintf(stderr, "kernel_bench: cannot write %s: %s\n", json_path.c_str(), e.what());
       return 1;
     }
-    f << out.dump(2) << "\n";
     std::printf("wrote %s\n", json_path.c_str());
   }
   return all_pass ? 0 : 3;

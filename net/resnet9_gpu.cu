@@ -17,6 +17,7 @@
 #include "kernels/whiten.cuh"
 #include "net/resnet9_cpu.h"
 #include "net/train.h"
+#include "net/train_util.h"
 
 namespace net {
 
@@ -690,18 +691,6 @@ std::string Resnet9Gpu::conv_algorithms() const {
 // ================================================================ the trainer
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-int argmax10(const float* z) {
-  int best = 0;
-  for (int k = 1; k < kClasses; ++k)
-    if (z[k] > z[best]) best = k;  // first index on ties, as the CPU trainer
-  return best;
-}
 
 // Page-locked host memory (for the transfers inside the timed region), freed by unique_ptr.
 struct PinnedFree {

@@ -17,6 +17,7 @@
 #include "kernels/ref/augment.h"
 #include "net/resnet9_cpu.h"
 #include "net/train.h"
+#include "net/train_util.h"
 
 namespace net {
 
@@ -28,18 +29,6 @@ constexpr long kPixels = (long)kImage * kImage * kChannels;
 // Test images per evaluation forward: bounds the activation memory (BN uses running
 // statistics there, so the split does not change the result).
 constexpr int kEvalBatch = 200;
-
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-int argmax10(const float* z) {
-  int best = 0;
-  for (int k = 1; k < kClasses; ++k)
-    if (z[k] > z[best]) best = k;  // first index on ties, like the loss
-  return best;
-}
 
 class CpuTrainer : public Trainer {
  public:
