@@ -83,3 +83,37 @@ TEST_CASE("add and scale", "[elementwise]") {
   ref::add(c.data(), b.data(), c.data(), n);
   for (long i = 0; i < n; ++i) CHECK(c[i] == a[i] + b[i]);
 }
+
+TEST_CASE("add and scale: backward (identity / times s) matches finite differences",
+          "[elementwise]") {
+  // The residual add passes dy to both branches unchanged and the logit scale multiplies it by
+  // s: the backward the network uses. Checked against central differences of
+  // loss = sum((a + b) * r) and sum(s * a * r); both are linear, so h = 1e-2 only meets fp32
+  // rounding (~1e-7 / 2h ~ 1e-5 relative). Tolerance 1e-3.
+  const long n = 29;
+  const float s = 1.0f / 16.0f;
+  auto a = random_vector(n, 81);
+  auto b = random_vector(n, 82);
+  const auto r = random_vector(n, 83);
+  auto add_loss = [&](const std::vector<float>& aa, const std::vector<float>& bb) {
+    std::vector<float> y(n);
+    ref::add(aa.data(), bb.data(), y.data(), n);
+    double l = 0;
+    for (long i = 0; i < n; ++i) l += (double)y[i] * r[i];
+    return l;
+  };
+  CHECK(gradient_check([&](const std::vector<float>& aa) { return add_loss(aa, b); }, a, r, 0,
+                       1e-2) < 1e-3);
+  CHECK(gradient_check([&](const std::vector<float>& bb) { return add_loss(a, bb); }, b, r, 0,
+                       1e-2) < 1e-3);
+  std::vector<float> ds(n);
+  ref::scale(r.data(), ds.data(), n, s);  // d(s * a)/da applied to r
+  auto scale_loss = [&](const std::vector<float>& aa) {
+    std::vector<float> y(n);
+    ref::scale(aa.data(), y.data(), n, s);
+    double l = 0;
+    for (long i = 0; i < n; ++i) l += (double)y[i] * r[i];
+    return l;
+  };
+  CHECK(gradient_check(scale_loss, a, ds, 0, 1e-2) < 1e-3);
+}
