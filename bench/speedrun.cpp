@@ -77,7 +77,7 @@ options:
                           $CIFAR10_DIR, else ~/.cache/cifar-speedrun)
   --json FILE             write a JSON record (docs/json_schema.md), atomically
   --save FILE             after the runs, save the weight-averaged model of the last run as
-                          a safetensors checkpoint (atomically; CPU engine only for now)
+                          a safetensors checkpoint (atomically)
   --eval-every-epoch      evaluate the averaged model after every epoch (untimed)
   --warmup                do one extra run first (seed S), reported but left out of the
                           summary

@@ -613,6 +613,21 @@ void Resnet9Gpu::get_running_stats(std::vector<float>& mean, std::vector<float>&
   CUDA_CHECK(cudaMemcpy(var.data(), rv_, var.size() * sizeof(float), cudaMemcpyDeviceToHost));
 }
 
+void Resnet9Gpu::get_ema_running_stats(std::vector<float>& mean, std::vector<float>& var) const {
+  mean.resize(layout_.num_stats);
+  var.resize(layout_.num_stats);
+  ctx_.sync();
+  CUDA_CHECK(cudaMemcpy(mean.data(), ema_rm_, mean.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  CUDA_CHECK(cudaMemcpy(var.data(), ema_rv_, var.size() * sizeof(float), cudaMemcpyDeviceToHost));
+}
+
+std::vector<float> Resnet9Gpu::get_whitening() const {
+  std::vector<float> w(kWhitenTaps);
+  ctx_.sync();
+  CUDA_CHECK(cudaMemcpy(w.data(), whiten_w_, w.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  return w;
+}
+
 std::vector<float> Resnet9Gpu::get_logits() const {
   std::vector<float> z((size_t)B_ * kClasses);
   ctx_.sync();
@@ -714,6 +729,14 @@ class GpuTrainer : public Trainer {
   SetupTimes setup_times() const override { return setup_; }
   std::string device_name() const override { return device_; }
   std::vector<std::pair<std::string, std::string>> engine_info() const override;
+  bool can_export_ema() const override { return true; }
+  // The averaged model of the last finished run, copied back from the device (speedrun --save).
+  ModelState export_ema() const override {
+    if (!have_ema_) throw std::logic_error("GPU trainer: no finished run to export");
+    ModelState m{cfg_.recipe, net_->get_ema_params(), {}, {}, net_->get_whitening()};
+    net_->get_ema_running_stats(m.running_mean, m.running_var);
+    return m;
+  }
 
  private:
   // Whitening filters from the first whiten_n_ training images: covariance on the GPU, the
@@ -735,6 +758,7 @@ class GpuTrainer : public Trainer {
   std::unique_ptr<cs::Arena> arena_;
   std::unique_ptr<Resnet9Gpu> net_;
   std::unique_ptr<Resnet9Cpu> host_model_;  // the seeded PyTorch-default init, shared with CPU
+  bool have_ema_ = false;  // a run finished without diverging: export_ema() has a model
 
   __half *train_x_ = nullptr, *whiten_x_ = nullptr, *test_x_ = nullptr;
   uint8_t* train_labels_ = nullptr;
@@ -998,6 +1022,7 @@ RunResult GpuTrainer::run(uint64_t seed, const ProgressFn& progress) {
     // Reported after the run: calling back inside it would need a host sync per epoch.
     if (progress) progress(log);
   }
+  have_ema_ = !res.diverged;  // the device holds this run's averaged model now
   return res;
 }
 

@@ -65,6 +65,8 @@ class Resnet9Gpu {
   std::vector<float> get_grads() const;  // of the last backward, fp32 in the layout's offsets
   std::vector<float> get_ema_params() const;
   void get_running_stats(std::vector<float>& mean, std::vector<float>& var) const;
+  void get_ema_running_stats(std::vector<float>& mean, std::vector<float>& var) const;
+  std::vector<float> get_whitening() const;  // [27][3][3][3]
   std::vector<float> get_logits() const;  // [B][10] of the last training forward
   double get_loss() const;                // summed smoothed cross-entropy of the last forward
   int get_step() const;                   // the device step counter

@@ -39,7 +39,9 @@
 #include "data/cifar10.h"
 #include "engine/arena.h"
 #include "engine/gpu_context.h"
+#include "kernels/ref/augment.h"
 #include "kernels/ref/loss.h"
+#include "net/checkpoint.h"
 #include "net/layout.h"
 #include "net/recipe.h"
 #include "net/resnet9_cpu.h"
@@ -393,4 +395,29 @@ TEST_CASE("resnet9 GPU trainer runs the recipe end to end on synthetic data", "[
   }
   CHECK(again.test_acc == res.test_acc);
   CHECK(again.test_acc_tta == res.test_acc_tta);
+
+  // The averaged model exports (speedrun --save) with the layout's sizes and finite values,
+  // and the CPU reference can evaluate it.
+  REQUIRE(trainer->can_export_ema());
+  const net::ModelState m = trainer->export_ema();
+  const net::Layout L = net::make_layout(cfg.recipe.width, cfg.recipe.batch / cfg.recipe.bn_group);
+  REQUIRE((long)m.params.size() == L.num_params);
+  REQUIRE((long)m.running_mean.size() == L.num_stats);
+  REQUIRE((long)m.running_var.size() == L.num_stats);
+  REQUIRE(m.whiten.size() == 27u * 27u);
+  auto finite = [](const std::vector<float>& v) {
+    for (float x : v)
+      if (!std::isfinite(x)) return false;
+    return true;
+  };
+  CHECK(finite(m.params));
+  CHECK(finite(m.running_mean));
+  CHECK(finite(m.running_var));
+  CHECK(finite(m.whiten));
+  const std::unique_ptr<net::Resnet9Cpu> cpu = net::make_cpu_model(m);
+  const int n_eval = 8;
+  std::vector<float> x((size_t)n_eval * 32 * 32 * 3), logits((size_t)n_eval * 10);
+  ref::normalize_cifar(d.test.images.data(), n_eval, cfg.recipe.mean, cfg.recipe.std_, x.data());
+  cpu->forward_eval(x.data(), n_eval, logits.data(), true);
+  CHECK(finite(logits));
 }
