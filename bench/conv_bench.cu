@@ -28,6 +28,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench/bench_util.h"
 #include "engine/conv_cudnn.h"
 #include "engine/cuda_check.h"
 #include "engine/gpu_info.h"
@@ -43,6 +44,10 @@ using gpu_test::upload_half;
 using json = nlohmann::json;
 
 namespace {
+
+using bench::rel_l2;
+using bench::random_vec;
+using bench::utc_now;
 
 constexpr int kBatch = 512;
 constexpr int kGhostGroup = 32;  // the recipe's ghost-BN groups: 32 images
@@ -79,34 +84,6 @@ Peak peak_for(const std::string& name) {
   if (has("A100")) return {312.0, "A100 datasheet, dense fp16"};
   if (has("H100") || has("H200")) return {989.0, "H100/H200 SXM datasheet, dense fp16"};
   return {989.0, "unknown GPU: H100 SXM figure (989 TFLOP/s dense fp16)"};
-}
-
-std::string utc_now() {
-  std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
-std::vector<float> random_vec(long n, uint64_t seed, float lo, float hi) {
-  std::mt19937_64 gen(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(n);
-  for (auto& x : v) x = dist(gen);
-  return v;
-}
-
-double rel_l2(const float* a, const float* b, long n) {
-  double num = 0.0, den = 0.0;
-  for (long i = 0; i < n; i++) {
-    const double d = (double)a[i] - (double)b[i];
-    num += d * d;
-    den += (double)b[i] * b[i];
-  }
-  if (std::isnan(num)) return INFINITY;
-  return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
 }
 
 bool all_finite_half(const std::vector<__half>& h) {

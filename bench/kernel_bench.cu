@@ -28,6 +28,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench/bench_util.h"
 #include "engine/conv_cudnn.h"
 #include "engine/cuda_check.h"
 #include "engine/gpu_info.h"
@@ -60,6 +61,10 @@ using json = nlohmann::json;
 
 namespace {
 
+using bench::rel_l2;
+using bench::random_vec;
+using bench::utc_now;
+
 constexpr int kBatch = 512;
 constexpr int kGroup = 32;
 constexpr int kWarmup = 3;
@@ -89,15 +94,6 @@ std::string version_string(int v, int major_div, int minor_div) {
   return std::to_string(v / major_div) + "." + std::to_string((v % major_div) / minor_div);
 }
 
-std::string utc_now() {
-  std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
 // ------------------------------------------------------------------------------- checking
 
 struct Check {
@@ -106,17 +102,6 @@ struct Check {
   double error = 0.0;          // relative L2 error (or max abs diff for exact checks)
   double tol = 0.0;
 };
-
-double rel_l2(const float* a, const float* b, long n) {
-  double num = 0.0, den = 0.0;
-  for (long i = 0; i < n; i++) {
-    const double d = (double)a[i] - (double)b[i];
-    num += d * d;
-    den += (double)b[i] * b[i];
-  }
-  if (std::isnan(num)) return INFINITY;
-  return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
-}
 
 double max_abs(const float* a, const float* b, long n) {
   double m = 0.0;
@@ -213,14 +198,6 @@ std::vector<uint8_t> random_bytes(long n, uint64_t seed) {
     uint64_t r = gen();
     for (long j = i; j < std::min(n, i + 8); j++, r >>= 8) v[j] = (uint8_t)(r & 0xff);
   }
-  return v;
-}
-
-std::vector<float> random_vec(long n, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
-  std::mt19937_64 gen(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(n);
-  for (auto& x : v) x = dist(gen);
   return v;
 }
 

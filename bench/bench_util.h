@@ -1,0 +1,45 @@
+// Host helpers shared by the self-checking benchmarks (kernel_bench, conv_bench): the record's
+// date, the random inputs, the error measure of the self-checks.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <ctime>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace bench {
+
+// UTC now, ISO 8601 (YYYY-MM-DDThh:mm:ssZ), for the JSON records.
+inline std::string utc_now() {
+  std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+// n values uniform in [lo, hi), reproducible from seed.
+inline std::vector<float> random_vec(long n, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
+  std::mt19937_64 gen(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(gen);
+  return v;
+}
+
+// ||a - b|| / ||b|| in double (infinite when a holds NaN).
+inline double rel_l2(const float* a, const float* b, long n) {
+  double num = 0.0, den = 0.0;
+  for (long i = 0; i < n; i++) {
+    const double d = (double)a[i] - (double)b[i];
+    num += d * d;
+    den += (double)b[i] * b[i];
+  }
+  if (std::isnan(num)) return INFINITY;
+  return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
+}
+
+}  // namespace bench
