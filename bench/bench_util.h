@@ -1,13 +1,17 @@
 // Host helpers shared by the self-checking benchmarks (kernel_bench, conv_bench): the record's
-// date, the random inputs, the error measure of the self-checks.
+// date and its atomic write, the random inputs, the error measure of the self-checks.
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <ctime>
+#include <stdexcept>
 #include <random>
 #include <string>
 #include <vector>
+
+#include "net/checkpoint.h"  // write_file_atomically
 
 namespace bench {
 
@@ -40,6 +44,19 @@ inline double rel_l2(const float* a, const float* b, long n) {
   }
   if (std::isnan(num)) return INFINITY;
   return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
+}
+
+// Writes a benchmark's JSON text atomically (temporary file + rename: a failed write leaves no
+// partial record behind). Returns false after printing "<tool>: cannot write ..." on failure.
+inline bool write_record(const char* tool, const std::string& path, const std::string& text) {
+  try {
+    net::write_file_atomically(path, text);
+  } catch (const std::runtime_error& e) {
+    std::fprintf(stderr, "%s: cannot write %s: %s\n", tool, path.c_str(), e.what());
+    return false;
+  }
+  std::printf("wrote %s\n", path.c_str());
+  return true;
 }
 
 }  // namespace bench

@@ -34,7 +34,6 @@
 #include "engine/gpu_info.h"
 #include "kernels/conv/implicit_gemm.cuh"
 #include "kernels/ref/conv.h"
-#include "net/checkpoint.h"  // write_file_atomically
 #include "tests/gpu_test_util.h"
 
 using gpu_test::DeviceBuffer;
@@ -418,14 +417,7 @@ int main(int argc, char** argv) {
         {"results", results},
         {"best", best},
     };
-    // Atomic (temporary file + rename): a failed write leaves no partial JSON behind.
-    try {
-      net::write_file_atomically(json_path, out.dump(2) + "\n");
-    } catch (const std::runtime_error& e) {
-      std::fprintf(stderr, "conv_bench: cannot write %s: %s\n", json_path.c_str(), e.what());
-      return 1;
-    }
-    std::printf("wrote %s\n", json_path.c_str());
+    if (!bench::write_record("conv_bench", json_path, out.dump(2) + "\n")) return 1;
   }
   return all_pass ? 0 : 3;
 }

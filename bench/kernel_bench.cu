@@ -46,7 +46,6 @@
 #include "kernels/ref/pool.h"
 #include "kernels/ref/whiten.h"
 #include "kernels/whiten.cuh"
-#include "net/checkpoint.h"  // write_file_atomically
 #include "net/layout.h"
 #include "net/recipe.h"
 #include "tests/gpu_test_util.h"
@@ -933,14 +932,7 @@ int main(int argc, char** argv) {
         {"results", results},
         {"cudnn_autotune", find_log},
     };
-    // Atomic (temporary file + rename): a failed write leaves no partial JSON behind.
-    try {
-      net::write_file_atomically(json_path, out.dump(2) + "\n");
-    } catch (const std::runtime_error& e) {
-      std::fprintf(stderr, "kernel_bench: cannot write %s: %s\n", json_path.c_str(), e.what());
-      return 1;
-    }
-    std::printf("wrote %s\n", json_path.c_str());
+    if (!bench::write_record("kernel_bench", json_path, out.dump(2) + "\n")) return 1;
   }
   return all_pass ? 0 : 3;
 }
