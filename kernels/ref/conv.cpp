@@ -235,21 +235,23 @@ void conv_forward(const float* x, const float* w, float* y, const ConvShape& s) 
   }
 }
 
-void conv_backward_input(const float* dy, const float* w, float* dx, const ConvShape& s) {
-  // With stride 1 and symmetric padding, the input gradient is the same-padded convolution
-  // of dy with the spatially flipped filters, channels swapped:
-  //   dx[n][h][w][c] = sum_{r,q,k} dy[n][h + r - pad][w + q - pad][k] * wf[c][r][q][k],
-  //   wf[c][r][q][k] = w[k][R-1-r][R-1-q][c].
+void conv_flip_transpose_weights(const float* w, float* wt, const ConvShape& s) {
   const int R = s.R;
-  std::vector<float> wf(s.w_size());
   for (int k = 0; k < s.K; ++k)
     for (int r = 0; r < R; ++r)
       for (int q = 0; q < R; ++q)
         for (int c = 0; c < s.C; ++c)
-          wf[(((long)c * R + r) * R + q) * s.K + k] =
+          wt[(((long)c * R + r) * R + q) * s.K + k] =
               w[(((long)k * R + (R - 1 - r)) * R + (R - 1 - q)) * s.C + c];
-  const ConvShape t{s.N, s.H, s.W, s.K, s.C, R};
-  conv_forward(dy, wf.data(), dx, t);
+}
+
+void conv_backward_input(const float* dy, const float* w, float* dx, const ConvShape& s) {
+  // With stride 1 and symmetric padding, the input gradient is the same-padded convolution
+  // of dy with the spatially flipped filters, channels swapped (see conv.h).
+  std::vector<float> wt(s.w_size());
+  conv_flip_transpose_weights(w, wt.data(), s);
+  const ConvShape t{s.N, s.H, s.W, s.K, s.C, s.R};
+  conv_forward(dy, wt.data(), dx, t);
 }
 
 void conv_backward_weight(const float* x, const float* dy, float* dw, const ConvShape& s) {

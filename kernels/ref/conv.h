@@ -23,8 +23,13 @@ struct ConvShape {
 
 // y = conv(x, w). Overwrites y.
 void conv_forward(const float* x, const float* w, float* y, const ConvShape& s);
-// dx = d loss / d x given dy. Overwrites dx.
+// dx = d loss / d x given dy. Overwrites dx. Computed as
+//   dx = conv_forward(dy, wt) over the shape {N, H, W, K, C, R} (channels swapped), with
+//   wt = conv_flip_transpose_weights(w): the same identity the GPU input gradient uses.
 void conv_backward_input(const float* dy, const float* w, float* dx, const ConvShape& s);
+// wt[c][r][q][k] = w[k][R-1-r][R-1-q][c]: filters [K][R][R][C] -> [C][R][R][K], flipped in
+// space. dx[n][h][v][c] = sum_{r,q,k} dy[n][h + r - pad][v + q - pad][k] * wt[c][r][q][k].
+void conv_flip_transpose_weights(const float* w, float* wt, const ConvShape& s);
 // dw = d loss / d w given x and dy. Overwrites dw.
 void conv_backward_weight(const float* x, const float* dy, float* dw, const ConvShape& s);
 

@@ -1,0 +1,126 @@
+// Hand-written implicit-GEMM convolution backward passes on the tensor cores (mma.sync
+// m16n8k16, sm_80+): the input gradient (dgrad) and the weight gradient (wgrad), fp16 in,
+// fp32 accumulation, fp16 out. The forward kernel and the tile configurations are in
+// kernels/conv/implicit_gemm.cuh; design notes in docs/conv_kernels.md. CPU reference:
+// ref::conv_backward_input / ref::conv_backward_weight (kernels/ref/conv.h).
+//
+// Layouts (stride 1, pad = (R - 1) / 2, as the forward):
+//   x  [N][H][W][C]   the forward's input          dx [N][H][W][C]  its gradient
+//   w  [K][R][R][C]   filters (KRSC)               dw [K][R][R][C]  their gradient
+//   dy [N][H][W][K]   the gradient of the forward's output
+//
+// Input gradient: dx[n][h][v][c] = sum_{k,r,s} dy[n][h + pad - r][v + pad - s][k] * w[k][r][s][c]
+// is a forward convolution of dy (K input channels) with the flipped, transposed filters
+//   wt[c][r][s][k] = w[k][R-1-r][R-1-s][c]      ([C][R][R][K]: C filters of K channels),
+// so dgrad = one small transform kernel + the forward implicit-GEMM kernel, with every forward
+// tile configuration available. The identity is checked on the CPU in tests/conv_test.cpp.
+//
+// Weight gradient, as a GEMM dw[m][n] = sum_p A[m][p] * B[p][n] with
+//   m = k                         output channel,    M = K
+//   n = (r * R + s) * C + c       filter tap/channel, N_gemm = R*R*C (dw read as [K][R*R*C])
+//   p = (img * H + oh) * W + ow   output pixel,      K_gemm = N*H*W (the reduction)
+//   A[m][p] = dy[p][m]            (dy read as [N*H*W][K]: A stored column-major)
+//   B[p][n] = x[img][oh + r - pad][ow + s - pad][c]   (implicit im2col, 0 in the padding)
+// The reduction is long (N*H*W = 524288 pixels at 32x32, batch 512) and the output small
+// (K x R*R*C), so the pixels are split over `splits` thread-block slabs (split-K); each slab
+// writes an fp32 partial dw and a second kernel adds the partials in slab order and rounds to
+// fp16. No atomics: deterministic.
+#pragma once
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+#include "kernels/conv/implicit_gemm.cuh"
+
+namespace kernels {
+
+// ------------------------------------------------------------------------- input gradient
+
+// wt = the flipped, transposed filters above. w [K][R][R][C] -> wt [C][R][R][K]. wt must not
+// overlap w. Any K, C, R >= 1.
+void conv_flip_transpose_weights(const __half* w, __half* wt, const ConvDesc& d,
+                                 cudaStream_t stream);
+
+// Bytes of scratch conv_backward_data_igemm needs (wt), a multiple of 16.
+size_t igemm_dgrad_scratch_bytes(const ConvDesc& d);
+
+// dx = the input gradient for the forward convolution described by d (x [N][H][W][C],
+// w [K][R][R][C]). Overwrites dx and wt_scratch (igemm_dgrad_scratch_bytes(d), 16-byte
+// aligned). The forward kernel's requirements hold with C and K swapped (C % 8 == 0,
+// K % 8 == 0, R odd, 16-byte aligned tensors, ...): std::invalid_argument otherwise.
+void conv_backward_data_igemm(const __half* dy, const __half* w, __half* dx, __half* wt_scratch,
+                              const ConvDesc& d, IgemmConfig config, cudaStream_t stream);
+
+// ------------------------------------------------------------------------ weight gradient
+
+// The split-K count the launcher uses when asked for `splits`: at least 1, at most one BlockK
+// slice of pixels per slab, and no empty slab (the pixel slices are dealt out in equal runs
+// of slices_per_split; the last slab may be shorter).
+struct WgradSplit {
+  int splits;            // slabs actually launched
+  int slices_per_split;  // BlockK-pixel slices per slab
+};
+WgradSplit igemm_wgrad_split(const ConvDesc& d, IgemmConfig config, int splits);
+
+// A split count that fills `sm_count` SMs about once with resident blocks (the tile grid
+// times the splits), keeping at least 16 slices per slab so the cp.async pipeline's fill and
+// drain stay small against its steady state.
+int igemm_wgrad_default_splits(const ConvDesc& d, IgemmConfig config, int sm_count);
+
+// Bytes of fp32 scratch for the partial sums of `splits` slabs (an upper bound for whatever
+// igemm_wgrad_split makes of it), a multiple of 16.
+size_t igemm_wgrad_scratch_bytes(const ConvDesc& d, int splits);
+
+// dw = the weight gradient (overwritten) given the forward's input x and dy. partials:
+// igemm_wgrad_scratch_bytes(d, splits) bytes, 16-byte aligned. Requirements as the forward
+// (C % 8 == 0, K % 8 == 0, R odd, 16-byte aligned tensors, < 2^31 elements each), plus
+// ceil(K / BlockM) <= 65535 and splits <= 65535 (grid y and z). Deterministic for a given
+// (config, splits); different splits sum in a different order (fp32 rounding differs).
+void conv_backward_filter_igemm(const __half* x, const __half* dy, __half* dw, float* partials,
+                                const ConvDesc& d, IgemmConfig config, int splits,
+                                cudaStream_t stream);
+
+namespace igemm_detail {
+
+// Where pixel p = (img * H + oh) * W + ow of a wgrad slab lies in its image. A loader row
+// walks p in steps of BlockK; advance() follows it without divisions (the while loop runs
+// BlockK / W times at most). The image index is not needed: a_offset works on p itself.
+// __host__ __device__ so the host test checks it against the definition.
+struct PixelCursor {
+  int oh, ow;
+  __host__ __device__ void init(int p0, int H, int W) {
+    ow = p0 % W;
+    oh = (p0 / W) % H;
+  }
+  __host__ __device__ void advance(int step, int H, int W) {
+    ow += step;
+    while (ow >= W) {
+      ow -= W;
+      if (++oh == H) oh = 0;
+    }
+  }
+};
+
+// ldmatrix.x4.trans row addresses of the wgrad kernel, for operands stored K-major in shared
+// memory (rows = pixels of the slice, columns = the GEMM's M or N). Lane l addresses row l % 8
+// of matrix l / 8; the returned (k, col) is relative to the fragment's top-left corner.
+//   A (one m16 x k16 tile): matrices (m 0-7, k 0-7), (m 8-15, k 0-7), (m 0-7, k 8-15),
+//     (m 8-15, k 8-15) -> mma's a[0..3].
+//   B (two n8 tiles x k16): matrices (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15),
+//     (k 8-15, n 8-15) -> b[j][0], b[j][1], b[j+1][0], b[j+1][1].
+struct LdsmCoord {
+  int k, col;
+};
+__host__ __device__ inline LdsmCoord wgrad_a_ldsm(int lane) {
+  const int mat = lane >> 3;
+  return {(lane & 7) + (mat >> 1) * 8, (mat & 1) * 8};
+}
+__host__ __device__ inline LdsmCoord wgrad_b_ldsm(int lane) {
+  const int mat = lane >> 3;
+  return {(lane & 7) + (mat & 1) * 8, (mat >> 1) * 8};
+}
+
+}  // namespace igemm_detail
+
+}  // namespace kernels
