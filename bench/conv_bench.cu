@@ -1,13 +1,16 @@
-// conv_bench: the hand-written implicit-GEMM forward convolution (kernels/conv/implicit_gemm.cuh)
-// on the recipe's six conv shapes at batch 512, every tile configuration with and without the
-// fused BN-statistics epilogue, next to cuDNN's autotuned forward (engine/conv_cudnn.h). Each
-// variant is checked against the CPU reference on a slice before it is timed (llm.c's dev/cuda
-// style: validate, then time). Prints a table and writes JSON (docs/conv_kernels.md).
+// conv_bench: the hand-written implicit-GEMM convolutions (kernels/conv/implicit_gemm.cuh,
+// kernels/conv/igemm_backward.cuh) on the recipe's six conv shapes at batch 512, all three
+// passes of training: the forward (with and without the fused BN-statistics epilogue), the input
+// gradient and the split-K weight gradient, every tile configuration, next to cuDNN's autotuned
+// passes (engine/conv_cudnn.h). Each variant is checked against the CPU reference before it is
+// timed (llm.c's dev/cuda style: validate, then time). Prints a table and a per-layer summary
+// (best of each pass and the three summed vs cuDNN) and writes JSON (docs/conv_kernels.md).
 //
 //   conv_bench [--json out.json] [--iters N] [--no-cudnn] [--help]
 //
-// Timing: CUDA events around R back-to-back launches (R chosen so a sample lasts ~200 us),
-// 3 warm-up calls, N samples (default 20), median and minimum per call.
+// Timing: bench::time_calls (bench/bench_gpu.h), the protocol kernel_bench uses: CUDA events
+// around R back-to-back launches (R chosen so a sample lasts ~200 us), 3 warm-up calls, N
+// samples (default 20), median and minimum per call.
 // Exit status: 0 all checks passed, 1 no GPU, bad arguments or a CUDA error, 3 a check failed.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -28,10 +31,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench/bench_gpu.h"
 #include "bench/bench_util.h"
 #include "engine/conv_cudnn.h"
 #include "engine/cuda_check.h"
 #include "engine/gpu_info.h"
+#include "kernels/conv/igemm_backward.cuh"
 #include "kernels/conv/implicit_gemm.cuh"
 #include "kernels/ref/conv.h"
 #include "tests/gpu_test_util.h"
@@ -51,11 +56,10 @@ using bench::utc_now;
 constexpr int kBatch = 512;
 constexpr int kGhostGroup = 32;  // the recipe's ghost-BN groups: 32 images
 constexpr int kRefImages = 2;    // the CPU reference covers images 0 .. kRefImages-1
-constexpr int kWarmup = 3;
-constexpr double kSampleTargetUs = 200.0;
 constexpr size_t kMaxWorkspace = size_t(1) << 30;  // offered to cuDNN's autotune
-// Output tolerance (rel. L2), as in tests/implicit_gemm_gpu_test.cu: fp16 output rounding
-// ~3e-4 rms. cuDNN's algorithms are allowed 1e-2, as in kernel_bench (Winograd / FFT).
+// Output tolerance (rel. L2), as in tests/implicit_gemm_gpu_test.cu and
+// tests/igemm_backward_gpu_test.cu: fp16 output rounding ~3e-4 rms (the weight gradient's fp32
+// sums over 524288 pixels add ~1e-4 at worst). cuDNN's algorithms are allowed 1e-2, as in kernel_bench (Winograd / FFT).
 // Statistics: fp32 sums in three levels (<= 32 rows per thread, 4 slices per block, <= 512
 // blocks per group with BlockM 64 at @32): every term passes through <= 548 additions, so the
 // error is <= 548 * 2^-24 = 3.3e-5 of the sum of |terms|; 1e-4 is above that bound.
@@ -73,18 +77,6 @@ const Shape kShapes[] = {
     {"layer3", 8, 256, 512, 3, 256},     {"layer3_res", 4, 512, 512, 3, 512},
 };
 
-struct Peak {
-  double tflops;
-  std::string basis;
-};
-Peak peak_for(const std::string& name) {
-  auto has = [&](const char* s) { return name.find(s) != std::string::npos; };
-  if (has("H100") && (has("PCIe") || has("PCIE"))) return {756.0, "H100 PCIe datasheet, dense fp16"};
-  if (has("A100")) return {312.0, "A100 datasheet, dense fp16"};
-  if (has("H100") || has("H200")) return {989.0, "H100/H200 SXM datasheet, dense fp16"};
-  return {989.0, "unknown GPU: H100 SXM figure (989 TFLOP/s dense fp16)"};
-}
-
 bool all_finite_half(const std::vector<__half>& h) {
   for (const __half& v : h) {
     uint16_t bits;
@@ -100,52 +92,26 @@ std::vector<float> to_float(const std::vector<__half>& h, long n) {
   return f;
 }
 
-// ----------------------------------------------------------------------------------- timing
-
 int g_iters = 20;
-
-struct Timing {
-  double median_us = -1, min_us = -1;
-};
-
-Timing time_calls(const std::function<void()>& f) {
-  cudaEvent_t a, b;
-  CUDA_CHECK(cudaEventCreate(&a));
-  CUDA_CHECK(cudaEventCreate(&b));
-  auto run = [&](int reps) {
-    CUDA_CHECK(cudaEventRecord(a, 0));
-    for (int i = 0; i < reps; i++) f();
-    CUDA_CHECK(cudaEventRecord(b, 0));
-    CUDA_CHECK(cudaEventSynchronize(b));
-    float ms = 0.0f;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-    return 1000.0 * ms / reps;
-  };
-  for (int i = 0; i < kWarmup; i++) f();
-  CUDA_CHECK(cudaDeviceSynchronize());
-  const double one_us = run(1);
-  const int reps = (int)std::min(100.0, std::max(1.0, std::ceil(kSampleTargetUs / std::max(one_us, 1e-3))));
-  std::vector<double> us(g_iters);
-  for (int i = 0; i < g_iters; i++) us[i] = run(reps);
-  std::sort(us.begin(), us.end());
-  CUDA_CHECK(cudaEventDestroy(a));
-  CUDA_CHECK(cudaEventDestroy(b));
-  return {us[us.size() / 2], us[0]};
-}
 
 // ------------------------------------------------------------------------------------ rows
 
+// The three passes of a convolution in training; the prep conv's input gradient is never
+// computed (its input is the fixed whitening output), so prep has no bwd_data rows.
+const char* const kPasses[] = {"fwd", "bwd_data", "bwd_filter"};
+
 struct Row {
-  std::string layer, kernel, config;  // kernel: "igemm" or "cudnn"
-  kernels::IgemmConfigInfo info{};    // igemm only
-  bool stats = false;
+  std::string layer, pass, kernel, config;  // kernel: "igemm" or "cudnn"
+  std::string epilogue = "none";            // fwd igemm: "none" or "stats"
+  kernels::IgemmConfigInfo info{};          // igemm only
+  int splits = 0;                           // igemm bwd_filter: split-K slabs launched
   kernels::ConvDesc d{};
   double flop = 0;
-  Timing t;
+  bench::Timing t;
   std::string check = "n/a";  // "pass" / "fail"
   std::string check_what;
   double error = 0, tol = 0;
-  double cudnn_us = -1;  // cuDNN's median on the same shape, for the speed-up column
+  double cudnn_us = -1;  // cuDNN's median for the same layer and pass, for the speed-up column
 };
 
 void set_check(Row& row, const std::string& what, double error, double tol) {
@@ -160,29 +126,60 @@ void set_check(Row& row, const std::string& what, double error, double tol) {
   row.check = (was_ok && ok) ? "pass" : "fail";
 }
 
-void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, const Shape& sp,
-                 uint64_t seed) {
+// Checks an fp16 output (poisoned before the launch) against a float reference of its first
+// `n` values: every value finite, rel. L2 within tol.
+void check_output(Row& row, const DeviceBuffer<__half>& out, const std::vector<float>& want,
+                  const std::string& what, double tol) {
+  const auto h = download(out);
+  set_check(row, "all outputs finite", all_finite_half(h) ? 0.0 : INFINITY, tol);
+  set_check(row, what + " (rel L2)", rel_l2(to_float(h, (long)want.size()).data(), want.data(), (long)want.size()),
+            tol);
+}
+
+// One conv shape: the CPU references, then cuDNN's autotuned passes, then every igemm variant
+// of every pass, each checked before it is timed.
+void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, int sm_count,
+                 const Shape& sp, uint64_t seed) {
   const kernels::ConvDesc d{kBatch, sp.H, sp.H, sp.C, sp.K, sp.R};
   const long x_size = (long)kBatch * sp.H * sp.H * sp.C, y_size = (long)kBatch * sp.H * sp.H * sp.K;
   const long w_size = (long)sp.K * sp.R * sp.R * sp.C;
-  const double flop = 2.0 * kBatch * sp.H * sp.H * (double)sp.K * sp.R * sp.R * sp.C;
+  const double flop = 2.0 * kBatch * sp.H * sp.H * (double)sp.K * sp.R * sp.R * sp.C;  // each pass
+  const bool has_dgrad = std::string(sp.layer) != "prep";
 
   // Inputs as in kernel_bench: x uniform in [-1, 1) (channels >= real_channels zero), w uniform
-  // in +-1/sqrt(fan_in); both fp16-rounded so the reference sees the kernel's numbers.
+  // in +-1/sqrt(fan_in), dy uniform in +-2^-6 (the weight-gradient sums over 524288 pixels stay
+  // well inside fp16); all fp16-rounded so the reference sees the kernels' numbers.
   auto x = random_vec(x_size, seed, -1.0f, 1.0f);
   for (long i = 0; i < x_size; i++)
     if (i % sp.C >= sp.real_channels) x[i] = 0.0f;
   x = round_to_half(x);
   const float bound = 1.0f / std::sqrt((float)(sp.real_channels * sp.R * sp.R));
   const auto w = round_to_half(random_vec(w_size, seed + 1, -bound, bound));
+  const auto dy = round_to_half(random_vec(y_size, seed + 2, -1.0f / 64, 1.0f / 64));
+
+  // References: y and dx of images 0 .. kRefImages-1 (an output image depends on its own input
+  // image alone), dw over the whole batch (it sums over every image).
   const ref::ConvShape rs{kRefImages, sp.H, sp.H, sp.C, sp.K, sp.R};
-  std::vector<float> y_ref(rs.y_size());
+  const ref::ConvShape full{kBatch, sp.H, sp.H, sp.C, sp.K, sp.R};
+  std::vector<float> y_ref(rs.y_size()), dx_ref(has_dgrad ? rs.x_size() : 0), dw_ref(w_size);
   ref::conv_forward(x.data(), w.data(), y_ref.data(), rs);
+  if (has_dgrad) ref::conv_backward_input(dy.data(), w.data(), dx_ref.data(), rs);
+  ref::conv_backward_weight(x.data(), dy.data(), dw_ref.data(), full);
 
-  auto d_x = upload_half(x), d_w = upload_half(w);
-  DeviceBuffer<__half> d_y(y_size);
+  auto d_x = upload_half(x), d_w = upload_half(w), d_dy = upload_half(dy);
+  DeviceBuffer<__half> d_y(y_size), d_dx(x_size), d_dw(w_size);
+  auto new_row = [&](const char* pass, const char* kernel, const std::string& config) {
+    Row row;
+    row.layer = sp.layer;
+    row.pass = pass;
+    row.kernel = kernel;
+    row.config = config;
+    row.d = d;
+    row.flop = flop;
+    return row;
+  };
 
-  double cudnn_us = -1;
+  double cudnn_us[3] = {-1, -1, -1};  // per pass, index as kPasses
   if (with_cudnn) {
     const cs::ConvDesc cd{d.N, d.H, d.W, d.C, d.K, d.R};
     cs::CudnnConv conv(handle, cd);
@@ -192,24 +189,36 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
       DeviceBuffer<__half> ty(y_size);
       conv.autotune(tx.get(), tw.get(), ty.get(), ws.get(), kMaxWorkspace);
     }
-    Row row;
-    row.layer = sp.layer;
-    row.kernel = "cudnn";
-    row.config = conv.chosen();
-    row.d = d;
-    row.flop = flop;
-    d_y.poison();
-    conv.forward(d_x.get(), d_w.get(), d_y.get(), ws.get());
-    CUDA_CHECK(cudaDeviceSynchronize());
-    const auto y = download(d_y);
-    set_check(row, "all outputs finite", all_finite_half(y) ? 0.0 : INFINITY, kTolCudnn);
-    set_check(row, "y images 0..1 (rel L2)", rel_l2(to_float(y, rs.y_size()).data(), y_ref.data(), rs.y_size()),
-              kTolCudnn);
-    row.t = time_calls([&] { conv.forward(d_x.get(), d_w.get(), d_y.get(), ws.get()); });
-    cudnn_us = row.t.median_us;
-    rows.push_back(row);
+    for (int pass = 0; pass < 3; pass++) {
+      if (pass == 1 && !has_dgrad) continue;
+      Row row = new_row(kPasses[pass], "cudnn", conv.chosen());
+      std::function<void()> launch;
+      if (pass == 0) {
+        launch = [&] { conv.forward(d_x.get(), d_w.get(), d_y.get(), ws.get()); };
+        d_y.poison();
+        launch();
+        CUDA_CHECK(cudaDeviceSynchronize());
+        check_output(row, d_y, y_ref, "y images 0..1", kTolCudnn);
+      } else if (pass == 1) {
+        launch = [&] { conv.backward_data(d_dy.get(), d_w.get(), d_dx.get(), ws.get()); };
+        d_dx.poison();
+        launch();
+        CUDA_CHECK(cudaDeviceSynchronize());
+        check_output(row, d_dx, dx_ref, "dx images 0..1", kTolCudnn);
+      } else {
+        launch = [&] { conv.backward_filter(d_x.get(), d_dy.get(), d_dw.get(), ws.get()); };
+        d_dw.poison();
+        launch();
+        CUDA_CHECK(cudaDeviceSynchronize());
+        check_output(row, d_dw, dw_ref, "dw over all 512 images", kTolCudnn);
+      }
+      row.t = bench::time_calls(launch, g_iters);
+      cudnn_us[pass] = row.t.median_us;
+      rows.push_back(row);
+    }
   }
 
+  // ---- forward, with and without the ghost-BN statistics epilogue
   const int groups = kBatch / kGhostGroup;
   const long group_pixels = (long)kGhostGroup * sp.H * sp.H;
   DeviceBuffer<float> d_sum((size_t)groups * sp.K), d_sumsq((size_t)groups * sp.K);
@@ -219,14 +228,9 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
     const kernels::IgemmStats st{d_sum.get(), d_sumsq.get(), d_part.get(), kGhostGroup};
     std::vector<__half> y_plain;
     for (int with_stats = 0; with_stats <= 1; with_stats++) {
-      Row row;
-      row.layer = sp.layer;
-      row.kernel = "igemm";
-      row.config = info.name;
+      Row row = new_row("fwd", "igemm", info.name);
       row.info = info;
-      row.stats = with_stats != 0;
-      row.d = d;
-      row.flop = flop;
+      row.epilogue = with_stats ? "stats" : "none";
       auto launch = [&] {
         if (with_stats)
           kernels::conv_forward_igemm_stats(d_x.get(), d_w.get(), d_y.get(), d, config, st, 0);
@@ -238,10 +242,8 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
       d_sumsq.poison();
       launch();
       CUDA_CHECK(cudaDeviceSynchronize());
+      check_output(row, d_y, y_ref, "y images 0..1", kTolOut);
       const auto y = download(d_y);
-      const auto yf = to_float(y, rs.y_size());
-      set_check(row, "all outputs finite", all_finite_half(y) ? 0.0 : INFINITY, kTolOut);
-      set_check(row, "y images 0..1 (rel L2)", rel_l2(yf.data(), y_ref.data(), rs.y_size()), kTolOut);
       if (!with_stats) {
         y_plain = y;
       } else {
@@ -268,8 +270,57 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
         }
         set_check(row, "ghost-BN sums, 16 groups (rel. to sum |y|)", worst, kTolStats);
       }
-      row.t = time_calls(launch);
-      row.cudnn_us = cudnn_us;
+      row.t = bench::time_calls(launch, g_iters);
+      row.cudnn_us = cudnn_us[0];
+      rows.push_back(row);
+    }
+  }
+
+  // ---- input gradient: the filter transform + the forward kernel (timed together)
+  if (has_dgrad) {
+    DeviceBuffer<__half> d_wt(kernels::igemm_dgrad_scratch_bytes(d) / sizeof(__half));
+    for (kernels::IgemmConfig config : kernels::kIgemmConfigs) {
+      const auto info = kernels::igemm_config_info(config);
+      Row row = new_row("bwd_data", "igemm", info.name);
+      row.info = info;
+      auto launch = [&] {
+        kernels::conv_backward_data_igemm(d_dy.get(), d_w.get(), d_dx.get(), d_wt.get(), d, config, 0);
+      };
+      d_dx.poison();
+      launch();
+      CUDA_CHECK(cudaDeviceSynchronize());
+      check_output(row, d_dx, dx_ref, "dx images 0..1", kTolOut);
+      row.t = bench::time_calls(launch, g_iters);
+      row.cudnn_us = cudnn_us[1];
+      rows.push_back(row);
+    }
+  }
+
+  // ---- weight gradient: the split-K kernel + the slab reduction (timed together), at the
+  // default split count for this GPU and at half and twice that.
+  for (kernels::IgemmConfig config : kernels::kIgemmConfigs) {
+    const auto info = kernels::igemm_config_info(config);
+    const int dflt = kernels::igemm_wgrad_default_splits(d, config, sm_count);
+    std::vector<int> launched;
+    for (int want : {dflt, std::max(1, dflt / 2), 2 * dflt}) {
+      const int splits = kernels::igemm_wgrad_split(d, config, want).splits;
+      if (std::find(launched.begin(), launched.end(), splits) != launched.end()) continue;
+      launched.push_back(splits);
+      Row row = new_row("bwd_filter", "igemm", info.name);
+      row.info = info;
+      row.splits = splits;
+      DeviceBuffer<float> d_part(kernels::igemm_wgrad_scratch_bytes(d, splits) / sizeof(float));
+      auto launch = [&] {
+        kernels::conv_backward_filter_igemm(d_x.get(), d_dy.get(), d_dw.get(), d_part.get(), d, config,
+                                            splits, 0);
+      };
+      d_dw.poison();
+      d_part.poison();
+      launch();
+      CUDA_CHECK(cudaDeviceSynchronize());
+      check_output(row, d_dw, dw_ref, "dw over all 512 images", kTolOut);
+      row.t = bench::time_calls(launch, g_iters);
+      row.cudnn_us = cudnn_us[2];
       rows.push_back(row);
     }
   }
@@ -283,13 +334,33 @@ std::string shape_str(const kernels::ConvDesc& d) {
 void print_usage() {
   std::printf(
       "usage: conv_bench [--json out.json] [--iters N] [--no-cudnn] [--help]\n"
-      "  Times the hand-written implicit-GEMM forward conv (every tile config, with and without\n"
-      "  the BN-statistics epilogue) and cuDNN's autotuned forward on the recipe's conv shapes\n"
-      "  (batch 512), after checking each against the CPU reference.\n"
-      "  --json PATH  also write the results as JSON (schema cifar-speedrun/conv_bench/v1)\n"
+      "  Times the hand-written implicit-GEMM convolutions (every tile config: the forward with\n"
+      "  and without the BN-statistics epilogue, the input gradient, the split-K weight gradient)\n"
+      "  and cuDNN's autotuned passes on the recipe's conv shapes (batch 512), after checking each\n"
+      "  against the CPU reference. Summary per layer: the fastest passing variant of each pass\n"
+      "  and the three passes summed, against cuDNN.\n"
+      "  --json PATH  also write the results as JSON (schema cifar-speedrun/conv_bench/v2)\n"
       "  --iters N    timed samples per variant, median reported (default 20)\n"
-      "  --no-cudnn   skip cuDNN (no autotune; the speed-up column is left empty)\n"
+      "  --no-cudnn   skip cuDNN (no autotune; the speed-up columns are left empty)\n"
       "  Exit status: 0 all checks passed, 1 no GPU, bad arguments or a CUDA error, 3 a check failed.\n");
+}
+
+// The fastest passing igemm row of a layer and pass (forward: without the stats epilogue, the
+// like-for-like comparison with cuDNN's forward), or null.
+const Row* best_igemm(const std::vector<Row>& rows, const std::string& layer, const std::string& pass) {
+  const Row* b = nullptr;
+  for (const Row& r : rows)
+    if (r.layer == layer && r.pass == pass && r.kernel == "igemm" && r.epilogue == "none" &&
+        r.check == "pass" && (b == nullptr || r.t.median_us < b->t.median_us))
+      b = &r;
+  return b;
+}
+
+std::string config_label(const Row& r) {
+  std::string s = r.config;
+  if (r.epilogue != "none") s += " +" + r.epilogue;
+  if (r.splits > 0) s += " splits=" + std::to_string(r.splits);
+  return s;
 }
 
 }  // namespace
@@ -324,7 +395,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "conv_bench: no CUDA device (%s)\n", gpu.reason.c_str());
     return 1;
   }
-  const Peak peak = peak_for(gpu.name);
+  const bench::GpuPeaks peak = bench::peaks_for(gpu.name);
   std::printf("conv_bench: %s (%d SMs, cc %d.%d); peak %.0f TFLOP/s (%s); %d samples, median\n\n",
               gpu.name.c_str(), gpu.sm_count, gpu.cc_major, gpu.cc_minor, peak.tflops, peak.basis.c_str(),
               g_iters);
@@ -333,7 +404,11 @@ int main(int argc, char** argv) {
   try {
     gpu_test::CudnnHandle handle;
     uint64_t seed = 5000;
-    for (const Shape& sp : kShapes) bench_shape(rows, handle.get(), with_cudnn, sp, seed += 10);
+    for (const Shape& sp : kShapes) {
+      std::printf("  %s ...\n", sp.layer);
+      std::fflush(stdout);
+      bench_shape(rows, handle.get(), with_cudnn, gpu.sm_count, sp, seed += 10);
+    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "conv_bench: %s\n", e.what());
     return 1;
@@ -341,24 +416,23 @@ int main(int argc, char** argv) {
 
   bool all_pass = true;
   json results = json::array(), best = json::array();
-  std::printf("%-11s %-20s %-6s %-46s %10s %9s %6s %8s  %s\n", "layer", "shape", "kernel", "config",
-              "median_us", "TFLOP/s", "%peak", "vs_cudnn", "check");
-  for (size_t i = 0; i < rows.size(); i++) {
-    const Row& r = rows[i];
+  std::printf("\n%-11s %-10s %-20s %-6s %-46s %10s %9s %6s %8s  %s\n", "layer", "pass", "shape", "kernel",
+              "config", "median_us", "TFLOP/s", "%peak", "vs_cudnn", "check");
+  for (const Row& r : rows) {
     const double tflops = r.flop / (r.t.median_us * 1e-6) / 1e12;
     const double speedup = r.cudnn_us > 0 ? r.cudnn_us / r.t.median_us : 0.0;
-    const std::string config = r.config + (r.stats ? " +stats" : "");
     if (r.check == "fail") all_pass = false;
     char vs[16] = "-";
     if (r.kernel == "igemm" && speedup > 0) std::snprintf(vs, sizeof(vs), "%.2fx", speedup);
-    std::printf("%-11s %-20s %-6s %-46s %10.1f %9.1f %6.1f %8s  %s (%.1e <= %.0e)\n", r.layer.c_str(),
-                shape_str(r.d).c_str(), r.kernel.c_str(), config.c_str(), r.t.median_us, tflops,
-                100.0 * tflops / peak.tflops, vs, r.check.c_str(), r.error, r.tol);
+    std::printf("%-11s %-10s %-20s %-6s %-46s %10.1f %9.1f %6.1f %8s  %s (%.1e <= %.0e)\n", r.layer.c_str(),
+                r.pass.c_str(), shape_str(r.d).c_str(), r.kernel.c_str(), config_label(r).c_str(), r.t.median_us,
+                tflops, 100.0 * tflops / peak.tflops, vs, r.check.c_str(), r.error, r.tol);
     json j = {{"layer", r.layer},
+              {"pass", r.pass},
               {"shape", {{"N", r.d.N}, {"H", r.d.H}, {"W", r.d.W}, {"C", r.d.C}, {"K", r.d.K}, {"R", r.d.R}}},
               {"kernel", r.kernel},
               {"config", r.config},
-              {"stats_epilogue", r.stats},
+              {"epilogue", r.epilogue},
               {"flop", r.flop},
               {"median_us", r.t.median_us},
               {"min_us", r.t.min_us},
@@ -370,35 +444,58 @@ int main(int argc, char** argv) {
       j["tile"] = {{"block_m", info.block_m}, {"block_n", info.block_n}, {"block_k", info.block_k},
                    {"warp_m", info.warp_m},   {"warp_n", info.warp_n},   {"stages", info.stages},
                    {"threads", info.threads}, {"smem_bytes", info.smem_bytes}};
+      if (r.splits > 0) j["splits"] = r.splits;
       if (speedup > 0) j["speedup_vs_cudnn"] = speedup;
     }
     results.push_back(j);
   }
-  // Per layer: the fastest passing configuration without the stats epilogue, vs cuDNN.
-  std::printf("\n%-11s %-16s %10s %10s %8s\n", "layer", "best igemm", "igemm_us", "cudnn_us", "speedup");
+
+  // Per layer: the fastest passing igemm variant of each pass vs cuDNN's, and the passes summed
+  // (the issue's target: forward + input gradient + weight gradient).
+  std::printf("\n%-11s %-10s %-34s %10s %10s %8s\n", "layer", "pass", "best igemm", "igemm_us", "cudnn_us",
+              "speedup");
   for (const Shape& sp : kShapes) {
-    const Row* b = nullptr;
-    for (const Row& r : rows)
-      if (r.layer == sp.layer && r.kernel == "igemm" && !r.stats && r.check == "pass" &&
-          (b == nullptr || r.t.median_us < b->t.median_us))
-        b = &r;
-    if (b == nullptr) continue;
-    const double speedup = b->cudnn_us > 0 ? b->cudnn_us / b->t.median_us : 0.0;
-    char vs[16] = "-";
-    if (speedup > 0) std::snprintf(vs, sizeof(vs), "%.2fx", speedup);
-    std::printf("%-11s %-16s %10.1f %10.1f %8s\n", sp.layer, b->config.c_str(), b->t.median_us, b->cudnn_us, vs);
-    json jb = {{"layer", sp.layer}, {"config", b->config}, {"igemm_us", b->t.median_us}};
-    if (b->cudnn_us > 0) {
-      jb["cudnn_us"] = b->cudnn_us;
-      jb["speedup_vs_cudnn"] = speedup;
+    json jl = {{"layer", sp.layer}, {"passes", json::object()}};
+    double total_igemm = 0, total_cudnn = 0;
+    bool complete = true;
+    for (const char* pass : kPasses) {
+      const bool ran = std::any_of(rows.begin(), rows.end(),
+                                   [&](const Row& r) { return r.layer == sp.layer && r.pass == pass; });
+      if (!ran) continue;  // prep's bwd_data
+      const Row* b = best_igemm(rows, sp.layer, pass);
+      if (b == nullptr) {
+        complete = false;
+        continue;
+      }
+      const double speedup = b->cudnn_us > 0 ? b->cudnn_us / b->t.median_us : 0.0;
+      char vs[16] = "-";
+      if (speedup > 0) std::snprintf(vs, sizeof(vs), "%.2fx", speedup);
+      std::printf("%-11s %-10s %-34s %10.1f %10.1f %8s\n", sp.layer, pass, config_label(*b).c_str(),
+                  b->t.median_us, b->cudnn_us, vs);
+      json jp = {{"config", b->config}, {"igemm_us", b->t.median_us}};
+      if (b->splits > 0) jp["splits"] = b->splits;
+      if (b->cudnn_us > 0) {
+        jp["cudnn_us"] = b->cudnn_us;
+        jp["speedup_vs_cudnn"] = speedup;
+      }
+      jl["passes"][pass] = jp;
+      total_igemm += b->t.median_us;
+      if (b->cudnn_us > 0) total_cudnn += b->cudnn_us;
+      else complete = false;
     }
-    best.push_back(jb);
+    if (complete && total_cudnn > 0) {
+      std::printf("%-11s %-10s %-34s %10.1f %10.1f %7.2fx\n", sp.layer, "total", "", total_igemm, total_cudnn,
+                  total_cudnn / total_igemm);
+      jl["total"] = {{"igemm_us", total_igemm}, {"cudnn_us", total_cudnn},
+                     {"speedup_vs_cudnn", total_cudnn / total_igemm}};
+    }
+    best.push_back(jl);
   }
   std::printf("\nchecks: %s\n", all_pass ? "all passed" : "SOME FAILED");
 
   if (!json_path.empty()) {
     json out = {
-        {"schema", "cifar-speedrun/conv_bench/v1"},
+        {"schema", "cifar-speedrun/conv_bench/v2"},
         {"date", utc_now()},
         {"git_commit", CS_GIT_COMMIT_FALLBACK},
         {"version", CS_VERSION},
@@ -409,7 +506,10 @@ int main(int argc, char** argv) {
         {"cudnn_version", (long)cudnnGetVersion()},
         {"peak", {{"fp16_tensor_dense_tflops", peak.tflops}, {"basis", peak.basis}}},
         {"timing",
-         {{"samples", g_iters}, {"warmup", kWarmup}, {"statistic", "median"}, {"sample_target_us", kSampleTargetUs}}},
+         {{"samples", g_iters},
+          {"warmup", bench::kWarmup},
+          {"statistic", "median"},
+          {"sample_target_us", bench::kSampleTargetUs}}},
         {"batch", kBatch},
         {"ghost_group_images", kGhostGroup},
         {"with_cudnn", with_cudnn},

@@ -28,6 +28,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench/bench_gpu.h"
 #include "bench/bench_util.h"
 #include "engine/conv_cudnn.h"
 #include "engine/cuda_check.h"
@@ -63,31 +64,15 @@ namespace {
 using bench::rel_l2;
 using bench::random_vec;
 using bench::utc_now;
+using bench::kSampleTargetUs;
+using bench::kWarmup;
 
 constexpr int kBatch = 512;
 constexpr int kGroup = 32;
-constexpr int kWarmup = 3;
-constexpr double kSampleTargetUs = 200.0;
 // Workspace offered to the cuDNN candidates; algorithms that want more are listed, not run.
 constexpr size_t kMaxWorkspace = size_t(2) << 30;
 
-// ------------------------------------------------------------------------ peaks, versions
-
-struct Peaks {
-  double tflops;  // dense fp16 tensor-core peak (fp32 accumulate)
-  double tb_s;    // memory bandwidth
-  std::string basis;
-};
-
-Peaks peaks_for(const std::string& name) {
-  auto has = [&](const char* s) { return name.find(s) != std::string::npos; };
-  if (has("H200")) return {989.0, 4.8, "H200 datasheet: 989 TFLOP/s dense fp16, 4.8 TB/s HBM3e"};
-  if (has("H100") && (has("PCIe") || has("PCIE")))
-    return {756.0, 2.0, "H100 PCIe datasheet: 756 TFLOP/s dense fp16, 2.0 TB/s HBM2e"};
-  if (has("H100")) return {989.0, 3.35, "H100 SXM datasheet: 989 TFLOP/s dense fp16, 3.35 TB/s HBM3"};
-  if (has("A100")) return {312.0, 2.0, "A100 datasheet: 312 TFLOP/s dense fp16, ~2.0 TB/s HBM2e"};
-  return {989.0, 3.35, "unknown GPU: H100 SXM figures used (989 TFLOP/s, 3.35 TB/s)"};
-}
+// ------------------------------------------------------------------------------ versions
 
 std::string version_string(int v, int major_div, int minor_div) {
   return std::to_string(v / major_div) + "." + std::to_string((v % major_div) / minor_div);
@@ -143,45 +128,14 @@ struct Row {
   std::string note;  // algorithm, workspace, or why it did not run
 };
 
-class Timer {
- public:
-  Timer() {
-    CUDA_CHECK(cudaEventCreate(&a_));
-    CUDA_CHECK(cudaEventCreate(&b_));
-  }
-  ~Timer() {
-    cudaEventDestroy(a_);
-    cudaEventDestroy(b_);
-  }
-  // Milliseconds of `reps` back-to-back calls of f.
-  double run(const std::function<void()>& f, int reps) {
-    CUDA_CHECK(cudaEventRecord(a_, 0));
-    for (int i = 0; i < reps; i++) f();
-    CUDA_CHECK(cudaEventRecord(b_, 0));
-    CUDA_CHECK(cudaEventSynchronize(b_));
-    float ms = 0.0f;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, a_, b_));
-    return ms;
-  }
-
- private:
-  cudaEvent_t a_ = nullptr, b_ = nullptr;
-};
-
 int g_iters = 20;
 
-// Median and minimum microseconds per call of f.
+// Median and minimum microseconds per call of f (bench::time_calls: the protocol shared with
+// conv_bench).
 void time_row(Row& row, const std::function<void()>& f) {
-  Timer t;
-  for (int i = 0; i < kWarmup; i++) f();
-  CUDA_CHECK(cudaDeviceSynchronize());
-  const double one_us = 1000.0 * t.run(f, 1);
-  const int reps = (int)std::min(100.0, std::max(1.0, std::ceil(kSampleTargetUs / std::max(one_us, 1e-3))));
-  std::vector<double> us(g_iters);
-  for (int i = 0; i < g_iters; i++) us[i] = 1000.0 * t.run(f, reps) / reps;
-  std::sort(us.begin(), us.end());
-  row.median_us = us[us.size() / 2];
-  row.min_us = us[0];
+  const bench::Timing t = bench::time_calls(f, g_iters);
+  row.median_us = t.median_us;
+  row.min_us = t.min_us;
 }
 
 std::string shape_str(std::initializer_list<long> dims) {
@@ -839,7 +793,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "kernel_bench: no CUDA device (%s)\n", gpu.reason.c_str());
     return 1;
   }
-  const Peaks peaks = peaks_for(gpu.name);
+  const bench::GpuPeaks peaks = bench::peaks_for(gpu.name);
   int rt = 0, drv = 0;
   CUDA_CHECK(cudaRuntimeGetVersion(&rt));
   CUDA_CHECK(cudaDriverGetVersion(&drv));
