@@ -7,8 +7,13 @@
 //   - odd shapes (tiny N, H != W, channel counts that are not multiples of any tile, R = 1, 3, 5,
 //     a 1x1 image where every 3x3 tap but the centre is padding), compared in full;
 //   - the fused BN-statistics epilogue vs sums over the stored output, one group and ghost groups;
-// plus two host-only cases that need no GPU: the im2col index helpers against the definition,
-// and the launchers' precondition checks.
+//   - the fused max-pool epilogue (conv_forward_igemm_pool), for every config that accepts the
+//     shape: y_pooled bitwise equal to ref::maxpool_forward of the same config's unfused fp16
+//     output, argmax equal to ref::maxpool_backward's pick (the tie rule), y_pooled the same
+//     bits with and without argmax / stats, the pooled statistics vs double sums; recipe shapes
+//     at batch 512 and small odd ones, including integer-valued ones full of ties;
+// plus host-only cases that need no GPU: the im2col and max-pool index helpers and the pool's
+// tie rule against their definitions, and the launchers' precondition checks.
 //
 // Tolerance for the outputs: rel. L2 <= 2e-3. The inputs are fp16-rounded on both sides, so
 // every product is exact in fp32 (11-bit x 11-bit significands); fp32 accumulation over at
@@ -21,12 +26,14 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "kernels/conv/implicit_gemm.cuh"
 #include "kernels/ref/conv.h"
+#include "kernels/ref/pool.h"
 #include "tests/gpu_test_util.h"
 #include "tests/support.h"
 
@@ -122,6 +129,203 @@ void check_recipe_shape(int H, int C, int K, int R, int real_channels, uint64_t 
     CHECK(e_tail <= kTolOut);
     CHECK(bitwise_equal(run_igemm(p, d_x, d_w, config), y));  // deterministic
   }
+}
+
+// ---------------------------------------------------------------- fused max-pool helpers
+
+bool pool_accepts(const ConvDesc& d, const kernels::IgemmConfigInfo& info) {
+  return d.H % 2 == 0 && d.W % 2 == 0 && info.block_m % (2 * d.W) == 0;
+}
+
+// x and w with integer values in {-1, 0, 1}: every conv output is a small integer, exact in
+// fp32 and fp16, so 2x2 windows often hold equal maxima and the tie rule decides the argmax.
+Problem make_integer_problem(const ConvDesc& d, uint64_t seed) {
+  Problem p{d, random_vector((long)d.N * d.H * d.W * d.C, seed),
+            random_vector((long)d.K * d.R * d.R * d.C, seed + 1)};
+  for (float& v : p.x) v = std::round(v);
+  for (float& v : p.w) v = std::round(v);
+  return p;
+}
+
+// The host max-pool of one config's unfused fp16 output y: the pooled fp16 values and, per
+// pooled value, the window position dy * 2 + dx the reference picks (255 if it picks none or
+// several, which never matches the kernel's 0..3). Image by image (layer1's y is 67 M values):
+// ref::maxpool_forward gives the values; ref::maxpool_backward with dy = 1 writes a 1 at the
+// picked position of each window and 0 elsewhere, so the tie rule is the reference's own.
+struct HostPool {
+  std::vector<__half> y;
+  std::vector<uint8_t> arg;
+  long ties = 0;  // windows whose maximum occurs more than once
+};
+HostPool host_pool(const std::vector<__half>& y, const ConvDesc& d) {
+  const int Ho = d.H / 2, Wo = d.W / 2;
+  const long in_img = (long)d.H * d.W * d.K, out_img = (long)Ho * Wo * d.K;
+  HostPool hp;
+  hp.y.resize(d.N * out_img);
+  hp.arg.resize(d.N * out_img);
+  std::vector<float> pooled(out_img), ones(out_img, 1.0f), dx(in_img);
+  for (int img = 0; img < d.N; img++) {
+    const std::vector<float> yf = to_float(y, img * in_img, in_img);
+    ref::maxpool_forward(yf.data(), pooled.data(), 1, d.H, d.W, d.K, 2);
+    ref::maxpool_backward(yf.data(), ones.data(), dx.data(), 1, d.H, d.W, d.K, 2);
+    for (int ho = 0; ho < Ho; ho++)
+      for (int wo = 0; wo < Wo; wo++)
+        for (int k = 0; k < d.K; k++) {
+          const long o = ((long)ho * Wo + wo) * d.K + k;
+          int arg = 255, picked = 0, at_max = 0;
+          for (int pos = 0; pos < 4; pos++) {
+            const long i = ((long)(2 * ho + pos / 2) * d.W + 2 * wo + pos % 2) * d.K + k;
+            if (dx[i] != 0.0f) {
+              arg = pos;
+              picked++;
+            }
+            if (yf[i] == pooled[o]) at_max++;
+          }
+          hp.y[img * out_img + o] = __float2half_rn(pooled[o]);  // exact: an fp16 value
+          hp.arg[img * out_img + o] = picked == 1 ? (uint8_t)arg : 255;
+          if (at_max > 1) hp.ties++;
+        }
+  }
+  return hp;
+}
+
+struct PoolOut {
+  std::vector<__half> y;
+  std::vector<uint8_t> arg;        // empty when run without argmax
+  std::vector<float> sum, sumsq;  // empty when run without stats
+};
+
+// conv_forward_igemm_pool into poisoned outputs; argmax when with_argmax, statistics with
+// groups of group_images images when group_images > 0.
+PoolOut run_pool(const Problem& p, const DeviceBuffer<__half>& d_x, const DeviceBuffer<__half>& d_w,
+                 IgemmConfig config, bool with_argmax, int group_images, cudaStream_t stream) {
+  const ConvDesc& d = p.d;
+  const size_t pooled = (size_t)p.y_size() / 4;
+  auto d_y = poisoned<__half>(pooled);
+  DeviceBuffer<uint8_t> d_arg;
+  if (with_argmax) d_arg = poisoned<uint8_t>(pooled);
+  DeviceBuffer<float> d_sum, d_sumsq, d_part;
+  if (group_images > 0) {
+    const size_t n = (size_t)(d.N / group_images) * d.K;
+    d_sum = poisoned<float>(n);
+    d_sumsq = poisoned<float>(n);
+    d_part = poisoned<float>(kernels::igemm_stats_scratch_bytes(d, config) / sizeof(float));
+  }
+  const kernels::IgemmStats st{d_sum.get(), d_sumsq.get(), d_part.get(), group_images};
+  kernels::conv_forward_igemm_pool(d_x.get(), d_w.get(), d_y.get(),
+                                   with_argmax ? d_arg.get() : nullptr, d, config,
+                                   group_images > 0 ? &st : nullptr, stream);
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+  PoolOut out;
+  out.y = download(d_y);
+  if (with_argmax) out.arg = download(d_arg);
+  if (group_images > 0) {
+    out.sum = download(d_sum);
+    out.sumsq = download(d_sumsq);
+  }
+  return out;
+}
+
+// Images per statistics group for the odd shapes: the smallest proper divisor g of N whose
+// groups the config can split (g * H * W % BlockM == 0), so several groups get tested where the
+// shape allows; else N (one group).
+int odd_stats_group(const ConvDesc& d, int block_m) {
+  for (int g = 1; g < d.N; g++)
+    if (d.N % g == 0 && ((long)g * d.H * d.W) % block_m == 0) return g;
+  return d.N;
+}
+
+// One config on one problem: conv_forward_igemm_pool with argmax and stats vs the host max-pool
+// of the same config's conv_forward_igemm output (y_pooled bitwise, argmax exactly); without
+// argmax, without stats, without both: the same y_pooled bits (and argmax bits, statistics bits);
+// the statistics vs double sums over the pooled values. Returns the host's tie count.
+//
+// Statistics tolerance: a term passes through at most n = (BlockM/4) / slices + slices + blocks
+// per group fp32 additions (per-thread rows, the block's slices, the reduce kernel), so the
+// error is at most about n * 2^-24 of sum |y| (of sum y^2 for the squares). The tolerance is
+// max(1e-5, 2 * n * 2^-24): 1e-5 (as in the stats test) for the odd shapes and layer3; more
+// for the recipe's many-block groups (layer2: n <= 145, 1.7e-5; layer1: 32 images of 32x32 are
+// 256 or 512 blocks, n <= 529, 6.3e-5). A missing or doubled pooled row gives far more.
+long check_pool(const Problem& p, const DeviceBuffer<__half>& d_x, const DeviceBuffer<__half>& d_w,
+                IgemmConfig config, int group_images, cudaStream_t stream) {
+  const ConvDesc& d = p.d;
+  const auto info = kernels::igemm_config_info(config);
+  INFO("config " << info.name << ", shape " << desc_str(d) << ", group_images " << group_images);
+  const auto y = run_igemm(p, d_x, d_w, config);
+  CHECK(all_finite_half(y));
+  const HostPool want = host_pool(y, d);
+
+  const PoolOut full = run_pool(p, d_x, d_w, config, true, group_images, stream);
+  long y_bad = 0, arg_bad = 0;
+  for (size_t i = 0; i < want.y.size(); i++) {
+    if (std::memcmp(&full.y[i], &want.y[i], sizeof(__half)) != 0) y_bad++;
+    if (full.arg[i] != want.arg[i]) arg_bad++;
+  }
+  CHECK(y_bad == 0);
+  CHECK(arg_bad == 0);
+
+  const PoolOut plain = run_pool(p, d_x, d_w, config, false, 0, stream);
+  const PoolOut arg_only = run_pool(p, d_x, d_w, config, true, 0, stream);
+  const PoolOut stats_only = run_pool(p, d_x, d_w, config, false, group_images, stream);
+  CHECK(bitwise_equal(plain.y, full.y));
+  CHECK(bitwise_equal(arg_only.y, full.y));
+  CHECK(bitwise_equal(stats_only.y, full.y));
+  CHECK(arg_only.arg == full.arg);
+  CHECK(bitwise_equal(stats_only.sum, full.sum));
+  CHECK(bitwise_equal(stats_only.sumsq, full.sumsq));
+
+  // Double sums over the reference's pooled values, group by group, pixel-major.
+  const int groups = d.N / group_images;
+  const long group_pixels = (long)group_images * (d.H / 2) * (d.W / 2);
+  const int slices = info.threads / (info.block_n / 8);
+  const int blocks_per_group =
+      groups == 1 ? (int)((d.N * (long)d.H * d.W + info.block_m - 1) / info.block_m)
+                  : (int)((long)group_images * d.H * d.W / info.block_m);
+  const double n_add = info.block_m / 4 / slices + slices + blocks_per_group;
+  const double tol = std::max(1e-5, 2.0 * n_add * std::ldexp(1.0, -24));
+  long bad = 0;
+  double worst = 0.0;
+  std::vector<double> s(d.K), sa(d.K), ss(d.K);
+  for (int g = 0; g < groups; g++) {
+    std::fill(s.begin(), s.end(), 0.0);
+    std::fill(sa.begin(), sa.end(), 0.0);
+    std::fill(ss.begin(), ss.end(), 0.0);
+    for (long q = g * group_pixels; q < (g + 1) * group_pixels; q++)
+      for (int k = 0; k < d.K; k++) {
+        const double v = __half2float(want.y[q * d.K + k]);
+        s[k] += v;
+        sa[k] += std::fabs(v);
+        ss[k] += v * v;
+      }
+    for (int k = 0; k < d.K; k++) {
+      const double e_s = std::fabs(full.sum[g * d.K + k] - s[k]) / std::max(sa[k], 1e-30);
+      const double e_ss = std::fabs(full.sumsq[g * d.K + k] - ss[k]) / std::max(ss[k], 1e-30);
+      worst = std::max(worst, std::max(e_s, e_ss));
+      if (!(e_s <= tol && e_ss <= tol)) bad++;  // also catches NaN (poison left)
+    }
+  }
+  CHECK(bad == 0);
+  std::printf("igemm pool %-14s %s: y_pooled mismatches %ld, argmax mismatches %ld, ties %ld, "
+              "%d group(s) stats worst rel error %.2e (tol %.1e)\n",
+              info.name, desc_str(d).c_str(), y_bad, arg_bad, want.ties, groups, worst, tol);
+  return want.ties;
+}
+
+// A pooled recipe layer at batch 512 with ghost groups of 32 images, every config that fits.
+void check_recipe_pool(int H, int C, int K, uint64_t seed) {
+  const ConvDesc d{512, H, H, C, K, 3};
+  const Problem p = make_problem(d, C, seed);
+  auto d_x = upload_half(p.x), d_w = upload_half(p.w);
+  cudaStream_t stream;
+  CUDA_CHECK(cudaStreamCreate(&stream));
+  int tested = 0;
+  for (IgemmConfig config : kernels::kIgemmConfigs) {
+    if (!pool_accepts(d, kernels::igemm_config_info(config))) continue;
+    check_pool(p, d_x, d_w, config, 32, stream);
+    tested++;
+  }
+  CHECK(tested == 4);  // every config fits the recipe's pooled layers (see the header)
+  CUDA_CHECK(cudaStreamDestroy(stream));
 }
 
 }  // namespace
@@ -330,5 +534,170 @@ TEST_CASE("igemm conv fused BN statistics vs CPU sums", "[gpu][igemm]") {
       CHECK(bad == 0);
     }
   }
+  CUDA_CHECK(cudaStreamDestroy(stream));
+}
+
+// ------------------------------------------------------------ fused max-pool epilogue (host)
+
+// pool_window_row (which sC rows form pooled pixel m0/4 + q) vs the definition of the pooled
+// pixel, for every block and every pooled row of shapes with H, W even and each BlockM the
+// launcher accepts; every output pixel must belong to exactly one window. And pool2x2_argmax
+// (the tie / NaN rule the kernel applies) vs ref::maxpool_forward / ref::maxpool_backward on
+// every 2x2 window of {-inf, -1, -0, +0, 1, +inf, NaN}. Exact comparisons.
+TEST_CASE("igemm max-pool index helper and tie rule match the definition (host)", "[gpu][igemm]") {
+  using kernels::igemm_detail::pool2x2_argmax;
+  using kernels::igemm_detail::pool_window_row;
+  struct Shape {
+    int N, H, W;
+  };
+  const Shape shapes[] = {{3, 6, 4},  {2, 10, 8}, {1, 2, 64}, {2, 4, 2},  {3, 2, 16},
+                          {2, 14, 2}, {2, 4, 32}, {4, 4, 8},  {3, 32, 32}, {3, 8, 8}};
+  for (const Shape& sh : shapes)
+    for (int block_m : {64, 128}) {
+      if (block_m % (2 * sh.W) != 0) continue;
+      INFO(sh.N << "x" << sh.H << "x" << sh.W << " BlockM " << block_m);
+      const int M = sh.N * sh.H * sh.W, Ho = sh.H / 2, Wo = sh.W / 2;
+      std::vector<int> covered(M, 0);
+      long mismatches = 0, outside = 0;
+      for (int m0 = 0; m0 < M; m0 += block_m)
+        for (int q = 0; q < block_m / 4 && m0 / 4 + q < M / 4; q++) {
+          const int row = pool_window_row(q, sh.W);
+          const int pooled = m0 / 4 + q;
+          const int img = pooled / (Ho * Wo), ho = (pooled / Wo) % Ho, wo = pooled % Wo;
+          const int want = (img * sh.H + 2 * ho) * sh.W + 2 * wo;  // the window's (0, 0) pixel
+          if (m0 + row != want) mismatches++;
+          if (row < 0 || row + sh.W + 1 >= block_m) outside++;  // the window must lie in the tile
+          for (int off : {0, 1, sh.W, sh.W + 1})
+            if (want + off < M) covered[want + off]++;
+        }
+      CHECK(mismatches == 0);
+      CHECK(outside == 0);
+      CHECK(std::count(covered.begin(), covered.end(), 1) == M);
+    }
+
+  const float inf = std::numeric_limits<float>::infinity();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float values[] = {-inf, -1.0f, -0.0f, 0.0f, 1.0f, inf, nan};
+  long arg_bad = 0, value_bad = 0, windows = 0;
+  for (float a : values)
+    for (float b : values)
+      for (float c : values)
+        for (float e : values) {
+          const float x[4] = {a, b, c, e};  // a 1x2x2x1 tensor: positions dy * 2 + dx
+          const float ones[1] = {1.0f};
+          float y[1], dx[4];
+          ref::maxpool_forward(x, y, 1, 2, 2, 1, 2);
+          ref::maxpool_backward(x, ones, dx, 1, 2, 2, 1, 2);
+          int want = -1;
+          for (int pos = 0; pos < 4; pos++)
+            if (dx[pos] != 0.0f) want = pos;
+          const int got = pool2x2_argmax(a, b, c, e);
+          if (got != want) arg_bad++;
+          // The kernel stores the picked element's bits: they must be the reference's value
+          // (sign of zero included; NaN for NaN).
+          const bool same = std::isnan(y[0]) ? std::isnan(x[got])
+                                             : std::memcmp(&x[got], &y[0], sizeof(float)) == 0;
+          if (!same) value_bad++;
+          windows++;
+        }
+  CHECK(windows == 7 * 7 * 7 * 7);
+  CHECK(arg_bad == 0);
+  CHECK(value_bad == 0);
+}
+
+// conv_forward_igemm_pool rejects what the epilogue cannot do before touching the GPU (no device
+// needed: the pointers are never dereferenced).
+TEST_CASE("igemm pool launcher checks its preconditions (host)", "[gpu][igemm]") {
+  auto fake = [](uintptr_t a) { return reinterpret_cast<__half*>(a); };
+  __half* x = fake(0x10000);
+  __half* w = fake(0x20000);
+  __half* y = fake(0x30000);
+  uint8_t* arg = reinterpret_cast<uint8_t*>(0x50000);
+  float* f = reinterpret_cast<float*>(0x40000);
+  const ConvDesc ok{2, 4, 4, 16, 16, 3};
+  const IgemmConfig c64 = IgemmConfig::k64x64x32s4, c128 = IgemmConfig::k128x128x32s4;
+  auto pool = [&](const ConvDesc& d, IgemmConfig cfg, __half* yy, uint8_t* aa,
+                  const kernels::IgemmStats* st) {
+    kernels::conv_forward_igemm_pool(x, w, yy, aa, d, cfg, st, 0);
+  };
+  auto shape = [&](const ConvDesc& d) { pool(d, c64, y, arg, nullptr); };
+  // Each case must be refused by its own check: the message names the reason.
+  auto refused = [](const auto& call, const char* why) {
+    try {
+      call();
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what()).find(why) != std::string::npos;
+    }
+    return false;
+  };
+  CHECK(refused([&] { shape(ConvDesc{2, 5, 4, 16, 16, 3}); }, "H and W must be even"));
+  CHECK(refused([&] { shape(ConvDesc{2, 4, 5, 16, 16, 3}); }, "H and W must be even"));
+  CHECK(refused([&] { shape(ConvDesc{2, 4, 6, 16, 16, 3}); }, "multiple of 2 * W"));   // 64 % 12
+  CHECK(refused([&] { shape(ConvDesc{1, 2, 64, 16, 16, 3}); }, "multiple of 2 * W"));  // 64 % 128
+  CHECK(refused([&] { pool(ok, c64, y, arg + 4, nullptr); }, "argmax must be 8-byte aligned"));
+  CHECK(refused([&] { pool(ok, c64, nullptr, arg, nullptr); }, "null tensor"));
+  CHECK(refused([&] { pool(ok, c64, fake(0x30002), arg, nullptr); }, "16-byte aligned"));
+  // The conv's own preconditions hold here too.
+  CHECK(refused([&] { shape(ConvDesc{2, 4, 4, 12, 16, 3}); }, "C must be a multiple of 8"));
+  CHECK(refused([&] { shape(ConvDesc{2, 4, 4, 16, 20, 3}); }, "K must be a multiple of 8"));
+  CHECK(refused([&] { shape(ConvDesc{2, 4, 4, 16, 16, 2}); }, "R must be odd"));
+  CHECK_THROWS_AS(pool(ok, static_cast<IgemmConfig>(99), y, arg, nullptr), std::invalid_argument);
+  // Statistics: a null buffer, a group size that does not divide N, groups a block would
+  // straddle (two groups of one 4x4 image = 16 pixels; of one 8x8 image = 64 pixels fit
+  // BlockM = 64 but not 128).
+  const kernels::IgemmStats null_sum{nullptr, f, f, 1}, three{f, f, f, 3}, one{f, f, f, 1};
+  CHECK(refused([&] { pool(ok, c64, y, arg, &null_sum); }, "null statistics buffer"));
+  CHECK(refused([&] { pool(ok, c64, y, arg, &three); }, "group_images must divide N"));
+  CHECK(refused([&] { pool(ok, c64, y, arg, &one); }, "multiple of BlockM"));
+  const ConvDesc two_8x8{2, 8, 8, 16, 16, 3};
+  CHECK(refused([&] { pool(two_8x8, c128, y, arg, &one); }, "multiple of BlockM"));
+}
+
+// ----------------------------------------------------------- fused max-pool epilogue (GPU)
+
+TEST_CASE("igemm conv+pool layer1 64->128 3x3 @32, batch 512", "[gpu][igemm]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  check_recipe_pool(32, 64, 128, 400);
+}
+
+TEST_CASE("igemm conv+pool layer2 128->256 3x3 @16, batch 512", "[gpu][igemm]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  check_recipe_pool(16, 128, 256, 410);
+}
+
+TEST_CASE("igemm conv+pool layer3 256->512 3x3 @8, batch 512", "[gpu][igemm]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  check_recipe_pool(8, 256, 512, 420);
+}
+
+// Partial tiles (M = 72, 160; K = 24, 40, 72, 136), H != W, W from 2 to 64 (W = 64 only with
+// BlockM = 128), tiles holding row pairs of two images (6x4 images = 24 pixels), R = 1, 3, 5,
+// one group and ghost groups; each shape with uniform values and with integer values in
+// {-1, 0, 1} (many tied windows, so the argmax tie rule is exercised: checked that ties occur).
+TEST_CASE("igemm conv+pool odd shapes and ties", "[gpu][igemm]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  const ConvDesc shapes[] = {{3, 6, 4, 8, 24, 3},   {2, 10, 8, 24, 40, 3}, {3, 2, 16, 16, 72, 5},
+                             {2, 14, 2, 8, 24, 1},  {1, 2, 64, 8, 136, 3}, {2, 4, 32, 40, 24, 3},
+                             {4, 4, 8, 16, 24, 3}};
+  cudaStream_t stream;
+  CUDA_CHECK(cudaStreamCreate(&stream));
+  uint64_t seed = 500;
+  long integer_ties = 0;
+  for (const ConvDesc& d : shapes)
+    for (bool integer : {false, true}) {
+      seed += 10;
+      const Problem p = integer ? make_integer_problem(d, seed) : make_problem(d, d.C, seed);
+      auto d_x = upload_half(p.x), d_w = upload_half(p.w);
+      int tested = 0;
+      for (IgemmConfig config : kernels::kIgemmConfigs) {
+        const auto info = kernels::igemm_config_info(config);
+        if (!pool_accepts(d, info)) continue;
+        const long ties = check_pool(p, d_x, d_w, config, odd_stats_group(d, info.block_m), stream);
+        if (integer) integer_ties += ties;
+        tested++;
+      }
+      CHECK(tested >= 2);  // W = 64: the two BlockM = 128 configs; else all four
+    }
+  CHECK(integer_ties > 0);
   CUDA_CHECK(cudaStreamDestroy(stream));
 }

@@ -10,7 +10,9 @@
 //   2. each warp multiplies its WarpM x WarpN sub-tile with ldmatrix + mma.sync m16n8k16
 //      (fp16 x fp16 -> fp32 accumulators in registers);
 //   3. the epilogue rounds to fp16, stages the tile through shared memory and writes it with
-//      16-byte coalesced stores (and, optionally, per-channel partial sums for BN statistics).
+//      16-byte coalesced stores (and, optionally, per-channel partial sums for BN statistics);
+//      or, with the fused max-pool epilogue, writes only the 2x2-pooled tile, the argmax bytes
+//      and the partial sums of the pooled values.
 //
 // Shared memory, per stage: sA [BlockM][BlockK + 8] and sB [BlockN][BlockK + 8] halves, both
 // K-contiguous (A row-major; B is w's rows, i.e. B column-major, what mma's .col wants).
@@ -31,6 +33,8 @@ namespace {
 
 using igemm_detail::a_offset;
 using igemm_detail::FilterTap;
+using igemm_detail::pool2x2_argmax;
+using igemm_detail::pool_window_row;
 
 // ------------------------------------------------------------------------ PTX wrappers (sm_80+)
 
@@ -106,8 +110,17 @@ struct IgemmTile {
   // right after sC.
   static constexpr int kStatSlices = kThreads / (BlockN / 2);
   static constexpr int kEpilogueBytes = 2 * kEpilogueHalves + 2 * kStatSlices * BlockN * 4;
+  // Max-pool epilogue: a thread owns one 8-channel chunk column of the pooled tile
+  // [BlockM / 4][BlockN] and every kPoolSlices-th pooled row; its stats scratch
+  // [2][kPoolSlices][BlockN] fp32 lies after sC too.
+  static constexpr int kChunksN = BlockN / 8;
+  static constexpr int kPooledRows = BlockM / 4;
+  static constexpr int kPoolSlices = kThreads / kChunksN;
+  static constexpr int kPoolEpilogueBytes = 2 * kEpilogueHalves + 2 * kPoolSlices * BlockN * 4;
+  static constexpr int kMaxEpilogueBytes =
+      kEpilogueBytes > kPoolEpilogueBytes ? kEpilogueBytes : kPoolEpilogueBytes;
   static constexpr size_t kSmemBytes =
-      (size_t)(2 * kPipeHalves > kEpilogueBytes ? 2 * kPipeHalves : kEpilogueBytes);
+      (size_t)(2 * kPipeHalves > kMaxEpilogueBytes ? 2 * kPipeHalves : kMaxEpilogueBytes);
 
   static_assert(BlockM % WarpM == 0 && BlockN % WarpN == 0, "warps must tile the block");
   static_assert(WarpM % 16 == 0 && WarpN % 16 == 0, "warp tile: m16 rows, pairs of n8 columns");
@@ -116,6 +129,8 @@ struct IgemmTile {
   static_assert(BlockM % kRowStep == 0 && BlockN % kRowStep == 0, "loader: whole passes");
   static_assert(BlockN % 8 == 0 && kThreads >= BlockN, "stats epilogue: a thread per column");
   static_assert(kThreads % (BlockN / 2) == 0, "stats epilogue: whole slices of column pairs");
+  static_assert(kThreads % kChunksN == 0, "pool epilogue: a fixed chunk column per thread");
+  static_assert(kPooledRows % kPoolSlices == 0, "pool epilogue: whole passes over pooled rows");
   static_assert(Stages >= 2, "a pipeline needs two stages");
 };
 
@@ -127,7 +142,8 @@ using Tile64x64x32 = IgemmTile<64, 64, 32, 32, 32, 4, 4>;
 struct IgemmParams {
   const __half* x;  // [N][H][W][C]
   const __half* w;  // [K][R][R][C] = B^T, [K][Kg]
-  __half* y;        // [N][H][W][K] = [M][K]
+  __half* y;        // [N][H][W][K] = [M][K]; with the pool epilogue [N][H/2][W/2][K] = [M/4][K]
+  uint8_t* argmax;  // pool epilogue only, may be null: [M/4][K]
   float* partials;  // stats only: [2][gridDim.y][K] (sums, then sums of squares)
   int H, W, C, K, R, pad;
   int M;   // N * H * W
@@ -233,7 +249,9 @@ __device__ __forceinline__ void warp_mma_stage(const __half* stage, int warp_m0,
 
 // Grid: x over output-channel tiles (fastest, so the blocks that share an A tile run together
 // and read it from DRAM once), y over output-pixel tiles. Block: T::kThreads threads.
-template <class T, bool kStats>
+// kStats: per-block partial BN sums (of y, or with kPool of the pooled values). kPool: the fused
+// 2x2 max-pool epilogue replaces the store of y (launcher checks: H, W even, BlockM % 2W == 0).
+template <class T, bool kStats, bool kPool>
 __global__ void __launch_bounds__(T::kThreads, T::kMinBlocks)
     conv_fwd_igemm_kernel(const IgemmParams p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -289,50 +307,138 @@ __global__ void __launch_bounds__(T::kThreads, T::kMinBlocks)
     }
   __syncthreads();
 
-  // Epilogue 2: sC -> y in 16-byte chunks, consecutive threads along a row (coalesced).
-  // K % 8 == 0, so a chunk of 8 channels is wholly inside or wholly outside [0, K).
-  constexpr int kChunksN = T::kBlockN / 8;
-  static_assert(T::kBlockM * kChunksN % T::kThreads == 0, "epilogue: whole passes");
+  if constexpr (!kPool) {
+    // Epilogue 2: sC -> y in 16-byte chunks, consecutive threads along a row (coalesced).
+    // K % 8 == 0, so a chunk of 8 channels is wholly inside or wholly outside [0, K).
+    constexpr int kChunksN = T::kBlockN / 8;
+    static_assert(T::kBlockM * kChunksN % T::kThreads == 0, "epilogue: whole passes");
 #pragma unroll
-  for (int it = 0; it < T::kBlockM * kChunksN / T::kThreads; it++) {
-    const int idx = it * T::kThreads + threadIdx.x;
-    const int r = idx / kChunksN, ch = idx % kChunksN;
-    const int m = m0 + r, n = n0 + ch * 8;
-    if (m < p.M && n < p.K)
-      *reinterpret_cast<uint4*>(p.y + (size_t)m * p.K + n) =
-          *reinterpret_cast<const uint4*>(sC + r * T::kCStride + ch * 8);
-  }
-
-  if constexpr (kStats) {
-    // Epilogue 3: this block's partial sum and sum of squares of each of its columns over its
-    // rows m < M, from the fp16 values just stored. Thread t sums column pair t % kPairs over
-    // rows t / kPairs, + kStatSlices, ... (consecutive threads read consecutive words); the
-    // kStatSlices partials of a column are then added in slice order. Fixed order: deterministic.
-    constexpr int kPairs = T::kBlockN / 2;
-    float* red = reinterpret_cast<float*>(smem + T::kEpilogueHalves);  // [2][kStatSlices][BlockN]
-    const int pair = threadIdx.x % kPairs, slice = threadIdx.x / kPairs;
-    const int rows = min(T::kBlockM, p.M - m0);
-    float2 s = make_float2(0.0f, 0.0f), ss = make_float2(0.0f, 0.0f);
-    for (int r = slice; r < rows; r += T::kStatSlices) {
-      const float2 v = __half22float2(*reinterpret_cast<const __half2*>(sC + r * T::kCStride + 2 * pair));
-      s.x += v.x;
-      s.y += v.y;
-      ss.x += v.x * v.x;
-      ss.y += v.y * v.y;
+    for (int it = 0; it < T::kBlockM * kChunksN / T::kThreads; it++) {
+      const int idx = it * T::kThreads + threadIdx.x;
+      const int r = idx / kChunksN, ch = idx % kChunksN;
+      const int m = m0 + r, n = n0 + ch * 8;
+      if (m < p.M && n < p.K)
+        *reinterpret_cast<uint4*>(p.y + (size_t)m * p.K + n) =
+            *reinterpret_cast<const uint4*>(sC + r * T::kCStride + ch * 8);
     }
-    *reinterpret_cast<float2*>(red + slice * T::kBlockN + 2 * pair) = s;
-    *reinterpret_cast<float2*>(red + (T::kStatSlices + slice) * T::kBlockN + 2 * pair) = ss;
-    __syncthreads();
-    const int c = threadIdx.x, n = n0 + c;
-    if (c < T::kBlockN && n < p.K) {
-      float sum = 0.0f, sumsq = 0.0f;
-#pragma unroll
-      for (int j = 0; j < T::kStatSlices; j++) {
-        sum += red[j * T::kBlockN + c];
-        sumsq += red[(T::kStatSlices + j) * T::kBlockN + c];
+
+    if constexpr (kStats) {
+      // Epilogue 3: this block's partial sum and sum of squares of each of its columns over its
+      // rows m < M, from the fp16 values just stored. Thread t sums column pair t % kPairs over
+      // rows t / kPairs, + kStatSlices, ... (consecutive threads read consecutive words); the
+      // kStatSlices partials of a column are then added in slice order. Fixed order: deterministic.
+      constexpr int kPairs = T::kBlockN / 2;
+      float* red = reinterpret_cast<float*>(smem + T::kEpilogueHalves);  // [2][kStatSlices][BlockN]
+      const int pair = threadIdx.x % kPairs, slice = threadIdx.x / kPairs;
+      const int rows = min(T::kBlockM, p.M - m0);
+      float2 s = make_float2(0.0f, 0.0f), ss = make_float2(0.0f, 0.0f);
+      for (int r = slice; r < rows; r += T::kStatSlices) {
+        const float2 v = __half22float2(*reinterpret_cast<const __half2*>(sC + r * T::kCStride + 2 * pair));
+        s.x += v.x;
+        s.y += v.y;
+        ss.x += v.x * v.x;
+        ss.y += v.y * v.y;
       }
-      p.partials[(size_t)blockIdx.y * p.K + n] = sum;
-      p.partials[((size_t)gridDim.y + blockIdx.y) * p.K + n] = sumsq;
+      *reinterpret_cast<float2*>(red + slice * T::kBlockN + 2 * pair) = s;
+      *reinterpret_cast<float2*>(red + (T::kStatSlices + slice) * T::kBlockN + 2 * pair) = ss;
+      __syncthreads();
+      const int c = threadIdx.x, n = n0 + c;
+      if (c < T::kBlockN && n < p.K) {
+        float sum = 0.0f, sumsq = 0.0f;
+#pragma unroll
+        for (int j = 0; j < T::kStatSlices; j++) {
+          sum += red[j * T::kBlockN + c];
+          sumsq += red[(T::kStatSlices + j) * T::kBlockN + c];
+        }
+        p.partials[(size_t)blockIdx.y * p.K + n] = sum;
+        p.partials[((size_t)gridDim.y + blockIdx.y) * p.K + n] = sumsq;
+      }
+    }
+  } else {
+    // Epilogue 2 (pool): sC -> y_pooled, argmax, and partial sums of the pooled values.
+    // The tile's rows are whole pairs of output rows (m0 % 2W == 0), so pooled pixel m0/4 + q
+    // is the max over sC rows pool_window_row(q, W) + {0, 1, W, W + 1}. Thread t owns the
+    // 8-channel chunk t % kChunksN of pooled rows q = t / kChunksN + i * kPoolSlices: per row it
+    // reads four 16-byte chunks of sC (8 consecutive threads read one 128-byte row segment: no
+    // bank conflicts), writes 16 bytes of y_pooled and 8 bytes of argmax (consecutive threads
+    // along a pooled row: coalesced). K % 8 == 0: a chunk is wholly inside or outside [0, K).
+    const int ch = threadIdx.x % T::kChunksN, q0 = threadIdx.x / T::kChunksN;
+    const int n = n0 + ch * 8;
+    const bool n_ok = n < p.K;
+    const int pooled0 = m0 / 4, pooled_end = p.M / 4;  // M = N*H*W, a multiple of 4
+    float s[8], ss[8];
+#pragma unroll
+    for (int e = 0; e < 8; e++) s[e] = ss[e] = 0.0f;
+#pragma unroll
+    for (int it = 0; it < T::kPooledRows / T::kPoolSlices; it++) {
+      const int q = q0 + it * T::kPoolSlices;
+      const int pooled = pooled0 + q;
+      // The window's rows are < M exactly when its pooled pixel is < M / 4 (M = N*H*W is a
+      // multiple of 2W, so the last tile holds whole row pairs too).
+      if (pooled < pooled_end) {
+        const __half* win = sC + pool_window_row(q, p.W) * T::kCStride + ch * 8;
+        alignas(16) __half v[4][8];  // window position dy * 2 + dx, channel
+        *reinterpret_cast<uint4*>(v[0]) = *reinterpret_cast<const uint4*>(win);
+        *reinterpret_cast<uint4*>(v[1]) = *reinterpret_cast<const uint4*>(win + T::kCStride);
+        *reinterpret_cast<uint4*>(v[2]) = *reinterpret_cast<const uint4*>(win + p.W * T::kCStride);
+        *reinterpret_cast<uint4*>(v[3]) =
+            *reinterpret_cast<const uint4*>(win + (p.W + 1) * T::kCStride);
+        alignas(16) __half out[8];
+        uint32_t arg_lo = 0, arg_hi = 0;  // argmax bytes of channels 0..3, 4..7 (little-endian)
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+          const int a = pool2x2_argmax(__half2float(v[0][e]), __half2float(v[1][e]),
+                                       __half2float(v[2][e]), __half2float(v[3][e]));
+          // The picked element's own bits (not a recomputed max: keeps -0 vs +0 and NaN as is).
+          out[e] = a == 0 ? v[0][e] : a == 1 ? v[1][e] : a == 2 ? v[2][e] : v[3][e];
+          if (e < 4)
+            arg_lo |= (uint32_t)a << (8 * e);
+          else
+            arg_hi |= (uint32_t)a << (8 * (e - 4));
+          if constexpr (kStats) {
+            const float f = __half2float(out[e]);
+            s[e] += f;
+            ss[e] += f * f;
+          }
+        }
+        if (n_ok) {
+          const size_t off = (size_t)pooled * p.K + n;
+          *reinterpret_cast<uint4*>(p.y + off) = *reinterpret_cast<const uint4*>(out);
+          if (p.argmax != nullptr)
+            *reinterpret_cast<uint2*>(p.argmax + off) = make_uint2(arg_lo, arg_hi);
+        }
+      }
+    }
+
+    if constexpr (kStats) {
+      // Epilogue 3 (pool): thread t's 8 column sums (over its pooled rows, in row order) go to
+      // red[0][slice][..], its sums of squares to red[1][slice][..], slice = t / kChunksN; then
+      // thread c < BlockN adds column c's kPoolSlices partials in slice order. Fixed order:
+      // deterministic. Within a slice row, channels ch*8 + j*4 + 0..3 sit at j*BlockN/2 + ch*4,
+      // so consecutive threads store consecutive float4s (no bank conflicts); the reduction's
+      // loads then have a 2-way conflict (a warp reads two 16-float runs BlockN/2 apart), once
+      // per block.
+      float* red = reinterpret_cast<float*>(smem + T::kEpilogueHalves);  // [2][kPoolSlices][BlockN]
+      constexpr int kHalfN = T::kBlockN / 2;
+      float* rs = red + q0 * T::kBlockN + ch * 4;
+      float* rss = red + (T::kPoolSlices + q0) * T::kBlockN + ch * 4;
+      *reinterpret_cast<float4*>(rs) = make_float4(s[0], s[1], s[2], s[3]);
+      *reinterpret_cast<float4*>(rs + kHalfN) = make_float4(s[4], s[5], s[6], s[7]);
+      *reinterpret_cast<float4*>(rss) = make_float4(ss[0], ss[1], ss[2], ss[3]);
+      *reinterpret_cast<float4*>(rss + kHalfN) = make_float4(ss[4], ss[5], ss[6], ss[7]);
+      __syncthreads();
+      const int c = threadIdx.x, nc = n0 + c;
+      if (c < T::kBlockN && nc < p.K) {
+        const int pos = ((c >> 2) & 1) * kHalfN + (c >> 3) * 4 + (c & 3);
+        float sum = 0.0f, sumsq = 0.0f;
+#pragma unroll
+        for (int j = 0; j < T::kPoolSlices; j++) {
+          sum += red[j * T::kBlockN + pos];
+          sumsq += red[(T::kPoolSlices + j) * T::kBlockN + pos];
+        }
+        p.partials[(size_t)blockIdx.y * p.K + nc] = sum;
+        p.partials[((size_t)gridDim.y + blockIdx.y) * p.K + nc] = sumsq;
+      }
     }
   }
 }
@@ -384,6 +490,7 @@ IgemmParams make_params(const char* fn, const __half* x, const __half* w, __half
   p.x = x;
   p.w = w;
   p.y = y;
+  p.argmax = nullptr;
   p.partials = nullptr;
   p.H = d.H;
   p.W = d.W;
@@ -396,9 +503,9 @@ IgemmParams make_params(const char* fn, const __half* x, const __half* w, __half
   return p;
 }
 
-template <class T, bool kStats>
+template <class T, bool kStats, bool kPool>
 void launch_tile(const IgemmParams& p, cudaStream_t stream) {
-  auto* kernel = conv_fwd_igemm_kernel<T, kStats>;
+  auto* kernel = conv_fwd_igemm_kernel<T, kStats, kPool>;
   // Above 48 KB a kernel must opt in to its dynamic shared memory; the attribute belongs to the
   // function, so once per process and instantiation is enough.
   static const cudaError_t attr = cudaFuncSetAttribute(
@@ -409,15 +516,41 @@ void launch_tile(const IgemmParams& p, cudaStream_t stream) {
   CUDA_CHECK_LAUNCH();
 }
 
-template <bool kStats>
+template <bool kStats, bool kPool>
 void launch(IgemmConfig config, const IgemmParams& p, cudaStream_t stream) {
   switch (config) {
-    case IgemmConfig::k128x128x32s4: return launch_tile<Tile128x128x32, kStats>(p, stream);
-    case IgemmConfig::k128x128x64s3: return launch_tile<Tile128x128x64, kStats>(p, stream);
-    case IgemmConfig::k128x64x32s4: return launch_tile<Tile128x64x32, kStats>(p, stream);
-    case IgemmConfig::k64x64x32s4: return launch_tile<Tile64x64x32, kStats>(p, stream);
+    case IgemmConfig::k128x128x32s4: return launch_tile<Tile128x128x32, kStats, kPool>(p, stream);
+    case IgemmConfig::k128x128x64s3: return launch_tile<Tile128x128x64, kStats, kPool>(p, stream);
+    case IgemmConfig::k128x64x32s4: return launch_tile<Tile128x64x32, kStats, kPool>(p, stream);
+    case IgemmConfig::k64x64x32s4: return launch_tile<Tile64x64x32, kStats, kPool>(p, stream);
   }
   require(false, "conv_forward_igemm", "unknown IgemmConfig");
+}
+
+// The statistics preconditions (see IgemmStats); returns the number of BlockM-row blocks per
+// group (grid_m when there is one group).
+int stats_blocks_per_group(const char* fn, const IgemmStats& stats, const ConvDesc& d,
+                           const IgemmConfigInfo& cfg, int grid_m) {
+  require(stats.sum != nullptr && stats.sumsq != nullptr && stats.partials != nullptr, fn,
+          "null statistics buffer");
+  require(stats.group_images > 0 && d.N % stats.group_images == 0, fn,
+          "group_images must divide N");
+  const int groups = d.N / stats.group_images;
+  const int group_pixels = stats.group_images * d.H * d.W;
+  // Each block's rows must lie in one group, so its partial belongs to one group.
+  require(groups == 1 || group_pixels % cfg.block_m == 0, fn,
+          "with several groups, group_images * H * W must be a multiple of BlockM");
+  return groups == 1 ? grid_m : group_pixels / cfg.block_m;
+}
+
+// Adds the conv kernel's per-block partials (already enqueued on `stream`) into stats.sum/sumsq.
+void launch_stats_reduce(const IgemmStats& stats, const ConvDesc& d, int grid_m,
+                         int blocks_per_group, cudaStream_t stream) {
+  const int groups = d.N / stats.group_images;
+  const int threads = 256, blocks = ceil_div(groups * d.K, threads);
+  igemm_stats_reduce_kernel<<<blocks, threads, 0, stream>>>(stats.partials, grid_m, blocks_per_group,
+                                                           groups, d.K, stats.sum, stats.sumsq);
+  CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
@@ -437,7 +570,7 @@ void conv_forward_igemm(const __half* x, const __half* w, __half* y, const ConvD
                         IgemmConfig config, cudaStream_t stream) {
   const IgemmConfigInfo cfg = igemm_config_info(config);
   const IgemmParams p = make_params("conv_forward_igemm", x, w, y, d, cfg);
-  launch<false>(config, p, stream);
+  launch<false, false>(config, p, stream);
 }
 
 size_t igemm_stats_scratch_bytes(const ConvDesc& d, IgemmConfig config) {
@@ -451,24 +584,36 @@ void conv_forward_igemm_stats(const __half* x, const __half* w, __half* y, const
   const char* fn = "conv_forward_igemm_stats";
   const IgemmConfigInfo cfg = igemm_config_info(config);
   IgemmParams p = make_params(fn, x, w, y, d, cfg);
-  require(stats.sum != nullptr && stats.sumsq != nullptr && stats.partials != nullptr, fn,
-          "null statistics buffer");
-  require(stats.group_images > 0 && d.N % stats.group_images == 0, fn,
-          "group_images must divide N");
-  const int groups = d.N / stats.group_images;
-  const int group_pixels = stats.group_images * d.H * d.W;
-  // Each block's rows must lie in one group, so its partial belongs to one group.
-  require(groups == 1 || group_pixels % cfg.block_m == 0, fn,
-          "with several groups, group_images * H * W must be a multiple of BlockM");
-  p.partials = stats.partials;
-  launch<true>(config, p, stream);
-
   const int grid_m = ceil_div(p.M, cfg.block_m);
-  const int blocks_per_group = groups == 1 ? grid_m : group_pixels / cfg.block_m;
-  const int threads = 256, blocks = ceil_div(groups * d.K, threads);
-  igemm_stats_reduce_kernel<<<blocks, threads, 0, stream>>>(stats.partials, grid_m, blocks_per_group,
-                                                           groups, d.K, stats.sum, stats.sumsq);
-  CUDA_CHECK_LAUNCH();
+  const int blocks_per_group = stats_blocks_per_group(fn, stats, d, cfg, grid_m);
+  p.partials = stats.partials;
+  launch<true, false>(config, p, stream);
+  launch_stats_reduce(stats, d, grid_m, blocks_per_group, stream);
+}
+
+void conv_forward_igemm_pool(const __half* x, const __half* w, __half* y_pooled, uint8_t* argmax,
+                             const ConvDesc& d, IgemmConfig config, const IgemmStats* stats,
+                             cudaStream_t stream) {
+  const char* fn = "conv_forward_igemm_pool";
+  const IgemmConfigInfo cfg = igemm_config_info(config);
+  IgemmParams p = make_params(fn, x, w, y_pooled, d, cfg);
+  require(d.H % 2 == 0 && d.W % 2 == 0, fn, "H and W must be even (2x2 stride-2 pool)");
+  // m0 = blockIdx.y * BlockM is then a multiple of 2W, and an image's H*W pixels are whole row
+  // pairs (H even): every tile is whole row pairs, every 2x2 window inside one tile.
+  require(cfg.block_m % (2 * d.W) == 0, fn,
+          "BlockM must be a multiple of 2 * W (whole pairs of output rows per block)");
+  require(argmax == nullptr || (reinterpret_cast<uintptr_t>(argmax) & 7) == 0, fn,
+          "argmax must be 8-byte aligned");
+  p.argmax = argmax;
+  if (stats == nullptr) {
+    launch<false, true>(config, p, stream);
+    return;
+  }
+  const int grid_m = ceil_div(p.M, cfg.block_m);
+  const int blocks_per_group = stats_blocks_per_group(fn, *stats, d, cfg, grid_m);
+  p.partials = stats->partials;
+  launch<true, true>(config, p, stream);
+  launch_stats_reduce(*stats, d, grid_m, blocks_per_group, stream);
 }
 
 }  // namespace kernels

@@ -18,6 +18,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
 
 namespace kernels {
 
@@ -74,6 +75,38 @@ size_t igemm_stats_scratch_bytes(const ConvDesc& d, IgemmConfig config);
 void conv_forward_igemm_stats(const __half* x, const __half* w, __half* y, const ConvDesc& d,
                               IgemmConfig config, const IgemmStats& stats, cudaStream_t stream);
 
+// Fused conv + 2x2 stride-2 max-pool (layer1, layer2, layer3 of the recipe: conv -> pool ->
+// ghost BN -> CELU). The full-resolution output is never written:
+//   y_pooled [N][H/2][W/2][K] fp16: the max over each 2x2 window of the fp16-ROUNDED conv
+//     output, i.e. bitwise maxpool(conv_forward_igemm(x, w)) with the same config.
+//   argmax   [N][H/2][W/2][K] uint8 (may be null: not written): the window position dy * 2 + dx
+//     the value came from. Ties go to the first maximum scanning rows then columns (only a
+//     strictly larger value replaces the running max), ref::maxpool_backward's rule, so
+//     ref::maxpool_backward and a backward that routes dy through argmax agree.
+//   NaN: as kernels/ref/pool.cpp, the first NaN in scan order wins (y_pooled NaN, argmax its
+//     position): NaN propagates like PyTorch. (Only NaN or Inf inputs produce a NaN here.)
+//   stats (may be null): IgemmStats as above but over the POOLED values, per group of images:
+//     sum[g][k] over the (H/2)*(W/2) pooled pixels of each image of group g. Scratch: the same
+//     size as the unpooled epilogue's, igemm_stats_scratch_bytes(d, config). Deterministic.
+// Requirements (checked, std::invalid_argument), on top of conv_forward_igemm's (with y_pooled
+// in y's place; y_pooled, argmax must not overlap x, w or each other):
+//   H and W even;
+//   BlockM % (2 * W) == 0: a block's BlockM output pixels (which start at a multiple of BlockM,
+//     hence of 2W, and H is even) are whole pairs of output rows of one image each, so every
+//     2x2 window lies in one block's tile. Nothing else: M need not be a multiple of BlockM (the
+//     last tile is predicated), and a tile may hold row pairs of two images;
+//   argmax, when given, 8-byte aligned (one 8-byte store per 8 channels);
+//   with stats and N / group_images > 1: group_images * H * W % BlockM == 0 (each block's rows,
+//     hence its pooled pixels, lie in one group), as for conv_forward_igemm_stats.
+// Which configs fit (BlockM 128 or 64, so 2W must divide it): W <= 32 with every config, W = 64
+// only with the BlockM = 128 ones. The recipe's pooled layers at batch 512, ghost groups of 32
+// images, fit every config: layer1 64->128 @32x32 (2W = 64), layer2 128->256 @16x16 (2W = 32),
+// layer3 256->512 @8x8 (2W = 16; 32 * 64 = 2048 pixels per group). docs/conv_kernels.md says
+// which config is meant for which layer.
+void conv_forward_igemm_pool(const __half* x, const __half* w, __half* y_pooled, uint8_t* argmax,
+                             const ConvDesc& d, IgemmConfig config, const IgemmStats* stats,
+                             cudaStream_t stream);
+
 namespace igemm_detail {
 
 // Where the 8 channels A[m][k .. k+7] of the implicit im2col matrix come from: the filter tap
@@ -109,6 +142,41 @@ __host__ __device__ inline int a_offset(int m, int oh, int ow, const FilterTap& 
   const int ih = oh + dr, iw = ow + ds;
   if (ih < 0 || ih >= H || iw < 0 || iw >= W) return -1;
   return (m + dr * W + ds) * C + t.c;
+}
+
+// The fused max-pool epilogue's indexing. A block's tile holds output pixels m0 .. m0+BlockM-1
+// with m0 a multiple of 2W (H, W even): whole pairs of output rows. Row pair j of the flattened
+// [N*H] rows is pooled row j of the flattened [N*H/2] pooled rows, so the tile's pooled pixels
+// are the contiguous range m0/4 .. m0/4 + BlockM/4 - 1, and pooled pixel m0/4 + q is the max
+// over the tile rows pool_window_row(q, W) + {0, 1, W, W + 1} (positions 0, 1, 2, 3 = dy*2+dx).
+__host__ __device__ inline int pool_window_row(int q, int W) {
+  const int half_w = W >> 1;
+  const int pair = q / half_w;  // row pair within the tile
+  const int wo = q - pair * half_w;
+  return pair * 2 * W + 2 * wo;
+}
+
+// The window position (dy * 2 + dx) max-pool picks from v0..v3 in scan order (0,0), (0,1),
+// (1,0), (1,1): a later value replaces the running max only when strictly larger, so ties keep
+// the first; a NaN replaces any non-NaN and is never replaced (the first NaN wins), exactly as
+// kernels/ref/pool.cpp. fp16 -> fp32 is exact, so comparing the converted values is comparing
+// the fp16 values. `v != v` is the NaN test (no fast-math anywhere in the build).
+__host__ __device__ inline bool pool_replaces(float best, float v) {
+  return best == best && (v > best || v != v);
+}
+__host__ __device__ inline int pool2x2_argmax(float v0, float v1, float v2, float v3) {
+  int arg = 0;
+  float best = v0;
+  if (pool_replaces(best, v1)) {
+    arg = 1;
+    best = v1;
+  }
+  if (pool_replaces(best, v2)) {
+    arg = 2;
+    best = v2;
+  }
+  if (pool_replaces(best, v3)) arg = 3;
+  return arg;
 }
 
 }  // namespace igemm_detail
