@@ -4,13 +4,10 @@
 #pragma once
 #include <cuda_runtime.h>
 
-#include <algorithm>
-#include <cmath>
 #include <functional>
 #include <string>
-#include <vector>
 
-#include "engine/cuda_check.h"
+#include "engine/gpu_context.h"
 
 namespace bench {
 
@@ -31,39 +28,16 @@ inline GpuPeaks peaks_for(const std::string& name) {
   return {989.0, 3.35, "unknown GPU: H100 SXM figures used (989 TFLOP/s, 3.35 TB/s)"};
 }
 
-// The timing protocol: kWarmup untimed calls, then `samples` samples of R back-to-back calls
-// between two CUDA events on the default stream, R chosen so one sample lasts about
-// kSampleTargetUs (a single short launch is dominated by launch overhead and event resolution).
+// The timing protocol (cs::time_calls, engine/gpu_context.h) on the default stream:
+// kWarmup untimed calls, then `samples` samples of R back-to-back calls between two CUDA
+// events, R chosen so that one sample lasts about kSampleTargetUs.
 constexpr int kWarmup = 3;
 constexpr double kSampleTargetUs = 200.0;
 
-struct Timing {
-  double median_us = -1, min_us = -1;  // per call
-};
+using Timing = cs::CallTiming;
 
 inline Timing time_calls(const std::function<void()>& f, int samples) {
-  cudaEvent_t a, b;
-  CUDA_CHECK(cudaEventCreate(&a));
-  CUDA_CHECK(cudaEventCreate(&b));
-  auto run = [&](int reps) {
-    CUDA_CHECK(cudaEventRecord(a, 0));
-    for (int i = 0; i < reps; i++) f();
-    CUDA_CHECK(cudaEventRecord(b, 0));
-    CUDA_CHECK(cudaEventSynchronize(b));
-    float ms = 0.0f;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-    return 1000.0 * ms / reps;
-  };
-  for (int i = 0; i < kWarmup; i++) f();
-  CUDA_CHECK(cudaDeviceSynchronize());
-  const double one_us = run(1);
-  const int reps = (int)std::min(100.0, std::max(1.0, std::ceil(kSampleTargetUs / std::max(one_us, 1e-3))));
-  std::vector<double> us(std::max(samples, 1));
-  for (double& u : us) u = run(reps);
-  std::sort(us.begin(), us.end());
-  CUDA_CHECK(cudaEventDestroy(a));
-  CUDA_CHECK(cudaEventDestroy(b));
-  return {us[us.size() / 2], us[0]};
+  return cs::time_calls(f, 0, samples, kWarmup, kSampleTargetUs);
 }
 
 }  // namespace bench

@@ -79,6 +79,9 @@ options:
   --save FILE             after the runs, save the weight-averaged model of the last run as
                           a safetensors checkpoint (atomically)
   --eval-every-epoch      evaluate the averaged model after every epoch (untimed)
+  --conv-kernels K        GPU convolutions: auto (default: per layer and pass the fastest of
+                          cuDNN and our implicit-GEMM kernels that agree with cuDNN), cudnn,
+                          or igemm (ours wherever they are eligible)
   --warmup                do one extra run first (seed S), reported but left out of the
                           summary
   --help                  print this help and exit
@@ -137,6 +140,7 @@ struct InputError : std::runtime_error {
 
 struct Options {
   std::string device = "auto";
+  std::string conv_kernels = "auto";  // --conv-kernels (GPU engine)
   net::Recipe recipe;
   int train_subset = -1, test_subset = -1;  // -1: the whole split
   uint64_t seed = 0;
@@ -266,6 +270,10 @@ Options parse_args(int argc, char** argv) {
       o.eval_every_epoch = a.flag_only();
     } else if (arg == "--warmup") {
       o.warmup = a.flag_only();
+    } else if (arg == "--conv-kernels") {
+      o.conv_kernels = a.value();
+      if (o.conv_kernels != "auto" && o.conv_kernels != "cudnn" && o.conv_kernels != "igemm")
+        throw UsageError("--conv-kernels: expected auto, cudnn or igemm, got '" + o.conv_kernels + "'");
     } else if (arg == "--device") {
       o.device = a.value();
       if (o.device != "cpu" && o.device != "cuda" && o.device != "auto")
@@ -506,6 +514,7 @@ int train_main(int argc, char** argv) {
   net::TrainConfig cfg;
   cfg.recipe = opt.recipe;
   cfg.eval_every_epoch = opt.eval_every_epoch;
+  cfg.conv_kernels = opt.conv_kernels;
   const net::Recipe& r = cfg.recipe;
   const net::Widths widths = net::Widths::from_multiplier(r.width);
   std::unique_ptr<net::Trainer> trainer;
@@ -666,6 +675,7 @@ int train_main(int argc, char** argv) {
     c["seed"] = opt.seed;
     c["warmup"] = opt.warmup;
     c["eval_every_epoch"] = opt.eval_every_epoch;
+    c["conv_kernels"] = opt.conv_kernels;
     c["data_dir"] = cifar.dir;
     c["normalize_mean"] = {f2d(r.mean[0]), f2d(r.mean[1]), f2d(r.mean[2])};
     c["normalize_std"] = {f2d(r.std_[0]), f2d(r.std_[1]), f2d(r.std_[2])};

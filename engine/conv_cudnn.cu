@@ -264,4 +264,8 @@ std::string CudnnConv::chosen() const {
          " bwd_filter=" + bwd_filter_algo_name(bwd_filter_algo_);
 }
 
+std::string CudnnConv::chosen_fwd() const { return fwd_algo_name(fwd_algo_); }
+std::string CudnnConv::chosen_bwd_data() const { return bwd_data_algo_name(bwd_data_algo_); }
+std::string CudnnConv::chosen_bwd_filter() const { return bwd_filter_algo_name(bwd_filter_algo_); }
+
 }  // namespace cs

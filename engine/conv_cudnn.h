@@ -49,6 +49,9 @@ class CudnnConv {
   // Every candidate timed by autotune(), and the chosen ones, for logs and JSON.
   const std::vector<ConvAlgoTiming>& timings() const { return timings_; }
   std::string chosen() const;  // e.g. "fwd=IMPLICIT_PRECOMP_GEMM bwd_data=... bwd_filter=..."
+  std::string chosen_fwd() const;         // the algorithm's name alone, e.g. "IMPLICIT_PRECOMP_GEMM"
+  std::string chosen_bwd_data() const;
+  std::string chosen_bwd_filter() const;
 
  private:
   cudnnHandle_t handle_;

@@ -1,6 +1,9 @@
 #include "engine/gpu_context.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <vector>
 
 #include "engine/cuda_check.h"
 
@@ -57,6 +60,25 @@ double elapsed_seconds(const CudaEvent& start, const CudaEvent& stop) {
   float ms = 0.0f;
   CUDA_CHECK(cudaEventElapsedTime(&ms, start.get(), stop.get()));
   return ms * 1e-3;
+}
+
+CallTiming time_calls(const std::function<void()>& f, cudaStream_t stream, int samples,
+                      int warmup, double sample_target_us) {
+  CudaEvent a, b;
+  auto run = [&](int reps) {
+    a.record(stream);
+    for (int i = 0; i < reps; i++) f();
+    b.record(stream);
+    return elapsed_seconds(a, b) * 1e6 / reps;
+  };
+  for (int i = 0; i < warmup; i++) f();
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+  const double one_us = run(1);
+  const int reps = (int)std::min(100.0, std::max(1.0, std::ceil(sample_target_us / std::max(one_us, 1e-3))));
+  std::vector<double> us(std::max(samples, 1));
+  for (double& u : us) u = run(reps);
+  std::sort(us.begin(), us.end());
+  return {us[us.size() / 2], us[0]};
 }
 
 }  // namespace cs

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 #include <cudnn.h>
 
+#include <functional>
 #include <string>
 
 namespace cs {
@@ -49,5 +50,15 @@ class CudaEvent {
 
 // Seconds from `start` to `stop`; waits for `stop` to complete.
 double elapsed_seconds(const CudaEvent& start, const CudaEvent& stop);
+
+// Per-call time of f (which enqueues work on `stream`): `warmup` untimed calls, then `samples`
+// samples of R back-to-back calls between two events, R chosen (1..100) so that a sample lasts
+// about sample_target_us (one short launch alone is dominated by launch overhead and event
+// resolution). The protocol of kernel_bench, conv_bench and the per-layer conv selection.
+struct CallTiming {
+  double median_us = -1, min_us = -1;
+};
+CallTiming time_calls(const std::function<void()>& f, cudaStream_t stream, int samples,
+                      int warmup = 3, double sample_target_us = 200.0);
 
 }  // namespace cs

@@ -130,12 +130,13 @@ bool same_shape(const cs::ConvDesc& a, const cs::ConvDesc& b) {
 // ================================================================ Resnet9Gpu
 
 Resnet9Gpu::Resnet9Gpu(cs::GpuContext& ctx, cs::Arena& arena, const Recipe& recipe,
-                       int steps_per_epoch)
+                       int steps_per_epoch, cs::ConvPolicy conv_policy)
     : ctx_(ctx),
       arena_(arena),
       recipe_(recipe),
       B_(recipe.batch),
-      steps_per_epoch_(steps_per_epoch) {
+      steps_per_epoch_(steps_per_epoch),
+      conv_policy_(conv_policy) {
   if (recipe.bn_group <= 0 || B_ <= 0 || B_ % recipe.bn_group != 0 || B_ % 8 != 0)
     throw std::invalid_argument("Resnet9Gpu: batch (" + std::to_string(B_) +
                                 ") must be a positive multiple of bn_group (" +
@@ -308,7 +309,7 @@ void Resnet9Gpu::build_convs() {
     for (auto& c : convs_)
       if (same_shape(c->desc(), d)) u.conv = c.get();
     if (!u.conv) {
-      convs_.push_back(std::make_unique<cs::CudnnConv>(ctx_.cudnn(), d));
+      convs_.push_back(std::make_unique<cs::ConvSelect>(ctx_.cudnn(), d, conv_policy_));
       u.conv = convs_.back().get();
     }
   }
@@ -316,17 +317,25 @@ void Resnet9Gpu::build_convs() {
 
 void Resnet9Gpu::autotune(size_t max_workspace) {
   cudaStream_t s = ctx_.stream();
-  // Finite data everywhere the candidates read (the values are overwritten afterwards).
-  fill_half(white_, (long)B_ * kImage * kImage * kPrepC, 1, 1.0f, s);
-  fill_half(w_half_, layout_.num_params, 2, 0.05f, s);
-  fill_half(prep_w_, (long)layout_.w.c0 * kPrepC, 3, 0.1f, s);
-  for (int i = 0; i < kUnits; ++i) {
-    const Unit& u = units_[i];
-    const kernels::GhostBnCeluShape& sh = u.shape;
-    fill_half(u.y, (long)sh.N * sh.H * sh.W * sh.C, 4 + i, 1.0f, s);
-    fill_half(u.out, (long)sh.N * sh.Ho() * sh.Wo() * sh.C, 20 + i, 1.0f, s);
-  }
+  // Finite data everywhere the candidates read (the values are overwritten afterwards). cuDNN's
+  // autotune overwrites its buffers with outputs, so the selection refills them before it
+  // compares and times the implicit-GEMM candidates.
+  auto fill_all = [&] {
+    fill_half(white_, (long)B_ * kImage * kImage * kPrepC, 1, 1.0f, s);
+    fill_half(w_half_, layout_.num_params, 2, 0.05f, s);
+    fill_half(prep_w_, (long)layout_.w.c0 * kPrepC, 3, 0.1f, s);
+    for (int i = 0; i < kUnits; ++i) {
+      const Unit& u = units_[i];
+      const kernels::GhostBnCeluShape& sh = u.shape;
+      fill_half(u.y, (long)sh.N * sh.H * sh.W * sh.C, 4 + i, 1.0f, s);
+      fill_half(u.out, (long)sh.N * sh.Ho() * sh.Wo() * sh.C, 20 + i, 1.0f, s);
+    }
+  };
+  fill_all();
   ctx_.sync();
+  int device = 0, sm_count = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
 
   const size_t mark = arena_.mark();
   void* ws = arena_.alloc_bytes(max_workspace, "conv_workspace_autotune");
@@ -337,7 +346,7 @@ void Resnet9Gpu::autotune(size_t max_workspace) {
       if (u.conv != c.get()) continue;
       __half* x = i == 0 ? white_ : units_[i - 1].out;
       __half* wt = i == 0 ? prep_w_ : w_half_ + u.conv_off;
-      c->autotune(x, wt, u.y, ws, max_workspace);
+      c->autotune(x, wt, u.y, ws, max_workspace, sm_count, fill_all);
       break;
     }
   }
@@ -703,6 +712,25 @@ std::string Resnet9Gpu::conv_algorithms() const {
   return s;
 }
 
+std::string Resnet9Gpu::conv_candidates() const {
+  std::string s;
+  char line[256];
+  for (const auto& c : convs_) {
+    const cs::ConvDesc& d = c->desc();
+    std::snprintf(line, sizeof(line), "  %d->%d %dx%d @%d (policy %s)\n", d.C, d.K, d.R, d.R, d.H,
+                  cs::conv_policy_name(c->policy()));
+    s += line;
+    for (const cs::ConvCandidate& k : c->candidates()) {
+      std::string config = k.config + (k.splits > 0 ? "/splits=" + std::to_string(k.splits) : "");
+      std::snprintf(line, sizeof(line), "    %-10s %-5s %-30s %9.1f us  diff %.1e  %s\n",
+                    cs::conv_pass_name(k.pass), k.kernel.c_str(), config.c_str(), k.us, k.rel_diff,
+                    k.status.c_str());
+      s += line;
+    }
+  }
+  return s;
+}
+
 // ================================================================ the trainer
 
 namespace {
@@ -750,6 +778,7 @@ class GpuTrainer : public Trainer {
 
   const data::Cifar10& data_;
   TrainConfig cfg_;
+  cs::ConvPolicy conv_policy_ = cs::ConvPolicy::kAuto;  // parsed from cfg_.conv_kernels
   SetupTimes setup_;
   std::string device_;
   int n_train_ = 0, n_test_ = 0, n_test_padded_ = 0, whiten_n_ = 0, spe_ = 0, padded_size_ = 0;
@@ -772,6 +801,8 @@ class GpuTrainer : public Trainer {
 };
 
 GpuTrainer::GpuTrainer(const data::Cifar10& data, const TrainConfig& cfg) : data_(data), cfg_(cfg) {
+  if (!cs::parse_conv_policy(cfg_.conv_kernels, &conv_policy_))
+    throw std::invalid_argument("conv kernels: expected auto, cudnn or igemm, got '" + cfg_.conv_kernels + "'");
   const Recipe& r = cfg_.recipe;
   n_train_ = data.train.size();
   n_test_ = data.test.size();
@@ -846,15 +877,17 @@ GpuTrainer::GpuTrainer(const data::Cifar10& data, const TrainConfig& cfg) : data
   setup_.upload_seconds = seconds_since(t_upload);
 
   const auto t_net = Clock::now();
-  net_ = std::make_unique<Resnet9Gpu>(*ctx_, A, r, spe_);
+  net_ = std::make_unique<Resnet9Gpu>(*ctx_, A, r, spe_, conv_policy_);
   host_model_ = std::make_unique<Resnet9Cpu>(r);
   setup_.init_seconds += seconds_since(t_net);
 
-  std::fprintf(stderr, "gpu: %s; %s\ngpu: arena peak %s of %s; step graph: %s\ngpu: convs\n%s",
+  std::fprintf(stderr, "gpu: %s; %s\ngpu: arena peak %s of %s; step graph: %s\ngpu: convs (%s)\n%s",
                device_.c_str(), cs::GpuContext::library_versions().c_str(),
                cs::format_bytes(A.peak_bytes()).c_str(),
                cs::format_bytes(A.capacity_bytes()).c_str(), net_->graph_note().c_str(),
-               net_->conv_algorithms().c_str());
+               cs::conv_policy_name(conv_policy_), net_->conv_algorithms().c_str());
+  std::fprintf(stderr, "gpu: conv candidates (pass, kernel, config, median time, rel. diff to cuDNN, status)\n%s",
+               net_->conv_candidates().c_str());
 }
 
 std::vector<std::pair<std::string, std::string>> GpuTrainer::engine_info() const {
@@ -865,7 +898,9 @@ std::vector<std::pair<std::string, std::string>> GpuTrainer::engine_info() const
       {"arena_capacity_bytes", std::to_string(arena_->capacity_bytes())},
       {"conv_workspace_bytes", std::to_string(net_->workspace_bytes())},
       {"libraries", cs::GpuContext::library_versions()},
+      {"conv_policy", cs::conv_policy_name(conv_policy_)},
       {"conv_algorithms", net_->conv_algorithms()},
+      {"conv_candidates", net_->conv_candidates()},
   };
 }
 

@@ -1,7 +1,8 @@
 // ResNet-9 of the resnet9 recipe on the GPU (see net/resnet9_cpu.h for the network, the
 // fp32 CPU reference it is tested against, and docs/gpu_engine.md for the design).
 //
-// Precision: activations and their gradients fp16 NHWC; convolutions through cuDNN with fp32
+// Precision: activations and their gradients fp16 NHWC; convolutions (per layer and pass the
+// faster of cuDNN and our implicit-GEMM kernels, engine/conv_select.h) with fp32
 // accumulation and an fp16 copy of the conv weights; BN statistics, BN biases, the head, the
 // loss and the optimiser in fp32, on fp32 master weights (kernels/optim.cuh).
 //
@@ -26,7 +27,7 @@
 #include <vector>
 
 #include "engine/arena.h"
-#include "engine/conv_cudnn.h"
+#include "engine/conv_select.h"
 #include "engine/gpu_context.h"
 #include "kernels/bn.cuh"
 #include "kernels/optim.cuh"
@@ -41,7 +42,10 @@ class Resnet9Gpu {
   // cores); the lr table covers steps_per_epoch * recipe.epochs steps. Allocates from `arena`,
   // autotunes the convolutions, runs two warm-up steps and captures the step graphs; the
   // parameters are then meaningless until set_params().
-  Resnet9Gpu(cs::GpuContext& ctx, cs::Arena& arena, const Recipe& recipe, int steps_per_epoch);
+  // conv_policy: which convolution implementations the per-layer selection may use
+  // (engine/conv_select.h; default: the fastest of cuDNN and the validated igemm kernels).
+  Resnet9Gpu(cs::GpuContext& ctx, cs::Arena& arena, const Recipe& recipe, int steps_per_epoch,
+             cs::ConvPolicy conv_policy = cs::ConvPolicy::kAuto);
   ~Resnet9Gpu();
   Resnet9Gpu(const Resnet9Gpu&) = delete;
   Resnet9Gpu& operator=(const Resnet9Gpu&) = delete;
@@ -108,6 +112,9 @@ class Resnet9Gpu {
 
   // "layer1: fwd=... bwd_data=... bwd_filter=..." per conv, for logs.
   std::string conv_algorithms() const;
+  // Every candidate the per-layer selection timed, per conv shape: pass, kernel, config, median
+  // us, rel. difference to cuDNN, status (engine/conv_select.h), one per line, for logs and JSON.
+  std::string conv_candidates() const;
   size_t workspace_bytes() const { return workspace_bytes_; }  // the convs' shared workspace
 
  private:
@@ -117,7 +124,7 @@ class Resnet9Gpu {
     long conv_off = 0, bias_off = 0;  // offsets into the flat parameter arrays
     long stat_off = 0;                // offset into the running-statistics arrays ([G][C])
     long chan_off = 0;                // offset into eval_mean_/eval_var_ ([C])
-    cs::CudnnConv* conv = nullptr;    // shared between units of the same shape
+    cs::ConvSelect* conv = nullptr;   // shared between units of the same shape
     kernels::GhostBnCeluShape shape{};
     int residual_from = -1;   // forward: out += units_[residual_from].out
     int skip_grad_from = -1;  // backward: dout2 = units_[skip_grad_from].d_out
@@ -153,7 +160,8 @@ class Resnet9Gpu {
   kernels::TensorTable table_{};
   kernels::GhostBnCeluParams bn_prm_{};
   Unit units_[kUnits];
-  std::vector<std::unique_ptr<cs::CudnnConv>> convs_;
+  cs::ConvPolicy conv_policy_;
+  std::vector<std::unique_ptr<cs::ConvSelect>> convs_;
 
   // Parameters and optimiser state [num_params]
   float *w_ = nullptr, *g_ = nullptr, *v_ = nullptr, *ema_w_ = nullptr;

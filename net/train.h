@@ -17,6 +17,9 @@ namespace net {
 struct TrainConfig {
   Recipe recipe;
   bool eval_every_epoch = false;  // untimed per-epoch test accuracy (TTA), for curves
+  // GPU engine: which convolution implementations the per-layer selection may use,
+  // "auto" | "cudnn" | "igemm" (engine/conv_select.h). Ignored by the CPU engine.
+  std::string conv_kernels = "auto";
 };
 
 struct EpochLog {

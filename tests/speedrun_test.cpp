@@ -111,7 +111,7 @@ TEST_CASE("speedrun: --help lists every flag, --version prints the version", "[s
   CHECK(help.code == 0);
   for (const char* flag : {"--device", "--epochs", "--width", "--batch", "--bn-group",
                            "--train-subset", "--test-subset", "--seed", "--runs", "--data",
-                           "--json", "--save", "--eval-every-epoch", "--warmup", "--help",
+                           "--json", "--save", "--eval-every-epoch", "--conv-kernels", "--warmup", "--help",
                            "--version", "speedrun eval", "speedrun predict"}) {
     INFO(flag);
     CHECK(help.out.find(flag) != std::string::npos);
@@ -175,6 +175,8 @@ TEST_CASE("speedrun: usage errors exit 2 and name the flag (other flags)", "[spe
                       {"--runs 0", "--runs"},
                       {"--device gpu", "--device"},
                       {"--device", "--device"},
+                      {"--conv-kernels fast", "--conv-kernels"},
+                      {"--conv-kernels", "--conv-kernels"},
                       {"--data", "--data"},
                       {"--json '" + json + "'", "--json"},
                       {"--json /proc/cs_speedrun_test.json", "--json"},  // unwritable, even to root
@@ -228,6 +230,7 @@ TEST_CASE("speedrun: a tiny CPU run writes a JSON record with the schema fields"
   CHECK(c.at("test_images") == 40);
   CHECK(c.at("runs") == 2);
   CHECK(c.at("seed") == 7);
+  CHECK(c.at("conv_kernels") == "auto");
   CHECK(c.at("lr_knots") == nlohmann::json::array({0.0, 2.0, 8.0}));
   CHECK(c.at("ema_rho") == 0.99);
   for (const char* k : {"data_read_seconds", "upload_seconds", "init_seconds"})

@@ -1,0 +1,269 @@
+// Per-layer choice between cuDNN and the implicit-GEMM kernels; see engine/conv_select.h.
+#include "engine/conv_select.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "engine/cuda_check.h"
+#include "engine/gpu_context.h"
+#include "kernels/conv/igemm_backward.cuh"
+
+namespace cs {
+
+namespace {
+
+constexpr int kCompareBlocks = 256, kCompareThreads = 256;
+constexpr int kTimingSamples = 7;
+
+// Setup-only comparison of an fp16 output with the reference one: per block, the sum of
+// squared differences and the sum of squares of the reference, in double (fixed order within
+// the block); a non-finite value in either makes the difference infinite.
+__global__ void compare_half_kernel(const __half* __restrict__ out, const __half* __restrict__ ref,
+                                    long n, double* __restrict__ partial) {
+  __shared__ double s_diff[kCompareThreads], s_ref[kCompareThreads];
+  double diff = 0.0, sq = 0.0;
+  for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+    const float a = __half2float(out[i]), b = __half2float(ref[i]);
+    if (!isfinite(a) || !isfinite(b)) {
+      diff = INFINITY;
+    } else {
+      diff += (double)(a - b) * (a - b);
+      sq += (double)b * b;
+    }
+  }
+  s_diff[threadIdx.x] = diff;
+  s_ref[threadIdx.x] = sq;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+    if ((int)threadIdx.x < stride) {
+      s_diff[threadIdx.x] += s_diff[threadIdx.x + stride];
+      s_ref[threadIdx.x] += s_ref[threadIdx.x + stride];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    partial[2 * blockIdx.x] = s_diff[0];
+    partial[2 * blockIdx.x + 1] = s_ref[0];
+  }
+}
+
+// ||out - ref|| / ||ref|| over n fp16 values (infinite if either holds a NaN / Inf).
+// partial: 2 * kCompareBlocks doubles of device scratch. Synchronises the stream.
+double rel_l2_half(const __half* out, const __half* ref, long n, double* partial, cudaStream_t s) {
+  compare_half_kernel<<<kCompareBlocks, kCompareThreads, 0, s>>>(out, ref, n, partial);
+  CUDA_CHECK_LAUNCH();
+  std::vector<double> h(2 * kCompareBlocks);
+  CUDA_CHECK(cudaMemcpyAsync(h.data(), partial, h.size() * sizeof(double), cudaMemcpyDeviceToHost, s));
+  CUDA_CHECK(cudaStreamSynchronize(s));
+  double diff = 0.0, sq = 0.0;
+  for (int b = 0; b < kCompareBlocks; b++) {
+    diff += h[2 * b];
+    sq += h[2 * b + 1];
+  }
+  if (!std::isfinite(diff)) return INFINITY;
+  return std::sqrt(diff) / std::max(std::sqrt(sq), 1e-30);
+}
+
+size_t align_up(size_t n) { return (n + 255) / 256 * 256; }
+
+kernels::ConvDesc kdesc(const ConvDesc& d) { return {d.N, d.H, d.W, d.C, d.K, d.R}; }
+
+}  // namespace
+
+const char* conv_policy_name(ConvPolicy p) {
+  switch (p) {
+    case ConvPolicy::kAuto: return "auto";
+    case ConvPolicy::kCudnn: return "cudnn";
+    case ConvPolicy::kIgemm: return "igemm";
+  }
+  return "?";
+}
+
+bool parse_conv_policy(const std::string& s, ConvPolicy* out) {
+  for (ConvPolicy p : {ConvPolicy::kAuto, ConvPolicy::kCudnn, ConvPolicy::kIgemm})
+    if (s == conv_policy_name(p)) {
+      *out = p;
+      return true;
+    }
+  return false;
+}
+
+const char* conv_pass_name(ConvPass p) {
+  switch (p) {
+    case ConvPass::kFwd: return "fwd";
+    case ConvPass::kBwdData: return "bwd_data";
+    case ConvPass::kBwdFilter: return "bwd_filter";
+  }
+  return "?";
+}
+
+ConvSelect::ConvSelect(cudnnHandle_t handle, const ConvDesc& d, ConvPolicy policy)
+    : handle_(handle), d_(d), policy_(policy), cudnn_(handle, d) {}
+
+cudaStream_t ConvSelect::stream() const {
+  cudaStream_t s = nullptr;
+  CUDNN_CHECK(cudnnGetStream(handle_, &s));
+  return s;
+}
+
+// The implicit-GEMM kernels' shape rules (kernels/conv/implicit_gemm.cuh): 8-channel vectors
+// and an odd filter. Alignment holds for arena buffers (256 bytes).
+bool ConvSelect::igemm_shape_ok() const { return d_.C % 8 == 0 && d_.K % 8 == 0 && d_.R % 2 == 1; }
+
+void ConvSelect::run_igemm(ConvPass pass, const Choice& c, const __half* a, const __half* b,
+                           __half* out, void* scratch) const {
+  const kernels::ConvDesc kd = kdesc(d_);
+  switch (pass) {
+    case ConvPass::kFwd:  // a = x, b = w
+      kernels::conv_forward_igemm(a, b, out, kd, c.config, stream());
+      return;
+    case ConvPass::kBwdData:  // a = dy, b = w
+      kernels::conv_backward_data_igemm(a, b, out, static_cast<__half*>(scratch), kd, c.config, stream());
+      return;
+    case ConvPass::kBwdFilter:  // a = x, b = dy
+      kernels::conv_backward_filter_igemm(a, b, out, static_cast<float*>(scratch), kd, c.config, c.splits,
+                                          stream());
+      return;
+  }
+}
+
+void ConvSelect::autotune(__half* x, __half* w, __half* y, void* workspace, size_t max_workspace,
+                          int sm_count, const std::function<void()>& refill) {
+  cudaStream_t s = stream();
+  cudnn_.autotune(x, w, y, workspace, max_workspace);
+  refill();
+  candidates_.clear();
+  for (Choice& c : choice_) c = Choice{};
+
+  const long x_n = (long)d_.N * d_.H * d_.W * d_.C, y_n = (long)d_.N * d_.H * d_.W * d_.K;
+  const long w_n = (long)d_.K * d_.R * d_.R * d_.C;
+  const long out_n[3] = {y_n, x_n, w_n};
+  const std::string algos[3] = {cudnn_.chosen_fwd(), cudnn_.chosen_bwd_data(), cudnn_.chosen_bwd_filter()};
+
+  // Workspace layout during selection: [cuDNN's workspace][reference output][candidate output]
+  // [compare partials][candidate scratch ...].
+  char* base = static_cast<char*>(workspace);
+  const size_t cudnn_ws = align_up(cudnn_.workspace_bytes());
+  const size_t out_bytes = align_up((size_t)std::max({x_n, y_n, w_n}) * sizeof(__half));
+  const size_t partial_bytes = align_up(2 * kCompareBlocks * sizeof(double));
+  const size_t fixed = cudnn_ws + 2 * out_bytes + partial_bytes;
+  const bool room = fixed <= max_workspace;
+  __half* ref_out = room ? reinterpret_cast<__half*>(base + cudnn_ws) : nullptr;
+  __half* cand_out = room ? reinterpret_cast<__half*>(base + cudnn_ws + out_bytes) : nullptr;
+  double* partial = room ? reinterpret_cast<double*>(base + cudnn_ws + 2 * out_bytes) : nullptr;
+  void* scratch = room ? base + fixed : nullptr;
+  const size_t scratch_room = room ? max_workspace - fixed : 0;
+
+  for (int pi = 0; pi < 3; pi++) {
+    const ConvPass pass = static_cast<ConvPass>(pi);
+    // The pass's inputs: fwd (x, w), bwd_data (dy = y, w), bwd_filter (x, dy = y).
+    auto run_cudnn = [&](__half* out) {
+      if (pass == ConvPass::kFwd) cudnn_.forward(x, w, out, workspace);
+      else if (pass == ConvPass::kBwdData) cudnn_.backward_data(y, w, out, workspace);
+      else cudnn_.backward_filter(x, y, out, workspace);
+    };
+    const __half* in_a = pass == ConvPass::kBwdData ? y : x;
+    const __half* in_b = pass == ConvPass::kBwdFilter ? y : w;
+
+    ConvCandidate cc{pass, "cudnn", algos[pi]};
+    cc.status = "ok";
+    double best_us = -1;
+    if (room) {
+      run_cudnn(ref_out);
+      cc.us = time_calls([&] { run_cudnn(cand_out); }, s, kTimingSamples).median_us;
+      best_us = policy_ == ConvPolicy::kIgemm ? -1 : cc.us;
+    }
+    candidates_.push_back(cc);
+    if (policy_ == ConvPolicy::kCudnn) continue;
+
+    for (kernels::IgemmConfig config : kernels::kIgemmConfigs) {
+      Choice c;
+      c.igemm = true;
+      c.config = config;
+      const kernels::ConvDesc kd = kdesc(d_);
+      if (pass == ConvPass::kBwdFilter) {
+        c.splits = kernels::igemm_wgrad_split(kd, config, kernels::igemm_wgrad_default_splits(kd, config, sm_count)).splits;
+        c.scratch = kernels::igemm_wgrad_scratch_bytes(kd, c.splits);
+      } else if (pass == ConvPass::kBwdData) {
+        c.scratch = kernels::igemm_dgrad_scratch_bytes(kd);
+      }
+      ConvCandidate ic{pass, "igemm", kernels::igemm_config_info(config).name};
+      ic.splits = pass == ConvPass::kBwdFilter ? c.splits : 0;
+      if (!igemm_shape_ok()) {
+        ic.status = "shape not supported (C and K must be multiples of 8, R odd)";
+      } else if (!room || c.scratch > scratch_room) {
+        ic.status = "not enough workspace to validate";
+      } else {
+        try {
+          CUDA_CHECK(cudaMemsetAsync(cand_out, 0xFF, out_n[pi] * sizeof(__half), s));  // NaN poison
+          run_igemm(pass, c, in_a, in_b, cand_out, scratch);
+          ic.rel_diff = rel_l2_half(cand_out, ref_out, out_n[pi], partial, s);
+          if (!(ic.rel_diff <= kConvSelectTol)) {
+            ic.status = "output differs from cuDNN";
+          } else {
+            ic.us = time_calls([&] { run_igemm(pass, c, in_a, in_b, cand_out, scratch); }, s, kTimingSamples)
+                        .median_us;
+            ic.status = "ok";
+          }
+        } catch (const std::invalid_argument& e) {  // a launcher precondition
+          ic.status = std::string("rejected: ") + e.what();
+        }
+      }
+      if (ic.status == "ok" && (best_us < 0 || ic.us < best_us)) {
+        best_us = ic.us;
+        choice_[pi] = c;
+      }
+      candidates_.push_back(ic);
+    }
+  }
+  CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+size_t ConvSelect::workspace_bytes() const {
+  size_t need = 0;
+  for (int pi = 0; pi < 3; pi++) need = std::max(need, choice_[pi].igemm ? choice_[pi].scratch : 0);
+  // cuDNN's need covers its three chosen algorithms; only counted if some pass uses cuDNN.
+  const bool any_cudnn = !choice_[0].igemm || !choice_[1].igemm || !choice_[2].igemm;
+  return std::max(need, any_cudnn ? cudnn_.workspace_bytes() : 0);
+}
+
+void ConvSelect::forward(const __half* x, const __half* w, __half* y, void* workspace) const {
+  const Choice& c = choice_[0];
+  if (c.igemm) run_igemm(ConvPass::kFwd, c, x, w, y, workspace);
+  else cudnn_.forward(x, w, y, workspace);
+}
+
+void ConvSelect::backward_data(const __half* dy, const __half* w, __half* dx, void* workspace) const {
+  const Choice& c = choice_[1];
+  if (c.igemm) run_igemm(ConvPass::kBwdData, c, dy, w, dx, workspace);
+  else cudnn_.backward_data(dy, w, dx, workspace);
+}
+
+void ConvSelect::backward_filter(const __half* x, const __half* dy, __half* dw, void* workspace) const {
+  const Choice& c = choice_[2];
+  if (c.igemm) run_igemm(ConvPass::kBwdFilter, c, x, dy, dw, workspace);
+  else cudnn_.backward_filter(x, dy, dw, workspace);
+}
+
+std::string ConvSelect::chosen() const {
+  const std::string algos[3] = {cudnn_.chosen_fwd(), cudnn_.chosen_bwd_data(), cudnn_.chosen_bwd_filter()};
+  std::string s;
+  for (int pi = 0; pi < 3; pi++) {
+    const Choice& c = choice_[pi];
+    if (!s.empty()) s += " ";
+    s += std::string(conv_pass_name(static_cast<ConvPass>(pi))) + "=";
+    if (!c.igemm) {
+      s += "cudnn:" + algos[pi];
+    } else {
+      s += std::string("igemm:") + kernels::igemm_config_info(c.config).name;
+      if (pi == 2) s += "/splits=" + std::to_string(c.splits);
+    }
+  }
+  return s;
+}
+
+}  // namespace cs

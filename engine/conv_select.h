@@ -1,0 +1,98 @@
+// Per-layer choice between cuDNN and the hand-written implicit-GEMM kernels
+// (kernels/conv/implicit_gemm.cuh, kernels/conv/igemm_backward.cuh), made once at setup.
+//
+// For each pass of one convolution shape (forward, input gradient, weight gradient) autotune()
+// times cuDNN's chosen deterministic algorithm (engine/conv_cudnn.h) and every igemm tile
+// configuration on the real shape, and keeps the fastest. An igemm candidate is eligible only
+// if its output on the autotune data agrees with cuDNN's (rel. L2 <= kConvSelectTol over the
+// whole output, all values finite): a kernel that is wrong on this GPU or shape is never used,
+// and the record says why. Every candidate is deterministic, so a step stays bitwise
+// reproducible once the choice is made; the choice itself comes from timings and may differ
+// between processes (docs/gpu_engine.md).
+#pragma once
+#include <cuda_fp16.h>
+#include <cudnn.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "engine/conv_cudnn.h"
+#include "kernels/conv/implicit_gemm.cuh"
+
+namespace cs {
+
+// auto: the fastest eligible candidate; cudnn: cuDNN only (igemm not even timed); igemm: the
+// fastest eligible igemm candidate, cuDNN only where none is eligible.
+enum class ConvPolicy { kAuto, kCudnn, kIgemm };
+const char* conv_policy_name(ConvPolicy p);
+// "auto" | "cudnn" | "igemm"; false for anything else.
+bool parse_conv_policy(const std::string& s, ConvPolicy* out);
+
+// An igemm output may differ from cuDNN's by both sides' fp16 output rounding (~3e-4 rms each)
+// and cuDNN's algorithm error (kernel_bench allows 1e-2 against the CPU reference).
+constexpr double kConvSelectTol = 1e-2;
+
+enum class ConvPass { kFwd = 0, kBwdData = 1, kBwdFilter = 2 };
+const char* conv_pass_name(ConvPass p);  // "fwd", "bwd_data", "bwd_filter"
+
+struct ConvCandidate {
+  ConvPass pass;
+  std::string kernel;  // "cudnn" | "igemm"
+  std::string config;  // cuDNN's algorithm name or the igemm tile config
+  int splits = 0;      // igemm bwd_filter: split-K slabs
+  double us = -1;      // median time per call; < 0 when not timed
+  double rel_diff = 0; // igemm: rel. L2 distance to cuDNN's output
+  std::string status;  // "ok", or why the candidate was not eligible
+};
+
+class ConvSelect {
+ public:
+  ConvSelect(cudnnHandle_t handle, const ConvDesc& d, ConvPolicy policy);
+  ConvSelect(const ConvSelect&) = delete;
+  ConvSelect& operator=(const ConvSelect&) = delete;
+
+  // Autotunes cuDNN (CudnnConv::autotune, on x, w, y, which it overwrites), calls refill() to
+  // put finite data of moderate size back into x, w and y, then times and validates the igemm
+  // candidates of each pass against cuDNN, using y as the output gradient. Scratch comes from
+  // `workspace` (max_workspace bytes): two output-sized buffers for the comparison plus the
+  // candidates' own scratch; a candidate that does not fit is recorded as such.
+  // Synchronises the handle's stream.
+  void autotune(__half* x, __half* w, __half* y, void* workspace, size_t max_workspace,
+                int sm_count, const std::function<void()>& refill);
+  // Bytes of workspace the chosen implementations need (max over the passes).
+  size_t workspace_bytes() const;
+
+  // On the handle's stream (cudnnSetStream), as CudnnConv.
+  void forward(const __half* x, const __half* w, __half* y, void* workspace) const;
+  void backward_data(const __half* dy, const __half* w, __half* dx, void* workspace) const;
+  void backward_filter(const __half* x, const __half* dy, __half* dw, void* workspace) const;
+
+  const ConvDesc& desc() const { return d_; }
+  ConvPolicy policy() const { return policy_; }
+  // e.g. "fwd=igemm:128x128x32_s4 bwd_data=cudnn:ALGO_1 bwd_filter=igemm:64x64x32_s4/splits=24"
+  std::string chosen() const;
+  // Every candidate autotune() considered, in the order tried (cuDNN's chosen one first per pass).
+  const std::vector<ConvCandidate>& candidates() const { return candidates_; }
+
+ private:
+  struct Choice {
+    bool igemm = false;
+    kernels::IgemmConfig config = kernels::IgemmConfig::k128x128x32s4;
+    int splits = 1;
+    size_t scratch = 0;  // igemm scratch bytes
+  };
+  cudaStream_t stream() const;
+  bool igemm_shape_ok() const;
+  void run_igemm(ConvPass pass, const Choice& c, const __half* a, const __half* b, __half* out,
+                 void* scratch) const;
+
+  cudnnHandle_t handle_;
+  ConvDesc d_;
+  ConvPolicy policy_;
+  CudnnConv cudnn_;
+  Choice choice_[3];
+  std::vector<ConvCandidate> candidates_;
+};
+
+}  // namespace cs
