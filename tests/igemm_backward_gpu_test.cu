@@ -303,50 +303,50 @@ TEST_CASE("igemm dgrad filter transform vs reference", "[gpu][igemm]") {
 
 // ---------------------------------------------------------------- recipe shapes (GPU), dgrad
 
-TEST_CASE("igemm dgrad layer1 64->128 3x3 @32, batch 512", "[gpu][igemm]") {
+TEST_CASE("igemm dgrad layer1 64->128 3x3 @32, batch 512", "[gpu][igemm][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_dgrad_recipe(32, 64, 128, 610);
 }
-TEST_CASE("igemm dgrad layer1 res 128->128 3x3 @16, batch 512", "[gpu][igemm]") {
+TEST_CASE("igemm dgrad layer1 res 128->128 3x3 @16, batch 512", "[gpu][igemm][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_dgrad_recipe(16, 128, 128, 620);
 }
-TEST_CASE("igemm dgrad layer2 128->256 3x3 @16, batch 512", "[gpu][igemm]") {
+TEST_CASE("igemm dgrad layer2 128->256 3x3 @16, batch 512", "[gpu][igemm][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_dgrad_recipe(16, 128, 256, 630);
 }
-TEST_CASE("igemm dgrad layer3 256->512 3x3 @8, batch 512", "[gpu][igemm]") {
+TEST_CASE("igemm dgrad layer3 256->512 3x3 @8, batch 512", "[gpu][igemm][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_dgrad_recipe(8, 256, 512, 640);
 }
-TEST_CASE("igemm dgrad layer3 res 512->512 3x3 @4, batch 512", "[gpu][igemm]") {
+TEST_CASE("igemm dgrad layer3 res 512->512 3x3 @4, batch 512", "[gpu][igemm][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_dgrad_recipe(4, 512, 512, 650);
 }
 
 // ---------------------------------------------------------------- recipe shapes (GPU), wgrad
 
-TEST_CASE("igemm wgrad prep 32->64 1x1 @32, batch 512", "[gpu][igemm]") {
+TEST_CASE("igemm wgrad prep 32->64 1x1 @32, batch 512", "[gpu][igemm][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_wgrad_recipe(32, 32, 64, 1, 700);
 }
-TEST_CASE("igemm wgrad layer1 64->128 3x3 @32, batch 512", "[gpu][igemm]") {
+TEST_CASE("igemm wgrad layer1 64->128 3x3 @32, batch 512", "[gpu][igemm][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_wgrad_recipe(32, 64, 128, 3, 710);
 }
-TEST_CASE("igemm wgrad layer1 res 128->128 3x3 @16, batch 512", "[gpu][igemm]") {
+TEST_CASE("igemm wgrad layer1 res 128->128 3x3 @16, batch 512", "[gpu][igemm][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_wgrad_recipe(16, 128, 128, 3, 720);
 }
-TEST_CASE("igemm wgrad layer2 128->256 3x3 @16, batch 512", "[gpu][igemm]") {
+TEST_CASE("igemm wgrad layer2 128->256 3x3 @16, batch 512", "[gpu][igemm][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_wgrad_recipe(16, 128, 256, 3, 730);
 }
-TEST_CASE("igemm wgrad layer3 256->512 3x3 @8, batch 512", "[gpu][igemm]") {
+TEST_CASE("igemm wgrad layer3 256->512 3x3 @8, batch 512", "[gpu][igemm][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_wgrad_recipe(8, 256, 512, 3, 740);
 }
-TEST_CASE("igemm wgrad layer3 res 512->512 3x3 @4, batch 512", "[gpu][igemm]") {
+TEST_CASE("igemm wgrad layer3 res 512->512 3x3 @4, batch 512", "[gpu][igemm][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_wgrad_recipe(4, 512, 512, 3, 750);
 }
