@@ -1,6 +1,7 @@
 // conv_bench: the hand-written implicit-GEMM convolutions (kernels/conv/implicit_gemm.cuh,
 // kernels/conv/igemm_backward.cuh) on the recipe's six conv shapes at batch 512, all three
-// passes of training: the forward (with and without the fused BN-statistics epilogue), the input
+// passes of training: the forward (plain, with the fused BN-statistics epilogue, and for the
+// pooled layers with the fused 2x2 max-pool epilogue, with and without statistics), the input
 // gradient and the split-K weight gradient, every tile configuration, next to cuDNN's autotuned
 // passes (engine/conv_cudnn.h). Each variant is checked against the CPU reference before it is
 // timed (llm.c's dev/cuda style: validate, then time). Prints a table and a per-layer summary
@@ -68,13 +69,14 @@ constexpr double kTolOut = 2e-3, kTolCudnn = 1e-2, kTolStats = 1e-4;
 struct Shape {
   const char* layer;
   int H, C, K, R, real_channels;
+  bool pooled;  // conv -> 2x2 max-pool -> BN in the recipe
 };
 // The recipe's convolutions (docs/recipe.md; kernel_bench's table): prep's 1x1 conv reads the
 // 27 whitening channels padded to 32.
 const Shape kShapes[] = {
-    {"prep", 32, 32, 64, 1, 27},        {"layer1", 32, 64, 128, 3, 64},
-    {"layer1_res", 16, 128, 128, 3, 128}, {"layer2", 16, 128, 256, 3, 128},
-    {"layer3", 8, 256, 512, 3, 256},     {"layer3_res", 4, 512, 512, 3, 512},
+    {"prep", 32, 32, 64, 1, 27, false},          {"layer1", 32, 64, 128, 3, 64, true},
+    {"layer1_res", 16, 128, 128, 3, 128, false}, {"layer2", 16, 128, 256, 3, 128, true},
+    {"layer3", 8, 256, 512, 3, 256, true},       {"layer3_res", 4, 512, 512, 3, 512, false},
 };
 
 bool all_finite_half(const std::vector<__half>& h) {
@@ -102,7 +104,7 @@ const char* const kPasses[] = {"fwd", "bwd_data", "bwd_filter"};
 
 struct Row {
   std::string layer, pass, kernel, config;  // kernel: "igemm" or "cudnn"
-  std::string epilogue = "none";            // fwd igemm: "none" or "stats"
+  std::string epilogue = "none";            // fwd igemm: "none", "stats", "pool", "pool+stats"
   kernels::IgemmConfigInfo info{};          // igemm only
   int splits = 0;                           // igemm bwd_filter: split-K slabs launched
   kernels::ConvDesc d{};
@@ -276,6 +278,84 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
     }
   }
 
+  // ---- forward with the fused 2x2 max-pool epilogue (the pooled layers: layer1, layer2,
+  // layer3): pooled output + argmax, and + the ghost-BN sums over the pooled values. Checked
+  // bitwise against max-pooling the unfused output on the host (same config, so the same
+  // fp16 values) and the argmax against the host's first-maximum rule.
+  if (sp.pooled) {
+    const long pooled_n = (long)kBatch * (sp.H / 2) * (sp.H / 2) * sp.K;
+    DeviceBuffer<__half> d_yp(pooled_n), d_y_plain(y_size);
+    DeviceBuffer<uint8_t> d_arg(pooled_n);
+    for (kernels::IgemmConfig config : kernels::kIgemmConfigs) {
+      const auto info = kernels::igemm_config_info(config);
+      if (info.block_m % (2 * sp.H) != 0) continue;  // a tile must hold whole row pairs
+      kernels::conv_forward_igemm(d_x.get(), d_w.get(), d_y_plain.get(), d, config, 0);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      const auto y_plain = download(d_y_plain);
+      // Host pooling of the unfused output: value and first-maximum position per window.
+      std::vector<__half> want_p(pooled_n);
+      std::vector<uint8_t> want_a(pooled_n);
+      const int Ho = sp.H / 2;
+      for (long q = 0; q < (long)kBatch * Ho * Ho; q++) {
+        const long img = q / (Ho * Ho), ph = (q / Ho) % Ho, pw = q % Ho;
+        for (int k = 0; k < sp.K; k++) {
+          float v[4];
+          for (int t = 0; t < 4; t++)
+            v[t] = __half2float(y_plain[((img * sp.H + 2 * ph + t / 2) * sp.H + 2 * pw + t % 2) * sp.K + k]);
+          const int a = kernels::igemm_detail::pool2x2_argmax(v[0], v[1], v[2], v[3]);
+          want_a[q * sp.K + k] = (uint8_t)a;
+          want_p[q * sp.K + k] = y_plain[((img * sp.H + 2 * ph + a / 2) * sp.H + 2 * pw + a % 2) * sp.K + k];
+        }
+      }
+      DeviceBuffer<float> d_part(kernels::igemm_stats_scratch_bytes(d, config) / sizeof(float));
+      const kernels::IgemmStats st{d_sum.get(), d_sumsq.get(), d_part.get(), kGhostGroup};
+      for (int with_stats = 0; with_stats <= 1; with_stats++) {
+        Row row = new_row("fwd", "igemm", info.name);
+        row.info = info;
+        row.epilogue = with_stats ? "pool+stats" : "pool";
+        auto launch = [&] {
+          kernels::conv_forward_igemm_pool(d_x.get(), d_w.get(), d_yp.get(), d_arg.get(), d, config,
+                                           with_stats ? &st : nullptr, 0);
+        };
+        d_yp.poison();
+        d_arg.poison();
+        d_sum.poison();
+        d_sumsq.poison();
+        launch();
+        CUDA_CHECK(cudaDeviceSynchronize());
+        const auto yp = download(d_yp);
+        const auto arg = download(d_arg);
+        const bool same_p = std::memcmp(yp.data(), want_p.data(), pooled_n * sizeof(__half)) == 0;
+        set_check(row, "pooled y bitwise = maxpool(unfused y)", same_p ? 0.0 : INFINITY, kTolOut);
+        set_check(row, "argmax = first maximum", arg == want_a ? 0.0 : INFINITY, kTolOut);
+        if (with_stats) {
+          const long group_pooled = (long)kGhostGroup * Ho * Ho;
+          const auto sum = download(d_sum), sumsq = download(d_sumsq);
+          std::vector<double> s((size_t)groups * sp.K, 0.0), sa(s.size(), 0.0), ss(s.size(), 0.0);
+          for (long q = 0; q < (long)kBatch * Ho * Ho; q++) {
+            const long g = q / group_pooled;
+            for (int k = 0; k < sp.K; k++) {
+              const double v = __half2float(yp[q * sp.K + k]);
+              s[g * sp.K + k] += v;
+              sa[g * sp.K + k] += std::fabs(v);
+              ss[g * sp.K + k] += v * v;
+            }
+          }
+          double worst = 0.0;
+          for (size_t i = 0; i < s.size(); i++) {
+            const double e = std::max(std::fabs(sum[i] - s[i]) / std::max(sa[i], 1e-30),
+                                      std::fabs(sumsq[i] - ss[i]) / std::max(ss[i], 1e-30));
+            worst = std::isnan(e) ? INFINITY : std::max(worst, e);
+          }
+          set_check(row, "ghost-BN sums of the pooled y, 16 groups (rel. to sum |y|)", worst, kTolStats);
+        }
+        row.t = bench::time_calls(launch, g_iters);
+        row.cudnn_us = cudnn_us[0];
+        rows.push_back(row);
+      }
+    }
+  }
+
   // ---- input gradient: the filter transform + the forward kernel (timed together)
   if (has_dgrad) {
     DeviceBuffer<__half> d_wt(kernels::igemm_dgrad_scratch_bytes(d) / sizeof(__half));
@@ -335,7 +415,8 @@ void print_usage() {
   std::printf(
       "usage: conv_bench [--json out.json] [--iters N] [--no-cudnn] [--help]\n"
       "  Times the hand-written implicit-GEMM convolutions (every tile config: the forward with\n"
-      "  and without the BN-statistics epilogue, the input gradient, the split-K weight gradient)\n"
+      "  and without the BN-statistics and fused max-pool epilogues, the input gradient, the\n"
+      "  split-K weight gradient)\n"
       "  and cuDNN's autotuned passes on the recipe's conv shapes (batch 512), after checking each\n"
       "  against the CPU reference. Summary per layer: the fastest passing variant of each pass\n"
       "  and the three passes summed, against cuDNN.\n"
@@ -482,6 +563,18 @@ int main(int argc, char** argv) {
       total_igemm += b->t.median_us;
       if (b->cudnn_us > 0) total_cudnn += b->cudnn_us;
       else complete = false;
+    }
+    // The fused conv + max-pool forward, for the pooled layers: informational (it also does
+    // the pooling cuDNN's forward leaves to another kernel), not part of the total.
+    const Row* bp = nullptr;
+    for (const Row& r : rows)
+      if (r.layer == sp.layer && r.pass == "fwd" && r.epilogue == "pool" && r.check == "pass" &&
+          (bp == nullptr || r.t.median_us < bp->t.median_us))
+        bp = &r;
+    if (bp != nullptr) {
+      std::printf("%-11s %-10s %-34s %10.1f %10.1f %8s\n", sp.layer, "fwd+pool", config_label(*bp).c_str(),
+                  bp->t.median_us, bp->cudnn_us, "(fused)");
+      jl["fused_pool_forward"] = {{"config", bp->config}, {"igemm_us", bp->t.median_us}};
     }
     if (complete && total_cudnn > 0) {
       std::printf("%-11s %-10s %-34s %10.1f %10.1f %7.2fx\n", sp.layer, "total", "", total_igemm, total_cudnn,

@@ -411,32 +411,32 @@ TEST_CASE("igemm launchers check their preconditions (host)", "[gpu][igemm]") {
 
 // ----------------------------------------------------------------------- recipe shapes (GPU)
 
-TEST_CASE("igemm conv prep 27(pad 32)->64 1x1 @32, batch 512", "[gpu][igemm]") {
+TEST_CASE("igemm conv prep 27(pad 32)->64 1x1 @32, batch 512", "[gpu][igemm][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_recipe_shape(32, 32, 64, 1, 27, 110);
 }
 
-TEST_CASE("igemm conv layer1 64->128 3x3 @32, batch 512", "[gpu][igemm]") {
+TEST_CASE("igemm conv layer1 64->128 3x3 @32, batch 512", "[gpu][igemm][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_recipe_shape(32, 64, 128, 3, 64, 120);
 }
 
-TEST_CASE("igemm conv layer1 res 128->128 3x3 @16, batch 512", "[gpu][igemm]") {
+TEST_CASE("igemm conv layer1 res 128->128 3x3 @16, batch 512", "[gpu][igemm][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_recipe_shape(16, 128, 128, 3, 128, 130);
 }
 
-TEST_CASE("igemm conv layer2 128->256 3x3 @16, batch 512", "[gpu][igemm]") {
+TEST_CASE("igemm conv layer2 128->256 3x3 @16, batch 512", "[gpu][igemm][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_recipe_shape(16, 128, 256, 3, 128, 140);
 }
 
-TEST_CASE("igemm conv layer3 256->512 3x3 @8, batch 512", "[gpu][igemm]") {
+TEST_CASE("igemm conv layer3 256->512 3x3 @8, batch 512", "[gpu][igemm][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_recipe_shape(8, 256, 512, 3, 256, 150);
 }
 
-TEST_CASE("igemm conv layer3 res 512->512 3x3 @4, batch 512", "[gpu][igemm]") {
+TEST_CASE("igemm conv layer3 res 512->512 3x3 @4, batch 512", "[gpu][igemm][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_recipe_shape(4, 512, 512, 3, 512, 160);
 }
@@ -655,17 +655,17 @@ TEST_CASE("igemm pool launcher checks its preconditions (host)", "[gpu][igemm]")
 
 // ----------------------------------------------------------- fused max-pool epilogue (GPU)
 
-TEST_CASE("igemm conv+pool layer1 64->128 3x3 @32, batch 512", "[gpu][igemm]") {
+TEST_CASE("igemm conv+pool layer1 64->128 3x3 @32, batch 512", "[gpu][igemm][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_recipe_pool(32, 64, 128, 400);
 }
 
-TEST_CASE("igemm conv+pool layer2 128->256 3x3 @16, batch 512", "[gpu][igemm]") {
+TEST_CASE("igemm conv+pool layer2 128->256 3x3 @16, batch 512", "[gpu][igemm][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_recipe_pool(16, 128, 256, 410);
 }
 
-TEST_CASE("igemm conv+pool layer3 256->512 3x3 @8, batch 512", "[gpu][igemm]") {
+TEST_CASE("igemm conv+pool layer3 256->512 3x3 @8, batch 512", "[gpu][igemm][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_recipe_pool(8, 256, 512, 420);
 }

@@ -14,7 +14,10 @@
 #    3) --json OUTDIR/speedrun.json. DATA_DIR may be the cifar-10-batches-bin folder, its parent,
 #    or the repo's compressed pack (a folder with build_bins.py, e.g. ../shared/cifar10), which
 #    is unpacked to /tmp/cifar10-bins first.
-# 6. sanitizer: the GPU tests under compute-sanitizer memcheck (the test binary directly); last,
+# 6. sanitizer: the GPU tests under compute-sanitizer memcheck (the test binary directly,
+#    "[gpu]~[recipe]": the batch-512 conv-kernel cases are left out, their odd-shape cases
+#    exercise every predicated edge at a fraction of the cost), then racecheck on the
+#    hand-written conv kernels' odd shapes ("[igemm]~[recipe]", shared-memory races). Last,
 #    because it is the slowest step and the others matter more when time is short.
 # Every step has a time limit; a failing step does not stop the others; the exit status is
 # non-zero if any step failed. OUTDIR holds at most 7 files (a device call returns at most 8):
@@ -37,7 +40,8 @@ cd "$ROOT" || exit 2
 # Time limits per step (seconds).
 T_BUILD=${T_BUILD:-900}
 T_SANITIZER=${T_SANITIZER:-300}
-T_TESTS=${T_TESTS:-120}
+T_RACECHECK=${T_RACECHECK:-240}
+T_TESTS=${T_TESTS:-180}
 T_BENCH=${T_BENCH:-120}
 T_SPEEDRUN=${T_SPEEDRUN:-600}
 
@@ -186,7 +190,10 @@ elif [ -z "$SANITIZER" ]; then
 else
   run_step sanitizer "$T_SANITIZER" sanitizer.log \
     "$SANITIZER" --tool memcheck --report-api-errors no --error-exitcode 1 \
-    "$BUILD/cs_gpu_tests" "[gpu]"
+    "$BUILD/cs_gpu_tests" "[gpu]~[recipe]"
+  run_step racecheck "$T_RACECHECK" sanitizer.log \
+    "$SANITIZER" --tool racecheck --racecheck-report all --error-exitcode 1 \
+    "$BUILD/cs_gpu_tests" "[igemm]~[recipe]"
 fi
 
 # ---------------------------------------------------------------- summary
