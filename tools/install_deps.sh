@@ -3,7 +3,7 @@
 # Used by ./run.sh and ./test.sh; safe to run again. Needs root or sudo for apt-get.
 set -euo pipefail
 
-packages=(cmake ninja-build g++ catch2 nlohmann-json3-dev python3-numpy python3-pil)
+packages=(cmake ninja-build g++ catch2 nlohmann-json3-dev python3-numpy python3-pil python3-matplotlib)
 if [[ "${CS_WITH_FUZZ:-1}" == 1 ]]; then
   # libFuzzer and the sanitizer runtimes (tools/fuzz_and_sanitize.sh).
   packages+=(clang libclang-rt-14-dev)

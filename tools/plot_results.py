@@ -12,6 +12,11 @@ tools/reference/resnet9_torch.py, also that script's earlier records without a s
 kernel_bench records (schema cifar-speedrun/kernel_bench/v1) give:
   conv_tflops.png       per conv shape and pass: the autotuned path and every cuDNN candidate
                         (and any other conv variant in the file), TFLOP/s.
+conv_bench records (schema cifar-speedrun/conv_bench/v2, docs/conv_kernels.md) give:
+  igemm_vs_cudnn.png    per layer and pass: cuDNN's autotuned algorithm against the fastest
+                        passing implicit-GEMM config (and, in the forward panel, the fused
+                        conv + max-pool forward of the pooled layers), TFLOP/s, with the
+                        speed-up over cuDNN written above each igemm bar.
 Needs matplotlib (Debian: python3-matplotlib). Only reads the files; numbers are plotted as
 the tools wrote them.
 """
@@ -23,6 +28,7 @@ import sys
 
 TRAIN_SCHEMA = "cifar-speedrun/v1"
 BENCH_SCHEMA = "cifar-speedrun/kernel_bench/v1"
+CONV_SCHEMA = "cifar-speedrun/conv_bench/v2"
 
 
 def from_legacy_torch(rec):
@@ -126,6 +132,51 @@ def plot_conv_bench(path, rec, out, plt):
     plt.close(fig)
 
 
+def plot_igemm_vs_cudnn(path, rec, out, plt):
+    results = [r for r in rec.get("results", []) if r.get("median_us", -1) > 0]
+    layers = list(dict.fromkeys(r["layer"] for r in results))
+    if not layers:
+        return
+
+    def fastest(layer, p, kernel, epilogue):
+        rows = [r for r in results if r["layer"] == layer and r["pass"] == p and r["kernel"] == kernel
+                and r.get("epilogue", "none") == epilogue and r["check"]["status"] == "pass"]
+        return min(rows, key=lambda r: r["median_us"]) if rows else None
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5), sharey=True)
+    for ax, p in zip(axes, ["fwd", "bwd_data", "bwd_filter"]):
+        series = [("cuDNN", "cudnn", "none"), ("igemm", "igemm", "none")]
+        if p == "fwd":
+            series.append(("igemm conv+pool (fused)", "igemm", "pool"))
+        width = 0.8 / len(series)
+        for k, (label, kernel, epilogue) in enumerate(series):
+            xs, ys, notes = [], [], []
+            for i, layer in enumerate(layers):
+                r = fastest(layer, p, kernel, epilogue)
+                if r is None:
+                    continue
+                xs.append(i + k * width)
+                ys.append(r["tflops"])
+                notes.append(f"{r['speedup_vs_cudnn']:.2f}x" if kernel == "igemm" and "speedup_vs_cudnn" in r
+                             else "")
+            bars = ax.bar(xs, ys, width=width, label=label)
+            for bar, note in zip(bars, notes):
+                if note:
+                    ax.annotate(note, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                                ha="center", va="bottom", fontsize=6)
+        ax.set_title(p)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(layers))])
+        ax.set_xticklabels(layers, rotation=45, ha="right", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("TFLOP/s (2*N*H*W*K*R*R*C per pass)")
+    gpu = (rec.get("gpu") or {}).get("name", "?")
+    fig.suptitle(f"hand-written implicit GEMM vs cuDNN at batch 512 on {gpu} ({os.path.basename(path)})")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "igemm_vs_cudnn.png"), dpi=120)
+    plt.close(fig)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="folder for the PNG files (created)")
@@ -137,7 +188,7 @@ def main():
         import matplotlib.pyplot as plt
     except ImportError:
         sys.exit("plot_results: matplotlib is missing (Debian: apt-get install python3-matplotlib)")
-    train, bench = [], []
+    train, bench, conv = [], [], []
     for path in args.files:
         try:
             with open(path) as f:
@@ -152,15 +203,19 @@ def main():
             train.append((path, rec))
         elif schema == BENCH_SCHEMA:
             bench.append((path, rec))
+        elif schema == CONV_SCHEMA:
+            conv.append((path, rec))
         else:
             sys.exit(f"plot_results: {path}: unknown schema {schema!r} "
-                     f"(expected {TRAIN_SCHEMA} or {BENCH_SCHEMA})")
+                     f"(expected {TRAIN_SCHEMA}, {BENCH_SCHEMA} or {CONV_SCHEMA})")
     os.makedirs(args.out, exist_ok=True)
     if train:
         plot_accuracy_vs_time(train, args.out, plt)
         plot_epoch_curves(train, args.out, plt)
     for path, rec in bench:
         plot_conv_bench(path, rec, args.out, plt)
+    for path, rec in conv:
+        plot_igemm_vs_cudnn(path, rec, args.out, plt)
     print(f"plot_results: wrote PNGs to {args.out}")
 
 
