@@ -362,6 +362,9 @@ int igemm_wgrad_default_splits(const ConvDesc& d, IgemmConfig config, int sm_cou
   const IgemmConfigInfo cfg = igemm_config_info(config);
   const long long tiles = ceil_div((long long)d.K, (long long)cfg.block_m) *
                           ceil_div((long long)d.R * d.R * d.C, (long long)cfg.block_n);
+  // Resident blocks per SM, roughly: the 256-thread tiles are compiled for 2, the 128-thread
+  // ones fit 3 to 4 (registers / shared memory). An estimate is enough: the split count only
+  // needs to be in the right range, and conv_bench also times half and twice this.
   const int resident = std::max(1, sm_count) * (cfg.threads == 256 ? 2 : 4);
   const long long slices = ceil_div((long long)d.N * d.H * d.W, (long long)cfg.block_k);
   const long long want = ceil_div((long long)resident, tiles);
