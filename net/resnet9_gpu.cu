@@ -33,6 +33,8 @@ constexpr int kPrepC = kernels::kWhitenChannelsPadded;  // prep conv input chann
 // little past a short schedule. step()/update() refuse to go further.
 constexpr long kSpareSteps = 16;
 constexpr size_t kMaxConvWorkspace = 512ull << 20;
+// Steps timed by profile_step() at setup (median per stage); they use lr-table spare steps.
+constexpr int kProfileReps = 5;
 
 // ---------------------------------------------------------------- small kernels of the engine
 
@@ -210,6 +212,7 @@ Resnet9Gpu::Resnet9Gpu(cs::GpuContext& ctx, cs::Arena& arena, const Recipe& reci
     step(true);
     ctx_.sync();
   }
+  profile_step(kProfileReps);
   reset_optimizer();
   ctx_.sync();
 }
@@ -404,11 +407,14 @@ void Resnet9Gpu::enqueue_forward(const __half* x, bool train, bool mirror, float
   const __half* w16 = train ? w_half_ : eval_w_half_;
   const __half* prep16 = train ? prep_w_ : eval_prep_w_;
   // prep: fixed whitening conv 3 -> 27 (padded to 32 channels), then the 1x1 conv.
+  mark("step_begin");
   kernels::whiten_conv_forward(x, whiten_w_, white_, B_, mirror, s);
+  mark("whiten");
   for (int i = 0; i < kUnits; ++i) {
     Unit& u = units_[i];
     const __half* in = i == 0 ? white_ : units_[i - 1].out;
     u.conv->forward(in, i == 0 ? prep16 : w16 + u.conv_off, u.y, workspace_);
+    mark("conv_fwd", u.name);
     const __half* residual = u.residual_from >= 0 ? units_[u.residual_from].out : nullptr;
     if (train) {
       kernels::pool_bn_celu_forward_train(u.y, u.p, w32 + u.bias_off, residual, u.out, u.save_mean,
@@ -419,10 +425,12 @@ void Resnet9Gpu::enqueue_forward(const __half* x, bool train, bool mirror, float
                                          eval_var_ + u.chan_off, residual, u.out, u.shape, bn_prm_,
                                          s);
     }
+    mark("bn_fwd", u.name);
   }
   // head: maxpool 4x4, linear c3 -> 10, x 1/16.
   kernels::head_forward(units_[kUnits - 1].out, w32 + head_off_, feat_, logits, B_, layout_.w.c3,
                         recipe_.logit_scale, accumulate, s);
+  mark("head_fwd");
 }
 
 void Resnet9Gpu::enqueue_loss() {
@@ -432,6 +440,7 @@ void Resnet9Gpu::enqueue_loss() {
   record_step_kernel<<<1, 1, 0, s>>>(step_counter_, loss_sum_, correct_, step_loss_, step_correct_,
                                      total_steps_);
   CUDA_CHECK_LAUNCH();
+  mark("loss");
 }
 
 void Resnet9Gpu::enqueue_backward() {
@@ -440,16 +449,22 @@ void Resnet9Gpu::enqueue_backward() {
   kernels::head_backward(units_[kUnits - 1].out, feat_, w_ + head_off_, dlogits_,
                          units_[kUnits - 1].d_out, g_ + head_off_, B_, layout_.w.c3,
                          recipe_.logit_scale, s);
+  mark("head_bwd");
   for (int i = kUnits - 1; i >= 0; --i) {
     Unit& u = units_[i];
     const __half* dout2 = u.skip_grad_from >= 0 ? units_[u.skip_grad_from].d_out : nullptr;
     kernels::pool_bn_celu_backward(u.d_out, dout2, u.y, u.p, w_ + u.bias_off, u.save_mean,
                                    u.save_invstd, u.d_y, g_ + u.bias_off, bn_scratch_, u.shape,
                                    bn_prm_, s);
+    mark("bn_bwd", u.name);
     const __half* in = i == 0 ? white_ : units_[i - 1].out;
     // The prep conv's input is the (fixed) whitened image: no gradient to propagate.
-    if (i > 0) u.conv->backward_data(u.d_y, w_half_ + u.conv_off, units_[i - 1].d_out, workspace_);
+    if (i > 0) {
+      u.conv->backward_data(u.d_y, w_half_ + u.conv_off, units_[i - 1].d_out, workspace_);
+      mark("dgrad", u.name);
+    }
     u.conv->backward_filter(in, u.d_y, i == 0 ? prep_g_ : g_half_ + u.conv_off, workspace_);
+    mark("wgrad", u.name);
   }
   const int n = c0 * kWhitenChannels;
   prep_grad_unpad_kernel<<<kernels::ceil_div(n, 256), 256, 0, s>>>(prep_g_, g_half_ + prep_off_,
@@ -471,6 +486,59 @@ void Resnet9Gpu::enqueue_update(bool with_ema) {
     kernels::ema_update(ema_rv_, rv_, layout_.num_stats, rho, s);
   }
   kernels::advance_step(step_counter_, s);
+  mark(with_ema ? "update+ema" : "update");
+}
+
+void Resnet9Gpu::mark(const char* stage, const std::string& unit) {
+  if (!profiling_) return;
+  const size_t i = marks_.size();
+  if (i == events_.size()) events_.push_back(std::make_unique<cs::CudaEvent>());
+  events_[i]->record(ctx_.stream());
+  marks_.push_back(unit.empty() ? std::string(stage) : unit + "." + stage);
+}
+
+void Resnet9Gpu::profile_step(int reps) {
+  std::vector<std::vector<double>> ms;  // [stage][rep]
+  std::vector<std::string> names;
+  profiling_ = true;
+  try {
+    for (int r = 0; r < reps; ++r) {
+      marks_.clear();
+      check_step_budget();
+      enqueue_step(false);
+      ctx_.sync();
+      if (r == 0) {
+        names.assign(marks_.begin() + 1, marks_.end());
+        ms.assign(names.size(), {});
+      }
+      for (size_t i = 1; i < marks_.size(); ++i)
+        ms[i - 1].push_back(1e3 * cs::elapsed_seconds(*events_[i - 1], *events_[i]));
+    }
+  } catch (...) {
+    profiling_ = false;
+    throw;
+  }
+  profiling_ = false;
+  marks_.clear();
+  step_profile_.clear();
+  for (size_t i = 0; i < names.size(); ++i) {
+    std::vector<double> v = ms[i];
+    std::sort(v.begin(), v.end());
+    step_profile_.push_back({names[i], v[v.size() / 2]});
+  }
+}
+
+std::string Resnet9Gpu::step_profile_text() const {
+  std::string s;
+  double total = 0.0;
+  char line[128];
+  for (const StageTime& t : step_profile_) {
+    std::snprintf(line, sizeof(line), "  %-22s %8.3f ms\n", t.stage.c_str(), t.ms);
+    s += line;
+    total += t.ms;
+  }
+  std::snprintf(line, sizeof(line), "  %-22s %8.3f ms\n", "sum", total);
+  return s + line;
 }
 
 void Resnet9Gpu::enqueue_step(bool with_ema) {
@@ -888,6 +956,8 @@ GpuTrainer::GpuTrainer(const data::Cifar10& data, const TrainConfig& cfg) : data
                cs::conv_policy_name(conv_policy_), net_->conv_algorithms().c_str());
   std::fprintf(stderr, "gpu: conv candidates (pass, kernel, config, median time, rel. diff to cuDNN, status)\n%s",
                net_->conv_candidates().c_str());
+  std::fprintf(stderr, "gpu: one training step by stage (direct launches, median of %d)\n%s", kProfileReps,
+               net_->step_profile_text().c_str());
 }
 
 std::vector<std::pair<std::string, std::string>> GpuTrainer::engine_info() const {
@@ -901,6 +971,7 @@ std::vector<std::pair<std::string, std::string>> GpuTrainer::engine_info() const
       {"conv_policy", cs::conv_policy_name(conv_policy_)},
       {"conv_algorithms", net_->conv_algorithms()},
       {"conv_candidates", net_->conv_candidates()},
+      {"step_profile", net_->step_profile_text()},
   };
 }
 

@@ -96,6 +96,16 @@ class Resnet9Gpu {
   // fp32), so a read of anything the step did not write shows up as NaN. Synchronises.
   void poison_step_buffers();
   bool uses_graph() const { return graph_ok_; }
+  // Where a training step's GPU time goes, measured once at setup: the step as direct launches
+  // (not the graph) with CUDA events between its stages, `reps` times; per stage (e.g.
+  // "layer1.conv_fwd", "layer1.bn_bwd", "layer1.dgrad", "update") the median milliseconds, in
+  // launch order. Stages sum to about one step; events add a little overhead each.
+  struct StageTime {
+    std::string stage;
+    double ms;
+  };
+  const std::vector<StageTime>& step_profile() const { return step_profile_; }
+  std::string step_profile_text() const;  // one "stage ms" line per stage, for logs
   const std::string& graph_note() const { return graph_note_; }  // why not, or "captured"
 
   // ---- evaluation (BN with group-averaged running statistics, no state changes)
@@ -192,6 +202,15 @@ class Resnet9Gpu {
   cudaGraphExec_t graph_step_ = nullptr, graph_step_ema_ = nullptr;
   bool graph_ok_ = false;
   std::string graph_note_;
+
+  // Stage markers of profile_step(): mark() records an event on the stream when profiling is on
+  // (never during graph capture or normal steps).
+  void mark(const char* stage, const std::string& unit = std::string());
+  void profile_step(int reps);
+  bool profiling_ = false;
+  std::vector<std::string> marks_;                      // stage names of the current step
+  std::vector<std::unique_ptr<cs::CudaEvent>> events_;  // reused across steps
+  std::vector<StageTime> step_profile_;
 };
 
 }  // namespace net

@@ -269,6 +269,16 @@ TEST_CASE("resnet9 GPU step is deterministic: graph replay equals direct launche
   std::printf("graph: %s\n", gpu.graph_note().c_str());
   // The fallback keeps training correct, but a failed capture costs speed: flag it.
   CHECK(gpu.uses_graph());
+  // The setup's step profile: every stage timed once per rep, in launch order: whiten, 8 x
+  // (conv_fwd, bn_fwd), head_fwd, loss, head_bwd, 8 x (bn_bwd, dgrad except prep, wgrad), update.
+  const auto& prof = gpu.step_profile();
+  std::printf("step profile:\n%s", gpu.step_profile_text().c_str());
+  CHECK(prof.size() == 1 + 2 * 8 + 3 + 8 + 7 + 8 + 1);
+  REQUIRE(!prof.empty());
+  CHECK(prof.front().stage == "whiten");
+  CHECK(prof[1].stage == "prep.conv_fwd");
+  CHECK(prof.back().stage == "update");
+  for (const auto& st : prof) CHECK(st.ms >= 0.0);
 
   // Everything a step produces, from the same starting state each time (buffers poisoned, so
   // a stale read would show as NaN rather than as a silent dependence on the previous run).
