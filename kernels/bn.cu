@@ -176,6 +176,29 @@ __global__ void finalize_stats_kernel(const __half* __restrict__ x, Geometry g, 
   }
 }
 
+// As finalize_stats_kernel, from plain per-group sums [G][C] of the values and of their
+// squares (the fused conv + max-pool forward's epilogue, kernels/conv/implicit_gemm.cuh), not
+// shifted: var = E[v^2] - E[v]^2 in double. The sums themselves are fp32; with conv outputs
+// whose mean is within a few standard deviations of zero the cancellation costs a few bits of
+// the variance, far below the fp16 the normalised values are stored in.
+__global__ void finalize_from_sums_kernel(const float* __restrict__ sum, const float* __restrict__ sumsq,
+                                          int GC, double n, float* save_mean, float* save_invstd,
+                                          float* running_mean, float* running_var, float eps,
+                                          float momentum) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;  // grp * C + c
+  if (i >= GC) return;
+  const double mean = (double)sum[i] / n;
+  double var = (double)sumsq[i] / n - mean * mean;  // biased
+  if (var < 0.0) var = 0.0;
+  save_mean[i] = (float)mean;
+  save_invstd[i] = (float)(1.0 / sqrt(var + (double)eps));
+  if (running_mean != nullptr && running_var != nullptr) {
+    const double unbiased = n > 1.0 ? var * n / (n - 1.0) : var;
+    running_mean[i] = (float)((1.0 - momentum) * running_mean[i] + (double)momentum * mean);
+    running_var[i] = (float)((1.0 - momentum) * running_var[i] + (double)momentum * unbiased);
+  }
+}
+
 // out = celu((p - mean) * invstd + bias) (+ residual) over all pooled values, two channels per
 // thread. p = window max of `in` with window P_in (1 when `in` is already pooled).
 // kEval: statistics are mean/var [C]; otherwise mean/invstd per group [G][C].
@@ -290,9 +313,16 @@ __global__ void dbias_kernel(const float* __restrict__ totals, int G, int C,
 //   dp = invstd * (dz - sum(dz) / n - xhat * sum(dz * xhat) / n)
 // then routed to the first maximum of its P x P window of x (zeros elsewhere); with P == 1,
 // dx = dp. Every dx value is written exactly once since H, W are multiples of P.
+// kArgmax: the pooled values come from `pooled` and the window positions from `argmax`
+// ([N][Ho][Wo][C] uint8, dy * P + dx, as the fused conv + max-pool forward writes them), so the
+// full-resolution x is not read at all; x is then unused. Same values, same positions (the
+// same first-maximum rule), so dx is bitwise the same as without.
+template <bool kArgmax>
 __global__ void backward_apply_kernel(const __half* __restrict__ dout,
                                       const __half* __restrict__ dout2,
-                                      const __half* __restrict__ x, Geometry g,
+                                      const __half* __restrict__ x,
+                                      const __half* __restrict__ pooled,
+                                      const uint8_t* __restrict__ argmax, Geometry g,
                                       const float* __restrict__ bias,
                                       const float* __restrict__ save_mean,
                                       const float* __restrict__ save_invstd, float alpha,
@@ -308,9 +338,17 @@ __global__ void backward_apply_kernel(const __half* __restrict__ dout,
     const int r = pix - img * HWo;
     const int oy = r / g.Wo, ox = r - oy * g.Wo;
     const int s = (img / g.group) * g.C + c;
-    int a0, a1;
-    const float2 v = window_max(x, g, img, oy, ox, c, &a0, &a1);
     const long off = (long)pix * g.C + c;
+    int a0, a1;
+    float2 v;
+    if (kArgmax) {
+      v = load_half2(pooled + off);
+      const uchar2 a = *reinterpret_cast<const uchar2*>(argmax + off);
+      a0 = a.x;
+      a1 = a.y;
+    } else {
+      v = window_max(x, g, img, oy, ox, c, &a0, &a1);
+    }
     float2 d = load_half2(dout + off);
     if (dout2 != nullptr) {
       const float2 d2 = load_half2(dout2 + off);
@@ -415,6 +453,34 @@ void pool_bn_celu_forward_train(const __half* x, __half* pooled, const float* bi
   CUDA_CHECK_LAUNCH();
 }
 
+void bn_celu_forward_train_from_sums(const __half* pooled, const float* sum, const float* sumsq,
+                                     const float* bias, const __half* residual, __half* out,
+                                     float* save_mean, float* save_invstd, float* running_mean,
+                                     float* running_var, const GhostBnCeluShape& s,
+                                     const GhostBnCeluParams& prm, cudaStream_t stream) {
+  const char* fn = "bn_celu_forward_train_from_sums";
+  check_shape(s, fn);
+  check_groups(s, fn);
+  require(pooled != nullptr && sum != nullptr && sumsq != nullptr, fn, "pooled and the sums are needed");
+  check_aligned(pooled, fn);
+  check_aligned(out, fn);
+  if (residual != nullptr) check_aligned(residual, fn);
+  const Geometry g = geometry(s);
+  const int GC = s.groups() * s.C;
+  finalize_from_sums_kernel<<<ceil_div(GC, 256), 256, 0, stream>>>(
+      sum, sumsq, GC, (double)g.pix_per_group, save_mean, save_invstd, running_mean, running_var,
+      prm.eps, prm.momentum);
+  CUDA_CHECK_LAUNCH();
+  Geometry ga = g;  // the apply pass reads the pooled tensor (window 1)
+  ga.P = 1;
+  ga.H = g.Ho;
+  ga.W = g.Wo;
+  const long total = (long)s.N * g.Ho * g.Wo * (s.C / 2);
+  apply_kernel<false><<<grid_stride_blocks(total, kApplyThreads), kApplyThreads, 0, stream>>>(
+      pooled, ga, nullptr, bias, save_mean, save_invstd, prm.eps, prm.alpha, residual, out);
+  CUDA_CHECK_LAUNCH();
+}
+
 void pool_bn_celu_forward_eval(const __half* x, __half* pooled_scratch, const float* bias,
                                const float* mean, const float* var, const __half* residual,
                                __half* out, const GhostBnCeluShape& s,
@@ -465,8 +531,42 @@ void pool_bn_celu_backward(const __half* dout, const __half* dout2, const __half
   dbias_kernel<<<ceil_div(s.C, 256), 256, 0, stream>>>(totals, s.groups(), s.C, dbias);
   CUDA_CHECK_LAUNCH();
   const long total = (long)s.N * g.Ho * g.Wo * (s.C / 2);
-  backward_apply_kernel<<<grid_stride_blocks(total, kApplyThreads), kApplyThreads, 0, stream>>>(
-      dout, dout2, x, g, bias, save_mean, save_invstd, prm.alpha, totals, dx);
+  backward_apply_kernel<false><<<grid_stride_blocks(total, kApplyThreads), kApplyThreads, 0, stream>>>(
+      dout, dout2, x, nullptr, nullptr, g, bias, save_mean, save_invstd, prm.alpha, totals, dx);
+  CUDA_CHECK_LAUNCH();
+}
+
+void pool_bn_celu_backward_argmax(const __half* dout, const __half* dout2, const __half* pooled,
+                                  const uint8_t* argmax, const float* bias,
+                                  const float* save_mean, const float* save_invstd, __half* dx,
+                                  float* dbias, float* scratch, const GhostBnCeluShape& s,
+                                  const GhostBnCeluParams& prm, cudaStream_t stream) {
+  const char* fn = "pool_bn_celu_backward_argmax";
+  check_shape(s, fn);
+  check_groups(s, fn);
+  require(s.P == 2, fn, "the argmax path is for the 2x2 max-pool (P == 2)");
+  require(pooled != nullptr && argmax != nullptr, fn, "pooled and argmax are needed");
+  require(((uintptr_t)argmax & 1) == 0, fn, "argmax must be 2-byte aligned (channel pairs)");
+  check_aligned(dout, fn);
+  check_aligned(pooled, fn);
+  check_aligned(dx, fn);
+  if (dout2 != nullptr) check_aligned(dout2, fn);
+  check_scratch(scratch, fn);
+  const Geometry g = geometry(s);
+  const int slices = stats_slices(s);
+  const long GC2 = 2L * s.groups() * s.C;
+  float* totals = scratch + (long)slices * GC2;
+  backward_stats_kernel<<<stats_grid(s), dim3(kStatX, kStatY), 0, stream>>>(
+      dout, dout2, pooled, g, bias, save_mean, save_invstd, prm.alpha, scratch);
+  CUDA_CHECK_LAUNCH();
+  backward_totals_kernel<<<(int)ceil_div(GC2, 256L), 256, 0, stream>>>(scratch, GC2, slices,
+                                                                        totals);
+  CUDA_CHECK_LAUNCH();
+  dbias_kernel<<<ceil_div(s.C, 256), 256, 0, stream>>>(totals, s.groups(), s.C, dbias);
+  CUDA_CHECK_LAUNCH();
+  const long total = (long)s.N * g.Ho * g.Wo * (s.C / 2);
+  backward_apply_kernel<true><<<grid_stride_blocks(total, kApplyThreads), kApplyThreads, 0, stream>>>(
+      dout, dout2, nullptr, pooled, argmax, g, bias, save_mean, save_invstd, prm.alpha, totals, dx);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -12,6 +12,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
+
 namespace kernels {
 
 struct GhostBnCeluShape {
@@ -59,6 +61,31 @@ void pool_bn_celu_backward(const __half* dout, const __half* dout2, const __half
                            const float* save_invstd, __half* dx, float* dbias, float* scratch,
                            const GhostBnCeluShape& s, const GhostBnCeluParams& prm,
                            cudaStream_t stream);
+
+// ---- with the fused conv + 2x2 max-pool forward (kernels/conv/implicit_gemm.cuh,
+// conv_forward_igemm_pool), which writes the pooled tensor, a uint8 argmax per pooled value and
+// the per-group sums of the pooled values and of their squares:
+
+// Training forward from those sums: save_mean/save_invstd [G][C], running statistics, and
+// out = celu((pooled - mean) * invstd + bias) (+ residual). s is the conv output's shape (P is
+// 1 or 2; only pix_per_group and the pooled sizes are used); sum, sumsq [G][C] fp32 over the
+// pooled values of each group. Same math as pool_bn_celu_forward_train up to the order of the
+// statistics' sums (fp32 rounding).
+void bn_celu_forward_train_from_sums(const __half* pooled, const float* sum, const float* sumsq,
+                                     const float* bias, const __half* residual, __half* out,
+                                     float* save_mean, float* save_invstd, float* running_mean,
+                                     float* running_var, const GhostBnCeluShape& s,
+                                     const GhostBnCeluParams& prm, cudaStream_t stream);
+
+// pool_bn_celu_backward with the window positions read from argmax [N][Ho][Wo][C] (dy * 2 + dx
+// of the first maximum) and the pooled values from `pooled`, so the conv output is not
+// re-read. s.P must be 2. dx and dbias are bitwise those of pool_bn_celu_backward when argmax
+// holds the first-maximum positions of x.
+void pool_bn_celu_backward_argmax(const __half* dout, const __half* dout2, const __half* pooled,
+                                  const uint8_t* argmax, const float* bias,
+                                  const float* save_mean, const float* save_invstd, __half* dx,
+                                  float* dbias, float* scratch, const GhostBnCeluShape& s,
+                                  const GhostBnCeluParams& prm, cudaStream_t stream);
 
 // Averages per-group running statistics [G][C] into [C] (for evaluation).
 void bn_average_groups(const float* per_group, float* avg, int G, int C, cudaStream_t stream);
