@@ -82,6 +82,8 @@ options:
   --conv-kernels K        GPU convolutions: auto (default: per layer and pass the fastest of
                           cuDNN and our implicit-GEMM kernels that agree with cuDNN), cudnn,
                           or igemm (ours wherever they are eligible)
+  --fused-pool            GPU: fuse conv + 2x2 max-pool (+ argmax, BN sums) for the pooled
+                          layers (our kernels; off by default until measured)
   --warmup                do one extra run first (seed S), reported but left out of the
                           summary
   --help                  print this help and exit
@@ -141,6 +143,7 @@ struct InputError : std::runtime_error {
 struct Options {
   std::string device = "auto";
   std::string conv_kernels = "auto";  // --conv-kernels (GPU engine)
+  bool fused_pool = false;            // --fused-pool (GPU engine)
   net::Recipe recipe;
   int train_subset = -1, test_subset = -1;  // -1: the whole split
   uint64_t seed = 0;
@@ -270,6 +273,8 @@ Options parse_args(int argc, char** argv) {
       o.eval_every_epoch = a.flag_only();
     } else if (arg == "--warmup") {
       o.warmup = a.flag_only();
+    } else if (arg == "--fused-pool") {
+      o.fused_pool = a.flag_only();
     } else if (arg == "--conv-kernels") {
       o.conv_kernels = a.value();
       if (o.conv_kernels != "auto" && o.conv_kernels != "cudnn" && o.conv_kernels != "igemm")
@@ -515,6 +520,7 @@ int train_main(int argc, char** argv) {
   cfg.recipe = opt.recipe;
   cfg.eval_every_epoch = opt.eval_every_epoch;
   cfg.conv_kernels = opt.conv_kernels;
+  cfg.fused_pool = opt.fused_pool;
   const net::Recipe& r = cfg.recipe;
   const net::Widths widths = net::Widths::from_multiplier(r.width);
   std::unique_ptr<net::Trainer> trainer;
@@ -676,6 +682,7 @@ int train_main(int argc, char** argv) {
     c["warmup"] = opt.warmup;
     c["eval_every_epoch"] = opt.eval_every_epoch;
     c["conv_kernels"] = opt.conv_kernels;
+    c["fused_pool"] = opt.fused_pool;
     c["data_dir"] = cifar.dir;
     c["normalize_mean"] = {f2d(r.mean[0]), f2d(r.mean[1]), f2d(r.mean[2])};
     c["normalize_std"] = {f2d(r.std_[0]), f2d(r.std_[1]), f2d(r.std_[2])};

@@ -132,13 +132,13 @@ bool same_shape(const cs::ConvDesc& a, const cs::ConvDesc& b) {
 // ================================================================ Resnet9Gpu
 
 Resnet9Gpu::Resnet9Gpu(cs::GpuContext& ctx, cs::Arena& arena, const Recipe& recipe,
-                       int steps_per_epoch, cs::ConvPolicy conv_policy)
+                       int steps_per_epoch, const Options& options)
     : ctx_(ctx),
       arena_(arena),
       recipe_(recipe),
       B_(recipe.batch),
       steps_per_epoch_(steps_per_epoch),
-      conv_policy_(conv_policy) {
+      options_(options) {
   if (recipe.bn_group <= 0 || B_ <= 0 || B_ % recipe.bn_group != 0 || B_ % 8 != 0)
     throw std::invalid_argument("Resnet9Gpu: batch (" + std::to_string(B_) +
                                 ") must be a positive multiple of bn_group (" +
@@ -188,6 +188,7 @@ Resnet9Gpu::Resnet9Gpu(cs::GpuContext& ctx, cs::Arena& arena, const Recipe& reci
 
   const size_t free_bytes = arena_.capacity_bytes() - arena_.used_bytes();
   autotune(std::min(kMaxConvWorkspace, free_bytes));
+  if (options_.fused_pool) choose_fused_pool_configs();
 
   // Warm-up with finite placeholder state (lazy library initialisation happens outside the
   // capture), then capture the two step graphs. run()/tests overwrite all of this state.
@@ -312,7 +313,7 @@ void Resnet9Gpu::build_convs() {
     for (auto& c : convs_)
       if (same_shape(c->desc(), d)) u.conv = c.get();
     if (!u.conv) {
-      convs_.push_back(std::make_unique<cs::ConvSelect>(ctx_.cudnn(), d, conv_policy_));
+      convs_.push_back(std::make_unique<cs::ConvSelect>(ctx_.cudnn(), d, options_.conv_policy));
       u.conv = convs_.back().get();
     }
   }
@@ -359,6 +360,64 @@ void Resnet9Gpu::autotune(size_t max_workspace) {
   arena_.release_to(mark);
   workspace_bytes_ = need;
   workspace_ = arena_.alloc_bytes(need, "conv_workspace");
+}
+
+void Resnet9Gpu::choose_fused_pool_configs() {
+  cudaStream_t s = ctx_.stream();
+  const int G = layout_.groups;
+  int max_c = 0;
+  size_t partial_bytes = 0;
+  for (int i = 1; i < kUnits; ++i) {
+    Unit& u = units_[i];
+    if (u.shape.P != 2) continue;
+    const kernels::ConvDesc kd{B_, u.shape.H, u.shape.W, units_[i - 1].shape.C, u.shape.C, 3};
+    for (kernels::IgemmConfig c : kernels::kIgemmConfigs)
+      partial_bytes = std::max(partial_bytes, kernels::igemm_stats_scratch_bytes(kd, c));
+    max_c = std::max(max_c, u.shape.C);
+  }
+  if (max_c == 0) return;
+  pool_sum_ = arena_.alloc<float>((size_t)G * max_c, "fused_pool_sum");
+  pool_sumsq_ = arena_.alloc<float>((size_t)G * max_c, "fused_pool_sumsq");
+  pool_partials_ = static_cast<float*>(arena_.alloc_bytes(partial_bytes, "fused_pool_partials"));
+  // Each pooled unit times every tile config that accepts its shape on the autotune data (the
+  // buffers hold finite values) and keeps the fastest; none accepting it leaves the unit unfused.
+  char line[160];
+  for (int i = 1; i < kUnits; ++i) {
+    Unit& u = units_[i];
+    if (u.shape.P != 2) continue;
+    const size_t post_n = (size_t)B_ * u.shape.Ho() * u.shape.Wo() * u.shape.C;
+    u.argmax = arena_.alloc<uint8_t>(post_n, u.name + "_argmax");
+    const kernels::ConvDesc kd{B_, u.shape.H, u.shape.W, units_[i - 1].shape.C, u.shape.C, 3};
+    const kernels::IgemmStats st{pool_sum_, pool_sumsq_, pool_partials_, recipe_.bn_group};
+    double best = -1;
+    std::string tried;
+    for (kernels::IgemmConfig c : kernels::kIgemmConfigs) {
+      const char* name = kernels::igemm_config_info(c).name;
+      try {
+        const double us = cs::time_calls(
+                              [&] {
+                                kernels::conv_forward_igemm_pool(units_[i - 1].out, w_half_ + u.conv_off, u.p,
+                                                                 u.argmax, kd, c, &st, s);
+                              },
+                              s, 5)
+                              .median_us;
+        std::snprintf(line, sizeof(line), " %s=%.1fus", name, us);
+        if (best < 0 || us < best) {
+          best = us;
+          u.pool_config = c;
+        }
+      } catch (const std::invalid_argument&) {  // the shape does not suit this tile
+        std::snprintf(line, sizeof(line), " %s=n/a", name);
+      }
+      tried += line;
+    }
+    u.fused = best >= 0;
+    fused_pool_note_ += "  " + u.name + ": " +
+                        (u.fused ? std::string("igemm:") + kernels::igemm_config_info(u.pool_config).name
+                                 : std::string("not fused (no tile config fits)")) +
+                        " [" + tried.substr(tried.empty() ? 0 : 1) + "]\n";
+  }
+  ctx_.sync();
 }
 
 void Resnet9Gpu::capture_graphs() {
@@ -413,9 +472,32 @@ void Resnet9Gpu::enqueue_forward(const __half* x, bool train, bool mirror, float
   for (int i = 0; i < kUnits; ++i) {
     Unit& u = units_[i];
     const __half* in = i == 0 ? white_ : units_[i - 1].out;
+    const __half* residual = u.residual_from >= 0 ? units_[u.residual_from].out : nullptr;
+    if (u.fused) {
+      // conv + 2x2 max-pool in one kernel (pooled output; in training also the argmax and the
+      // ghost-BN sums), then BN + CELU on the pooled tensor.
+      const kernels::ConvDesc kd{B_, u.shape.H, u.shape.W, units_[i - 1].shape.C, u.shape.C, 3};
+      const kernels::IgemmStats st{pool_sum_, pool_sumsq_, pool_partials_, recipe_.bn_group};
+      kernels::conv_forward_igemm_pool(in, w16 + u.conv_off, u.p, train ? u.argmax : nullptr, kd, u.pool_config,
+                                       train ? &st : nullptr, s);
+      mark("conv_pool_fwd", u.name);
+      if (train) {
+        kernels::bn_celu_forward_train_from_sums(u.p, pool_sum_, pool_sumsq_, w32 + u.bias_off, residual, u.out,
+                                                 u.save_mean, u.save_invstd, rm_ + u.stat_off, rv_ + u.stat_off,
+                                                 u.shape, bn_prm_, s);
+      } else {
+        kernels::GhostBnCeluShape pooled = u.shape;  // the pooled tensor, window 1
+        pooled.H = u.shape.Ho();
+        pooled.W = u.shape.Wo();
+        pooled.P = 1;
+        kernels::pool_bn_celu_forward_eval(u.p, nullptr, w32 + u.bias_off, eval_mean_ + u.chan_off,
+                                           eval_var_ + u.chan_off, residual, u.out, pooled, bn_prm_, s);
+      }
+      mark("bn_fwd", u.name);
+      continue;
+    }
     u.conv->forward(in, i == 0 ? prep16 : w16 + u.conv_off, u.y, workspace_);
     mark("conv_fwd", u.name);
-    const __half* residual = u.residual_from >= 0 ? units_[u.residual_from].out : nullptr;
     if (train) {
       kernels::pool_bn_celu_forward_train(u.y, u.p, w32 + u.bias_off, residual, u.out, u.save_mean,
                                           u.save_invstd, rm_ + u.stat_off, rv_ + u.stat_off,
@@ -453,9 +535,14 @@ void Resnet9Gpu::enqueue_backward() {
   for (int i = kUnits - 1; i >= 0; --i) {
     Unit& u = units_[i];
     const __half* dout2 = u.skip_grad_from >= 0 ? units_[u.skip_grad_from].d_out : nullptr;
-    kernels::pool_bn_celu_backward(u.d_out, dout2, u.y, u.p, w_ + u.bias_off, u.save_mean,
-                                   u.save_invstd, u.d_y, g_ + u.bias_off, bn_scratch_, u.shape,
-                                   bn_prm_, s);
+    if (u.fused)
+      kernels::pool_bn_celu_backward_argmax(u.d_out, dout2, u.p, u.argmax, w_ + u.bias_off, u.save_mean,
+                                            u.save_invstd, u.d_y, g_ + u.bias_off, bn_scratch_, u.shape,
+                                            bn_prm_, s);
+    else
+      kernels::pool_bn_celu_backward(u.d_out, dout2, u.y, u.p, w_ + u.bias_off, u.save_mean,
+                                     u.save_invstd, u.d_y, g_ + u.bias_off, bn_scratch_, u.shape,
+                                     bn_prm_, s);
     mark("bn_bwd", u.name);
     const __half* in = i == 0 ? white_ : units_[i - 1].out;
     // The prep conv's input is the (fixed) whitened image: no gradient to propagate.
@@ -589,6 +676,7 @@ void Resnet9Gpu::poison_step_buffers() {
     const size_t post_n = (size_t)sh.N * sh.Ho() * sh.Wo() * sh.C;
     poison(u.y, conv_n * sizeof(__half));
     if (u.p != u.y) poison(u.p, post_n * sizeof(__half));
+    if (u.argmax != nullptr) poison(u.argmax, post_n);
     poison(u.out, post_n * sizeof(__half));
     poison(u.d_out, post_n * sizeof(__half));
     poison(u.d_y, conv_n * sizeof(__half));
@@ -945,7 +1033,10 @@ GpuTrainer::GpuTrainer(const data::Cifar10& data, const TrainConfig& cfg) : data
   setup_.upload_seconds = seconds_since(t_upload);
 
   const auto t_net = Clock::now();
-  net_ = std::make_unique<Resnet9Gpu>(*ctx_, A, r, spe_, conv_policy_);
+  Resnet9Gpu::Options options;
+  options.conv_policy = conv_policy_;
+  options.fused_pool = cfg_.fused_pool;
+  net_ = std::make_unique<Resnet9Gpu>(*ctx_, A, r, spe_, options);
   host_model_ = std::make_unique<Resnet9Cpu>(r);
   setup_.init_seconds += seconds_since(t_net);
 
@@ -956,6 +1047,8 @@ GpuTrainer::GpuTrainer(const data::Cifar10& data, const TrainConfig& cfg) : data
                cs::conv_policy_name(conv_policy_), net_->conv_algorithms().c_str());
   std::fprintf(stderr, "gpu: conv candidates (pass, kernel, config, median time, rel. diff to cuDNN, status)\n%s",
                net_->conv_candidates().c_str());
+  if (cfg_.fused_pool)
+    std::fprintf(stderr, "gpu: fused conv + max-pool forward\n%s", net_->fused_pool_choice().c_str());
   std::fprintf(stderr, "gpu: one training step by stage (direct launches, median of %d)\n%s", kProfileReps,
                net_->step_profile_text().c_str());
 }
@@ -969,6 +1062,7 @@ std::vector<std::pair<std::string, std::string>> GpuTrainer::engine_info() const
       {"conv_workspace_bytes", std::to_string(net_->workspace_bytes())},
       {"libraries", cs::GpuContext::library_versions()},
       {"conv_policy", cs::conv_policy_name(conv_policy_)},
+      {"fused_pool", cfg_.fused_pool ? net_->fused_pool_choice() : std::string("off")},
       {"conv_algorithms", net_->conv_algorithms()},
       {"conv_candidates", net_->conv_candidates()},
       {"step_profile", net_->step_profile_text()},

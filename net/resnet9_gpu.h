@@ -36,16 +36,28 @@
 
 namespace net {
 
+// Engine choices that do not change the recipe's math beyond rounding.
+struct Resnet9GpuOptions {
+  // Which convolution implementations the per-layer selection may use (engine/conv_select.h;
+  // default: the fastest of cuDNN and the igemm kernels that agree with cuDNN).
+  cs::ConvPolicy conv_policy = cs::ConvPolicy::kAuto;
+  // The pooled units (layer1, layer2, layer3) run the fused conv + 2x2 max-pool forward
+  // (kernels/conv/implicit_gemm.cuh: pooled output, argmax, ghost-BN sums in the conv's
+  // epilogue), BN from those sums and the backward through the argmax, instead of conv ->
+  // pool_bn_celu. Saves a write and a read of each pooled unit's full-resolution conv output.
+  // Off by default until measured (docs/gpu_engine.md).
+  bool fused_pool = false;
+};
+
 class Resnet9Gpu {
  public:
   // Batch = recipe.batch (a positive multiple of recipe.bn_group, and of 8 for fp16 tensor
   // cores); the lr table covers steps_per_epoch * recipe.epochs steps. Allocates from `arena`,
   // autotunes the convolutions, runs two warm-up steps and captures the step graphs; the
   // parameters are then meaningless until set_params().
-  // conv_policy: which convolution implementations the per-layer selection may use
-  // (engine/conv_select.h; default: the fastest of cuDNN and the validated igemm kernels).
+  using Options = Resnet9GpuOptions;
   Resnet9Gpu(cs::GpuContext& ctx, cs::Arena& arena, const Recipe& recipe, int steps_per_epoch,
-             cs::ConvPolicy conv_policy = cs::ConvPolicy::kAuto);
+             const Options& options = Options());
   ~Resnet9Gpu();
   Resnet9Gpu(const Resnet9Gpu&) = delete;
   Resnet9Gpu& operator=(const Resnet9Gpu&) = delete;
@@ -125,6 +137,9 @@ class Resnet9Gpu {
   // Every candidate the per-layer selection timed, per conv shape: pass, kernel, config, median
   // us, rel. difference to cuDNN, status (engine/conv_select.h), one per line, for logs and JSON.
   std::string conv_candidates() const;
+  // The fused conv + max-pool forward per pooled unit when Options::fused_pool: the tile config
+  // chosen at setup and every fitting config's time; "" when not fused.
+  std::string fused_pool_choice() const { return fused_pool_note_; }
   size_t workspace_bytes() const { return workspace_bytes_; }  // the convs' shared workspace
 
  private:
@@ -136,6 +151,9 @@ class Resnet9Gpu {
     long chan_off = 0;                // offset into eval_mean_/eval_var_ ([C])
     cs::ConvSelect* conv = nullptr;   // shared between units of the same shape
     kernels::GhostBnCeluShape shape{};
+    bool fused = false;                  // conv + max-pool fused (Options::fused_pool, P == 2)
+    kernels::IgemmConfig pool_config{};  // its tile config
+    uint8_t* argmax = nullptr;           // [N][Ho][Wo][C] window positions (fused only)
     int residual_from = -1;   // forward: out += units_[residual_from].out
     int skip_grad_from = -1;  // backward: dout2 = units_[skip_grad_from].d_out
     __half *y = nullptr, *p = nullptr, *out = nullptr;   // conv output, pooled (or y), output
@@ -170,7 +188,12 @@ class Resnet9Gpu {
   kernels::TensorTable table_{};
   kernels::GhostBnCeluParams bn_prm_{};
   Unit units_[kUnits];
-  cs::ConvPolicy conv_policy_;
+  Options options_;
+  // Fused conv + max-pool path (Options::fused_pool): per-group sums [G][C] and the conv
+  // epilogue's partial sums, shared by the pooled units in turn; the choice, for logs.
+  float *pool_sum_ = nullptr, *pool_sumsq_ = nullptr, *pool_partials_ = nullptr;
+  std::string fused_pool_note_;
+  void choose_fused_pool_configs();
   std::vector<std::unique_ptr<cs::ConvSelect>> convs_;
 
   // Parameters and optimiser state [num_params]

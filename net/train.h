@@ -20,6 +20,8 @@ struct TrainConfig {
   // GPU engine: which convolution implementations the per-layer selection may use,
   // "auto" | "cudnn" | "igemm" (engine/conv_select.h). Ignored by the CPU engine.
   std::string conv_kernels = "auto";
+  // GPU engine: the fused conv + max-pool forward for the pooled layers (Resnet9Gpu::Options).
+  bool fused_pool = false;
 };
 
 struct EpochLog {

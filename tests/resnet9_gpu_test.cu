@@ -177,11 +177,19 @@ TEST_CASE("resnet9 GPU training step matches the CPU reference within its noise 
   const net::Layout& L = cpu.layout();
   const std::vector<float> params0 = cpu.params;
 
+  // Both forward paths of the pooled layers: conv -> pool_bn_celu, and the fused conv + max-pool
+  // (argmax, BN sums in the conv's epilogue) with BN from the sums and backward via the argmax.
+  const bool fused_pool = GENERATE(false, true);
+  INFO("fused_pool " << fused_pool);
+  net::Resnet9Gpu::Options options;
+  options.fused_pool = fused_pool;
   cs::GpuContext ctx;
   cs::Arena arena(kTestArenaBytes);
-  net::Resnet9Gpu gpu(ctx, arena, r, /*steps_per_epoch=*/1);
-  std::printf("resnet9 gpu test: arena peak %s, graph: %s\n",
-              cs::format_bytes(arena.peak_bytes()).c_str(), gpu.graph_note().c_str());
+  net::Resnet9Gpu gpu(ctx, arena, r, /*steps_per_epoch=*/1, options);
+  std::printf("resnet9 gpu test (fused_pool %d): arena peak %s, graph: %s\n%s", (int)fused_pool,
+              cs::format_bytes(arena.peak_bytes()).c_str(), gpu.graph_note().c_str(),
+              gpu.fused_pool_choice().c_str());
+  if (fused_pool) CHECK(gpu.fused_pool_choice().find("not fused") == std::string::npos);
   gpu.set_params(cpu.params);
   gpu.set_running_stats(cpu.running_mean, cpu.running_var);
   gpu.set_whitening(cpu.whiten);
@@ -263,9 +271,13 @@ TEST_CASE("resnet9 GPU step is deterministic: graph replay equals direct launche
   init.init(9);
   init.compute_whitening(x.data(), kBatch);
 
+  const bool fused_pool = GENERATE(false, true);
+  INFO("fused_pool " << fused_pool);
+  net::Resnet9Gpu::Options options;
+  options.fused_pool = fused_pool;
   cs::GpuContext ctx;
   cs::Arena arena(kTestArenaBytes);
-  net::Resnet9Gpu gpu(ctx, arena, r, /*steps_per_epoch=*/1);
+  net::Resnet9Gpu gpu(ctx, arena, r, /*steps_per_epoch=*/1, options);
   std::printf("graph: %s\n", gpu.graph_note().c_str());
   // The fallback keeps training correct, but a failed capture costs speed: flag it.
   CHECK(gpu.uses_graph());
@@ -277,6 +289,7 @@ TEST_CASE("resnet9 GPU step is deterministic: graph replay equals direct launche
   REQUIRE(!prof.empty());
   CHECK(prof.front().stage == "whiten");
   CHECK(prof[1].stage == "prep.conv_fwd");
+  CHECK(prof[3].stage == (fused_pool ? "layer1.conv_pool_fwd" : "layer1.conv_fwd"));
   CHECK(prof.back().stage == "update");
   for (const auto& st : prof) CHECK(st.ms >= 0.0);
 
