@@ -138,6 +138,32 @@ void check_output(Row& row, const DeviceBuffer<__half>& out, const std::vector<f
             tol);
 }
 
+// The statistics epilogues' check: per group of `group_pixels` consecutive pixels and channel,
+// the kernel's sum and sum of squares against double sums over the stored fp16 values y
+// [pixels][K]; returns the worst error relative to sum |y| (sum y^2 for the squares), infinite
+// for NaN.
+double worst_group_sum_error(const std::vector<__half>& y, long group_pixels, int K, const std::vector<float>& sum,
+                             const std::vector<float>& sumsq) {
+  std::vector<double> s(sum.size(), 0.0), sa(s.size(), 0.0), ss(s.size(), 0.0);
+  const long pixels = (long)y.size() / K;
+  for (long q = 0; q < pixels; q++) {
+    const long g = q / group_pixels;
+    for (int k = 0; k < K; k++) {
+      const double v = __half2float(y[q * K + k]);
+      s[g * K + k] += v;
+      sa[g * K + k] += std::fabs(v);
+      ss[g * K + k] += v * v;
+    }
+  }
+  double worst = 0.0;
+  for (size_t i = 0; i < s.size(); i++) {
+    const double e = std::max(std::fabs(sum[i] - s[i]) / std::max(sa[i], 1e-30),
+                              std::fabs(sumsq[i] - ss[i]) / std::max(ss[i], 1e-30));
+    worst = std::isnan(e) ? INFINITY : std::max(worst, e);
+  }
+  return worst;
+}
+
 // One conv shape: the CPU references, then cuDNN's autotuned passes, then every igemm variant
 // of every pass, each checked before it is timed.
 void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, int sm_count,
@@ -253,23 +279,7 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
                           std::memcmp(y.data(), y_plain.data(), y.size() * sizeof(__half)) == 0;
         set_check(row, "y bitwise equal without stats", same ? 0.0 : INFINITY, kTolStats);
         // Ghost-BN statistics of every group vs double sums over the stored y.
-        const auto sum = download(d_sum), sumsq = download(d_sumsq);
-        std::vector<double> s((size_t)groups * sp.K, 0.0), sa(s.size(), 0.0), ss(s.size(), 0.0);
-        for (long q = 0; q < (long)kBatch * sp.H * sp.H; q++) {
-          const long g = q / group_pixels;
-          for (int k = 0; k < sp.K; k++) {
-            const double v = __half2float(y[q * sp.K + k]);
-            s[g * sp.K + k] += v;
-            sa[g * sp.K + k] += std::fabs(v);
-            ss[g * sp.K + k] += v * v;
-          }
-        }
-        double worst = 0.0;
-        for (size_t i = 0; i < s.size(); i++) {
-          const double e = std::max(std::fabs(sum[i] - s[i]) / std::max(sa[i], 1e-30),
-                                    std::fabs(sumsq[i] - ss[i]) / std::max(ss[i], 1e-30));
-          worst = std::isnan(e) ? INFINITY : std::max(worst, e);
-        }
+        const double worst = worst_group_sum_error(y, group_pixels, sp.K, download(d_sum), download(d_sumsq));
         set_check(row, "ghost-BN sums, 16 groups (rel. to sum |y|)", worst, kTolStats);
       }
       row.t = bench::time_calls(launch, g_iters);
@@ -330,23 +340,7 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
         set_check(row, "argmax = first maximum", arg == want_a ? 0.0 : INFINITY, kTolOut);
         if (with_stats) {
           const long group_pooled = (long)kGhostGroup * Ho * Ho;
-          const auto sum = download(d_sum), sumsq = download(d_sumsq);
-          std::vector<double> s((size_t)groups * sp.K, 0.0), sa(s.size(), 0.0), ss(s.size(), 0.0);
-          for (long q = 0; q < (long)kBatch * Ho * Ho; q++) {
-            const long g = q / group_pooled;
-            for (int k = 0; k < sp.K; k++) {
-              const double v = __half2float(yp[q * sp.K + k]);
-              s[g * sp.K + k] += v;
-              sa[g * sp.K + k] += std::fabs(v);
-              ss[g * sp.K + k] += v * v;
-            }
-          }
-          double worst = 0.0;
-          for (size_t i = 0; i < s.size(); i++) {
-            const double e = std::max(std::fabs(sum[i] - s[i]) / std::max(sa[i], 1e-30),
-                                      std::fabs(sumsq[i] - ss[i]) / std::max(ss[i], 1e-30));
-            worst = std::isnan(e) ? INFINITY : std::max(worst, e);
-          }
+          const double worst = worst_group_sum_error(yp, group_pooled, sp.K, download(d_sum), download(d_sumsq));
           set_check(row, "ghost-BN sums of the pooled y, 16 groups (rel. to sum |y|)", worst, kTolStats);
         }
         row.t = bench::time_calls(launch, g_iters);

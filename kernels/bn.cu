@@ -501,6 +501,31 @@ void pool_bn_celu_forward_eval(const __half* x, __half* pooled_scratch, const fl
   CUDA_CHECK_LAUNCH();
 }
 
+namespace {
+
+// The backward's reductions, shared by both backward launchers: per-slice partial sums of dz
+// and dz * xhat over the pooled values p, their totals per group (written after the partial
+// slots), and dbias. Returns the totals.
+float* backward_reductions(const __half* dout, const __half* dout2, const __half* p, const float* bias,
+                           const float* save_mean, const float* save_invstd, float* dbias,
+                           float* scratch, const GhostBnCeluShape& s, const Geometry& g,
+                           const GhostBnCeluParams& prm, cudaStream_t stream) {
+  const int slices = stats_slices(s);
+  const long GC2 = 2L * s.groups() * s.C;
+  float* totals = scratch + (long)slices * GC2;  // after the partial slots
+  backward_stats_kernel<<<stats_grid(s), dim3(kStatX, kStatY), 0, stream>>>(
+      dout, dout2, p, g, bias, save_mean, save_invstd, prm.alpha, scratch);
+  CUDA_CHECK_LAUNCH();
+  backward_totals_kernel<<<(int)ceil_div(GC2, 256L), 256, 0, stream>>>(scratch, GC2, slices,
+                                                                        totals);
+  CUDA_CHECK_LAUNCH();
+  dbias_kernel<<<ceil_div(s.C, 256), 256, 0, stream>>>(totals, s.groups(), s.C, dbias);
+  CUDA_CHECK_LAUNCH();
+  return totals;
+}
+
+}  // namespace
+
 void pool_bn_celu_backward(const __half* dout, const __half* dout2, const __half* x,
                            const __half* pooled, const float* bias, const float* save_mean,
                            const float* save_invstd, __half* dx, float* dbias, float* scratch,
@@ -517,19 +542,10 @@ void pool_bn_celu_backward(const __half* dout, const __half* dout2, const __half
   if (s.P > 1) check_aligned(pooled, fn);
   check_scratch(scratch, fn);
   const Geometry g = geometry(s);
-  const int slices = stats_slices(s);
-  const long GC2 = 2L * s.groups() * s.C;
-  float* totals = scratch + (long)slices * GC2;  // after the partial slots
   // With P == 1 the pooled values are x itself (the forward does not write `pooled` then).
   const __half* p = s.P > 1 ? pooled : x;
-  backward_stats_kernel<<<stats_grid(s), dim3(kStatX, kStatY), 0, stream>>>(
-      dout, dout2, p, g, bias, save_mean, save_invstd, prm.alpha, scratch);
-  CUDA_CHECK_LAUNCH();
-  backward_totals_kernel<<<(int)ceil_div(GC2, 256L), 256, 0, stream>>>(scratch, GC2, slices,
-                                                                        totals);
-  CUDA_CHECK_LAUNCH();
-  dbias_kernel<<<ceil_div(s.C, 256), 256, 0, stream>>>(totals, s.groups(), s.C, dbias);
-  CUDA_CHECK_LAUNCH();
+  const float* totals =
+      backward_reductions(dout, dout2, p, bias, save_mean, save_invstd, dbias, scratch, s, g, prm, stream);
   const long total = (long)s.N * g.Ho * g.Wo * (s.C / 2);
   backward_apply_kernel<false><<<grid_stride_blocks(total, kApplyThreads), kApplyThreads, 0, stream>>>(
       dout, dout2, x, nullptr, nullptr, g, bias, save_mean, save_invstd, prm.alpha, totals, dx);
@@ -553,17 +569,8 @@ void pool_bn_celu_backward_argmax(const __half* dout, const __half* dout2, const
   if (dout2 != nullptr) check_aligned(dout2, fn);
   check_scratch(scratch, fn);
   const Geometry g = geometry(s);
-  const int slices = stats_slices(s);
-  const long GC2 = 2L * s.groups() * s.C;
-  float* totals = scratch + (long)slices * GC2;
-  backward_stats_kernel<<<stats_grid(s), dim3(kStatX, kStatY), 0, stream>>>(
-      dout, dout2, pooled, g, bias, save_mean, save_invstd, prm.alpha, scratch);
-  CUDA_CHECK_LAUNCH();
-  backward_totals_kernel<<<(int)ceil_div(GC2, 256L), 256, 0, stream>>>(scratch, GC2, slices,
-                                                                        totals);
-  CUDA_CHECK_LAUNCH();
-  dbias_kernel<<<ceil_div(s.C, 256), 256, 0, stream>>>(totals, s.groups(), s.C, dbias);
-  CUDA_CHECK_LAUNCH();
+  const float* totals =
+      backward_reductions(dout, dout2, pooled, bias, save_mean, save_invstd, dbias, scratch, s, g, prm, stream);
   const long total = (long)s.N * g.Ho * g.Wo * (s.C / 2);
   backward_apply_kernel<true><<<grid_stride_blocks(total, kApplyThreads), kApplyThreads, 0, stream>>>(
       dout, dout2, nullptr, pooled, argmax, g, bias, save_mean, save_invstd, prm.alpha, totals, dx);
