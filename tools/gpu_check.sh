@@ -19,6 +19,10 @@
 #    exercise every predicated edge at a fraction of the cost), then racecheck on the
 #    hand-written conv kernels' odd shapes ("[igemm]~[recipe]", shared-memory races). Last,
 #    because it is the slowest step and the others matter more when time is short.
+# GPU_CHECK_STEPS (comma-separated, default all: gpu_tests,kernel_bench,conv_bench,speedrun,
+# sanitizer) picks steps, so a short device session can split them over two calls (the data
+# only arrives with the second; see README "Working with a GPU machine"). SPEEDRUN_ARGS adds
+# arguments to the speedrun step (e.g. "--fused-pool --warmup").
 # Every step has a time limit; a failing step does not stop the others; the exit status is
 # non-zero if any step failed. OUTDIR holds at most 7 files (a device call returns at most 8):
 # gpu_check.log (setup, benchmarks' and speedrun's output, the summary table), gpu_tests.log,
@@ -44,6 +48,10 @@ T_RACECHECK=${T_RACECHECK:-240}
 T_TESTS=${T_TESTS:-180}
 T_BENCH=${T_BENCH:-120}
 T_SPEEDRUN=${T_SPEEDRUN:-600}
+
+STEPS=",${GPU_CHECK_STEPS:-gpu_tests,kernel_bench,conv_bench,speedrun,sanitizer},"
+# want STEP: whether GPU_CHECK_STEPS includes STEP.
+want() { [[ "$STEPS" == *",$1,"* ]]; }
 
 NAMES=()
 RESULTS=()
@@ -137,8 +145,10 @@ else
 fi
 
 # ---------------------------------------------------------------- 2. GPU tests
-: >"$OUT/gpu_tests.log"
-if [ ! -x "$BUILD/cs_gpu_tests" ]; then
+want gpu_tests && : >"$OUT/gpu_tests.log"
+if ! want gpu_tests; then
+  skip_step gpu_tests "not in GPU_CHECK_STEPS"
+elif [ ! -x "$BUILD/cs_gpu_tests" ]; then
   skip_step gpu_tests "no $BUILD/cs_gpu_tests"
 elif [ -f "$BUILD/CTestTestfile.cmake" ] && grep -q "$ROOT/" "$BUILD/CTestTestfile.cmake" &&
      command -v ctest >/dev/null; then
@@ -148,21 +158,27 @@ else
 fi
 
 # ---------------------------------------------------------------- 3. kernel bench
-if [ -x "$BUILD/kernel_bench" ]; then
+if ! want kernel_bench; then
+  skip_step kernel_bench "not in GPU_CHECK_STEPS"
+elif [ -x "$BUILD/kernel_bench" ]; then
   run_step kernel_bench "$T_BENCH" "$LOG" "$BUILD/kernel_bench" --json "$OUT/kernel_bench.json"
 else
   skip_step kernel_bench "no $BUILD/kernel_bench"
 fi
 
 # ---------------------------------------------------------------- 4. conv bench
-if [ -x "$BUILD/conv_bench" ]; then
+if ! want conv_bench; then
+  skip_step conv_bench "not in GPU_CHECK_STEPS"
+elif [ -x "$BUILD/conv_bench" ]; then
   run_step conv_bench "$T_BENCH" "$LOG" "$BUILD/conv_bench" --json "$OUT/conv_bench.json"
 else
   skip_step conv_bench "no $BUILD/conv_bench"
 fi
 
 # ---------------------------------------------------------------- 5. speedrun
-if [ -z "$DATA" ]; then
+if ! want speedrun; then
+  skip_step speedrun "not in GPU_CHECK_STEPS"
+elif [ -z "$DATA" ]; then
   skip_step speedrun "no DATA_DIR argument or CIFAR10_DIR"
 elif [ ! -x "$BUILD/speedrun" ]; then
   skip_step speedrun "no $BUILD/speedrun"
@@ -173,7 +189,8 @@ else
     DATA=/tmp/cifar10-bins
   fi
   run_step speedrun "$T_SPEEDRUN" "$LOG" \
-    "$BUILD/speedrun" --device cuda --data "$DATA" --runs "$RUNS" --json "$OUT/speedrun.json"
+    "$BUILD/speedrun" --device cuda --data "$DATA" --runs "$RUNS" --json "$OUT/speedrun.json" \
+    ${SPEEDRUN_ARGS:-}
 fi
 
 # ---------------------------------------------------------------- 6. sanitizer
@@ -181,8 +198,10 @@ SANITIZER=$(command -v compute-sanitizer || true)
 for c in /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer; do
   [ -z "$SANITIZER" ] && [ -x "$c" ] && SANITIZER=$c
 done
-: >"$OUT/sanitizer.log"
-if [ ! -x "$BUILD/cs_gpu_tests" ]; then
+want sanitizer && : >"$OUT/sanitizer.log"
+if ! want sanitizer; then
+  skip_step sanitizer "not in GPU_CHECK_STEPS"
+elif [ ! -x "$BUILD/cs_gpu_tests" ]; then
   skip_step sanitizer "no $BUILD/cs_gpu_tests"
 elif [ -z "$SANITIZER" ]; then
   echo "compute-sanitizer not found" | tee -a "$OUT/sanitizer.log"
