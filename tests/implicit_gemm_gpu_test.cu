@@ -370,6 +370,36 @@ TEST_CASE("igemm im2col index helpers match the definition (host)", "[gpu][igemm
     }
 }
 
+// The forward kernel's ldmatrix addresses, pushed through the PTX semantics of ldmatrix (lane l
+// receives, of matrix j, S_j[l / 4][2 * (l % 4)] and + 1, where row i of S_j starts at the
+// address lane 8j + i supplied) and compared with mma.m16n8k16's fragment layout (docs in
+// kernels/conv/ptx_sm80.cuh). sA holds A[m][k], sB holds B^T[n][k]; each element encodes its
+// (row, k) so a misplaced row or column shows. Exact.
+TEST_CASE("igemm forward ldmatrix addressing yields the mma fragments (host)", "[gpu][igemm]") {
+  using kernels::igemm_detail::fwd_a_ldsm;
+  using kernels::igemm_detail::fwd_b_ldsm;
+  auto code = [](int row, int k) { return row * 100 + k; };
+  auto ldsm = [&](auto coord_of, int lane, int j, int half) {
+    const int g = lane / 4, t = lane % 4;
+    const auto r = coord_of(8 * j + g);  // the lane that addressed row g of matrix j
+    return code(r.row, r.col + 2 * t + half);
+  };
+  long bad = 0;
+  for (int lane = 0; lane < 32; lane++) {
+    const int g = lane / 4, t = lane % 4;
+    for (int half = 0; half < 2; half++) {
+      // a[j]: m = g (+8 for j = 1, 3), k = 2t + half (+8 for j = 2, 3).
+      for (int j = 0; j < 4; j++)
+        if (ldsm(fwd_a_ldsm, lane, j, half) != code(g + (j & 1) * 8, 2 * t + half + (j >> 1) * 8)) bad++;
+      // Registers b[0][0], b[0][1], b[1][0], b[1][1]: n = g (+8 for the second n8 tile),
+      // k = 2t + half (+8 for the second register of a tile).
+      for (int j = 0; j < 4; j++)
+        if (ldsm(fwd_b_ldsm, lane, j, half) != code(g + (j >> 1) * 8, 2 * t + half + (j & 1) * 8)) bad++;
+    }
+  }
+  CHECK(bad == 0);
+}
+
 // The launchers reject what the kernel cannot do before touching the GPU (no device needed:
 // the pointers below are never dereferenced).
 TEST_CASE("igemm launchers check their preconditions (host)", "[gpu][igemm]") {

@@ -182,12 +182,10 @@ __device__ __forceinline__ void warp_mma_stage(const __half* stage, int warp_m0,
                                                int lane, float (&acc)[T::kMmaM][T::kMmaN][4]) {
   const __half* sA = stage;
   const __half* sB = stage + T::kBlockM * T::kStride;
-  // ldmatrix.x4 row addresses. A (16x16 per m16 tile): matrices (rows 0-7, k 0-7),
-  // (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15) = a[0..3].
-  // B (two n8 tiles): matrices (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7),
-  // (n 8-15, k 8-15) = b[j][0], b[j][1], b[j+1][0], b[j+1][1].
-  const int a_row = lane & 15, a_col = (lane >> 4) * 8;
-  const int b_row = (lane & 7) + (lane >> 4) * 8, b_col = ((lane >> 3) & 1) * 8;
+  // ldmatrix.x4 row addresses (which 8x8 matrices, and which mma fragments they become:
+  // igemm_detail::fwd_a_ldsm / fwd_b_ldsm; checked on the host by the tests).
+  const igemm_detail::LdsmRowCol a_at = igemm_detail::fwd_a_ldsm(lane), b_at = igemm_detail::fwd_b_ldsm(lane);
+  const int a_row = a_at.row, a_col = a_at.col, b_row = b_at.row, b_col = b_at.col;
 #pragma unroll
   for (int kk = 0; kk < T::kMmaK; kk++) {
     uint32_t a[T::kMmaM][4], b[T::kMmaN][2];

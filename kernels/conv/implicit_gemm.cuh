@@ -144,6 +144,22 @@ __host__ __device__ inline int a_offset(int m, int oh, int ow, const FilterTap& 
   return (m + dr * W + ds) * C + t.c;
 }
 
+// ldmatrix.x4 (non-transposing) row addresses of the forward kernel's warp tile, for operands
+// stored K-contiguous in shared memory (sA [m][k], sB [n][k]). Lane l addresses row l % 8 of
+// matrix l / 8; (row, col) is relative to the fragment's top-left corner.
+//   A (one m16 x k16 tile): matrices (m 0-7, k 0-7), (m 8-15, k 0-7), (m 0-7, k 8-15),
+//     (m 8-15, k 8-15) -> mma's a[0..3].
+//   B (two n8 tiles x k16): matrices (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7),
+//     (n 8-15, k 8-15) -> b[j][0], b[j][1], b[j+1][0], b[j+1][1].
+// __host__ __device__ so the host test pushes them through ldmatrix's semantics.
+struct LdsmRowCol {
+  int row, col;
+};
+__host__ __device__ inline LdsmRowCol fwd_a_ldsm(int lane) { return {lane & 15, (lane >> 4) * 8}; }
+__host__ __device__ inline LdsmRowCol fwd_b_ldsm(int lane) {
+  return {(lane & 7) + (lane >> 4) * 8, ((lane >> 3) & 1) * 8};
+}
+
 // The fused max-pool epilogue's indexing. A block's tile holds output pixels m0 .. m0+BlockM-1
 // with m0 a multiple of 2W (H, W even): whole pairs of output rows. Row pair j of the flattened
 // [N*H] rows is pooled row j of the flattened [N*H/2] pooled rows, so the tile's pooled pixels
