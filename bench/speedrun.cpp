@@ -84,6 +84,8 @@ options:
                           or igemm (ours wherever they are eligible)
   --fused-pool            GPU: fuse conv + 2x2 max-pool (+ argmax, BN sums) for the pooled
                           layers (our kernels; off by default until measured)
+  --fused-stats           GPU: ghost-BN sums in the conv's epilogue for the other layers
+                          (our kernels; off by default until measured)
   --warmup                do one extra run first (seed S), reported but left out of the
                           summary
   --help                  print this help and exit
@@ -144,6 +146,7 @@ struct Options {
   std::string device = "auto";
   std::string conv_kernels = "auto";  // --conv-kernels (GPU engine)
   bool fused_pool = false;            // --fused-pool (GPU engine)
+  bool fused_stats = false;           // --fused-stats (GPU engine)
   net::Recipe recipe;
   int train_subset = -1, test_subset = -1;  // -1: the whole split
   uint64_t seed = 0;
@@ -275,6 +278,8 @@ Options parse_args(int argc, char** argv) {
       o.warmup = a.flag_only();
     } else if (arg == "--fused-pool") {
       o.fused_pool = a.flag_only();
+    } else if (arg == "--fused-stats") {
+      o.fused_stats = a.flag_only();
     } else if (arg == "--conv-kernels") {
       o.conv_kernels = a.value();
       if (o.conv_kernels != "auto" && o.conv_kernels != "cudnn" && o.conv_kernels != "igemm")
@@ -521,6 +526,7 @@ int train_main(int argc, char** argv) {
   cfg.eval_every_epoch = opt.eval_every_epoch;
   cfg.conv_kernels = opt.conv_kernels;
   cfg.fused_pool = opt.fused_pool;
+  cfg.fused_stats = opt.fused_stats;
   const net::Recipe& r = cfg.recipe;
   const net::Widths widths = net::Widths::from_multiplier(r.width);
   std::unique_ptr<net::Trainer> trainer;
@@ -683,6 +689,7 @@ int train_main(int argc, char** argv) {
     c["eval_every_epoch"] = opt.eval_every_epoch;
     c["conv_kernels"] = opt.conv_kernels;
     c["fused_pool"] = opt.fused_pool;
+    c["fused_stats"] = opt.fused_stats;
     c["data_dir"] = cifar.dir;
     c["normalize_mean"] = {f2d(r.mean[0]), f2d(r.mean[1]), f2d(r.mean[2])};
     c["normalize_std"] = {f2d(r.std_[0]), f2d(r.std_[1]), f2d(r.std_[2])};

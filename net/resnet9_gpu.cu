@@ -188,7 +188,7 @@ Resnet9Gpu::Resnet9Gpu(cs::GpuContext& ctx, cs::Arena& arena, const Recipe& reci
 
   const size_t free_bytes = arena_.capacity_bytes() - arena_.used_bytes();
   autotune(std::min(kMaxConvWorkspace, free_bytes));
-  if (options_.fused_pool) choose_fused_pool_configs();
+  if (options_.fused_pool || options_.fused_stats) choose_fused_configs();
 
   // Warm-up with finite placeholder state (lazy library initialisation happens outside the
   // capture), then capture the two step graphs. run()/tests overwrite all of this state.
@@ -362,60 +362,73 @@ void Resnet9Gpu::autotune(size_t max_workspace) {
   workspace_ = arena_.alloc_bytes(need, "conv_workspace");
 }
 
-void Resnet9Gpu::choose_fused_pool_configs() {
+kernels::ConvDesc Resnet9Gpu::conv_desc(int i) const {
+  const Unit& u = units_[i];
+  return {B_, u.shape.H, u.shape.W, i == 0 ? kPrepC : units_[i - 1].shape.C, u.shape.C, i == 0 ? 1 : 3};
+}
+
+void Resnet9Gpu::choose_fused_configs() {
   cudaStream_t s = ctx_.stream();
   const int G = layout_.groups;
+  // Which units fuse what: the pooled units the max-pool epilogue, the others the statistics one.
+  Fusion want[kUnits];
   int max_c = 0;
   size_t partial_bytes = 0;
-  for (int i = 1; i < kUnits; ++i) {
-    Unit& u = units_[i];
-    if (u.shape.P != 2) continue;
-    const kernels::ConvDesc kd{B_, u.shape.H, u.shape.W, units_[i - 1].shape.C, u.shape.C, 3};
+  for (int i = 0; i < kUnits; ++i) {
+    const Unit& u = units_[i];
+    want[i] = u.shape.P == 2 ? (options_.fused_pool ? Fusion::kPool : Fusion::kNone)
+                             : (options_.fused_stats ? Fusion::kStats : Fusion::kNone);
+    if (want[i] == Fusion::kNone) continue;
     for (kernels::IgemmConfig c : kernels::kIgemmConfigs)
-      partial_bytes = std::max(partial_bytes, kernels::igemm_stats_scratch_bytes(kd, c));
+      partial_bytes = std::max(partial_bytes, kernels::igemm_stats_scratch_bytes(conv_desc(i), c));
     max_c = std::max(max_c, u.shape.C);
   }
   if (max_c == 0) return;
-  pool_sum_ = arena_.alloc<float>((size_t)G * max_c, "fused_pool_sum");
-  pool_sumsq_ = arena_.alloc<float>((size_t)G * max_c, "fused_pool_sumsq");
-  pool_partials_ = static_cast<float*>(arena_.alloc_bytes(partial_bytes, "fused_pool_partials"));
-  // Each pooled unit times every tile config that accepts its shape on the autotune data (the
-  // buffers hold finite values) and keeps the fastest; none accepting it leaves the unit unfused.
+  fused_sum_ = arena_.alloc<float>((size_t)G * max_c, "fused_bn_sum");
+  fused_sumsq_ = arena_.alloc<float>((size_t)G * max_c, "fused_bn_sumsq");
+  fused_partials_ = static_cast<float*>(arena_.alloc_bytes(partial_bytes, "fused_bn_partials"));
+  const kernels::IgemmStats st{fused_sum_, fused_sumsq_, fused_partials_, recipe_.bn_group};
+  // Each unit times every tile config that accepts its shape on the autotune data (the buffers
+  // hold finite values) and keeps the fastest; none accepting it leaves the unit unfused.
   char line[160];
-  for (int i = 1; i < kUnits; ++i) {
+  for (int i = 0; i < kUnits; ++i) {
     Unit& u = units_[i];
-    if (u.shape.P != 2) continue;
-    const size_t post_n = (size_t)B_ * u.shape.Ho() * u.shape.Wo() * u.shape.C;
-    u.argmax = arena_.alloc<uint8_t>(post_n, u.name + "_argmax");
-    const kernels::ConvDesc kd{B_, u.shape.H, u.shape.W, units_[i - 1].shape.C, u.shape.C, 3};
-    const kernels::IgemmStats st{pool_sum_, pool_sumsq_, pool_partials_, recipe_.bn_group};
+    if (want[i] == Fusion::kNone) continue;
+    if (want[i] == Fusion::kPool) {
+      const size_t post_n = (size_t)B_ * u.shape.Ho() * u.shape.Wo() * u.shape.C;
+      u.argmax = arena_.alloc<uint8_t>(post_n, u.name + "_argmax");
+    }
+    const kernels::ConvDesc kd = conv_desc(i);
+    const __half* in = i == 0 ? white_ : units_[i - 1].out;
+    const __half* w = i == 0 ? prep_w_ : w_half_ + u.conv_off;
     double best = -1;
     std::string tried;
     for (kernels::IgemmConfig c : kernels::kIgemmConfigs) {
       const char* name = kernels::igemm_config_info(c).name;
       try {
-        const double us = cs::time_calls(
-                              [&] {
-                                kernels::conv_forward_igemm_pool(units_[i - 1].out, w_half_ + u.conv_off, u.p,
-                                                                 u.argmax, kd, c, &st, s);
-                              },
-                              s, 5)
-                              .median_us;
+        auto launch = [&] {
+          if (want[i] == Fusion::kPool)
+            kernels::conv_forward_igemm_pool(in, w, u.p, u.argmax, kd, c, &st, s);
+          else
+            kernels::conv_forward_igemm_stats(in, w, u.y, kd, c, st, s);
+        };
+        const double us = cs::time_calls(launch, s, 5).median_us;
         std::snprintf(line, sizeof(line), " %s=%.1fus", name, us);
         if (best < 0 || us < best) {
           best = us;
-          u.pool_config = c;
+          u.fused_config = c;
         }
       } catch (const std::invalid_argument&) {  // the shape does not suit this tile
         std::snprintf(line, sizeof(line), " %s=n/a", name);
       }
       tried += line;
     }
-    u.fused = best >= 0;
-    fused_pool_note_ += "  " + u.name + ": " +
-                        (u.fused ? std::string("igemm:") + kernels::igemm_config_info(u.pool_config).name
-                                 : std::string("not fused (no tile config fits)")) +
-                        " [" + tried.substr(tried.empty() ? 0 : 1) + "]\n";
+    u.fusion = best >= 0 ? want[i] : Fusion::kNone;
+    const char* what = want[i] == Fusion::kPool ? "conv+pool" : "conv+stats";
+    fused_note_ += "  " + u.name + ": " +
+                   (best >= 0 ? std::string(what) + " igemm:" + kernels::igemm_config_info(u.fused_config).name
+                              : std::string("not fused (no tile config fits)")) +
+                   " [" + tried.substr(tried.empty() ? 0 : 1) + "]\n";
   }
   ctx_.sync();
 }
@@ -473,16 +486,16 @@ void Resnet9Gpu::enqueue_forward(const __half* x, bool train, bool mirror, float
     Unit& u = units_[i];
     const __half* in = i == 0 ? white_ : units_[i - 1].out;
     const __half* residual = u.residual_from >= 0 ? units_[u.residual_from].out : nullptr;
-    if (u.fused) {
+    const __half* w = i == 0 ? prep16 : w16 + u.conv_off;
+    const kernels::IgemmStats st{fused_sum_, fused_sumsq_, fused_partials_, recipe_.bn_group};
+    if (u.fusion == Fusion::kPool) {
       // conv + 2x2 max-pool in one kernel (pooled output; in training also the argmax and the
       // ghost-BN sums), then BN + CELU on the pooled tensor.
-      const kernels::ConvDesc kd{B_, u.shape.H, u.shape.W, units_[i - 1].shape.C, u.shape.C, 3};
-      const kernels::IgemmStats st{pool_sum_, pool_sumsq_, pool_partials_, recipe_.bn_group};
-      kernels::conv_forward_igemm_pool(in, w16 + u.conv_off, u.p, train ? u.argmax : nullptr, kd, u.pool_config,
+      kernels::conv_forward_igemm_pool(in, w, u.p, train ? u.argmax : nullptr, conv_desc(i), u.fused_config,
                                        train ? &st : nullptr, s);
       mark("conv_pool_fwd", u.name);
       if (train) {
-        kernels::bn_celu_forward_train_from_sums(u.p, pool_sum_, pool_sumsq_, w32 + u.bias_off, residual, u.out,
+        kernels::bn_celu_forward_train_from_sums(u.p, fused_sum_, fused_sumsq_, w32 + u.bias_off, residual, u.out,
                                                  u.save_mean, u.save_invstd, rm_ + u.stat_off, rv_ + u.stat_off,
                                                  u.shape, bn_prm_, s);
       } else {
@@ -493,6 +506,17 @@ void Resnet9Gpu::enqueue_forward(const __half* x, bool train, bool mirror, float
         kernels::pool_bn_celu_forward_eval(u.p, nullptr, w32 + u.bias_off, eval_mean_ + u.chan_off,
                                            eval_var_ + u.chan_off, residual, u.out, pooled, bn_prm_, s);
       }
+      mark("bn_fwd", u.name);
+      continue;
+    }
+    if (u.fusion == Fusion::kStats && train) {
+      // conv with the ghost-BN sums in its epilogue, then BN + CELU from them (no statistics
+      // pass over y). Evaluation needs no statistics: it takes the unfused path below.
+      kernels::conv_forward_igemm_stats(in, w, u.y, conv_desc(i), u.fused_config, st, s);
+      mark("conv_stats_fwd", u.name);
+      kernels::bn_celu_forward_train_from_sums(u.y, fused_sum_, fused_sumsq_, w32 + u.bias_off, residual, u.out,
+                                               u.save_mean, u.save_invstd, rm_ + u.stat_off, rv_ + u.stat_off,
+                                               u.shape, bn_prm_, s);
       mark("bn_fwd", u.name);
       continue;
     }
@@ -535,7 +559,7 @@ void Resnet9Gpu::enqueue_backward() {
   for (int i = kUnits - 1; i >= 0; --i) {
     Unit& u = units_[i];
     const __half* dout2 = u.skip_grad_from >= 0 ? units_[u.skip_grad_from].d_out : nullptr;
-    if (u.fused)
+    if (u.fusion == Fusion::kPool)
       kernels::pool_bn_celu_backward_argmax(u.d_out, dout2, u.p, u.argmax, w_ + u.bias_off, u.save_mean,
                                             u.save_invstd, u.d_y, g_ + u.bias_off, bn_scratch_, u.shape,
                                             bn_prm_, s);
@@ -1036,6 +1060,7 @@ GpuTrainer::GpuTrainer(const data::Cifar10& data, const TrainConfig& cfg) : data
   Resnet9Gpu::Options options;
   options.conv_policy = conv_policy_;
   options.fused_pool = cfg_.fused_pool;
+  options.fused_stats = cfg_.fused_stats;
   net_ = std::make_unique<Resnet9Gpu>(*ctx_, A, r, spe_, options);
   host_model_ = std::make_unique<Resnet9Cpu>(r);
   setup_.init_seconds += seconds_since(t_net);
@@ -1047,8 +1072,8 @@ GpuTrainer::GpuTrainer(const data::Cifar10& data, const TrainConfig& cfg) : data
                cs::conv_policy_name(conv_policy_), net_->conv_algorithms().c_str());
   std::fprintf(stderr, "gpu: conv candidates (pass, kernel, config, median time, rel. diff to cuDNN, status)\n%s",
                net_->conv_candidates().c_str());
-  if (cfg_.fused_pool)
-    std::fprintf(stderr, "gpu: fused conv + max-pool forward\n%s", net_->fused_pool_choice().c_str());
+  if (cfg_.fused_pool || cfg_.fused_stats)
+    std::fprintf(stderr, "gpu: fused conv forwards\n%s", net_->fused_choice().c_str());
   std::fprintf(stderr, "gpu: one training step by stage (direct launches, median of %d)\n%s", kProfileReps,
                net_->step_profile_text().c_str());
 }
@@ -1062,7 +1087,7 @@ std::vector<std::pair<std::string, std::string>> GpuTrainer::engine_info() const
       {"conv_workspace_bytes", std::to_string(net_->workspace_bytes())},
       {"libraries", cs::GpuContext::library_versions()},
       {"conv_policy", cs::conv_policy_name(conv_policy_)},
-      {"fused_pool", cfg_.fused_pool ? net_->fused_pool_choice() : std::string("off")},
+      {"fused_conv_forward", cfg_.fused_pool || cfg_.fused_stats ? net_->fused_choice() : std::string("off")},
       {"conv_algorithms", net_->conv_algorithms()},
       {"conv_candidates", net_->conv_candidates()},
       {"step_profile", net_->step_profile_text()},

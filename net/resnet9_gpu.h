@@ -47,6 +47,10 @@ struct Resnet9GpuOptions {
   // pool_bn_celu. Saves a write and a read of each pooled unit's full-resolution conv output.
   // Off by default until measured (docs/gpu_engine.md).
   bool fused_pool = false;
+  // The other units (prep, the residual convs) compute the ghost-BN sums in the conv's epilogue
+  // (conv_forward_igemm_stats) and BN from those sums, instead of a statistics pass over the
+  // conv output. Off by default until measured.
+  bool fused_stats = false;
 };
 
 class Resnet9Gpu {
@@ -137,12 +141,14 @@ class Resnet9Gpu {
   // Every candidate the per-layer selection timed, per conv shape: pass, kernel, config, median
   // us, rel. difference to cuDNN, status (engine/conv_select.h), one per line, for logs and JSON.
   std::string conv_candidates() const;
-  // The fused conv + max-pool forward per pooled unit when Options::fused_pool: the tile config
-  // chosen at setup and every fitting config's time; "" when not fused.
-  std::string fused_pool_choice() const { return fused_pool_note_; }
+  // The fused conv forward per unit (Options::fused_pool, fused_stats): the tile config chosen
+  // at setup and every config's time, one line per unit; "" when nothing is fused.
+  std::string fused_choice() const { return fused_note_; }
   size_t workspace_bytes() const { return workspace_bytes_; }  // the convs' shared workspace
 
  private:
+  // The conv epilogue a unit's training forward uses (Options::fused_pool / fused_stats).
+  enum class Fusion { kNone, kPool, kStats };
   // One conv -> [maxpool 2] -> ghost BN -> CELU [+ residual] unit, as in Resnet9Cpu.
   struct Unit {
     std::string name;
@@ -151,9 +157,9 @@ class Resnet9Gpu {
     long chan_off = 0;                // offset into eval_mean_/eval_var_ ([C])
     cs::ConvSelect* conv = nullptr;   // shared between units of the same shape
     kernels::GhostBnCeluShape shape{};
-    bool fused = false;                  // conv + max-pool fused (Options::fused_pool, P == 2)
-    kernels::IgemmConfig pool_config{};  // its tile config
-    uint8_t* argmax = nullptr;           // [N][Ho][Wo][C] window positions (fused only)
+    Fusion fusion = Fusion::kNone;        // the forward's fused epilogue (Options)
+    kernels::IgemmConfig fused_config{};  // its tile config
+    uint8_t* argmax = nullptr;            // [N][Ho][Wo][C] window positions (kPool only)
     int residual_from = -1;   // forward: out += units_[residual_from].out
     int skip_grad_from = -1;  // backward: dout2 = units_[skip_grad_from].d_out
     __half *y = nullptr, *p = nullptr, *out = nullptr;   // conv output, pooled (or y), output
@@ -189,11 +195,12 @@ class Resnet9Gpu {
   kernels::GhostBnCeluParams bn_prm_{};
   Unit units_[kUnits];
   Options options_;
-  // Fused conv + max-pool path (Options::fused_pool): per-group sums [G][C] and the conv
-  // epilogue's partial sums, shared by the pooled units in turn; the choice, for logs.
-  float *pool_sum_ = nullptr, *pool_sumsq_ = nullptr, *pool_partials_ = nullptr;
-  std::string fused_pool_note_;
-  void choose_fused_pool_configs();
+  // Fused conv forwards (Options::fused_pool, fused_stats): per-group sums [G][C] and the conv
+  // epilogue's partial sums, shared by the fused units in turn; the choice, for logs.
+  float *fused_sum_ = nullptr, *fused_sumsq_ = nullptr, *fused_partials_ = nullptr;
+  std::string fused_note_;
+  void choose_fused_configs();
+  kernels::ConvDesc conv_desc(int unit) const;  // unit's conv shape (prep: 1x1 on 32 channels)
   std::vector<std::unique_ptr<cs::ConvSelect>> convs_;
 
   // Parameters and optimiser state [num_params]

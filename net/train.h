@@ -22,6 +22,8 @@ struct TrainConfig {
   std::string conv_kernels = "auto";
   // GPU engine: the fused conv + max-pool forward for the pooled layers (Resnet9Gpu::Options).
   bool fused_pool = false;
+  // GPU engine: the conv's ghost-BN-sums epilogue for the unpooled units (Resnet9Gpu::Options).
+  bool fused_stats = false;
 };
 
 struct EpochLog {

@@ -177,19 +177,21 @@ TEST_CASE("resnet9 GPU training step matches the CPU reference within its noise 
   const net::Layout& L = cpu.layout();
   const std::vector<float> params0 = cpu.params;
 
-  // Both forward paths of the pooled layers: conv -> pool_bn_celu, and the fused conv + max-pool
-  // (argmax, BN sums in the conv's epilogue) with BN from the sums and backward via the argmax.
-  const bool fused_pool = GENERATE(false, true);
-  INFO("fused_pool " << fused_pool);
+  // The forward paths: conv -> pool_bn_celu everywhere (0); the pooled layers with the fused conv
+  // + max-pool (argmax, BN sums in the conv's epilogue), BN from the sums and backward via the
+  // argmax (1); and also the other layers with the BN sums in the conv's epilogue (2).
+  const int fusion = GENERATE(0, 1, 2);
+  INFO("fusion " << fusion);
   net::Resnet9Gpu::Options options;
-  options.fused_pool = fused_pool;
+  options.fused_pool = fusion >= 1;
+  options.fused_stats = fusion >= 2;
   cs::GpuContext ctx;
   cs::Arena arena(kTestArenaBytes);
   net::Resnet9Gpu gpu(ctx, arena, r, /*steps_per_epoch=*/1, options);
-  std::printf("resnet9 gpu test (fused_pool %d): arena peak %s, graph: %s\n%s", (int)fused_pool,
+  std::printf("resnet9 gpu test (fusion %d): arena peak %s, graph: %s\n%s", fusion,
               cs::format_bytes(arena.peak_bytes()).c_str(), gpu.graph_note().c_str(),
-              gpu.fused_pool_choice().c_str());
-  if (fused_pool) CHECK(gpu.fused_pool_choice().find("not fused") == std::string::npos);
+              gpu.fused_choice().c_str());
+  if (fusion > 0) CHECK(gpu.fused_choice().find("not fused") == std::string::npos);
   gpu.set_params(cpu.params);
   gpu.set_running_stats(cpu.running_mean, cpu.running_var);
   gpu.set_whitening(cpu.whiten);
@@ -271,10 +273,11 @@ TEST_CASE("resnet9 GPU step is deterministic: graph replay equals direct launche
   init.init(9);
   init.compute_whitening(x.data(), kBatch);
 
-  const bool fused_pool = GENERATE(false, true);
-  INFO("fused_pool " << fused_pool);
+  const int fusion = GENERATE(0, 1, 2);  // as in the CPU comparison above
+  INFO("fusion " << fusion);
   net::Resnet9Gpu::Options options;
-  options.fused_pool = fused_pool;
+  options.fused_pool = fusion >= 1;
+  options.fused_stats = fusion >= 2;
   cs::GpuContext ctx;
   cs::Arena arena(kTestArenaBytes);
   net::Resnet9Gpu gpu(ctx, arena, r, /*steps_per_epoch=*/1, options);
@@ -288,8 +291,8 @@ TEST_CASE("resnet9 GPU step is deterministic: graph replay equals direct launche
   CHECK(prof.size() == 1 + 2 * 8 + 3 + 8 + 7 + 8 + 1);
   REQUIRE(!prof.empty());
   CHECK(prof.front().stage == "whiten");
-  CHECK(prof[1].stage == "prep.conv_fwd");
-  CHECK(prof[3].stage == (fused_pool ? "layer1.conv_pool_fwd" : "layer1.conv_fwd"));
+  CHECK(prof[1].stage == (fusion >= 2 ? "prep.conv_stats_fwd" : "prep.conv_fwd"));
+  CHECK(prof[3].stage == (fusion >= 1 ? "layer1.conv_pool_fwd" : "layer1.conv_fwd"));
   CHECK(prof.back().stage == "update");
   for (const auto& st : prof) CHECK(st.ms >= 0.0);
 

@@ -111,7 +111,7 @@ TEST_CASE("speedrun: --help lists every flag, --version prints the version", "[s
   CHECK(help.code == 0);
   for (const char* flag : {"--device", "--epochs", "--width", "--batch", "--bn-group",
                            "--train-subset", "--test-subset", "--seed", "--runs", "--data",
-                           "--json", "--save", "--eval-every-epoch", "--conv-kernels", "--fused-pool", "--warmup", "--help",
+                           "--json", "--save", "--eval-every-epoch", "--conv-kernels", "--fused-pool", "--fused-stats", "--warmup", "--help",
                            "--version", "speedrun eval", "speedrun predict"}) {
     INFO(flag);
     CHECK(help.out.find(flag) != std::string::npos);
@@ -181,7 +181,8 @@ TEST_CASE("speedrun: usage errors exit 2 and name the flag (other flags)", "[spe
                       {"--json '" + json + "'", "--json"},
                       {"--json /proc/cs_speedrun_test.json", "--json"},  // unwritable, even to root
                       {"--warmup=1", "--warmup"},
-                      {"--fused-pool=1", "--fused-pool"}},
+                      {"--fused-pool=1", "--fused-pool"},
+                      {"--fused-stats=yes", "--fused-stats"}},
                      tmp.path);
 }
 
@@ -233,6 +234,7 @@ TEST_CASE("speedrun: a tiny CPU run writes a JSON record with the schema fields"
   CHECK(c.at("seed") == 7);
   CHECK(c.at("conv_kernels") == "auto");
   CHECK(c.at("fused_pool") == false);
+  CHECK(c.at("fused_stats") == false);
   CHECK(c.at("lr_knots") == nlohmann::json::array({0.0, 2.0, 8.0}));
   CHECK(c.at("ema_rho") == 0.99);
   for (const char* k : {"data_read_seconds", "upload_seconds", "init_seconds"})
