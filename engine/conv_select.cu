@@ -20,52 +20,70 @@ constexpr int kCompareBlocks = 256, kCompareThreads = 256;
 constexpr int kTimingSamples = 7;
 
 // Setup-only comparison of an fp16 output with the reference one: per block, the sum of
-// squared differences and the sum of squares of the reference, in double (fixed order within
-// the block); a non-finite value in either makes the difference infinite.
+// squared differences, the sum of squares of the reference, the largest |difference| and the
+// largest |reference| (fixed order within the block); a non-finite value in either makes the
+// difference infinite.
 __global__ void compare_half_kernel(const __half* __restrict__ out, const __half* __restrict__ ref,
                                     long n, double* __restrict__ partial) {
-  __shared__ double s_diff[kCompareThreads], s_ref[kCompareThreads];
-  double diff = 0.0, sq = 0.0;
+  __shared__ double s_diff[kCompareThreads], s_ref[kCompareThreads], s_maxd[kCompareThreads],
+      s_maxr[kCompareThreads];
+  double diff = 0.0, sq = 0.0, maxd = 0.0, maxr = 0.0;
   for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
     const float a = __half2float(out[i]), b = __half2float(ref[i]);
     if (!isfinite(a) || !isfinite(b)) {
       diff = INFINITY;
+      maxd = INFINITY;
     } else {
-      diff += (double)(a - b) * (a - b);
+      const double d = (double)a - (double)b;
+      diff += d * d;
       sq += (double)b * b;
+      maxd = fmax(maxd, fabs(d));
+      maxr = fmax(maxr, fabs((double)b));
     }
   }
   s_diff[threadIdx.x] = diff;
   s_ref[threadIdx.x] = sq;
+  s_maxd[threadIdx.x] = maxd;
+  s_maxr[threadIdx.x] = maxr;
   __syncthreads();
   for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
     if ((int)threadIdx.x < stride) {
       s_diff[threadIdx.x] += s_diff[threadIdx.x + stride];
       s_ref[threadIdx.x] += s_ref[threadIdx.x + stride];
+      s_maxd[threadIdx.x] = fmax(s_maxd[threadIdx.x], s_maxd[threadIdx.x + stride]);
+      s_maxr[threadIdx.x] = fmax(s_maxr[threadIdx.x], s_maxr[threadIdx.x + stride]);
     }
     __syncthreads();
   }
   if (threadIdx.x == 0) {
-    partial[2 * blockIdx.x] = s_diff[0];
-    partial[2 * blockIdx.x + 1] = s_ref[0];
+    partial[4 * blockIdx.x] = s_diff[0];
+    partial[4 * blockIdx.x + 1] = s_ref[0];
+    partial[4 * blockIdx.x + 2] = s_maxd[0];
+    partial[4 * blockIdx.x + 3] = s_maxr[0];
   }
 }
 
-// ||out - ref|| / ||ref|| over n fp16 values (infinite if either holds a NaN / Inf).
-// partial: 2 * kCompareBlocks doubles of device scratch. Synchronises the stream.
-double rel_l2_half(const __half* out, const __half* ref, long n, double* partial, cudaStream_t s) {
+// How far an fp16 output is from the reference: ||out - ref|| / ||ref|| and
+// max |out - ref| / max |ref| (both infinite if either holds a NaN / Inf). partial:
+// 4 * kCompareBlocks doubles of device scratch. Synchronises the stream.
+struct Distance {
+  double rel_l2, rel_max;
+};
+Distance compare_half(const __half* out, const __half* ref, long n, double* partial, cudaStream_t s) {
   compare_half_kernel<<<kCompareBlocks, kCompareThreads, 0, s>>>(out, ref, n, partial);
   CUDA_CHECK_LAUNCH();
-  std::vector<double> h(2 * kCompareBlocks);
+  std::vector<double> h(4 * kCompareBlocks);
   CUDA_CHECK(cudaMemcpyAsync(h.data(), partial, h.size() * sizeof(double), cudaMemcpyDeviceToHost, s));
   CUDA_CHECK(cudaStreamSynchronize(s));
-  double diff = 0.0, sq = 0.0;
+  double diff = 0.0, sq = 0.0, maxd = 0.0, maxr = 0.0;
   for (int b = 0; b < kCompareBlocks; b++) {
-    diff += h[2 * b];
-    sq += h[2 * b + 1];
+    diff += h[4 * b];
+    sq += h[4 * b + 1];
+    maxd = std::max(maxd, h[4 * b + 2]);
+    maxr = std::max(maxr, h[4 * b + 3]);
   }
-  if (!std::isfinite(diff)) return INFINITY;
-  return std::sqrt(diff) / std::max(std::sqrt(sq), 1e-30);
+  if (!std::isfinite(diff) || !std::isfinite(maxd)) return {INFINITY, INFINITY};
+  return {std::sqrt(diff) / std::max(std::sqrt(sq), 1e-30), maxd / std::max(maxr, 1e-30)};
 }
 
 size_t align_up(size_t n) { return (n + 255) / 256 * 256; }
@@ -149,7 +167,7 @@ void ConvSelect::autotune(__half* x, __half* w, __half* y, void* workspace, size
   char* base = static_cast<char*>(workspace);
   const size_t cudnn_ws = align_up(cudnn_.workspace_bytes());
   const size_t out_bytes = align_up((size_t)std::max({x_n, y_n, w_n}) * sizeof(__half));
-  const size_t partial_bytes = align_up(2 * kCompareBlocks * sizeof(double));
+  const size_t partial_bytes = align_up(4 * kCompareBlocks * sizeof(double));
   const size_t fixed = cudnn_ws + 2 * out_bytes + partial_bytes;
   const bool room = fixed <= max_workspace;
   __half* ref_out = room ? reinterpret_cast<__half*>(base + cudnn_ws) : nullptr;
@@ -201,9 +219,12 @@ void ConvSelect::autotune(__half* x, __half* w, __half* y, void* workspace, size
         try {
           CUDA_CHECK(cudaMemsetAsync(cand_out, 0xFF, out_n[pi] * sizeof(__half), s));  // NaN poison
           run_igemm(pass, c, in_a, in_b, cand_out, scratch);
-          ic.rel_diff = rel_l2_half(cand_out, ref_out, out_n[pi], partial, s);
-          if (!(ic.rel_diff <= kConvSelectTol)) {
-            ic.status = "output differs from cuDNN";
+          const Distance dist = compare_half(cand_out, ref_out, out_n[pi], partial, s);
+          ic.rel_diff = dist.rel_l2;
+          if (!(dist.rel_l2 <= kConvSelectTol)) {
+            ic.status = "output differs from cuDNN (rel. L2)";
+          } else if (!(dist.rel_max <= kConvSelectMaxTol)) {
+            ic.status = "output differs from cuDNN (largest difference)";
           } else {
             ic.us = time_calls([&] { run_igemm(pass, c, in_a, in_b, cand_out, scratch); }, s, kTimingSamples)
                         .median_us;
