@@ -1,0 +1,395 @@
+// Implicit-GEMM forward convolution with wgmma (sm_90a): kernel, then launchers.
+// Interface and layouts: kernels/conv/wgmma_conv.cuh. Design notes: docs/conv_kernels.md.
+//
+// One thread block (two warpgroups, 256 threads) computes a 128 x BlockN tile of y, walking the
+// GEMM's K = R*R*C in slices of 64:
+//   1. every thread issues cp.async 16-byte copies of the A slice (gathered from x: implicit
+//      im2col, zero-filled in the padding) and the B slice (filter rows) into a stage, in the
+//      128-byte swizzled layout wgmma reads, Stages - 1 slices ahead;
+//   2. once a slice has landed (cp.async.wait_group, then fence.proxy.async so the tensor
+//      cores see the generic-proxy writes, then a barrier), each warpgroup issues four
+//      wgmma.m64nNk16 on its 64 rows (A and B both from shared memory through descriptors) and
+//      waits for them before the stage can be refilled;
+//   3. the epilogue rounds the fp32 accumulators to fp16 through shared memory and writes y
+//      with 16-byte coalesced stores, as the mma.sync kernel does.
+#include "kernels/conv/wgmma_conv.cuh"
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/common.cuh"
+#include "kernels/conv/igemm_backward.cuh"
+#include "kernels/conv/ptx_sm80.cuh"
+
+namespace kernels {
+
+namespace {
+
+using igemm_detail::a_offset;
+using igemm_detail::FilterTap;
+using wgmma_detail::acc_coord;
+using wgmma_detail::sw128_desc;
+using wgmma_detail::sw128_offset;
+
+// ------------------------------------------------------------------ PTX wrappers (sm_90a)
+
+// Makes this thread's generic-proxy shared-memory writes (here: completed cp.async copies)
+// visible to the async proxy the tensor cores read through; before the barrier.
+__device__ __forceinline__ void fence_proxy_async() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+// Orders earlier register accesses (the accumulators) before the next wgmma.mma_async.
+__device__ __forceinline__ void wgmma_fence() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_commit() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+// Waits until at most n of this warpgroup's committed wgmma groups are pending.
+template <int n>
+__device__ __forceinline__ void wgmma_wait() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(n) : "memory");
+#endif
+}
+
+// d (m64 x n128, fp32, this thread's 64 values) += A (m64 x k16) * B (k16 x n128), both from
+// shared memory through matrix descriptors, K-major (no transpose).
+__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, "
+      "%8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, "
+      "%24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, "
+      "%40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, "
+      "%56, %57, %58, %59, %60, %61, %62, %63"
+      "}, %64, %65, p, 1, 1, 0, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),
+        "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
+        "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
+        "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),
+        "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]),
+        "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
+        "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(desc_a), "l"(desc_b), "r"(1));
+#else
+  __trap();  // sm_90a only; the launcher refuses other GPUs
+#endif
+}
+
+// d (m64 x n64, fp32, this thread's 32 values) += A (m64 x k16) * B (k16 x n64), both from
+// shared memory through matrix descriptors, K-major (no transpose).
+__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, "
+      "%8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, "
+      "%24, %25, %26, %27, %28, %29, %30, %31"
+      "}, %32, %33, p, 1, 1, 0, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),
+        "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
+        "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(desc_a), "l"(desc_b), "r"(1));
+#else
+  __trap();  // sm_90a only; the launcher refuses other GPUs
+#endif
+}
+
+template <int N>
+__device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b) {
+  if constexpr (N == 128)
+    wgmma_m64n128k16(d, desc_a, desc_b);
+  else
+    wgmma_m64n64k16(d, desc_a, desc_b);
+}
+
+// ------------------------------------------------------------------------------ the tile
+
+template <int BlockN>
+struct WgTile {
+  static constexpr int kBlockM = 128, kBlockN = BlockN, kBlockK = 64, kStages = 4;
+  static constexpr int kThreads = 256;         // two warpgroups, 64 rows each
+  static constexpr int kRowBytes = 128;        // one 64-element fp16 row per pixel / filter
+  static constexpr int kChunks = 8;            // 16-byte chunks per row
+  static constexpr int kRowStep = kThreads / kChunks;  // rows per loader pass: 32
+  static constexpr int kARows = kBlockM / kRowStep, kBRows = BlockN / kRowStep;
+  static constexpr int kABytes = kBlockM * kRowBytes, kBBytes = BlockN * kRowBytes;
+  static constexpr int kStageBytes = kABytes + kBBytes;  // a multiple of 1024: atoms stay aligned
+  static constexpr int kAcc = BlockN / 2;                // fp32 accumulators per thread
+  static constexpr int kCStride = BlockN + 8;            // halves per sC row (padded, as mma.sync)
+  static constexpr int kPipeBytes = kStages * kStageBytes;
+  static constexpr int kEpilogueBytes = kBlockM * kCStride * 2;
+  // + 1024: the dynamic shared memory base is rounded up to the swizzle atom.
+  static constexpr size_t kSmemBytes = (size_t)(kPipeBytes > kEpilogueBytes ? kPipeBytes : kEpilogueBytes) + 1024;
+  static_assert(BlockN == 64 || BlockN == 128, "wgmma wrappers for n64 and n128");
+  static_assert(kStageBytes % 1024 == 0 && kABytes % 1024 == 0, "1024-byte swizzle atoms");
+};
+
+struct WgParams {
+  const __half* x;  // [N][H][W][C]
+  const __half* w;  // [K][R][R][C]
+  __half* y;        // [M][K]
+  int H, W, C, K, R, pad;
+  int M;   // N * H * W
+  int Kg;  // R * R * C
+};
+
+// cp.async loader of one 64-wide K slice into a stage (sA at `stage`, sB after it), swizzled.
+// Thread t owns chunk column t % 8 (one filter tap for all its A rows, decoded once) of rows
+// t / 8 + 32 i, as the mma.sync kernel's loader.
+template <class T>
+struct WgLoader {
+  int chunk, row0, k;
+  FilterTap tap;
+  int a_m[T::kARows], a_oh[T::kARows], a_ow[T::kARows];
+  bool a_ok[T::kARows];
+  int b_off[T::kBRows];
+  bool b_ok[T::kBRows];
+
+  __device__ WgLoader(const WgParams& p, int m0, int n0) {
+    chunk = threadIdx.x % T::kChunks;
+    row0 = threadIdx.x / T::kChunks;
+    k = chunk * 8;
+    tap.init(k, p.C, p.R);
+#pragma unroll
+    for (int i = 0; i < T::kARows; i++) {
+      const int m = m0 + row0 + i * T::kRowStep;
+      a_ok[i] = m < p.M;
+      a_m[i] = a_ok[i] ? m : 0;
+      a_ow[i] = a_m[i] % p.W;
+      a_oh[i] = (a_m[i] / p.W) % p.H;
+    }
+#pragma unroll
+    for (int i = 0; i < T::kBRows; i++) {
+      const int n = n0 + row0 + i * T::kRowStep;
+      b_ok[i] = n < p.K;
+      b_off[i] = b_ok[i] ? n * p.Kg : 0;
+    }
+  }
+
+  __device__ void load(const WgParams& p, uint32_t stage) {
+    const bool k_ok = k < p.Kg;  // Kg % 8 == 0: a chunk is wholly inside or past the end
+#pragma unroll
+    for (int i = 0; i < T::kARows; i++) {
+      const int off = (a_ok[i] && k_ok) ? a_offset(a_m[i], a_oh[i], a_ow[i], tap, p.H, p.W, p.C, p.pad) : -1;
+      ptx::cp_async_16(stage + sw128_offset(row0 + i * T::kRowStep, chunk), p.x + (off >= 0 ? off : 0), off >= 0);
+    }
+#pragma unroll
+    for (int i = 0; i < T::kBRows; i++) {
+      const bool ok = b_ok[i] && k_ok;
+      ptx::cp_async_16(stage + T::kABytes + sw128_offset(row0 + i * T::kRowStep, chunk),
+                       p.w + (ok ? b_off[i] + k : 0), ok);
+    }
+    k += T::kBlockK;
+    tap.advance(T::kBlockK, p.C, p.R);
+  }
+};
+
+// ---------------------------------------------------------------------------- the kernel
+
+// Grid: x over output-channel tiles, y over 128-pixel tiles. One block per SM at a time is
+// enough to keep the tensor cores busy with wgmma (__launch_bounds__(256, 1)).
+template <class T>
+__global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const WgParams p) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t raw = ptx::smem_addr(smem_raw);
+  const uint32_t base = (raw + 1023u) & ~1023u;  // swizzle atoms need 1024-byte alignment
+  unsigned char* smem = smem_raw + (base - raw);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int group = warp >> 2;  // warpgroup: rows 64 * group .. + 63 of the tile
+  const int n0 = blockIdx.x * T::kBlockN, m0 = blockIdx.y * T::kBlockM;
+  const int k_tiles = ceil_div(p.Kg, T::kBlockK);
+
+  WgLoader<T> loader(p, m0, n0);
+#pragma unroll
+  for (int s = 0; s < T::kStages - 1; s++) {
+    if (s < k_tiles) loader.load(p, base + s * T::kStageBytes);
+    ptx::cp_async_commit();
+  }
+
+  float acc[T::kAcc];
+#pragma unroll
+  for (int e = 0; e < T::kAcc; e++) acc[e] = 0.0f;
+
+  for (int kt = 0; kt < k_tiles; kt++) {
+    // Slice kt has landed (this thread's copies), is visible to the async proxy, and (barrier)
+    // everyone's copies have; every warpgroup has also finished reading the stage refilled next.
+    ptx::cp_async_wait<T::kStages - 2>();
+    fence_proxy_async();
+    __syncthreads();
+    const int next = kt + T::kStages - 1;
+    if (next < k_tiles) loader.load(p, base + (next % T::kStages) * T::kStageBytes);
+    ptx::cp_async_commit();
+
+    const uint32_t stage = base + (kt % T::kStages) * T::kStageBytes;
+    const uint32_t a_addr = stage + group * 64 * T::kRowBytes, b_addr = stage + T::kABytes;
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < T::kBlockK / 16; kk++)
+      wgmma_m64k16<T::kBlockN>(acc, sw128_desc(a_addr + kk * 32), sw128_desc(b_addr + kk * 32));
+    wgmma_commit();
+    wgmma_wait<0>();
+  }
+  ptx::cp_async_wait<0>();
+  __syncthreads();  // every warpgroup is done with the stages before sC overwrites them
+
+  // Epilogue: accumulators -> fp16 sC [128][kCStride] -> y in 16-byte chunks (coalesced).
+  __half* sC = reinterpret_cast<__half*>(smem);
+#pragma unroll
+  for (int e = 0; e < T::kAcc; e += 2) {
+    const auto at = acc_coord(warp & 3, lane, e);
+    *reinterpret_cast<__half2*>(sC + (group * 64 + at.row) * T::kCStride + at.col) =
+        __floats2half2_rn(acc[e], acc[e + 1]);
+  }
+  __syncthreads();
+  constexpr int kChunksN = T::kBlockN / 8;
+#pragma unroll
+  for (int it = 0; it < T::kBlockM * kChunksN / T::kThreads; it++) {
+    const int idx = it * T::kThreads + threadIdx.x;
+    const int r = idx / kChunksN, ch = idx % kChunksN;
+    const int m = m0 + r, n = n0 + ch * 8;
+    if (m < p.M && n < p.K)
+      *reinterpret_cast<uint4*>(p.y + (size_t)m * p.K + n) = *reinterpret_cast<const uint4*>(sC + r * T::kCStride + ch * 8);
+  }
+}
+
+// ---------------------------------------------------------------------------- launchers
+
+using Wg128 = WgTile<128>;
+using Wg64 = WgTile<64>;
+
+template <class T>
+IgemmConfigInfo info_of(const char* name) {
+  return {name, T::kBlockM, T::kBlockN, T::kBlockK, 16, T::kBlockN, T::kStages, T::kThreads, T::kSmemBytes};
+}
+
+bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
+
+template <class T>
+void launch_tile(const WgParams& p, cudaStream_t stream) {
+  auto* kernel = conv_fwd_wgmma_kernel<T>;
+  static const cudaError_t attr =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)T::kSmemBytes);
+  CUDA_CHECK(attr);
+  const dim3 grid(ceil_div(p.K, T::kBlockN), ceil_div(p.M, T::kBlockM));
+  kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+IgemmConfigInfo wgmma_config_info(WgmmaConfig config) {
+  switch (config) {
+    case WgmmaConfig::k128x128x64s4: return info_of<Wg128>("wgmma_128x128x64_s4");
+    case WgmmaConfig::k128x64x64s4: return info_of<Wg64>("wgmma_128x64x64_s4");
+  }
+  throw std::invalid_argument("wgmma_config_info: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
+}
+
+bool wgmma_supported() {
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    cudaGetLastError();  // no device: clear the error, answer no
+    return false;
+  }
+  int major = 0, minor = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  if (major != 9 || minor != 0) return false;
+  // The kernel's code for this device must be the sm_90a build (binaryVersion 90), not PTX
+  // JIT-compiled from the sm_80 fallback, where the wgmma instructions are compiled out.
+  cudaFuncAttributes fa{};
+  if (cudaFuncGetAttributes(&fa, conv_fwd_wgmma_kernel<Wg128>) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return fa.binaryVersion == 90;
+}
+
+void conv_forward_wgmma(const __half* x, const __half* w, __half* y, const ConvDesc& d, WgmmaConfig config,
+                        cudaStream_t stream) {
+  const char* fn = "conv_forward_wgmma";
+  const IgemmConfigInfo cfg = wgmma_config_info(config);
+  require(d.N > 0 && d.H > 0 && d.W > 0 && d.C > 0 && d.K > 0, fn, "every dimension must be positive");
+  require(d.R > 0 && d.R % 2 == 1, fn, "R must be odd (pad (R - 1) / 2 keeps the size)");
+  require(d.C % 8 == 0, fn, "C must be a multiple of 8 (16-byte loads of 8 fp16 channels)");
+  require(d.K % 8 == 0, fn, "K must be a multiple of 8 (16-byte stores of 8 fp16 channels)");
+  require(x != nullptr && w != nullptr && y != nullptr, fn, "null tensor");
+  require(aligned16(x) && aligned16(w) && aligned16(y), fn, "x, w and y must be 16-byte aligned");
+  const long long pixels = (long long)d.N * d.H * d.W;
+  const long long int_max = 2147483647LL;
+  require(pixels * d.C <= int_max && pixels * d.K <= int_max && (long long)d.K * d.R * d.R * d.C <= int_max, fn,
+          "tensors must have fewer than 2^31 elements (32-bit indexing)");
+  require(ceil_div(pixels, (long long)cfg.block_m) <= 65535, fn,
+          "too many output pixels for the grid's y dimension (ceil(N*H*W / 128) > 65535)");
+  require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
+  WgParams p{};
+  p.x = x;
+  p.w = w;
+  p.y = y;
+  p.H = d.H;
+  p.W = d.W;
+  p.C = d.C;
+  p.K = d.K;
+  p.R = d.R;
+  p.pad = (d.R - 1) / 2;
+  p.M = (int)pixels;
+  p.Kg = d.R * d.R * d.C;
+  switch (config) {
+    case WgmmaConfig::k128x128x64s4: return launch_tile<Wg128>(p, stream);
+    case WgmmaConfig::k128x64x64s4: return launch_tile<Wg64>(p, stream);
+  }
+}
+
+void conv_backward_data_wgmma(const __half* dy, const __half* w, __half* dx, __half* wt_scratch, const ConvDesc& d,
+                              WgmmaConfig config, cudaStream_t stream) {
+  const char* fn = "conv_backward_data_wgmma";
+  require(wt_scratch != nullptr && (reinterpret_cast<uintptr_t>(wt_scratch) & 15) == 0, fn,
+          "wt_scratch must be 16-byte aligned");
+  require(d.C % 8 == 0 && d.K % 8 == 0, fn, "C and K must be multiples of 8");
+  require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
+  // As a forward convolution: input dy with K channels, C filters, output dx.
+  const ConvDesc as_forward{d.N, d.H, d.W, d.K, d.C, d.R};
+  conv_flip_transpose_weights(w, wt_scratch, d, stream);
+  conv_forward_wgmma(dy, wt_scratch, dx, as_forward, config, stream);
+}
+
+}  // namespace kernels

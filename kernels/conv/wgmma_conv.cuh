@@ -1,0 +1,81 @@
+// Implicit-GEMM forward convolution on Hopper's warpgroup tensor-core instructions (wgmma,
+// sm_90a only), and the input gradient through it. Same computation, layouts, GEMM view and
+// preconditions as conv_forward_igemm (kernels/conv/implicit_gemm.cuh); this is the fast path
+// that the portable mma.sync kernel is the baseline for. Design: docs/conv_kernels.md.
+//
+// Why a second kernel: on an H100, mma.sync (HMMA in SASS) cannot reach the tensor cores'
+// dense peak; wgmma (HGMMA) reads both operands straight from shared memory, 64 rows per
+// warpgroup per instruction, and runs asynchronously to the issuing warps.
+#pragma once
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/conv/implicit_gemm.cuh"
+
+namespace kernels {
+
+// Tile configurations: BlockM 128 output pixels (two warpgroups of 64 rows) x BlockN output
+// channels, BlockK 64 (one 128-byte swizzled row of fp16 per pixel or filter), 4 cp.async stages.
+enum class WgmmaConfig : int {
+  k128x128x64s4,  // m64n128k16 per warpgroup: the big layers
+  k128x64x64s4,   // m64n64k16: K = 64 (the prep conv), or more blocks on small grids
+};
+constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4, WgmmaConfig::k128x64x64s4};
+
+// Block/warp/stage sizes and shared memory of a config (warp_m x warp_n: a warpgroup's 64 rows
+// are split over its 4 warps, 16 each, across all BlockN columns).
+IgemmConfigInfo wgmma_config_info(WgmmaConfig config);
+
+// Whether the current device runs the wgmma kernels: compute capability 9.0 and this binary
+// carries sm_90a code for them (cudaFuncGetAttributes). False without a device.
+bool wgmma_supported();
+
+// y = conv(x, w), as conv_forward_igemm (the same requirements, std::invalid_argument
+// otherwise), plus wgmma_supported(). Asynchronous on `stream`; deterministic.
+void conv_forward_wgmma(const __half* x, const __half* w, __half* y, const ConvDesc& d,
+                        WgmmaConfig config, cudaStream_t stream);
+
+// dx = the input gradient, as conv_backward_data_igemm (flipped, transposed filters in
+// wt_scratch of igemm_dgrad_scratch_bytes(d) bytes, then the forward kernel).
+void conv_backward_data_wgmma(const __half* dy, const __half* w, __half* dx, __half* wt_scratch,
+                              const ConvDesc& d, WgmmaConfig config, cudaStream_t stream);
+
+namespace wgmma_detail {
+
+// Shared-memory layout of an operand tile: rows of 64 fp16 (128 bytes) along the GEMM's K, in
+// the 128-byte swizzle wgmma reads (CUTLASS's Swizzle<3,4,3>): 8 rows form a 1024-byte atom
+// (1024-byte aligned), and the 16-byte chunk c of row r sits at chunk position c ^ (r % 8).
+// The XOR spreads the 8 rows of a column of chunks over all 8 positions, so cp.async stores
+// of one chunk column and the tensor cores' reads both avoid bank conflicts.
+__host__ __device__ inline uint32_t sw128_offset(int row, int chunk) {
+  return (uint32_t)((row >> 3) * 1024 + (row & 7) * 128 + ((chunk ^ (row & 7)) << 4));
+}
+
+// The wgmma matrix descriptor of a K-major operand in that layout starting at shared-memory
+// byte address `addr` (PTX "matrix descriptor format"): bits 0-13 start address >> 4, bits
+// 16-29 leading-dimension byte offset >> 4 (unused for swizzled K-major layouts: 1), bits
+// 32-45 stride-dimension byte offset >> 4 (1024: from one 8-row atom to the next), bits 49-51
+// base offset 0 (atoms 1024-aligned), bits 62-63 swizzle mode 1 (128 bytes). Stepping k by 16
+// elements inside the 128-byte row adds 32 bytes to the start address.
+__host__ __device__ inline uint64_t sw128_desc(uint32_t addr) {
+  return (uint64_t)((addr & 0x3FFFFu) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) |
+         ((uint64_t)1 << 62);
+}
+
+// Where accumulator register e of thread `lane` of warp `warp_in_group` lies in its
+// warpgroup's m64 x N output tile (PTX: wgmma D fragment layout for .m64nNk16 f32):
+// register 4j + {0, 1} at row 16 * warp + lane / 4, columns 8j + 2 (lane % 4) + {0, 1};
+// register 4j + {2, 3} eight rows further down.
+struct AccCoord {
+  int row, col;
+};
+__host__ __device__ inline AccCoord acc_coord(int warp_in_group, int lane, int e) {
+  const int j = e >> 2, half = (e >> 1) & 1, odd = e & 1;
+  return {16 * warp_in_group + (lane >> 2) + 8 * half, 8 * j + 2 * (lane & 3) + odd};
+}
+
+}  // namespace wgmma_detail
+
+}  // namespace kernels
