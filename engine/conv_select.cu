@@ -11,6 +11,7 @@
 #include "engine/cuda_check.h"
 #include "engine/gpu_context.h"
 #include "kernels/conv/igemm_backward.cuh"
+#include "kernels/conv/wgmma_conv.cuh"
 
 namespace cs {
 
@@ -132,15 +133,19 @@ cudaStream_t ConvSelect::stream() const {
 // and an odd filter. Alignment holds for arena buffers (256 bytes).
 bool ConvSelect::igemm_shape_ok() const { return d_.C % 8 == 0 && d_.K % 8 == 0 && d_.R % 2 == 1; }
 
-void ConvSelect::run_igemm(ConvPass pass, const Choice& c, const __half* a, const __half* b,
-                           __half* out, void* scratch) const {
+void ConvSelect::run_ours(ConvPass pass, const Choice& c, const __half* a, const __half* b,
+                          __half* out, void* scratch) const {
   const kernels::ConvDesc kd = kdesc(d_);
   switch (pass) {
     case ConvPass::kFwd:  // a = x, b = w
-      kernels::conv_forward_igemm(a, b, out, kd, c.config, stream());
+      if (c.impl == Impl::kWgmma) kernels::conv_forward_wgmma(a, b, out, kd, c.wgmma_config, stream());
+      else kernels::conv_forward_igemm(a, b, out, kd, c.config, stream());
       return;
     case ConvPass::kBwdData:  // a = dy, b = w
-      kernels::conv_backward_data_igemm(a, b, out, static_cast<__half*>(scratch), kd, c.config, stream());
+      if (c.impl == Impl::kWgmma)
+        kernels::conv_backward_data_wgmma(a, b, out, static_cast<__half*>(scratch), kd, c.wgmma_config, stream());
+      else
+        kernels::conv_backward_data_igemm(a, b, out, static_cast<__half*>(scratch), kd, c.config, stream());
       return;
     case ConvPass::kBwdFilter:  // a = x, b = dy
       kernels::conv_backward_filter_igemm(a, b, out, static_cast<float*>(scratch), kd, c.config, c.splits,
@@ -152,6 +157,7 @@ void ConvSelect::run_igemm(ConvPass pass, const Choice& c, const __half* a, cons
 void ConvSelect::autotune(__half* x, __half* w, __half* y, void* workspace, size_t max_workspace,
                           int sm_count, const std::function<void()>& refill) {
   cudaStream_t s = stream();
+  const bool wgmma = policy_ != ConvPolicy::kCudnn && kernels::wgmma_supported();
   cudnn_.autotune(x, w, y, workspace, max_workspace);
   refill();
   candidates_.clear();
@@ -198,19 +204,8 @@ void ConvSelect::autotune(__half* x, __half* w, __half* y, void* workspace, size
     candidates_.push_back(cc);
     if (policy_ == ConvPolicy::kCudnn) continue;
 
-    for (kernels::IgemmConfig config : kernels::kIgemmConfigs) {
-      Choice c;
-      c.igemm = true;
-      c.config = config;
-      const kernels::ConvDesc kd = kdesc(d_);
-      if (pass == ConvPass::kBwdFilter) {
-        c.splits = kernels::igemm_wgrad_split(kd, config, kernels::igemm_wgrad_default_splits(kd, config, sm_count)).splits;
-        c.scratch = kernels::igemm_wgrad_scratch_bytes(kd, c.splits);
-      } else if (pass == ConvPass::kBwdData) {
-        c.scratch = kernels::igemm_dgrad_scratch_bytes(kd);
-      }
-      ConvCandidate ic{pass, "igemm", kernels::igemm_config_info(config).name};
-      ic.splits = pass == ConvPass::kBwdFilter ? c.splits : 0;
+    // Validates and times one of our candidates; the fastest eligible one replaces cuDNN.
+    auto try_ours = [&](const Choice& c, ConvCandidate ic) {
       if (!igemm_shape_ok()) {
         ic.status = "shape not supported (C and K must be multiples of 8, R odd)";
       } else if (!room || c.scratch > scratch_room) {
@@ -218,7 +213,7 @@ void ConvSelect::autotune(__half* x, __half* w, __half* y, void* workspace, size
       } else {
         try {
           CUDA_CHECK(cudaMemsetAsync(cand_out, 0xFF, out_n[pi] * sizeof(__half), s));  // NaN poison
-          run_igemm(pass, c, in_a, in_b, cand_out, scratch);
+          run_ours(pass, c, in_a, in_b, cand_out, scratch);
           const Distance dist = compare_half(cand_out, ref_out, out_n[pi], partial, s);
           ic.rel_diff = dist.rel_l2;
           if (!(dist.rel_l2 <= kConvSelectTol)) {
@@ -226,7 +221,7 @@ void ConvSelect::autotune(__half* x, __half* w, __half* y, void* workspace, size
           } else if (!(dist.rel_max <= kConvSelectMaxTol)) {
             ic.status = "output differs from cuDNN (largest difference)";
           } else {
-            ic.us = time_calls([&] { run_igemm(pass, c, in_a, in_b, cand_out, scratch); }, s, kTimingSamples)
+            ic.us = time_calls([&] { run_ours(pass, c, in_a, in_b, cand_out, scratch); }, s, kTimingSamples)
                         .median_us;
             ic.status = "ok";
           }
@@ -239,6 +234,32 @@ void ConvSelect::autotune(__half* x, __half* w, __half* y, void* workspace, size
         choice_[pi] = c;
       }
       candidates_.push_back(ic);
+    };
+
+    const kernels::ConvDesc kd = kdesc(d_);
+    for (kernels::IgemmConfig config : kernels::kIgemmConfigs) {
+      Choice c;
+      c.impl = Impl::kIgemm;
+      c.config = config;
+      if (pass == ConvPass::kBwdFilter) {
+        c.splits = kernels::igemm_wgrad_split(kd, config, kernels::igemm_wgrad_default_splits(kd, config, sm_count)).splits;
+        c.scratch = kernels::igemm_wgrad_scratch_bytes(kd, c.splits);
+      } else if (pass == ConvPass::kBwdData) {
+        c.scratch = kernels::igemm_dgrad_scratch_bytes(kd);
+      }
+      ConvCandidate ic{pass, "igemm", kernels::igemm_config_info(config).name};
+      ic.splits = pass == ConvPass::kBwdFilter ? c.splits : 0;
+      try_ours(c, ic);
+    }
+    // The Hopper kernel: forward, and the input gradient through it (no weight gradient yet).
+    if (pass != ConvPass::kBwdFilter && wgmma) {
+      for (kernels::WgmmaConfig config : kernels::kWgmmaConfigs) {
+        Choice c;
+        c.impl = Impl::kWgmma;
+        c.wgmma_config = config;
+        if (pass == ConvPass::kBwdData) c.scratch = kernels::igemm_dgrad_scratch_bytes(kd);
+        try_ours(c, ConvCandidate{pass, "wgmma", kernels::wgmma_config_info(config).name});
+      }
     }
   }
   CUDA_CHECK(cudaStreamSynchronize(s));
@@ -246,27 +267,30 @@ void ConvSelect::autotune(__half* x, __half* w, __half* y, void* workspace, size
 
 size_t ConvSelect::workspace_bytes() const {
   size_t need = 0;
-  for (int pi = 0; pi < 3; pi++) need = std::max(need, choice_[pi].igemm ? choice_[pi].scratch : 0);
+  bool any_cudnn = false;
+  for (const Choice& c : choice_) {
+    if (c.impl == Impl::kCudnn) any_cudnn = true;
+    else need = std::max(need, c.scratch);
+  }
   // cuDNN's need covers its three chosen algorithms; only counted if some pass uses cuDNN.
-  const bool any_cudnn = !choice_[0].igemm || !choice_[1].igemm || !choice_[2].igemm;
   return std::max(need, any_cudnn ? cudnn_.workspace_bytes() : 0);
 }
 
 void ConvSelect::forward(const __half* x, const __half* w, __half* y, void* workspace) const {
   const Choice& c = choice_[0];
-  if (c.igemm) run_igemm(ConvPass::kFwd, c, x, w, y, workspace);
+  if (c.impl != Impl::kCudnn) run_ours(ConvPass::kFwd, c, x, w, y, workspace);
   else cudnn_.forward(x, w, y, workspace);
 }
 
 void ConvSelect::backward_data(const __half* dy, const __half* w, __half* dx, void* workspace) const {
   const Choice& c = choice_[1];
-  if (c.igemm) run_igemm(ConvPass::kBwdData, c, dy, w, dx, workspace);
+  if (c.impl != Impl::kCudnn) run_ours(ConvPass::kBwdData, c, dy, w, dx, workspace);
   else cudnn_.backward_data(dy, w, dx, workspace);
 }
 
 void ConvSelect::backward_filter(const __half* x, const __half* dy, __half* dw, void* workspace) const {
   const Choice& c = choice_[2];
-  if (c.igemm) run_igemm(ConvPass::kBwdFilter, c, x, dy, dw, workspace);
+  if (c.impl != Impl::kCudnn) run_ours(ConvPass::kBwdFilter, c, x, dy, dw, workspace);
   else cudnn_.backward_filter(x, dy, dw, workspace);
 }
 
@@ -277,8 +301,10 @@ std::string ConvSelect::chosen() const {
     const Choice& c = choice_[pi];
     if (!s.empty()) s += " ";
     s += std::string(conv_pass_name(static_cast<ConvPass>(pi))) + "=";
-    if (!c.igemm) {
+    if (c.impl == Impl::kCudnn) {
       s += "cudnn:" + algos[pi];
+    } else if (c.impl == Impl::kWgmma) {
+      s += std::string("wgmma:") + kernels::wgmma_config_info(c.wgmma_config).name;
     } else {
       s += std::string("igemm:") + kernels::igemm_config_info(c.config).name;
       if (pi == 2) s += "/splits=" + std::to_string(c.splits);

@@ -1,5 +1,6 @@
 // Per-layer choice between cuDNN and the hand-written implicit-GEMM kernels
-// (kernels/conv/implicit_gemm.cuh, kernels/conv/igemm_backward.cuh), made once at setup.
+// (kernels/conv/implicit_gemm.cuh, kernels/conv/igemm_backward.cuh, and on Hopper
+// kernels/conv/wgmma_conv.cuh for the forward and the input gradient), made once at setup.
 //
 // For each pass of one convolution shape (forward, input gradient, weight gradient) autotune()
 // times cuDNN's chosen deterministic algorithm (engine/conv_cudnn.h) and every igemm tile
@@ -20,11 +21,13 @@
 
 #include "engine/conv_cudnn.h"
 #include "kernels/conv/implicit_gemm.cuh"
+#include "kernels/conv/wgmma_conv.cuh"
 
 namespace cs {
 
-// auto: the fastest eligible candidate; cudnn: cuDNN only (igemm not even timed); igemm: the
-// fastest eligible igemm candidate, cuDNN only where none is eligible.
+// auto: the fastest eligible candidate; cudnn: cuDNN only (ours not even timed); igemm: the
+// fastest eligible one of ours (the mma.sync igemm kernels, and on Hopper the wgmma ones),
+// cuDNN only where none is eligible.
 enum class ConvPolicy { kAuto, kCudnn, kIgemm };
 const char* conv_policy_name(ConvPolicy p);
 // "auto" | "cudnn" | "igemm"; false for anything else.
@@ -44,8 +47,8 @@ const char* conv_pass_name(ConvPass p);  // "fwd", "bwd_data", "bwd_filter"
 
 struct ConvCandidate {
   ConvPass pass;
-  std::string kernel;  // "cudnn" | "igemm"
-  std::string config;  // cuDNN's algorithm name or the igemm tile config
+  std::string kernel;  // "cudnn" | "igemm" | "wgmma"
+  std::string config;  // cuDNN's algorithm name or our tile config
   int splits = 0;      // igemm bwd_filter: split-K slabs
   double us = -1;      // median time per call; < 0 when not timed
   double rel_diff = 0; // igemm: rel. L2 distance to cuDNN's output
@@ -76,22 +79,24 @@ class ConvSelect {
 
   const ConvDesc& desc() const { return d_; }
   ConvPolicy policy() const { return policy_; }
-  // e.g. "fwd=igemm:128x128x32_s4 bwd_data=cudnn:ALGO_1 bwd_filter=igemm:64x64x32_s4/splits=24"
+  // e.g. "fwd=wgmma:wgmma_128x128x64_s4 bwd_data=cudnn:ALGO_1 bwd_filter=igemm:64x64x32_s4/splits=24"
   std::string chosen() const;
   // Every candidate autotune() considered, in the order tried (cuDNN's chosen one first per pass).
   const std::vector<ConvCandidate>& candidates() const { return candidates_; }
 
  private:
+  enum class Impl { kCudnn, kIgemm, kWgmma };
   struct Choice {
-    bool igemm = false;
-    kernels::IgemmConfig config = kernels::IgemmConfig::k128x128x32s4;
-    int splits = 1;
-    size_t scratch = 0;  // igemm scratch bytes
+    Impl impl = Impl::kCudnn;
+    kernels::IgemmConfig config = kernels::IgemmConfig::k128x128x32s4;   // kIgemm
+    kernels::WgmmaConfig wgmma_config = kernels::WgmmaConfig::k128x128x64s4;  // kWgmma
+    int splits = 1;      // kIgemm weight gradient
+    size_t scratch = 0;  // our kernels' scratch bytes
   };
   cudaStream_t stream() const;
   bool igemm_shape_ok() const;
-  void run_igemm(ConvPass pass, const Choice& c, const __half* a, const __half* b, __half* out,
-                 void* scratch) const;
+  void run_ours(ConvPass pass, const Choice& c, const __half* a, const __half* b, __half* out,
+                void* scratch) const;
 
   cudnnHandle_t handle_;
   ConvDesc d_;

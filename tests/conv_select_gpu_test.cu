@@ -65,10 +65,18 @@ TEST_CASE("conv selection: chosen passes agree with cuDNN under every policy", "
       refill();
       const std::string chosen = sel.chosen();
       std::printf("conv_select %s: %s\n", cs::conv_policy_name(policy), chosen.c_str());
-      if (policy == cs::ConvPolicy::kCudnn) CHECK(chosen.find("igemm") == std::string::npos);
-      // One cuDNN candidate per pass, plus one per igemm config unless the policy is cudnn.
-      const size_t per_pass = policy == cs::ConvPolicy::kCudnn ? 1 : 1 + std::size(kernels::kIgemmConfigs);
-      CHECK(sel.candidates().size() == 3 * per_pass);
+      if (policy == cs::ConvPolicy::kCudnn) {
+        CHECK(chosen.find("igemm") == std::string::npos);
+        CHECK(chosen.find("wgmma") == std::string::npos);
+      }
+      // One cuDNN candidate per pass, plus unless the policy is cudnn one per igemm config, and
+      // on Hopper one per wgmma config for the forward and the input gradient.
+      size_t expected = 3;
+      if (policy != cs::ConvPolicy::kCudnn) {
+        expected += 3 * std::size(kernels::kIgemmConfigs);
+        if (kernels::wgmma_supported()) expected += 2 * std::size(kernels::kWgmmaConfigs);
+      }
+      CHECK(sel.candidates().size() == expected);
       for (const cs::ConvCandidate& c : sel.candidates()) {
         INFO(cs::conv_pass_name(c.pass) << " " << c.kernel << " " << c.config << ": " << c.status);
         CHECK(c.status == "ok");  // every shape here suits every kernel

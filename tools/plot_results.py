@@ -145,7 +145,9 @@ def plot_igemm_vs_cudnn(path, rec, out, plt):
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 5), sharey=True)
     for ax, p in zip(axes, ["fwd", "bwd_data", "bwd_filter"]):
-        series = [("cuDNN", "cudnn", "none"), ("igemm", "igemm", "none")]
+        series = [("cuDNN", "cudnn", "none"), ("igemm (mma.sync)", "igemm", "none")]
+        if any(r["kernel"] == "wgmma" for r in results):
+            series.append(("wgmma (Hopper)", "wgmma", "none"))
         if p == "fwd":
             series.append(("igemm conv+pool (fused)", "igemm", "pool"))
         width = 0.8 / len(series)
@@ -157,7 +159,7 @@ def plot_igemm_vs_cudnn(path, rec, out, plt):
                     continue
                 xs.append(i + k * width)
                 ys.append(r["tflops"])
-                notes.append(f"{r['speedup_vs_cudnn']:.2f}x" if kernel == "igemm" and "speedup_vs_cudnn" in r
+                notes.append(f"{r['speedup_vs_cudnn']:.2f}x" if kernel != "cudnn" and "speedup_vs_cudnn" in r
                              else "")
             bars = ax.bar(xs, ys, width=width, label=label)
             for bar, note in zip(bars, notes):
