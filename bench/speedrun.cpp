@@ -79,9 +79,10 @@ options:
   --save FILE             after the runs, save the weight-averaged model of the last run as
                           a safetensors checkpoint (atomically)
   --eval-every-epoch      evaluate the averaged model after every epoch (untimed)
-  --conv-kernels K        GPU convolutions: auto (default: per layer and pass the fastest of
-                          cuDNN and our implicit-GEMM kernels that agree with cuDNN), cudnn,
-                          or igemm (ours wherever they are eligible)
+  --conv-kernels K        GPU convolutions: cudnn (default, until our kernels have passed
+                          their GPU tests), auto (per layer and pass the fastest of cuDNN and
+                          our implicit-GEMM kernels that agree with cuDNN), or igemm (ours
+                          wherever they are eligible)
   --fused-pool            GPU: fuse conv + 2x2 max-pool (+ argmax, BN sums) for the pooled
                           layers (our kernels; off by default until measured)
   --fused-stats           GPU: ghost-BN sums in the conv's epilogue for the other layers
@@ -144,7 +145,7 @@ struct InputError : std::runtime_error {
 
 struct Options {
   std::string device = "auto";
-  std::string conv_kernels = "auto";  // --conv-kernels (GPU engine)
+  std::string conv_kernels = "cudnn";  // --conv-kernels (GPU engine)
   bool fused_pool = false;            // --fused-pool (GPU engine)
   bool fused_stats = false;           // --fused-stats (GPU engine)
   net::Recipe recipe;

@@ -18,8 +18,9 @@ struct TrainConfig {
   Recipe recipe;
   bool eval_every_epoch = false;  // untimed per-epoch test accuracy (TTA), for curves
   // GPU engine: which convolution implementations the per-layer selection may use,
-  // "auto" | "cudnn" | "igemm" (engine/conv_select.h). Ignored by the CPU engine.
-  std::string conv_kernels = "auto";
+  // "auto" | "cudnn" | "igemm" (engine/conv_select.h). Ignored by the CPU engine. cuDNN by
+  // default until our kernels have passed their GPU tests (docs/conv_kernels.md).
+  std::string conv_kernels = "cudnn";
   // GPU engine: the fused conv + max-pool forward for the pooled layers (Resnet9Gpu::Options).
   bool fused_pool = false;
   // GPU engine: the conv's ghost-BN-sums epilogue for the unpooled units (Resnet9Gpu::Options).

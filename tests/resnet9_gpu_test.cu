@@ -177,20 +177,23 @@ TEST_CASE("resnet9 GPU training step matches the CPU reference within its noise 
   const net::Layout& L = cpu.layout();
   const std::vector<float> params0 = cpu.params;
 
-  // The forward paths: conv -> pool_bn_celu everywhere (0); the pooled layers with the fused conv
-  // + max-pool (argmax, BN sums in the conv's epilogue), BN from the sums and backward via the
-  // argmax (1); and also the other layers with the BN sums in the conv's epilogue (2).
+  // The engine's variants: cuDNN convolutions and conv -> pool_bn_celu everywhere (0); the
+  // per-layer selection between cuDNN and our conv kernels, and the pooled layers with the fused
+  // conv + max-pool (argmax, BN sums in the conv's epilogue), BN from the sums and backward via
+  // the argmax (1); our conv kernels wherever eligible, and the other layers with the BN sums in
+  // the conv's epilogue too (2).
   const int fusion = GENERATE(0, 1, 2);
-  INFO("fusion " << fusion);
+  INFO("variant " << fusion);
   net::Resnet9Gpu::Options options;
+  options.conv_policy = fusion == 0 ? cs::ConvPolicy::kCudnn : fusion == 1 ? cs::ConvPolicy::kAuto : cs::ConvPolicy::kIgemm;
   options.fused_pool = fusion >= 1;
   options.fused_stats = fusion >= 2;
   cs::GpuContext ctx;
   cs::Arena arena(kTestArenaBytes);
   net::Resnet9Gpu gpu(ctx, arena, r, /*steps_per_epoch=*/1, options);
-  std::printf("resnet9 gpu test (fusion %d): arena peak %s, graph: %s\n%s", fusion,
+  std::printf("resnet9 gpu test (variant %d): arena peak %s, graph: %s\n%s%s", fusion,
               cs::format_bytes(arena.peak_bytes()).c_str(), gpu.graph_note().c_str(),
-              gpu.fused_choice().c_str());
+              gpu.conv_algorithms().c_str(), gpu.fused_choice().c_str());
   if (fusion > 0) CHECK(gpu.fused_choice().find("not fused") == std::string::npos);
   gpu.set_params(cpu.params);
   gpu.set_running_stats(cpu.running_mean, cpu.running_var);
@@ -273,9 +276,10 @@ TEST_CASE("resnet9 GPU step is deterministic: graph replay equals direct launche
   init.init(9);
   init.compute_whitening(x.data(), kBatch);
 
-  const int fusion = GENERATE(0, 1, 2);  // as in the CPU comparison above
-  INFO("fusion " << fusion);
+  const int fusion = GENERATE(0, 1, 2);  // the variants of the CPU comparison above
+  INFO("variant " << fusion);
   net::Resnet9Gpu::Options options;
+  options.conv_policy = fusion == 0 ? cs::ConvPolicy::kCudnn : fusion == 1 ? cs::ConvPolicy::kAuto : cs::ConvPolicy::kIgemm;
   options.fused_pool = fusion >= 1;
   options.fused_stats = fusion >= 2;
   cs::GpuContext ctx;
