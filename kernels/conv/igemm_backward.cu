@@ -25,6 +25,7 @@
 #include <string>
 
 #include "kernels/common.cuh"
+#include "kernels/conv/igemm_loader.cuh"
 #include "kernels/conv/ptx_sm80.cuh"
 
 namespace kernels {
@@ -285,18 +286,6 @@ __global__ void conv_wgrad_reduce_kernel(const float* __restrict__ partials, __h
 
 bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
 
-// The shape rules every implicit-GEMM pass shares (see the header).
-void require_shape(const char* fn, const ConvDesc& d) {
-  require(d.N > 0 && d.H > 0 && d.W > 0 && d.C > 0 && d.K > 0, fn, "every dimension must be positive");
-  require(d.R > 0 && d.R % 2 == 1, fn, "R must be odd (pad (R - 1) / 2 keeps the size)");
-  require(d.C % 8 == 0, fn, "C must be a multiple of 8 (16-byte vectors of 8 fp16 channels)");
-  require(d.K % 8 == 0, fn, "K must be a multiple of 8 (16-byte vectors of 8 fp16 channels)");
-  const long long pixels = (long long)d.N * d.H * d.W;
-  const long long int_max = 2147483647LL;
-  require(pixels * d.C <= int_max && pixels * d.K <= int_max &&
-              (long long)d.K * d.R * d.R * d.C <= int_max,
-          fn, "tensors must have fewer than 2^31 elements (32-bit indexing)");
-}
 
 template <class T>
 void launch_wgrad_tile(const WgradParams& p, int splits, cudaStream_t stream) {
@@ -336,7 +325,7 @@ size_t igemm_dgrad_scratch_bytes(const ConvDesc& d) {
 void conv_backward_data_igemm(const __half* dy, const __half* w, __half* dx, __half* wt_scratch,
                               const ConvDesc& d, IgemmConfig config, cudaStream_t stream) {
   const char* fn = "conv_backward_data_igemm";
-  require_shape(fn, d);
+  igemm_detail::require_igemm_shape(fn, d);
   require(dy != nullptr && w != nullptr && dx != nullptr && wt_scratch != nullptr, fn, "null tensor");
   require(aligned16(dy) && aligned16(w) && aligned16(dx) && aligned16(wt_scratch), fn,
           "dy, w, dx and wt_scratch must be 16-byte aligned");
@@ -380,7 +369,7 @@ void conv_backward_filter_igemm(const __half* x, const __half* dy, __half* dw, f
                                 const ConvDesc& d, IgemmConfig config, int splits,
                                 cudaStream_t stream) {
   const char* fn = "conv_backward_filter_igemm";
-  require_shape(fn, d);
+  igemm_detail::require_igemm_shape(fn, d);
   require(x != nullptr && dy != nullptr && dw != nullptr && partials != nullptr, fn, "null tensor");
   require(aligned16(x) && aligned16(dy) && aligned16(dw) && aligned16(partials), fn,
           "x, dy, dw and partials must be 16-byte aligned");

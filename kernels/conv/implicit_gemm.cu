@@ -26,6 +26,7 @@
 #include <string>
 
 #include "kernels/common.cuh"
+#include "kernels/conv/igemm_loader.cuh"
 #include "kernels/conv/ptx_sm80.cuh"
 
 namespace kernels {
@@ -104,75 +105,21 @@ using Tile128x128x64 = IgemmTile<128, 128, 64, 64, 32, 3, 2>;
 using Tile128x64x32 = IgemmTile<128, 64, 32, 64, 32, 4, 2>;
 using Tile64x64x32 = IgemmTile<64, 64, 32, 32, 32, 4, 4>;
 
-struct IgemmParams {
-  const __half* x;  // [N][H][W][C]
-  const __half* w;  // [K][R][R][C] = B^T, [K][Kg]
-  __half* y;        // [N][H][W][K] = [M][K]; with the pool epilogue [N][H/2][W/2][K] = [M/4][K]
-  uint8_t* argmax;  // pool epilogue only, may be null: [M/4][K]
-  float* partials;  // stats only: [2][gridDim.y][K] (sums, then sums of squares)
-  int H, W, C, K, R, pad;
-  int M;   // N * H * W
-  int Kg;  // R * R * C
-};
+using igemm_detail::IgemmParams;
 
-// ------------------------------------------------------------------------------ the loaders
-
-// Copies one BlockK slice of A and of B into a pipeline stage. Each thread owns a fixed 16-byte
-// chunk column (so one FilterTap serves all its A rows) and kARows / kBRows rows; the output
-// pixel of each A row is decoded once, at construction.
+// Where a stage's (row, chunk) lives: sA [BlockM][kStride] then sB [BlockN][kStride] halves,
+// rows padded to an odd number of 16-byte units (see the top of this file).
 template <class T>
-struct TileLoader {
-  int chunk, row0;
-  int k;          // first GEMM column of this thread's chunk in the next slice
-  FilterTap tap;  // the filter tap of column k
-  int a_m[T::kARows], a_oh[T::kARows], a_ow[T::kARows];
-  bool a_ok[T::kARows];
-  int b_off[T::kBRows];  // offset of filter row n in w (n * Kg)
-  bool b_ok[T::kBRows];
-
-  __device__ TileLoader(const IgemmParams& p, int m0, int n0) {
-    chunk = threadIdx.x % T::kChunksK;
-    row0 = threadIdx.x / T::kChunksK;
-    k = chunk * 8;
-    tap.init(k, p.C, p.R);
-#pragma unroll
-    for (int i = 0; i < T::kARows; i++) {
-      const int m = m0 + row0 + i * T::kRowStep;
-      a_ok[i] = m < p.M;
-      a_m[i] = a_ok[i] ? m : 0;
-      a_ow[i] = a_m[i] % p.W;
-      a_oh[i] = (a_m[i] / p.W) % p.H;
-    }
-#pragma unroll
-    for (int i = 0; i < T::kBRows; i++) {
-      const int n = n0 + row0 + i * T::kRowStep;
-      b_ok[i] = n < p.K;
-      b_off[i] = b_ok[i] ? n * p.Kg : 0;
-    }
+struct PaddedLayout {
+  static __device__ __forceinline__ uint32_t a_dst(uint32_t stage, int row, int chunk) {
+    return stage + (uint32_t)(row * T::kStride + chunk * 8) * 2;
   }
-
-  // Issues the copies of the next slice into `stage` (sA then sB) and steps to the slice after.
-  __device__ void load(const IgemmParams& p, __half* stage) {
-    __half* sA = stage;
-    __half* sB = stage + T::kBlockM * T::kStride;
-    const bool k_ok = k < p.Kg;  // Kg % 8 == 0: a chunk is wholly inside or wholly past the end
-#pragma unroll
-    for (int i = 0; i < T::kARows; i++) {
-      const int off = (a_ok[i] && k_ok) ? a_offset(a_m[i], a_oh[i], a_ow[i], tap, p.H, p.W, p.C, p.pad)
-                                        : -1;
-      const int row = row0 + i * T::kRowStep;
-      cp_async_16(smem_addr(sA + row * T::kStride + chunk * 8), p.x + (off >= 0 ? off : 0), off >= 0);
-    }
-#pragma unroll
-    for (int i = 0; i < T::kBRows; i++) {
-      const bool ok = b_ok[i] && k_ok;
-      const int row = row0 + i * T::kRowStep;
-      cp_async_16(smem_addr(sB + row * T::kStride + chunk * 8), p.w + (ok ? b_off[i] + k : 0), ok);
-    }
-    k += T::kBlockK;
-    tap.advance(T::kBlockK, p.C, p.R);
+  static __device__ __forceinline__ uint32_t b_dst(uint32_t stage, int row, int chunk) {
+    return stage + (uint32_t)((T::kBlockM + row) * T::kStride + chunk * 8) * 2;
   }
 };
+template <class T>
+using TileLoader = igemm_detail::TileLoader<T, PaddedLayout<T>>;
 
 // -------------------------------------------------------------------------------- the warps
 
@@ -230,7 +177,7 @@ __global__ void __launch_bounds__(T::kThreads, T::kMinBlocks)
   // so the wait count below is the same in every iteration.
 #pragma unroll
   for (int s = 0; s < T::kStages - 1; s++) {
-    if (s < k_tiles) loader.load(p, smem + s * T::kStageHalves);
+    if (s < k_tiles) loader.load(p, smem_addr(smem + s * T::kStageHalves));
     cp_async_commit();
   }
 
@@ -249,7 +196,7 @@ __global__ void __launch_bounds__(T::kThreads, T::kMinBlocks)
     cp_async_wait<T::kStages - 2>();
     __syncthreads();
     const int next = kt + T::kStages - 1;
-    if (next < k_tiles) loader.load(p, smem + (next % T::kStages) * T::kStageHalves);
+    if (next < k_tiles) loader.load(p, smem_addr(smem + (next % T::kStages) * T::kStageHalves));
     cp_async_commit();
     warp_mma_stage<T>(smem + (kt % T::kStages) * T::kStageHalves, warp_m0, warp_n0, lane, acc);
   }
@@ -433,37 +380,9 @@ IgemmConfigInfo info_of(const char* name) {
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
-// The preconditions of conv_forward_igemm (see the header), and the kernel's parameters.
 IgemmParams make_params(const char* fn, const __half* x, const __half* w, __half* y,
                         const ConvDesc& d, const IgemmConfigInfo& cfg) {
-  require(d.N > 0 && d.H > 0 && d.W > 0 && d.C > 0 && d.K > 0, fn, "every dimension must be positive");
-  require(d.R > 0 && d.R % 2 == 1, fn, "R must be odd (pad (R - 1) / 2 keeps the size)");
-  require(d.C % 8 == 0, fn, "C must be a multiple of 8 (16-byte loads of 8 fp16 channels)");
-  require(d.K % 8 == 0, fn, "K must be a multiple of 8 (16-byte stores of 8 fp16 channels)");
-  require(x != nullptr && w != nullptr && y != nullptr, fn, "null tensor");
-  require(aligned16(x) && aligned16(w) && aligned16(y), fn, "x, w and y must be 16-byte aligned");
-  const long long pixels = (long long)d.N * d.H * d.W;
-  const long long int_max = 2147483647LL;
-  require(pixels * d.C <= int_max && pixels * d.K <= int_max &&
-              (long long)d.K * d.R * d.R * d.C <= int_max,
-          fn, "tensors must have fewer than 2^31 elements (32-bit indexing)");
-  require(ceil_div(pixels, (long long)cfg.block_m) <= 65535, fn,
-          "too many output pixels for the grid's y dimension (ceil(N*H*W / BlockM) > 65535)");
-  IgemmParams p{};
-  p.x = x;
-  p.w = w;
-  p.y = y;
-  p.argmax = nullptr;
-  p.partials = nullptr;
-  p.H = d.H;
-  p.W = d.W;
-  p.C = d.C;
-  p.K = d.K;
-  p.R = d.R;
-  p.pad = (d.R - 1) / 2;
-  p.M = (int)pixels;
-  p.Kg = d.R * d.R * d.C;
-  return p;
+  return igemm_detail::make_igemm_params(fn, x, w, y, d, cfg.block_m);
 }
 
 template <class T, bool kStats, bool kPool>
@@ -517,6 +436,47 @@ void launch_stats_reduce(const IgemmStats& stats, const ConvDesc& d, int grid_m,
 }
 
 }  // namespace
+
+namespace igemm_detail {
+
+void require_igemm_shape(const char* fn, const ConvDesc& d) {
+  require(d.N > 0 && d.H > 0 && d.W > 0 && d.C > 0 && d.K > 0, fn, "every dimension must be positive");
+  require(d.R > 0 && d.R % 2 == 1, fn, "R must be odd (pad (R - 1) / 2 keeps the size)");
+  require(d.C % 8 == 0, fn, "C must be a multiple of 8 (16-byte vectors of 8 fp16 channels)");
+  require(d.K % 8 == 0, fn, "K must be a multiple of 8 (16-byte vectors of 8 fp16 channels)");
+  const long long pixels = (long long)d.N * d.H * d.W;
+  const long long int_max = 2147483647LL;
+  require(pixels * d.C <= int_max && pixels * d.K <= int_max &&
+              (long long)d.K * d.R * d.R * d.C <= int_max,
+          fn, "tensors must have fewer than 2^31 elements (32-bit indexing)");
+}
+
+IgemmParams make_igemm_params(const char* fn, const __half* x, const __half* w, __half* y,
+                              const ConvDesc& d, int block_m) {
+  require_igemm_shape(fn, d);
+  require(x != nullptr && w != nullptr && y != nullptr, fn, "null tensor");
+  require(aligned16(x) && aligned16(w) && aligned16(y), fn, "x, w and y must be 16-byte aligned");
+  const long long pixels = (long long)d.N * d.H * d.W;
+  require(ceil_div(pixels, (long long)block_m) <= 65535, fn,
+          "too many output pixels for the grid's y dimension (ceil(N*H*W / BlockM) > 65535)");
+  IgemmParams p{};
+  p.x = x;
+  p.w = w;
+  p.y = y;
+  p.argmax = nullptr;
+  p.partials = nullptr;
+  p.H = d.H;
+  p.W = d.W;
+  p.C = d.C;
+  p.K = d.K;
+  p.R = d.R;
+  p.pad = (d.R - 1) / 2;
+  p.M = (int)pixels;
+  p.Kg = d.R * d.R * d.C;
+  return p;
+}
+
+}  // namespace igemm_detail
 
 IgemmConfigInfo igemm_config_info(IgemmConfig config) {
   switch (config) {

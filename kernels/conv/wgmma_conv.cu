@@ -20,14 +20,13 @@
 
 #include "kernels/common.cuh"
 #include "kernels/conv/igemm_backward.cuh"
+#include "kernels/conv/igemm_loader.cuh"
 #include "kernels/conv/ptx_sm80.cuh"
 
 namespace kernels {
 
 namespace {
 
-using igemm_detail::a_offset;
-using igemm_detail::FilterTap;
 using wgmma_detail::acc_coord;
 using wgmma_detail::sw128_desc;
 using wgmma_detail::sw128_offset;
@@ -145,8 +144,8 @@ struct WgTile {
   static constexpr int kBlockM = 128, kBlockN = BlockN, kBlockK = 64, kStages = 4;
   static constexpr int kThreads = 256;         // two warpgroups, 64 rows each
   static constexpr int kRowBytes = 128;        // one 64-element fp16 row per pixel / filter
-  static constexpr int kChunks = 8;            // 16-byte chunks per row
-  static constexpr int kRowStep = kThreads / kChunks;  // rows per loader pass: 32
+  static constexpr int kChunksK = 8;           // 16-byte chunks per row
+  static constexpr int kRowStep = kThreads / kChunksK;  // rows per loader pass: 32
   static constexpr int kARows = kBlockM / kRowStep, kBRows = BlockN / kRowStep;
   static constexpr int kABytes = kBlockM * kRowBytes, kBBytes = BlockN * kRowBytes;
   static constexpr int kStageBytes = kABytes + kBBytes;  // a multiple of 1024: atoms stay aligned
@@ -160,63 +159,17 @@ struct WgTile {
   static_assert(kStageBytes % 1024 == 0 && kABytes % 1024 == 0, "1024-byte swizzle atoms");
 };
 
-struct WgParams {
-  const __half* x;  // [N][H][W][C]
-  const __half* w;  // [K][R][R][C]
-  __half* y;        // [M][K]
-  int H, W, C, K, R, pad;
-  int M;   // N * H * W
-  int Kg;  // R * R * C
-};
+using igemm_detail::IgemmParams;
 
-// cp.async loader of one 64-wide K slice into a stage (sA at `stage`, sB after it), swizzled.
-// Thread t owns chunk column t % 8 (one filter tap for all its A rows, decoded once) of rows
-// t / 8 + 32 i, as the mma.sync kernel's loader.
+// Where a stage's (row, chunk) lives: sA [128 rows] then sB [BlockN rows] of 128 bytes each,
+// in the 128-byte swizzle (wgmma_detail::sw128_offset).
 template <class T>
-struct WgLoader {
-  int chunk, row0, k;
-  FilterTap tap;
-  int a_m[T::kARows], a_oh[T::kARows], a_ow[T::kARows];
-  bool a_ok[T::kARows];
-  int b_off[T::kBRows];
-  bool b_ok[T::kBRows];
-
-  __device__ WgLoader(const WgParams& p, int m0, int n0) {
-    chunk = threadIdx.x % T::kChunks;
-    row0 = threadIdx.x / T::kChunks;
-    k = chunk * 8;
-    tap.init(k, p.C, p.R);
-#pragma unroll
-    for (int i = 0; i < T::kARows; i++) {
-      const int m = m0 + row0 + i * T::kRowStep;
-      a_ok[i] = m < p.M;
-      a_m[i] = a_ok[i] ? m : 0;
-      a_ow[i] = a_m[i] % p.W;
-      a_oh[i] = (a_m[i] / p.W) % p.H;
-    }
-#pragma unroll
-    for (int i = 0; i < T::kBRows; i++) {
-      const int n = n0 + row0 + i * T::kRowStep;
-      b_ok[i] = n < p.K;
-      b_off[i] = b_ok[i] ? n * p.Kg : 0;
-    }
+struct Sw128Layout {
+  static __device__ __forceinline__ uint32_t a_dst(uint32_t stage, int row, int chunk) {
+    return stage + sw128_offset(row, chunk);
   }
-
-  __device__ void load(const WgParams& p, uint32_t stage) {
-    const bool k_ok = k < p.Kg;  // Kg % 8 == 0: a chunk is wholly inside or past the end
-#pragma unroll
-    for (int i = 0; i < T::kARows; i++) {
-      const int off = (a_ok[i] && k_ok) ? a_offset(a_m[i], a_oh[i], a_ow[i], tap, p.H, p.W, p.C, p.pad) : -1;
-      ptx::cp_async_16(stage + sw128_offset(row0 + i * T::kRowStep, chunk), p.x + (off >= 0 ? off : 0), off >= 0);
-    }
-#pragma unroll
-    for (int i = 0; i < T::kBRows; i++) {
-      const bool ok = b_ok[i] && k_ok;
-      ptx::cp_async_16(stage + T::kABytes + sw128_offset(row0 + i * T::kRowStep, chunk),
-                       p.w + (ok ? b_off[i] + k : 0), ok);
-    }
-    k += T::kBlockK;
-    tap.advance(T::kBlockK, p.C, p.R);
+  static __device__ __forceinline__ uint32_t b_dst(uint32_t stage, int row, int chunk) {
+    return stage + T::kABytes + sw128_offset(row, chunk);
   }
 };
 
@@ -225,7 +178,7 @@ struct WgLoader {
 // Grid: x over output-channel tiles, y over 128-pixel tiles. One block per SM at a time is
 // enough to keep the tensor cores busy with wgmma (__launch_bounds__(256, 1)).
 template <class T>
-__global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const WgParams p) {
+__global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const IgemmParams p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t raw = ptx::smem_addr(smem_raw);
   const uint32_t base = (raw + 1023u) & ~1023u;  // swizzle atoms need 1024-byte alignment
@@ -235,7 +188,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const Wg
   const int n0 = blockIdx.x * T::kBlockN, m0 = blockIdx.y * T::kBlockM;
   const int k_tiles = ceil_div(p.Kg, T::kBlockK);
 
-  WgLoader<T> loader(p, m0, n0);
+  igemm_detail::TileLoader<T, Sw128Layout<T>> loader(p, m0, n0);
 #pragma unroll
   for (int s = 0; s < T::kStages - 1; s++) {
     if (s < k_tiles) loader.load(p, base + s * T::kStageBytes);
@@ -298,10 +251,9 @@ IgemmConfigInfo info_of(const char* name) {
   return {name, T::kBlockM, T::kBlockN, T::kBlockK, 16, T::kBlockN, T::kStages, T::kThreads, T::kSmemBytes};
 }
 
-bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
 
 template <class T>
-void launch_tile(const WgParams& p, cudaStream_t stream) {
+void launch_tile(const IgemmParams& p, cudaStream_t stream) {
   auto* kernel = conv_fwd_wgmma_kernel<T>;
   static const cudaError_t attr =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)T::kSmemBytes);
@@ -348,31 +300,8 @@ void conv_forward_wgmma(const __half* x, const __half* w, __half* y, const ConvD
                         cudaStream_t stream) {
   const char* fn = "conv_forward_wgmma";
   const IgemmConfigInfo cfg = wgmma_config_info(config);
-  require(d.N > 0 && d.H > 0 && d.W > 0 && d.C > 0 && d.K > 0, fn, "every dimension must be positive");
-  require(d.R > 0 && d.R % 2 == 1, fn, "R must be odd (pad (R - 1) / 2 keeps the size)");
-  require(d.C % 8 == 0, fn, "C must be a multiple of 8 (16-byte loads of 8 fp16 channels)");
-  require(d.K % 8 == 0, fn, "K must be a multiple of 8 (16-byte stores of 8 fp16 channels)");
-  require(x != nullptr && w != nullptr && y != nullptr, fn, "null tensor");
-  require(aligned16(x) && aligned16(w) && aligned16(y), fn, "x, w and y must be 16-byte aligned");
-  const long long pixels = (long long)d.N * d.H * d.W;
-  const long long int_max = 2147483647LL;
-  require(pixels * d.C <= int_max && pixels * d.K <= int_max && (long long)d.K * d.R * d.R * d.C <= int_max, fn,
-          "tensors must have fewer than 2^31 elements (32-bit indexing)");
-  require(ceil_div(pixels, (long long)cfg.block_m) <= 65535, fn,
-          "too many output pixels for the grid's y dimension (ceil(N*H*W / 128) > 65535)");
+  const IgemmParams p = igemm_detail::make_igemm_params(fn, x, w, y, d, cfg.block_m);
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
-  WgParams p{};
-  p.x = x;
-  p.w = w;
-  p.y = y;
-  p.H = d.H;
-  p.W = d.W;
-  p.C = d.C;
-  p.K = d.K;
-  p.R = d.R;
-  p.pad = (d.R - 1) / 2;
-  p.M = (int)pixels;
-  p.Kg = d.R * d.R * d.C;
   switch (config) {
     case WgmmaConfig::k128x128x64s4: return launch_tile<Wg128>(p, stream);
     case WgmmaConfig::k128x64x64s4: return launch_tile<Wg64>(p, stream);
