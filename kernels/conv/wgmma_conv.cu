@@ -129,6 +129,17 @@ __device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t desc_a,
 #endif
 }
 
+// The accumulators are asm operands of wgmma.mma_async, which keeps writing them after the
+// instruction issues; to the compiler they are final once the asm statement returns. This empty
+// asm "modifies" each of them, so no read of an accumulator is moved before the wait that
+// precedes it, and no write after it moves into the MMAs' window (CUTLASS's
+// warpgroup_fence_operand).
+template <int N>
+__device__ __forceinline__ void fence_operands(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+
 template <int N>
 __device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b) {
   if constexpr (N == 128)
@@ -211,12 +222,14 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const Ig
 
     const uint32_t stage = base + (kt % T::kStages) * T::kStageBytes;
     const uint32_t a_addr = stage + group * 64 * T::kRowBytes, b_addr = stage + T::kABytes;
+    fence_operands(acc);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < T::kBlockK / 16; kk++)
       wgmma_m64k16<T::kBlockN>(acc, sw128_desc(a_addr + kk * 32), sw128_desc(b_addr + kk * 32));
     wgmma_commit();
     wgmma_wait<0>();
+    fence_operands(acc);
   }
   ptx::cp_async_wait<0>();
   __syncthreads();  // every warpgroup is done with the stages before sC overwrites them
@@ -250,7 +263,6 @@ template <class T>
 IgemmConfigInfo info_of(const char* name) {
   return {name, T::kBlockM, T::kBlockN, T::kBlockK, 16, T::kBlockN, T::kStages, T::kThreads, T::kSmemBytes};
 }
-
 
 template <class T>
 void launch_tile(const IgemmParams& p, cudaStream_t stream) {
