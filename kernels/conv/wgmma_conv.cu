@@ -9,7 +9,7 @@
 //   2. once a slice has landed (cp.async.wait_group, then fence.proxy.async so the tensor
 //      cores see the generic-proxy writes, then a barrier), each warpgroup issues four
 //      wgmma.m64nNk16 on its 64 rows (A and B both from shared memory through descriptors) and
-//      waits for them before the stage can be refilled;
+//      waits for them (or, in the _async configs, for the previous slice's) before going on;
 //   3. the epilogue rounds the fp32 accumulators to fp16 through shared memory and writes y
 //      with 16-byte coalesced stores, as the mma.sync kernel does.
 #include "kernels/conv/wgmma_conv.cuh"
@@ -150,9 +150,14 @@ __device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 2], uint64_t desc_a,
 
 // ------------------------------------------------------------------------------ the tile
 
-template <int BlockN>
+// MmaInFlight: how many slices' MMAs a warpgroup leaves running when it moves on (0: it waits
+// for each slice's MMAs; 1: the next slice's MMAs queue behind the previous ones, so the tensor
+// cores never drain at the barrier, and the loads run one slice less far ahead).
+template <int BlockN, int MmaInFlight>
 struct WgTile {
   static constexpr int kBlockM = 128, kBlockN = BlockN, kBlockK = 64, kStages = 4;
+  static constexpr int kMmaInFlight = MmaInFlight;
+  static constexpr int kLoadAhead = kStages - 1 - MmaInFlight;  // slices in flight ahead of the MMAs
   static constexpr int kThreads = 256;         // two warpgroups, 64 rows each
   static constexpr int kRowBytes = 128;        // one 64-element fp16 row per pixel / filter
   static constexpr int kChunksK = 8;           // 16-byte chunks per row
@@ -167,6 +172,8 @@ struct WgTile {
   // + 1024: the dynamic shared memory base is rounded up to the swizzle atom.
   static constexpr size_t kSmemBytes = (size_t)(kPipeBytes > kEpilogueBytes ? kPipeBytes : kEpilogueBytes) + 1024;
   static_assert(BlockN == 64 || BlockN == 128, "wgmma wrappers for n64 and n128");
+  static_assert(MmaInFlight == 0 || MmaInFlight == 1, "one or two slices of MMAs at a time");
+  static_assert(kLoadAhead >= 1, "the loads must run ahead");
   static_assert(kStageBytes % 1024 == 0 && kABytes % 1024 == 0, "1024-byte swizzle atoms");
 };
 
@@ -201,7 +208,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const Ig
 
   igemm_detail::TileLoader<T, Sw128Layout<T>> loader(p, m0, n0);
 #pragma unroll
-  for (int s = 0; s < T::kStages - 1; s++) {
+  for (int s = 0; s < T::kLoadAhead; s++) {
     if (s < k_tiles) loader.load(p, base + s * T::kStageBytes);
     ptx::cp_async_commit();
   }
@@ -212,11 +219,13 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const Ig
 
   for (int kt = 0; kt < k_tiles; kt++) {
     // Slice kt has landed (this thread's copies), is visible to the async proxy, and (barrier)
-    // everyone's copies have; every warpgroup has also finished reading the stage refilled next.
-    ptx::cp_async_wait<T::kStages - 2>();
+    // everyone's copies have. The stage refilled next, (kt + kLoadAhead) % Stages, was last read
+    // by the MMAs of slice kt - 1 - kMmaInFlight, which every warpgroup waited for at the end of
+    // an earlier iteration, before this barrier.
+    ptx::cp_async_wait<T::kLoadAhead - 1>();
     fence_proxy_async();
     __syncthreads();
-    const int next = kt + T::kStages - 1;
+    const int next = kt + T::kLoadAhead;
     if (next < k_tiles) loader.load(p, base + (next % T::kStages) * T::kStageBytes);
     ptx::cp_async_commit();
 
@@ -228,9 +237,11 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const Ig
     for (int kk = 0; kk < T::kBlockK / 16; kk++)
       wgmma_m64k16<T::kBlockN>(acc, sw128_desc(a_addr + kk * 32), sw128_desc(b_addr + kk * 32));
     wgmma_commit();
-    wgmma_wait<0>();
+    wgmma_wait<T::kMmaInFlight>();
     fence_operands(acc);
   }
+  wgmma_wait<0>();
+  fence_operands(acc);
   ptx::cp_async_wait<0>();
   __syncthreads();  // every warpgroup is done with the stages before sC overwrites them
 
@@ -256,8 +267,10 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const Ig
 
 // ---------------------------------------------------------------------------- launchers
 
-using Wg128 = WgTile<128>;
-using Wg64 = WgTile<64>;
+using Wg128 = WgTile<128, 0>;
+using Wg64 = WgTile<64, 0>;
+using Wg128Async = WgTile<128, 1>;
+using Wg64Async = WgTile<64, 1>;
 
 template <class T>
 IgemmConfigInfo info_of(const char* name) {
@@ -281,6 +294,8 @@ IgemmConfigInfo wgmma_config_info(WgmmaConfig config) {
   switch (config) {
     case WgmmaConfig::k128x128x64s4: return info_of<Wg128>("wgmma_128x128x64_s4");
     case WgmmaConfig::k128x64x64s4: return info_of<Wg64>("wgmma_128x64x64_s4");
+    case WgmmaConfig::k128x128x64s4Async: return info_of<Wg128Async>("wgmma_128x128x64_s4_async");
+    case WgmmaConfig::k128x64x64s4Async: return info_of<Wg64Async>("wgmma_128x64x64_s4_async");
   }
   throw std::invalid_argument("wgmma_config_info: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
@@ -317,6 +332,8 @@ void conv_forward_wgmma(const __half* x, const __half* w, __half* y, const ConvD
   switch (config) {
     case WgmmaConfig::k128x128x64s4: return launch_tile<Wg128>(p, stream);
     case WgmmaConfig::k128x64x64s4: return launch_tile<Wg64>(p, stream);
+    case WgmmaConfig::k128x128x64s4Async: return launch_tile<Wg128Async>(p, stream);
+    case WgmmaConfig::k128x64x64s4Async: return launch_tile<Wg64Async>(p, stream);
   }
 }
 

@@ -18,11 +18,17 @@ namespace kernels {
 
 // Tile configurations: BlockM 128 output pixels (two warpgroups of 64 rows) x BlockN output
 // channels, BlockK 64 (one 128-byte swizzled row of fp16 per pixel or filter), 4 cp.async stages.
+// The _async configs leave one slice of MMAs running while the next is issued (loads then run
+// two slices ahead instead of three).
 enum class WgmmaConfig : int {
-  k128x128x64s4,  // m64n128k16 per warpgroup: the big layers
-  k128x64x64s4,   // m64n64k16: K = 64 (the prep conv), or more blocks on small grids
+  k128x128x64s4,       // m64n128k16 per warpgroup: the big layers
+  k128x64x64s4,        // m64n64k16: K = 64 (the prep conv), or more blocks on small grids
+  k128x128x64s4Async,  // as k128x128x64s4, MMAs of two slices in flight
+  k128x64x64s4Async,   // as k128x64x64s4, MMAs of two slices in flight
 };
-constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4, WgmmaConfig::k128x64x64s4};
+constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4, WgmmaConfig::k128x64x64s4,
+                                         WgmmaConfig::k128x128x64s4Async,
+                                         WgmmaConfig::k128x64x64s4Async};
 
 // Block/warp/stage sizes and shared memory of a config (warp_m x warp_n: a warpgroup's 64 rows
 // are split over its 4 warps, 16 each, across all BlockN columns).
