@@ -79,6 +79,9 @@ options:
   --save FILE             after the runs, save the weight-averaged model of the last run as
                           a safetensors checkpoint (atomically)
   --eval-every-epoch      evaluate the averaged model after every epoch (untimed)
+  --scale-schedule        stretch the lr schedule (knots at epochs 0, 2, 8 of the recipe's 10)
+                          to --epochs, so a short run also warms up and decays (smoke runs;
+                          not the benchmark recipe)
   --conv-kernels K        GPU convolutions: cudnn (default, until our kernels have passed
                           their GPU tests), auto (per layer and pass the fastest of cuDNN and
                           our implicit-GEMM kernels that agree with cuDNN), or igemm (ours
@@ -147,6 +150,7 @@ struct Options {
   std::string device = "auto";
   std::string conv_kernels = "cudnn";  // --conv-kernels (GPU engine)
   bool fused_pool = false;            // --fused-pool (GPU engine)
+  bool scale_schedule = false;        // --scale-schedule
   bool fused_stats = false;           // --fused-stats (GPU engine)
   net::Recipe recipe;
   int train_subset = -1, test_subset = -1;  // -1: the whole split
@@ -277,6 +281,8 @@ Options parse_args(int argc, char** argv) {
       o.eval_every_epoch = a.flag_only();
     } else if (arg == "--warmup") {
       o.warmup = a.flag_only();
+    } else if (arg == "--scale-schedule") {
+      o.scale_schedule = a.flag_only();
     } else if (arg == "--fused-pool") {
       o.fused_pool = a.flag_only();
     } else if (arg == "--fused-stats") {
@@ -317,6 +323,11 @@ Options parse_args(int argc, char** argv) {
     }
   }
   if (o.help || o.version) return o;
+  if (o.scale_schedule) {
+    // The recipe's knots are epochs of its own length (Recipe{}.epochs); stretch them to --epochs.
+    const float stretch = (float)o.recipe.epochs / (float)net::Recipe{}.epochs;
+    for (float& k : o.recipe.lr_knots) k *= stretch;
+  }
   const net::Recipe& r = o.recipe;
   if (r.batch % r.bn_group != 0)
     throw UsageError("--bn-group: the batch (" + std::to_string(r.batch) +
@@ -691,6 +702,7 @@ int train_main(int argc, char** argv) {
     c["conv_kernels"] = opt.conv_kernels;
     c["fused_pool"] = opt.fused_pool;
     c["fused_stats"] = opt.fused_stats;
+    c["scale_schedule"] = opt.scale_schedule;
     c["data_dir"] = cifar.dir;
     c["normalize_mean"] = {f2d(r.mean[0]), f2d(r.mean[1]), f2d(r.mean[2])};
     c["normalize_std"] = {f2d(r.std_[0]), f2d(r.std_[1]), f2d(r.std_[2])};

@@ -111,7 +111,7 @@ TEST_CASE("speedrun: --help lists every flag, --version prints the version", "[s
   CHECK(help.code == 0);
   for (const char* flag : {"--device", "--epochs", "--width", "--batch", "--bn-group",
                            "--train-subset", "--test-subset", "--seed", "--runs", "--data",
-                           "--json", "--save", "--eval-every-epoch", "--conv-kernels", "--fused-pool", "--fused-stats", "--warmup", "--help",
+                           "--json", "--save", "--eval-every-epoch", "--conv-kernels", "--fused-pool", "--fused-stats", "--scale-schedule", "--warmup", "--help",
                            "--version", "speedrun eval", "speedrun predict"}) {
     INFO(flag);
     CHECK(help.out.find(flag) != std::string::npos);
@@ -182,7 +182,8 @@ TEST_CASE("speedrun: usage errors exit 2 and name the flag (other flags)", "[spe
                       {"--json /proc/cs_speedrun_test.json", "--json"},  // unwritable, even to root
                       {"--warmup=1", "--warmup"},
                       {"--fused-pool=1", "--fused-pool"},
-                      {"--fused-stats=yes", "--fused-stats"}},
+                      {"--fused-stats=yes", "--fused-stats"},
+                      {"--scale-schedule=on", "--scale-schedule"}},
                      tmp.path);
 }
 
@@ -235,6 +236,7 @@ TEST_CASE("speedrun: a tiny CPU run writes a JSON record with the schema fields"
   CHECK(c.at("conv_kernels") == "cudnn");
   CHECK(c.at("fused_pool") == false);
   CHECK(c.at("fused_stats") == false);
+  CHECK(c.at("scale_schedule") == false);
   CHECK(c.at("lr_knots") == nlohmann::json::array({0.0, 2.0, 8.0}));
   CHECK(c.at("ema_rho") == 0.99);
   for (const char* k : {"data_read_seconds", "upload_seconds", "init_seconds"})
@@ -267,6 +269,26 @@ TEST_CASE("speedrun: a tiny CPU run writes a JSON record with the schema fields"
   CHECK(s.at("ci95_method") == "student-t");
   CHECK(s.at("fraction_at_target").is_number());
   CHECK(s.at("timed_total_seconds").at("mean").is_number());
+}
+
+// --scale-schedule stretches the lr knots (epochs 0, 2, 8 of the 10-epoch recipe) to --epochs,
+// and the record says so: 5 epochs -> 0, 1, 4.
+TEST_CASE("speedrun: --scale-schedule stretches the lr knots to --epochs", "[speedrun]") {
+  if (!binary_present()) return;
+  TempDir tmp("scale");
+  write_synthetic_cifar(tmp.path / "data", 40);
+  const fs::path json_path = tmp.path / "out.json";
+  const Result r = run_speedrun(
+      "--device cpu --width 0.0625 --batch 16 --bn-group 8 --train-subset 32 --test-subset 16 "
+      "--epochs 5 --scale-schedule --data '" +
+          (tmp.path / "data").string() + "' --json '" + json_path.string() + "'",
+      tmp.path);
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  const auto j = nlohmann::json::parse(read_text(json_path));
+  CHECK(j.at("config").at("scale_schedule") == true);
+  CHECK(j.at("config").at("lr_knots") == nlohmann::json::array({0.0, 1.0, 4.0}));
+  CHECK(j.at("config").at("lr_values") == nlohmann::json::array({0.0, 1.0, 0.1}));
 }
 
 TEST_CASE("speedrun: failed runs exit non-zero and leave no JSON", "[speedrun]") {
