@@ -21,7 +21,7 @@ if "$build_dir/speedrun" --help >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1
 else
   echo "== No CUDA GPU: CPU SMOKE RUN (narrow network, data subset; not the benchmark) =="
   "$build_dir/speedrun" --device cpu --data "$data_dir" --width 0.125 --batch 128 \
-      --epochs 2 --scale-schedule --train-subset 5000 --test-subset 1000 \
+      --epochs 2 --train-subset 5000 --test-subset 1000 \
       --json "results/speedrun-cpu-smoke-$stamp.json" "$@"
 fi
 echo "result JSON in results/"

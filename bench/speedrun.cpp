@@ -80,8 +80,8 @@ options:
                           a safetensors checkpoint (atomically)
   --eval-every-epoch      evaluate the averaged model after every epoch (untimed)
   --scale-schedule        stretch the lr schedule (knots at epochs 0, 2, 8 of the recipe's 10)
-                          to --epochs, so a short run also warms up and decays (smoke runs;
-                          not the benchmark recipe)
+                          to --epochs, so a short run also warms up and decays (not the
+                          benchmark recipe)
   --conv-kernels K        GPU convolutions: cudnn (default, until our kernels have passed
                           their GPU tests), auto (per layer and pass the fastest of cuDNN and
                           our implicit-GEMM kernels that agree with cuDNN), or igemm (ours
