@@ -392,7 +392,7 @@ void check_aligned(const void* p, const char* fn) {
 }
 
 void check_scratch(const void* p, const char* fn) {
-  require(p != nullptr && ((uintptr_t)p & 15) == 0, fn,
+  require(p != nullptr && aligned16(p), fn,
           "scratch must be non-null and 16-byte aligned (float4 stores)");
 }
 

@@ -3,6 +3,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -22,6 +23,9 @@ inline int grid_stride_blocks(long n, int block, int max_blocks = 4096) {
   if (blocks < 1) blocks = 1;
   return (int)(blocks < max_blocks ? blocks : max_blocks);
 }
+
+// Whether p is 16-byte aligned (the vector loads and cp.async copies need it).
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 // Host-side precondition check of a launcher: throws with the launcher's name, so a wrong
 // shape fails at the call instead of corrupting memory.

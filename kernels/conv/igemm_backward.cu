@@ -284,8 +284,6 @@ __global__ void conv_wgrad_reduce_kernel(const float* __restrict__ partials, __h
 
 // ---------------------------------------------------------------------------- launchers
 
-bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
-
 
 template <class T>
 void launch_wgrad_tile(const WgradParams& p, int splits, cudaStream_t stream) {

@@ -378,8 +378,6 @@ IgemmConfigInfo info_of(const char* name) {
           T::kSmemBytes};
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-
 IgemmParams make_params(const char* fn, const __half* x, const __half* w, __half* y,
                         const ConvDesc& d, const IgemmConfigInfo& cfg) {
   return igemm_detail::make_igemm_params(fn, x, w, y, d, cfg.block_m);

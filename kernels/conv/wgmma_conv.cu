@@ -340,7 +340,7 @@ void conv_forward_wgmma(const __half* x, const __half* w, __half* y, const ConvD
 void conv_backward_data_wgmma(const __half* dy, const __half* w, __half* dx, __half* wt_scratch, const ConvDesc& d,
                               WgmmaConfig config, cudaStream_t stream) {
   const char* fn = "conv_backward_data_wgmma";
-  require(wt_scratch != nullptr && (reinterpret_cast<uintptr_t>(wt_scratch) & 15) == 0, fn,
+  require(wt_scratch != nullptr && aligned16(wt_scratch), fn,
           "wt_scratch must be 16-byte aligned");
   require(d.C % 8 == 0 && d.K % 8 == 0, fn, "C and K must be multiples of 8");
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
