@@ -46,6 +46,7 @@ T_BUILD=${T_BUILD:-900}
 T_SANITIZER=${T_SANITIZER:-300}
 T_RACECHECK=${T_RACECHECK:-240}
 T_TESTS=${T_TESTS:-240}
+T_WGMMA_TESTS=${T_WGMMA_TESTS:-90}
 T_BENCH=${T_BENCH:-120}
 T_SPEEDRUN=${T_SPEEDRUN:-600}
 
@@ -154,7 +155,10 @@ elif [ -f "$BUILD/CTestTestfile.cmake" ] && grep -q "$ROOT/" "$BUILD/CTestTestfi
      command -v ctest >/dev/null; then
   run_step gpu_tests "$T_TESTS" gpu_tests.log ctest --test-dir "$BUILD" -L gpu --output-on-failure
 else
-  run_step gpu_tests "$T_TESTS" gpu_tests.log "$BUILD/cs_gpu_tests" "[gpu]" --durations yes
+  # The Hopper wgmma kernels run as a step of their own, so that a hang in the newest kernels
+  # cannot use up the time of every other test.
+  run_step gpu_tests "$T_TESTS" gpu_tests.log "$BUILD/cs_gpu_tests" "[gpu]~[wgmma]" --durations yes
+  run_step gpu_tests_wgmma "$T_WGMMA_TESTS" gpu_tests.log "$BUILD/cs_gpu_tests" "[wgmma]" --durations yes
 fi
 
 # ---------------------------------------------------------------- 3. kernel bench

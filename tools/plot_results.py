@@ -45,8 +45,11 @@ def from_legacy_torch(rec):
 
 
 def label_of(path, rec):
-    gpu = (rec.get("machine") or {}).get("gpu") or rec.get("device", "?")
-    return f"{rec.get('tool', '?')} ({gpu}) {os.path.basename(path)}"
+    # The folder is part of the name: one session's calls write files of the same name.
+    gpu = (rec.get("machine") or {}).get("gpu") or rec.get("device_name") or rec.get("device", "?")
+    name = os.path.join(os.path.basename(os.path.dirname(os.path.abspath(path))), os.path.basename(path))
+    conv = (rec.get("config") or {}).get("conv_kernels")
+    return f"{rec.get('tool', '?')} ({gpu}{', conv ' + conv if conv else ''}) {name}"
 
 
 def counted_runs(rec):
@@ -161,7 +164,9 @@ def plot_igemm_vs_cudnn(path, rec, out, plt):
                 ys.append(r["tflops"])
                 notes.append(f"{r['speedup_vs_cudnn']:.2f}x" if kernel != "cudnn" and "speedup_vs_cudnn" in r
                              else "")
-            bars = ax.bar(xs, ys, width=width, label=label)
+            if not xs:  # e.g. no wgmma weight gradient: no legend entry either
+                continue
+            bars = ax.bar(xs, ys, width=width, label=label, color=f"C{k}")
             for bar, note in zip(bars, notes):
                 if note:
                     ax.annotate(note, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
