@@ -30,7 +30,8 @@ inline GpuPeaks peaks_for(const std::string& name) {
 
 // The timing protocol (cs::time_calls, engine/gpu_context.h) on the default stream:
 // kWarmup untimed calls, then `samples` samples of R back-to-back calls between two CUDA
-// events, R chosen so that one sample lasts about kSampleTargetUs.
+// events (enqueued while the stream is held, so host-side cost is not timed), R chosen so that
+// one sample lasts about kSampleTargetUs.
 constexpr int kWarmup = 3;
 constexpr double kSampleTargetUs = 200.0;
 

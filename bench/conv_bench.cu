@@ -11,7 +11,8 @@
 //   conv_bench [--json out.json] [--iters N] [--no-cudnn] [--help]
 //
 // Timing: bench::time_calls (bench/bench_gpu.h), the protocol kernel_bench uses: CUDA events
-// around R back-to-back launches (R chosen so a sample lasts ~200 us), 3 warm-up calls, N
+// around R back-to-back launches (R chosen so a sample lasts ~200 us; enqueued while the stream
+// is held, so the host-side cost of cuDNN's calls is not timed), 3 warm-up calls, N
 // samples (default 20), median and minimum per call.
 // Exit status: 0 all checks passed, 1 no GPU, bad arguments or a CUDA error, 3 a check failed.
 #include <cuda_fp16.h>

@@ -4,8 +4,9 @@
 //
 //   kernel_bench [--json out.json] [--iters N] [--help]
 //
-// Timing: CUDA events around R back-to-back launches (R chosen so a sample lasts ~200 us, which
-// hides the host launch gap of short kernels), N samples after warm-up, median reported.
+// Timing: cs::time_calls (engine/gpu_context.h): CUDA events around R back-to-back launches (R
+// chosen so a sample lasts ~200 us), the stream held until all R are enqueued so the host's
+// per-call cost is not timed; N samples after warm-up, median reported.
 // Exit status: 0 all checks passed, 1 no GPU or bad arguments, 3 a check failed.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -657,7 +658,7 @@ void bench_conv_shape(std::vector<Row>& rows, json& find_log, cudnnHandle_t hand
   }
   json finds = json::array();
   for (const auto& t : conv.timings())
-    finds.push_back({{"pass", t.pass}, {"algo", t.name}, {"ms", t.ms}, {"workspace", t.workspace}});
+    finds.push_back({{"pass", t.pass}, {"algo", t.name}, {"ms", t.ms}, {"us", t.us}, {"workspace", t.workspace}});
   find_log.push_back({{"shape", shape}, {"chosen", conv.chosen()}, {"find", finds}});
 
   const float one = 1.0f, zero = 0.0f;

@@ -8,8 +8,10 @@
 #include "engine/conv_cudnn.h"
 
 #include <stdexcept>
+#include <vector>
 
 #include "engine/cuda_check.h"
+#include "engine/gpu_context.h"
 
 namespace cs {
 
@@ -152,84 +154,134 @@ CudnnConv::~CudnnConv() {
   cudnnDestroyTensorDescriptor(x_desc_);
 }
 
+namespace {
+
+// Samples per candidate when the deterministic candidates are timed again (cs::time_calls).
+constexpr int kRetimeSamples = 5;
+
+// One deterministic candidate that fits: its cuDNN enum value, workspace and row in timings().
+struct Candidate {
+  int algo;
+  size_t ws;
+  size_t row;
+};
+
+// Index into `cands` of the fastest candidate by cs::time_calls (GPU time per call, host-side
+// cost excluded); each candidate's time goes to its row's `us`. run(algo, ws) enqueues one call.
+template <typename Run>
+size_t fastest_candidate(const std::vector<Candidate>& cands, std::vector<ConvAlgoTiming>& rows,
+                         cudaStream_t stream, const Run& run) {
+  size_t best = 0;
+  for (size_t i = 0; i < cands.size(); i++) {
+    const Candidate& c = cands[i];
+    rows[c.row].us = (float)time_calls([&] { run(c.algo, c.ws); }, stream, kRetimeSamples, 1).median_us;
+    if (rows[c.row].us < rows[cands[best].row].us) best = i;
+  }
+  return best;
+}
+
+}  // namespace
+
 void CudnnConv::autotune(__half* x, __half* w, __half* y, void* workspace, size_t max_workspace) {
   timings_.clear();
   // cuDNN's Find* runs every algorithm that fits in the workspace and returns them sorted by
-  // time. An entry is taken only if it succeeded, is deterministic, fits, and cuDNN accepts it
-  // for this descriptor's math type (the workspace query fails for an algorithm it would not
-  // run). Every candidate stays in timings(), chosen or not.
+  // its own timing. An entry is a candidate only if it succeeded, is deterministic, fits, and
+  // cuDNN accepts it for this descriptor's math type (the workspace query fails for an algorithm
+  // it would not run). The candidates are then timed again with cs::time_calls, which excludes
+  // the host-side cost of each call (Find's times include it, and the training step, replayed as
+  // a CUDA graph, does not pay it), and the fastest is kept. Every entry stays in timings().
+  cudaStream_t stream = nullptr;
+  CUDNN_CHECK(cudnnGetStream(handle_, &stream));
   int returned = 0;
+  std::vector<Candidate> cands;
 
   cudnnConvolutionFwdAlgoPerf_t fwd[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
   CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(
       handle_, x_desc_, x, w_desc_, w, conv_desc_, y_desc_, y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
       &returned, fwd, workspace, max_workspace));
-  bool found = false;
   for (int i = 0; i < returned; i++) {
     const bool ok = fwd[i].status == CUDNN_STATUS_SUCCESS && fwd[i].memory <= max_workspace;
     timings_.push_back({"fwd", (int)fwd[i].algo, fwd_algo_name(fwd[i].algo),
-                        ok ? fwd[i].time : -1.0f, fwd[i].memory});
+                        ok ? fwd[i].time : -1.0f, -1.0f, fwd[i].memory});
     size_t ws = 0;
-    if (ok && !found && fwd[i].determinism == CUDNN_DETERMINISTIC &&
+    if (ok && fwd[i].determinism == CUDNN_DETERMINISTIC &&
         cudnnGetConvolutionForwardWorkspaceSize(handle_, x_desc_, w_desc_, conv_desc_, y_desc_,
                                                 fwd[i].algo, &ws) == CUDNN_STATUS_SUCCESS &&
-        ws <= max_workspace) {
-      fwd_algo_ = fwd[i].algo;
-      fwd_ws_ = ws;
-      found = true;
-    }
+        ws <= max_workspace)
+      cands.push_back({(int)fwd[i].algo, ws, timings_.size() - 1});
   }
-  if (!found)
+  if (cands.empty())
     throw std::runtime_error("CudnnConv::autotune: no deterministic forward algorithm fits");
+  {
+    const Candidate& c = cands[fastest_candidate(cands, timings_, stream, [&](int algo, size_t ws) {
+      CUDNN_CHECK(cudnnConvolutionForward(handle_, &kOne, x_desc_, x, w_desc_, w, conv_desc_,
+                                          (cudnnConvolutionFwdAlgo_t)algo, workspace, ws, &kZero,
+                                          y_desc_, y));
+    })];
+    fwd_algo_ = (cudnnConvolutionFwdAlgo_t)c.algo;
+    fwd_ws_ = c.ws;
+  }
 
   // y now holds the forward output: finite, used as dy. x is overwritten with dx.
+  cands.clear();
   cudnnConvolutionBwdDataAlgoPerf_t bd[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
   CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(
       handle_, w_desc_, w, y_desc_, y, conv_desc_, x_desc_, x,
       CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &returned, bd, workspace, max_workspace));
-  found = false;
   for (int i = 0; i < returned; i++) {
     const bool ok = bd[i].status == CUDNN_STATUS_SUCCESS && bd[i].memory <= max_workspace;
     timings_.push_back({"bwd_data", (int)bd[i].algo, bwd_data_algo_name(bd[i].algo),
-                        ok ? bd[i].time : -1.0f, bd[i].memory});
+                        ok ? bd[i].time : -1.0f, -1.0f, bd[i].memory});
     size_t ws = 0;
-    if (ok && !found && bd[i].determinism == CUDNN_DETERMINISTIC &&
+    if (ok && bd[i].determinism == CUDNN_DETERMINISTIC &&
         cudnnGetConvolutionBackwardDataWorkspaceSize(handle_, w_desc_, y_desc_, conv_desc_,
                                                      x_desc_, bd[i].algo,
                                                      &ws) == CUDNN_STATUS_SUCCESS &&
-        ws <= max_workspace) {
-      bwd_data_algo_ = bd[i].algo;
-      bwd_data_ws_ = ws;
-      found = true;
-    }
+        ws <= max_workspace)
+      cands.push_back({(int)bd[i].algo, ws, timings_.size() - 1});
   }
-  if (!found)
+  if (cands.empty())
     throw std::runtime_error("CudnnConv::autotune: no deterministic backward-data algorithm fits");
+  {
+    const Candidate& c = cands[fastest_candidate(cands, timings_, stream, [&](int algo, size_t ws) {
+      CUDNN_CHECK(cudnnConvolutionBackwardData(handle_, &kOne, w_desc_, w, y_desc_, y, conv_desc_,
+                                               (cudnnConvolutionBwdDataAlgo_t)algo, workspace, ws,
+                                               &kZero, x_desc_, x));
+    })];
+    bwd_data_algo_ = (cudnnConvolutionBwdDataAlgo_t)c.algo;
+    bwd_data_ws_ = c.ws;
+  }
 
   // x holds dx (finite), y holds dy; w is overwritten with dw.
+  cands.clear();
   cudnnConvolutionBwdFilterAlgoPerf_t bf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
   CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(
       handle_, x_desc_, x, y_desc_, y, conv_desc_, w_desc_, w,
       CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &returned, bf, workspace, max_workspace));
-  found = false;
   for (int i = 0; i < returned; i++) {
     const bool ok = bf[i].status == CUDNN_STATUS_SUCCESS && bf[i].memory <= max_workspace;
     timings_.push_back({"bwd_filter", (int)bf[i].algo, bwd_filter_algo_name(bf[i].algo),
-                        ok ? bf[i].time : -1.0f, bf[i].memory});
+                        ok ? bf[i].time : -1.0f, -1.0f, bf[i].memory});
     size_t ws = 0;
-    if (ok && !found && bf[i].determinism == CUDNN_DETERMINISTIC &&
+    if (ok && bf[i].determinism == CUDNN_DETERMINISTIC &&
         cudnnGetConvolutionBackwardFilterWorkspaceSize(handle_, x_desc_, y_desc_, conv_desc_,
                                                        w_desc_, bf[i].algo,
                                                        &ws) == CUDNN_STATUS_SUCCESS &&
-        ws <= max_workspace) {
-      bwd_filter_algo_ = bf[i].algo;
-      bwd_filter_ws_ = ws;
-      found = true;
-    }
+        ws <= max_workspace)
+      cands.push_back({(int)bf[i].algo, ws, timings_.size() - 1});
   }
-  if (!found)
+  if (cands.empty())
     throw std::runtime_error(
         "CudnnConv::autotune: no deterministic backward-filter algorithm fits");
+  {
+    const Candidate& c = cands[fastest_candidate(cands, timings_, stream, [&](int algo, size_t ws) {
+      CUDNN_CHECK(cudnnConvolutionBackwardFilter(handle_, &kOne, x_desc_, x, y_desc_, y,
+                                                 conv_desc_, (cudnnConvolutionBwdFilterAlgo_t)algo,
+                                                 workspace, ws, &kZero, w_desc_, w));
+    })];
+    bwd_filter_algo_ = (cudnnConvolutionBwdFilterAlgo_t)c.algo;
+    bwd_filter_ws_ = c.ws;
+  }
 }
 
 size_t CudnnConv::workspace_bytes() const {

@@ -1,7 +1,8 @@
 // Convolutions through cuDNN: NHWC fp16 activations, KRSC fp16 filters, fp32 accumulation,
 // stride 1, pad (R - 1) / 2. The fastest deterministic algorithm of each pass is chosen once at
-// setup by timing cuDNN's candidates on the real shape (so a step is bitwise reproducible); the
-// workspace comes from the caller's arena.
+// setup (deterministic, so a step is bitwise reproducible) by timing cuDNN's candidates on the
+// real shape with cs::time_calls (GPU time, as in the graph-replayed step); the workspace comes
+// from the caller's arena.
 // CPU reference: kernels/ref/conv.h.
 #pragma once
 #include <cuda_fp16.h>
@@ -17,12 +18,14 @@ struct ConvDesc {
   int K, R;        // filters [K][R][R][C]; output [N][H][W][K]
 };
 
-// One timed candidate, as cuDNN's find reported it.
+// One algorithm cuDNN's find reported, and our own timing of it when it is a candidate.
 struct ConvAlgoTiming {
   std::string pass;  // "fwd", "bwd_data", "bwd_filter"
   int algo;          // the cuDNN enum value
   std::string name;  // e.g. "IMPLICIT_PRECOMP_GEMM"
-  float ms;          // time cuDNN measured; < 0 when the candidate failed
+  float ms;          // time cuDNN measured (host-side cost included); < 0 when it failed
+  float us;          // GPU time per call by cs::time_calls; < 0 when not a candidate (not
+                     // deterministic, failed or too large)
   size_t workspace;  // bytes
 };
 

@@ -1,6 +1,7 @@
 #include "engine/gpu_context.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <vector>
@@ -62,14 +63,61 @@ double elapsed_seconds(const CudaEvent& start, const CudaEvent& stop) {
   return ms * 1e-3;
 }
 
+namespace {
+
+// Holds the stream for `ns` nanoseconds of GPU time (%globaltimer), so that the calls the host
+// enqueues meanwhile wait in the queue and then run back to back.
+__global__ void hold_stream_kernel(unsigned long long ns) {
+  unsigned long long t0, t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+  do {
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  } while (t - t0 < ns);
+}
+
+// Whether `ev` is still pending. cudaErrorNotReady is an answer, not an error; it is cleared
+// from the last-error slot so that the next launch check does not report it.
+bool event_pending(const CudaEvent& ev) {
+  const cudaError_t e = cudaEventQuery(ev.get());
+  if (e == cudaErrorNotReady) {
+    (void)cudaGetLastError();
+    return true;
+  }
+  CUDA_CHECK(e);
+  return false;
+}
+
+}  // namespace
+
 CallTiming time_calls(const std::function<void()>& f, cudaStream_t stream, int samples,
                       int warmup, double sample_target_us) {
   CudaEvent a, b;
+  // Host microseconds to enqueue one call (cuDNN's calls cost tens of microseconds of host time,
+  // more than some of its kernels take on the GPU).
+  double host_us_per_call = 1.0;
+  constexpr unsigned long long kMaxHoldNs = 2000000000ull;  // 2 s
+  unsigned long long hold_ns = 50000;
+  // One sample: the stream is held while the host enqueues `reps` calls, then they run back to
+  // back between a and b. If a had already completed when the last call was enqueued, the GPU
+  // may have waited for the host in between: the hold is lengthened and the sample taken again.
   auto run = [&](int reps) {
-    a.record(stream);
-    for (int i = 0; i < reps; i++) f();
-    b.record(stream);
-    return elapsed_seconds(a, b) * 1e6 / reps;
+    for (int attempt = 0;; attempt++) {
+      const unsigned long long need = (unsigned long long)(2.0 * host_us_per_call * reps * 1000.0) + 20000;
+      hold_ns = std::min(std::max(hold_ns, need), kMaxHoldNs);
+      hold_stream_kernel<<<1, 1, 0, stream>>>(hold_ns);
+      CUDA_CHECK_LAUNCH();
+      a.record(stream);
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < reps; i++) f();
+      const double host_us =
+          std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+      const bool queued = event_pending(a);
+      b.record(stream);
+      const double us = elapsed_seconds(a, b) * 1e6 / reps;
+      host_us_per_call = std::max(host_us_per_call, host_us / reps);
+      if (queued || attempt >= 4) return us;
+      hold_ns *= 4;
+    }
   };
   for (int i = 0; i < warmup; i++) f();
   CUDA_CHECK(cudaStreamSynchronize(stream));

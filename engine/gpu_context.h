@@ -51,10 +51,14 @@ class CudaEvent {
 // Seconds from `start` to `stop`; waits for `stop` to complete.
 double elapsed_seconds(const CudaEvent& start, const CudaEvent& stop);
 
-// Per-call time of f (which enqueues work on `stream`): `warmup` untimed calls, then `samples`
-// samples of R back-to-back calls between two events, R chosen (1..100) so that a sample lasts
-// about sample_target_us (one short launch alone is dominated by launch overhead and event
-// resolution). The protocol of kernel_bench, conv_bench and the per-layer conv selection.
+// Per-call GPU time of f (which enqueues work on `stream`): `warmup` untimed calls, then
+// `samples` samples of R back-to-back calls between two events, R chosen (1..100) so that a
+// sample lasts about sample_target_us (one short launch alone is dominated by event
+// resolution). Before each sample a one-thread kernel holds the stream until the host has
+// enqueued all R calls (checked: the sample is retaken with a longer hold if not), so the
+// calls' host-side cost is not timed: the training step replays its calls as a CUDA graph,
+// where that cost is not paid, and cuDNN's calls cost more host time than some of its kernels
+// take on the GPU. The protocol of kernel_bench, conv_bench and the per-layer conv selection.
 struct CallTiming {
   double median_us = -1, min_us = -1;
 };
