@@ -90,6 +90,8 @@ options:
                           layers (our kernels; off by default until measured)
   --fused-stats           GPU: ghost-BN sums in the conv's epilogue for the other layers
                           (our kernels; off by default until measured)
+  --bn-kernels K          GPU ghost-BN + CELU kernels: vector (default; 8 channels per thread,
+                          16-byte accesses) or pair (the older 2-channel kernels)
   --warmup                do one extra run first (seed S), reported but left out of the
                           summary
   --help                  print this help and exit
@@ -152,6 +154,7 @@ struct Options {
   bool fused_pool = false;            // --fused-pool (GPU engine)
   bool scale_schedule = false;        // --scale-schedule
   bool fused_stats = false;           // --fused-stats (GPU engine)
+  std::string bn_kernels = "vector";  // --bn-kernels (GPU engine)
   net::Recipe recipe;
   int train_subset = -1, test_subset = -1;  // -1: the whole split
   uint64_t seed = 0;
@@ -287,6 +290,10 @@ Options parse_args(int argc, char** argv) {
       o.fused_pool = a.flag_only();
     } else if (arg == "--fused-stats") {
       o.fused_stats = a.flag_only();
+    } else if (arg == "--bn-kernels") {
+      o.bn_kernels = a.value();
+      if (o.bn_kernels != "vector" && o.bn_kernels != "pair")
+        throw UsageError("--bn-kernels: expected vector or pair, got '" + o.bn_kernels + "'");
     } else if (arg == "--conv-kernels") {
       o.conv_kernels = a.value();
       if (o.conv_kernels != "auto" && o.conv_kernels != "cudnn" && o.conv_kernels != "igemm")
@@ -539,6 +546,7 @@ int train_main(int argc, char** argv) {
   cfg.conv_kernels = opt.conv_kernels;
   cfg.fused_pool = opt.fused_pool;
   cfg.fused_stats = opt.fused_stats;
+  cfg.bn_vectorized = opt.bn_kernels == "vector";
   const net::Recipe& r = cfg.recipe;
   const net::Widths widths = net::Widths::from_multiplier(r.width);
   std::unique_ptr<net::Trainer> trainer;
@@ -702,6 +710,7 @@ int train_main(int argc, char** argv) {
     c["conv_kernels"] = opt.conv_kernels;
     c["fused_pool"] = opt.fused_pool;
     c["fused_stats"] = opt.fused_stats;
+    c["bn_kernels"] = opt.bn_kernels;
     c["scale_schedule"] = opt.scale_schedule;
     c["data_dir"] = cifar.dir;
     c["normalize_mean"] = {f2d(r.mean[0]), f2d(r.mean[1]), f2d(r.mean[2])};

@@ -18,7 +18,9 @@
 // mean is large compared to the spread.
 #include "kernels/bn.cuh"
 
+#include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 
 #include "kernels/common.cuh"
 
@@ -371,6 +373,315 @@ __global__ void backward_apply_kernel(const __half* __restrict__ dout,
   }
 }
 
+// ---- Vectorised kernels: 8 channels per thread (one 16-byte load or store per pixel).
+//
+// The two-channel kernels above spend most of their time on instructions, not memory: per
+// channel pair they divide the element index into (image, y, x, channel), reload the per-channel
+// statistics and issue 4-byte accesses (the H200 run measured them at a fraction of the memory
+// bandwidth; docs/results/2026-11-26-h200-gpu-check). Here a thread keeps one 8-channel slice
+// for its whole life: its statistics, bias and running sums stay in registers, it walks the
+// pixels of one ghost-BN group with a fixed stride, and every access is 16 bytes. Used when
+// C % 8 == 0, C <= 8 * kVecThreads and the tensors are 16-byte aligned (the recipe's layers);
+// same math as the two-channel kernels (the apply and backward formulas are identical; the
+// statistics' partial sums are added in a different fixed order).
+//
+// Block: kVecThreads threads; thread t owns channel vector cv = t % CV (CV = C / 8) and pixel
+// row t / CV of rows = kVecThreads / CV rows; threads past rows * CV only join the barriers.
+// Grid: (blocks over the group's pooled pixels, groups).
+constexpr int kVecThreads = 256;
+constexpr int kVecPixelsPerThread = 16;  // statistics kernels: pixels per thread, about
+constexpr int kVecApplyPixelsPerThread = 8;
+
+struct VecLayout {
+  int cv, row, rows;
+  bool active;
+};
+
+__device__ __forceinline__ VecLayout vec_layout(int C) {
+  VecLayout l;
+  const int CV = C / 8;
+  l.rows = kVecThreads / CV;
+  l.cv = threadIdx.x % CV;
+  l.row = threadIdx.x / CV;
+  l.active = l.row < l.rows;
+  return l;
+}
+
+__device__ __forceinline__ void load8(const __half* p, float (&f)[8]) {
+  const uint4 u = *reinterpret_cast<const uint4*>(p);
+  const __half2* h = reinterpret_cast<const __half2*>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const float2 t = __half22float2(h[i]);
+    f[2 * i] = t.x;
+    f[2 * i + 1] = t.y;
+  }
+}
+
+__device__ __forceinline__ void store8(__half* p, const float (&f)[8]) {
+  uint4 u;
+  __half2* h = reinterpret_cast<__half2*>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; i++) h[i] = __floats2half2_rn(f[2 * i], f[2 * i + 1]);
+  *reinterpret_cast<uint4*>(p) = u;
+}
+
+__device__ __forceinline__ void load8_f32(const float* p, float (&f)[8]) {
+#pragma unroll
+  for (int i = 0; i < 8; i++) f[i] = p[i];
+}
+
+// Offset of the top-left input value of pooled pixel q (global pooled index img * HWo + r),
+// channel c, in the unpooled tensor [N][H][W][C].
+__device__ __forceinline__ long window_origin(const Geometry& g, long q, int c) {
+  if (g.P == 1) return q * g.C + c;
+  const int HWo = g.Ho * g.Wo;
+  const long img = q / HWo;
+  const int r = (int)(q - img * HWo);
+  const int oy = r / g.Wo, ox = r - oy * g.Wo;
+  return ((img * g.H + (long)oy * g.P) * g.W + (long)ox * g.P) * g.C + c;
+}
+
+// Max over the P x P window, 8 channels. Returns the first maximum's window position
+// (ky * P + kx, ref::maxpool_backward's tie rule) of channel i in bits 4i..4i+3 (P <= 2).
+__device__ __forceinline__ uint32_t window_max8(const __half* __restrict__ x, const Geometry& g,
+                                               long origin, float (&best)[8]) {
+  load8(x + origin, best);
+  uint32_t args = 0;
+  for (int ky = 0; ky < g.P; ky++)
+    for (int kx = 0; kx < g.P; kx++) {
+      if (ky == 0 && kx == 0) continue;
+      float v[8];
+      load8(x + origin + ((long)ky * g.W + kx) * g.C, v);
+      const uint32_t pos = ky * g.P + kx;
+#pragma unroll
+      for (int i = 0; i < 8; i++)
+        if (v[i] > best[i]) {
+          best[i] = v[i];
+          args = (args & ~(0xFu << (4 * i))) | (pos << (4 * i));
+        }
+    }
+  return args;
+}
+
+// Block reduction of the per-thread sums a[8], b[8] over the rows (fixed order), written to
+// partial[blockIdx.x][grp][c][0..1] for the block's C channels (the two-channel kernels'
+// layout, so finalize_stats_kernel and backward_totals_kernel serve both).
+__device__ __forceinline__ void vec_store_partials(const Geometry& g, const VecLayout& l,
+                                                   const float (&a)[8], const float (&b)[8],
+                                                   float* red, float* __restrict__ partial) {
+  const int CV = g.C / 8;
+  const int width = CV * 16;  // floats per row: per channel vector 8 a's then 8 b's
+  if (l.active) {
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+      red[l.row * width + l.cv * 16 + i] = a[i];
+      red[l.row * width + l.cv * 16 + 8 + i] = b[i];
+    }
+  }
+  __syncthreads();
+  const int G = g.N / g.group;
+  const int grp = blockIdx.y;
+  for (int o = threadIdx.x; o < width; o += blockDim.x) {
+    float t = red[o];
+    for (int r = 1; r < l.rows; r++) t += red[r * width + o];
+    const int cv = o / 16, j = o % 16;
+    const int c = cv * 8 + (j & 7);
+    partial[(((long)blockIdx.x * G + grp) * g.C + c) * 2 + (j >> 3)] = t;
+  }
+}
+
+// Forward statistics (and the pooled tensor when P > 1), as pool_stats_kernel: per block the
+// sums of v - K and (v - K)^2 over its pixels, K = x[first pixel of the group][c].
+__global__ void __launch_bounds__(kVecThreads)
+    pool_stats_vec_kernel(const __half* __restrict__ x, __half* __restrict__ pooled, Geometry g,
+                          float* __restrict__ partial) {
+  __shared__ float red[kVecThreads * 16];
+  const VecLayout l = vec_layout(g.C);
+  const int grp = blockIdx.y;
+  const int c = l.cv * 8;
+  float s1[8], s2[8];
+#pragma unroll
+  for (int i = 0; i < 8; i++) s1[i] = s2[i] = 0.0f;
+  if (l.active) {
+    float K[8];
+    load8(x + (long)grp * g.group * g.H * g.W * g.C + c, K);
+    const long q0 = (long)grp * g.pix_per_group;  // the group's first pooled pixel
+    for (int p = blockIdx.x * l.rows + l.row; p < g.pix_per_group; p += gridDim.x * l.rows) {
+      const long q = q0 + p;
+      float v[8];
+      window_max8(x, g, window_origin(g, q, c), v);
+      if (g.P > 1) store8(pooled + q * g.C + c, v);
+#pragma unroll
+      for (int i = 0; i < 8; i++) {
+        const float d = v[i] - K[i];
+        s1[i] += d;
+        s2[i] += d * d;
+      }
+    }
+  }
+  vec_store_partials(g, l, s1, s2, red, partial);
+}
+
+// out = celu((p - mean) * invstd + bias) (+ residual), as apply_kernel. Grid y = group (G = 1
+// with kEval: mean/var [C] for every image, g.pix_per_group = all pooled pixels). p is the
+// window max of `in` (window g.P; 1 when `in` is already pooled); pooled_out (may be null)
+// receives it when g.P > 1.
+template <bool kEval>
+__global__ void __launch_bounds__(kVecThreads)
+    apply_vec_kernel(const __half* __restrict__ in, Geometry g, __half* pooled_out,
+                     const float* __restrict__ bias, const float* __restrict__ mean,
+                     const float* __restrict__ stat2, float eps, float alpha,
+                     const __half* __restrict__ residual, __half* __restrict__ out) {
+  const VecLayout l = vec_layout(g.C);
+  if (!l.active) return;
+  const int grp = blockIdx.y;
+  const int c = l.cv * 8;
+  float m[8], is[8], b[8];
+  load8_f32(bias + c, b);
+  if (kEval) {
+    load8_f32(mean + c, m);
+#pragma unroll
+    for (int i = 0; i < 8; i++) is[i] = 1.0f / sqrtf(stat2[c + i] + eps);
+  } else {
+    load8_f32(mean + (long)grp * g.C + c, m);
+    load8_f32(stat2 + (long)grp * g.C + c, is);
+  }
+  const long q0 = (long)grp * g.pix_per_group;
+  for (int p = blockIdx.x * l.rows + l.row; p < g.pix_per_group; p += gridDim.x * l.rows) {
+    const long q = q0 + p;
+    const long off = q * g.C + c;
+    float v[8];
+    window_max8(in, g, window_origin(g, q, c), v);
+    if (pooled_out != nullptr && g.P > 1) store8(pooled_out + off, v);
+    float y[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) y[i] = celu((v[i] - m[i]) * is[i] + b[i], alpha);
+    if (residual != nullptr) {
+      float r[8];
+      load8(residual + off, r);
+#pragma unroll
+      for (int i = 0; i < 8; i++) y[i] += r[i];
+    }
+    store8(out + off, y);
+  }
+}
+
+// dz = (dout + dout2) * celu'(xhat + bias) and xhat for 8 channels of pooled pixel q.
+__device__ __forceinline__ void vec_dz(const __half* __restrict__ dout,
+                                       const __half* __restrict__ dout2, long off,
+                                       const float (&v)[8], const float (&m)[8],
+                                       const float (&is)[8], const float (&b)[8], float alpha,
+                                       float (&dz)[8], float (&xh)[8]) {
+  float d[8];
+  load8(dout + off, d);
+  if (dout2 != nullptr) {
+    float d2[8];
+    load8(dout2 + off, d2);
+#pragma unroll
+    for (int i = 0; i < 8; i++) d[i] += d2[i];
+  }
+#pragma unroll
+  for (int i = 0; i < 8; i++) {
+    xh[i] = (v[i] - m[i]) * is[i];
+    dz[i] = d[i] * celu_grad(xh[i] + b[i], alpha);
+  }
+}
+
+// Backward statistics, as backward_stats_kernel: per block sum(dz) and sum(dz * xhat) over its
+// pooled values p_in [N][Ho][Wo][C].
+__global__ void __launch_bounds__(kVecThreads)
+    backward_stats_vec_kernel(const __half* __restrict__ dout, const __half* __restrict__ dout2,
+                              const __half* __restrict__ p_in, Geometry g,
+                              const float* __restrict__ bias, const float* __restrict__ save_mean,
+                              const float* __restrict__ save_invstd, float alpha,
+                              float* __restrict__ partial) {
+  __shared__ float red[kVecThreads * 16];
+  const VecLayout l = vec_layout(g.C);
+  const int grp = blockIdx.y;
+  const int c = l.cv * 8;
+  float sdz[8], sdzx[8];
+#pragma unroll
+  for (int i = 0; i < 8; i++) sdz[i] = sdzx[i] = 0.0f;
+  if (l.active) {
+    float m[8], is[8], b[8];
+    load8_f32(save_mean + (long)grp * g.C + c, m);
+    load8_f32(save_invstd + (long)grp * g.C + c, is);
+    load8_f32(bias + c, b);
+    const long q0 = (long)grp * g.pix_per_group;
+    for (int p = blockIdx.x * l.rows + l.row; p < g.pix_per_group; p += gridDim.x * l.rows) {
+      const long off = (q0 + p) * g.C + c;
+      float v[8], dz[8], xh[8];
+      load8(p_in + off, v);
+      vec_dz(dout, dout2, off, v, m, is, b, alpha, dz, xh);
+#pragma unroll
+      for (int i = 0; i < 8; i++) {
+        sdz[i] += dz[i];
+        sdzx[i] += dz[i] * xh[i];
+      }
+    }
+  }
+  vec_store_partials(g, l, sdz, sdzx, red, partial);
+}
+
+// dx, as backward_apply_kernel (same formula, same routing through the window's first maximum).
+template <bool kArgmax>
+__global__ void __launch_bounds__(kVecThreads)
+    backward_apply_vec_kernel(const __half* __restrict__ dout, const __half* __restrict__ dout2,
+                              const __half* __restrict__ x, const __half* __restrict__ pooled,
+                              const uint8_t* __restrict__ argmax, Geometry g,
+                              const float* __restrict__ bias, const float* __restrict__ save_mean,
+                              const float* __restrict__ save_invstd, float alpha,
+                              const float* __restrict__ totals, __half* __restrict__ dx) {
+  const VecLayout l = vec_layout(g.C);
+  if (!l.active) return;
+  const int grp = blockIdx.y;
+  const int c = l.cv * 8;
+  const float inv_n = 1.0f / (float)g.pix_per_group;
+  float m[8], is[8], b[8], t_dz[8], t_dzx[8];
+  load8_f32(save_mean + (long)grp * g.C + c, m);
+  load8_f32(save_invstd + (long)grp * g.C + c, is);
+  load8_f32(bias + c, b);
+#pragma unroll
+  for (int i = 0; i < 8; i++) {
+    t_dz[i] = totals[((long)grp * g.C + c + i) * 2];
+    t_dzx[i] = totals[((long)grp * g.C + c + i) * 2 + 1];
+  }
+  const long q0 = (long)grp * g.pix_per_group;
+  for (int p = blockIdx.x * l.rows + l.row; p < g.pix_per_group; p += gridDim.x * l.rows) {
+    const long q = q0 + p;
+    const long off = q * g.C + c;
+    const long origin = window_origin(g, q, c);
+    float v[8];
+    uint32_t args;  // window position of channel i in bits 4i..4i+3
+    if (kArgmax) {
+      load8(pooled + off, v);
+      // 8 bytes, one per channel (values 0..3): byte i of a.x / a.y to nibble i / 4 + i.
+      const uint2 a = *reinterpret_cast<const uint2*>(argmax + off);
+      args = 0;
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        args |= ((a.x >> (8 * i)) & 0xFu) << (4 * i);
+        args |= ((a.y >> (8 * i)) & 0xFu) << (4 * (4 + i));
+      }
+    } else {
+      args = window_max8(x, g, origin, v);
+    }
+    float dz[8], xh[8], dp[8];
+    vec_dz(dout, dout2, off, v, m, is, b, alpha, dz, xh);
+#pragma unroll
+    for (int i = 0; i < 8; i++) dp[i] = is[i] * (dz[i] - t_dz[i] * inv_n - xh[i] * t_dzx[i] * inv_n);
+    for (int ky = 0; ky < g.P; ky++)
+      for (int kx = 0; kx < g.P; kx++) {
+        const uint32_t pos = ky * g.P + kx;
+        float o[8];
+#pragma unroll
+        for (int i = 0; i < 8; i++) o[i] = ((args >> (4 * i)) & 0xFu) == pos ? dp[i] : 0.0f;
+        store8(dx + origin + ((long)ky * g.W + kx) * g.C, o);
+      }
+  }
+}
+
 void check_shape(const GhostBnCeluShape& s, const char* fn) {
   require(s.N > 0 && s.H > 0 && s.W > 0 && s.C > 0, fn, "empty shape");
   require(s.C % 2 == 0, fn, "C must be even (channel pairs are loaded as half2)");
@@ -411,12 +722,66 @@ dim3 stats_grid(const GhostBnCeluShape& s) {
 
 constexpr int kApplyThreads = 256;
 
+// Whether the vectorised kernels serve this call (see their comment): prm.vectorized, C a
+// multiple of 8 with at most kVecThreads channel vectors, every given tensor 16-byte aligned
+// (null entries are skipped).
+bool use_vec(const GhostBnCeluShape& s, const GhostBnCeluParams& prm,
+             std::initializer_list<const void*> tensors) {
+  if (!prm.vectorized || s.C % 8 != 0 || s.C / 8 > kVecThreads) return false;
+  for (const void* t : tensors)
+    if (t != nullptr && !aligned16(t)) return false;
+  return true;
+}
+
+// Blocks per group (grid x) of the vectorised kernels, covering pix pooled pixels with about
+// per_thread pixels per thread. For the statistics kernels it is also the number of partial slots.
+int vec_blocks(const GhostBnCeluShape& s, long pix, int per_thread) {
+  const int rows = kVecThreads / (s.C / 8);
+  long blocks = ceil_div(pix, (long)rows * per_thread);
+  if (blocks < 1) blocks = 1;
+  if (blocks > kMaxSlices) blocks = kMaxSlices;
+  return (int)blocks;
+}
+
+int vec_slices(const GhostBnCeluShape& s) {
+  return vec_blocks(s, (long)s.group * s.Ho() * s.Wo(), kVecPixelsPerThread);
+}
+
 }  // namespace
 
 size_t ghost_bn_celu_scratch_bytes(const GhostBnCeluShape& s) {
-  // partial [slices][G][C][2] + totals [G][C][2]
-  return sizeof(float) * 2 * (size_t)s.groups() * s.C * ((size_t)stats_slices(s) + 1);
+  // partial [slices][G][C][2] + totals [G][C][2], for whichever kernels a call uses.
+  size_t slices = (size_t)stats_slices(s);
+  if (s.C % 8 == 0 && s.C / 8 <= kVecThreads && s.group > 0)
+    slices = std::max(slices, (size_t)vec_slices(s));
+  return sizeof(float) * 2 * (size_t)s.groups() * s.C * (slices + 1);
 }
+
+namespace {
+
+// The training forward's apply pass over the pooled values p [N][Ho][Wo][C] (window 1), with
+// the per-group statistics; g is the conv output's geometry.
+void apply_train(const __half* p, const Geometry& g, bool vec, const float* bias,
+                 const float* save_mean, const float* save_invstd, const __half* residual,
+                 __half* out, const GhostBnCeluShape& s, const GhostBnCeluParams& prm,
+                 cudaStream_t stream) {
+  Geometry ga = g;
+  ga.P = 1;
+  ga.H = g.Ho;
+  ga.W = g.Wo;
+  if (vec) {
+    const dim3 grid(vec_blocks(s, ga.pix_per_group, kVecApplyPixelsPerThread), s.groups());
+    apply_vec_kernel<false><<<grid, kVecThreads, 0, stream>>>(
+        p, ga, nullptr, bias, save_mean, save_invstd, prm.eps, prm.alpha, residual, out);
+  } else {
+    const long total = (long)s.N * g.Ho * g.Wo * (s.C / 2);
+    apply_kernel<false><<<grid_stride_blocks(total, kApplyThreads), kApplyThreads, 0, stream>>>(
+        p, ga, nullptr, bias, save_mean, save_invstd, prm.eps, prm.alpha, residual, out);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
 
 void pool_bn_celu_forward_train(const __half* x, __half* pooled, const float* bias,
                                 const __half* residual, __half* out, float* save_mean,
@@ -433,24 +798,21 @@ void pool_bn_celu_forward_train(const __half* x, __half* pooled, const float* bi
   if (residual != nullptr) check_aligned(residual, fn);
   check_scratch(scratch, fn);
   const Geometry g = geometry(s);
+  const bool vec = use_vec(s, prm, {x, out, s.P > 1 ? pooled : nullptr, residual});
   // Every partial slot is written by the statistics kernel: no memset needed.
-  pool_stats_kernel<<<stats_grid(s), dim3(kStatX, kStatY), 0, stream>>>(x, pooled, g, scratch);
+  const int slices = vec ? vec_slices(s) : stats_slices(s);
+  if (vec)
+    pool_stats_vec_kernel<<<dim3(slices, s.groups()), kVecThreads, 0, stream>>>(x, pooled, g, scratch);
+  else
+    pool_stats_kernel<<<stats_grid(s), dim3(kStatX, kStatY), 0, stream>>>(x, pooled, g, scratch);
   CUDA_CHECK_LAUNCH();
   const int GC = s.groups() * s.C;
-  finalize_stats_kernel<<<ceil_div(GC, 256), 256, 0, stream>>>(x, g, stats_slices(s), scratch,
-                                                               save_mean, save_invstd, running_mean,
+  finalize_stats_kernel<<<ceil_div(GC, 256), 256, 0, stream>>>(x, g, slices, scratch, save_mean,
+                                                               save_invstd, running_mean,
                                                                running_var, prm.eps, prm.momentum);
   CUDA_CHECK_LAUNCH();
-  // The apply pass reads the pooled tensor (window 1).
-  Geometry ga = g;
-  ga.P = 1;
-  ga.H = g.Ho;
-  ga.W = g.Wo;
   const __half* p = s.P > 1 ? pooled : x;
-  const long total = (long)s.N * g.Ho * g.Wo * (s.C / 2);
-  apply_kernel<false><<<grid_stride_blocks(total, kApplyThreads), kApplyThreads, 0, stream>>>(
-      p, ga, nullptr, bias, save_mean, save_invstd, prm.eps, prm.alpha, residual, out);
-  CUDA_CHECK_LAUNCH();
+  apply_train(p, g, vec, bias, save_mean, save_invstd, residual, out, s, prm, stream);
 }
 
 void bn_celu_forward_train_from_sums(const __half* pooled, const float* sum, const float* sumsq,
@@ -471,14 +833,8 @@ void bn_celu_forward_train_from_sums(const __half* pooled, const float* sum, con
       sum, sumsq, GC, (double)g.pix_per_group, save_mean, save_invstd, running_mean, running_var,
       prm.eps, prm.momentum);
   CUDA_CHECK_LAUNCH();
-  Geometry ga = g;  // the apply pass reads the pooled tensor (window 1)
-  ga.P = 1;
-  ga.H = g.Ho;
-  ga.W = g.Wo;
-  const long total = (long)s.N * g.Ho * g.Wo * (s.C / 2);
-  apply_kernel<false><<<grid_stride_blocks(total, kApplyThreads), kApplyThreads, 0, stream>>>(
-      pooled, ga, nullptr, bias, save_mean, save_invstd, prm.eps, prm.alpha, residual, out);
-  CUDA_CHECK_LAUNCH();
+  const bool vec = use_vec(s, prm, {pooled, out, residual});
+  apply_train(pooled, g, vec, bias, save_mean, save_invstd, residual, out, s, prm, stream);
 }
 
 void pool_bn_celu_forward_eval(const __half* x, __half* pooled_scratch, const float* bias,
@@ -495,9 +851,17 @@ void pool_bn_celu_forward_eval(const __half* x, __half* pooled_scratch, const fl
   if (s.P > 1 && pooled_scratch != nullptr) check_aligned(pooled_scratch, fn);
   if (residual != nullptr) check_aligned(residual, fn);
   Geometry g = geometry(se);
-  const long total = (long)s.N * g.Ho * g.Wo * (s.C / 2);
-  apply_kernel<true><<<grid_stride_blocks(total, kApplyThreads), kApplyThreads, 0, stream>>>(
-      x, g, pooled_scratch, bias, mean, var, prm.eps, prm.alpha, residual, out);
+  if (use_vec(se, prm, {x, out, s.P > 1 ? pooled_scratch : nullptr, residual})) {
+    // One "group" of every image: the statistics are per channel.
+    g.pix_per_group = s.N * g.Ho * g.Wo;
+    apply_vec_kernel<true><<<vec_blocks(se, g.pix_per_group, kVecApplyPixelsPerThread), kVecThreads,
+                             0, stream>>>(x, g, pooled_scratch, bias, mean, var, prm.eps,
+                                          prm.alpha, residual, out);
+  } else {
+    const long total = (long)s.N * g.Ho * g.Wo * (s.C / 2);
+    apply_kernel<true><<<grid_stride_blocks(total, kApplyThreads), kApplyThreads, 0, stream>>>(
+        x, g, pooled_scratch, bias, mean, var, prm.eps, prm.alpha, residual, out);
+  }
   CUDA_CHECK_LAUNCH();
 }
 
@@ -508,13 +872,17 @@ namespace {
 // slots), and dbias. Returns the totals.
 float* backward_reductions(const __half* dout, const __half* dout2, const __half* p, const float* bias,
                            const float* save_mean, const float* save_invstd, float* dbias,
-                           float* scratch, const GhostBnCeluShape& s, const Geometry& g,
+                           float* scratch, const GhostBnCeluShape& s, const Geometry& g, bool vec,
                            const GhostBnCeluParams& prm, cudaStream_t stream) {
-  const int slices = stats_slices(s);
+  const int slices = vec ? vec_slices(s) : stats_slices(s);
   const long GC2 = 2L * s.groups() * s.C;
   float* totals = scratch + (long)slices * GC2;  // after the partial slots
-  backward_stats_kernel<<<stats_grid(s), dim3(kStatX, kStatY), 0, stream>>>(
-      dout, dout2, p, g, bias, save_mean, save_invstd, prm.alpha, scratch);
+  if (vec)
+    backward_stats_vec_kernel<<<dim3(slices, s.groups()), kVecThreads, 0, stream>>>(
+        dout, dout2, p, g, bias, save_mean, save_invstd, prm.alpha, scratch);
+  else
+    backward_stats_kernel<<<stats_grid(s), dim3(kStatX, kStatY), 0, stream>>>(
+        dout, dout2, p, g, bias, save_mean, save_invstd, prm.alpha, scratch);
   CUDA_CHECK_LAUNCH();
   backward_totals_kernel<<<(int)ceil_div(GC2, 256L), 256, 0, stream>>>(scratch, GC2, slices,
                                                                         totals);
@@ -544,11 +912,18 @@ void pool_bn_celu_backward(const __half* dout, const __half* dout2, const __half
   const Geometry g = geometry(s);
   // With P == 1 the pooled values are x itself (the forward does not write `pooled` then).
   const __half* p = s.P > 1 ? pooled : x;
-  const float* totals =
-      backward_reductions(dout, dout2, p, bias, save_mean, save_invstd, dbias, scratch, s, g, prm, stream);
-  const long total = (long)s.N * g.Ho * g.Wo * (s.C / 2);
-  backward_apply_kernel<false><<<grid_stride_blocks(total, kApplyThreads), kApplyThreads, 0, stream>>>(
-      dout, dout2, x, nullptr, nullptr, g, bias, save_mean, save_invstd, prm.alpha, totals, dx);
+  const bool vec = use_vec(s, prm, {dout, dout2, x, s.P > 1 ? pooled : nullptr, dx});
+  const float* totals = backward_reductions(dout, dout2, p, bias, save_mean, save_invstd, dbias,
+                                            scratch, s, g, vec, prm, stream);
+  if (vec) {
+    const dim3 grid(vec_blocks(s, g.pix_per_group, kVecApplyPixelsPerThread), s.groups());
+    backward_apply_vec_kernel<false><<<grid, kVecThreads, 0, stream>>>(
+        dout, dout2, x, nullptr, nullptr, g, bias, save_mean, save_invstd, prm.alpha, totals, dx);
+  } else {
+    const long total = (long)s.N * g.Ho * g.Wo * (s.C / 2);
+    backward_apply_kernel<false><<<grid_stride_blocks(total, kApplyThreads), kApplyThreads, 0, stream>>>(
+        dout, dout2, x, nullptr, nullptr, g, bias, save_mean, save_invstd, prm.alpha, totals, dx);
+  }
   CUDA_CHECK_LAUNCH();
 }
 
@@ -569,11 +944,19 @@ void pool_bn_celu_backward_argmax(const __half* dout, const __half* dout2, const
   if (dout2 != nullptr) check_aligned(dout2, fn);
   check_scratch(scratch, fn);
   const Geometry g = geometry(s);
-  const float* totals =
-      backward_reductions(dout, dout2, pooled, bias, save_mean, save_invstd, dbias, scratch, s, g, prm, stream);
-  const long total = (long)s.N * g.Ho * g.Wo * (s.C / 2);
-  backward_apply_kernel<true><<<grid_stride_blocks(total, kApplyThreads), kApplyThreads, 0, stream>>>(
-      dout, dout2, nullptr, pooled, argmax, g, bias, save_mean, save_invstd, prm.alpha, totals, dx);
+  // The vectorised kernel reads 8 argmax bytes at a time.
+  const bool vec = use_vec(s, prm, {dout, dout2, pooled, dx}) && ((uintptr_t)argmax & 7) == 0;
+  const float* totals = backward_reductions(dout, dout2, pooled, bias, save_mean, save_invstd,
+                                            dbias, scratch, s, g, vec, prm, stream);
+  if (vec) {
+    const dim3 grid(vec_blocks(s, g.pix_per_group, kVecApplyPixelsPerThread), s.groups());
+    backward_apply_vec_kernel<true><<<grid, kVecThreads, 0, stream>>>(
+        dout, dout2, nullptr, pooled, argmax, g, bias, save_mean, save_invstd, prm.alpha, totals, dx);
+  } else {
+    const long total = (long)s.N * g.Ho * g.Wo * (s.C / 2);
+    backward_apply_kernel<true><<<grid_stride_blocks(total, kApplyThreads), kApplyThreads, 0, stream>>>(
+        dout, dout2, nullptr, pooled, argmax, g, bias, save_mean, save_invstd, prm.alpha, totals, dx);
+  }
   CUDA_CHECK_LAUNCH();
 }
 

@@ -27,6 +27,11 @@ struct GhostBnCeluShape {
 
 struct GhostBnCeluParams {
   float eps, momentum, alpha;
+  // Use the 8-channels-per-thread kernels where the shape and alignment allow (C % 8 == 0,
+  // C <= 2048, tensors 16-byte aligned; the argmax 8-byte aligned); false forces the
+  // two-channel kernels, which take any even C and 4-byte alignment. Same math either way; the
+  // statistics' sums are added in a different order.
+  bool vectorized = true;
 };
 
 // Scratch the forward and backward need, from the arena: fp32 per-block partial sums of the

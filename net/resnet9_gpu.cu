@@ -148,6 +148,7 @@ Resnet9Gpu::Resnet9Gpu(cs::GpuContext& ctx, cs::Arena& arena, const Recipe& reci
   layout_ = make_layout(recipe.width, B_ / recipe.bn_group);
   total_steps_ = (long)steps_per_epoch * recipe.epochs;
   bn_prm_ = kernels::GhostBnCeluParams{recipe.bn_eps, recipe.bn_momentum, recipe.celu_alpha};
+  bn_prm_.vectorized = options.bn_vectorized;
   prep_off_ = layout_.param("prep_conv").offset;
   head_off_ = layout_.param("head_linear").offset;
 
@@ -1061,6 +1062,7 @@ GpuTrainer::GpuTrainer(const data::Cifar10& data, const TrainConfig& cfg) : data
   options.conv_policy = conv_policy_;
   options.fused_pool = cfg_.fused_pool;
   options.fused_stats = cfg_.fused_stats;
+  options.bn_vectorized = cfg_.bn_vectorized;
   net_ = std::make_unique<Resnet9Gpu>(*ctx_, A, r, spe_, options);
   host_model_ = std::make_unique<Resnet9Cpu>(r);
   setup_.init_seconds += seconds_since(t_net);
@@ -1087,6 +1089,7 @@ std::vector<std::pair<std::string, std::string>> GpuTrainer::engine_info() const
       {"conv_workspace_bytes", std::to_string(net_->workspace_bytes())},
       {"libraries", cs::GpuContext::library_versions()},
       {"conv_policy", cs::conv_policy_name(conv_policy_)},
+      {"bn_kernels", cfg_.bn_vectorized ? "vector" : "pair"},
       {"fused_conv_forward", cfg_.fused_pool || cfg_.fused_stats ? net_->fused_choice() : std::string("off")},
       {"conv_algorithms", net_->conv_algorithms()},
       {"conv_candidates", net_->conv_candidates()},

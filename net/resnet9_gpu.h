@@ -52,6 +52,8 @@ struct Resnet9GpuOptions {
   // (conv_forward_igemm_stats) and BN from those sums, instead of a statistics pass over the
   // conv output. Off by default until measured.
   bool fused_stats = false;
+  // The ghost-BN + CELU kernels' variant (kernels::GhostBnCeluParams::vectorized).
+  bool bn_vectorized = true;
 };
 
 class Resnet9Gpu {

@@ -116,16 +116,19 @@ TEST_CASE("pool_bn_celu_backward_argmax equals pool_bn_celu_backward bitwise", "
     CUDA_CHECK(cudaDeviceSynchronize());
     CHECK(download_half(d_p) == pc.pooled);
 
+    for (const bool vectorized : {true, false})
     for (bool with_dout2 : {false, true}) {
-      INFO("dout2 " << with_dout2);
+      INFO("dout2 " << with_dout2 << (vectorized ? ", 8-channel kernels" : ", 2-channel kernels"));
+      kernels::GhostBnCeluParams prm = kPrm;
+      prm.vectorized = vectorized;
       auto dx_a = poisoned<__half>(x_n), dx_b = poisoned<__half>(x_n);
       auto db_a = poisoned<float>(s.C), db_b = poisoned<float>(s.C);
       const __half* dout2 = with_dout2 ? d_dout2.get() : nullptr;
       kernels::pool_bn_celu_backward(d_dout.get(), dout2, d_x.get(), d_pooled.get(), d_bias.get(), d_mean.get(),
-                                     d_invstd.get(), dx_a.get(), db_a.get(), d_scratch.get(), s, kPrm, 0);
+                                     d_invstd.get(), dx_a.get(), db_a.get(), d_scratch.get(), s, prm, 0);
       kernels::pool_bn_celu_backward_argmax(d_dout.get(), dout2, d_pooled.get(), d_arg.get(), d_bias.get(),
                                             d_mean.get(), d_invstd.get(), dx_b.get(), db_b.get(), d_scratch.get(),
-                                            s, kPrm, 0);
+                                            s, prm, 0);
       CUDA_CHECK(cudaDeviceSynchronize());
       const auto a = download(dx_a), b = download(dx_b);
       CHECK(gpu_test::all_finite(download_half(dx_b)));

@@ -266,17 +266,18 @@ TEST_CASE("whiten_conv_forward matches ref::conv_forward (and with mirror)", "[g
 
 namespace {
 
-// One BN layer of the network at batch 512: conv output [N][H][W][C] -> pool P -> BN -> CELU
-// (+ residual), forward (train and eval) and backward, against the composed references.
-void check_pool_bn_celu(int H, int W, int C, int P, bool with_residual, bool with_dout2,
-                        uint64_t seed) {
-  const int N = kBatch, G = N / kGroup, Ho = H / P, Wo = W / P;
+// One BN layer: conv output [N][H][W][C] -> pool P -> ghost BN (groups of `group` images) ->
+// CELU (+ residual), forward (train and eval) and backward, against the composed references,
+// for both kernel variants (GhostBnCeluParams::vectorized: the 8-channel kernels where the
+// shape allows, and the 2-channel ones). The references are computed once.
+void check_pool_bn_celu(int N, int group, int H, int W, int C, int P, bool with_residual,
+                        bool with_dout2, uint64_t seed) {
+  const int G = N / group, Ho = H / P, Wo = W / P;
   const long nx = (long)N * H * W * C, np = (long)N * Ho * Wo * C;
   const net::Recipe r;
-  const kernels::GhostBnCeluShape s{N, H, W, C, P, kGroup};
-  const kernels::GhostBnCeluParams prm{r.bn_eps, r.bn_momentum, r.celu_alpha};
-  INFO("shape " << N << "x" << H << "x" << W << "x" << C << " P=" << P << " residual "
-                << with_residual << " dout2 " << with_dout2);
+  const kernels::GhostBnCeluShape s{N, H, W, C, P, group};
+  INFO("shape " << N << "x" << H << "x" << W << "x" << C << " P=" << P << " group " << group
+                << " residual " << with_residual << " dout2 " << with_dout2);
 
   // Conv-output-like inputs with per-channel offsets and scales (so the statistics differ per
   // channel and the mean is not small compared to the spread).
@@ -293,26 +294,8 @@ void check_pool_bn_celu(int H, int W, int C, int P, bool with_residual, bool wit
   const auto rv0 = random_vector((long)G * C, seed + 4, 0.5f, 1.5f);
   const auto dout = round_to_half(random_vector(np, seed + 5));
   const auto dout2 = with_dout2 ? round_to_half(random_vector(np, seed + 6)) : std::vector<float>();
-
-  auto d_x = upload_half(x);
-  auto d_bias = upload(bias);
-  DeviceBuffer<__half> d_res;
-  if (with_residual) d_res = upload_half(residual);
-  auto d_pooled = poisoned<__half>(P > 1 ? np : 0);
-  auto d_out = poisoned<__half>(np);
-  auto d_dx = poisoned<__half>(nx);
-  auto d_mean = poisoned<float>((size_t)G * C);
-  auto d_invstd = poisoned<float>((size_t)G * C);
-  auto d_dbias = poisoned<float>(C);
-  auto d_rm = upload(rm0);
-  auto d_rv = upload(rv0);
-  // The scratch too: the kernels must write every partial-sum slot they read.
-  auto d_scratch = poisoned<float>(kernels::ghost_bn_celu_scratch_bytes(s) / sizeof(float));
-
-  kernels::pool_bn_celu_forward_train(d_x.get(), P > 1 ? d_pooled.get() : nullptr, d_bias.get(),
-                                      with_residual ? d_res.get() : nullptr, d_out.get(),
-                                      d_mean.get(), d_invstd.get(), d_rm.get(), d_rv.get(),
-                                      d_scratch.get(), s, prm, 0);
+  const auto mean_c = random_vector(C, seed + 7, -0.3f, 0.3f);
+  const auto var_c = random_vector(C, seed + 8, 0.3f, 2.0f);
 
   // Reference forward.
   std::vector<float> pooled_ref;
@@ -324,7 +307,7 @@ void check_pool_bn_celu(int H, int W, int C, int P, bool with_residual, bool wit
   }
   std::vector<float> z(np), mean_ref((size_t)G * C), invstd_ref((size_t)G * C);
   std::vector<float> rm_ref = rm0, rv_ref = rv0;
-  const ref::GhostBNShape bs{N, Ho * Wo, C, kGroup};
+  const ref::GhostBNShape bs{N, Ho * Wo, C, group};
   ref::ghost_bn_forward_train(pooled_ref.data(), bias.data(), z.data(), mean_ref.data(),
                               invstd_ref.data(), rm_ref.data(), rv_ref.data(), bs, r.bn_eps,
                               r.bn_momentum);
@@ -332,46 +315,7 @@ void check_pool_bn_celu(int H, int W, int C, int P, bool with_residual, bool wit
   ref::celu_forward(z.data(), out_ref.data(), np, r.celu_alpha);
   if (with_residual) ref::add(out_ref.data(), residual.data(), out_ref.data(), np);
 
-  if (P > 1) {
-    const auto pooled = download_half(d_pooled);
-    REQUIRE(max_abs_diff(pooled.data(), pooled_ref.data(), np) == 0.0);  // max is exact
-  }
-  {
-    const auto out = download_half(d_out);
-    const auto mean = download(d_mean), invstd = download(d_invstd);
-    const auto rm = download(d_rm), rv = download(d_rv);
-    REQUIRE(gpu_test::all_finite(out));
-    REQUIRE(gpu_test::all_finite(mean));
-    REQUIRE(gpu_test::all_finite(invstd));
-    REQUIRE(gpu_test::all_finite(rm));
-    REQUIRE(gpu_test::all_finite(rv));
-    REQUIRE(rel_l2_error(mean.data(), mean_ref.data(), (long)mean.size()) < kTolF32Sum);
-    REQUIRE(rel_l2_error(invstd.data(), invstd_ref.data(), (long)invstd.size()) < kTolF32Sum);
-    REQUIRE(rel_l2_error(rm.data(), rm_ref.data(), (long)rm.size()) < kTolF32Sum);
-    REQUIRE(rel_l2_error(rv.data(), rv_ref.data(), (long)rv.size()) < kTolF32Sum);
-    REQUIRE(rel_l2_error(out.data(), out_ref.data(), np) < kTolHalfOut);
-
-    // Determinism: the same launch again (running statistics left alone) gives the same bits.
-    auto d_out2 = poisoned<__half>(np);
-    auto d_mean2 = poisoned<float>((size_t)G * C);
-    auto d_invstd2 = poisoned<float>((size_t)G * C);
-    d_scratch.poison();
-    kernels::pool_bn_celu_forward_train(d_x.get(), P > 1 ? d_pooled.get() : nullptr, d_bias.get(),
-                                        with_residual ? d_res.get() : nullptr, d_out2.get(),
-                                        d_mean2.get(), d_invstd2.get(), nullptr, nullptr,
-                                        d_scratch.get(), s, prm, 0);
-    REQUIRE(bitwise_equal(download(d_mean2), mean));
-    REQUIRE(bitwise_equal(download(d_invstd2), invstd));
-    REQUIRE(bitwise_equal(download_half(d_out2), out));
-  }
-
-  // Backward (from the GPU's own saved statistics, as in training).
-  DeviceBuffer<__half> d_dout = upload_half(dout), d_dout2;
-  if (with_dout2) d_dout2 = upload_half(dout2);
-  kernels::pool_bn_celu_backward(d_dout.get(), with_dout2 ? d_dout2.get() : nullptr, d_x.get(),
-                                 P > 1 ? d_pooled.get() : nullptr, d_bias.get(), d_mean.get(),
-                                 d_invstd.get(), d_dx.get(), d_dbias.get(), d_scratch.get(), s,
-                                 prm, 0);
+  // Reference backward (from the reference's statistics; the GPU uses its own saved ones).
   std::vector<float> dA = dout;
   if (with_dout2) ref::add(dA.data(), dout2.data(), dA.data(), np);
   std::vector<float> dz(np), dp(np), dbias_ref(C);
@@ -385,48 +329,114 @@ void check_pool_bn_celu(int H, int W, int C, int P, bool with_residual, bool wit
   } else {
     dx_ref = dp;
   }
-  {
-    const auto dx = download_half(d_dx);
-    const auto dbias = download(d_dbias);
-    REQUIRE(gpu_test::all_finite(dx));  // zeros where the pool did not pick: every value written
-    REQUIRE(gpu_test::all_finite(dbias));
-    REQUIRE(rel_l2_error(dx.data(), dx_ref.data(), nx) < kTolHalfGrad);
-    REQUIRE(rel_l2_error(dbias.data(), dbias_ref.data(), C) < kTolF32Derived);
 
-    // Determinism: the same backward again gives the same bits.
-    auto d_dx2 = poisoned<__half>(nx);
-    auto d_dbias2 = poisoned<float>(C);
-    d_scratch.poison();
-    kernels::pool_bn_celu_backward(d_dout.get(), with_dout2 ? d_dout2.get() : nullptr, d_x.get(),
-                                   P > 1 ? d_pooled.get() : nullptr, d_bias.get(), d_mean.get(),
-                                   d_invstd.get(), d_dx2.get(), d_dbias2.get(), d_scratch.get(), s,
-                                   prm, 0);
-    REQUIRE(bitwise_equal(download_half(d_dx2), dx));
-    REQUIRE(bitwise_equal(download(d_dbias2), dbias));
-  }
-
-  // Evaluation with fixed statistics [C] (pooled_scratch receives the pooled input).
-  const auto mean_c = random_vector(C, seed + 7, -0.3f, 0.3f);
-  const auto var_c = random_vector(C, seed + 8, 0.3f, 2.0f);
-  auto d_mean_c = upload(mean_c);
-  auto d_var_c = upload(var_c);
-  auto d_pool_scratch = poisoned<__half>(P > 1 ? np : 0);
-  d_out.poison();
-  kernels::pool_bn_celu_forward_eval(d_x.get(), P > 1 ? d_pool_scratch.get() : nullptr,
-                                     d_bias.get(), d_mean_c.get(), d_var_c.get(),
-                                     with_residual ? d_res.get() : nullptr, d_out.get(), s, prm,
-                                     0);
+  // Reference evaluation with fixed statistics [C].
   std::vector<float> ze(np), eval_ref(np);
   ref::ghost_bn_forward_eval(pooled_ref.data(), bias.data(), mean_c.data(), var_c.data(),
                              ze.data(), N, Ho * Wo, C, r.bn_eps);
   ref::celu_forward(ze.data(), eval_ref.data(), np, r.celu_alpha);
   if (with_residual) ref::add(eval_ref.data(), residual.data(), eval_ref.data(), np);
-  const auto out_eval = download_half(d_out);
-  REQUIRE(gpu_test::all_finite(out_eval));
-  REQUIRE(rel_l2_error(out_eval.data(), eval_ref.data(), np) < kTolHalfOut);
-  if (P > 1) {
-    const auto ps = download_half(d_pool_scratch);
-    REQUIRE(max_abs_diff(ps.data(), pooled_ref.data(), np) == 0.0);
+
+  auto d_x = upload_half(x);
+  auto d_bias = upload(bias);
+  DeviceBuffer<__half> d_res;
+  if (with_residual) d_res = upload_half(residual);
+  DeviceBuffer<__half> d_dout = upload_half(dout), d_dout2;
+  if (with_dout2) d_dout2 = upload_half(dout2);
+  auto d_mean_c = upload(mean_c);
+  auto d_var_c = upload(var_c);
+
+  for (const bool vectorized : {true, false}) {
+    INFO((vectorized ? "8-channel kernels (where the shape allows)" : "2-channel kernels"));
+    kernels::GhostBnCeluParams prm{r.bn_eps, r.bn_momentum, r.celu_alpha};
+    prm.vectorized = vectorized;
+    auto d_pooled = poisoned<__half>(P > 1 ? np : 0);
+    auto d_out = poisoned<__half>(np);
+    auto d_dx = poisoned<__half>(nx);
+    auto d_mean = poisoned<float>((size_t)G * C);
+    auto d_invstd = poisoned<float>((size_t)G * C);
+    auto d_dbias = poisoned<float>(C);
+    auto d_rm = upload(rm0);
+    auto d_rv = upload(rv0);
+    // The scratch too: the kernels must write every partial-sum slot they read.
+    auto d_scratch = poisoned<float>(kernels::ghost_bn_celu_scratch_bytes(s) / sizeof(float));
+
+    kernels::pool_bn_celu_forward_train(d_x.get(), P > 1 ? d_pooled.get() : nullptr, d_bias.get(),
+                                        with_residual ? d_res.get() : nullptr, d_out.get(),
+                                        d_mean.get(), d_invstd.get(), d_rm.get(), d_rv.get(),
+                                        d_scratch.get(), s, prm, 0);
+    if (P > 1) {
+      const auto pooled = download_half(d_pooled);
+      REQUIRE(max_abs_diff(pooled.data(), pooled_ref.data(), np) == 0.0);  // max is exact
+    }
+    {
+      const auto out = download_half(d_out);
+      const auto mean = download(d_mean), invstd = download(d_invstd);
+      const auto rm = download(d_rm), rv = download(d_rv);
+      REQUIRE(gpu_test::all_finite(out));
+      REQUIRE(gpu_test::all_finite(mean));
+      REQUIRE(gpu_test::all_finite(invstd));
+      REQUIRE(gpu_test::all_finite(rm));
+      REQUIRE(gpu_test::all_finite(rv));
+      REQUIRE(rel_l2_error(mean.data(), mean_ref.data(), (long)mean.size()) < kTolF32Sum);
+      REQUIRE(rel_l2_error(invstd.data(), invstd_ref.data(), (long)invstd.size()) < kTolF32Sum);
+      REQUIRE(rel_l2_error(rm.data(), rm_ref.data(), (long)rm.size()) < kTolF32Sum);
+      REQUIRE(rel_l2_error(rv.data(), rv_ref.data(), (long)rv.size()) < kTolF32Sum);
+      REQUIRE(rel_l2_error(out.data(), out_ref.data(), np) < kTolHalfOut);
+
+      // Determinism: the same launch again (running statistics left alone) gives the same bits.
+      auto d_out2 = poisoned<__half>(np);
+      auto d_mean2 = poisoned<float>((size_t)G * C);
+      auto d_invstd2 = poisoned<float>((size_t)G * C);
+      d_scratch.poison();
+      kernels::pool_bn_celu_forward_train(d_x.get(), P > 1 ? d_pooled.get() : nullptr,
+                                          d_bias.get(), with_residual ? d_res.get() : nullptr,
+                                          d_out2.get(), d_mean2.get(), d_invstd2.get(), nullptr,
+                                          nullptr, d_scratch.get(), s, prm, 0);
+      REQUIRE(bitwise_equal(download(d_mean2), mean));
+      REQUIRE(bitwise_equal(download(d_invstd2), invstd));
+      REQUIRE(bitwise_equal(download_half(d_out2), out));
+    }
+
+    // Backward (from the GPU's own saved statistics, as in training).
+    kernels::pool_bn_celu_backward(d_dout.get(), with_dout2 ? d_dout2.get() : nullptr, d_x.get(),
+                                   P > 1 ? d_pooled.get() : nullptr, d_bias.get(), d_mean.get(),
+                                   d_invstd.get(), d_dx.get(), d_dbias.get(), d_scratch.get(), s,
+                                   prm, 0);
+    {
+      const auto dx = download_half(d_dx);
+      const auto dbias = download(d_dbias);
+      REQUIRE(gpu_test::all_finite(dx));  // zeros where the pool did not pick: every value written
+      REQUIRE(gpu_test::all_finite(dbias));
+      REQUIRE(rel_l2_error(dx.data(), dx_ref.data(), nx) < kTolHalfGrad);
+      REQUIRE(rel_l2_error(dbias.data(), dbias_ref.data(), C) < kTolF32Derived);
+
+      // Determinism: the same backward again gives the same bits.
+      auto d_dx2 = poisoned<__half>(nx);
+      auto d_dbias2 = poisoned<float>(C);
+      d_scratch.poison();
+      kernels::pool_bn_celu_backward(d_dout.get(), with_dout2 ? d_dout2.get() : nullptr,
+                                     d_x.get(), P > 1 ? d_pooled.get() : nullptr, d_bias.get(),
+                                     d_mean.get(), d_invstd.get(), d_dx2.get(), d_dbias2.get(),
+                                     d_scratch.get(), s, prm, 0);
+      REQUIRE(bitwise_equal(download_half(d_dx2), dx));
+      REQUIRE(bitwise_equal(download(d_dbias2), dbias));
+    }
+
+    // Evaluation with fixed statistics [C] (pooled_scratch receives the pooled input).
+    auto d_pool_scratch = poisoned<__half>(P > 1 ? np : 0);
+    d_out.poison();
+    kernels::pool_bn_celu_forward_eval(d_x.get(), P > 1 ? d_pool_scratch.get() : nullptr,
+                                       d_bias.get(), d_mean_c.get(), d_var_c.get(),
+                                       with_residual ? d_res.get() : nullptr, d_out.get(), s, prm,
+                                       0);
+    const auto out_eval = download_half(d_out);
+    REQUIRE(gpu_test::all_finite(out_eval));
+    REQUIRE(rel_l2_error(out_eval.data(), eval_ref.data(), np) < kTolHalfOut);
+    if (P > 1) {
+      const auto ps = download_half(d_pool_scratch);
+      REQUIRE(max_abs_diff(ps.data(), pooled_ref.data(), np) == 0.0);
+    }
   }
 }
 
@@ -434,37 +444,48 @@ void check_pool_bn_celu(int H, int W, int C, int P, bool with_residual, bool wit
 
 TEST_CASE("pool_bn_celu prep: 32x32x64, no pool", "[gpu][bn]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
-  check_pool_bn_celu(32, 32, 64, 1, false, false, 100);
+  check_pool_bn_celu(kBatch, kGroup, 32, 32, 64, 1, false, false, 100);
 }
 
 TEST_CASE("pool_bn_celu layer1: 32x32x128, pool 2, with dout2", "[gpu][bn]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
-  check_pool_bn_celu(32, 32, 128, 2, false, true, 200);
+  check_pool_bn_celu(kBatch, kGroup, 32, 32, 128, 2, false, true, 200);
 }
 
 TEST_CASE("pool_bn_celu layer1 res1: 16x16x128, no pool", "[gpu][bn]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
-  check_pool_bn_celu(16, 16, 128, 1, false, false, 300);
+  check_pool_bn_celu(kBatch, kGroup, 16, 16, 128, 1, false, false, 300);
 }
 
 TEST_CASE("pool_bn_celu layer1 res2: 16x16x128, residual", "[gpu][bn]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
-  check_pool_bn_celu(16, 16, 128, 1, true, false, 400);
+  check_pool_bn_celu(kBatch, kGroup, 16, 16, 128, 1, true, false, 400);
 }
 
 TEST_CASE("pool_bn_celu layer2: 16x16x256, pool 2", "[gpu][bn]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
-  check_pool_bn_celu(16, 16, 256, 2, false, false, 500);
+  check_pool_bn_celu(kBatch, kGroup, 16, 16, 256, 2, false, false, 500);
 }
 
 TEST_CASE("pool_bn_celu layer3: 8x8x512, pool 2, with dout2", "[gpu][bn]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
-  check_pool_bn_celu(8, 8, 512, 2, false, true, 600);
+  check_pool_bn_celu(kBatch, kGroup, 8, 8, 512, 2, false, true, 600);
 }
 
 TEST_CASE("pool_bn_celu layer3 res2: 4x4x512, residual and dout2", "[gpu][bn]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
-  check_pool_bn_celu(4, 4, 512, 1, true, true, 700);
+  check_pool_bn_celu(kBatch, kGroup, 4, 4, 512, 1, true, true, 700);
+}
+
+// Shapes off the recipe: channel counts whose 8-channel vectors do not divide the block
+// (C = 24, 40: idle threads), C not a multiple of 8 (C = 6: the 2-channel kernels serve both
+// variants), few images, small groups, H != W.
+TEST_CASE("pool_bn_celu odd shapes", "[gpu][bn]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  check_pool_bn_celu(6, 3, 6, 4, 24, 2, false, true, 800);
+  check_pool_bn_celu(4, 2, 5, 7, 40, 1, true, false, 900);
+  check_pool_bn_celu(4, 4, 6, 6, 6, 2, true, true, 1000);
+  check_pool_bn_celu(4, 2, 4, 2, 8, 2, false, false, 1100);
 }
 
 TEST_CASE("bn_average_groups matches ref::ghost_bn_average_groups", "[gpu][bn]") {

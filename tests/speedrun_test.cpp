@@ -111,7 +111,7 @@ TEST_CASE("speedrun: --help lists every flag, --version prints the version", "[s
   CHECK(help.code == 0);
   for (const char* flag : {"--device", "--epochs", "--width", "--batch", "--bn-group",
                            "--train-subset", "--test-subset", "--seed", "--runs", "--data",
-                           "--json", "--save", "--eval-every-epoch", "--conv-kernels", "--fused-pool", "--fused-stats", "--scale-schedule", "--warmup", "--help",
+                           "--json", "--save", "--eval-every-epoch", "--conv-kernels", "--fused-pool", "--fused-stats", "--bn-kernels", "--scale-schedule", "--warmup", "--help",
                            "--version", "speedrun eval", "speedrun predict"}) {
     INFO(flag);
     CHECK(help.out.find(flag) != std::string::npos);
@@ -177,6 +177,7 @@ TEST_CASE("speedrun: usage errors exit 2 and name the flag (other flags)", "[spe
                       {"--device", "--device"},
                       {"--conv-kernels fast", "--conv-kernels"},
                       {"--conv-kernels", "--conv-kernels"},
+                      {"--bn-kernels fast", "--bn-kernels"},
                       {"--data", "--data"},
                       {"--json '" + json + "'", "--json"},
                       {"--json /proc/cs_speedrun_test.json", "--json"},  // unwritable, even to root
@@ -236,6 +237,7 @@ TEST_CASE("speedrun: a tiny CPU run writes a JSON record with the schema fields"
   CHECK(c.at("conv_kernels") == "cudnn");
   CHECK(c.at("fused_pool") == false);
   CHECK(c.at("fused_stats") == false);
+  CHECK(c.at("bn_kernels") == "vector");
   CHECK(c.at("scale_schedule") == false);
   CHECK(c.at("lr_knots") == nlohmann::json::array({0.0, 2.0, 8.0}));
   CHECK(c.at("ema_rho") == 0.99);
