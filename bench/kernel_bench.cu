@@ -290,12 +290,16 @@ struct BnLayer {
   bool residual, dout2;
 };
 
-void bench_bn_layer(std::vector<Row>& rows, const BnLayer& L, uint64_t seed) {
+// One BN layer with one kernel variant (GhostBnCeluParams::vectorized); the 2-channel variant's
+// rows are named with a " (pair)" suffix.
+void bench_bn_layer(std::vector<Row>& rows, const BnLayer& L, bool vectorized, uint64_t seed) {
   const net::Recipe r;
   const int N = kBatch, G = N / kGroup, Ho = L.H / L.P, Wo = L.W / L.P;
   const long nx = (long)N * L.H * L.W * L.C, np = (long)N * Ho * Wo * L.C;
   const kernels::GhostBnCeluShape s{N, L.H, L.W, L.C, L.P, kGroup};
-  const kernels::GhostBnCeluParams prm{r.bn_eps, r.bn_momentum, r.celu_alpha};
+  kernels::GhostBnCeluParams prm{r.bn_eps, r.bn_momentum, r.celu_alpha};
+  prm.vectorized = vectorized;
+  const std::string name = std::string(L.name) + (vectorized ? "" : " (pair)");
   const std::string shape = shape_str({N, L.H, L.W, L.C}) + " P" + std::to_string(L.P) +
                             (L.residual ? " +res" : "") + (L.dout2 ? " +dout2" : "");
 
@@ -348,7 +352,7 @@ void bench_bn_layer(std::vector<Row>& rows, const BnLayer& L, uint64_t seed) {
   if (L.residual) ref::add(out_ref.data(), res.data(), out_ref.data(), kp);
 
   {
-    Row row{"bn", std::string("pool_bn_celu_forward_train ") + L.name, shape};
+    Row row{"bn", "pool_bn_celu_forward_train " + name, shape};
     fwd();
     const auto out = download_half(d_out.get(), kp);
     const auto mean = download(d_mean.get(), L.C), invstd = download(d_invstd.get(), L.C);
@@ -361,7 +365,7 @@ void bench_bn_layer(std::vector<Row>& rows, const BnLayer& L, uint64_t seed) {
     rows.push_back(row);
   }
   {
-    Row row{"bn", std::string("pool_bn_celu_backward ") + L.name, shape};
+    Row row{"bn", "pool_bn_celu_backward " + name, shape};
     fwd();  // restore the saved statistics of x (the timing loop ran the forward many times)
     bwd();
     std::vector<float> dA(dout.begin(), dout.begin() + kp);
@@ -384,7 +388,7 @@ void bench_bn_layer(std::vector<Row>& rows, const BnLayer& L, uint64_t seed) {
     rows.push_back(row);
   }
   {
-    Row row{"bn", std::string("pool_bn_celu_forward_eval ") + L.name, shape};
+    Row row{"bn", "pool_bn_celu_forward_eval " + name, shape};
     const auto mean_c = random_vec(L.C, seed + 5, -0.3f, 0.3f), var_c = random_vec(L.C, seed + 6, 0.3f, 2.0f);
     auto d_mc = upload(mean_c);
     auto d_vc = upload(var_c);
@@ -413,8 +417,10 @@ void bench_bn(std::vector<Row>& rows) {
       {"layer2", 16, 16, 256, 2, false, false},      {"layer3", 8, 8, 512, 2, false, true},
       {"layer3_res1", 4, 4, 512, 1, false, false},   {"layer3_res2", 4, 4, 512, 1, true, false},
   };
-  uint64_t seed = 100;
-  for (const auto& L : layers) bench_bn_layer(rows, L, seed += 10);
+  for (const bool vectorized : {true, false}) {
+    uint64_t seed = 100;
+    for (const auto& L : layers) bench_bn_layer(rows, L, vectorized, seed += 10);
+  }
 }
 
 void bench_head(std::vector<Row>& rows) {
