@@ -24,6 +24,7 @@
 // by one fp16 ulp) and allows kNoiseFactor times it per tensor. Gross bugs (a missing residual
 // gradient, a stale buffer: tens of % or NaN through the poisoned buffers) still fail; the
 // per-kernel tests in kernels_gpu_test.cu and conv_gpu_test.cu are the tight checks.
+// The CPU side is computed once (cpu_step_reference) and shared by the engine variants.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -157,49 +158,104 @@ double cpu_forward_backward(net::Resnet9Cpu& cpu, const std::vector<float>& x,
   return loss;
 }
 
+// The CPU side of the step comparison: the reference model and its noise-floor twin (input
+// nudged by one fp16 ulp) through forward + backward, one SGD step and the TTA evaluation.
+// Computed once and shared by the engine variants the test generates (the CPU work is most of
+// the test's time, and it does not depend on the variant).
+struct CpuStepReference {
+  net::Layout layout;
+  std::vector<float> x;
+  std::vector<uint8_t> labels;
+  // Initial state, as the GPU model is loaded with it.
+  std::vector<float> params0, running_mean0, running_var0, whiten;
+  // After forward + backward.
+  double loss = 0;
+  std::vector<float> logits, grads, running_mean, running_var;
+  std::vector<float> nudged_logits, nudged_grads;
+  // After the SGD step, then the evaluation forward of the updated models.
+  std::vector<float> params1, nudged_params1, eval_logits, nudged_eval_logits;
+};
+
+const CpuStepReference& cpu_step_reference() {
+  static const CpuStepReference ref = [] {
+    CpuStepReference R;
+    const net::Recipe r = test_recipe();
+    R.x = synthetic_images(kBatch, 101);
+    const std::vector<float> x_nudged = nudge_one_ulp(R.x, 102);
+    R.labels = synthetic_labels(kBatch);
+
+    net::Resnet9Cpu cpu(r);
+    cpu.init(7);
+    round_conv_weights(cpu.layout(), cpu.params);
+    cpu.compute_whitening(R.x.data(), kBatch);
+    net::Resnet9Cpu cpu_nudged(r);
+    cpu_nudged.init(7);
+    cpu_nudged.copy_state_from(cpu);
+    R.layout = cpu.layout();
+    R.params0 = cpu.params;
+    R.running_mean0 = cpu.running_mean;
+    R.running_var0 = cpu.running_var;
+    R.whiten = cpu.whiten;
+
+    R.loss = cpu_forward_backward(cpu, R.x, R.labels, &R.logits);
+    R.grads = cpu.grads;  // sgd_step uses grads as scratch
+    R.running_mean = cpu.running_mean;
+    R.running_var = cpu.running_var;
+    cpu_forward_backward(cpu_nudged, x_nudged, R.labels, &R.nudged_logits);
+    R.nudged_grads = cpu_nudged.grads;
+
+    // Step 0 of a 1-step-per-epoch schedule.
+    cpu.sgd_step(r.lr_weights(0, 1), r.lr_bn_bias(0, 1));
+    cpu_nudged.sgd_step(r.lr_weights(0, 1), r.lr_bn_bias(0, 1));
+    R.params1 = cpu.params;
+    R.nudged_params1 = cpu_nudged.params;
+
+    // Both updated models evaluate the same images x: the floor is the CPU's own difference
+    // between its two updated models.
+    R.eval_logits.resize((size_t)kBatch * net::kClasses);
+    R.nudged_eval_logits.resize(R.eval_logits.size());
+    cpu.forward_eval(R.x.data(), kBatch, R.eval_logits.data(), true);
+    cpu_nudged.forward_eval(R.x.data(), kBatch, R.nudged_eval_logits.data(), true);
+    return R;
+  }();
+  return ref;
+}
+
 }  // namespace
 
 TEST_CASE("resnet9 GPU training step matches the CPU reference within its noise floor",
           "[gpu][resnet9]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   const net::Recipe r = test_recipe();
-  const std::vector<float> x = synthetic_images(kBatch, 101);
-  const std::vector<float> x_nudged = nudge_one_ulp(x, 102);
-  const std::vector<uint8_t> labels = synthetic_labels(kBatch);
-
-  net::Resnet9Cpu cpu(r);
-  cpu.init(7);
-  round_conv_weights(cpu.layout(), cpu.params);
-  cpu.compute_whitening(x.data(), kBatch);
-  net::Resnet9Cpu cpu_nudged(r);  // the noise-floor run: same state, input nudged
-  cpu_nudged.init(7);
-  cpu_nudged.copy_state_from(cpu);
-  const net::Layout& L = cpu.layout();
-  const std::vector<float> params0 = cpu.params;
+  const CpuStepReference& ref = cpu_step_reference();
+  const net::Layout& L = ref.layout;
 
   // The engine's variants: cuDNN convolutions and conv -> pool_bn_celu everywhere (0); the
   // per-layer selection between cuDNN and our conv kernels, and the pooled layers with the fused
   // conv + max-pool (argmax, BN sums in the conv's epilogue), BN from the sums and backward via
   // the argmax (1); our conv kernels wherever eligible, and the other layers with the BN sums in
-  // the conv's epilogue too (2).
-  const int fusion = GENERATE(0, 1, 2);
+  // the conv's epilogue too (2); as 0 with the 2-channel BN kernels (3).
+  const int fusion = GENERATE(0, 1, 2, 3);
   INFO("variant " << fusion);
   net::Resnet9Gpu::Options options;
-  options.conv_policy = fusion == 0 ? cs::ConvPolicy::kCudnn : fusion == 1 ? cs::ConvPolicy::kAuto : cs::ConvPolicy::kIgemm;
-  options.fused_pool = fusion >= 1;
-  options.fused_stats = fusion >= 2;
+  options.conv_policy = fusion == 1 ? cs::ConvPolicy::kAuto
+                        : fusion == 2 ? cs::ConvPolicy::kIgemm
+                                      : cs::ConvPolicy::kCudnn;
+  options.fused_pool = fusion == 1 || fusion == 2;
+  options.fused_stats = fusion == 2;
+  options.bn_vectorized = fusion != 3;
   cs::GpuContext ctx;
   cs::Arena arena(kTestArenaBytes);
   net::Resnet9Gpu gpu(ctx, arena, r, /*steps_per_epoch=*/1, options);
   std::printf("resnet9 gpu test (variant %d): arena peak %s, graph: %s\n%s%s", fusion,
               cs::format_bytes(arena.peak_bytes()).c_str(), gpu.graph_note().c_str(),
               gpu.conv_algorithms().c_str(), gpu.fused_choice().c_str());
-  if (fusion > 0) CHECK(gpu.fused_choice().find("not fused") == std::string::npos);
-  gpu.set_params(cpu.params);
-  gpu.set_running_stats(cpu.running_mean, cpu.running_var);
-  gpu.set_whitening(cpu.whiten);
+  if (options.fused_pool) CHECK(gpu.fused_choice().find("not fused") == std::string::npos);
+  gpu.set_params(ref.params0);
+  gpu.set_running_stats(ref.running_mean0, ref.running_var0);
+  gpu.set_whitening(ref.whiten);
   gpu.reset_optimizer();
-  gpu.upload_batch(x, labels);
+  gpu.upload_batch(ref.x, ref.labels);
   // NaN in every buffer the step writes: a read of anything this step did not write ends in
   // non-finite gradients.
   gpu.poison_step_buffers();
@@ -214,41 +270,34 @@ TEST_CASE("resnet9 GPU training step matches the CPU reference within its noise 
   REQUIRE(gpu_test::all_finite(gpu_logits));
   REQUIRE(gpu_test::all_finite(gpu_grads));
 
-  std::vector<float> cpu_logits, nudged_logits;
-  const double cpu_loss = cpu_forward_backward(cpu, x, labels, &cpu_logits);
-  const std::vector<float> cpu_grads = cpu.grads;  // sgd_step uses grads as scratch
-  cpu_forward_backward(cpu_nudged, x_nudged, labels, &nudged_logits);
-  const std::vector<float> nudged_grads = cpu_nudged.grads;
-
-  const long nz = (long)cpu_logits.size();
-  const double e_logits = rel_l2_error(gpu_logits.data(), cpu_logits.data(), nz);
-  const double floor_logits = rel_l2_error(nudged_logits.data(), cpu_logits.data(), nz);
-  const double e_loss = std::fabs(gpu_loss - cpu_loss) / std::fabs(cpu_loss);
-  const long S = (long)cpu.running_mean.size();
-  const double e_rm = rel_l2_error(gpu_rm.data(), cpu.running_mean.data(), S);
-  const double e_rv = rel_l2_error(gpu_rv.data(), cpu.running_var.data(), S);
+  const long nz = (long)ref.logits.size();
+  const double e_logits = rel_l2_error(gpu_logits.data(), ref.logits.data(), nz);
+  const double floor_logits = rel_l2_error(ref.nudged_logits.data(), ref.logits.data(), nz);
+  const double e_loss = std::fabs(gpu_loss - ref.loss) / std::fabs(ref.loss);
+  const long S = (long)ref.running_mean.size();
+  const double e_rm = rel_l2_error(gpu_rm.data(), ref.running_mean.data(), S);
+  const double e_rv = rel_l2_error(gpu_rv.data(), ref.running_var.data(), S);
   std::printf(
       "  loss gpu %.6f cpu %.6f (rel %.3e); logits rel L2 %.3e (cpu floor %.3e); running mean "
       "%.3e, var %.3e\n",
-      gpu_loss, cpu_loss, e_loss, e_logits, floor_logits, e_rm, e_rv);
+      gpu_loss, ref.loss, e_loss, e_logits, floor_logits, e_rm, e_rv);
   CHECK(e_loss < kTolLoss);
   CHECK(e_logits < kTolLogits);
   CHECK(e_rm < kTolStats);
   CHECK(e_rv < kTolStats);
-  CHECK(check_against_floor("grad", L, gpu_grads, cpu_grads, nudged_grads) == 0);
+  CHECK(check_against_floor("grad", L, gpu_grads, ref.grads, ref.nudged_grads) == 0);
 
   // ---- SGD step (step 0 of a 1-step-per-epoch schedule): compare the weight changes, which
   // are driven by the gradients (the weights themselves agree trivially).
   gpu.update(false);
-  cpu.sgd_step(r.lr_weights(0, 1), r.lr_bn_bias(0, 1));
-  cpu_nudged.sgd_step(r.lr_weights(0, 1), r.lr_bn_bias(0, 1));
   const std::vector<float> gpu_params = gpu.get_params();
   REQUIRE(gpu_test::all_finite(gpu_params));
+  const std::vector<float>& params0 = ref.params0;
   std::vector<float> d_gpu(params0.size()), d_cpu(params0.size()), d_nudged(params0.size());
   for (size_t i = 0; i < params0.size(); ++i) {
     d_gpu[i] = gpu_params[i] - params0[i];
-    d_cpu[i] = cpu.params[i] - params0[i];
-    d_nudged[i] = cpu_nudged.params[i] - params0[i];
+    d_cpu[i] = ref.params1[i] - params0[i];
+    d_nudged[i] = ref.nudged_params1[i] - params0[i];
   }
   CHECK(check_against_floor("update", L, d_gpu, d_cpu, d_nudged) == 0);
   CHECK(gpu.get_step() == 1);
@@ -256,12 +305,9 @@ TEST_CASE("resnet9 GPU training step matches the CPU reference within its noise 
   // ---- evaluation forward (group-averaged running statistics) with mirror TTA, on the
   // updated weights: forward only, but from weights that differ by the update's error, so the
   // floor is the CPU's own eval difference between its two updated models (same images x).
-  const std::vector<float> gpu_eval = gpu.eval_logits_host(x, net::Resnet9Gpu::Model::kLive, true);
-  std::vector<float> cpu_eval((size_t)kBatch * net::kClasses), nudged_eval(cpu_eval.size());
-  cpu.forward_eval(x.data(), kBatch, cpu_eval.data(), true);
-  cpu_nudged.forward_eval(x.data(), kBatch, nudged_eval.data(), true);
-  const double e_eval = rel_l2_error(gpu_eval.data(), cpu_eval.data(), nz);
-  const double floor_eval = rel_l2_error(nudged_eval.data(), cpu_eval.data(), nz);
+  const std::vector<float> gpu_eval = gpu.eval_logits_host(ref.x, net::Resnet9Gpu::Model::kLive, true);
+  const double e_eval = rel_l2_error(gpu_eval.data(), ref.eval_logits.data(), nz);
+  const double floor_eval = rel_l2_error(ref.nudged_eval_logits.data(), ref.eval_logits.data(), nz);
   std::printf("  eval logits (TTA) rel L2 %.3e (cpu floor %.3e)\n", e_eval, floor_eval);
   CHECK(e_eval <= std::max(kNoiseFactor * floor_eval, 2 * kTolLogits));
 }
