@@ -5,11 +5,13 @@
 // op(A) are packed into contiguous, zero-padded micro-panels, and an MR x NR micro-kernel
 // keeps its tile of C in registers while streaming both panels. The micro-kernel is plain
 // C++ with constant trip counts so the compiler vectorises it over NR (no intrinsics, so it
-// builds for any x86-64 baseline). Large products are split over two std::threads.
+// builds for any x86-64 baseline). Large products are split over up to kMaxThreads
+// std::threads (one per hardware thread), with the same result whatever the split.
 #include "kernels/ref/conv.h"
 
 #include <algorithm>
 #include <cassert>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <thread>
@@ -30,8 +32,10 @@ constexpr int KC = 256;
 constexpr int MC = 128;
 constexpr int NC = 2048;
 static_assert(MC % MR == 0 && NC % NR == 0, "blocks hold whole micro-panels");
-// Below this many multiply-adds a second thread costs more than it saves.
+// Below this many multiply-adds, a second thread costs more than it saves.
 constexpr double kThreadMinMacs = 4e6;
+// Threads for one product at most (a GPU machine's test run has 16 cores; CI has 2).
+constexpr int kMaxThreads = 16;
 
 // Strided view of op(X): element (i, k) lives at p[i * rs + k * cs].
 struct View {
@@ -182,25 +186,37 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, const float* A, const
   // op(A) is M x K: stored [M][K], or [K][M] when transposed; likewise op(B) is K x N.
   const View a = trans_a ? View{A, 1, M} : View{A, K, 1};
   const View b = trans_b ? View{B, 1, K} : View{B, N, 1};
-  const int threads =
-      (double)M * N * K >= kThreadMinMacs && std::thread::hardware_concurrency() >= 2 ? 2 : 1;
+  // Threads: one per hardware thread up to kMaxThreads, one more per kThreadMinMacs (a single
+  // thread below it).
+  const double macs = (double)M * N * K;
+  const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+  const int threads = (int)std::max(
+      1.0, std::min({(double)hw, (double)kMaxThreads, std::ceil(macs / kThreadMinMacs)}));
   if (threads == 1) {
     gemm_range(a, b, M, K, C, N, 0, M, 0, N, accumulate);
     return;
   }
-  // Split the larger of M and N so each thread keeps a sizeable block; the threads write
-  // disjoint parts of C. Split points are multiples of the micro-tile.
-  std::thread worker;
-  if (M >= N) {
-    const int mid = std::min(M, (M / 2 + MR - 1) / MR * MR);
-    worker = std::thread(gemm_range, a, b, M, K, C, (long)N, mid, M, 0, N, accumulate);
-    gemm_range(a, b, M, K, C, N, 0, mid, 0, N, accumulate);
-  } else {
-    const int mid = std::min(N, (N / 2 + NR - 1) / NR * NR);
-    worker = std::thread(gemm_range, a, b, M, K, C, (long)N, 0, M, mid, N, accumulate);
-    gemm_range(a, b, M, K, C, N, 0, M, 0, mid, accumulate);
+  // Split the larger of M and N into `threads` ranges so each thread keeps a sizeable block;
+  // the threads write disjoint parts of C. Split points are multiples of the micro-tile. Every
+  // element of C is summed in the same order whatever the split, so the result does not depend
+  // on the number of threads.
+  const bool split_m = M >= N;
+  const int dim = split_m ? M : N, tile = split_m ? MR : NR;
+  auto bound = [&](int t) { return std::min(dim, (int)((long)dim * t / threads + tile - 1) / tile * tile); };
+  std::vector<std::thread> workers;
+  for (int t = 1; t < threads; ++t) {
+    const int lo = bound(t), hi = bound(t + 1);
+    if (lo >= hi) continue;
+    if (split_m)
+      workers.emplace_back(gemm_range, a, b, M, K, C, (long)N, lo, hi, 0, N, accumulate);
+    else
+      workers.emplace_back(gemm_range, a, b, M, K, C, (long)N, 0, M, lo, hi, accumulate);
   }
-  worker.join();
+  if (split_m)
+    gemm_range(a, b, M, K, C, N, 0, bound(1), 0, N, accumulate);
+  else
+    gemm_range(a, b, M, K, C, N, 0, M, 0, bound(1), accumulate);
+  for (std::thread& w : workers) w.join();
 }
 
 // The im2col buffer, reused across calls on the same thread and left uninitialised: im2col
