@@ -89,23 +89,28 @@ int covariance_blocks(int n) {
   return (int)(tiles < kCovMaxBlocks ? tiles : kCovMaxBlocks);
 }
 
-// One block per output row (image b, row y): the three input rows it needs (zero padded to
-// 34 columns, mirrored when asked) and the 27 filters sit in shared memory. Thread t computes
-// channel t % 32 of pixels t / 32, t / 32 + 8, ...: a warp writes one pixel's 32 channels
-// (64 contiguous bytes). Filter reads w[k][...] are 27 floats apart across the warp: 27 is odd,
-// so the 32 lanes hit 32 different banks.
-constexpr int kConvThreads = 256;
+// One block per kRowsPerBlock output rows of one image: the input rows they need (zero padded
+// to 34 columns, mirrored when asked) and the 27 filters sit in shared memory. Thread t computes
+// 8 consecutive output channels (vector t % 4) of one pixel (t / 4) and writes them with one
+// 16-byte store, so a warp writes 8 whole pixels (512 contiguous bytes); channels 27..31 are
+// the zero padding. The weight reads of a warp hit 4 addresses (one per channel vector), each
+// broadcast to the lanes that share it.
+constexpr int kRowsPerBlock = 2;
+constexpr int kVecPerPixel = kWhitenChannelsPadded / 8;               // 4
+constexpr int kConvThreads = kRowsPerBlock * kImage * kVecPerPixel;  // 256
 __global__ void __launch_bounds__(kConvThreads)
     whiten_conv_kernel(const __half* __restrict__ x, const float* __restrict__ w,
                        __half* __restrict__ y, bool mirror) {
   constexpr int Cout = kWhitenChannelsPadded;
-  __shared__ float s_w[kD * kD];                          // [27][3][3][3] KRSC
-  __shared__ float s_in[kR][kImage + 2][kChannels];       // rows oy-1..oy+1, cols -1..32
-  const int b = blockIdx.x / kImage, oy = blockIdx.x % kImage;
-  for (int i = threadIdx.x; i < kD * kD; i += blockDim.x) s_w[i] = w[i];
-  for (int i = threadIdx.x; i < kR * (kImage + 2) * kChannels; i += blockDim.x) {
+  constexpr int kInRows = kRowsPerBlock + kR - 1;
+  __shared__ float s_w[Cout * kD];                          // [32][3][3][3] KRSC, 27..31 zero
+  __shared__ float s_in[kInRows][kImage + 2][kChannels];    // rows oy0-1..oy0+kRowsPerBlock
+  constexpr int kBlocksPerImage = kImage / kRowsPerBlock;
+  const int b = blockIdx.x / kBlocksPerImage, oy0 = (blockIdx.x % kBlocksPerImage) * kRowsPerBlock;
+  for (int i = threadIdx.x; i < Cout * kD; i += blockDim.x) s_w[i] = i < kD * kD ? w[i] : 0.0f;
+  for (int i = threadIdx.x; i < kInRows * (kImage + 2) * kChannels; i += blockDim.x) {
     const int c = i % kChannels, col = (i / kChannels) % (kImage + 2), r = i / (kChannels * (kImage + 2));
-    const int iy = oy + r - 1, ix = col - 1;
+    const int iy = oy0 + r - 1, ix = col - 1;
     float v = 0.0f;  // zero padding
     if (iy >= 0 && iy < kImage && ix >= 0 && ix < kImage) {
       const int sx = mirror ? kImage - 1 - ix : ix;
@@ -114,18 +119,25 @@ __global__ void __launch_bounds__(kConvThreads)
     s_in[r][col][c] = v;
   }
   __syncthreads();
-  const int k = threadIdx.x % Cout;
-  for (int ox = threadIdx.x / Cout; ox < kImage; ox += kConvThreads / Cout) {
-    float acc = 0.0f;
-    if (k < kD) {
-      const float* wk = s_w + k * kD;
-      for (int ky = 0; ky < kR; ky++)
-        for (int kx = 0; kx < kR; kx++)
-          for (int c = 0; c < kChannels; c++)
-            acc += wk[(ky * kR + kx) * kChannels + c] * s_in[ky][ox + kx][c];
-    }
-    y[(((long)b * kImage + oy) * kImage + ox) * Cout + k] = __float2half_rn(acc);
-  }
+  const int kv = threadIdx.x % kVecPerPixel;
+  const int pix = threadIdx.x / kVecPerPixel;  // 0 .. kRowsPerBlock * 32 - 1
+  const int ry = pix / kImage, ox = pix % kImage;
+  float acc[8];
+#pragma unroll
+  for (int j = 0; j < 8; j++) acc[j] = 0.0f;
+  for (int ky = 0; ky < kR; ky++)
+    for (int kx = 0; kx < kR; kx++)
+#pragma unroll
+      for (int c = 0; c < kChannels; c++) {
+        const float v = s_in[ry + ky][ox + kx][c];
+#pragma unroll
+        for (int j = 0; j < 8; j++) acc[j] += s_w[(kv * 8 + j) * kD + (ky * kR + kx) * kChannels + c] * v;
+      }
+  uint4 out;
+  __half2* h = reinterpret_cast<__half2*>(&out);
+#pragma unroll
+  for (int j = 0; j < 4; j++) h[j] = __floats2half2_rn(acc[2 * j], acc[2 * j + 1]);
+  *reinterpret_cast<uint4*>(y + (((long)b * kImage + oy0 + ry) * kImage + ox) * Cout + kv * 8) = out;
 }
 
 }  // namespace
@@ -153,7 +165,8 @@ void whiten_conv_forward(const __half* x, const float* w, __half* y, int B, bool
                          cudaStream_t stream) {
   require(B >= 0, "whiten_conv_forward", "B must be >= 0");
   if (B == 0) return;
-  whiten_conv_kernel<<<B * kImage, kConvThreads, 0, stream>>>(x, w, y, mirror);
+  require(aligned16(y), "whiten_conv_forward", "y must be 16-byte aligned (16-byte stores)");
+  whiten_conv_kernel<<<B * (kImage / kRowsPerBlock), kConvThreads, 0, stream>>>(x, w, y, mirror);
   CUDA_CHECK_LAUNCH();
 }
 

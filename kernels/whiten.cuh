@@ -22,6 +22,7 @@ void patch_covariance(const __half* x, int n, float* cov, void* scratch, cudaStr
 
 // y [B][32][32][32] fp16 = conv3x3 pad 1 of x [B][32][32][3] with w [27][3][3][3] fp32 (KRSC),
 // channels 27..31 zero. mirror = true reads x mirrored horizontally (test-time augmentation).
+// y must be 16-byte aligned (8 channels per store).
 void whiten_conv_forward(const __half* x, const float* w, __half* y, int B, bool mirror,
                          cudaStream_t stream);
 
