@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the GPU binaries for a Hopper device machine (sm_90a only, so they are small enough
-# to carry) and copies them into .gpu-bin/ (git-ignored). A device call then carries
-# .gpu-bin and runs:  BUILD_DIR=.gpu-bin tools/gpu_check.sh "$OUT" [DATA_DIR] [RUNS]
+# to carry) and copies them into .gpu-bin/, and packs that into .gpu-pack/bins.tar.xz (both
+# git-ignored; the archive is ~2 MB against ~17 MB, so it fits beside half of the data in one
+# 64 MiB device call). A device call then carries .gpu-pack and runs:
+#   tar xJf .gpu-pack/bins.tar.xz && BUILD_DIR=.gpu-bin tools/gpu_check.sh "$OUT" [DATA_DIR] [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=build-h100
@@ -13,4 +15,6 @@ for b in cs_gpu_tests kernel_bench conv_bench speedrun; do
   cp "$build/$b" .gpu-bin/
   strip --strip-debug .gpu-bin/$b
 done
-du -sh .gpu-bin/*
+mkdir -p .gpu-pack
+tar cJf .gpu-pack/bins.tar.xz .gpu-bin
+du -sh .gpu-bin/* .gpu-pack/bins.tar.xz
