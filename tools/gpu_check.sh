@@ -14,19 +14,23 @@
 #    3) --json OUTDIR/speedrun.json. DATA_DIR may be the cifar-10-batches-bin folder, its parent,
 #    or the repo's compressed pack (a folder with build_bins.py, e.g. ../shared/cifar10), which
 #    is unpacked to /tmp/cifar10-bins first.
-# 6. sanitizer: the GPU tests under compute-sanitizer memcheck (the test binary directly,
+# 6. torch (only with DATA_DIR or $CIFAR10_DIR, and a python3 that imports torch): the PyTorch
+#    reference of the recipe on the same GPU and data, tools/reference/resnet9_torch.py train
+#    --runs RUNS (one warm-up run first) --json OUTDIR/torch.json: the side-by-side baseline.
+#    It starts no new run after T_TORCH - 60 seconds.
+# 7. sanitizer: the GPU tests under compute-sanitizer memcheck (the test binary directly,
 #    "[gpu]~[recipe]": the batch-512 conv-kernel cases are left out, their odd-shape cases
 #    exercise every predicated edge at a fraction of the cost), then racecheck on the
 #    hand-written conv kernels' odd shapes ("[igemm]~[recipe]", shared-memory races). Last,
 #    because it is the slowest step and the others matter more when time is short.
 # GPU_CHECK_STEPS (comma-separated, default all: gpu_tests,kernel_bench,conv_bench,speedrun,
-# sanitizer) picks steps, so a short device session can split them over two calls (the data
+# torch,sanitizer) picks steps, so a short device session can split them over two calls (the data
 # only arrives with the second; see README "Working with a GPU machine"). SPEEDRUN_ARGS adds
 # arguments to the speedrun step (e.g. "--fused-pool --warmup").
 # Every step has a time limit; a failing step does not stop the others; the exit status is
 # non-zero if any step failed. OUTDIR holds at most 7 files (a device call returns at most 8):
-# gpu_check.log (setup, benchmarks' and speedrun's output, the summary table), gpu_tests.log,
-# sanitizer.log, kernel_bench.json, conv_bench.json, speedrun.json.
+# gpu_check.log (setup, benchmarks', speedrun's and torch's output, the summary table),
+# gpu_tests.log, sanitizer.log, kernel_bench.json, conv_bench.json, speedrun.json, torch.json.
 set -u -o pipefail
 
 if [ $# -lt 1 ]; then
@@ -49,8 +53,9 @@ T_TESTS=${T_TESTS:-240}
 T_WGMMA_TESTS=${T_WGMMA_TESTS:-90}
 T_BENCH=${T_BENCH:-120}
 T_SPEEDRUN=${T_SPEEDRUN:-600}
+T_TORCH=${T_TORCH:-600}
 
-STEPS=",${GPU_CHECK_STEPS:-gpu_tests,kernel_bench,conv_bench,speedrun,sanitizer},"
+STEPS=",${GPU_CHECK_STEPS:-gpu_tests,kernel_bench,conv_bench,speedrun,torch,sanitizer},"
 # want STEP: whether GPU_CHECK_STEPS includes STEP.
 want() { [[ "$STEPS" == *",$1,"* ]]; }
 
@@ -180,6 +185,15 @@ else
 fi
 
 # ---------------------------------------------------------------- 5. speedrun
+# ensure_bins: when DATA is the repo's compressed pack (a folder with build_bins.py), rebuild
+# the official binary files once (checked against SHA256SUMS) and point DATA at them.
+ensure_bins() {
+  if [ -f "$DATA/build_bins.py" ] && [ ! -d "$DATA/cifar-10-batches-bin" ]; then
+    run_step unpack_data 120 "$LOG" python3 "$DATA/build_bins.py" /tmp/cifar10-bins "$DATA"
+    DATA=/tmp/cifar10-bins
+  fi
+}
+
 if ! want speedrun; then
   skip_step speedrun "not in GPU_CHECK_STEPS"
 elif [ -z "$DATA" ]; then
@@ -187,17 +201,27 @@ elif [ -z "$DATA" ]; then
 elif [ ! -x "$BUILD/speedrun" ]; then
   skip_step speedrun "no $BUILD/speedrun"
 else
-  if [ -f "$DATA/build_bins.py" ] && [ ! -d "$DATA/cifar-10-batches-bin" ]; then
-    # The compressed pack: rebuild the official binary files (checked against SHA256SUMS).
-    run_step unpack_data 120 "$LOG" python3 "$DATA/build_bins.py" /tmp/cifar10-bins "$DATA"
-    DATA=/tmp/cifar10-bins
-  fi
+  ensure_bins
   run_step speedrun "$T_SPEEDRUN" "$LOG" \
     "$BUILD/speedrun" --device cuda --data "$DATA" --runs "$RUNS" --json "$OUT/speedrun.json" \
     ${SPEEDRUN_ARGS:-}
 fi
 
-# ---------------------------------------------------------------- 6. sanitizer
+# ---------------------------------------------------------------- 6. PyTorch reference
+if ! want torch; then
+  skip_step torch "not in GPU_CHECK_STEPS"
+elif [ -z "$DATA" ]; then
+  skip_step torch "no DATA_DIR argument or CIFAR10_DIR"
+elif ! python3 -c "import torch, numpy" >/dev/null 2>&1; then
+  skip_step torch "python3 cannot import torch and numpy"
+else
+  ensure_bins
+  run_step torch "$T_TORCH" "$LOG" \
+    env PYTHONUNBUFFERED=1 python3 tools/reference/resnet9_torch.py train --data "$DATA" --runs "$RUNS" \
+    --time-budget "$((T_TORCH - 60))" --json "$OUT/torch.json"
+fi
+
+# ---------------------------------------------------------------- 7. sanitizer
 SANITIZER=$(command -v compute-sanitizer || true)
 for c in /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer; do
   [ -z "$SANITIZER" ] && [ -x "$c" ] && SANITIZER=$c
