@@ -82,8 +82,8 @@ options:
   --scale-schedule        stretch the lr schedule (knots at epochs 0, 2, 8 of the recipe's 10)
                           to --epochs, so a short run also warms up and decays (not the
                           benchmark recipe)
-  --conv-kernels K        GPU convolutions: cudnn (default, until our kernels have passed
-                          their GPU tests), auto (per layer and pass the fastest of cuDNN and
+  --conv-kernels K        GPU convolutions: cudnn (default, until auto is measured at least
+                          as fast in training), auto (per layer and pass the fastest of cuDNN and
                           our implicit-GEMM kernels that agree with cuDNN), or igemm (ours
                           wherever they are eligible)
   --fused-pool            GPU: fuse conv + 2x2 max-pool (+ argmax, BN sums) for the pooled

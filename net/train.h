@@ -19,7 +19,7 @@ struct TrainConfig {
   bool eval_every_epoch = false;  // untimed per-epoch test accuracy (TTA), for curves
   // GPU engine: which convolution implementations the per-layer selection may use,
   // "auto" | "cudnn" | "igemm" (engine/conv_select.h). Ignored by the CPU engine. cuDNN by
-  // default until our kernels have passed their GPU tests (docs/conv_kernels.md).
+  // default until "auto" is measured at least as fast in training (docs/conv_kernels.md).
   std::string conv_kernels = "cudnn";
   // GPU engine: the fused conv + max-pool forward for the pooled layers (Resnet9Gpu::Options).
   bool fused_pool = false;
