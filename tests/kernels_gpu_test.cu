@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <numeric>
 #include <random>
+#include <stdexcept>
 #include <vector>
 
 #include "kernels/augment.cuh"
@@ -228,6 +229,21 @@ TEST_CASE("patch_covariance matches ref::patch_covariance (10,000 images)", "[gp
   // Products of fp16 values are exact in fp32 and every sum is double: only the final fp32
   // rounding (~6e-8 relative) remains.
   REQUIRE(rel_l2_error(got.data(), want.data(), (long)want.size()) < kTolF32Sum);
+}
+
+TEST_CASE("whiten_conv_forward checks its preconditions (host)", "[gpu][whiten]") {
+  // Checked before any launch, so no device is needed; the pointers are never dereferenced.
+  const auto* x = reinterpret_cast<const __half*>(uintptr_t{256});
+  const auto* w = reinterpret_cast<const float*>(uintptr_t{512});
+  CHECK_THROWS_AS(kernels::whiten_conv_forward(x, w, reinterpret_cast<__half*>(uintptr_t{1032}), 2,
+                                               false, 0),
+                  std::invalid_argument);  // y not 16-byte aligned (16-byte stores)
+  CHECK_THROWS_AS(kernels::whiten_conv_forward(x, w, reinterpret_cast<__half*>(uintptr_t{1024}), -1,
+                                               false, 0),
+                  std::invalid_argument);
+  // B == 0 is a no-op, not an error.
+  CHECK_NOTHROW(kernels::whiten_conv_forward(x, w, reinterpret_cast<__half*>(uintptr_t{1032}), 0,
+                                             false, 0));
 }
 
 TEST_CASE("whiten_conv_forward matches ref::conv_forward (and with mirror)", "[gpu][whiten]") {
