@@ -722,12 +722,14 @@ dim3 stats_grid(const GhostBnCeluShape& s) {
 
 constexpr int kApplyThreads = 256;
 
-// Whether the vectorised kernels serve this call (see their comment): prm.vectorized, C a
-// multiple of 8 with at most kVecThreads channel vectors, every given tensor 16-byte aligned
-// (null entries are skipped).
+// Whether the shape suits the vectorised kernels: whole 8-channel vectors, at most one per thread.
+bool vec_shape_ok(const GhostBnCeluShape& s) { return s.C % 8 == 0 && s.C / 8 <= kVecThreads; }
+
+// Whether the vectorised kernels serve this call (see their comment): prm.vectorized, a shape
+// vec_shape_ok accepts, every given tensor 16-byte aligned (null entries are skipped).
 bool use_vec(const GhostBnCeluShape& s, const GhostBnCeluParams& prm,
              std::initializer_list<const void*> tensors) {
-  if (!prm.vectorized || s.C % 8 != 0 || s.C / 8 > kVecThreads) return false;
+  if (!prm.vectorized || !vec_shape_ok(s)) return false;
   for (const void* t : tensors)
     if (t != nullptr && !aligned16(t)) return false;
   return true;
@@ -752,7 +754,7 @@ int vec_slices(const GhostBnCeluShape& s) {
 size_t ghost_bn_celu_scratch_bytes(const GhostBnCeluShape& s) {
   // partial [slices][G][C][2] + totals [G][C][2], for whichever kernels a call uses.
   size_t slices = (size_t)stats_slices(s);
-  if (s.C % 8 == 0 && s.C / 8 <= kVecThreads && s.group > 0)
+  if (vec_shape_ok(s) && s.group > 0)
     slices = std::max(slices, (size_t)vec_slices(s));
   return sizeof(float) * 2 * (size_t)s.groups() * s.C * (slices + 1);
 }
