@@ -32,9 +32,8 @@ namespace kernels {
 
 namespace {
 
-using igemm_detail::a_offset;
-using igemm_detail::FilterTap;
-using igemm_detail::PixelCursor;
+using igemm_detail::WgradLoader;
+using igemm_detail::WgradParams;
 using igemm_detail::wgrad_a_ldsm;
 using igemm_detail::wgrad_b_ldsm;
 
@@ -102,67 +101,15 @@ using WgradTile128x128x64 = WgradTile<128, 128, 64, 64, 32, 3, 2>;
 using WgradTile128x64x32 = WgradTile<128, 64, 32, 64, 32, 4, 2>;
 using WgradTile64x64x32 = WgradTile<64, 64, 32, 32, 32, 4, 4>;
 
-struct WgradParams {
-  const __half* x;   // [P][C], P = N*H*W pixels
-  const __half* dy;  // [P][K]
-  float* partials;   // [splits][K][Ng]
-  int H, W, C, K, R, pad;
-  int P;                 // N * H * W
-  int Ng;                // R * R * C
-  int slices_per_split;  // BlockK-pixel slices per slab (blockIdx.z)
-};
-
-// ------------------------------------------------------------------------ the loaders
-
-// Copies one BlockK-pixel slice of A and of B into a pipeline stage. Each thread owns a fixed
-// 16-byte chunk column: of A a group of 8 output channels, of B a group of 8 filter columns,
-// i.e. one filter tap (r, s, c..c+7) for the whole slab (decoded once). Its pixel rows advance
-// by BlockK per slice through PixelCursors.
+// Where a stage's (pixel row, 16-byte chunk) lives for the mma.sync kernel: sA [BlockK][kAStride]
+// then sB [BlockK][kBStride] halves, rows padded (see the top of this file).
 template <class T>
-struct WgradLoader {
-  int a_chunk, a_row0, b_chunk, b_row0;
-  bool a_ok, b_ok;  // the chunk column lies inside [0, K) / [0, Ng)
-  int a_col;        // first output channel of this thread's A chunk
-  FilterTap tap;    // the filter tap of this thread's B chunk
-  int pixel;        // first pixel of the next slice; row i of it is pixel + row
-  PixelCursor b_px[T::kBRows];
-
-  __device__ WgradLoader(const WgradParams& p, int m0, int n0, int pixel0) {
-    a_chunk = threadIdx.x % T::kAChunks;
-    a_row0 = threadIdx.x / T::kAChunks;
-    b_chunk = threadIdx.x % T::kBChunks;
-    b_row0 = threadIdx.x / T::kBChunks;
-    a_col = m0 + a_chunk * 8;
-    a_ok = a_col < p.K;
-    const int n = n0 + b_chunk * 8;
-    b_ok = n < p.Ng;
-    tap.init(b_ok ? n : 0, p.C, p.R);
-    pixel = pixel0;
-#pragma unroll
-    for (int i = 0; i < T::kBRows; i++) b_px[i].init(pixel0 + b_row0 + i * T::kBRowStep, p.H, p.W);
+struct PaddedWgradLayout {
+  static __device__ __forceinline__ uint32_t a_dst(uint32_t stage, int row, int chunk) {
+    return stage + 2u * (uint32_t)(row * T::kAStride + chunk * 8);
   }
-
-  // Issues the copies of the next slice into `stage` (sA then sB) and steps to the slice after.
-  // Pixels >= P (the end of the last slab's last slice) are zero-filled.
-  __device__ void load(const WgradParams& p, __half* stage) {
-    __half* sA = stage;
-    __half* sB = stage + T::kBlockK * T::kAStride;
-#pragma unroll
-    for (int i = 0; i < T::kARows; i++) {
-      const int row = a_row0 + i * T::kARowStep, px = pixel + row;
-      const bool ok = a_ok && px < p.P;
-      ptx::cp_async_16(ptx::smem_addr(sA + row * T::kAStride + a_chunk * 8),
-                       p.dy + (ok ? (size_t)px * p.K + a_col : 0), ok);
-    }
-#pragma unroll
-    for (int i = 0; i < T::kBRows; i++) {
-      const int row = b_row0 + i * T::kBRowStep, px = pixel + row;
-      const int off = (b_ok && px < p.P) ? a_offset(px, b_px[i].oh, b_px[i].ow, tap, p.H, p.W, p.C, p.pad) : -1;
-      ptx::cp_async_16(ptx::smem_addr(sB + row * T::kBStride + b_chunk * 8), p.x + (off >= 0 ? off : 0),
-                       off >= 0);
-      b_px[i].advance(T::kBlockK, p.H, p.W);
-    }
-    pixel += T::kBlockK;
+  static __device__ __forceinline__ uint32_t b_dst(uint32_t stage, int row, int chunk) {
+    return stage + 2u * (uint32_t)(T::kBlockK * T::kAStride + row * T::kBStride + chunk * 8);
   }
 };
 
@@ -215,12 +162,13 @@ __global__ void __launch_bounds__(T::kThreads, T::kMinBlocks)
   const int slice0 = blockIdx.z * p.slices_per_split;
   const int k_tiles = min(p.slices_per_split, ceil_div(p.P, T::kBlockK) - slice0);
 
-  WgradLoader<T> loader(p, m0, n0, slice0 * T::kBlockK);
+  const uint32_t base = ptx::smem_addr(smem);
+  WgradLoader<T, PaddedWgradLayout<T>> loader(p, m0, n0, slice0 * T::kBlockK);
   // Prologue: slices 0 .. Stages-2 in flight; one commit group per slice, empty past the end,
   // so the wait count below is the same in every iteration (as in the forward kernel).
 #pragma unroll
   for (int s = 0; s < T::kStages - 1; s++) {
-    if (s < k_tiles) loader.load(p, smem + s * T::kStageHalves);
+    if (s < k_tiles) loader.load(p, base + s * T::kStageHalves * 2);
     ptx::cp_async_commit();
   }
 
@@ -238,7 +186,7 @@ __global__ void __launch_bounds__(T::kThreads, T::kMinBlocks)
     ptx::cp_async_wait<T::kStages - 2>();
     __syncthreads();
     const int next = kt + T::kStages - 1;
-    if (next < k_tiles) loader.load(p, smem + (next % T::kStages) * T::kStageHalves);
+    if (next < k_tiles) loader.load(p, base + (next % T::kStages) * T::kStageHalves * 2);
     ptx::cp_async_commit();
     wgrad_warp_mma_stage<T>(smem + (kt % T::kStages) * T::kStageHalves, warp_m0, warp_n0, lane, acc);
   }
@@ -335,13 +283,16 @@ void conv_backward_data_igemm(const __half* dy, const __half* w, __half* dx, __h
 
 // ---------------------------------------------------------------------- weight gradient
 
-WgradSplit igemm_wgrad_split(const ConvDesc& d, IgemmConfig config, int splits) {
-  const IgemmConfigInfo cfg = igemm_config_info(config);
+WgradSplit wgrad_split(const ConvDesc& d, int block_k, int splits) {
   const long long pixels = (long long)d.N * d.H * d.W;
-  const int slices = (int)std::max(1LL, ceil_div(pixels, (long long)cfg.block_k));
+  const int slices = (int)std::max(1LL, ceil_div(pixels, (long long)std::max(block_k, 1)));
   const int want = std::min(std::max(splits, 1), slices);
   const int per = ceil_div(slices, want);
   return {ceil_div(slices, per), per};
+}
+
+WgradSplit igemm_wgrad_split(const ConvDesc& d, IgemmConfig config, int splits) {
+  return wgrad_split(d, igemm_config_info(config).block_k, splits);
 }
 
 int igemm_wgrad_default_splits(const ConvDesc& d, IgemmConfig config, int sm_count) {
@@ -395,11 +346,18 @@ void conv_backward_filter_igemm(const __half* x, const __half* dy, __half* dw, f
     case IgemmConfig::k128x64x32s4: launch_wgrad_tile<WgradTile128x64x32>(p, split.splits, stream); break;
     case IgemmConfig::k64x64x32s4: launch_wgrad_tile<WgradTile64x64x32>(p, split.splits, stream); break;
   }
-  const long n = (long)d.K * p.Ng;  // a multiple of 8: K % 8 == 0
+  igemm_detail::conv_wgrad_reduce(partials, dw, (long)d.K * p.Ng, split.splits, stream);
+}
+
+namespace igemm_detail {
+
+void conv_wgrad_reduce(const float* partials, __half* dw, long n, int splits, cudaStream_t stream) {
   const int threads = 256;
   conv_wgrad_reduce_kernel<<<(unsigned)ceil_div(n / 4, (long)threads), threads, 0, stream>>>(
-      partials, dw, n, split.splits);
+      partials, dw, n, splits);
   CUDA_CHECK_LAUNCH();
 }
+
+}  // namespace igemm_detail
 
 }  // namespace kernels

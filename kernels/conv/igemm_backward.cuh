@@ -62,6 +62,8 @@ struct WgradSplit {
   int slices_per_split;  // BlockK-pixel slices per slab
 };
 WgradSplit igemm_wgrad_split(const ConvDesc& d, IgemmConfig config, int splits);
+// The same for any kernel that walks the pixels in slices of block_k (the wgmma one: 64).
+WgradSplit wgrad_split(const ConvDesc& d, int block_k, int splits);
 
 // A split count that fills `sm_count` SMs about once with resident blocks (the tile grid
 // times the splits), keeping at least 16 slices per slab so the cp.async pipeline's fill and
@@ -82,6 +84,11 @@ void conv_backward_filter_igemm(const __half* x, const __half* dy, __half* dw, f
                                 cudaStream_t stream);
 
 namespace igemm_detail {
+
+// dw[i] = fp16(sum over slabs z = 0 .. splits-1 of partials[z][i]) for i < n, in slab order
+// (deterministic); partials [splits][n] fp32. n % 4 == 0, both 16-byte aligned (the wgrad
+// launchers' preconditions guarantee it: n = K * R * R * C with K % 8 == 0).
+void conv_wgrad_reduce(const float* partials, __half* dw, long n, int splits, cudaStream_t stream);
 
 // Where pixel p = (img * H + oh) * W + ow of a wgrad slab lies in its image. A loader row
 // walks p in steps of BlockK; advance() follows it without divisions (the while loop runs

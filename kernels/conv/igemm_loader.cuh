@@ -1,8 +1,10 @@
-// The forward implicit-GEMM kernels' shared pieces (device code, included by
-// kernels/conv/implicit_gemm.cu and kernels/conv/wgmma_conv.cu): the kernel parameters and
-// the cp.async loader that gathers an A slice (implicit im2col of x) and a B slice (filter
-// rows) into a pipeline stage. The kernels differ only in where a (row, 16-byte chunk) of a
-// stage lives in shared memory, which a Layout policy gives:
+// The implicit-GEMM kernels' shared pieces (device code, included by kernels/conv/*.cu): the
+// kernel parameters and the cp.async loaders that fill a pipeline stage,
+//   - forward (TileLoader): an A slice (implicit im2col of x) and a B slice (filter rows);
+//   - weight gradient (WgradLoader): an A slice (dy rows) and a B slice (x gathered through
+//     each filter column's tap), both pixel-major.
+// The mma.sync and wgmma kernels differ only in where a (row, 16-byte chunk) of a stage lives
+// in shared memory, which a Layout policy gives:
 //   static uint32_t Layout::a_dst(uint32_t stage, int row, int chunk)
 //   static uint32_t Layout::b_dst(uint32_t stage, int row, int chunk)
 // (shared-memory byte addresses; padded rows for mma.sync, the 128-byte swizzle for wgmma).
@@ -12,6 +14,7 @@
 
 #include <cstdint>
 
+#include "kernels/conv/igemm_backward.cuh"
 #include "kernels/conv/implicit_gemm.cuh"
 #include "kernels/conv/ptx_sm80.cuh"
 
@@ -89,6 +92,69 @@ struct TileLoader {
     }
     k += T::kBlockK;
     tap.advance(T::kBlockK, p.C, p.R);
+  }
+};
+
+// ------------------------------------------------------------------------ weight gradient
+
+// The GEMM view is in kernels/conv/igemm_backward.cuh: dw[k][n] = sum_p dy[p][k] * im2col(x)[p][n].
+struct WgradParams {
+  const __half* x;   // [P][C], P = N*H*W pixels
+  const __half* dy;  // [P][K]
+  float* partials;   // [splits][K][Ng]
+  int H, W, C, K, R, pad;
+  int P;                 // N * H * W
+  int Ng;                // R * R * C
+  int slices_per_split;  // BlockK-pixel slices per slab (blockIdx.z)
+};
+
+// Copies one BlockK-pixel slice of A and of B into a pipeline stage. Each thread owns a fixed
+// 16-byte chunk column: of A a group of 8 output channels, of B a group of 8 filter columns,
+// i.e. one filter tap (r, s, c..c+7) for the whole slab (decoded once). Its pixel rows advance
+// by BlockK per slice through PixelCursors. T provides kAChunks / kBChunks (chunks per pixel
+// row of A / B), kARowStep / kBRowStep (rows per loader pass), kARows / kBRows and kBlockK.
+template <class T, class Layout>
+struct WgradLoader {
+  int a_chunk, a_row0, b_chunk, b_row0;
+  bool a_ok, b_ok;  // the chunk column lies inside [0, K) / [0, Ng)
+  int a_col;        // first output channel of this thread's A chunk
+  FilterTap tap;    // the filter tap of this thread's B chunk
+  int pixel;        // first pixel of the next slice; row i of it is pixel + row
+  PixelCursor b_px[T::kBRows];
+
+  __device__ WgradLoader(const WgradParams& p, int m0, int n0, int pixel0) {
+    a_chunk = threadIdx.x % T::kAChunks;
+    a_row0 = threadIdx.x / T::kAChunks;
+    b_chunk = threadIdx.x % T::kBChunks;
+    b_row0 = threadIdx.x / T::kBChunks;
+    a_col = m0 + a_chunk * 8;
+    a_ok = a_col < p.K;
+    const int n = n0 + b_chunk * 8;
+    b_ok = n < p.Ng;
+    tap.init(b_ok ? n : 0, p.C, p.R);
+    pixel = pixel0;
+#pragma unroll
+    for (int i = 0; i < T::kBRows; i++) b_px[i].init(pixel0 + b_row0 + i * T::kBRowStep, p.H, p.W);
+  }
+
+  // Issues the copies of the next slice into the stage at shared-memory address `stage` and
+  // steps to the slice after. Pixels >= P (the end of the last slab's last slice) and chunk
+  // columns past K or Ng are zero-filled.
+  __device__ void load(const WgradParams& p, uint32_t stage) {
+#pragma unroll
+    for (int i = 0; i < T::kARows; i++) {
+      const int row = a_row0 + i * T::kARowStep, px = pixel + row;
+      const bool ok = a_ok && px < p.P;
+      ptx::cp_async_16(Layout::a_dst(stage, row, a_chunk), p.dy + (ok ? (size_t)px * p.K + a_col : 0), ok);
+    }
+#pragma unroll
+    for (int i = 0; i < T::kBRows; i++) {
+      const int row = b_row0 + i * T::kBRowStep, px = pixel + row;
+      const int off = (b_ok && px < p.P) ? a_offset(px, b_px[i].oh, b_px[i].ow, tap, p.H, p.W, p.C, p.pad) : -1;
+      ptx::cp_async_16(Layout::b_dst(stage, row, b_chunk), p.x + (off >= 0 ? off : 0), off >= 0);
+      b_px[i].advance(T::kBlockK, p.H, p.W);
+    }
+    pixel += T::kBlockK;
   }
 };
 
