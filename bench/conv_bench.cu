@@ -3,7 +3,7 @@
 // passes of training: the forward (plain, with the fused BN-statistics epilogue, and for the
 // pooled layers with the fused 2x2 max-pool epilogue, with and without statistics), the input
 // gradient and the split-K weight gradient, every tile configuration (and on Hopper the wgmma
-// forward and input gradient), next to cuDNN's autotuned
+// forward, input gradient and split-K weight gradient), next to cuDNN's autotuned
 // passes (engine/conv_cudnn.h). Each variant is checked against the CPU reference before it is
 // timed (llm.c's dev/cuda style: validate, then time). Prints a table and a per-layer summary
 // (best of each pass and the three summed vs cuDNN) and writes JSON (docs/conv_kernels.md).
@@ -109,7 +109,7 @@ struct Row {
   std::string layer, pass, kernel, config;  // kernel: "igemm", "wgmma" or "cudnn"
   std::string epilogue = "none";            // fwd igemm: "none", "stats", "pool", "pool+stats"
   kernels::IgemmConfigInfo info{};          // igemm only
-  int splits = 0;                           // igemm bwd_filter: split-K slabs launched
+  int splits = 0;                           // igemm / wgmma bwd_filter: split-K slabs launched
   kernels::ConvDesc d{};
   double flop = 0;
   bench::Timing t;
@@ -432,6 +432,37 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
       rows.push_back(row);
     }
   }
+
+  // ---- the Hopper weight gradient (wgmma, sm_90a): the same split-K scheme and reduction, at
+  // its default split count and at half and twice that.
+  if (kernels::wgmma_supported()) {
+    for (kernels::WgmmaConfig config : kernels::kWgmmaConfigs) {
+      const auto info = kernels::wgmma_config_info(config);
+      const int dflt = kernels::wgmma_wgrad_default_splits(d, config, sm_count);
+      std::vector<int> launched;
+      for (int want : {dflt, std::max(1, dflt / 2), 2 * dflt}) {
+        const int splits = kernels::wgmma_wgrad_split(d, want).splits;
+        if (std::find(launched.begin(), launched.end(), splits) != launched.end()) continue;
+        launched.push_back(splits);
+        Row row = new_row("bwd_filter", "wgmma", info.name);
+        row.info = info;
+        row.splits = splits;
+        DeviceBuffer<float> d_part(kernels::igemm_wgrad_scratch_bytes(d, splits) / sizeof(float));
+        auto launch = [&] {
+          kernels::conv_backward_filter_wgmma(d_x.get(), d_dy.get(), d_dw.get(), d_part.get(), d, config,
+                                              splits, 0);
+        };
+        d_dw.poison();
+        d_part.poison();
+        launch();
+        CUDA_CHECK(cudaDeviceSynchronize());
+        check_output(row, d_dw, dw_ref, "dw over all 512 images", kTolOut);
+        row.t = bench::time_calls(launch, g_iters);
+        row.cudnn_us = cudnn_us[2];
+        rows.push_back(row);
+      }
+    }
+  }
 }
 
 std::string shape_str(const kernels::ConvDesc& d) {
@@ -444,7 +475,7 @@ void print_usage() {
       "usage: conv_bench [--json out.json] [--iters N] [--no-cudnn] [--help]\n"
       "  Times the hand-written implicit-GEMM convolutions (every tile config: the forward with\n"
       "  and without the BN-statistics and fused max-pool epilogues, the input gradient, the\n"
-      "  split-K weight gradient)\n"
+      "  split-K weight gradient; on Hopper also the wgmma forward, input and weight gradient)\n"
       "  and cuDNN's autotuned passes on the recipe's conv shapes (batch 512), after checking each\n"
       "  against the CPU reference. Summary per layer: the fastest passing variant of each pass\n"
       "  and the three passes summed, against cuDNN.\n"

@@ -148,8 +148,12 @@ void ConvSelect::run_ours(ConvPass pass, const Choice& c, const __half* a, const
         kernels::conv_backward_data_igemm(a, b, out, static_cast<__half*>(scratch), kd, c.config, stream());
       return;
     case ConvPass::kBwdFilter:  // a = x, b = dy
-      kernels::conv_backward_filter_igemm(a, b, out, static_cast<float*>(scratch), kd, c.config, c.splits,
-                                          stream());
+      if (c.impl == Impl::kWgmma)
+        kernels::conv_backward_filter_wgmma(a, b, out, static_cast<float*>(scratch), kd, c.wgmma_config, c.splits,
+                                            stream());
+      else
+        kernels::conv_backward_filter_igemm(a, b, out, static_cast<float*>(scratch), kd, c.config, c.splits,
+                                            stream());
       return;
   }
 }
@@ -251,14 +255,21 @@ void ConvSelect::autotune(__half* x, __half* w, __half* y, void* workspace, size
       ic.splits = pass == ConvPass::kBwdFilter ? c.splits : 0;
       try_ours(c, ic);
     }
-    // The Hopper kernel: forward, and the input gradient through it (no weight gradient yet).
-    if (pass != ConvPass::kBwdFilter && wgmma) {
+    // The Hopper kernels: forward, the input gradient through it, and the weight gradient.
+    if (wgmma) {
       for (kernels::WgmmaConfig config : kernels::kWgmmaConfigs) {
         Choice c;
         c.impl = Impl::kWgmma;
         c.wgmma_config = config;
-        if (pass == ConvPass::kBwdData) c.scratch = kernels::igemm_dgrad_scratch_bytes(kd);
-        try_ours(c, ConvCandidate{pass, "wgmma", kernels::wgmma_config_info(config).name});
+        if (pass == ConvPass::kBwdFilter) {
+          c.splits = kernels::wgmma_wgrad_default_splits(kd, config, sm_count);
+          c.scratch = kernels::igemm_wgrad_scratch_bytes(kd, c.splits);
+        } else if (pass == ConvPass::kBwdData) {
+          c.scratch = kernels::igemm_dgrad_scratch_bytes(kd);
+        }
+        ConvCandidate ic{pass, "wgmma", kernels::wgmma_config_info(config).name};
+        ic.splits = pass == ConvPass::kBwdFilter ? c.splits : 0;
+        try_ours(c, ic);
       }
     }
   }
@@ -305,6 +316,7 @@ std::string ConvSelect::chosen() const {
       s += "cudnn:" + algos[pi];
     } else if (c.impl == Impl::kWgmma) {
       s += std::string("wgmma:") + kernels::wgmma_config_info(c.wgmma_config).name;
+      if (pi == 2) s += "/splits=" + std::to_string(c.splits);
     } else {
       s += std::string("igemm:") + kernels::igemm_config_info(c.config).name;
       if (pi == 2) s += "/splits=" + std::to_string(c.splits);

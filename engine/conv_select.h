@@ -1,6 +1,6 @@
 // Per-layer choice between cuDNN and the hand-written implicit-GEMM kernels
 // (kernels/conv/implicit_gemm.cuh, kernels/conv/igemm_backward.cuh, and on Hopper
-// kernels/conv/wgmma_conv.cuh for the forward and the input gradient), made once at setup.
+// kernels/conv/wgmma_conv.cuh for all three passes), made once at setup.
 //
 // For each pass of one convolution shape (forward, input gradient, weight gradient) autotune()
 // times cuDNN's chosen deterministic algorithm (engine/conv_cudnn.h) and every igemm tile
@@ -49,7 +49,7 @@ struct ConvCandidate {
   ConvPass pass;
   std::string kernel;  // "cudnn" | "igemm" | "wgmma"
   std::string config;  // cuDNN's algorithm name or our tile config
-  int splits = 0;      // igemm bwd_filter: split-K slabs
+  int splits = 0;      // igemm / wgmma bwd_filter: split-K slabs
   double us = -1;      // median time per call; < 0 when not timed
   double rel_diff = 0; // igemm: rel. L2 distance to cuDNN's output
   std::string status;  // "ok", or why the candidate was not eligible
@@ -90,7 +90,7 @@ class ConvSelect {
     Impl impl = Impl::kCudnn;
     kernels::IgemmConfig config = kernels::IgemmConfig::k128x128x32s4;   // kIgemm
     kernels::WgmmaConfig wgmma_config = kernels::WgmmaConfig::k128x128x64s4;  // kWgmma
-    int splits = 1;      // kIgemm weight gradient
+    int splits = 1;      // kIgemm / kWgmma weight gradient
     size_t scratch = 0;  // our kernels' scratch bytes
   };
   cudaStream_t stream() const;

@@ -70,11 +70,11 @@ TEST_CASE("conv selection: chosen passes agree with cuDNN under every policy", "
         CHECK(chosen.find("wgmma") == std::string::npos);
       }
       // One cuDNN candidate per pass, plus unless the policy is cudnn one per igemm config, and
-      // on Hopper one per wgmma config for the forward and the input gradient.
+      // on Hopper one per wgmma config, for each pass.
       size_t expected = 3;
       if (policy != cs::ConvPolicy::kCudnn) {
         expected += 3 * std::size(kernels::kIgemmConfigs);
-        if (kernels::wgmma_supported()) expected += 2 * std::size(kernels::kWgmmaConfigs);
+        if (kernels::wgmma_supported()) expected += 3 * std::size(kernels::kWgmmaConfigs);
       }
       CHECK(sel.candidates().size() == expected);
       for (const cs::ConvCandidate& c : sel.candidates()) {

@@ -3,15 +3,21 @@
 //   - forward at the recipe's six conv shapes, batch 512 (images 0..3 and 510..511 vs
 //     ref::conv_forward; all outputs finite; a second launch gives the same bits);
 //   - input gradient at the five 3x3 recipe shapes, batch 512 (vs ref::conv_backward_input);
-//   - odd shapes for both, in full (partial tiles, C < 64 so one K slice spans several filter
-//     taps, R = 1 and 5, a 1x1 image);
-// plus host-only checks of what the kernel's correctness rests on: the 128-byte swizzle
-// (a permutation inside each row, conflict-free columns), the matrix descriptor's bit fields,
-// the accumulator fragment map (every output element exactly once), and the launchers'
+//   - weight gradient at the six recipe shapes, batch 512, over the whole batch (vs
+//     ref::conv_backward_weight), at the default split count and at 3 slabs;
+//   - odd shapes for all three, in full (partial tiles, C < 64 so one K slice spans several
+//     filter taps, R = 1 and 5, a 1x1 image);
+// plus host-only checks of what the kernels' correctness rests on: the 128-byte swizzle
+// (a permutation inside each row, conflict-free columns), the matrix descriptors' bit fields,
+// both operand layouts against the canonical layouts their descriptors name (the K-major one
+// the forward uses, the M/N-major one of the weight gradient), the accumulator fragment map
+// (every output element exactly once), the weight gradient's split choice, and the launchers'
 // precondition checks. The GPU cases skip without a device, and on a GPU other than an
 // sm_90a-capable Hopper ("SKIPPED: ... wgmma").
 //
-// Tolerance rel. L2 2e-3, as tests/implicit_gemm_gpu_test.cu (fp16 output rounding ~3e-4 rms).
+// Tolerance rel. L2 2e-3, as tests/implicit_gemm_gpu_test.cu (fp16 output rounding ~3e-4 rms)
+// and tests/igemm_backward_gpu_test.cu (the weight gradient's fp32 sums over up to 524288
+// pixels stay far below the final fp16 rounding).
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -89,6 +95,47 @@ std::vector<float> run_dgrad(const ConvDesc& d, const gpu_test::DeviceBuffer<__h
   kernels::conv_backward_data_wgmma(dy.get(), w.get(), dx.get(), wt.get(), d, config, 0);
   CUDA_CHECK(cudaDeviceSynchronize());
   return download_half(dx);
+}
+
+std::vector<float> run_wgrad(const ConvDesc& d, const gpu_test::DeviceBuffer<__half>& x,
+                             const gpu_test::DeviceBuffer<__half>& dy, WgmmaConfig config, int splits) {
+  auto dw = poisoned<__half>((size_t)d.K * d.R * d.R * d.C);
+  auto part = poisoned<float>(kernels::igemm_wgrad_scratch_bytes(d, splits) / sizeof(float));
+  kernels::conv_backward_filter_wgmma(x.get(), dy.get(), dw.get(), part.get(), d, config, splits, 0);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  return download_half(dw);
+}
+
+int sm_count() {
+  int dev = 0, sms = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  return sms;
+}
+
+// The weight gradient at a recipe shape, batch 512, against the CPU over the whole batch
+// (computed once for every config and split count); the default split count twice must give
+// the same bits.
+void check_wgrad_recipe(int H, int C, int K, int R, int real_channels, uint64_t seed) {
+  const ConvDesc d{512, H, H, C, K, R};
+  const Inputs in = make_inputs(d, real_channels, seed);
+  std::vector<float> dw_ref((size_t)K * R * R * C);
+  ref::conv_backward_weight(in.x.data(), in.dy.data(), dw_ref.data(), shape_of(d, d.N));
+  auto d_x = upload_half(in.x), d_dy = upload_half(in.dy);
+  const int sms = sm_count();
+  for (WgmmaConfig config : kernels::kWgmmaConfigs) {
+    const auto info = kernels::wgmma_config_info(config);
+    const int dflt = kernels::wgmma_wgrad_default_splits(d, config, sms);
+    for (int splits : {dflt, 3}) {
+      INFO("wgrad config " << info.name << ", shape " << desc_str(d) << ", splits " << splits);
+      const auto dw = run_wgrad(d, d_x, d_dy, config, splits);
+      CHECK(gpu_test::all_finite(dw));
+      const double e = rel_l2_error(dw.data(), dw_ref.data(), (long)dw.size());
+      std::printf("wgmma wgrad %-20s %s splits %d: rel_l2 %.2e\n", info.name, desc_str(d).c_str(), splits, e);
+      CHECK(e <= kTol);
+      if (splits == dflt) CHECK(bitwise_equal(run_wgrad(d, d_x, d_dy, config, splits), dw));
+    }
+  }
 }
 
 // Both passes at a recipe shape, batch 512: images 0..3 and 510..511 against the CPU.
@@ -174,6 +221,109 @@ TEST_CASE("wgmma matrix descriptor fields (host)", "[gpu][wgmma]") {
   CHECK((d & ~((0x3FFFull) | (0x3FFFull << 16) | (0x3FFFull << 32) | (0x7ull << 49) | (0x3ull << 62))) == 0);
 }
 
+// Where wgmma reads element (mn, k) of an operand of 64 or 128 rows along M/N and 16 along K,
+// given its descriptor, following the canonical 128-byte-swizzled layouts of the PTX ISA as
+// CUTLASS writes them (cute/atom/mma_traits_sm90_gmma.hpp, in fp16 elements, T = 8):
+//   K-major:   Swizzle<3,4,3> o ((8,m),(T,2)) : ((8T,SBO),(1,T))
+//   M/N-major: Swizzle<3,4,3> o ((T,8,m),(8,k)) : ((1,T,LBO),(8T,SBO))
+// then the swizzle on the byte address: bits 4-6 ^= bits 7-9. An independent model of the
+// hardware's reading, to hold the kernels' store addresses against.
+uint32_t canonical_sw128_address(uint64_t desc, bool mn_major, int mn, int k) {
+  const uint32_t start = (uint32_t)(desc & 0x3FFF) << 4;
+  const uint32_t lbo = (uint32_t)((desc >> 16) & 0x3FFF) << 4, sbo = (uint32_t)((desc >> 32) & 0x3FFF) << 4;
+  uint32_t off;
+  if (mn_major)
+    off = (mn % 8) * 2 + ((mn / 8) % 8) * 16 + (mn / 64) * lbo + (k % 8) * 128 + (k / 8) * sbo;
+  else
+    off = (mn % 8) * 128 + (mn / 8) * sbo + (k % 8) * 2 + (k / 8) * 16;
+  const uint32_t addr = start + off;
+  return addr ^ (((addr >> 7) & 7) << 4);
+}
+
+// The forward's K-major tiles (GPU-validated) under the model: row mn, element k of a stage
+// operand is where sw128_offset puts it, for all four k16 steps of a 64-wide slice. This
+// checks the model on a layout known to work before it is used on the weight gradient's.
+TEST_CASE("wgmma K-major tiles match the canonical layout of their descriptors (host)", "[gpu][wgmma]") {
+  using kernels::wgmma_detail::sw128_desc;
+  using kernels::wgmma_detail::sw128_offset;
+  const uint32_t base = 0x8000;
+  long bad = 0;
+  for (int kk = 0; kk < 4; kk++) {
+    const uint64_t desc = sw128_desc(base + kk * 32);
+    for (int mn = 0; mn < 128; mn++)
+      for (int k = 0; k < 16; k++) {
+        const int kg = kk * 16 + k;  // element of the 64-wide row
+        const uint32_t stored = base + sw128_offset(mn, kg / 8) + (kg % 8) * 2;
+        if (canonical_sw128_address(desc, false, mn, k) != stored) bad++;
+      }
+  }
+  CHECK(bad == 0);
+}
+
+// The weight gradient's M/N-major tiles: the loader stores pixel row k, channel chunk c of a
+// stage operand at sw128_mn_offset(k, c, 64); each warpgroup's A descriptor (its 64 output
+// channels) and the B descriptor (64 or 128 filter columns) must read every (mn, k) of every
+// k16 step from exactly there.
+TEST_CASE("wgmma M/N-major tiles match the canonical layout of their descriptors (host)", "[gpu][wgmma]") {
+  using kernels::wgmma_detail::sw128_mn_desc;
+  using kernels::wgmma_detail::sw128_mn_offset;
+  constexpr int kRows = 64, kColumnBlock = kRows * 128;
+  const uint32_t stage = 0x8000;
+  long bad = 0;
+  for (int kk = 0; kk < kRows / 16; kk++) {
+    for (int group = 0; group < 2; group++) {  // A: two warpgroups of 64 channels
+      const uint64_t desc = sw128_mn_desc(stage + group * kColumnBlock + kk * 2048, kColumnBlock);
+      for (int m = 0; m < 64; m++)
+        for (int k = 0; k < 16; k++) {
+          const int ch = group * 64 + m, row = kk * 16 + k;
+          const uint32_t stored = stage + sw128_mn_offset(row, ch / 8, kRows) + (ch % 8) * 2;
+          if (canonical_sw128_address(desc, true, m, k) != stored) bad++;
+        }
+    }
+    for (int n_tile : {64, 128}) {  // B: the whole BlockN in one descriptor
+      const uint64_t desc = sw128_mn_desc(stage + kk * 2048, kColumnBlock);
+      for (int n = 0; n < n_tile; n++)
+        for (int k = 0; k < 16; k++) {
+          const uint32_t stored = stage + sw128_mn_offset(kk * 16 + k, n / 8, kRows) + (n % 8) * 2;
+          if (canonical_sw128_address(desc, true, n, k) != stored) bad++;
+        }
+    }
+  }
+  CHECK(bad == 0);
+  // The layout is a permutation of the stage: 128 channels x 64 pixels fill 16 KiB exactly once.
+  std::set<uint32_t> slots;
+  for (int row = 0; row < kRows; row++)
+    for (int c = 0; c < 16; c++) slots.insert(sw128_mn_offset(row, c, kRows));
+  CHECK(slots.size() == 16u * kRows);
+  CHECK(*slots.rbegin() == 16u * kRows * 16 - 16);
+  // Descriptor fields: LBO = the column-block stride, SBO = one atom, 128-byte swizzle.
+  const uint64_t d = sw128_mn_desc(0x12400, kColumnBlock);
+  CHECK((d & 0x3FFF) == (0x12400 >> 4));
+  CHECK(((d >> 16) & 0x3FFF) == kColumnBlock / 16);
+  CHECK(((d >> 32) & 0x3FFF) == 1024 / 16);
+  CHECK((d >> 62) == 1);
+}
+
+// The split choice: a launched count (not rounded away by wgmma_wgrad_split), at most 8 waves of
+// blocks, and on the recipe's long pixel reductions enough slabs to give at least half the SMs
+// of an H100 (132) a block.
+TEST_CASE("wgmma wgrad split choice (host)", "[gpu][wgmma]") {
+  const ConvDesc shapes[] = {{512, 32, 32, 32, 64, 1},   {512, 32, 32, 64, 128, 3}, {512, 16, 16, 128, 128, 3},
+                             {512, 16, 16, 128, 256, 3}, {512, 8, 8, 256, 512, 3},  {512, 4, 4, 512, 512, 3},
+                             {3, 5, 5, 8, 24, 3},        {1, 1, 1, 8, 8, 1}};
+  for (const ConvDesc& d : shapes)
+    for (WgmmaConfig config : kernels::kWgmmaConfigs) {
+      const auto info = kernels::wgmma_config_info(config);
+      INFO(desc_str(d) << " " << info.name);
+      const int s = kernels::wgmma_wgrad_default_splits(d, config, 132);
+      CHECK(s >= 1);
+      CHECK(kernels::wgmma_wgrad_split(d, s).splits == s);
+      const long tiles = (long)((d.K + 127) / 128) * ((d.R * d.R * d.C + info.block_n - 1) / info.block_n);
+      CHECK(tiles * s <= 8 * 132 + tiles);
+      if (d.N == 512 && tiles < 132) CHECK(tiles * s >= 132 / 2);
+    }
+}
+
 // The accumulator map covers the warpgroup's 64 x N tile exactly once, for N = 64 and 128.
 TEST_CASE("wgmma accumulator fragment map covers the tile once (host)", "[gpu][wgmma]") {
   using kernels::wgmma_detail::acc_coord;
@@ -210,9 +360,21 @@ TEST_CASE("wgmma launchers check their preconditions (host)", "[gpu][wgmma]") {
   CHECK_THROWS_AS(fwd(ConvDesc{2, 4, 4, 16, 16, 3}, fake(0x10008)), std::invalid_argument);  // align
   CHECK_THROWS_AS(fwd(ConvDesc{2, 4, 4, 16, 16, 3}, nullptr), std::invalid_argument);
   CHECK_THROWS_AS(kernels::wgmma_config_info(static_cast<WgmmaConfig>(7)), std::invalid_argument);
+  auto wgrad = [&](const ConvDesc& d, __half* x, int splits) {
+    kernels::conv_backward_filter_wgmma(x, fake(0x20000), fake(0x30000), reinterpret_cast<float*>(0x40000), d,
+                                        cfg, splits, 0);
+  };
+  CHECK_THROWS_AS(wgrad(ConvDesc{2, 4, 4, 12, 16, 3}, fake(0x10000), 1), std::invalid_argument);  // C % 8
+  CHECK_THROWS_AS(wgrad(ConvDesc{2, 4, 4, 16, 20, 3}, fake(0x10000), 1), std::invalid_argument);  // K % 8
+  CHECK_THROWS_AS(wgrad(ConvDesc{2, 4, 4, 16, 16, 2}, fake(0x10000), 1), std::invalid_argument);  // even R
+  CHECK_THROWS_AS(wgrad(ConvDesc{2, 4, 4, 16, 16, 3}, fake(0x10008), 1), std::invalid_argument);  // align
+  CHECK_THROWS_AS(wgrad(ConvDesc{2, 4, 4, 16, 16, 3}, nullptr, 1), std::invalid_argument);
+  CHECK_THROWS_AS(wgrad(ConvDesc{2, 4, 4, 16, 16, 3}, fake(0x10000), 0), std::invalid_argument);      // no slab
+  CHECK_THROWS_AS(wgrad(ConvDesc{2, 4, 4, 16, 16, 3}, fake(0x10000), 65536), std::invalid_argument);  // grid z
   if (!kernels::wgmma_supported()) {
     // A valid shape is still refused where wgmma cannot run (no device here, or not Hopper).
     CHECK_THROWS_AS(fwd(ConvDesc{2, 4, 4, 16, 16, 3}, fake(0x10000)), std::invalid_argument);
+    CHECK_THROWS_AS(wgrad(ConvDesc{2, 4, 4, 16, 16, 3}, fake(0x10000), 1), std::invalid_argument);
   }
 }
 
@@ -249,8 +411,39 @@ TEST_CASE("wgmma conv layer3 res 512->512 3x3 @4, batch 512", "[gpu][wgmma][reci
   check_recipe(4, 512, 512, 3, 512, true, 1150);
 }
 
+TEST_CASE("wgmma wgrad prep 27(pad 32)->64 1x1 @32, batch 512", "[gpu][wgmma][recipe]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  SKIP_WITHOUT_WGMMA();
+  check_wgrad_recipe(32, 32, 64, 1, 27, 1300);
+}
+TEST_CASE("wgmma wgrad layer1 64->128 3x3 @32, batch 512", "[gpu][wgmma][recipe]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  SKIP_WITHOUT_WGMMA();
+  check_wgrad_recipe(32, 64, 128, 3, 64, 1310);
+}
+TEST_CASE("wgmma wgrad layer1 res 128->128 3x3 @16, batch 512", "[gpu][wgmma][recipe]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  SKIP_WITHOUT_WGMMA();
+  check_wgrad_recipe(16, 128, 128, 3, 128, 1320);
+}
+TEST_CASE("wgmma wgrad layer2 128->256 3x3 @16, batch 512", "[gpu][wgmma][recipe]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  SKIP_WITHOUT_WGMMA();
+  check_wgrad_recipe(16, 128, 256, 3, 128, 1330);
+}
+TEST_CASE("wgmma wgrad layer3 256->512 3x3 @8, batch 512", "[gpu][wgmma][recipe]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  SKIP_WITHOUT_WGMMA();
+  check_wgrad_recipe(8, 256, 512, 3, 256, 1340);
+}
+TEST_CASE("wgmma wgrad layer3 res 512->512 3x3 @4, batch 512", "[gpu][wgmma][recipe]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  SKIP_WITHOUT_WGMMA();
+  check_wgrad_recipe(4, 512, 512, 3, 512, 1350);
+}
+
 // Partial tiles (M = 75, 108; K = 24, 40, 72, 136), C < 64 (one K slice spans several taps),
-// R = 1 and 5, a 1x1 image; forward and input gradient compared in full.
+// R = 1 and 5, a 1x1 image; forward, input and weight gradient compared in full.
 TEST_CASE("wgmma conv odd shapes vs reference", "[gpu][wgmma]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   SKIP_WITHOUT_WGMMA();
@@ -261,8 +454,10 @@ TEST_CASE("wgmma conv odd shapes vs reference", "[gpu][wgmma]") {
   for (const ConvDesc& d : shapes) {
     const Inputs in = make_inputs(d, d.C, seed += 10);
     std::vector<float> y_ref((long)d.N * d.H * d.W * d.K), dx_ref((long)d.N * d.H * d.W * d.C);
+    std::vector<float> dw_ref((long)d.K * d.R * d.R * d.C);
     ref::conv_forward(in.x.data(), in.w.data(), y_ref.data(), shape_of(d, d.N));
     ref::conv_backward_input(in.dy.data(), in.w.data(), dx_ref.data(), shape_of(d, d.N));
+    ref::conv_backward_weight(in.x.data(), in.dy.data(), dw_ref.data(), shape_of(d, d.N));
     auto d_x = upload_half(in.x), d_w = upload_half(in.w), d_dy = upload_half(in.dy);
     for (WgmmaConfig config : kernels::kWgmmaConfigs) {
       INFO("config " << kernels::wgmma_config_info(config).name << ", shape " << desc_str(d));
@@ -272,6 +467,11 @@ TEST_CASE("wgmma conv odd shapes vs reference", "[gpu][wgmma]") {
       const auto dx = run_dgrad(d, d_dy, d_w, config);
       CHECK(gpu_test::all_finite(dx));
       CHECK(rel_l2_error(dx.data(), dx_ref.data(), (long)dx.size()) <= kTol);
+      for (int splits : {1, 2}) {
+        const auto dw = run_wgrad(d, d_x, d_dy, config, splits);
+        CHECK(gpu_test::all_finite(dw));
+        CHECK(rel_l2_error(dw.data(), dw_ref.data(), (long)dw.size()) <= kTol);
+      }
     }
   }
 }

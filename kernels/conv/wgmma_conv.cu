@@ -12,8 +12,14 @@
 //      waits for them (or, in the _async configs, for the previous slice's) before going on;
 //   3. the epilogue rounds the fp32 accumulators to fp16 through shared memory and writes y
 //      with 16-byte coalesced stores, as the mma.sync kernel does.
+//
+// The weight-gradient kernel (after the forward's launchers) runs the same pipeline over a
+// slab of 64-pixel slices with the operands pixel-major (wgmma's transposed operand mode, the
+// M/N-major layout of wgmma_detail::sw128_mn_offset) and stores its fp32 partial dw straight
+// from the accumulators; conv_wgrad_reduce adds the slabs.
 #include "kernels/conv/wgmma_conv.cuh"
 
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -60,7 +66,9 @@ __device__ __forceinline__ void wgmma_wait() {
 }
 
 // d (m64 x n128, fp32, this thread's 64 values) += A (m64 x k16) * B (k16 x n128), both from
-// shared memory through matrix descriptors, K-major (no transpose).
+// shared memory through matrix descriptors; Trans 0: both K-major, 1: both M/N-major (the
+// instruction's imm-trans-a and imm-trans-b).
+template <int Trans>
 __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   asm volatile(
@@ -76,7 +84,7 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a
       "%40, %41, %42, %43, %44, %45, %46, %47, "
       "%48, %49, %50, %51, %52, %53, %54, %55, "
       "%56, %57, %58, %59, %60, %61, %62, %63"
-      "}, %64, %65, p, 1, 1, 0, 0;\n"
+      "}, %64, %65, p, 1, 1, %67, %68;\n"
       "}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),
         "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
@@ -94,14 +102,14 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a
         "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
         "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
         "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "l"(desc_a), "l"(desc_b), "r"(1));
+      : "l"(desc_a), "l"(desc_b), "r"(1), "n"(Trans), "n"(Trans));
 #else
   __trap();  // sm_90a only; the launcher refuses other GPUs
 #endif
 }
 
-// d (m64 x n64, fp32, this thread's 32 values) += A (m64 x k16) * B (k16 x n64), both from
-// shared memory through matrix descriptors, K-major (no transpose).
+// d (m64 x n64, fp32, this thread's 32 values) += A (m64 x k16) * B (k16 x n64), as above.
+template <int Trans>
 __device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   asm volatile(
@@ -113,7 +121,7 @@ __device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t desc_a,
       "%8, %9, %10, %11, %12, %13, %14, %15, "
       "%16, %17, %18, %19, %20, %21, %22, %23, "
       "%24, %25, %26, %27, %28, %29, %30, %31"
-      "}, %32, %33, p, 1, 1, 0, 0;\n"
+      "}, %32, %33, p, 1, 1, %35, %36;\n"
       "}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),
         "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
@@ -123,7 +131,7 @@ __device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t desc_a,
         "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
         "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
         "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "l"(desc_a), "l"(desc_b), "r"(1));
+      : "l"(desc_a), "l"(desc_b), "r"(1), "n"(Trans), "n"(Trans));
 #else
   __trap();  // sm_90a only; the launcher refuses other GPUs
 #endif
@@ -140,12 +148,12 @@ __device__ __forceinline__ void fence_operands(float (&d)[N]) {
   for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
 }
 
-template <int N>
+template <int N, int Trans = 0>
 __device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b) {
   if constexpr (N == 128)
-    wgmma_m64n128k16(d, desc_a, desc_b);
+    wgmma_m64n128k16<Trans>(d, desc_a, desc_b);
   else
-    wgmma_m64n64k16(d, desc_a, desc_b);
+    wgmma_m64n64k16<Trans>(d, desc_a, desc_b);
 }
 
 // ------------------------------------------------------------------------------ the tile
@@ -288,6 +296,124 @@ void launch_tile(const IgemmParams& p, cudaStream_t stream) {
   CUDA_CHECK_LAUNCH();
 }
 
+// ------------------------------------------------------------------- weight gradient
+
+using igemm_detail::WgradParams;
+
+// BlockM 128 output channels (warpgroup g: channels 64 g .. 64 g + 63) x BlockN filter columns
+// x BlockK 64 pixels, 4 stages; MmaInFlight as in WgTile. The loader (igemm_detail::WgradLoader)
+// gives each thread one 16-byte chunk column of A (8 channels of dy) and of B (8 filter
+// columns: one tap) and kARows / kBRows pixel rows of it per slice.
+template <int BlockN, int MmaInFlight>
+struct WgWgradTile {
+  static constexpr int kBlockM = 128, kBlockN = BlockN, kBlockK = 64, kStages = 4;
+  static constexpr int kMmaInFlight = MmaInFlight;
+  static constexpr int kLoadAhead = kStages - 1 - MmaInFlight;
+  static constexpr int kThreads = 256;
+  static constexpr int kAChunks = kBlockM / 8, kBChunks = BlockN / 8;  // chunks per pixel row
+  static constexpr int kARowStep = kThreads / kAChunks, kBRowStep = kThreads / kBChunks;
+  static constexpr int kARows = kBlockK / kARowStep, kBRows = kBlockK / kBRowStep;
+  static constexpr int kColumnBlockBytes = kBlockK * 128;  // 64 channels x 64 pixels: the LBO
+  static constexpr int kABytes = (kBlockM / 64) * kColumnBlockBytes;
+  static constexpr int kBBytes = (BlockN / 64) * kColumnBlockBytes;
+  static constexpr int kStageBytes = kABytes + kBBytes;
+  static constexpr int kAcc = BlockN / 2;
+  static constexpr size_t kSmemBytes = (size_t)kStages * kStageBytes + 1024;  // + base alignment
+  static_assert(BlockN == 64 || BlockN == 128, "wgmma wrappers for n64 and n128");
+  static_assert(MmaInFlight == 0 || MmaInFlight == 1, "one or two slices of MMAs at a time");
+  static_assert(kLoadAhead >= 1, "the loads must run ahead");
+  static_assert(kARows * kARowStep == kBlockK && kBRows * kBRowStep == kBlockK, "loader: whole passes");
+  static_assert(kColumnBlockBytes % 1024 == 0 && kABytes % 1024 == 0, "1024-byte swizzle atoms");
+};
+
+template <class T>
+struct Sw128MnLayout {
+  static __device__ __forceinline__ uint32_t a_dst(uint32_t stage, int row, int chunk) {
+    return stage + wgmma_detail::sw128_mn_offset(row, chunk, T::kBlockK);
+  }
+  static __device__ __forceinline__ uint32_t b_dst(uint32_t stage, int row, int chunk) {
+    return stage + T::kABytes + wgmma_detail::sw128_mn_offset(row, chunk, T::kBlockK);
+  }
+};
+
+// Grid: x over filter-column tiles, y over output-channel tiles, z over pixel slabs (as the
+// mma.sync wgrad kernel). The main loop is the forward kernel's; only the operands differ.
+template <class T>
+__global__ void __launch_bounds__(T::kThreads, 1) conv_wgrad_wgmma_kernel(const WgradParams p) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t raw = ptx::smem_addr(smem_raw);
+  const uint32_t base = (raw + 1023u) & ~1023u;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int group = warp >> 2;
+  const int n0 = blockIdx.x * T::kBlockN, m0 = blockIdx.y * T::kBlockM;
+  const int slice0 = blockIdx.z * p.slices_per_split;
+  const int k_tiles = min(p.slices_per_split, ceil_div(p.P, T::kBlockK) - slice0);
+
+  igemm_detail::WgradLoader<T, Sw128MnLayout<T>> loader(p, m0, n0, slice0 * T::kBlockK);
+#pragma unroll
+  for (int s = 0; s < T::kLoadAhead; s++) {
+    if (s < k_tiles) loader.load(p, base + s * T::kStageBytes);
+    ptx::cp_async_commit();
+  }
+
+  float acc[T::kAcc];
+#pragma unroll
+  for (int e = 0; e < T::kAcc; e++) acc[e] = 0.0f;
+
+  for (int kt = 0; kt < k_tiles; kt++) {
+    // As in conv_fwd_wgmma_kernel: slice kt has landed and is visible to the async proxy; the
+    // stage refilled next was last read by MMAs every warpgroup has waited for.
+    ptx::cp_async_wait<T::kLoadAhead - 1>();
+    fence_proxy_async();
+    __syncthreads();
+    const int next = kt + T::kLoadAhead;
+    if (next < k_tiles) loader.load(p, base + (next % T::kStages) * T::kStageBytes);
+    ptx::cp_async_commit();
+
+    const uint32_t stage = base + (kt % T::kStages) * T::kStageBytes;
+    const uint32_t a_addr = stage + group * T::kColumnBlockBytes, b_addr = stage + T::kABytes;
+    fence_operands(acc);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < T::kBlockK / 16; kk++)
+      wgmma_m64k16<T::kBlockN, 1>(acc, wgmma_detail::sw128_mn_desc(a_addr + kk * 2048, T::kColumnBlockBytes),
+                                  wgmma_detail::sw128_mn_desc(b_addr + kk * 2048, T::kColumnBlockBytes));
+    wgmma_commit();
+    wgmma_wait<T::kMmaInFlight>();
+    fence_operands(acc);
+  }
+  wgmma_wait<0>();
+  fence_operands(acc);
+  ptx::cp_async_wait<0>();  // only empty groups remain
+
+  // Epilogue: this slab's partial dw, fp32, straight from the accumulators. A quad of lanes
+  // writes 32 contiguous bytes of one row; rows < K and columns < Ng only (Ng % 8 == 0 and
+  // columns come in pairs, so a pair is wholly inside or outside).
+  float* out = p.partials + (size_t)blockIdx.z * p.K * p.Ng;
+#pragma unroll
+  for (int e = 0; e < T::kAcc; e += 2) {
+    const auto at = acc_coord(warp & 3, lane, e);
+    const int m = m0 + group * 64 + at.row, n = n0 + at.col;
+    if (m < p.K && n < p.Ng) *reinterpret_cast<float2*>(out + (size_t)m * p.Ng + n) = make_float2(acc[e], acc[e + 1]);
+  }
+}
+
+using WgWgrad128 = WgWgradTile<128, 0>;
+using WgWgrad64 = WgWgradTile<64, 0>;
+using WgWgrad128Async = WgWgradTile<128, 1>;
+using WgWgrad64Async = WgWgradTile<64, 1>;
+
+template <class T>
+void launch_wgrad_tile(const WgradParams& p, int splits, cudaStream_t stream) {
+  auto* kernel = conv_wgrad_wgmma_kernel<T>;
+  static const cudaError_t attr =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)T::kSmemBytes);
+  CUDA_CHECK(attr);
+  const dim3 grid(ceil_div(p.Ng, T::kBlockN), ceil_div(p.K, T::kBlockM), splits);
+  kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
+  CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace
 
 IgemmConfigInfo wgmma_config_info(WgmmaConfig config) {
@@ -348,6 +474,75 @@ void conv_backward_data_wgmma(const __half* dy, const __half* w, __half* dx, __h
   const ConvDesc as_forward{d.N, d.H, d.W, d.K, d.C, d.R};
   conv_flip_transpose_weights(w, wt_scratch, d, stream);
   conv_forward_wgmma(dy, wt_scratch, dx, as_forward, config, stream);
+}
+
+// ------------------------------------------------------------------- weight gradient
+
+WgradSplit wgmma_wgrad_split(const ConvDesc& d, int splits) {
+  return wgrad_split(d, WgWgrad128::kBlockK, splits);
+}
+
+int wgmma_wgrad_default_splits(const ConvDesc& d, WgmmaConfig config, int sm_count) {
+  // Rough H100 figures: a 128 x 128 x 64 slice (2 * 128 * 128 * 64 flop) takes ~0.45 us on one
+  // SM (about 60 % of its share of the dense fp16 peak); HBM moves ~3 bytes per ns.
+  const IgemmConfigInfo cfg = wgmma_config_info(config);
+  const double slice_ns = 450.0 * cfg.block_n / 128.0;
+  constexpr double kBytesPerNs = 3000.0;
+  const long long tiles = ceil_div((long long)d.K, (long long)cfg.block_m) *
+                          ceil_div((long long)d.R * d.R * d.C, (long long)cfg.block_n);
+  const long long slices = ceil_div((long long)d.N * d.H * d.W, (long long)cfg.block_k);
+  const long long sms = std::max(1, sm_count);
+  const double partial_bytes = 8.0 * d.K * d.R * d.R * d.C;  // per slab: written, then read
+  const long long max_splits = std::min<long long>({slices, 65535, 8 * sms});
+  int best = 1;
+  double best_ns = -1;
+  for (long long s = 1; s <= max_splits; s++) {
+    const WgradSplit split = wgmma_wgrad_split(d, (int)s);
+    if (split.splits != s) continue;  // the same as a smaller count
+    const long long waves = ceil_div(tiles * s, sms);
+    const double ns = (double)waves * split.slices_per_split * slice_ns + s * partial_bytes / kBytesPerNs;
+    if (best_ns < 0 || ns < best_ns) {
+      best_ns = ns;
+      best = (int)s;
+    }
+  }
+  return best;
+}
+
+void conv_backward_filter_wgmma(const __half* x, const __half* dy, __half* dw, float* partials,
+                                const ConvDesc& d, WgmmaConfig config, int splits,
+                                cudaStream_t stream) {
+  const char* fn = "conv_backward_filter_wgmma";
+  igemm_detail::require_igemm_shape(fn, d);
+  require(x != nullptr && dy != nullptr && dw != nullptr && partials != nullptr, fn, "null tensor");
+  require(aligned16(x) && aligned16(dy) && aligned16(dw) && aligned16(partials), fn,
+          "x, dy, dw and partials must be 16-byte aligned");
+  require(splits >= 1 && splits <= 65535, fn, "splits must be in [1, 65535] (grid z)");
+  const IgemmConfigInfo cfg = wgmma_config_info(config);
+  require(ceil_div(d.K, cfg.block_m) <= 65535, fn, "too many output channels for the grid's y dimension");
+  require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
+  const WgradSplit split = wgmma_wgrad_split(d, splits);
+
+  WgradParams p{};
+  p.x = x;
+  p.dy = dy;
+  p.partials = partials;
+  p.H = d.H;
+  p.W = d.W;
+  p.C = d.C;
+  p.K = d.K;
+  p.R = d.R;
+  p.pad = (d.R - 1) / 2;
+  p.P = d.N * d.H * d.W;
+  p.Ng = d.R * d.R * d.C;
+  p.slices_per_split = split.slices_per_split;
+  switch (config) {
+    case WgmmaConfig::k128x128x64s4: launch_wgrad_tile<WgWgrad128>(p, split.splits, stream); break;
+    case WgmmaConfig::k128x64x64s4: launch_wgrad_tile<WgWgrad64>(p, split.splits, stream); break;
+    case WgmmaConfig::k128x128x64s4Async: launch_wgrad_tile<WgWgrad128Async>(p, split.splits, stream); break;
+    case WgmmaConfig::k128x64x64s4Async: launch_wgrad_tile<WgWgrad64Async>(p, split.splits, stream); break;
+  }
+  igemm_detail::conv_wgrad_reduce(partials, dw, (long)d.K * p.Ng, split.splits, stream);
 }
 
 }  // namespace kernels

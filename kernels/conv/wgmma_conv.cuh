@@ -1,7 +1,8 @@
-// Implicit-GEMM forward convolution on Hopper's warpgroup tensor-core instructions (wgmma,
-// sm_90a only), and the input gradient through it. Same computation, layouts, GEMM view and
-// preconditions as conv_forward_igemm (kernels/conv/implicit_gemm.cuh); this is the fast path
-// that the portable mma.sync kernel is the baseline for. Design: docs/conv_kernels.md.
+// Implicit-GEMM convolution on Hopper's warpgroup tensor-core instructions (wgmma, sm_90a only):
+// the forward, the input gradient through it, and the weight gradient. Same computations,
+// layouts, GEMM views and preconditions as conv_forward_igemm (kernels/conv/implicit_gemm.cuh)
+// and conv_backward_filter_igemm (kernels/conv/igemm_backward.cuh); this is the fast path that
+// the portable mma.sync kernels are the baseline for. Design: docs/conv_kernels.md.
 //
 // Why a second kernel: on an H100, mma.sync (HMMA in SASS) cannot reach the tensor cores'
 // dense peak; wgmma (HGMMA) reads both operands straight from shared memory, 64 rows per
@@ -12,6 +13,7 @@
 
 #include <cstdint>
 
+#include "kernels/conv/igemm_backward.cuh"
 #include "kernels/conv/implicit_gemm.cuh"
 
 namespace kernels {
@@ -48,6 +50,35 @@ void conv_forward_wgmma(const __half* x, const __half* w, __half* y, const ConvD
 void conv_backward_data_wgmma(const __half* dy, const __half* w, __half* dx, __half* wt_scratch,
                               const ConvDesc& d, WgmmaConfig config, cudaStream_t stream);
 
+// ------------------------------------------------------------------------ weight gradient
+//
+// The split-K GEMM of conv_backward_filter_igemm (dw[k][n] = sum_p dy[p][k] * im2col(x)[p][n],
+// M = K output channels, N = R*R*C filter columns, the reduction over the N*H*W pixels split
+// into slabs, fp32 partials added in slab order by a second kernel): per block BlockM = 128
+// output channels (two warpgroups of 64) x BlockN (128 or 64, as the config's name says)
+// filter columns, walking its slab in slices of 64 pixels. Both operands are stored
+// pixel-major, as dy and x hold them (channels contiguous), which wgmma reads in its
+// transposed (M- / N-major) operand mode.
+
+// The split-K count the launcher uses when asked for `splits` (as igemm_wgrad_split, with
+// 64-pixel slices for every config).
+WgradSplit wgmma_wgrad_split(const ConvDesc& d, int splits);
+
+// A split count from a cost estimate: one block per SM, so the tile grid times the slabs runs
+// in ceil(blocks / sm_count) waves of ceil(slices / slabs) slices each, plus the fp32 partials
+// (written by the GEMM, read back by the reduction) at memory bandwidth. The smallest estimate
+// wins (ties: fewer slabs). The constants are rough H100 figures (docs/conv_kernels.md); the
+// engine times the choice, and conv_bench also times half and twice it.
+int wgmma_wgrad_default_splits(const ConvDesc& d, WgmmaConfig config, int sm_count);
+
+// dw = the weight gradient (overwritten), as conv_backward_filter_igemm: partials of
+// igemm_wgrad_scratch_bytes(d, splits) bytes, 16-byte aligned; the same shape requirements
+// (std::invalid_argument otherwise), plus wgmma_supported(). Asynchronous on `stream`;
+// deterministic for a given (config, splits).
+void conv_backward_filter_wgmma(const __half* x, const __half* dy, __half* dw, float* partials,
+                                const ConvDesc& d, WgmmaConfig config, int splits,
+                                cudaStream_t stream);
+
 namespace wgmma_detail {
 
 // Shared-memory layout of an operand tile: rows of 64 fp16 (128 bytes) along the GEMM's K, in
@@ -68,6 +99,28 @@ __host__ __device__ inline uint32_t sw128_offset(int row, int chunk) {
 __host__ __device__ inline uint64_t sw128_desc(uint32_t addr) {
   return (uint64_t)((addr & 0x3FFFFu) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) |
          ((uint64_t)1 << 62);
+}
+
+// The M/N-major (transposed) operand tiles of the weight gradient: `rows` rows along the GEMM's
+// K (pixels), each row BlockM or BlockN fp16 along M or N (channels contiguous, as in memory),
+// cut into column blocks of 64 elements (128 bytes). Column block b is a stack of rows / 8
+// atoms of 8 rows x 128 bytes (1024 bytes, 1024-aligned) starting at b * rows * 128; inside it
+// the 16-byte chunk c of row r sits where sw128_offset(r, c) puts it. This is the canonical
+// 128-byte-swizzled M/N-major layout of the PTX ISA (CUTLASS: Swizzle<3,4,3> o
+// ((8,8,m),(8,k)) : ((1,8,LBO),(64,SBO)) in fp16 elements), with LBO = rows * 128 bytes from
+// one column block to the next along M/N and SBO = 1024 bytes from one 8-row atom to the next
+// along K. `chunk` counts 16-byte chunks along the whole row (8 channels each).
+__host__ __device__ inline uint32_t sw128_mn_offset(int row, int chunk, int rows) {
+  return (uint32_t)((chunk >> 3) * rows * 128) + sw128_offset(row, chunk & 7);
+}
+
+// The wgmma matrix descriptor of an M/N-major operand in that layout starting at `addr`: as
+// sw128_desc, but the leading-dimension byte offset is the column-block stride (bits 16-29,
+// >> 4) and the stride-dimension byte offset the 8-row atom stride, 1024 (bits 32-45, >> 4).
+// Stepping k by 16 pixels (two atoms) adds 2048 bytes to the start address.
+__host__ __device__ inline uint64_t sw128_mn_desc(uint32_t addr, uint32_t column_block_bytes) {
+  return (uint64_t)((addr & 0x3FFFFu) >> 4) | ((uint64_t)((column_block_bytes >> 4) & 0x3FFFu) << 16) |
+         ((uint64_t)(1024 >> 4) << 32) | ((uint64_t)1 << 62);
 }
 
 // Where accumulator register e of thread `lane` of warp `warp_in_group` lies in its
