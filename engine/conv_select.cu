@@ -159,11 +159,14 @@ void ConvSelect::run_ours(ConvPass pass, const Choice& c, const __half* a, const
 }
 
 void ConvSelect::autotune(__half* x, __half* w, __half* y, void* workspace, size_t max_workspace,
-                          int sm_count, const std::function<void()>& refill) {
+                          int sm_count, const std::function<void()>& refill, bool quick) {
   cudaStream_t s = stream();
   const bool wgmma = policy_ != ConvPolicy::kCudnn && kernels::wgmma_supported();
-  cudnn_.autotune(x, w, y, workspace, max_workspace);
+  if (!quick) cudnn_.autotune(x, w, y, workspace, max_workspace);
   refill();
+  auto timed = [&](const std::function<void()>& f) {
+    return quick ? time_once(f, s) : time_calls(f, s, kTimingSamples).median_us;
+  };
   candidates_.clear();
   for (Choice& c : choice_) c = Choice{};
 
@@ -202,7 +205,7 @@ void ConvSelect::autotune(__half* x, __half* w, __half* y, void* workspace, size
     double best_us = -1;
     if (room) {
       run_cudnn(ref_out);
-      cc.us = time_calls([&] { run_cudnn(cand_out); }, s, kTimingSamples).median_us;
+      cc.us = timed([&] { run_cudnn(cand_out); });
       best_us = policy_ == ConvPolicy::kIgemm ? -1 : cc.us;
     }
     candidates_.push_back(cc);
@@ -225,8 +228,7 @@ void ConvSelect::autotune(__half* x, __half* w, __half* y, void* workspace, size
           } else if (!(dist.rel_max <= kConvSelectMaxTol)) {
             ic.status = "output differs from cuDNN (largest difference)";
           } else {
-            ic.us = time_calls([&] { run_ours(pass, c, in_a, in_b, cand_out, scratch); }, s, kTimingSamples)
-                        .median_us;
+            ic.us = timed([&] { run_ours(pass, c, in_a, in_b, cand_out, scratch); });
             ic.status = "ok";
           }
         } catch (const std::invalid_argument& e) {  // a launcher precondition

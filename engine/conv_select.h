@@ -67,8 +67,11 @@ class ConvSelect {
   // `workspace` (max_workspace bytes): two output-sized buffers for the comparison plus the
   // candidates' own scratch; a candidate that does not fit is recorded as such.
   // Synchronises the handle's stream.
+  // quick: for runs whose timings mean nothing and cost much (under compute-sanitizer): cuDNN
+  // keeps its heuristic algorithms (no find), and every candidate is still run and validated
+  // but timed by one call (cs::time_once) instead of cs::time_calls' samples.
   void autotune(__half* x, __half* w, __half* y, void* workspace, size_t max_workspace,
-                int sm_count, const std::function<void()>& refill);
+                int sm_count, const std::function<void()>& refill, bool quick = false);
   // Bytes of workspace the chosen implementations need (max over the passes).
   size_t workspace_bytes() const;
 

@@ -129,4 +129,12 @@ CallTiming time_calls(const std::function<void()>& f, cudaStream_t stream, int s
   return {us[us.size() / 2], us[0]};
 }
 
+double time_once(const std::function<void()>& f, cudaStream_t stream) {
+  CudaEvent a, b;
+  a.record(stream);
+  f();
+  b.record(stream);
+  return elapsed_seconds(a, b) * 1e6;
+}
+
 }  // namespace cs

@@ -214,7 +214,7 @@ Resnet9Gpu::Resnet9Gpu(cs::GpuContext& ctx, cs::Arena& arena, const Recipe& reci
     step(true);
     ctx_.sync();
   }
-  profile_step(kProfileReps);
+  profile_step(options_.quick_autotune ? 1 : kProfileReps);
   reset_optimizer();
   ctx_.sync();
 }
@@ -351,7 +351,7 @@ void Resnet9Gpu::autotune(size_t max_workspace) {
       if (u.conv != c.get()) continue;
       __half* x = i == 0 ? white_ : units_[i - 1].out;
       __half* wt = i == 0 ? prep_w_ : w_half_ + u.conv_off;
-      c->autotune(x, wt, u.y, ws, max_workspace, sm_count, fill_all);
+      c->autotune(x, wt, u.y, ws, max_workspace, sm_count, fill_all, options_.quick_autotune);
       break;
     }
   }
@@ -413,7 +413,7 @@ void Resnet9Gpu::choose_fused_configs() {
           else
             kernels::conv_forward_igemm_stats(in, w, u.y, kd, c, st, s);
         };
-        const double us = cs::time_calls(launch, s, 5).median_us;
+        const double us = options_.quick_autotune ? cs::time_once(launch, s) : cs::time_calls(launch, s, 5).median_us;
         std::snprintf(line, sizeof(line), " %s=%.1fus", name, us);
         if (best < 0 || us < best) {
           best = us;
@@ -1063,6 +1063,7 @@ GpuTrainer::GpuTrainer(const data::Cifar10& data, const TrainConfig& cfg) : data
   options.fused_pool = cfg_.fused_pool;
   options.fused_stats = cfg_.fused_stats;
   options.bn_vectorized = cfg_.bn_vectorized;
+  options.quick_autotune = cfg_.quick_autotune;
   net_ = std::make_unique<Resnet9Gpu>(*ctx_, A, r, spe_, options);
   host_model_ = std::make_unique<Resnet9Cpu>(r);
   setup_.init_seconds += seconds_since(t_net);
@@ -1090,6 +1091,7 @@ std::vector<std::pair<std::string, std::string>> GpuTrainer::engine_info() const
       {"libraries", cs::GpuContext::library_versions()},
       {"conv_policy", cs::conv_policy_name(conv_policy_)},
       {"bn_kernels", cfg_.bn_vectorized ? "vector" : "pair"},
+      {"autotune", cfg_.quick_autotune ? "quick (heuristic cuDNN algorithms, one-call timings)" : "timed"},
       {"fused_conv_forward", cfg_.fused_pool || cfg_.fused_stats ? net_->fused_choice() : std::string("off")},
       {"conv_algorithms", net_->conv_algorithms()},
       {"conv_candidates", net_->conv_candidates()},

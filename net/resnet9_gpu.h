@@ -54,6 +54,11 @@ struct Resnet9GpuOptions {
   bool fused_stats = false;
   // The ghost-BN + CELU kernels' variant (kernels::GhostBnCeluParams::vectorized).
   bool bn_vectorized = true;
+  // Setup without the timing: cuDNN keeps its heuristic algorithms and every candidate (our
+  // conv kernels, the fused configs) is still run and checked but timed by one call
+  // (cs::ConvSelect::autotune's quick mode). For runs where timings mean nothing and cost much:
+  // the GPU tests under compute-sanitizer (CS_TEST_QUICK_AUTOTUNE=1, tools/gpu_check.sh).
+  bool quick_autotune = false;
 };
 
 class Resnet9Gpu {

@@ -28,6 +28,8 @@ struct TrainConfig {
   // GPU engine: the ghost-BN + CELU kernels with 8 channels per thread (true) or the older
   // 2-channel ones (kernels/bn.cuh, GhostBnCeluParams::vectorized).
   bool bn_vectorized = true;
+  // GPU engine: setup without timing (Resnet9GpuOptions::quick_autotune); tests only.
+  bool quick_autotune = false;
 };
 
 struct EpochLog {

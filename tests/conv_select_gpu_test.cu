@@ -61,7 +61,7 @@ TEST_CASE("conv selection: chosen passes agree with cuDNN under every policy", "
         gpu_test::upload_half_into(dy, d_dy.get());
       };
       cs::ConvSelect sel(handle.get(), d, policy);
-      sel.autotune(d_x.get(), d_w.get(), d_dy.get(), ws.get(), ws_bytes, sms, refill);
+      sel.autotune(d_x.get(), d_w.get(), d_dy.get(), ws.get(), ws_bytes, sms, refill, gpu_test::quick_autotune());
       refill();
       const std::string chosen = sel.chosen();
       std::printf("conv_select %s: %s\n", cs::conv_policy_name(policy), chosen.c_str());

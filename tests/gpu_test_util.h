@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -29,6 +30,16 @@ inline bool gpu_available(std::string* why = nullptr) {
   static const cs::GpuInfo info = cs::detect_gpu();  // probe the driver once per process
   if (!info.available && why != nullptr) *why = info.reason;
   return info.available;
+}
+
+// Whether the engine's setup should skip its timing (Resnet9GpuOptions::quick_autotune,
+// ConvSelect::autotune's quick mode): CS_TEST_QUICK_AUTOTUNE set to anything but "" or "0".
+// tools/gpu_check.sh sets it for the run under compute-sanitizer, where every launch is
+// instrumented and the autotune's timing repetitions (10 to 40 calls per candidate) cost much
+// time and check nothing the single validated call does not.
+inline bool quick_autotune() {
+  const char* v = std::getenv("CS_TEST_QUICK_AUTOTUNE");
+  return v != nullptr && *v != '\0' && std::strcmp(v, "0") != 0;
 }
 
 // Owns n elements of device memory (uninitialised). Move-only.

@@ -244,6 +244,7 @@ TEST_CASE("resnet9 GPU training step matches the CPU reference within its noise 
   options.fused_pool = fusion == 1 || fusion == 2;
   options.fused_stats = fusion == 2;
   options.bn_vectorized = fusion != 3;
+  options.quick_autotune = gpu_test::quick_autotune();
   cs::GpuContext ctx;
   cs::Arena arena(kTestArenaBytes);
   net::Resnet9Gpu gpu(ctx, arena, r, /*steps_per_epoch=*/1, options);
@@ -328,6 +329,7 @@ TEST_CASE("resnet9 GPU step is deterministic: graph replay equals direct launche
   options.conv_policy = fusion == 0 ? cs::ConvPolicy::kCudnn : fusion == 1 ? cs::ConvPolicy::kAuto : cs::ConvPolicy::kIgemm;
   options.fused_pool = fusion >= 1;
   options.fused_stats = fusion >= 2;
+  options.quick_autotune = gpu_test::quick_autotune();
   cs::GpuContext ctx;
   cs::Arena arena(kTestArenaBytes);
   net::Resnet9Gpu gpu(ctx, arena, r, /*steps_per_epoch=*/1, options);
@@ -424,6 +426,7 @@ TEST_CASE("resnet9 GPU trainer runs the recipe end to end on synthetic data", "[
   cfg.recipe.epochs = 2;
   cfg.recipe.whiten_images = 200;
   cfg.eval_every_epoch = true;
+  cfg.quick_autotune = gpu_test::quick_autotune();
   data::Cifar10 d;
   const int n_train = 4 * kBatch + 10, n_test = 100;  // a partial batch to drop, a padded test set
   auto fill = [](data::Split& s, int n, uint64_t seed) {
