@@ -4,7 +4,7 @@
 //
 //   reference_dump --out DIR [--seed S] [--width W] [--batch B] [--bn-group G] [--steps K]
 //                  [--ema-every E] [--data DIR] [--train-images N] [--test-images N]
-//                  [--steps-per-epoch N]
+//                  [--steps-per-epoch N] [--gpu]
 //
 // Output: DIR/manifest.json (config, recipe numbers, parameter layout, and for each tensor its
 // name, file, shape and dtype) and one raw little-endian file per tensor, NAME.bin. Images and
@@ -22,6 +22,12 @@
 //   stepK.bn.<bn>.running_mean|running_var, stepK.ema.param.<p>, stepK.ema.bn.<bn>.*
 //   eval.images_u8, eval.images, eval.labels, eval.bn.<bn>.mean|var [C] (EMA model, averaged
 //   over groups), eval.logits [n][10], eval.logits_tta [n][10]
+// With --gpu (builds with the CUDA engine), also the GPU engine's step 1 (net::Resnet9Gpu, the
+// speedrun engine with its default options) from the same initial state and batch:
+//   gpu.step1.logits [B][10], gpu.step1.loss (float64), gpu.step1.grad.<p>,
+//   gpu.step1.bn.<bn>.running_mean|running_var [G][C]
+// The GPU reads the conv weights and the batch in fp16; compare rounds both the same way on the
+// PyTorch side and checks these against its own step (docs/torch_crosscheck.md).
 // Without --data the images are deterministic synthetic ones (smooth random patterns, so the
 // whitening eigenvalues are well separated); with --data, the first N training/test images.
 #include <algorithm>
@@ -44,6 +50,12 @@
 #include "net/layout.h"
 #include "net/recipe.h"
 #include "net/resnet9_cpu.h"
+#ifdef CS_HAVE_CUDA
+#include "engine/arena.h"
+#include "engine/gpu_context.h"
+#include "engine/gpu_info.h"
+#include "net/resnet9_gpu.h"
+#endif
 
 namespace {
 
@@ -57,6 +69,7 @@ struct Args {
   float width = 0.125f;
   int batch = 64, bn_group = 16, steps = 3, ema_every = -1;  // -1: the recipe's
   int train_images = -1, test_images = 256, steps_per_epoch = -1;
+  bool gpu = false;  // also dump the GPU engine's step 1
 };
 
 [[noreturn]] void usage(const std::string& why) {
@@ -64,7 +77,7 @@ struct Args {
                "reference_dump: %s\n"
                "usage: reference_dump --out DIR [--seed S] [--width W] [--batch B] "
                "[--bn-group G] [--steps K] [--ema-every E] [--data DIR] [--train-images N] "
-               "[--test-images N] [--steps-per-epoch N]\n",
+               "[--test-images N] [--steps-per-epoch N] [--gpu]\n",
                why.c_str());
   std::exit(2);
 }
@@ -73,6 +86,20 @@ Args parse(int argc, char** argv) {
   Args a;
   for (int i = 1; i < argc; ++i) {
     const std::string k = argv[i];
+    if (k == "--help" || k == "-h") {
+      std::printf(
+          "usage: reference_dump --out DIR [--seed S] [--width W] [--batch B] [--bn-group G] [--steps K]\n"
+          "                      [--ema-every E] [--data DIR] [--train-images N] [--test-images N]\n"
+          "                      [--steps-per-epoch N] [--gpu]\n"
+          "Runs the CPU reference for K training steps and writes every tensor the PyTorch\n"
+          "cross-check needs (tools/reference/resnet9_torch.py compare; docs/torch_crosscheck.md).\n"
+          "--gpu also writes the GPU engine's step 1 from the same state and batch (needs a device).\n");
+      std::exit(0);
+    }
+    if (k == "--gpu") {
+      a.gpu = true;
+      continue;
+    }
     if (i + 1 >= argc) usage("missing value after " + k);
     const std::string v = argv[++i];
     try {
@@ -182,7 +209,54 @@ void dump_state(Writer& w, const std::string& prefix, net::Resnet9Cpu& m, bool w
   }
 }
 
+// --gpu needs the CUDA engine and a device; checked before anything is written.
+void require_gpu() {
+#ifdef CS_HAVE_CUDA
+  const cs::GpuInfo info = cs::detect_gpu();
+  if (!info.available) throw std::runtime_error("reference_dump: --gpu needs a CUDA device: " + info.reason);
+#else
+  throw std::runtime_error("reference_dump: --gpu needs a build with the CUDA engine (this one has none)");
+#endif
+}
+
+// The GPU engine's forward + loss + backward of one step from `init`'s state (weights, running
+// statistics, whitening filters) on batch x, written as gpu.step1.*.
+void dump_gpu_step(Writer& w, const net::Recipe& r, net::Resnet9Cpu& init, const std::vector<float>& x,
+                   const std::vector<uint8_t>& labels) {
+#ifdef CS_HAVE_CUDA
+  const cs::GpuInfo info = cs::detect_gpu();
+  cs::GpuContext ctx;
+  cs::Arena arena(size_t(2) << 30);
+  net::Resnet9Gpu gpu(ctx, arena, r, /*steps_per_epoch=*/1);
+  gpu.set_params(init.params);
+  gpu.set_running_stats(init.running_mean, init.running_var);
+  gpu.set_whitening(init.whiten);
+  gpu.reset_optimizer();
+  gpu.upload_batch(x, labels);
+  gpu.forward_backward();
+  const std::vector<float> logits = gpu.get_logits(), grads = gpu.get_grads();
+  std::vector<float> mean, var;
+  gpu.get_running_stats(mean, var);
+  const net::Layout& L = init.layout();
+  w.f32("gpu.step1.logits", logits.data(), {r.batch, net::kClasses});
+  w.f64("gpu.step1.loss", gpu.get_loss());
+  for (const net::ParamTensor& p : L.params)
+    w.f32("gpu.step1.grad." + p.name, grads.data() + p.offset, to_long(p.shape));
+  for (const net::BNLayer& b : L.bns) {
+    const long off = init.running_mean_of(b.name) - init.running_mean.data();
+    const std::vector<long> shape{L.groups, b.channels};
+    w.f32("gpu.step1.bn." + b.name + ".running_mean", mean.data() + off, shape);
+    w.f32("gpu.step1.bn." + b.name + ".running_var", var.data() + off, shape);
+  }
+  std::printf("reference_dump: GPU step 1 on %s, convs %s", info.name.c_str(), gpu.conv_algorithms().c_str());
+#else
+  (void)w, (void)r, (void)init, (void)x, (void)labels;
+  require_gpu();
+#endif
+}
+
 int run(const Args& a) {
+  if (a.gpu) require_gpu();
   net::Recipe r;
   r.width = a.width;
   r.batch = a.batch;
@@ -233,8 +307,9 @@ int run(const Args& a) {
   // The averaged model starts as a copy of the initial one (docs/recipe.md); `probe` repeats
   // each step's forward/backward on a copy of the state to read the gradients, which
   // train_step overwrites with the update.
-  net::Resnet9Cpu ema(r), probe(r);
+  net::Resnet9Cpu ema(r), probe(r), init(r);
   ema.copy_state_from(model);
+  init.copy_state_from(model);
   const float rho = r.ema_rho_applied();
   std::vector<int> perm;
   std::vector<float> x((size_t)B * kPixels);
@@ -281,6 +356,7 @@ int run(const Args& a) {
       w.f32(tag + "grad." + p.name, probe.grad(p.name), to_long(p.shape));
     dump_state(w, tag, model, true);
     dump_state(w, tag + "ema.", ema, false);
+    if (s == 0 && a.gpu) dump_gpu_step(w, r, init, x, labels);
   }
 
   // Evaluation of the averaged model.
@@ -316,7 +392,7 @@ int run(const Args& a) {
        {{"seed", a.seed}, {"width", a.width}, {"batch", B}, {"bn_group", a.bn_group},
         {"steps", a.steps}, {"steps_per_epoch", spe},
         {"train_images", train.size()}, {"test_images", n_test}, {"whiten_images", n_whiten},
-        {"data", data_desc}}},
+        {"data", data_desc}, {"gpu", a.gpu}}},
       {"recipe",
        {{"mean", r.mean}, {"std", r.std_}, {"pad", r.pad}, {"width", r.width},
         {"celu_alpha", r.celu_alpha}, {"logit_scale", r.logit_scale},

@@ -6,6 +6,11 @@
 // tensor; the Python side replays each step in PyTorch from the dumped state and exits non-zero
 // if any tensor is outside its tolerance. ema_every is lowered to 2 so that within the three
 // steps the weight average is both updated (steps 1 and 3) and left alone (step 2).
+//
+// The GPU engine's step (reference_dump --gpu, gpu.step1.*) needs a device; here the second
+// case checks compare's side of it: a dump whose gpu.* tensors are copies of the CPU
+// reference's step 1 passes (fp32 against PyTorch's fp16-rounded replay: inside the noise
+// floor, as a correct GPU step is), and one gradient scaled by 1.5 fails.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -15,7 +20,9 @@
 #include <fstream>
 #include <iostream>
 #include <string>
+#include <vector>
 
+#include <nlohmann/json.hpp>
 #include <unistd.h>
 
 namespace {
@@ -27,6 +34,17 @@ bool torch_available() {
 int run(const std::string& cmd) {
   std::fflush(stdout);
   return std::system(cmd.c_str());
+}
+
+// Runs compare on dump `dir` (extra arguments `args`); returns the exit status, the log in *out.
+int run_compare(const std::filesystem::path& dir, const std::string& args, std::string* out) {
+  const std::string log = (dir / "compare.log").string();
+  const std::string cmd = "/usr/bin/python3 '" CS_SOURCE_DIR "/tools/reference/resnet9_torch.py' compare " +
+                          args + " --dump '" + dir.string() + "' > '" + log + "' 2>&1";
+  const int rc = run(cmd);
+  std::ifstream in(log);
+  out->assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  return rc;
 }
 
 }  // namespace
@@ -69,4 +87,68 @@ TEST_CASE("CPU reference training steps equal the PyTorch recipe tensor for tens
   for (int i = 0; i < 4 && i < n; ++i) std::cout << tail[(n + i - std::min(n, 4)) % 4] << "\n";
   CHECK(rc == 0);
   if (rc == 0) fs::remove_all(dir);
+}
+
+TEST_CASE("PyTorch compare checks a GPU step dump against its noise floor", "[torch]") {
+  if (!torch_available()) {
+    if (std::getenv("CI"))
+      FAIL("PyTorch is not importable by /usr/bin/python3 and CI is set (apt-get install python3-torch)");
+    std::printf("SKIPPED: PyTorch not available (apt-get install python3-torch)\n");
+    return;
+  }
+  namespace fs = std::filesystem;
+  using json = nlohmann::json;
+  const fs::path dump_bin = fs::path(CS_BINARY_DIR) / "reference_dump";
+  REQUIRE(fs::exists(dump_bin));
+  const fs::path dir = fs::temp_directory_path() / ("cs_torch_gpu_floor_" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  REQUIRE(run("'" + dump_bin.string() + "' --out '" + dir.string() +
+              "' --seed 3 --width 0.25 --batch 64 --bn-group 32 --steps 1 --test-images 32") == 0);
+
+  // gpu.step1.* := the CPU reference's step1.* (logits, loss, gradients, running statistics).
+  json man;
+  {
+    std::ifstream f(dir / "manifest.json");
+    f >> man;
+  }
+  std::vector<json> added;
+  for (const json& t : man["tensors"]) {
+    const std::string name = t["name"];
+    const bool wanted = name == "step1.logits" || name == "step1.loss" || name.rfind("step1.grad.", 0) == 0 ||
+                        name.rfind("step1.bn.", 0) == 0;
+    if (!wanted) continue;
+    json g = t;
+    g["name"] = "gpu." + name;
+    g["file"] = "gpu." + name + ".bin";
+    fs::copy_file(dir / t["file"].get<std::string>(), dir / g["file"].get<std::string>());
+    added.push_back(g);
+  }
+  REQUIRE(added.size() == 2 + 17 + 2 * 8);  // logits, loss, 17 gradients, mean and var of 8 BNs
+  for (json& g : added) man["tensors"].push_back(g);
+  {
+    std::ofstream f(dir / "manifest.json");
+    f << man.dump(1);
+  }
+  std::string log;
+  int rc = run_compare(dir, "", &log);
+  INFO(log);
+  CHECK(rc == 0);
+  CHECK(log.find("gpu.step1.grad.layer2_conv") != std::string::npos);
+
+  // One gradient 1.5 times too large: outside any noise floor.
+  const fs::path g = dir / "gpu.step1.grad.layer2_conv.bin";
+  std::vector<float> v(fs::file_size(g) / sizeof(float));
+  {
+    std::ifstream f(g, std::ios::binary);
+    f.read(reinterpret_cast<char*>(v.data()), (std::streamsize)(v.size() * sizeof(float)));
+  }
+  for (float& e : v) e *= 1.5f;
+  {
+    std::ofstream f(g, std::ios::binary);
+    f.write(reinterpret_cast<const char*>(v.data()), (std::streamsize)(v.size() * sizeof(float)));
+  }
+  rc = run_compare(dir, "", &log);
+  CHECK(rc != 0);
+  CHECK(log.find("MISMATCH: gpu.step1.grad.layer2_conv") != std::string::npos);
+  fs::remove_all(dir);
 }

@@ -18,6 +18,10 @@
 #    reference of the recipe on the same GPU and data, tools/reference/resnet9_torch.py train
 #    --runs RUNS (one warm-up run first) --json OUTDIR/torch.json: the side-by-side baseline.
 #    It starts no new run after T_TORCH - 60 seconds.
+# 6b. crosscheck (a python3 that imports torch, and reference_dump): the GPU engine's training
+#    step against PyTorch's from the same weights and batch (reference_dump --gpu, full width,
+#    batch 64, synthetic images; resnet9_torch.py compare --device cuda; docs/torch_crosscheck.md).
+#    No data needed.
 # 7. sanitizer: the GPU tests under compute-sanitizer memcheck (the test binary directly,
 #    "[gpu]~[recipe]": the batch-512 conv-kernel cases are left out, their odd-shape cases
 #    exercise every predicated edge at a fraction of the cost), then racecheck on the
@@ -27,7 +31,7 @@
 #    repetitions (tests/gpu_test_util.h). Last, because it is the slowest step and the others
 #    matter more when time is short.
 # GPU_CHECK_STEPS (comma-separated, default all: gpu_tests,kernel_bench,conv_bench,speedrun,
-# torch,sanitizer) picks steps, so a short device session can split them over two calls (the data
+# torch,crosscheck,sanitizer) picks steps, so a short device session can split them over two calls (the data
 # only arrives with the second; see README "Working with a GPU machine"). SPEEDRUN_ARGS adds
 # arguments to the speedrun step (e.g. "--fused-pool --warmup").
 # Every step has a time limit; a failing step does not stop the others; the exit status is
@@ -57,8 +61,9 @@ T_WGMMA_TESTS=${T_WGMMA_TESTS:-90}
 T_BENCH=${T_BENCH:-120}
 T_SPEEDRUN=${T_SPEEDRUN:-600}
 T_TORCH=${T_TORCH:-600}
+T_CROSSCHECK=${T_CROSSCHECK:-180}
 
-STEPS=",${GPU_CHECK_STEPS:-gpu_tests,kernel_bench,conv_bench,speedrun,torch,sanitizer},"
+STEPS=",${GPU_CHECK_STEPS:-gpu_tests,kernel_bench,conv_bench,speedrun,torch,crosscheck,sanitizer},"
 # want STEP: whether GPU_CHECK_STEPS includes STEP.
 want() { [[ "$STEPS" == *",$1,"* ]]; }
 
@@ -150,7 +155,7 @@ else
   [ -n "$NV" ] && [ -d "$NV/cudnn" ] && CMAKE_ARGS+=(-DCUDNN_ROOT="$NV/cudnn")
   [ -n "${CUDA_ARCHS:-}" ] && CMAKE_ARGS+=(-DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCHS")
   run_step build "$T_BUILD" "$LOG" bash -c \
-    "cmake $(printf '%q ' "${CMAKE_ARGS[@]}") && ninja -C $(printf '%q' "$BUILD") cs_gpu_tests kernel_bench speedrun"
+    "cmake $(printf '%q ' "${CMAKE_ARGS[@]}") && ninja -C $(printf '%q' "$BUILD") cs_gpu_tests kernel_bench conv_bench speedrun reference_dump"
 fi
 
 # ---------------------------------------------------------------- 2. GPU tests
@@ -222,6 +227,22 @@ else
   run_step torch "$T_TORCH" "$LOG" \
     env PYTHONUNBUFFERED=1 python3 tools/reference/resnet9_torch.py train --data "$DATA" --runs "$RUNS" \
     --time-budget "$((T_TORCH - 60))" --json "$OUT/torch.json"
+fi
+
+# ---------------------------------------------------------------- 6b. GPU step vs PyTorch
+if ! want crosscheck; then
+  skip_step crosscheck "not in GPU_CHECK_STEPS"
+elif [ ! -x "$BUILD/reference_dump" ]; then
+  skip_step crosscheck "no $BUILD/reference_dump"
+elif ! python3 -c "import torch, numpy" >/dev/null 2>&1; then
+  skip_step crosscheck "python3 cannot import torch and numpy"
+else
+  XDUMP=$(mktemp -d /tmp/cs-crosscheck.XXXXXX)
+  run_step crosscheck "$T_CROSSCHECK" "$LOG" bash -c \
+    "$(printf '%q' "$BUILD/reference_dump") --out $(printf '%q' "$XDUMP") --gpu --width 1 --batch 64 \
+       --bn-group 32 --steps 1 --test-images 64 &&
+     python3 tools/reference/resnet9_torch.py compare --dump $(printf '%q' "$XDUMP") --device cuda"
+  rm -rf "$XDUMP"
 fi
 
 # ---------------------------------------------------------------- 7. sanitizer

@@ -9,9 +9,10 @@ cd "$(dirname "$0")/.."
 build=build-h100
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCS_WERROR=ON \
     -DCMAKE_CUDA_ARCHITECTURES=90a-real >/dev/null
-cmake --build "$build" -j "${CS_JOBS:-$(nproc)}" --target cs_gpu_tests kernel_bench conv_bench speedrun
+cmake --build "$build" -j "${CS_JOBS:-$(nproc)}" --target cs_gpu_tests kernel_bench conv_bench speedrun \
+    reference_dump
 rm -rf .gpu-bin && mkdir -p .gpu-bin
-for b in cs_gpu_tests kernel_bench conv_bench speedrun; do
+for b in cs_gpu_tests kernel_bench conv_bench speedrun reference_dump; do
   cp "$build/$b" .gpu-bin/
   strip --strip-debug .gpu-bin/$b
 done
