@@ -4,9 +4,10 @@
 # 1. setup: nvidia-smi, GPU name, cuDNN / cuBLAS / cuRAND versions; LD_LIBRARY_PATH from the
 #    Python wheels (site-packages/nvidia/*/lib) when present; builds build-gpu with cmake +
 #    ninja unless build/ (or $BUILD_DIR) already holds cs_gpu_tests, kernel_bench and speedrun.
-# 2. gpu_tests: the GPU tests (ctest -L gpu when the build's CTest files point at this
-#    checkout, else the test binary directly: a build carried from another path has stale
-#    absolute paths in its CTest files).
+# 2. gpu_tests: the GPU tests (ctest -L gpu --parallel 4 when the build's CTest files point
+#    at this checkout, else the test binary directly, a build carried from another path having
+#    stale absolute paths in its CTest files: in four shards by source file run at the same
+#    time, one summary row each, see shards() below).
 # 3. kernel_bench: kernel_bench --json OUTDIR/kernel_bench.json.
 # 4. conv_bench (when built): the hand-written conv kernels against cuDNN,
 #    --json OUTDIR/conv_bench.json.
@@ -22,18 +23,19 @@
 #    step against PyTorch's from the same weights and batch (reference_dump --gpu, full width,
 #    batch 64, synthetic images; resnet9_torch.py compare --device cuda; docs/torch_crosscheck.md).
 #    No data needed.
-# 7. sanitizer: the GPU tests under compute-sanitizer memcheck (the test binary directly,
-#    "[gpu]~[recipe]": the batch-512 conv-kernel cases are left out, their odd-shape cases
-#    exercise every predicated edge at a fraction of the cost), then racecheck on the
+# 7. sanitizer: the GPU tests under compute-sanitizer memcheck (the test binary directly, in
+#    the same four shards at once, each "~[recipe]": the batch-512 conv-kernel cases are left
+#    out, their odd-shape cases exercise every predicated edge at a fraction of the cost),
+#    then racecheck on the
 #    mma.sync conv kernels' odd shapes ("[igemm]~[recipe]", shared-memory races; the wgmma
 #    kernels' tensor-core reads go through the async proxy, which racecheck may not model).
 #    Both with CS_TEST_QUICK_AUTOTUNE=1: the engine's setup in the tests skips the timing
 #    repetitions (tests/gpu_test_util.h). Last, because it is the slowest step and the others
 #    matter more when time is short.
 # GPU_CHECK_STEPS (comma-separated, default all: gpu_tests,kernel_bench,conv_bench,speedrun,
-# torch,crosscheck,sanitizer) picks steps, so a short device session can split them over two calls (the data
-# only arrives with the second; see README "Working with a GPU machine"). SPEEDRUN_ARGS adds
-# arguments to the speedrun step (e.g. "--fused-pool --warmup").
+# torch,crosscheck,sanitizer) picks steps, so a short device session can split them over two
+# calls (the data only arrives with the second; see README "Working with a GPU machine").
+# SPEEDRUN_ARGS adds arguments to the speedrun step (e.g. "--fused-pool --warmup").
 # Every step has a time limit; a failing step does not stop the others; the exit status is
 # non-zero if any step failed. OUTDIR holds at most 7 files (a device call returns at most 8):
 # gpu_check.log (setup, benchmarks', speedrun's and torch's output, the summary table),
@@ -57,7 +59,6 @@ T_BUILD=${T_BUILD:-900}
 T_SANITIZER=${T_SANITIZER:-300}
 T_RACECHECK=${T_RACECHECK:-240}
 T_TESTS=${T_TESTS:-240}
-T_WGMMA_TESTS=${T_WGMMA_TESTS:-90}
 T_BENCH=${T_BENCH:-120}
 T_SPEEDRUN=${T_SPEEDRUN:-600}
 T_TORCH=${T_TORCH:-600}
@@ -81,19 +82,72 @@ run_step() {
   echo "=== $name: $* (limit ${limit}s)" | tee -a "$OUT/$log"
   timeout --kill-after=15 "$limit" "$@" 2>&1 | tee -a "$OUT/$log"
   rc=$?
-  if [ $rc -eq 0 ]; then
-    status=ok
-  elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
-    status="TIMEOUT (${limit}s)"
-    FAILED=1
-  else
-    status="FAIL (rc $rc)"
-    FAILED=1
-  fi
+  status=$(status_of "$rc" "$limit")
+  [ "$rc" -ne 0 ] && FAILED=1
   echo "=== $name: $status" | tee -a "$OUT/$log"
   NAMES+=("$name")
   RESULTS+=("$status")
   SECONDS_TAKEN+=("$(($(date +%s) - t0))")
+}
+
+# status_of RC LIMIT: the summary word for an exit status (sets FAILED unless 0).
+status_of() {
+  if [ "$1" -eq 0 ]; then
+    echo ok
+  elif [ "$1" -eq 124 ] || [ "$1" -eq 137 ]; then
+    echo "TIMEOUT (${2}s)"
+  else
+    echo "FAIL (rc $1)"
+  fi
+}
+
+# The GPU test binary's shards, by source file (Catch2's -# file-name tags): the three files
+# with the most CPU-reference work each alone, the wgmma kernels alone (a hang in the newest
+# kernels costs only their shard), and everything else, so a new test file is never left out.
+# Each entry is NAME=FILTER; FILTER's comma-separated terms are OR-ed.
+shards() {  # shards EXTRA: EXTRA (e.g. "~[recipe]") is appended to every term
+  local x=$1 own="~[#resnet9_gpu_test]~[#implicit_gemm_gpu_test]~[#igemm_backward_gpu_test]~[#wgmma_conv_gpu_test]"
+  echo "resnet9=[#resnet9_gpu_test]$x"
+  echo "igemm=[#implicit_gemm_gpu_test]$x,[#igemm_backward_gpu_test]$x"
+  echo "wgmma=[#wgmma_conv_gpu_test]$x"
+  echo "other=[gpu]$own$x"
+}
+
+# run_shards STEP LIMIT LOG EXTRA CMD...: runs CMD -# FILTER for every shard (shards EXTRA) at
+# the same time, each under LIMIT seconds: the shards' CPU references then share the machine's
+# cores and their kernels the GPU, so the step takes about as long as its longest shard. One
+# summary row per shard (STEP[NAME]); the shards' output goes to OUTDIR/LOG one after another.
+run_shards() {
+  local step=$1 limit=$2 log=$3 extra=$4
+  shift 4
+  local tmp spec name rc secs status
+  local names=()
+  tmp=$(mktemp -d /tmp/cs-shards.XXXXXX)
+  echo "=== $step: $* -# FILTER, $(shards "$extra" | wc -l) shards at once (limit ${limit}s each)" | tee -a "$OUT/$log"
+  while IFS= read -r spec; do
+    name=${spec%%=*}
+    names+=("$name")
+    (
+      t0=$(date +%s)
+      echo "--- shard $name: ${spec#*=}" >"$tmp/$name.log"
+      timeout --kill-after=15 "$limit" "$@" -# "${spec#*=}" >>"$tmp/$name.log" 2>&1
+      echo $? >"$tmp/$name.rc"
+      echo $(($(date +%s) - t0)) >"$tmp/$name.sec"
+    ) &
+  done < <(shards "$extra")
+  wait
+  for name in "${names[@]}"; do
+    rc=$(cat "$tmp/$name.rc" 2>/dev/null || echo 1)
+    secs=$(cat "$tmp/$name.sec" 2>/dev/null || echo "?")
+    status=$(status_of "$rc" "$limit")
+    [ "$rc" -ne 0 ] && FAILED=1
+    tee -a "$OUT/$log" <"$tmp/$name.log"
+    echo "=== $step[$name]: $status" | tee -a "$OUT/$log"
+    NAMES+=("$step[$name]")
+    RESULTS+=("$status")
+    SECONDS_TAKEN+=("$secs")
+  done
+  rm -rf "$tmp"
 }
 
 skip_step() {
@@ -166,12 +220,9 @@ elif [ ! -x "$BUILD/cs_gpu_tests" ]; then
   skip_step gpu_tests "no $BUILD/cs_gpu_tests"
 elif [ -f "$BUILD/CTestTestfile.cmake" ] && grep -q "$ROOT/" "$BUILD/CTestTestfile.cmake" &&
      command -v ctest >/dev/null; then
-  run_step gpu_tests "$T_TESTS" gpu_tests.log ctest --test-dir "$BUILD" -L gpu --output-on-failure
+  run_step gpu_tests "$T_TESTS" gpu_tests.log ctest --test-dir "$BUILD" -L gpu --output-on-failure --parallel 4
 else
-  # The Hopper wgmma kernels run as a step of their own, so that a hang in the newest kernels
-  # cannot use up the time of every other test.
-  run_step gpu_tests "$T_TESTS" gpu_tests.log "$BUILD/cs_gpu_tests" "[gpu]~[wgmma]" --durations yes
-  run_step gpu_tests_wgmma "$T_WGMMA_TESTS" gpu_tests.log "$BUILD/cs_gpu_tests" "[wgmma]" --durations yes
+  run_shards gpu_tests "$T_TESTS" gpu_tests.log "" "$BUILD/cs_gpu_tests" --durations yes
 fi
 
 # ---------------------------------------------------------------- 3. kernel bench
@@ -263,9 +314,9 @@ else
   # candidate by one call (tests/gpu_test_util.h): under the sanitizer every launch is
   # instrumented and each timed candidate costs 10 to 40 calls (the first memcheck run hit its
   # limit inside the first whole-step test, after the conv-selection tests).
-  run_step sanitizer "$T_SANITIZER" sanitizer.log \
+  run_shards sanitizer "$T_SANITIZER" sanitizer.log "~[recipe]" \
     env CS_TEST_QUICK_AUTOTUNE=1 "$SANITIZER" --tool memcheck --report-api-errors no --error-exitcode 1 \
-    "$BUILD/cs_gpu_tests" "[gpu]~[recipe]" --durations yes
+    "$BUILD/cs_gpu_tests" --durations yes
   run_step racecheck "$T_RACECHECK" sanitizer.log \
     env CS_TEST_QUICK_AUTOTUNE=1 "$SANITIZER" --tool racecheck --racecheck-report all --error-exitcode 1 \
     "$BUILD/cs_gpu_tests" "[igemm]~[recipe]" --durations yes
@@ -274,9 +325,9 @@ fi
 # ---------------------------------------------------------------- summary
 {
   echo
-  printf '%-14s %-40s %s\n' step result seconds
+  printf '%-20s %-40s %s\n' step result seconds
   for i in "${!NAMES[@]}"; do
-    printf '%-14s %-40s %s\n' "${NAMES[$i]}" "${RESULTS[$i]}" "${SECONDS_TAKEN[$i]}"
+    printf '%-20s %-40s %s\n' "${NAMES[$i]}" "${RESULTS[$i]}" "${SECONDS_TAKEN[$i]}"
   done
   if [ $FAILED -ne 0 ]; then echo "gpu_check: FAILED"; else echo "gpu_check: all steps passed"; fi
 } | tee -a "$OUT/$LOG"
