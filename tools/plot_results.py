@@ -164,7 +164,7 @@ def plot_igemm_vs_cudnn(path, rec, out, plt):
                 ys.append(r["tflops"])
                 notes.append(f"{r['speedup_vs_cudnn']:.2f}x" if kernel != "cudnn" and "speedup_vs_cudnn" in r
                              else "")
-            if not xs:  # e.g. no wgmma weight gradient: no legend entry either
+            if not xs:  # e.g. no wgmma rows (not a Hopper GPU): no legend entry either
                 continue
             bars = ax.bar(xs, ys, width=width, label=label, color=f"C{k}")
             for bar, note in zip(bars, notes):
