@@ -405,64 +405,47 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
   }
 
   // ---- weight gradient: the split-K kernel + the slab reduction (timed together), at the
-  // default split count for this GPU and at half and twice that.
-  for (kernels::IgemmConfig config : kernels::kIgemmConfigs) {
-    const auto info = kernels::igemm_config_info(config);
-    const int dflt = kernels::igemm_wgrad_default_splits(d, config, sm_count);
+  // default split count for this GPU and at half and twice that; the mma.sync configs, then on
+  // Hopper the wgmma ones (the same split-K scheme and reduction).
+  // launch(splits, partials) runs one config's weight gradient into d_dw.
+  auto wgrad_rows = [&](const char* kernel, const kernels::IgemmConfigInfo& info, int dflt,
+                        const std::function<int(int)>& launched_splits,
+                        const std::function<void(int, float*)>& launch) {
     std::vector<int> launched;
     for (int want : {dflt, std::max(1, dflt / 2), 2 * dflt}) {
-      const int splits = kernels::igemm_wgrad_split(d, config, want).splits;
+      const int splits = launched_splits(want);
       if (std::find(launched.begin(), launched.end(), splits) != launched.end()) continue;
       launched.push_back(splits);
-      Row row = new_row("bwd_filter", "igemm", info.name);
+      Row row = new_row("bwd_filter", kernel, info.name);
       row.info = info;
       row.splits = splits;
       DeviceBuffer<float> d_part(kernels::igemm_wgrad_scratch_bytes(d, splits) / sizeof(float));
-      auto launch = [&] {
-        kernels::conv_backward_filter_igemm(d_x.get(), d_dy.get(), d_dw.get(), d_part.get(), d, config,
-                                            splits, 0);
-      };
+      auto call = [&] { launch(splits, d_part.get()); };
       d_dw.poison();
       d_part.poison();
-      launch();
+      call();
       CUDA_CHECK(cudaDeviceSynchronize());
       check_output(row, d_dw, dw_ref, "dw over all 512 images", kTolOut);
-      row.t = bench::time_calls(launch, g_iters);
+      row.t = bench::time_calls(call, g_iters);
       row.cudnn_us = cudnn_us[2];
       rows.push_back(row);
     }
-  }
-
-  // ---- the Hopper weight gradient (wgmma, sm_90a): the same split-K scheme and reduction, at
-  // its default split count and at half and twice that.
-  if (kernels::wgmma_supported()) {
-    for (kernels::WgmmaConfig config : kernels::kWgmmaConfigs) {
-      const auto info = kernels::wgmma_config_info(config);
-      const int dflt = kernels::wgmma_wgrad_default_splits(d, config, sm_count);
-      std::vector<int> launched;
-      for (int want : {dflt, std::max(1, dflt / 2), 2 * dflt}) {
-        const int splits = kernels::wgmma_wgrad_split(d, want).splits;
-        if (std::find(launched.begin(), launched.end(), splits) != launched.end()) continue;
-        launched.push_back(splits);
-        Row row = new_row("bwd_filter", "wgmma", info.name);
-        row.info = info;
-        row.splits = splits;
-        DeviceBuffer<float> d_part(kernels::igemm_wgrad_scratch_bytes(d, splits) / sizeof(float));
-        auto launch = [&] {
-          kernels::conv_backward_filter_wgmma(d_x.get(), d_dy.get(), d_dw.get(), d_part.get(), d, config,
-                                              splits, 0);
-        };
-        d_dw.poison();
-        d_part.poison();
-        launch();
-        CUDA_CHECK(cudaDeviceSynchronize());
-        check_output(row, d_dw, dw_ref, "dw over all 512 images", kTolOut);
-        row.t = bench::time_calls(launch, g_iters);
-        row.cudnn_us = cudnn_us[2];
-        rows.push_back(row);
-      }
-    }
-  }
+  };
+  for (kernels::IgemmConfig config : kernels::kIgemmConfigs)
+    wgrad_rows(
+        "igemm", kernels::igemm_config_info(config), kernels::igemm_wgrad_default_splits(d, config, sm_count),
+        [&](int want) { return kernels::igemm_wgrad_split(d, config, want).splits; },
+        [&](int splits, float* part) {
+          kernels::conv_backward_filter_igemm(d_x.get(), d_dy.get(), d_dw.get(), part, d, config, splits, 0);
+        });
+  if (kernels::wgmma_supported())
+    for (kernels::WgmmaConfig config : kernels::kWgmmaConfigs)
+      wgrad_rows(
+          "wgmma", kernels::wgmma_config_info(config), kernels::wgmma_wgrad_default_splits(d, config, sm_count),
+          [&](int want) { return kernels::wgmma_wgrad_split(d, want).splits; },
+          [&](int splits, float* part) {
+            kernels::conv_backward_filter_wgmma(d_x.get(), d_dy.get(), d_dw.get(), part, d, config, splits, 0);
+          });
 }
 
 std::string shape_str(const kernels::ConvDesc& d) {

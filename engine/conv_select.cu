@@ -242,20 +242,26 @@ void ConvSelect::autotune(__half* x, __half* w, __half* y, void* workspace, size
       candidates_.push_back(ic);
     };
 
+    // One of our configs: its scratch for this pass (dgrad: the filter copy; wgrad: the split-K
+    // partials at `wgrad_splits` slabs), then validated and timed.
     const kernels::ConvDesc kd = kdesc(d_);
-    for (kernels::IgemmConfig config : kernels::kIgemmConfigs) {
-      Choice c;
-      c.impl = Impl::kIgemm;
-      c.config = config;
+    auto try_config = [&](Choice c, const char* kernel, const char* name, int wgrad_splits) {
       if (pass == ConvPass::kBwdFilter) {
-        c.splits = kernels::igemm_wgrad_split(kd, config, kernels::igemm_wgrad_default_splits(kd, config, sm_count)).splits;
+        c.splits = wgrad_splits;
         c.scratch = kernels::igemm_wgrad_scratch_bytes(kd, c.splits);
       } else if (pass == ConvPass::kBwdData) {
         c.scratch = kernels::igemm_dgrad_scratch_bytes(kd);
       }
-      ConvCandidate ic{pass, "igemm", kernels::igemm_config_info(config).name};
+      ConvCandidate ic{pass, kernel, name};
       ic.splits = pass == ConvPass::kBwdFilter ? c.splits : 0;
       try_ours(c, ic);
+    };
+    for (kernels::IgemmConfig config : kernels::kIgemmConfigs) {
+      Choice c;
+      c.impl = Impl::kIgemm;
+      c.config = config;
+      try_config(c, "igemm", kernels::igemm_config_info(config).name,
+                 kernels::igemm_wgrad_split(kd, config, kernels::igemm_wgrad_default_splits(kd, config, sm_count)).splits);
     }
     // The Hopper kernels: forward, the input gradient through it, and the weight gradient.
     if (wgmma) {
@@ -263,15 +269,8 @@ void ConvSelect::autotune(__half* x, __half* w, __half* y, void* workspace, size
         Choice c;
         c.impl = Impl::kWgmma;
         c.wgmma_config = config;
-        if (pass == ConvPass::kBwdFilter) {
-          c.splits = kernels::wgmma_wgrad_default_splits(kd, config, sm_count);
-          c.scratch = kernels::igemm_wgrad_scratch_bytes(kd, c.splits);
-        } else if (pass == ConvPass::kBwdData) {
-          c.scratch = kernels::igemm_dgrad_scratch_bytes(kd);
-        }
-        ConvCandidate ic{pass, "wgmma", kernels::wgmma_config_info(config).name};
-        ic.splits = pass == ConvPass::kBwdFilter ? c.splits : 0;
-        try_ours(c, ic);
+        try_config(c, "wgmma", kernels::wgmma_config_info(config).name,
+                   kernels::wgmma_wgrad_default_splits(kd, config, sm_count));
       }
     }
   }

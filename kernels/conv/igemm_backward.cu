@@ -234,13 +234,13 @@ __global__ void conv_wgrad_reduce_kernel(const float* __restrict__ partials, __h
 
 
 template <class T>
-void launch_wgrad_tile(const WgradParams& p, int splits, cudaStream_t stream) {
+void launch_wgrad_tile(const WgradParams& p, cudaStream_t stream) {
   auto* kernel = conv_wgrad_igemm_kernel<T>;
   // Above 48 KB a kernel must opt in to its dynamic shared memory (once per instantiation).
   static const cudaError_t attr = cudaFuncSetAttribute(
       kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)T::kSmemBytes);
   CUDA_CHECK(attr);
-  const dim3 grid(ceil_div(p.Ng, T::kBlockN), ceil_div(p.K, T::kBlockM), splits);
+  const dim3 grid(ceil_div(p.Ng, T::kBlockN), ceil_div(p.K, T::kBlockM), p.splits);
   kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
   CUDA_CHECK_LAUNCH();
 }
@@ -317,16 +317,29 @@ size_t igemm_wgrad_scratch_bytes(const ConvDesc& d, int splits) {
 void conv_backward_filter_igemm(const __half* x, const __half* dy, __half* dw, float* partials,
                                 const ConvDesc& d, IgemmConfig config, int splits,
                                 cudaStream_t stream) {
-  const char* fn = "conv_backward_filter_igemm";
-  igemm_detail::require_igemm_shape(fn, d);
+  const IgemmConfigInfo cfg = igemm_config_info(config);
+  const WgradParams p = igemm_detail::make_wgrad_params("conv_backward_filter_igemm", x, dy, dw, partials, d,
+                                                        cfg.block_m, cfg.block_k, splits);
+  switch (config) {
+    case IgemmConfig::k128x128x32s4: launch_wgrad_tile<WgradTile128x128x32>(p, stream); break;
+    case IgemmConfig::k128x128x64s3: launch_wgrad_tile<WgradTile128x128x64>(p, stream); break;
+    case IgemmConfig::k128x64x32s4: launch_wgrad_tile<WgradTile128x64x32>(p, stream); break;
+    case IgemmConfig::k64x64x32s4: launch_wgrad_tile<WgradTile64x64x32>(p, stream); break;
+  }
+  igemm_detail::conv_wgrad_reduce(partials, dw, (long)d.K * p.Ng, p.splits, stream);
+}
+
+namespace igemm_detail {
+
+WgradParams make_wgrad_params(const char* fn, const __half* x, const __half* dy, const __half* dw,
+                              float* partials, const ConvDesc& d, int block_m, int block_k, int splits) {
+  require_igemm_shape(fn, d);
   require(x != nullptr && dy != nullptr && dw != nullptr && partials != nullptr, fn, "null tensor");
   require(aligned16(x) && aligned16(dy) && aligned16(dw) && aligned16(partials), fn,
           "x, dy, dw and partials must be 16-byte aligned");
   require(splits >= 1 && splits <= 65535, fn, "splits must be in [1, 65535] (grid z)");
-  const IgemmConfigInfo cfg = igemm_config_info(config);
-  require(ceil_div(d.K, cfg.block_m) <= 65535, fn, "too many output channels for the grid's y dimension");
-  const WgradSplit split = igemm_wgrad_split(d, config, splits);
-
+  require(ceil_div(d.K, block_m) <= 65535, fn, "too many output channels for the grid's y dimension");
+  const WgradSplit split = wgrad_split(d, block_k, splits);
   WgradParams p{};
   p.x = x;
   p.dy = dy;
@@ -340,16 +353,9 @@ void conv_backward_filter_igemm(const __half* x, const __half* dy, __half* dw, f
   p.P = d.N * d.H * d.W;
   p.Ng = d.R * d.R * d.C;
   p.slices_per_split = split.slices_per_split;
-  switch (config) {
-    case IgemmConfig::k128x128x32s4: launch_wgrad_tile<WgradTile128x128x32>(p, split.splits, stream); break;
-    case IgemmConfig::k128x128x64s3: launch_wgrad_tile<WgradTile128x128x64>(p, split.splits, stream); break;
-    case IgemmConfig::k128x64x32s4: launch_wgrad_tile<WgradTile128x64x32>(p, split.splits, stream); break;
-    case IgemmConfig::k64x64x32s4: launch_wgrad_tile<WgradTile64x64x32>(p, split.splits, stream); break;
-  }
-  igemm_detail::conv_wgrad_reduce(partials, dw, (long)d.K * p.Ng, split.splits, stream);
+  p.splits = split.splits;
+  return p;
 }
-
-namespace igemm_detail {
 
 void conv_wgrad_reduce(const float* partials, __half* dw, long n, int splits, cudaStream_t stream) {
   const int threads = 256;

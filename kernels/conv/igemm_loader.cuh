@@ -106,7 +106,15 @@ struct WgradParams {
   int P;                 // N * H * W
   int Ng;                // R * R * C
   int slices_per_split;  // BlockK-pixel slices per slab (blockIdx.z)
+  int splits;            // slabs launched (gridDim.z)
 };
+
+// The weight-gradient launchers' preconditions (the forward's shape rules, non-null 16-byte
+// aligned x, dy, dw and partials, splits in [1, 65535], ceil(K / block_m) <= 65535;
+// std::invalid_argument naming fn), then the kernel parameters for a kernel that walks the
+// pixels in slices of block_k, with the split count wgrad_split makes of `splits`.
+WgradParams make_wgrad_params(const char* fn, const __half* x, const __half* dy, const __half* dw,
+                              float* partials, const ConvDesc& d, int block_m, int block_k, int splits);
 
 // Copies one BlockK-pixel slice of A and of B into a pipeline stage. Each thread owns a fixed
 // 16-byte chunk column: of A a group of 8 output channels, of B a group of 8 filter columns,

@@ -199,6 +199,49 @@ struct Sw128Layout {
   }
 };
 
+// ------------------------------------------------------------------------- the main loop
+
+// The pipeline both kernels run over their k_tiles slices: the loads run T::kLoadAhead slices
+// ahead through T::kStages stages (loader.load(p, stage) issues one slice's cp.async copies
+// into the stage at that shared-memory address), and for each slice that has landed
+// mmas(acc, stage) issues this warpgroup's wgmma instructions on it. acc starts at zero and
+// holds the result when this returns; every MMA has completed and only empty cp.async groups
+// remain.
+template <class T, class Loader, class Params, class Mmas>
+__device__ __forceinline__ void wgmma_mainloop(Loader& loader, const Params& p, uint32_t base, int k_tiles,
+                                               float (&acc)[T::kAcc], Mmas mmas) {
+#pragma unroll
+  for (int s = 0; s < T::kLoadAhead; s++) {
+    if (s < k_tiles) loader.load(p, base + s * T::kStageBytes);
+    ptx::cp_async_commit();
+  }
+#pragma unroll
+  for (int e = 0; e < T::kAcc; e++) acc[e] = 0.0f;
+
+  for (int kt = 0; kt < k_tiles; kt++) {
+    // Slice kt has landed (this thread's copies), is visible to the async proxy, and (barrier)
+    // everyone's copies have. The stage refilled next, (kt + kLoadAhead) % Stages, was last read
+    // by the MMAs of slice kt - 1 - kMmaInFlight, which every warpgroup waited for at the end of
+    // an earlier iteration, before this barrier.
+    ptx::cp_async_wait<T::kLoadAhead - 1>();
+    fence_proxy_async();
+    __syncthreads();
+    const int next = kt + T::kLoadAhead;
+    if (next < k_tiles) loader.load(p, base + (next % T::kStages) * T::kStageBytes);
+    ptx::cp_async_commit();
+
+    fence_operands(acc);
+    wgmma_fence();
+    mmas(acc, base + (kt % T::kStages) * T::kStageBytes);
+    wgmma_commit();
+    wgmma_wait<T::kMmaInFlight>();
+    fence_operands(acc);
+  }
+  wgmma_wait<0>();
+  fence_operands(acc);
+  ptx::cp_async_wait<0>();
+}
+
 // ---------------------------------------------------------------------------- the kernel
 
 // Grid: x over output-channel tiles, y over 128-pixel tiles. One block per SM at a time is
@@ -215,42 +258,14 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const Ig
   const int k_tiles = ceil_div(p.Kg, T::kBlockK);
 
   igemm_detail::TileLoader<T, Sw128Layout<T>> loader(p, m0, n0);
-#pragma unroll
-  for (int s = 0; s < T::kLoadAhead; s++) {
-    if (s < k_tiles) loader.load(p, base + s * T::kStageBytes);
-    ptx::cp_async_commit();
-  }
-
   float acc[T::kAcc];
-#pragma unroll
-  for (int e = 0; e < T::kAcc; e++) acc[e] = 0.0f;
-
-  for (int kt = 0; kt < k_tiles; kt++) {
-    // Slice kt has landed (this thread's copies), is visible to the async proxy, and (barrier)
-    // everyone's copies have. The stage refilled next, (kt + kLoadAhead) % Stages, was last read
-    // by the MMAs of slice kt - 1 - kMmaInFlight, which every warpgroup waited for at the end of
-    // an earlier iteration, before this barrier.
-    ptx::cp_async_wait<T::kLoadAhead - 1>();
-    fence_proxy_async();
-    __syncthreads();
-    const int next = kt + T::kLoadAhead;
-    if (next < k_tiles) loader.load(p, base + (next % T::kStages) * T::kStageBytes);
-    ptx::cp_async_commit();
-
-    const uint32_t stage = base + (kt % T::kStages) * T::kStageBytes;
+  // A: this warpgroup's 64 pixel rows; B: all BlockN filter rows; K-major, +32 bytes per k16.
+  wgmma_mainloop<T>(loader, p, base, k_tiles, acc, [group](float (&a)[T::kAcc], uint32_t stage) {
     const uint32_t a_addr = stage + group * 64 * T::kRowBytes, b_addr = stage + T::kABytes;
-    fence_operands(acc);
-    wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < T::kBlockK / 16; kk++)
-      wgmma_m64k16<T::kBlockN>(acc, sw128_desc(a_addr + kk * 32), sw128_desc(b_addr + kk * 32));
-    wgmma_commit();
-    wgmma_wait<T::kMmaInFlight>();
-    fence_operands(acc);
-  }
-  wgmma_wait<0>();
-  fence_operands(acc);
-  ptx::cp_async_wait<0>();
+      wgmma_m64k16<T::kBlockN>(a, sw128_desc(a_addr + kk * 32), sw128_desc(b_addr + kk * 32));
+  });
   __syncthreads();  // every warpgroup is done with the stages before sC overwrites them
 
   // Epilogue: accumulators -> fp16 sC [128][kCStride] -> y in 16-byte chunks (coalesced).
@@ -350,41 +365,16 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_wgrad_wgmma_kernel(const 
   const int k_tiles = min(p.slices_per_split, ceil_div(p.P, T::kBlockK) - slice0);
 
   igemm_detail::WgradLoader<T, Sw128MnLayout<T>> loader(p, m0, n0, slice0 * T::kBlockK);
-#pragma unroll
-  for (int s = 0; s < T::kLoadAhead; s++) {
-    if (s < k_tiles) loader.load(p, base + s * T::kStageBytes);
-    ptx::cp_async_commit();
-  }
-
   float acc[T::kAcc];
-#pragma unroll
-  for (int e = 0; e < T::kAcc; e++) acc[e] = 0.0f;
-
-  for (int kt = 0; kt < k_tiles; kt++) {
-    // As in conv_fwd_wgmma_kernel: slice kt has landed and is visible to the async proxy; the
-    // stage refilled next was last read by MMAs every warpgroup has waited for.
-    ptx::cp_async_wait<T::kLoadAhead - 1>();
-    fence_proxy_async();
-    __syncthreads();
-    const int next = kt + T::kLoadAhead;
-    if (next < k_tiles) loader.load(p, base + (next % T::kStages) * T::kStageBytes);
-    ptx::cp_async_commit();
-
-    const uint32_t stage = base + (kt % T::kStages) * T::kStageBytes;
+  // A: this warpgroup's 64-channel column block; B: all BlockN filter columns (LBO to the
+  // second block); M/N-major, +2048 bytes (two 8-pixel atoms) per k16.
+  wgmma_mainloop<T>(loader, p, base, k_tiles, acc, [group](float (&a)[T::kAcc], uint32_t stage) {
     const uint32_t a_addr = stage + group * T::kColumnBlockBytes, b_addr = stage + T::kABytes;
-    fence_operands(acc);
-    wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < T::kBlockK / 16; kk++)
-      wgmma_m64k16<T::kBlockN, 1>(acc, wgmma_detail::sw128_mn_desc(a_addr + kk * 2048, T::kColumnBlockBytes),
+      wgmma_m64k16<T::kBlockN, 1>(a, wgmma_detail::sw128_mn_desc(a_addr + kk * 2048, T::kColumnBlockBytes),
                                   wgmma_detail::sw128_mn_desc(b_addr + kk * 2048, T::kColumnBlockBytes));
-    wgmma_commit();
-    wgmma_wait<T::kMmaInFlight>();
-    fence_operands(acc);
-  }
-  wgmma_wait<0>();
-  fence_operands(acc);
-  ptx::cp_async_wait<0>();  // only empty groups remain
+  });
 
   // Epilogue: this slab's partial dw, fp32, straight from the accumulators. A quad of lanes
   // writes 32 contiguous bytes of one row; rows < K and columns < Ng only (Ng % 8 == 0 and
@@ -404,12 +394,12 @@ using WgWgrad128Async = WgWgradTile<128, 1>;
 using WgWgrad64Async = WgWgradTile<64, 1>;
 
 template <class T>
-void launch_wgrad_tile(const WgradParams& p, int splits, cudaStream_t stream) {
+void launch_wgrad_tile(const WgradParams& p, cudaStream_t stream) {
   auto* kernel = conv_wgrad_wgmma_kernel<T>;
   static const cudaError_t attr =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)T::kSmemBytes);
   CUDA_CHECK(attr);
-  const dim3 grid(ceil_div(p.Ng, T::kBlockN), ceil_div(p.K, T::kBlockM), splits);
+  const dim3 grid(ceil_div(p.Ng, T::kBlockN), ceil_div(p.K, T::kBlockM), p.splits);
   kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
   CUDA_CHECK_LAUNCH();
 }
@@ -513,36 +503,17 @@ void conv_backward_filter_wgmma(const __half* x, const __half* dy, __half* dw, f
                                 const ConvDesc& d, WgmmaConfig config, int splits,
                                 cudaStream_t stream) {
   const char* fn = "conv_backward_filter_wgmma";
-  igemm_detail::require_igemm_shape(fn, d);
-  require(x != nullptr && dy != nullptr && dw != nullptr && partials != nullptr, fn, "null tensor");
-  require(aligned16(x) && aligned16(dy) && aligned16(dw) && aligned16(partials), fn,
-          "x, dy, dw and partials must be 16-byte aligned");
-  require(splits >= 1 && splits <= 65535, fn, "splits must be in [1, 65535] (grid z)");
   const IgemmConfigInfo cfg = wgmma_config_info(config);
-  require(ceil_div(d.K, cfg.block_m) <= 65535, fn, "too many output channels for the grid's y dimension");
+  const WgradParams p =
+      igemm_detail::make_wgrad_params(fn, x, dy, dw, partials, d, cfg.block_m, cfg.block_k, splits);
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
-  const WgradSplit split = wgmma_wgrad_split(d, splits);
-
-  WgradParams p{};
-  p.x = x;
-  p.dy = dy;
-  p.partials = partials;
-  p.H = d.H;
-  p.W = d.W;
-  p.C = d.C;
-  p.K = d.K;
-  p.R = d.R;
-  p.pad = (d.R - 1) / 2;
-  p.P = d.N * d.H * d.W;
-  p.Ng = d.R * d.R * d.C;
-  p.slices_per_split = split.slices_per_split;
   switch (config) {
-    case WgmmaConfig::k128x128x64s4: launch_wgrad_tile<WgWgrad128>(p, split.splits, stream); break;
-    case WgmmaConfig::k128x64x64s4: launch_wgrad_tile<WgWgrad64>(p, split.splits, stream); break;
-    case WgmmaConfig::k128x128x64s4Async: launch_wgrad_tile<WgWgrad128Async>(p, split.splits, stream); break;
-    case WgmmaConfig::k128x64x64s4Async: launch_wgrad_tile<WgWgrad64Async>(p, split.splits, stream); break;
+    case WgmmaConfig::k128x128x64s4: launch_wgrad_tile<WgWgrad128>(p, stream); break;
+    case WgmmaConfig::k128x64x64s4: launch_wgrad_tile<WgWgrad64>(p, stream); break;
+    case WgmmaConfig::k128x128x64s4Async: launch_wgrad_tile<WgWgrad128Async>(p, stream); break;
+    case WgmmaConfig::k128x64x64s4Async: launch_wgrad_tile<WgWgrad64Async>(p, stream); break;
   }
-  igemm_detail::conv_wgrad_reduce(partials, dw, (long)d.K * p.Ng, split.splits, stream);
+  igemm_detail::conv_wgrad_reduce(partials, dw, (long)d.K * p.Ng, p.splits, stream);
 }
 
 }  // namespace kernels
