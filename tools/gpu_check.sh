@@ -17,8 +17,8 @@
 #    is unpacked to /tmp/cifar10-bins first.
 # 6. torch (only with DATA_DIR or $CIFAR10_DIR, and a python3 that imports torch): the PyTorch
 #    reference of the recipe on the same GPU and data, tools/reference/resnet9_torch.py train
-#    --runs RUNS (one warm-up run first) --json OUTDIR/torch.json: the side-by-side baseline.
-#    It starts no new run after T_TORCH - 60 seconds.
+#    --runs TORCH_RUNS (default RUNS; one warm-up run first) --json OUTDIR/torch.json: the
+#    side-by-side baseline. It starts no new run after T_TORCH - 60 seconds.
 # 6b. crosscheck (a python3 that imports torch, and reference_dump): the GPU engine's training
 #    step against PyTorch's from the same weights and batch (reference_dump --gpu, full width,
 #    batch 64, synthetic images; resnet9_torch.py compare --device cuda; docs/torch_crosscheck.md).
@@ -49,6 +49,7 @@ fi
 OUT=$1
 DATA=${2:-${CIFAR10_DIR:-}}
 RUNS=${3:-3}
+TORCH_RUNS=${TORCH_RUNS:-$RUNS}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -276,7 +277,7 @@ elif ! python3 -c "import torch, numpy" >/dev/null 2>&1; then
 else
   ensure_bins
   run_step torch "$T_TORCH" "$LOG" \
-    env PYTHONUNBUFFERED=1 python3 tools/reference/resnet9_torch.py train --data "$DATA" --runs "$RUNS" \
+    env PYTHONUNBUFFERED=1 python3 tools/reference/resnet9_torch.py train --data "$DATA" --runs "$TORCH_RUNS" \
     --time-budget "$((T_TORCH - 60))" --json "$OUT/torch.json"
 fi
 
