@@ -160,10 +160,11 @@ __device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 2], uint64_t desc_a,
 
 // MmaInFlight: how many slices' MMAs a warpgroup leaves running when it moves on (0: it waits
 // for each slice's MMAs; 1: the next slice's MMAs queue behind the previous ones, so the tensor
-// cores never drain at the barrier, and the loads run one slice less far ahead).
-template <int BlockN, int MmaInFlight>
+// cores never drain at the barrier, and the loads run one slice less far ahead). Stages: the
+// pipeline depth (loads run Stages - 1 - MmaInFlight slices ahead).
+template <int BlockN, int MmaInFlight, int Stages = 4>
 struct WgTile {
-  static constexpr int kBlockM = 128, kBlockN = BlockN, kBlockK = 64, kStages = 4;
+  static constexpr int kBlockM = 128, kBlockN = BlockN, kBlockK = 64, kStages = Stages;
   static constexpr int kMmaInFlight = MmaInFlight;
   static constexpr int kLoadAhead = kStages - 1 - MmaInFlight;  // slices in flight ahead of the MMAs
   static constexpr int kThreads = 256;         // two warpgroups, 64 rows each
@@ -183,6 +184,7 @@ struct WgTile {
   static_assert(MmaInFlight == 0 || MmaInFlight == 1, "one or two slices of MMAs at a time");
   static_assert(kLoadAhead >= 1, "the loads must run ahead");
   static_assert(kStageBytes % 1024 == 0 && kABytes % 1024 == 0, "1024-byte swizzle atoms");
+  static_assert(kSmemBytes <= 227 * 1024, "a Hopper block has at most 227 KiB of shared memory");
 };
 
 using igemm_detail::IgemmParams;
@@ -210,7 +212,10 @@ struct Sw128Layout {
 template <class T, class Loader, class Params, class Mmas>
 __device__ __forceinline__ void wgmma_mainloop(Loader& loader, const Params& p, uint32_t base, int k_tiles,
                                                float (&acc)[T::kAcc], Mmas mmas) {
-#pragma unroll
+  // Not unrolled: with 4 or more weight-gradient slices unrolled here (the deep configs), ptxas
+  // serialises the wgmma instructions (C7515, "non wgmma instructions defining accumulator
+  // registers"); rolled, no kernel gets that note (checked with -Xptxas -v, CUDA 13.0).
+#pragma unroll 1
   for (int s = 0; s < T::kLoadAhead; s++) {
     if (s < k_tiles) loader.load(p, base + s * T::kStageBytes);
     ptx::cp_async_commit();
@@ -294,6 +299,8 @@ using Wg128 = WgTile<128, 0>;
 using Wg64 = WgTile<64, 0>;
 using Wg128Async = WgTile<128, 1>;
 using Wg64Async = WgTile<64, 1>;
+using Wg128Deep = WgTile<128, 1, 6>;
+using Wg64Deep = WgTile<64, 1, 8>;
 
 template <class T>
 IgemmConfigInfo info_of(const char* name) {
@@ -316,12 +323,12 @@ void launch_tile(const IgemmParams& p, cudaStream_t stream) {
 using igemm_detail::WgradParams;
 
 // BlockM 128 output channels (warpgroup g: channels 64 g .. 64 g + 63) x BlockN filter columns
-// x BlockK 64 pixels, 4 stages; MmaInFlight as in WgTile. The loader (igemm_detail::WgradLoader)
+// x BlockK 64 pixels; MmaInFlight and Stages as in WgTile. The loader (igemm_detail::WgradLoader)
 // gives each thread one 16-byte chunk column of A (8 channels of dy) and of B (8 filter
 // columns: one tap) and kARows / kBRows pixel rows of it per slice.
-template <int BlockN, int MmaInFlight>
+template <int BlockN, int MmaInFlight, int Stages = 4>
 struct WgWgradTile {
-  static constexpr int kBlockM = 128, kBlockN = BlockN, kBlockK = 64, kStages = 4;
+  static constexpr int kBlockM = 128, kBlockN = BlockN, kBlockK = 64, kStages = Stages;
   static constexpr int kMmaInFlight = MmaInFlight;
   static constexpr int kLoadAhead = kStages - 1 - MmaInFlight;
   static constexpr int kThreads = 256;
@@ -339,6 +346,7 @@ struct WgWgradTile {
   static_assert(kLoadAhead >= 1, "the loads must run ahead");
   static_assert(kARows * kARowStep == kBlockK && kBRows * kBRowStep == kBlockK, "loader: whole passes");
   static_assert(kColumnBlockBytes % 1024 == 0 && kABytes % 1024 == 0, "1024-byte swizzle atoms");
+  static_assert(kSmemBytes <= 227 * 1024, "a Hopper block has at most 227 KiB of shared memory");
 };
 
 template <class T>
@@ -392,6 +400,8 @@ using WgWgrad128 = WgWgradTile<128, 0>;
 using WgWgrad64 = WgWgradTile<64, 0>;
 using WgWgrad128Async = WgWgradTile<128, 1>;
 using WgWgrad64Async = WgWgradTile<64, 1>;
+using WgWgrad128Deep = WgWgradTile<128, 1, 6>;
+using WgWgrad64Deep = WgWgradTile<64, 1, 8>;
 
 template <class T>
 void launch_wgrad_tile(const WgradParams& p, cudaStream_t stream) {
@@ -412,6 +422,8 @@ IgemmConfigInfo wgmma_config_info(WgmmaConfig config) {
     case WgmmaConfig::k128x64x64s4: return info_of<Wg64>("wgmma_128x64x64_s4");
     case WgmmaConfig::k128x128x64s4Async: return info_of<Wg128Async>("wgmma_128x128x64_s4_async");
     case WgmmaConfig::k128x64x64s4Async: return info_of<Wg64Async>("wgmma_128x64x64_s4_async");
+    case WgmmaConfig::k128x128x64s6Async: return info_of<Wg128Deep>("wgmma_128x128x64_s6_async");
+    case WgmmaConfig::k128x64x64s8Async: return info_of<Wg64Deep>("wgmma_128x64x64_s8_async");
   }
   throw std::invalid_argument("wgmma_config_info: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
@@ -450,6 +462,8 @@ void conv_forward_wgmma(const __half* x, const __half* w, __half* y, const ConvD
     case WgmmaConfig::k128x64x64s4: return launch_tile<Wg64>(p, stream);
     case WgmmaConfig::k128x128x64s4Async: return launch_tile<Wg128Async>(p, stream);
     case WgmmaConfig::k128x64x64s4Async: return launch_tile<Wg64Async>(p, stream);
+    case WgmmaConfig::k128x128x64s6Async: return launch_tile<Wg128Deep>(p, stream);
+    case WgmmaConfig::k128x64x64s8Async: return launch_tile<Wg64Deep>(p, stream);
   }
 }
 
@@ -512,6 +526,8 @@ void conv_backward_filter_wgmma(const __half* x, const __half* dy, __half* dw, f
     case WgmmaConfig::k128x64x64s4: launch_wgrad_tile<WgWgrad64>(p, stream); break;
     case WgmmaConfig::k128x128x64s4Async: launch_wgrad_tile<WgWgrad128Async>(p, stream); break;
     case WgmmaConfig::k128x64x64s4Async: launch_wgrad_tile<WgWgrad64Async>(p, stream); break;
+    case WgmmaConfig::k128x128x64s6Async: launch_wgrad_tile<WgWgrad128Deep>(p, stream); break;
+    case WgmmaConfig::k128x64x64s8Async: launch_wgrad_tile<WgWgrad64Deep>(p, stream); break;
   }
   igemm_detail::conv_wgrad_reduce(partials, dw, (long)d.K * p.Ng, p.splits, stream);
 }

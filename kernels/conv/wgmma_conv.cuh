@@ -19,18 +19,23 @@
 namespace kernels {
 
 // Tile configurations: BlockM 128 output pixels (two warpgroups of 64 rows) x BlockN output
-// channels, BlockK 64 (one 128-byte swizzled row of fp16 per pixel or filter), 4 cp.async stages.
-// The _async configs leave one slice of MMAs running while the next is issued (loads then run
-// two slices ahead instead of three).
+// channels, BlockK 64 (one 128-byte swizzled row of fp16 per pixel or filter), 4 cp.async stages
+// unless the name says otherwise. The _async configs leave one slice of MMAs running while the
+// next is issued (loads then run two slices ahead instead of three). The deep ones spend the
+// shared memory the 4-stage tiles leave unused (193 KiB of 227) on loads running 4 or 6
+// slices ahead: more global-load latency hidden, the first suspect for the gap to cuDNN (the
+// H200 run's wgmma tiles reached 60-75 % of cuDNN's rate; unmeasured so far).
 enum class WgmmaConfig : int {
   k128x128x64s4,       // m64n128k16 per warpgroup: the big layers
   k128x64x64s4,        // m64n64k16: K = 64 (the prep conv), or more blocks on small grids
   k128x128x64s4Async,  // as k128x128x64s4, MMAs of two slices in flight
   k128x64x64s4Async,   // as k128x64x64s4, MMAs of two slices in flight
+  k128x128x64s6Async,  // as k128x128x64s4Async with 6 stages (loads 4 slices ahead)
+  k128x64x64s8Async,   // as k128x64x64s4Async with 8 stages (loads 6 slices ahead)
 };
-constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4, WgmmaConfig::k128x64x64s4,
-                                         WgmmaConfig::k128x128x64s4Async,
-                                         WgmmaConfig::k128x64x64s4Async};
+constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaConfig::k128x64x64s4,
+                                         WgmmaConfig::k128x128x64s4Async, WgmmaConfig::k128x64x64s4Async,
+                                         WgmmaConfig::k128x128x64s6Async, WgmmaConfig::k128x64x64s8Async};
 
 // Block/warp/stage sizes and shared memory of a config (warp_m x warp_n: a warpgroup's 64 rows
 // are split over its 4 warps, 16 each, across all BlockN columns).
