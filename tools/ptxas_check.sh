@@ -16,6 +16,14 @@ FILES=(kernels/conv/implicit_gemm.cu kernels/conv/igemm_backward.cu kernels/conv
        kernels/bn.cu kernels/whiten.cu kernels/head.cu kernels/optim.cu kernels/augment.cu)
 tmp=$(mktemp -d /tmp/cs-ptxas.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
+# Kernel names readable where c++filt exists: demangled, without namespaces and parameter lists.
+demangle() {
+  if command -v c++filt >/dev/null; then
+    c++filt | sed -E 's/(kernels|cub[A-Z0-9_]*|detail|igemm_detail)::|\(anonymous namespace\)::|void //g; s/\([^()]*\)$//'
+  else
+    cat
+  fi
+}
 bad=0
 for f in "${FILES[@]}"; do
   log="$tmp/$(basename "$f").log"
@@ -32,10 +40,9 @@ for f in "${FILES[@]}"; do
     /bytes stack frame/ { stack = $1; spill_st = $5; spill_ld = $9 }
     /Used [0-9]+ registers/ {
       match($0, /Used [0-9]+ registers/); regs = substr($0, RSTART + 5, RLENGTH - 15)
-      short = name; if (length(short) > 90) short = substr(short, 1, 87) "..."
       flag = (stack + 0 > 0 || spill_st + 0 > 0 || spill_ld + 0 > 0) ? "  STACK/SPILL" : ""
-      printf "%-34s %-92s regs %4s stack %4s spills %s/%s%s\n", file, short, regs, stack, spill_st, spill_ld, flag
-    }' "$log"
+      printf "%-32s regs %4s stack %4s spills %s/%s  %s%s\n", file, regs, stack, spill_st, spill_ld, name, flag
+    }' "$log" | demangle
   if grep -q "bytes stack frame" "$log" && grep "bytes stack frame" "$log" | grep -vq "^ *0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads"; then
     bad=1
   fi

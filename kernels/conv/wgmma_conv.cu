@@ -295,16 +295,31 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const Ig
 
 // ---------------------------------------------------------------------------- launchers
 
-using Wg128 = WgTile<128, 0>;
-using Wg64 = WgTile<64, 0>;
-using Wg128Async = WgTile<128, 1>;
-using Wg64Async = WgTile<64, 1>;
-using Wg128Deep = WgTile<128, 1, 6>;
-using Wg64Deep = WgTile<64, 1, 8>;
+// Each WgmmaConfig's tile parameters (BlockN, MmaInFlight, Stages), for either kernel's tile
+// template: calls f(Tile<...>{}) (the tiles are empty types carrying their constants).
+template <template <int, int, int> class Tile, class F>
+void with_tile(WgmmaConfig config, F&& f) {
+  switch (config) {
+    case WgmmaConfig::k128x128x64s4: return f(Tile<128, 0, 4>{});
+    case WgmmaConfig::k128x64x64s4: return f(Tile<64, 0, 4>{});
+    case WgmmaConfig::k128x128x64s4Async: return f(Tile<128, 1, 4>{});
+    case WgmmaConfig::k128x64x64s4Async: return f(Tile<64, 1, 4>{});
+    case WgmmaConfig::k128x128x64s6Async: return f(Tile<128, 1, 6>{});
+    case WgmmaConfig::k128x64x64s8Async: return f(Tile<64, 1, 8>{});
+  }
+  throw std::invalid_argument("wgmma: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
+}
 
-template <class T>
-IgemmConfigInfo info_of(const char* name) {
-  return {name, T::kBlockM, T::kBlockN, T::kBlockK, 16, T::kBlockN, T::kStages, T::kThreads, T::kSmemBytes};
+const char* config_name(WgmmaConfig config) {
+  switch (config) {
+    case WgmmaConfig::k128x128x64s4: return "wgmma_128x128x64_s4";
+    case WgmmaConfig::k128x64x64s4: return "wgmma_128x64x64_s4";
+    case WgmmaConfig::k128x128x64s4Async: return "wgmma_128x128x64_s4_async";
+    case WgmmaConfig::k128x64x64s4Async: return "wgmma_128x64x64_s4_async";
+    case WgmmaConfig::k128x128x64s6Async: return "wgmma_128x128x64_s6_async";
+    case WgmmaConfig::k128x64x64s8Async: return "wgmma_128x64x64_s8_async";
+  }
+  throw std::invalid_argument("wgmma_config_info: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
 
 template <class T>
@@ -396,13 +411,6 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_wgrad_wgmma_kernel(const 
   }
 }
 
-using WgWgrad128 = WgWgradTile<128, 0>;
-using WgWgrad64 = WgWgradTile<64, 0>;
-using WgWgrad128Async = WgWgradTile<128, 1>;
-using WgWgrad64Async = WgWgradTile<64, 1>;
-using WgWgrad128Deep = WgWgradTile<128, 1, 6>;
-using WgWgrad64Deep = WgWgradTile<64, 1, 8>;
-
 template <class T>
 void launch_wgrad_tile(const WgradParams& p, cudaStream_t stream) {
   auto* kernel = conv_wgrad_wgmma_kernel<T>;
@@ -417,15 +425,13 @@ void launch_wgrad_tile(const WgradParams& p, cudaStream_t stream) {
 }  // namespace
 
 IgemmConfigInfo wgmma_config_info(WgmmaConfig config) {
-  switch (config) {
-    case WgmmaConfig::k128x128x64s4: return info_of<Wg128>("wgmma_128x128x64_s4");
-    case WgmmaConfig::k128x64x64s4: return info_of<Wg64>("wgmma_128x64x64_s4");
-    case WgmmaConfig::k128x128x64s4Async: return info_of<Wg128Async>("wgmma_128x128x64_s4_async");
-    case WgmmaConfig::k128x64x64s4Async: return info_of<Wg64Async>("wgmma_128x64x64_s4_async");
-    case WgmmaConfig::k128x128x64s6Async: return info_of<Wg128Deep>("wgmma_128x128x64_s6_async");
-    case WgmmaConfig::k128x64x64s8Async: return info_of<Wg64Deep>("wgmma_128x64x64_s8_async");
-  }
-  throw std::invalid_argument("wgmma_config_info: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
+  const char* name = config_name(config);
+  IgemmConfigInfo info{};
+  with_tile<WgTile>(config, [&](auto t) {
+    using T = decltype(t);
+    info = {name, T::kBlockM, T::kBlockN, T::kBlockK, 16, T::kBlockN, T::kStages, T::kThreads, T::kSmemBytes};
+  });
+  return info;
 }
 
 bool wgmma_supported() {
@@ -444,7 +450,7 @@ bool wgmma_supported() {
   // The kernel's code for this device must be the sm_90a build (binaryVersion 90), not PTX
   // JIT-compiled from the sm_80 fallback, where the wgmma instructions are compiled out.
   cudaFuncAttributes fa{};
-  if (cudaFuncGetAttributes(&fa, conv_fwd_wgmma_kernel<Wg128>) != cudaSuccess) {
+  if (cudaFuncGetAttributes(&fa, conv_fwd_wgmma_kernel<WgTile<128, 0, 4>>) != cudaSuccess) {
     cudaGetLastError();
     return false;
   }
@@ -457,14 +463,7 @@ void conv_forward_wgmma(const __half* x, const __half* w, __half* y, const ConvD
   const IgemmConfigInfo cfg = wgmma_config_info(config);
   const IgemmParams p = igemm_detail::make_igemm_params(fn, x, w, y, d, cfg.block_m);
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
-  switch (config) {
-    case WgmmaConfig::k128x128x64s4: return launch_tile<Wg128>(p, stream);
-    case WgmmaConfig::k128x64x64s4: return launch_tile<Wg64>(p, stream);
-    case WgmmaConfig::k128x128x64s4Async: return launch_tile<Wg128Async>(p, stream);
-    case WgmmaConfig::k128x64x64s4Async: return launch_tile<Wg64Async>(p, stream);
-    case WgmmaConfig::k128x128x64s6Async: return launch_tile<Wg128Deep>(p, stream);
-    case WgmmaConfig::k128x64x64s8Async: return launch_tile<Wg64Deep>(p, stream);
-  }
+  with_tile<WgTile>(config, [&](auto t) { launch_tile<decltype(t)>(p, stream); });
 }
 
 void conv_backward_data_wgmma(const __half* dy, const __half* w, __half* dx, __half* wt_scratch, const ConvDesc& d,
@@ -483,7 +482,7 @@ void conv_backward_data_wgmma(const __half* dy, const __half* w, __half* dx, __h
 // ------------------------------------------------------------------- weight gradient
 
 WgradSplit wgmma_wgrad_split(const ConvDesc& d, int splits) {
-  return wgrad_split(d, WgWgrad128::kBlockK, splits);
+  return wgrad_split(d, WgWgradTile<128, 0>::kBlockK, splits);
 }
 
 int wgmma_wgrad_default_splits(const ConvDesc& d, WgmmaConfig config, int sm_count) {
@@ -521,14 +520,7 @@ void conv_backward_filter_wgmma(const __half* x, const __half* dy, __half* dw, f
   const WgradParams p =
       igemm_detail::make_wgrad_params(fn, x, dy, dw, partials, d, cfg.block_m, cfg.block_k, splits);
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
-  switch (config) {
-    case WgmmaConfig::k128x128x64s4: launch_wgrad_tile<WgWgrad128>(p, stream); break;
-    case WgmmaConfig::k128x64x64s4: launch_wgrad_tile<WgWgrad64>(p, stream); break;
-    case WgmmaConfig::k128x128x64s4Async: launch_wgrad_tile<WgWgrad128Async>(p, stream); break;
-    case WgmmaConfig::k128x64x64s4Async: launch_wgrad_tile<WgWgrad64Async>(p, stream); break;
-    case WgmmaConfig::k128x128x64s6Async: launch_wgrad_tile<WgWgrad128Deep>(p, stream); break;
-    case WgmmaConfig::k128x64x64s8Async: launch_wgrad_tile<WgWgrad64Deep>(p, stream); break;
-  }
+  with_tile<WgWgradTile>(config, [&](auto t) { launch_wgrad_tile<decltype(t)>(p, stream); });
   igemm_detail::conv_wgrad_reduce(partials, dw, (long)d.K * p.Ng, p.splits, stream);
 }
 
