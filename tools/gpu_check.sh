@@ -26,9 +26,9 @@
 # 7. sanitizer: the GPU tests under compute-sanitizer memcheck (the test binary directly, in
 #    the same four shards at once, each "~[recipe]": the batch-512 conv-kernel cases are left
 #    out, their odd-shape cases exercise every predicated edge at a fraction of the cost),
-#    then racecheck on the
-#    mma.sync conv kernels' odd shapes ("[igemm]~[recipe]", shared-memory races; the wgmma
-#    kernels' tensor-core reads go through the async proxy, which racecheck may not model).
+#    then racecheck on the mma.sync conv kernels' odd shapes ("[igemm]~[recipe]",
+#    shared-memory races; the wgmma kernels' tensor-core reads go through the async proxy,
+#    which racecheck may not model).
 #    Both with CS_TEST_QUICK_AUTOTUNE=1: the engine's setup in the tests skips the timing
 #    repetitions (tests/gpu_test_util.h). Last, because it is the slowest step and the others
 #    matter more when time is short.
@@ -91,7 +91,8 @@ run_step() {
   SECONDS_TAKEN+=("$(($(date +%s) - t0))")
 }
 
-# status_of RC LIMIT: the summary word for an exit status (sets FAILED unless 0).
+# status_of RC LIMIT: the summary word for an exit status (callers set FAILED themselves:
+# this runs in a subshell).
 status_of() {
   if [ "$1" -eq 0 ]; then
     echo ok
