@@ -165,7 +165,7 @@ void ConvSelect::autotune(__half* x, __half* w, __half* y, void* workspace, size
   if (!quick) cudnn_.autotune(x, w, y, workspace, max_workspace);
   refill();
   auto timed = [&](const std::function<void()>& f) {
-    return quick ? time_once(f, s) : time_calls(f, s, kTimingSamples).median_us;
+    return setup_time_us(f, s, kTimingSamples, quick);
   };
   candidates_.clear();
   for (Choice& c : choice_) c = Choice{};

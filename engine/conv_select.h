@@ -69,7 +69,7 @@ class ConvSelect {
   // Synchronises the handle's stream.
   // quick: for runs whose timings mean nothing and cost much (under compute-sanitizer): cuDNN
   // keeps its heuristic algorithms (no find), and every candidate is still run and validated
-  // but timed by one call (cs::time_once) instead of cs::time_calls' samples.
+  // but timed by one call instead of cs::time_calls' samples (cs::setup_time_us).
   void autotune(__half* x, __half* w, __half* y, void* workspace, size_t max_workspace,
                 int sm_count, const std::function<void()>& refill, bool quick = false);
   // Bytes of workspace the chosen implementations need (max over the passes).

@@ -129,7 +129,8 @@ CallTiming time_calls(const std::function<void()>& f, cudaStream_t stream, int s
   return {us[us.size() / 2], us[0]};
 }
 
-double time_once(const std::function<void()>& f, cudaStream_t stream) {
+double setup_time_us(const std::function<void()>& f, cudaStream_t stream, int samples, bool quick) {
+  if (!quick) return time_calls(f, stream, samples).median_us;
   CudaEvent a, b;
   a.record(stream);
   f();

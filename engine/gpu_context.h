@@ -65,9 +65,11 @@ struct CallTiming {
 CallTiming time_calls(const std::function<void()>& f, cudaStream_t stream, int samples,
                       int warmup = 3, double sample_target_us = 200.0);
 
-// One call between two events, no warm-up and no hold (host-side cost included): microseconds.
-// For the quick autotune of runs whose timings mean nothing (under compute-sanitizer, where
-// every launch is instrumented and time_calls' repetitions cost minutes).
-double time_once(const std::function<void()>& f, cudaStream_t stream);
+// The per-call microseconds a setup-time choice compares (conv selection, fused configs):
+// time_calls' median over `samples`, or with `quick` one call between two events, no warm-up
+// and no hold (host-side cost included), for the quick autotune of runs whose timings mean
+// nothing (under compute-sanitizer, where every launch is instrumented and time_calls'
+// repetitions cost minutes).
+double setup_time_us(const std::function<void()>& f, cudaStream_t stream, int samples, bool quick);
 
 }  // namespace cs

@@ -413,7 +413,7 @@ void Resnet9Gpu::choose_fused_configs() {
           else
             kernels::conv_forward_igemm_stats(in, w, u.y, kd, c, st, s);
         };
-        const double us = options_.quick_autotune ? cs::time_once(launch, s) : cs::time_calls(launch, s, 5).median_us;
+        const double us = cs::setup_time_us(launch, s, 5, options_.quick_autotune);
         std::snprintf(line, sizeof(line), " %s=%.1fus", name, us);
         if (best < 0 || us < best) {
           best = us;
