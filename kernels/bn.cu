@@ -407,25 +407,6 @@ __device__ __forceinline__ VecLayout vec_layout(int C) {
   return l;
 }
 
-__device__ __forceinline__ void load8(const __half* p, float (&f)[8]) {
-  const uint4 u = *reinterpret_cast<const uint4*>(p);
-  const __half2* h = reinterpret_cast<const __half2*>(&u);
-#pragma unroll
-  for (int i = 0; i < 4; i++) {
-    const float2 t = __half22float2(h[i]);
-    f[2 * i] = t.x;
-    f[2 * i + 1] = t.y;
-  }
-}
-
-__device__ __forceinline__ void store8(__half* p, const float (&f)[8]) {
-  uint4 u;
-  __half2* h = reinterpret_cast<__half2*>(&u);
-#pragma unroll
-  for (int i = 0; i < 4; i++) h[i] = __floats2half2_rn(f[2 * i], f[2 * i + 1]);
-  *reinterpret_cast<uint4*>(p) = u;
-}
-
 __device__ __forceinline__ void load8_f32(const float* p, float (&f)[8]) {
 #pragma unroll
   for (int i = 0; i < 8; i++) f[i] = p[i];

@@ -133,11 +133,7 @@ __global__ void __launch_bounds__(kConvThreads)
 #pragma unroll
         for (int j = 0; j < 8; j++) acc[j] += s_w[(kv * 8 + j) * kD + (ky * kR + kx) * kChannels + c] * v;
       }
-  uint4 out;
-  __half2* h = reinterpret_cast<__half2*>(&out);
-#pragma unroll
-  for (int j = 0; j < 4; j++) h[j] = __floats2half2_rn(acc[2 * j], acc[2 * j + 1]);
-  *reinterpret_cast<uint4*>(y + (((long)b * kImage + oy0 + ry) * kImage + ox) * Cout + kv * 8) = out;
+  store8(y + (((long)b * kImage + oy0 + ry) * kImage + ox) * Cout + kv * 8, acc);
 }
 
 }  // namespace
