@@ -41,6 +41,27 @@ struct Geometry {
   int pix_per_group;  // group * Ho * Wo (values per channel in one group)
 };
 
+// Per-value arithmetic shared by every kernel here, each rounding explicit (__fmul_rn ...).
+// A plain `a * b + c` lets ptxas contract it into one fma, and it decides per kernel (by
+// register pressure: a value the compiler recomputes has one use, and only then is it fused).
+// The H100 run found the 8-channel backward's argmax and recompute paths disagreeing in the
+// last bit of a few dx values; with explicit rounding every kernel computes the same value.
+//   xhat = (v - mean) * invstd          (the normalised value)
+//   celu input = xhat + bias
+//   dz = dout * celu'(xhat + bias)
+//   dp = invstd * (dz - sum(dz) / n - xhat * sum(dz * xhat) / n)  (the BN backward, per value)
+__device__ __forceinline__ float bn_xhat(float v, float mean, float invstd) {
+  return __fmul_rn(__fsub_rn(v, mean), invstd);
+}
+__device__ __forceinline__ float bn_dz(float dout, float xhat, float bias, float alpha) {
+  return __fmul_rn(dout, celu_grad(__fadd_rn(xhat, bias), alpha));
+}
+__device__ __forceinline__ float bn_dp(float invstd, float dz, float xhat, float sum_dz,
+                                       float sum_dzx, float inv_n) {
+  return __fmul_rn(invstd, __fsub_rn(__fsub_rn(dz, __fmul_rn(sum_dz, inv_n)),
+                                     __fmul_rn(__fmul_rn(xhat, sum_dzx), inv_n)));
+}
+
 Geometry geometry(const GhostBnCeluShape& s) {
   Geometry g;
   g.N = s.N;
@@ -236,8 +257,8 @@ __global__ void apply_kernel(const __half* __restrict__ in, Geometry g, __half* 
       is0 = stat2[s];
       is1 = stat2[s + 1];
     }
-    float y0 = celu((v.x - m0) * is0 + bias[c], alpha);
-    float y1 = celu((v.y - m1) * is1 + bias[c + 1], alpha);
+    float y0 = celu(__fadd_rn(bn_xhat(v.x, m0, is0), bias[c]), alpha);
+    float y1 = celu(__fadd_rn(bn_xhat(v.y, m1, is1), bias[c + 1]), alpha);
     if (residual != nullptr) {
       const float2 res = load_half2(residual + off);
       y0 += res.x;
@@ -276,8 +297,8 @@ __global__ void __launch_bounds__(kStatX * kStatY)
         d.y += d2.y;
       }
       const float2 v = load_half2(p_in + off);
-      const float xh0 = (v.x - m0) * is0, xh1 = (v.y - m1) * is1;
-      const float dz0 = d.x * celu_grad(xh0 + b0, alpha), dz1 = d.y * celu_grad(xh1 + b1, alpha);
+      const float xh0 = bn_xhat(v.x, m0, is0), xh1 = bn_xhat(v.y, m1, is1);
+      const float dz0 = bn_dz(d.x, xh0, b0, alpha), dz1 = bn_dz(d.y, xh1, b1, alpha);
       sdz.x += dz0;
       sdz.y += dz1;
       sdzx.x += dz0 * xh0;
@@ -358,11 +379,11 @@ __global__ void backward_apply_kernel(const __half* __restrict__ dout,
       d.y += d2.y;
     }
     const float is0 = save_invstd[s], is1 = save_invstd[s + 1];
-    const float xh0 = (v.x - save_mean[s]) * is0, xh1 = (v.y - save_mean[s + 1]) * is1;
-    const float dz0 = d.x * celu_grad(xh0 + bias[c], alpha);
-    const float dz1 = d.y * celu_grad(xh1 + bias[c + 1], alpha);
-    const float dp0 = is0 * (dz0 - totals[2 * s] * inv_n - xh0 * totals[2 * s + 1] * inv_n);
-    const float dp1 = is1 * (dz1 - totals[2 * s + 2] * inv_n - xh1 * totals[2 * s + 3] * inv_n);
+    const float xh0 = bn_xhat(v.x, save_mean[s], is0), xh1 = bn_xhat(v.y, save_mean[s + 1], is1);
+    const float dz0 = bn_dz(d.x, xh0, bias[c], alpha);
+    const float dz1 = bn_dz(d.y, xh1, bias[c + 1], alpha);
+    const float dp0 = bn_dp(is0, dz0, xh0, totals[2 * s], totals[2 * s + 1], inv_n);
+    const float dp1 = bn_dp(is1, dz1, xh1, totals[2 * s + 2], totals[2 * s + 3], inv_n);
     for (int ky = 0; ky < g.P; ky++)
       for (int kx = 0; kx < g.P; kx++) {
         const int pos = ky * g.P + kx;
@@ -537,7 +558,7 @@ __global__ void __launch_bounds__(kVecThreads)
     if (pooled_out != nullptr && g.P > 1) store8(pooled_out + off, v);
     float y[8];
 #pragma unroll
-    for (int i = 0; i < 8; i++) y[i] = celu((v[i] - m[i]) * is[i] + b[i], alpha);
+    for (int i = 0; i < 8; i++) y[i] = celu(__fadd_rn(bn_xhat(v[i], m[i], is[i]), b[i]), alpha);
     if (residual != nullptr) {
       float r[8];
       load8(residual + off, r);
@@ -564,8 +585,8 @@ __device__ __forceinline__ void vec_dz(const __half* __restrict__ dout,
   }
 #pragma unroll
   for (int i = 0; i < 8; i++) {
-    xh[i] = (v[i] - m[i]) * is[i];
-    dz[i] = d[i] * celu_grad(xh[i] + b[i], alpha);
+    xh[i] = bn_xhat(v[i], m[i], is[i]);
+    dz[i] = bn_dz(d[i], xh[i], b[i], alpha);
   }
 }
 
@@ -651,7 +672,7 @@ __global__ void __launch_bounds__(kVecThreads)
     float dz[8], xh[8], dp[8];
     vec_dz(dout, dout2, off, v, m, is, b, alpha, dz, xh);
 #pragma unroll
-    for (int i = 0; i < 8; i++) dp[i] = is[i] * (dz[i] - t_dz[i] * inv_n - xh[i] * t_dzx[i] * inv_n);
+    for (int i = 0; i < 8; i++) dp[i] = bn_dp(is[i], dz[i], xh[i], t_dz[i], t_dzx[i], inv_n);
     for (int ky = 0; ky < g.P; ky++)
       for (int kx = 0; kx < g.P; kx++) {
         const uint32_t pos = ky * g.P + kx;

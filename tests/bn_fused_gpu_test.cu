@@ -132,8 +132,11 @@ TEST_CASE("pool_bn_celu_backward_argmax equals pool_bn_celu_backward bitwise", "
       CUDA_CHECK(cudaDeviceSynchronize());
       const auto a = download(dx_a), b = download(dx_b);
       CHECK(gpu_test::all_finite(download_half(dx_b)));
+      INFO("dx: " << gpu_test::bitwise_mismatch(a, b));
       CHECK(bitwise_equal(a, b));
-      CHECK(bitwise_equal(download(db_a), download(db_b)));
+      const auto dba = download(db_a), dbb = download(db_b);
+      INFO("dbias: " << gpu_test::bitwise_mismatch(dba, dbb));
+      CHECK(bitwise_equal(dba, dbb));
     }
   }
 }

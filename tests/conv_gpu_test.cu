@@ -135,32 +135,32 @@ void check_conv(int H, int C, int K, int R, int real_channels, uint64_t seed) {
 
 }  // namespace
 
-TEST_CASE("cudnn conv prep 27(pad 32)->64 1x1 @32", "[gpu][conv]") {
+TEST_CASE("cudnn conv prep 27(pad 32)->64 1x1 @32", "[gpu][conv][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_conv(32, 32, 64, 1, 27, 10);
 }
 
-TEST_CASE("cudnn conv layer1 64->128 3x3 @32", "[gpu][conv]") {
+TEST_CASE("cudnn conv layer1 64->128 3x3 @32", "[gpu][conv][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_conv(32, 64, 128, 3, 64, 20);
 }
 
-TEST_CASE("cudnn conv layer1 res 128->128 3x3 @16", "[gpu][conv]") {
+TEST_CASE("cudnn conv layer1 res 128->128 3x3 @16", "[gpu][conv][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_conv(16, 128, 128, 3, 128, 30);
 }
 
-TEST_CASE("cudnn conv layer2 128->256 3x3 @16", "[gpu][conv]") {
+TEST_CASE("cudnn conv layer2 128->256 3x3 @16", "[gpu][conv][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_conv(16, 128, 256, 3, 128, 40);
 }
 
-TEST_CASE("cudnn conv layer3 256->512 3x3 @8", "[gpu][conv]") {
+TEST_CASE("cudnn conv layer3 256->512 3x3 @8", "[gpu][conv][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_conv(8, 256, 512, 3, 256, 50);
 }
 
-TEST_CASE("cudnn conv layer3 res 512->512 3x3 @4", "[gpu][conv]") {
+TEST_CASE("cudnn conv layer3 res 512->512 3x3 @4", "[gpu][conv][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_conv(4, 512, 512, 3, 512, 60);
 }

@@ -182,6 +182,23 @@ bool bitwise_equal(const std::vector<T>& a, const std::vector<T>& b) {
          (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
 }
 
+// Where two host copies differ bitwise, for a failure message: how many elements differ and
+// the first one (index and both values); empty when they agree.
+inline float value_of(float v) { return v; }
+inline float value_of(__half v) { return __half2float(v); }
+template <typename T>
+std::string bitwise_mismatch(const std::vector<T>& a, const std::vector<T>& b) {
+  if (a.size() != b.size())
+    return "sizes differ: " + std::to_string(a.size()) + " vs " + std::to_string(b.size());
+  size_t count = 0, first = 0;
+  for (size_t i = 0; i < a.size(); i++)
+    if (std::memcmp(&a[i], &b[i], sizeof(T)) != 0 && count++ == 0) first = i;
+  if (count == 0) return "";
+  return std::to_string(count) + " of " + std::to_string(a.size()) + " differ; first at " +
+         std::to_string(first) + ": " + std::to_string(value_of(a[first])) + " vs " +
+         std::to_string(value_of(b[first]));
+}
+
 }  // namespace gpu_test
 
 // Printed with printf (not a Catch2 macro) so it shows in the output of a passing test.

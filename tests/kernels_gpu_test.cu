@@ -458,37 +458,37 @@ void check_pool_bn_celu(int N, int group, int H, int W, int C, int P, bool with_
 
 }  // namespace
 
-TEST_CASE("pool_bn_celu prep: 32x32x64, no pool", "[gpu][bn]") {
+TEST_CASE("pool_bn_celu prep: 32x32x64, no pool", "[gpu][bn][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_pool_bn_celu(kBatch, kGroup, 32, 32, 64, 1, false, false, 100);
 }
 
-TEST_CASE("pool_bn_celu layer1: 32x32x128, pool 2, with dout2", "[gpu][bn]") {
+TEST_CASE("pool_bn_celu layer1: 32x32x128, pool 2, with dout2", "[gpu][bn][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_pool_bn_celu(kBatch, kGroup, 32, 32, 128, 2, false, true, 200);
 }
 
-TEST_CASE("pool_bn_celu layer1 res1: 16x16x128, no pool", "[gpu][bn]") {
+TEST_CASE("pool_bn_celu layer1 res1: 16x16x128, no pool", "[gpu][bn][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_pool_bn_celu(kBatch, kGroup, 16, 16, 128, 1, false, false, 300);
 }
 
-TEST_CASE("pool_bn_celu layer1 res2: 16x16x128, residual", "[gpu][bn]") {
+TEST_CASE("pool_bn_celu layer1 res2: 16x16x128, residual", "[gpu][bn][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_pool_bn_celu(kBatch, kGroup, 16, 16, 128, 1, true, false, 400);
 }
 
-TEST_CASE("pool_bn_celu layer2: 16x16x256, pool 2", "[gpu][bn]") {
+TEST_CASE("pool_bn_celu layer2: 16x16x256, pool 2", "[gpu][bn][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_pool_bn_celu(kBatch, kGroup, 16, 16, 256, 2, false, false, 500);
 }
 
-TEST_CASE("pool_bn_celu layer3: 8x8x512, pool 2, with dout2", "[gpu][bn]") {
+TEST_CASE("pool_bn_celu layer3: 8x8x512, pool 2, with dout2", "[gpu][bn][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_pool_bn_celu(kBatch, kGroup, 8, 8, 512, 2, false, true, 600);
 }
 
-TEST_CASE("pool_bn_celu layer3 res2: 4x4x512, residual and dout2", "[gpu][bn]") {
+TEST_CASE("pool_bn_celu layer3 res2: 4x4x512, residual and dout2", "[gpu][bn][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   check_pool_bn_celu(kBatch, kGroup, 4, 4, 512, 1, true, true, 700);
 }
