@@ -4,10 +4,21 @@
 # 1. setup: nvidia-smi, GPU name, cuDNN / cuBLAS / cuRAND versions; LD_LIBRARY_PATH from the
 #    Python wheels (site-packages/nvidia/*/lib) when present; builds build-gpu with cmake +
 #    ninja unless build/ (or $BUILD_DIR) already holds cs_gpu_tests, kernel_bench and speedrun.
-# 2. gpu_tests: the GPU tests (ctest -L gpu --parallel 4 when the build's CTest files point
-#    at this checkout, else the test binary directly, a build carried from another path having
-#    stale absolute paths in its CTest files: in four shards by source file run at the same
-#    time, one summary row each, see shards() below).
+# 2. gpu_tests and sanitizer, at the same time (they check correctness, not speed; the
+#    benchmarks after them then have the GPU to themselves):
+#    - gpu_tests: the GPU tests (ctest -L gpu --parallel 4 when the build's CTest files point
+#      at this checkout, else the test binary directly, a build carried from another path
+#      having stale absolute paths in its CTest files: in four shards by source file, one
+#      summary row each, see shards() below).
+#    - sanitizer: the GPU tests under compute-sanitizer memcheck (the test binary directly, in
+#      the same four shards, each "~[recipe]": the batch-512 cases are left out, the odd-shape
+#      cases exercise every predicated edge at a fraction of the cost), and racecheck on the
+#      mma.sync conv kernels' odd shapes ("[igemm]~[recipe]", shared-memory races; the wgmma
+#      kernels' tensor-core reads go through the async proxy, which racecheck may not model).
+#      Both with CS_TEST_QUICK_AUTOTUNE=1: the engine's setup in the tests skips the timing
+#      repetitions (tests/gpu_test_util.h).
+#    (The first H100 run, docs/results/2026-11-27-h100-gpu-check/, ran them one after the
+#    other and memcheck hit its limit in the batch-512 cuDNN and BN cases, now tagged [recipe].)
 # 3. kernel_bench: kernel_bench --json OUTDIR/kernel_bench.json.
 # 4. conv_bench (when built): the hand-written conv kernels against cuDNN,
 #    --json OUTDIR/conv_bench.json.
@@ -19,19 +30,10 @@
 #    reference of the recipe on the same GPU and data, tools/reference/resnet9_torch.py train
 #    --runs TORCH_RUNS (default RUNS; one warm-up run first) --json OUTDIR/torch.json: the
 #    side-by-side baseline. It starts no new run after T_TORCH - 60 seconds.
-# 6b. crosscheck (a python3 that imports torch, and reference_dump): the GPU engine's training
+# 7. crosscheck (a python3 that imports torch, and reference_dump): the GPU engine's training
 #    step against PyTorch's from the same weights and batch (reference_dump --gpu, full width,
 #    batch 64, synthetic images; resnet9_torch.py compare --device cuda; docs/torch_crosscheck.md).
 #    No data needed.
-# 7. sanitizer: the GPU tests under compute-sanitizer memcheck (the test binary directly, in
-#    the same four shards at once, each "~[recipe]": the batch-512 conv-kernel cases are left
-#    out, their odd-shape cases exercise every predicated edge at a fraction of the cost),
-#    then racecheck on the mma.sync conv kernels' odd shapes ("[igemm]~[recipe]",
-#    shared-memory races; the wgmma kernels' tensor-core reads go through the async proxy,
-#    which racecheck may not model).
-#    Both with CS_TEST_QUICK_AUTOTUNE=1: the engine's setup in the tests skips the timing
-#    repetitions (tests/gpu_test_util.h). Last, because it is the slowest step and the others
-#    matter more when time is short.
 # GPU_CHECK_STEPS (comma-separated, default all: gpu_tests,kernel_bench,conv_bench,speedrun,
 # torch,crosscheck,sanitizer) picks steps, so a short device session can split them over two
 # calls (the data only arrives with the second; see README "Working with a GPU machine").
@@ -115,41 +117,53 @@ shards() {  # shards EXTRA: EXTRA (e.g. "~[recipe]") is appended to every term
   echo "other=[gpu]$own$x"
 }
 
-# run_shards STEP LIMIT LOG EXTRA CMD...: runs CMD -# FILTER for every shard (shards EXTRA) at
-# the same time, each under LIMIT seconds: the shards' CPU references then share the machine's
-# cores and their kernels the GPU, so the step takes about as long as its longest shard. One
-# summary row per shard (STEP[NAME]); the shards' output goes to OUTDIR/LOG one after another.
-run_shards() {
-  local step=$1 limit=$2 log=$3 extra=$4
+# Background jobs: start_job / start_shards launch, collect_jobs waits for all of them and
+# appends each one's output to its log and one summary row (STEP or STEP[NAME]), in the order
+# they were started. Each runs under its own time limit, so the phase takes about as long as
+# its slowest job; the jobs share the machine's cores and the GPU.
+JOB_DIR=$(mktemp -d /tmp/cs-jobs.XXXXXX)
+trap 'rm -rf "$JOB_DIR"' EXIT
+JOBS=()  # "STEP|NAME|LIMIT|LOG|ID" of each job started and not yet collected
+
+start_job() {  # start_job STEP NAME LIMIT LOG CMD...  (NAME may be empty)
+  local step=$1 name=$2 limit=$3 log=$4 id=${#JOBS[@]}
   shift 4
-  local tmp spec name rc secs status
-  local names=()
-  tmp=$(mktemp -d /tmp/cs-shards.XXXXXX)
-  echo "=== $step: $* -# FILTER, $(shards "$extra" | wc -l) shards at once (limit ${limit}s each)" | tee -a "$OUT/$log"
+  JOBS+=("$step|$name|$limit|$log|$id")
+  (
+    t0=$(date +%s)
+    echo "--- ${step}${name:+[$name]}: $*" >"$JOB_DIR/$id.log"
+    timeout --kill-after=15 "$limit" "$@" >>"$JOB_DIR/$id.log" 2>&1
+    echo $? >"$JOB_DIR/$id.rc"
+    echo $(($(date +%s) - t0)) >"$JOB_DIR/$id.sec"
+  ) &
+}
+
+start_shards() {  # start_shards STEP LIMIT LOG EXTRA CMD...: one job per shard, CMD -# FILTER
+  local step=$1 limit=$2 log=$3 extra=$4 spec
+  shift 4
+  echo "=== $step: $* -# FILTER, $(shards "$extra" | wc -l) shards (limit ${limit}s each)" | tee -a "$OUT/$log"
   while IFS= read -r spec; do
-    name=${spec%%=*}
-    names+=("$name")
-    (
-      t0=$(date +%s)
-      echo "--- shard $name: ${spec#*=}" >"$tmp/$name.log"
-      timeout --kill-after=15 "$limit" "$@" -# "${spec#*=}" >>"$tmp/$name.log" 2>&1
-      echo $? >"$tmp/$name.rc"
-      echo $(($(date +%s) - t0)) >"$tmp/$name.sec"
-    ) &
+    start_job "$step" "${spec%%=*}" "$limit" "$log" "$@" -# "${spec#*=}"
   done < <(shards "$extra")
+}
+
+collect_jobs() {
+  local job step name limit log id rc secs status row
   wait
-  for name in "${names[@]}"; do
-    rc=$(cat "$tmp/$name.rc" 2>/dev/null || echo 1)
-    secs=$(cat "$tmp/$name.sec" 2>/dev/null || echo "?")
+  for job in "${JOBS[@]}"; do
+    IFS='|' read -r step name limit log id <<<"$job"
+    rc=$(cat "$JOB_DIR/$id.rc" 2>/dev/null || echo 1)
+    secs=$(cat "$JOB_DIR/$id.sec" 2>/dev/null || echo "?")
     status=$(status_of "$rc" "$limit")
     [ "$rc" -ne 0 ] && FAILED=1
-    tee -a "$OUT/$log" <"$tmp/$name.log"
-    echo "=== $step[$name]: $status" | tee -a "$OUT/$log"
-    NAMES+=("$step[$name]")
+    row=${step}${name:+[$name]}
+    tee -a "$OUT/$log" <"$JOB_DIR/$id.log"
+    echo "=== $row: $status" | tee -a "$OUT/$log"
+    NAMES+=("$row")
     RESULTS+=("$status")
     SECONDS_TAKEN+=("$secs")
   done
-  rm -rf "$tmp"
+  JOBS=()
 }
 
 skip_step() {
@@ -214,7 +228,7 @@ else
     "cmake $(printf '%q ' "${CMAKE_ARGS[@]}") && ninja -C $(printf '%q' "$BUILD") cs_gpu_tests kernel_bench conv_bench speedrun reference_dump"
 fi
 
-# ---------------------------------------------------------------- 2. GPU tests
+# ---------------------------------------------------------------- 2. GPU tests, sanitizer
 want gpu_tests && : >"$OUT/gpu_tests.log"
 if ! want gpu_tests; then
   skip_step gpu_tests "not in GPU_CHECK_STEPS"
@@ -222,10 +236,40 @@ elif [ ! -x "$BUILD/cs_gpu_tests" ]; then
   skip_step gpu_tests "no $BUILD/cs_gpu_tests"
 elif [ -f "$BUILD/CTestTestfile.cmake" ] && grep -q "$ROOT/" "$BUILD/CTestTestfile.cmake" &&
      command -v ctest >/dev/null; then
-  run_step gpu_tests "$T_TESTS" gpu_tests.log ctest --test-dir "$BUILD" -L gpu --output-on-failure --parallel 4
+  echo "=== gpu_tests: ctest -L gpu --parallel 4 (limit ${T_TESTS}s)" | tee -a "$OUT/gpu_tests.log"
+  start_job gpu_tests "" "$T_TESTS" gpu_tests.log ctest --test-dir "$BUILD" -L gpu --output-on-failure --parallel 4
 else
-  run_shards gpu_tests "$T_TESTS" gpu_tests.log "" "$BUILD/cs_gpu_tests" --durations yes
+  start_shards gpu_tests "$T_TESTS" gpu_tests.log "" "$BUILD/cs_gpu_tests" --durations yes
 fi
+
+SANITIZER=$(command -v compute-sanitizer || true)
+for c in /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer; do
+  [ -z "$SANITIZER" ] && [ -x "$c" ] && SANITIZER=$c
+done
+want sanitizer && : >"$OUT/sanitizer.log"
+SANITIZER_SKIP=""  # why the sanitizer step is skipped; its row follows the GPU tests' rows
+if ! want sanitizer; then
+  SANITIZER_SKIP="not in GPU_CHECK_STEPS"
+elif [ ! -x "$BUILD/cs_gpu_tests" ]; then
+  SANITIZER_SKIP="no $BUILD/cs_gpu_tests"
+elif [ -z "$SANITIZER" ]; then
+  echo "compute-sanitizer not found" | tee -a "$OUT/sanitizer.log"
+  SANITIZER_SKIP="compute-sanitizer not found"
+else
+  # CS_TEST_QUICK_AUTOTUNE: the engine's setup in the tests skips cuDNN's find and times each
+  # candidate by one call (tests/gpu_test_util.h): under the sanitizer every launch is
+  # instrumented and each timed candidate costs 10 to 40 calls (the first memcheck run hit its
+  # limit inside the first whole-step test, after the conv-selection tests).
+  start_shards sanitizer "$T_SANITIZER" sanitizer.log "~[recipe]" \
+    env CS_TEST_QUICK_AUTOTUNE=1 "$SANITIZER" --tool memcheck --report-api-errors no --error-exitcode 1 \
+    "$BUILD/cs_gpu_tests" --durations yes
+  echo "=== racecheck: [igemm]~[recipe] (limit ${T_RACECHECK}s)" | tee -a "$OUT/sanitizer.log"
+  start_job racecheck "" "$T_RACECHECK" sanitizer.log \
+    env CS_TEST_QUICK_AUTOTUNE=1 "$SANITIZER" --tool racecheck --racecheck-report all --error-exitcode 1 \
+    "$BUILD/cs_gpu_tests" "[igemm]~[recipe]" --durations yes
+fi
+collect_jobs
+[ -n "$SANITIZER_SKIP" ] && skip_step sanitizer "$SANITIZER_SKIP"
 
 # ---------------------------------------------------------------- 3. kernel bench
 if ! want kernel_bench; then
@@ -282,7 +326,7 @@ else
     --time-budget "$((T_TORCH - 60))" --json "$OUT/torch.json"
 fi
 
-# ---------------------------------------------------------------- 6b. GPU step vs PyTorch
+# ---------------------------------------------------------------- 7. GPU step vs PyTorch
 if ! want crosscheck; then
   skip_step crosscheck "not in GPU_CHECK_STEPS"
 elif [ ! -x "$BUILD/reference_dump" ]; then
@@ -296,32 +340,6 @@ else
        --bn-group 32 --steps 1 --test-images 64 &&
      python3 tools/reference/resnet9_torch.py compare --dump $(printf '%q' "$XDUMP") --device cuda"
   rm -rf "$XDUMP"
-fi
-
-# ---------------------------------------------------------------- 7. sanitizer
-SANITIZER=$(command -v compute-sanitizer || true)
-for c in /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer; do
-  [ -z "$SANITIZER" ] && [ -x "$c" ] && SANITIZER=$c
-done
-want sanitizer && : >"$OUT/sanitizer.log"
-if ! want sanitizer; then
-  skip_step sanitizer "not in GPU_CHECK_STEPS"
-elif [ ! -x "$BUILD/cs_gpu_tests" ]; then
-  skip_step sanitizer "no $BUILD/cs_gpu_tests"
-elif [ -z "$SANITIZER" ]; then
-  echo "compute-sanitizer not found" | tee -a "$OUT/sanitizer.log"
-  skip_step sanitizer "compute-sanitizer not found"
-else
-  # CS_TEST_QUICK_AUTOTUNE: the engine's setup in the tests skips cuDNN's find and times each
-  # candidate by one call (tests/gpu_test_util.h): under the sanitizer every launch is
-  # instrumented and each timed candidate costs 10 to 40 calls (the first memcheck run hit its
-  # limit inside the first whole-step test, after the conv-selection tests).
-  run_shards sanitizer "$T_SANITIZER" sanitizer.log "~[recipe]" \
-    env CS_TEST_QUICK_AUTOTUNE=1 "$SANITIZER" --tool memcheck --report-api-errors no --error-exitcode 1 \
-    "$BUILD/cs_gpu_tests" --durations yes
-  run_step racecheck "$T_RACECHECK" sanitizer.log \
-    env CS_TEST_QUICK_AUTOTUNE=1 "$SANITIZER" --tool racecheck --racecheck-report all --error-exitcode 1 \
-    "$BUILD/cs_gpu_tests" "[igemm]~[recipe]" --durations yes
 fi
 
 # ---------------------------------------------------------------- summary
