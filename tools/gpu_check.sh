@@ -87,10 +87,12 @@ run_step() {
   rc=$?
   status=$(status_of "$rc" "$limit")
   [ "$rc" -ne 0 ] && FAILED=1
-  echo "=== $name: $status" | tee -a "$OUT/$log"
+  local secs=$(($(date +%s) - t0))
+  # The seconds also on this line: a device call cut short never prints the summary table.
+  echo "=== $name: $status (${secs}s, $(date -u +%H:%M:%S) UTC)" | tee -a "$OUT/$log"
   NAMES+=("$name")
   RESULTS+=("$status")
-  SECONDS_TAKEN+=("$(($(date +%s) - t0))")
+  SECONDS_TAKEN+=("$secs")
 }
 
 # status_of RC LIMIT: the summary word for an exit status (callers set FAILED themselves:
@@ -158,12 +160,13 @@ collect_jobs() {
     [ "$rc" -ne 0 ] && FAILED=1
     row=${step}${name:+[$name]}
     tee -a "$OUT/$log" <"$JOB_DIR/$id.log"
-    echo "=== $row: $status" | tee -a "$OUT/$log"
+    echo "=== $row: $status (${secs}s)" | tee -a "$OUT/$log"
     NAMES+=("$row")
     RESULTS+=("$status")
     SECONDS_TAKEN+=("$secs")
   done
   JOBS=()
+  echo "=== background jobs collected at $(date -u +%H:%M:%S) UTC" | tee -a "$OUT/$LOG"
 }
 
 skip_step() {
@@ -227,6 +230,10 @@ else
   run_step build "$T_BUILD" "$LOG" bash -c \
     "cmake $(printf '%q ' "${CMAKE_ARGS[@]}") && ninja -C $(printf '%q' "$BUILD") cs_gpu_tests kernel_bench conv_bench speedrun reference_dump"
 fi
+
+# The commit the binaries were built from (the checkout's git metadata on a device machine can
+# be older than the files it carries: the H100 run of 948e5f6's binaries logged c68fdac above).
+[ -x "$BUILD/speedrun" ] && echo "binaries: $("$BUILD/speedrun" --version 2>&1)" | tee -a "$OUT/$LOG"
 
 # ---------------------------------------------------------------- 2. GPU tests, sanitizer
 want gpu_tests && : >"$OUT/gpu_tests.log"
