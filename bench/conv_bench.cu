@@ -110,6 +110,7 @@ struct Row {
   std::string epilogue = "none";            // fwd igemm: "none", "stats", "pool", "pool+stats"
   kernels::IgemmConfigInfo info{};          // igemm only
   int splits = 0;                           // igemm / wgmma bwd_filter: split-K slabs launched
+  int blocks_per_sm = 0;                    // wgmma: resident blocks per SM (0: not reported)
   kernels::ConvDesc d{};
   double flop = 0;
   bench::Timing t;
@@ -380,6 +381,7 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
       const auto info = kernels::wgmma_config_info(config);
       Row row = new_row("fwd", "wgmma", info.name);
       row.info = info;
+      row.blocks_per_sm = kernels::wgmma_blocks_per_sm(config, false);
       auto fwd = [&] { kernels::conv_forward_wgmma(d_x.get(), d_w.get(), d_y.get(), d, config, 0); };
       d_y.poison();
       fwd();
@@ -391,6 +393,7 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
       if (!has_dgrad) continue;
       Row brow = new_row("bwd_data", "wgmma", info.name);
       brow.info = info;
+      brow.blocks_per_sm = row.blocks_per_sm;
       auto bwd = [&] {
         kernels::conv_backward_data_wgmma(d_dy.get(), d_w.get(), d_dx.get(), d_wt.get(), d, config, 0);
       };
@@ -408,7 +411,7 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
   // default split count for this GPU and at half and twice that; the mma.sync configs, then on
   // Hopper the wgmma ones (the same split-K scheme and reduction).
   // launch(splits, partials) runs one config's weight gradient into d_dw.
-  auto wgrad_rows = [&](const char* kernel, const kernels::IgemmConfigInfo& info, int dflt,
+  auto wgrad_rows = [&](const char* kernel, const kernels::IgemmConfigInfo& info, int dflt, int blocks_per_sm,
                         const std::function<int(int)>& launched_splits,
                         const std::function<void(int, float*)>& launch) {
     std::vector<int> launched;
@@ -419,6 +422,7 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
       Row row = new_row("bwd_filter", kernel, info.name);
       row.info = info;
       row.splits = splits;
+      row.blocks_per_sm = blocks_per_sm;
       DeviceBuffer<float> d_part(kernels::igemm_wgrad_scratch_bytes(d, splits) / sizeof(float));
       auto call = [&] { launch(splits, d_part.get()); };
       d_dw.poison();
@@ -433,7 +437,7 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
   };
   for (kernels::IgemmConfig config : kernels::kIgemmConfigs)
     wgrad_rows(
-        "igemm", kernels::igemm_config_info(config), kernels::igemm_wgrad_default_splits(d, config, sm_count),
+        "igemm", kernels::igemm_config_info(config), kernels::igemm_wgrad_default_splits(d, config, sm_count), 0,
         [&](int want) { return kernels::igemm_wgrad_split(d, config, want).splits; },
         [&](int splits, float* part) {
           kernels::conv_backward_filter_igemm(d_x.get(), d_dy.get(), d_dw.get(), part, d, config, splits, 0);
@@ -442,6 +446,7 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
     for (kernels::WgmmaConfig config : kernels::kWgmmaConfigs)
       wgrad_rows(
           "wgmma", kernels::wgmma_config_info(config), kernels::wgmma_wgrad_default_splits(d, config, sm_count),
+          kernels::wgmma_blocks_per_sm(config, true),
           [&](int want) { return kernels::wgmma_wgrad_split(d, want).splits; },
           [&](int splits, float* part) {
             kernels::conv_backward_filter_wgmma(d_x.get(), d_dy.get(), d_dw.get(), part, d, config, splits, 0);
@@ -483,6 +488,7 @@ std::string config_label(const Row& r) {
   std::string s = r.config;
   if (r.epilogue != "none") s += " +" + r.epilogue;
   if (r.splits > 0) s += " splits=" + std::to_string(r.splits);
+  if (r.blocks_per_sm > 0) s += " occ=" + std::to_string(r.blocks_per_sm);
   return s;
 }
 
@@ -568,6 +574,7 @@ int main(int argc, char** argv) {
                    {"warp_m", info.warp_m},   {"warp_n", info.warp_n},   {"stages", info.stages},
                    {"threads", info.threads}, {"smem_bytes", info.smem_bytes}};
       if (r.splits > 0) j["splits"] = r.splits;
+      if (r.blocks_per_sm > 0) j["blocks_per_sm"] = r.blocks_per_sm;
       if (speedup > 0) j["speedup_vs_cudnn"] = speedup;
     }
     results.push_back(j);

@@ -359,7 +359,7 @@ TEST_CASE("wgmma launchers check their preconditions (host)", "[gpu][wgmma]") {
   CHECK_THROWS_AS(fwd(ConvDesc{2, 4, 4, 16, 16, 2}, fake(0x10000)), std::invalid_argument);  // even R
   CHECK_THROWS_AS(fwd(ConvDesc{2, 4, 4, 16, 16, 3}, fake(0x10008)), std::invalid_argument);  // align
   CHECK_THROWS_AS(fwd(ConvDesc{2, 4, 4, 16, 16, 3}, nullptr), std::invalid_argument);
-  CHECK_THROWS_AS(kernels::wgmma_config_info(static_cast<WgmmaConfig>(7)), std::invalid_argument);
+  CHECK_THROWS_AS(kernels::wgmma_config_info(static_cast<WgmmaConfig>(99)), std::invalid_argument);
   auto wgrad = [&](const ConvDesc& d, __half* x, int splits) {
     kernels::conv_backward_filter_wgmma(x, fake(0x20000), fake(0x30000), reinterpret_cast<float*>(0x40000), d,
                                         cfg, splits, 0);
@@ -375,7 +375,25 @@ TEST_CASE("wgmma launchers check their preconditions (host)", "[gpu][wgmma]") {
     // A valid shape is still refused where wgmma cannot run (no device here, or not Hopper).
     CHECK_THROWS_AS(fwd(ConvDesc{2, 4, 4, 16, 16, 3}, fake(0x10000)), std::invalid_argument);
     CHECK_THROWS_AS(wgrad(ConvDesc{2, 4, 4, 16, 16, 3}, fake(0x10000), 1), std::invalid_argument);
+    CHECK_THROWS_AS(kernels::wgmma_blocks_per_sm(cfg, false), std::invalid_argument);
   }
+}
+
+// Two blocks of a config share an SM wherever their shared memory fits (228 KiB per SM, 1 KiB
+// of it reserved per block): the registers never stop them (ptxas gives every wgmma kernel at
+// most 128 per thread, tools/ptxas_check.sh) and the launchers ask for the largest carveout.
+// The 3-stage 128 x 128 tile exists for this.
+TEST_CASE("wgmma blocks per SM follow from shared memory", "[gpu][wgmma]") {
+  SKIP_WITHOUT_WGMMA();
+  for (WgmmaConfig config : kernels::kWgmmaConfigs) {
+    const auto info = kernels::wgmma_config_info(config);
+    const int expected = 2 * (info.smem_bytes + 1024) <= 228 * 1024 ? 2 : 1;
+    for (bool wgrad : {false, true}) {
+      INFO(info.name << (wgrad ? " weight gradient" : " forward") << ", " << info.smem_bytes << " bytes");
+      CHECK(kernels::wgmma_blocks_per_sm(config, wgrad) == expected);
+    }
+  }
+  CHECK(kernels::wgmma_blocks_per_sm(WgmmaConfig::k128x128x64s3, false) == 2);
 }
 
 // ----------------------------------------------------------------------------- GPU cases

@@ -306,6 +306,7 @@ void with_tile(WgmmaConfig config, F&& f) {
     case WgmmaConfig::k128x64x64s4Async: return f(Tile<64, 1, 4>{});
     case WgmmaConfig::k128x128x64s6Async: return f(Tile<128, 1, 6>{});
     case WgmmaConfig::k128x64x64s8Async: return f(Tile<64, 1, 8>{});
+    case WgmmaConfig::k128x128x64s3: return f(Tile<128, 0, 3>{});
   }
   throw std::invalid_argument("wgmma: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
@@ -318,15 +319,29 @@ const char* config_name(WgmmaConfig config) {
     case WgmmaConfig::k128x64x64s4Async: return "wgmma_128x64x64_s4_async";
     case WgmmaConfig::k128x128x64s6Async: return "wgmma_128x128x64_s6_async";
     case WgmmaConfig::k128x64x64s8Async: return "wgmma_128x64x64_s8_async";
+    case WgmmaConfig::k128x128x64s3: return "wgmma_128x128x64_s3";
   }
   throw std::invalid_argument("wgmma_config_info: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
+}
+
+// A kernel's shared-memory attributes, set once per kernel (its launcher keeps the result in a
+// static): the dynamic size above the 48 KiB default, and the largest shared-memory carveout,
+// so that two blocks of the tiles with at most 97 KiB fit one SM (the carveout is a hint the
+// driver may otherwise size for one block). Registers allow two blocks of every tile: ptxas
+// gives the kernels at most 124 per thread (tools/ptxas_check.sh prints them), and
+// 2 x 256 threads x 128 is the SM's 64 K.
+template <class Kernel>
+cudaError_t set_smem_attributes(Kernel* kernel, size_t bytes) {
+  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+  if (e != cudaSuccess) return e;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                              (int)cudaSharedmemCarveoutMaxShared);
 }
 
 template <class T>
 void launch_tile(const IgemmParams& p, cudaStream_t stream) {
   auto* kernel = conv_fwd_wgmma_kernel<T>;
-  static const cudaError_t attr =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)T::kSmemBytes);
+  static const cudaError_t attr = set_smem_attributes(kernel, T::kSmemBytes);
   CUDA_CHECK(attr);
   const dim3 grid(ceil_div(p.K, T::kBlockN), ceil_div(p.M, T::kBlockM));
   kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
@@ -414,8 +429,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_wgrad_wgmma_kernel(const 
 template <class T>
 void launch_wgrad_tile(const WgradParams& p, cudaStream_t stream) {
   auto* kernel = conv_wgrad_wgmma_kernel<T>;
-  static const cudaError_t attr =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)T::kSmemBytes);
+  static const cudaError_t attr = set_smem_attributes(kernel, T::kSmemBytes);
   CUDA_CHECK(attr);
   const dim3 grid(ceil_div(p.Ng, T::kBlockN), ceil_div(p.K, T::kBlockM), p.splits);
   kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
@@ -455,6 +469,26 @@ bool wgmma_supported() {
     return false;
   }
   return fa.binaryVersion == 90;
+}
+
+int wgmma_blocks_per_sm(WgmmaConfig config, bool weight_gradient) {
+  require(wgmma_supported(), "wgmma_blocks_per_sm", "needs a Hopper GPU and this binary's sm_90a code");
+  int blocks = 0;
+  auto occupancy = [&](auto* kernel, int threads, size_t smem) {
+    CUDA_CHECK(set_smem_attributes(kernel, smem));
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, smem));
+  };
+  if (weight_gradient)
+    with_tile<WgWgradTile>(config, [&](auto t) {
+      using T = decltype(t);
+      occupancy(conv_wgrad_wgmma_kernel<T>, T::kThreads, T::kSmemBytes);
+    });
+  else
+    with_tile<WgTile>(config, [&](auto t) {
+      using T = decltype(t);
+      occupancy(conv_fwd_wgmma_kernel<T>, T::kThreads, T::kSmemBytes);
+    });
+  return blocks;
 }
 
 void conv_forward_wgmma(const __half* x, const __half* w, __half* y, const ConvDesc& d, WgmmaConfig config,

@@ -24,7 +24,10 @@ namespace kernels {
 // next is issued (loads then run two slices ahead instead of three). The deep ones spend the
 // shared memory the 4-stage tiles leave unused (193 KiB of 227) on loads running 4 or 6
 // slices ahead: more global-load latency hidden, the first suspect for the gap to cuDNN (the
-// H200 run's wgmma tiles reached 60-75 % of cuDNN's rate; unmeasured so far).
+// H100 run showed it is not: they are about even with the 4-stage tiles). The 3-stage 128 x 128
+// tile goes the other way: at 97 KiB two of its blocks share an SM (as the 128 x 64 4-stage
+// tiles' do), so one block's loads and barrier overlap the other's MMAs, this kernel having no
+// producer warps of its own. wgmma_blocks_per_sm says how many the device actually runs.
 enum class WgmmaConfig : int {
   k128x128x64s4,       // m64n128k16 per warpgroup: the big layers
   k128x64x64s4,        // m64n64k16: K = 64 (the prep conv), or more blocks on small grids
@@ -32,10 +35,13 @@ enum class WgmmaConfig : int {
   k128x64x64s4Async,   // as k128x64x64s4, MMAs of two slices in flight
   k128x128x64s6Async,  // as k128x128x64s4Async with 6 stages (loads 4 slices ahead)
   k128x64x64s8Async,   // as k128x64x64s4Async with 8 stages (loads 6 slices ahead)
+  k128x128x64s3,       // as k128x128x64s4 with 3 stages: two blocks per SM (with one slice of
+                       // MMAs in flight, ptxas serialises the weight gradient's wgmma: C7515)
 };
 constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaConfig::k128x64x64s4,
                                          WgmmaConfig::k128x128x64s4Async, WgmmaConfig::k128x64x64s4Async,
-                                         WgmmaConfig::k128x128x64s6Async, WgmmaConfig::k128x64x64s8Async};
+                                         WgmmaConfig::k128x128x64s6Async, WgmmaConfig::k128x64x64s8Async,
+                                         WgmmaConfig::k128x128x64s3};
 
 // Block/warp/stage sizes and shared memory of a config (warp_m x warp_n: a warpgroup's 64 rows
 // are split over its 4 warps, 16 each, across all BlockN columns).
@@ -44,6 +50,12 @@ IgemmConfigInfo wgmma_config_info(WgmmaConfig config);
 // Whether the current device runs the wgmma kernels: compute capability 9.0 and this binary
 // carries sm_90a code for them (cudaFuncGetAttributes). False without a device.
 bool wgmma_supported();
+
+// How many blocks of a config's forward (and input-gradient) kernel, or of its weight-gradient
+// kernel, the current device keeps resident per SM (cudaOccupancyMaxActiveBlocksPerMultiprocessor
+// with the config's shared memory and the launchers' attributes), for benchmarks to report.
+// Requires wgmma_supported() (std::invalid_argument otherwise); CUDA errors throw.
+int wgmma_blocks_per_sm(WgmmaConfig config, bool weight_gradient);
 
 // y = conv(x, w), as conv_forward_igemm (the same requirements, std::invalid_argument
 // otherwise), plus wgmma_supported(). Asynchronous on `stream`; deterministic.
