@@ -163,7 +163,7 @@ __global__ void __launch_bounds__(T::kThreads, T::kMinBlocks)
   const int k_tiles = min(p.slices_per_split, ceil_div(p.P, T::kBlockK) - slice0);
 
   const uint32_t base = ptx::smem_addr(smem);
-  WgradLoader<T, PaddedWgradLayout<T>> loader(p, m0, n0, slice0 * T::kBlockK);
+  WgradLoader<T, PaddedWgradLayout<T>> loader(p, m0, n0, slice0 * T::kBlockK, threadIdx.x);
   // Prologue: slices 0 .. Stages-2 in flight; one commit group per slice, empty past the end,
   // so the wait count below is the same in every iteration (as in the forward kernel).
 #pragma unroll

@@ -40,10 +40,11 @@ void require_igemm_shape(const char* fn, const ConvDesc& d);
 IgemmParams make_igemm_params(const char* fn, const __half* x, const __half* w, __half* y,
                               const ConvDesc& d, int block_m);
 
-// Copies one BlockK slice of A and of B into a pipeline stage. Each thread owns a fixed 16-byte
-// chunk column (so one FilterTap serves all its A rows) and kARows / kBRows rows; the output
-// pixel of each A row is decoded once, at construction. T provides kChunksK (chunks per row
-// of a slice), kRowStep (rows per loader pass), kARows, kBRows and kBlockK.
+// Copies one BlockK slice of A and of B into a pipeline stage. Each loading thread (tid: its
+// index among the block's kRowStep * kChunksK loading threads) owns a fixed 16-byte chunk
+// column (so one FilterTap serves all its A rows) and kARows / kBRows rows; the output pixel of
+// each A row is decoded once, at construction. T provides kChunksK (chunks per row of a
+// slice), kRowStep (rows per loader pass), kARows, kBRows and kBlockK.
 template <class T, class Layout>
 struct TileLoader {
   int chunk, row0;
@@ -54,9 +55,9 @@ struct TileLoader {
   int b_off[T::kBRows];  // offset of filter row n in w (n * Kg)
   bool b_ok[T::kBRows];
 
-  __device__ TileLoader(const IgemmParams& p, int m0, int n0) {
-    chunk = threadIdx.x % T::kChunksK;
-    row0 = threadIdx.x / T::kChunksK;
+  __device__ TileLoader(const IgemmParams& p, int m0, int n0, unsigned tid) {
+    chunk = tid % T::kChunksK;
+    row0 = tid / T::kChunksK;
     k = chunk * 8;
     tap.init(k, p.C, p.R);
 #pragma unroll
@@ -116,8 +117,8 @@ struct WgradParams {
 WgradParams make_wgrad_params(const char* fn, const __half* x, const __half* dy, const __half* dw,
                               float* partials, const ConvDesc& d, int block_m, int block_k, int splits);
 
-// Copies one BlockK-pixel slice of A and of B into a pipeline stage. Each thread owns a fixed
-// 16-byte chunk column: of A a group of 8 output channels, of B a group of 8 filter columns,
+// Copies one BlockK-pixel slice of A and of B into a pipeline stage. Each loading thread (tid,
+// as TileLoader's) owns a fixed 16-byte chunk column: of A a group of 8 output channels, of B a group of 8 filter columns,
 // i.e. one filter tap (r, s, c..c+7) for the whole slab (decoded once). Its pixel rows advance
 // by BlockK per slice through PixelCursors. T provides kAChunks / kBChunks (chunks per pixel
 // row of A / B), kARowStep / kBRowStep (rows per loader pass), kARows / kBRows and kBlockK.
@@ -130,11 +131,11 @@ struct WgradLoader {
   int pixel;        // first pixel of the next slice; row i of it is pixel + row
   PixelCursor b_px[T::kBRows];
 
-  __device__ WgradLoader(const WgradParams& p, int m0, int n0, int pixel0) {
-    a_chunk = threadIdx.x % T::kAChunks;
-    a_row0 = threadIdx.x / T::kAChunks;
-    b_chunk = threadIdx.x % T::kBChunks;
-    b_row0 = threadIdx.x / T::kBChunks;
+  __device__ WgradLoader(const WgradParams& p, int m0, int n0, int pixel0, unsigned tid) {
+    a_chunk = tid % T::kAChunks;
+    a_row0 = tid / T::kAChunks;
+    b_chunk = tid % T::kBChunks;
+    b_row0 = tid / T::kBChunks;
     a_col = m0 + a_chunk * 8;
     a_ok = a_col < p.K;
     const int n = n0 + b_chunk * 8;

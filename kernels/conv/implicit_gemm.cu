@@ -172,7 +172,7 @@ __global__ void __launch_bounds__(T::kThreads, T::kMinBlocks)
   const int n0 = blockIdx.x * T::kBlockN, m0 = blockIdx.y * T::kBlockM;
   const int k_tiles = ceil_div(p.Kg, T::kBlockK);
 
-  TileLoader<T> loader(p, m0, n0);
+  TileLoader<T> loader(p, m0, n0, threadIdx.x);
   // Prologue: slices 0 .. Stages-2 in flight. One commit group per slice, empty past the end,
   // so the wait count below is the same in every iteration.
 #pragma unroll

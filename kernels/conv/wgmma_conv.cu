@@ -12,6 +12,9 @@
 //      waits for them (or, in the _async configs, for the previous slice's) before going on;
 //   3. the epilogue rounds the fp32 accumulators to fp16 through shared memory and writes y
 //      with 16-byte coalesced stores, as the mma.sync kernel does.
+// The _ws configs split steps 1 and 2 between warpgroups (wgmma_ws_pipeline): a third
+// warpgroup only issues the copies, the two MMA warpgroups only compute, and mbarriers per
+// stage replace the per-slice __syncthreads.
 //
 // The weight-gradient kernel (after the forward's launchers) runs the same pipeline over a
 // slab of 64-pixel slices with the operands pixel-major (wgmma's transposed operand mode, the
@@ -63,6 +66,37 @@ __device__ __forceinline__ void wgmma_wait() {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(n) : "memory");
 #endif
+}
+
+// mbarriers (shared-memory barrier objects with a phase bit) for the warp-specialized pipeline.
+// init: `count` arrivals complete a phase; arrive: release semantics (this thread's earlier
+// writes, and the fence.proxy.async before it, happen before the phase completes); wait:
+// acquire, until the phase of the given parity (0, 1, 0, ... in order) has completed.
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.shared::cta.b64 state, [%0];\n}\n" ::"r"(bar) : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  uint32_t done = 0;
+  while (!done)
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+#endif
+}
+// A barrier among the first `threads` threads of the block only (named barrier 1; 0 is
+// __syncthreads'), for the consumer warpgroups once the producer warps have left.
+__device__ __forceinline__ void named_barrier_sync(int threads) {
+  asm volatile("bar.sync 1, %0;\n" ::"r"(threads) : "memory");
 }
 
 // d (m64 x n128, fp32, this thread's 64 values) += A (m64 x k16) * B (k16 x n128), both from
@@ -161,16 +195,21 @@ __device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 2], uint64_t desc_a,
 // MmaInFlight: how many slices' MMAs a warpgroup leaves running when it moves on (0: it waits
 // for each slice's MMAs; 1: the next slice's MMAs queue behind the previous ones, so the tensor
 // cores never drain at the barrier, and the loads run one slice less far ahead). Stages: the
-// pipeline depth (loads run Stages - 1 - MmaInFlight slices ahead).
-template <int BlockN, int MmaInFlight, int Stages = 4>
+// pipeline depth (loads run Stages - 1 - MmaInFlight slices ahead). Producer 0: all 256 threads
+// load and compute, a __syncthreads per slice; 1: warp-specialized, a third warpgroup (threads
+// 256..383) only loads and the two MMA warpgroups only compute, handing stages over through
+// mbarriers (WsBarriers, after the stages) with no block-wide barrier in the main loop.
+template <int BlockN, int MmaInFlight, int Stages, int Producer>
 struct WgTile {
   static constexpr int kBlockM = 128, kBlockN = BlockN, kBlockK = 64, kStages = Stages;
-  static constexpr int kMmaInFlight = MmaInFlight;
+  static constexpr int kMmaInFlight = MmaInFlight, kProducer = Producer;
   static constexpr int kLoadAhead = kStages - 1 - MmaInFlight;  // slices in flight ahead of the MMAs
-  static constexpr int kThreads = 256;         // two warpgroups, 64 rows each
+  static constexpr int kMmaThreads = 256;                        // two warpgroups, 64 rows each
+  static constexpr int kThreads = kMmaThreads + (Producer ? 128 : 0);
+  static constexpr int kLoaderThreads = Producer ? 128 : kMmaThreads;
   static constexpr int kRowBytes = 128;        // one 64-element fp16 row per pixel / filter
   static constexpr int kChunksK = 8;           // 16-byte chunks per row
-  static constexpr int kRowStep = kThreads / kChunksK;  // rows per loader pass: 32
+  static constexpr int kRowStep = kLoaderThreads / kChunksK;  // rows per loader pass: 32 or 16
   static constexpr int kARows = kBlockM / kRowStep, kBRows = BlockN / kRowStep;
   static constexpr int kABytes = kBlockM * kRowBytes, kBBytes = BlockN * kRowBytes;
   static constexpr int kStageBytes = kABytes + kBBytes;  // a multiple of 1024: atoms stay aligned
@@ -178,9 +217,13 @@ struct WgTile {
   static constexpr int kCStride = BlockN + 8;            // halves per sC row (padded, as mma.sync)
   static constexpr int kPipeBytes = kStages * kStageBytes;
   static constexpr int kEpilogueBytes = kBlockM * kCStride * 2;
+  static constexpr int kBarrierBytes = Producer ? 2 * kStages * 8 : 0;  // full[], empty[] after the stages
   // + 1024: the dynamic shared memory base is rounded up to the swizzle atom.
-  static constexpr size_t kSmemBytes = (size_t)(kPipeBytes > kEpilogueBytes ? kPipeBytes : kEpilogueBytes) + 1024;
+  static constexpr size_t kSmemBytes =
+      (size_t)(kPipeBytes + kBarrierBytes > kEpilogueBytes ? kPipeBytes + kBarrierBytes : kEpilogueBytes) + 1024;
   static_assert(BlockN == 64 || BlockN == 128, "wgmma wrappers for n64 and n128");
+  static_assert(Producer == 0 || Producer == 1, "a producer warpgroup or none");
+  static_assert(kARows * kRowStep == kBlockM && kBRows * kRowStep == BlockN, "loader: whole passes");
   static_assert(MmaInFlight == 0 || MmaInFlight == 1, "one or two slices of MMAs at a time");
   static_assert(kLoadAhead >= 1, "the loads must run ahead");
   static_assert(kStageBytes % 1024 == 0 && kABytes % 1024 == 0, "1024-byte swizzle atoms");
@@ -247,6 +290,99 @@ __device__ __forceinline__ void wgmma_mainloop(Loader& loader, const Params& p, 
   ptx::cp_async_wait<0>();
 }
 
+// The warp-specialized pipeline (T::kProducer): the same contract for the MMA threads
+// (threadIdx.x < T::kMmaThreads: acc holds the result when this returns true), while the
+// producer warpgroup loads every slice and returns false. Each stage s has two mbarriers at
+// `bars` (8 bytes each): full[s] completes when all 128 producer threads' copies of the slice
+// it holds have landed and been fenced for the async proxy; empty[s] (one arrival per MMA warp)
+// when both warpgroups' MMAs on it have completed, so it can be refilled. A producer thread
+// signals slice j once its copies of j are complete, which it learns from cp.async.wait_group
+// after issuing slice j + kLoadAhead: so the loads of kLoadAhead + 1 slices overlap. That
+// lead is the most the stages allow: refilling the stage of slice j + kLoadAhead needs the
+// MMAs of slice j + kLoadAhead - kStages done, which the MMA warps release after waiting for
+// slice j - 1 (kLoadAhead = kStages - 1 - kMmaInFlight). The caller has initialised the
+// barriers (ws_init_barriers) and synchronised the block.
+template <class T, class Loader, class Params, class Mmas>
+__device__ __forceinline__ bool wgmma_ws_pipeline(Loader& loader, const Params& p, uint32_t base, uint32_t bars,
+                                                  int k_tiles, float (&acc)[T::kAcc], Mmas mmas) {
+  auto full = [bars](int s) { return bars + 8u * s; };
+  auto empty = [bars](int s) { return bars + 8u * (T::kStages + s); };
+  if (threadIdx.x >= T::kMmaThreads) {
+    for (int kt = 0; kt < k_tiles; kt++) {
+      const int s = kt % T::kStages;
+      if (kt >= T::kStages) mbar_wait(empty(s), (kt / T::kStages - 1) & 1);
+      loader.load(p, base + s * T::kStageBytes);
+      ptx::cp_async_commit();
+      if (kt >= T::kLoadAhead) {
+        ptx::cp_async_wait<T::kLoadAhead>();  // slice kt - kLoadAhead has landed
+        fence_proxy_async();
+        mbar_arrive(full((kt - T::kLoadAhead) % T::kStages));
+      }
+    }
+    ptx::cp_async_wait<0>();
+    fence_proxy_async();
+    for (int j = max(0, k_tiles - T::kLoadAhead); j < k_tiles; j++) mbar_arrive(full(j % T::kStages));
+    return false;
+  }
+#pragma unroll
+  for (int e = 0; e < T::kAcc; e++) acc[e] = 0.0f;
+  const bool warp_leader = (threadIdx.x & 31) == 0;
+  for (int kt = 0; kt < k_tiles; kt++) {
+    const int s = kt % T::kStages;
+    mbar_wait(full(s), (kt / T::kStages) & 1);
+    fence_operands(acc);
+    wgmma_fence();
+    mmas(acc, base + s * T::kStageBytes);
+    wgmma_commit();
+    wgmma_wait<T::kMmaInFlight>();
+    fence_operands(acc);
+    // The MMAs of slice kt - kMmaInFlight have completed: its stage may be refilled.
+    if (kt >= T::kMmaInFlight && warp_leader) mbar_arrive(empty((kt - T::kMmaInFlight) % T::kStages));
+  }
+  wgmma_wait<0>();
+  fence_operands(acc);
+  return true;
+}
+
+// The warp-specialized pipeline's mbarriers, after the stages: initialised by thread 0, then
+// the whole block synchronises (before any thread uses them).
+template <class T>
+__device__ __forceinline__ uint32_t ws_init_barriers(uint32_t base) {
+  const uint32_t bars = base + T::kPipeBytes;
+  if (T::kProducer && threadIdx.x == 0) {
+    for (int s = 0; s < T::kStages; s++) {
+      mbar_init(bars + 8u * s, 128);                    // full: every producer thread
+      mbar_init(bars + 8u * (T::kStages + s), T::kMmaThreads / 32);  // empty: every MMA warp
+    }
+  }
+  __syncthreads();
+  return bars;
+}
+
+// Both pipelines behind one call: runs T's (the block-wide or the warp-specialized one) and
+// returns whether this thread holds accumulators (false: a producer thread, done).
+template <class T, class Loader, class Params, class Mmas>
+__device__ __forceinline__ bool wgmma_pipeline(Loader& loader, const Params& p, uint32_t base, int k_tiles,
+                                               float (&acc)[T::kAcc], Mmas mmas) {
+  if constexpr (T::kProducer) {
+    const uint32_t bars = ws_init_barriers<T>(base);
+    return wgmma_ws_pipeline<T>(loader, p, base, bars, k_tiles, acc, mmas);
+  } else {
+    wgmma_mainloop<T>(loader, p, base, k_tiles, acc, mmas);
+    return true;
+  }
+}
+
+// A barrier among the threads that hold accumulators (all of them, or the MMA warpgroups once
+// the producer has left).
+template <class T>
+__device__ __forceinline__ void mma_threads_sync() {
+  if constexpr (T::kProducer)
+    named_barrier_sync(T::kMmaThreads);
+  else
+    __syncthreads();
+}
+
 // ---------------------------------------------------------------------------- the kernel
 
 // Grid: x over output-channel tiles, y over 128-pixel tiles. One block per SM at a time is
@@ -262,16 +398,18 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const Ig
   const int n0 = blockIdx.x * T::kBlockN, m0 = blockIdx.y * T::kBlockM;
   const int k_tiles = ceil_div(p.Kg, T::kBlockK);
 
-  igemm_detail::TileLoader<T, Sw128Layout<T>> loader(p, m0, n0);
+  // The loading threads: all of them, or the producer warpgroup (numbered from 0).
+  igemm_detail::TileLoader<T, Sw128Layout<T>> loader(p, m0, n0, threadIdx.x % T::kLoaderThreads);
   float acc[T::kAcc];
   // A: this warpgroup's 64 pixel rows; B: all BlockN filter rows; K-major, +32 bytes per k16.
-  wgmma_mainloop<T>(loader, p, base, k_tiles, acc, [group](float (&a)[T::kAcc], uint32_t stage) {
+  const bool mma_thread = wgmma_pipeline<T>(loader, p, base, k_tiles, acc, [group](float (&a)[T::kAcc], uint32_t stage) {
     const uint32_t a_addr = stage + group * 64 * T::kRowBytes, b_addr = stage + T::kABytes;
 #pragma unroll
     for (int kk = 0; kk < T::kBlockK / 16; kk++)
       wgmma_m64k16<T::kBlockN>(a, sw128_desc(a_addr + kk * 32), sw128_desc(b_addr + kk * 32));
   });
-  __syncthreads();  // every warpgroup is done with the stages before sC overwrites them
+  if (!mma_thread) return;
+  mma_threads_sync<T>();  // every warpgroup is done with the stages before sC overwrites them
 
   // Epilogue: accumulators -> fp16 sC [128][kCStride] -> y in 16-byte chunks (coalesced).
   __half* sC = reinterpret_cast<__half*>(smem);
@@ -281,11 +419,11 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const Ig
     *reinterpret_cast<__half2*>(sC + (group * 64 + at.row) * T::kCStride + at.col) =
         __floats2half2_rn(acc[e], acc[e + 1]);
   }
-  __syncthreads();
+  mma_threads_sync<T>();
   constexpr int kChunksN = T::kBlockN / 8;
 #pragma unroll
-  for (int it = 0; it < T::kBlockM * kChunksN / T::kThreads; it++) {
-    const int idx = it * T::kThreads + threadIdx.x;
+  for (int it = 0; it < T::kBlockM * kChunksN / T::kMmaThreads; it++) {
+    const int idx = it * T::kMmaThreads + threadIdx.x;
     const int r = idx / kChunksN, ch = idx % kChunksN;
     const int m = m0 + r, n = n0 + ch * 8;
     if (m < p.M && n < p.K)
@@ -295,18 +433,21 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const Ig
 
 // ---------------------------------------------------------------------------- launchers
 
-// Each WgmmaConfig's tile parameters (BlockN, MmaInFlight, Stages), for either kernel's tile
-// template: calls f(Tile<...>{}) (the tiles are empty types carrying their constants).
-template <template <int, int, int> class Tile, class F>
+// Each WgmmaConfig's tile parameters (BlockN, MmaInFlight, Stages, Producer), for either
+// kernel's tile template: calls f(Tile<...>{}) (the tiles are empty types carrying their
+// constants).
+template <template <int, int, int, int> class Tile, class F>
 void with_tile(WgmmaConfig config, F&& f) {
   switch (config) {
-    case WgmmaConfig::k128x128x64s4: return f(Tile<128, 0, 4>{});
-    case WgmmaConfig::k128x64x64s4: return f(Tile<64, 0, 4>{});
-    case WgmmaConfig::k128x128x64s4Async: return f(Tile<128, 1, 4>{});
-    case WgmmaConfig::k128x64x64s4Async: return f(Tile<64, 1, 4>{});
-    case WgmmaConfig::k128x128x64s6Async: return f(Tile<128, 1, 6>{});
-    case WgmmaConfig::k128x64x64s8Async: return f(Tile<64, 1, 8>{});
-    case WgmmaConfig::k128x128x64s3: return f(Tile<128, 0, 3>{});
+    case WgmmaConfig::k128x128x64s4: return f(Tile<128, 0, 4, 0>{});
+    case WgmmaConfig::k128x64x64s4: return f(Tile<64, 0, 4, 0>{});
+    case WgmmaConfig::k128x128x64s4Async: return f(Tile<128, 1, 4, 0>{});
+    case WgmmaConfig::k128x64x64s4Async: return f(Tile<64, 1, 4, 0>{});
+    case WgmmaConfig::k128x128x64s6Async: return f(Tile<128, 1, 6, 0>{});
+    case WgmmaConfig::k128x64x64s8Async: return f(Tile<64, 1, 8, 0>{});
+    case WgmmaConfig::k128x128x64s3: return f(Tile<128, 0, 3, 0>{});
+    case WgmmaConfig::k128x128x64s4Ws: return f(Tile<128, 1, 4, 1>{});
+    case WgmmaConfig::k128x128x64s6Ws: return f(Tile<128, 1, 6, 1>{});
   }
   throw std::invalid_argument("wgmma: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
@@ -320,6 +461,8 @@ const char* config_name(WgmmaConfig config) {
     case WgmmaConfig::k128x128x64s6Async: return "wgmma_128x128x64_s6_async";
     case WgmmaConfig::k128x64x64s8Async: return "wgmma_128x64x64_s8_async";
     case WgmmaConfig::k128x128x64s3: return "wgmma_128x128x64_s3";
+    case WgmmaConfig::k128x128x64s4Ws: return "wgmma_128x128x64_s4_ws";
+    case WgmmaConfig::k128x128x64s6Ws: return "wgmma_128x128x64_s6_ws";
   }
   throw std::invalid_argument("wgmma_config_info: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
@@ -353,24 +496,29 @@ void launch_tile(const IgemmParams& p, cudaStream_t stream) {
 using igemm_detail::WgradParams;
 
 // BlockM 128 output channels (warpgroup g: channels 64 g .. 64 g + 63) x BlockN filter columns
-// x BlockK 64 pixels; MmaInFlight and Stages as in WgTile. The loader (igemm_detail::WgradLoader)
-// gives each thread one 16-byte chunk column of A (8 channels of dy) and of B (8 filter
-// columns: one tap) and kARows / kBRows pixel rows of it per slice.
-template <int BlockN, int MmaInFlight, int Stages = 4>
+// x BlockK 64 pixels; MmaInFlight, Stages and Producer as in WgTile. The loader
+// (igemm_detail::WgradLoader) gives each loading thread one 16-byte chunk column of A (8
+// channels of dy) and of B (8 filter columns: one tap) and kARows / kBRows pixel rows of it per
+// slice.
+template <int BlockN, int MmaInFlight, int Stages, int Producer>
 struct WgWgradTile {
   static constexpr int kBlockM = 128, kBlockN = BlockN, kBlockK = 64, kStages = Stages;
-  static constexpr int kMmaInFlight = MmaInFlight;
+  static constexpr int kMmaInFlight = MmaInFlight, kProducer = Producer;
   static constexpr int kLoadAhead = kStages - 1 - MmaInFlight;
-  static constexpr int kThreads = 256;
+  static constexpr int kMmaThreads = 256;
+  static constexpr int kThreads = kMmaThreads + (Producer ? 128 : 0);
+  static constexpr int kLoaderThreads = Producer ? 128 : kMmaThreads;
   static constexpr int kAChunks = kBlockM / 8, kBChunks = BlockN / 8;  // chunks per pixel row
-  static constexpr int kARowStep = kThreads / kAChunks, kBRowStep = kThreads / kBChunks;
+  static constexpr int kARowStep = kLoaderThreads / kAChunks, kBRowStep = kLoaderThreads / kBChunks;
   static constexpr int kARows = kBlockK / kARowStep, kBRows = kBlockK / kBRowStep;
   static constexpr int kColumnBlockBytes = kBlockK * 128;  // 64 channels x 64 pixels: the LBO
   static constexpr int kABytes = (kBlockM / 64) * kColumnBlockBytes;
   static constexpr int kBBytes = (BlockN / 64) * kColumnBlockBytes;
   static constexpr int kStageBytes = kABytes + kBBytes;
   static constexpr int kAcc = BlockN / 2;
-  static constexpr size_t kSmemBytes = (size_t)kStages * kStageBytes + 1024;  // + base alignment
+  static constexpr int kPipeBytes = kStages * kStageBytes;
+  static constexpr int kBarrierBytes = Producer ? 2 * kStages * 8 : 0;  // full[], empty[] after the stages
+  static constexpr size_t kSmemBytes = (size_t)kPipeBytes + kBarrierBytes + 1024;  // + base alignment
   static_assert(BlockN == 64 || BlockN == 128, "wgmma wrappers for n64 and n128");
   static_assert(MmaInFlight == 0 || MmaInFlight == 1, "one or two slices of MMAs at a time");
   static_assert(kLoadAhead >= 1, "the loads must run ahead");
@@ -402,11 +550,12 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_wgrad_wgmma_kernel(const 
   const int slice0 = blockIdx.z * p.slices_per_split;
   const int k_tiles = min(p.slices_per_split, ceil_div(p.P, T::kBlockK) - slice0);
 
-  igemm_detail::WgradLoader<T, Sw128MnLayout<T>> loader(p, m0, n0, slice0 * T::kBlockK);
+  igemm_detail::WgradLoader<T, Sw128MnLayout<T>> loader(p, m0, n0, slice0 * T::kBlockK,
+                                                       threadIdx.x % T::kLoaderThreads);
   float acc[T::kAcc];
   // A: this warpgroup's 64-channel column block; B: all BlockN filter columns (LBO to the
   // second block); M/N-major, +2048 bytes (two 8-pixel atoms) per k16.
-  wgmma_mainloop<T>(loader, p, base, k_tiles, acc, [group](float (&a)[T::kAcc], uint32_t stage) {
+  const bool mma_thread = wgmma_pipeline<T>(loader, p, base, k_tiles, acc, [group](float (&a)[T::kAcc], uint32_t stage) {
     const uint32_t a_addr = stage + group * T::kColumnBlockBytes, b_addr = stage + T::kABytes;
 #pragma unroll
     for (int kk = 0; kk < T::kBlockK / 16; kk++)
@@ -414,6 +563,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_wgrad_wgmma_kernel(const 
                                   wgmma_detail::sw128_mn_desc(b_addr + kk * 2048, T::kColumnBlockBytes));
   });
 
+  if (!mma_thread) return;
   // Epilogue: this slab's partial dw, fp32, straight from the accumulators. A quad of lanes
   // writes 32 contiguous bytes of one row; rows < K and columns < Ng only (Ng % 8 == 0 and
   // columns come in pairs, so a pair is wholly inside or outside).
@@ -464,7 +614,7 @@ bool wgmma_supported() {
   // The kernel's code for this device must be the sm_90a build (binaryVersion 90), not PTX
   // JIT-compiled from the sm_80 fallback, where the wgmma instructions are compiled out.
   cudaFuncAttributes fa{};
-  if (cudaFuncGetAttributes(&fa, conv_fwd_wgmma_kernel<WgTile<128, 0, 4>>) != cudaSuccess) {
+  if (cudaFuncGetAttributes(&fa, conv_fwd_wgmma_kernel<WgTile<128, 0, 4, 0>>) != cudaSuccess) {
     cudaGetLastError();
     return false;
   }
@@ -516,7 +666,7 @@ void conv_backward_data_wgmma(const __half* dy, const __half* w, __half* dx, __h
 // ------------------------------------------------------------------- weight gradient
 
 WgradSplit wgmma_wgrad_split(const ConvDesc& d, int splits) {
-  return wgrad_split(d, WgWgradTile<128, 0>::kBlockK, splits);
+  return wgrad_split(d, WgWgradTile<128, 0, 4, 0>::kBlockK, splits);
 }
 
 int wgmma_wgrad_default_splits(const ConvDesc& d, WgmmaConfig config, int sm_count) {
