@@ -20,9 +20,11 @@
 // pixels stay far below the final fp16 rounding).
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <random>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -322,6 +324,143 @@ TEST_CASE("wgmma wgrad split choice (host)", "[gpu][wgmma]") {
       CHECK(tiles * s <= 8 * 132 + tiles);
       if (d.N == 512 && tiles < 132) CHECK(tiles * s >= 132 / 2);
     }
+}
+
+// A model of wgmma_ws_pipeline's protocol (kernels/conv/wgmma_conv.cu), run over random
+// interleavings: P producer threads and C MMA warps, each stepping on its own; a producer's
+// copies of a slice land at random times but in order; MMAs complete at random times but in
+// order; mbarriers complete a phase at `count` arrivals and try_wait.parity passes once the
+// phase of that parity is over. Asserted: every run finishes (no deadlock), an MMA warp reads a
+// stage only when every producer's copy of its slice has landed there, and no copy is issued
+// into, or lands in, a stage whose MMAs on an older slice are still pending. With a lead one
+// larger than wgmma_detail::load_ahead the same model deadlocks (the second check).
+namespace ws_model {
+
+struct Barrier {
+  int count, arrived = 0, phase = 0;
+  void arrive() {
+    if (++arrived == count) arrived = 0, phase++;
+  }
+  bool passed(int parity) const { return (phase & 1) != parity; }
+};
+
+// "ok", "deadlock" or a description of the race.
+std::string run(int S, int F, int L, int K, int P, int C, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::vector<Barrier> full(S, Barrier{P}), empty(S, Barrier{C});
+  struct Copy { int slice; bool landed; };
+  std::vector<std::vector<Copy>> copies(P);             // per producer, in issue order
+  std::vector<std::vector<int>> landed(S, std::vector<int>(P, -1));  // stage -> producer -> slice
+  std::vector<std::vector<int>> reading(S);              // stage -> slices with MMAs pending
+  struct Prod { int kt = 0, pc = 0; };                   // pc: 0 issue, 1 signal, 2 drain, 3 done
+  struct Mma { int kt = 0, pc = 0; std::vector<int> pending; };  // pc: 0 wait, 1 mma wait, 2 done
+  std::vector<Prod> prod(P);
+  std::vector<Mma> mma(C);
+  auto all_landed = [&](int p, int keep) {
+    const int n = (int)copies[p].size() - keep;
+    for (int i = 0; i < n; i++)
+      if (!copies[p][i].landed) return false;
+    return true;
+  };
+  for (int step = 0; step < 1000000; step++) {
+    // Every enabled action, then one at random.
+    std::vector<std::pair<int, int>> acts;  // (kind, index)
+    for (int p = 0; p < P; p++) {
+      if (prod[p].pc != 3) acts.push_back({0, p});
+      for (const Copy& c : copies[p])
+        if (!c.landed) { acts.push_back({1, p}); break; }
+    }
+    for (int c = 0; c < C; c++) {
+      if (mma[c].pc != 2) acts.push_back({2, c});
+      if (!mma[c].pending.empty()) acts.push_back({3, c});
+    }
+    bool moved = false;
+    std::shuffle(acts.begin(), acts.end(), rng);
+    for (auto [kind, i] : acts) {
+      if (kind == 1) {  // producer i's oldest pending copy lands
+        for (Copy& c : copies[i])
+          if (!c.landed) {
+            const int st = c.slice % S;
+            for (int r : reading[st])
+              if (r != c.slice)
+                return "copy of slice " + std::to_string(c.slice) + " lands while slice " + std::to_string(r) +
+                       " is read";
+            c.landed = true;
+            landed[st][i] = c.slice;
+            break;
+          }
+        moved = true;
+      } else if (kind == 3) {  // MMA warp i's oldest MMAs complete
+        const int sl = mma[i].pending.front();
+        mma[i].pending.erase(mma[i].pending.begin());
+        auto& r = reading[sl % S];
+        r.erase(std::find(r.begin(), r.end(), sl));
+        moved = true;
+      } else if (kind == 0) {
+        Prod& p = prod[i];
+        if (p.pc == 0) {
+          if (p.kt >= K) { p.pc = 2; moved = true; }
+          else if (p.kt < S || empty[p.kt % S].passed((p.kt / S - 1) & 1)) {
+            if (!reading[p.kt % S].empty())
+              return "slice " + std::to_string(p.kt) + " issued into a stage being read";
+            landed[p.kt % S][i] = -1;
+            copies[i].push_back({p.kt, false});
+            if (p.kt >= L) p.pc = 1; else p.kt++;
+            moved = true;
+          }
+        } else if (p.pc == 1 && all_landed(i, L)) {  // cp.async.wait_group L, fence, arrive
+          full[(p.kt - L) % S].arrive();
+          p.kt++, p.pc = 0, moved = true;
+        } else if (p.pc == 2 && all_landed(i, 0)) {
+          for (int j = std::max(0, K - L); j < K; j++) full[j % S].arrive();
+          p.pc = 3, moved = true;
+        }
+      } else {
+        Mma& m = mma[i];
+        if (m.pc == 0) {
+          if (m.kt >= K) { if (m.pending.empty()) m.pc = 2, moved = true; }
+          else if (full[m.kt % S].passed((m.kt / S) & 1)) {
+            for (int p = 0; p < P; p++)
+              if (landed[m.kt % S][p] != m.kt)
+                return "slice " + std::to_string(m.kt) + " read before it landed";
+            m.pending.push_back(m.kt);
+            reading[m.kt % S].push_back(m.kt);
+            m.pc = 1, moved = true;
+          }
+        } else if (m.pc == 1 && (int)m.pending.size() <= F) {  // wgmma.wait_group F, then release
+          if (m.kt >= F) empty[(m.kt - F) % S].arrive();
+          m.kt++, m.pc = 0, moved = true;
+        }
+      }
+      if (moved) break;
+    }
+    if (!moved) {
+      for (const Prod& p : prod)
+        if (p.pc != 3) return "deadlock";
+      for (const Mma& m : mma)
+        if (m.pc != 2) return "deadlock";
+      return "ok";
+    }
+  }
+  return "no end";
+}
+
+}  // namespace ws_model
+
+TEST_CASE("wgmma warp-specialized pipeline protocol: no deadlock, no stage race (host model)", "[gpu][wgmma]") {
+  using kernels::wgmma_detail::load_ahead;
+  int deadlocks_one_ahead = 0;
+  for (int S : {3, 4, 6})
+    for (int F : {0, 1})
+      for (int K : {1, 2, 3, 7, 13}) {
+        if (load_ahead(S, F) < 1) continue;
+        for (unsigned seed = 0; seed < 40; seed++) {
+          INFO("stages " << S << " mma_in_flight " << F << " slices " << K << " seed " << seed);
+          CHECK(ws_model::run(S, F, load_ahead(S, F), K, 3, 2, seed) == "ok");
+          if (ws_model::run(S, F, load_ahead(S, F) + 1, K, 3, 2, seed) == "deadlock") deadlocks_one_ahead++;
+        }
+      }
+  CHECK(deadlocks_one_ahead > 0);
 }
 
 // The accumulator map covers the warpgroup's 64 x N tile exactly once, for N = 64 and 128.

@@ -203,7 +203,7 @@ template <int BlockN, int MmaInFlight, int Stages, int Producer>
 struct WgTile {
   static constexpr int kBlockM = 128, kBlockN = BlockN, kBlockK = 64, kStages = Stages;
   static constexpr int kMmaInFlight = MmaInFlight, kProducer = Producer;
-  static constexpr int kLoadAhead = kStages - 1 - MmaInFlight;  // slices in flight ahead of the MMAs
+  static constexpr int kLoadAhead = wgmma_detail::load_ahead(kStages, MmaInFlight);
   static constexpr int kMmaThreads = 256;                        // two warpgroups, 64 rows each
   static constexpr int kThreads = kMmaThreads + (Producer ? 128 : 0);
   static constexpr int kLoaderThreads = Producer ? 128 : kMmaThreads;
@@ -504,7 +504,7 @@ template <int BlockN, int MmaInFlight, int Stages, int Producer>
 struct WgWgradTile {
   static constexpr int kBlockM = 128, kBlockN = BlockN, kBlockK = 64, kStages = Stages;
   static constexpr int kMmaInFlight = MmaInFlight, kProducer = Producer;
-  static constexpr int kLoadAhead = kStages - 1 - MmaInFlight;
+  static constexpr int kLoadAhead = wgmma_detail::load_ahead(kStages, MmaInFlight);
   static constexpr int kMmaThreads = 256;
   static constexpr int kThreads = kMmaThreads + (Producer ? 128 : 0);
   static constexpr int kLoaderThreads = Producer ? 128 : kMmaThreads;

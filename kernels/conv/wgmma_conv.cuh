@@ -101,6 +101,12 @@ void conv_backward_filter_wgmma(const __half* x, const __half* dy, __half* dw, f
 
 namespace wgmma_detail {
 
+// How many slices ahead of the MMAs the loads run, with `stages` pipeline stages and
+// mma_in_flight slices of MMAs left running: the most the stages allow. In the
+// warp-specialized pipeline a producer thread signals slice j after issuing slice j + this, and
+// one more would deadlock (tests/wgmma_conv_gpu_test.cu models the protocol).
+constexpr int load_ahead(int stages, int mma_in_flight) { return stages - 1 - mma_in_flight; }
+
 // Shared-memory layout of an operand tile: rows of 64 fp16 (128 bytes) along the GEMM's K, in
 // the 128-byte swizzle wgmma reads (CUTLASS's Swizzle<3,4,3>): 8 rows form a 1024-byte atom
 // (1024-byte aligned), and the 16-byte chunk c of row r sits at chunk position c ^ (r % 8).
