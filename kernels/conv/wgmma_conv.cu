@@ -351,7 +351,7 @@ __device__ __forceinline__ uint32_t ws_init_barriers(uint32_t base) {
   const uint32_t bars = base + T::kPipeBytes;
   if (T::kProducer && threadIdx.x == 0) {
     for (int s = 0; s < T::kStages; s++) {
-      mbar_init(bars + 8u * s, 128);                    // full: every producer thread
+      mbar_init(bars + 8u * s, T::kLoaderThreads);                   // full: every producer thread
       mbar_init(bars + 8u * (T::kStages + s), T::kMmaThreads / 32);  // empty: every MMA warp
     }
   }
@@ -385,8 +385,9 @@ __device__ __forceinline__ void mma_threads_sync() {
 
 // ---------------------------------------------------------------------------- the kernel
 
-// Grid: x over output-channel tiles, y over 128-pixel tiles. One block per SM at a time is
-// enough to keep the tensor cores busy with wgmma (__launch_bounds__(256, 1)).
+// Grid: x over output-channel tiles, y over 128-pixel tiles. As many blocks share an SM as its
+// shared memory allows (one or two, wgmma_blocks_per_sm); __launch_bounds__ promises ptxas only
+// one, so it does not cap the registers (they allow two anyway, see set_smem_attributes).
 template <class T>
 __global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const IgemmParams p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -470,9 +471,9 @@ const char* config_name(WgmmaConfig config) {
 // A kernel's shared-memory attributes, set once per kernel (its launcher keeps the result in a
 // static): the dynamic size above the 48 KiB default, and the largest shared-memory carveout,
 // so that two blocks of the tiles with at most 97 KiB fit one SM (the carveout is a hint the
-// driver may otherwise size for one block). Registers allow two blocks of every tile: ptxas
-// gives the kernels at most 124 per thread (tools/ptxas_check.sh prints them), and
-// 2 x 256 threads x 128 is the SM's 64 K.
+// driver may otherwise size for one block). Registers allow two blocks of every 256-thread
+// tile: ptxas gives those kernels at most 124 per thread (tools/ptxas_check.sh prints them),
+// and 2 x 256 threads x 128 is the SM's 64 K.
 template <class Kernel>
 cudaError_t set_smem_attributes(Kernel* kernel, size_t bytes) {
   const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
