@@ -252,7 +252,7 @@ TEST_CASE("wgmma K-major tiles match the canonical layout of their descriptors (
   long bad = 0;
   for (int kk = 0; kk < 4; kk++) {
     const uint64_t desc = sw128_desc(base + kk * 32);
-    for (int mn = 0; mn < 128; mn++)
+    for (int mn = 0; mn < 256; mn++)  // up to the n256 tiles' B
       for (int k = 0; k < 16; k++) {
         const int kg = kk * 16 + k;  // element of the 64-wide row
         const uint32_t stored = base + sw128_offset(mn, kg / 8) + (kg % 8) * 2;
@@ -264,8 +264,8 @@ TEST_CASE("wgmma K-major tiles match the canonical layout of their descriptors (
 
 // The weight gradient's M/N-major tiles: the loader stores pixel row k, channel chunk c of a
 // stage operand at sw128_mn_offset(k, c, 64); each warpgroup's A descriptor (its 64 output
-// channels) and the B descriptor (64 or 128 filter columns) must read every (mn, k) of every
-// k16 step from exactly there.
+// channels) and the B descriptor (64, 128 or 256 filter columns) must read every (mn, k) of
+// every k16 step from exactly there.
 TEST_CASE("wgmma M/N-major tiles match the canonical layout of their descriptors (host)", "[gpu][wgmma]") {
   using kernels::wgmma_detail::sw128_mn_desc;
   using kernels::wgmma_detail::sw128_mn_offset;
@@ -282,7 +282,7 @@ TEST_CASE("wgmma M/N-major tiles match the canonical layout of their descriptors
           if (canonical_sw128_address(desc, true, m, k) != stored) bad++;
         }
     }
-    for (int n_tile : {64, 128}) {  // B: the whole BlockN in one descriptor
+    for (int n_tile : {64, 128, 256}) {  // B: the whole BlockN in one descriptor
       const uint64_t desc = sw128_mn_desc(stage + kk * 2048, kColumnBlock);
       for (int n = 0; n < n_tile; n++)
         for (int k = 0; k < 16; k++) {
@@ -463,10 +463,10 @@ TEST_CASE("wgmma warp-specialized pipeline protocol: no deadlock, no stage race 
   CHECK(deadlocks_one_ahead > 0);
 }
 
-// The accumulator map covers the warpgroup's 64 x N tile exactly once, for N = 64 and 128.
+// The accumulator map covers the warpgroup's 64 x N tile exactly once, for N = 64, 128 and 256.
 TEST_CASE("wgmma accumulator fragment map covers the tile once (host)", "[gpu][wgmma]") {
   using kernels::wgmma_detail::acc_coord;
-  for (int n : {64, 128}) {
+  for (int n : {64, 128, 256}) {
     std::vector<int> hits(64 * n, 0);
     for (int warp = 0; warp < 4; warp++)
       for (int lane = 0; lane < 32; lane++)

@@ -171,6 +171,71 @@ __device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t desc_a,
 #endif
 }
 
+// d (m64 x n256, fp32, this thread's 128 values) += A (m64 x k16) * B (k16 x n256), as above.
+template <int Trans>
+__device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_a, uint64_t desc_b) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, "
+      "%8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, "
+      "%24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, "
+      "%40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, "
+      "%56, %57, %58, %59, %60, %61, %62, %63, "
+      "%64, %65, %66, %67, %68, %69, %70, %71, "
+      "%72, %73, %74, %75, %76, %77, %78, %79, "
+      "%80, %81, %82, %83, %84, %85, %86, %87, "
+      "%88, %89, %90, %91, %92, %93, %94, %95, "
+      "%96, %97, %98, %99, %100, %101, %102, %103, "
+      "%104, %105, %106, %107, %108, %109, %110, %111, "
+      "%112, %113, %114, %115, %116, %117, %118, %119, "
+      "%120, %121, %122, %123, %124, %125, %126, %127"
+      "}, %128, %129, p, 1, 1, %131, %132;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),
+        "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
+        "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
+        "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),
+        "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]),
+        "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
+        "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]),
+        "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]),
+        "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]),
+        "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+        "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]),
+        "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]),
+        "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+        "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]),
+        "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+        "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]),
+        "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+        "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]),
+        "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "l"(desc_a), "l"(desc_b), "r"(1), "n"(Trans), "n"(Trans));
+#else
+  __trap();  // sm_90a only; the launcher refuses other GPUs
+#endif
+}
+
 // The accumulators are asm operands of wgmma.mma_async, which keeps writing them after the
 // instruction issues; to the compiler they are final once the asm statement returns. This empty
 // asm "modifies" each of them, so no read of an accumulator is moved before the wait that
@@ -184,7 +249,9 @@ __device__ __forceinline__ void fence_operands(float (&d)[N]) {
 
 template <int N, int Trans = 0>
 __device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b) {
-  if constexpr (N == 128)
+  if constexpr (N == 256)
+    wgmma_m64n256k16<Trans>(d, desc_a, desc_b);
+  else if constexpr (N == 128)
     wgmma_m64n128k16<Trans>(d, desc_a, desc_b);
   else
     wgmma_m64n64k16<Trans>(d, desc_a, desc_b);
@@ -221,7 +288,8 @@ struct WgTile {
   // + 1024: the dynamic shared memory base is rounded up to the swizzle atom.
   static constexpr size_t kSmemBytes =
       (size_t)(kPipeBytes + kBarrierBytes > kEpilogueBytes ? kPipeBytes + kBarrierBytes : kEpilogueBytes) + 1024;
-  static_assert(BlockN == 64 || BlockN == 128, "wgmma wrappers for n64 and n128");
+  static_assert(BlockN == 64 || BlockN == 128 || (BlockN == 256 && Producer),
+                "wgmma wrappers for n64, n128 and n256 (n256: 128 accumulators, with a producer)");
   static_assert(Producer == 0 || Producer == 1, "a producer warpgroup or none");
   static_assert(kARows * kRowStep == kBlockM && kBRows * kRowStep == BlockN, "loader: whole passes");
   static_assert(MmaInFlight == 0 || MmaInFlight == 1, "one or two slices of MMAs at a time");
@@ -449,6 +517,7 @@ void with_tile(WgmmaConfig config, F&& f) {
     case WgmmaConfig::k128x128x64s3: return f(Tile<128, 0, 3, 0>{});
     case WgmmaConfig::k128x128x64s4Ws: return f(Tile<128, 1, 4, 1>{});
     case WgmmaConfig::k128x128x64s6Ws: return f(Tile<128, 1, 6, 1>{});
+    case WgmmaConfig::k128x256x64s4Ws: return f(Tile<256, 1, 4, 1>{});
   }
   throw std::invalid_argument("wgmma: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
@@ -464,6 +533,7 @@ const char* config_name(WgmmaConfig config) {
     case WgmmaConfig::k128x128x64s3: return "wgmma_128x128x64_s3";
     case WgmmaConfig::k128x128x64s4Ws: return "wgmma_128x128x64_s4_ws";
     case WgmmaConfig::k128x128x64s6Ws: return "wgmma_128x128x64_s6_ws";
+    case WgmmaConfig::k128x256x64s4Ws: return "wgmma_128x256x64_s4_ws";
   }
   throw std::invalid_argument("wgmma_config_info: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
@@ -520,7 +590,8 @@ struct WgWgradTile {
   static constexpr int kPipeBytes = kStages * kStageBytes;
   static constexpr int kBarrierBytes = Producer ? 2 * kStages * 8 : 0;  // full[], empty[] after the stages
   static constexpr size_t kSmemBytes = (size_t)kPipeBytes + kBarrierBytes + 1024;  // + base alignment
-  static_assert(BlockN == 64 || BlockN == 128, "wgmma wrappers for n64 and n128");
+  static_assert(BlockN == 64 || BlockN == 128 || (BlockN == 256 && Producer),
+                "wgmma wrappers for n64, n128 and n256 (n256: 128 accumulators, with a producer)");
   static_assert(MmaInFlight == 0 || MmaInFlight == 1, "one or two slices of MMAs at a time");
   static_assert(kLoadAhead >= 1, "the loads must run ahead");
   static_assert(kARows * kARowStep == kBlockK && kBRows * kBRowStep == kBlockK, "loader: whole passes");

@@ -39,12 +39,14 @@ enum class WgmmaConfig : int {
                        // MMAs in flight, ptxas serialises the weight gradient's wgmma: C7515)
   k128x128x64s4Ws,     // as k128x128x64s4Async, warp-specialized: a producer warpgroup loads
   k128x128x64s6Ws,     // as k128x128x64s4Ws with 6 stages (loads 4 slices ahead)
+  k128x256x64s4Ws,     // as k128x128x64s4Ws with 256 columns (m64n256k16: half the shared-memory
+                       // reads per flop; 128 accumulators per MMA thread)
 };
 constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaConfig::k128x64x64s4,
                                          WgmmaConfig::k128x128x64s4Async, WgmmaConfig::k128x64x64s4Async,
                                          WgmmaConfig::k128x128x64s6Async, WgmmaConfig::k128x64x64s8Async,
                                          WgmmaConfig::k128x128x64s3,      WgmmaConfig::k128x128x64s4Ws,
-                                         WgmmaConfig::k128x128x64s6Ws};
+                                         WgmmaConfig::k128x128x64s6Ws,    WgmmaConfig::k128x256x64s4Ws};
 
 // Block/warp/stage sizes and shared memory of a config (warp_m x warp_n: a warpgroup's 64 rows
 // are split over its 4 warps, 16 each, across all BlockN columns).
