@@ -82,15 +82,22 @@ __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
   asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.shared::cta.b64 state, [%0];\n}\n" ::"r"(bar) : "memory");
 #endif
 }
+// A wait that spins this often (seconds at least; a slice's loads take microseconds) means a
+// phase that will never complete, i.e. a broken pipeline: the kernel traps, and the launch
+// fails with an error, instead of hanging the GPU (the protocol itself is model-checked in
+// tests/wgmma_conv_gpu_test.cu).
+constexpr uint32_t kMbarSpinLimit = 1u << 26;
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   uint32_t done = 0;
-  while (!done)
+  for (uint32_t spins = 0; !done; spins++) {
     asm volatile(
         "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
         : "=r"(done)
         : "r"(bar), "r"(parity)
         : "memory");
+    if (!done && spins == kMbarSpinLimit) __trap();
+  }
 #endif
 }
 // A barrier among the first `threads` threads of the block only (named barrier 1; 0 is
