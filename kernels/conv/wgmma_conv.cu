@@ -86,9 +86,9 @@ __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
 // phase that will never complete, i.e. a broken pipeline: the kernel traps, and the launch
 // fails with an error, instead of hanging the GPU (the protocol itself is model-checked in
 // tests/wgmma_conv_gpu_test.cu).
-constexpr uint32_t kMbarSpinLimit = 1u << 26;
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr uint32_t kMbarSpinLimit = 1u << 26;
   uint32_t done = 0;
   for (uint32_t spins = 0; !done; spins++) {
     asm volatile(
