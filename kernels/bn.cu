@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <initializer_list>
 
+#include "kernels/bn_math.cuh"
 #include "kernels/common.cuh"
 
 namespace kernels {
@@ -41,26 +42,8 @@ struct Geometry {
   int pix_per_group;  // group * Ho * Wo (values per channel in one group)
 };
 
-// Per-value arithmetic shared by every kernel here, each rounding explicit (__fmul_rn ...).
-// A plain `a * b + c` lets ptxas contract it into one fma, and it decides per kernel (by
-// register pressure: a value the compiler recomputes has one use, and only then is it fused).
-// The H100 run found the 8-channel backward's argmax and recompute paths disagreeing in the
-// last bit of a few dx values; with explicit rounding every kernel computes the same value.
-//   xhat = (v - mean) * invstd          (the normalised value)
-//   celu input = xhat + bias
-//   dz = dout * celu'(xhat + bias)
-//   dp = invstd * (dz - sum(dz) / n - xhat * sum(dz * xhat) / n)  (the BN backward, per value)
-__device__ __forceinline__ float bn_xhat(float v, float mean, float invstd) {
-  return __fmul_rn(__fsub_rn(v, mean), invstd);
-}
-__device__ __forceinline__ float bn_dz(float dout, float xhat, float bias, float alpha) {
-  return __fmul_rn(dout, celu_grad(__fadd_rn(xhat, bias), alpha));
-}
-__device__ __forceinline__ float bn_dp(float invstd, float dz, float xhat, float sum_dz,
-                                       float sum_dzx, float inv_n) {
-  return __fmul_rn(invstd, __fsub_rn(__fsub_rn(dz, __fmul_rn(sum_dz, inv_n)),
-                                     __fmul_rn(__fmul_rn(xhat, sum_dzx), inv_n)));
-}
+// The per-value arithmetic (bn_xhat, bn_dz, bn_dp, each rounding explicit) is in
+// kernels/bn_math.cuh, shared with the conv epilogue that accumulates the backward's sums.
 
 Geometry geometry(const GhostBnCeluShape& s) {
   Geometry g;
@@ -322,13 +305,24 @@ __global__ void backward_totals_kernel(const float* __restrict__ partial, long G
   totals[i] = (float)s;
 }
 
+// The backward's per-group sums, sum(dz) and sum(dz * xhat) of (group, channel) i = grp * C + c
+// at dz[i * stride] and dzx[i * stride]: the totals above interleaved ({totals, totals + 1, 2})
+// or two [G][C] arrays ({sum_dz, sum_dzx, 1}: the conv epilogue's, *_from_sums below).
+struct BwdSums {
+  const float* dz;
+  const float* dzx;
+  int stride;
+  __device__ __forceinline__ float sum_dz(long i) const { return dz[i * stride]; }
+  __device__ __forceinline__ float sum_dzx(long i) const { return dzx[i * stride]; }
+};
+BwdSums interleaved(const float* totals) { return {totals, totals + 1, 2}; }
+
 // dbias[c] = sum over groups of sum(dz) (the bias gradient is the sum of dz over the batch).
-__global__ void dbias_kernel(const float* __restrict__ totals, int G, int C,
-                             float* __restrict__ dbias) {
+__global__ void dbias_kernel(const BwdSums t, int G, int C, float* __restrict__ dbias) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= C) return;
   float s = 0.0f;
-  for (int grp = 0; grp < G; grp++) s += totals[((long)grp * C + c) * 2];
+  for (int grp = 0; grp < G; grp++) s += t.sum_dz((long)grp * C + c);
   dbias[c] = s;
 }
 
@@ -349,7 +343,7 @@ __global__ void backward_apply_kernel(const __half* __restrict__ dout,
                                       const float* __restrict__ bias,
                                       const float* __restrict__ save_mean,
                                       const float* __restrict__ save_invstd, float alpha,
-                                      const float* __restrict__ totals, __half* __restrict__ dx) {
+                                      const BwdSums t, __half* __restrict__ dx) {
   const int pairs = g.C / 2;
   const int total = g.N * g.Ho * g.Wo * pairs;  // < 2^30, checked by the launcher
   const int HWo = g.Ho * g.Wo;
@@ -382,8 +376,8 @@ __global__ void backward_apply_kernel(const __half* __restrict__ dout,
     const float xh0 = bn_xhat(v.x, save_mean[s], is0), xh1 = bn_xhat(v.y, save_mean[s + 1], is1);
     const float dz0 = bn_dz(d.x, xh0, bias[c], alpha);
     const float dz1 = bn_dz(d.y, xh1, bias[c + 1], alpha);
-    const float dp0 = bn_dp(is0, dz0, xh0, totals[2 * s], totals[2 * s + 1], inv_n);
-    const float dp1 = bn_dp(is1, dz1, xh1, totals[2 * s + 2], totals[2 * s + 3], inv_n);
+    const float dp0 = bn_dp(is0, dz0, xh0, t.sum_dz(s), t.sum_dzx(s), inv_n);
+    const float dp1 = bn_dp(is1, dz1, xh1, t.sum_dz(s + 1), t.sum_dzx(s + 1), inv_n);
     for (int ky = 0; ky < g.P; ky++)
       for (int kx = 0; kx < g.P; kx++) {
         const int pos = ky * g.P + kx;
@@ -634,7 +628,7 @@ __global__ void __launch_bounds__(kVecThreads)
                               const uint8_t* __restrict__ argmax, Geometry g,
                               const float* __restrict__ bias, const float* __restrict__ save_mean,
                               const float* __restrict__ save_invstd, float alpha,
-                              const float* __restrict__ totals, __half* __restrict__ dx) {
+                              const BwdSums t, __half* __restrict__ dx) {
   const VecLayout l = vec_layout(g.C);
   if (!l.active) return;
   const int grp = blockIdx.y;
@@ -646,8 +640,8 @@ __global__ void __launch_bounds__(kVecThreads)
   load8_f32(bias + c, b);
 #pragma unroll
   for (int i = 0; i < 8; i++) {
-    t_dz[i] = totals[((long)grp * g.C + c + i) * 2];
-    t_dzx[i] = totals[((long)grp * g.C + c + i) * 2 + 1];
+    t_dz[i] = t.sum_dz((long)grp * g.C + c + i);
+    t_dzx[i] = t.sum_dzx((long)grp * g.C + c + i);
   }
   const long q0 = (long)grp * g.pix_per_group;
   for (int p = blockIdx.x * l.rows + l.row; p < g.pix_per_group; p += gridDim.x * l.rows) {
@@ -891,9 +885,40 @@ float* backward_reductions(const __half* dout, const __half* dout2, const __half
   backward_totals_kernel<<<(int)ceil_div(GC2, 256L), 256, 0, stream>>>(scratch, GC2, slices,
                                                                         totals);
   CUDA_CHECK_LAUNCH();
-  dbias_kernel<<<ceil_div(s.C, 256), 256, 0, stream>>>(totals, s.groups(), s.C, dbias);
+  dbias_kernel<<<ceil_div(s.C, 256), 256, 0, stream>>>(interleaved(totals), s.groups(), s.C, dbias);
   CUDA_CHECK_LAUNCH();
   return totals;
+}
+
+// dx from the sums: the apply kernel of the argmax path (argmax != null: the pooled values and
+// the window positions are read) or of the recompute path (the window maxima of x).
+void backward_apply(const __half* dout, const __half* dout2, const __half* x, const __half* pooled,
+                    const uint8_t* argmax, const float* bias, const float* save_mean,
+                    const float* save_invstd, const BwdSums& t, __half* dx,
+                    const GhostBnCeluShape& s, const Geometry& g, bool vec,
+                    const GhostBnCeluParams& prm, cudaStream_t stream) {
+  const bool arg = argmax != nullptr;
+  if (vec) {
+    const dim3 grid(vec_blocks(s, g.pix_per_group, kVecApplyPixelsPerThread), s.groups());
+    auto* kernel = arg ? backward_apply_vec_kernel<true> : backward_apply_vec_kernel<false>;
+    kernel<<<grid, kVecThreads, 0, stream>>>(dout, dout2, x, pooled, argmax, g, bias, save_mean,
+                                             save_invstd, prm.alpha, t, dx);
+  } else {
+    const long total = (long)s.N * g.Ho * g.Wo * (s.C / 2);
+    auto* kernel = arg ? backward_apply_kernel<true> : backward_apply_kernel<false>;
+    kernel<<<grid_stride_blocks(total, kApplyThreads), kApplyThreads, 0, stream>>>(
+        dout, dout2, x, pooled, argmax, g, bias, save_mean, save_invstd, prm.alpha, t, dx);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+// The argmax path's checks (pool_bn_celu_backward_argmax, and _from_sums with an argmax).
+void check_argmax_inputs(const GhostBnCeluShape& s, const __half* pooled, const uint8_t* argmax,
+                         const char* fn) {
+  require(s.P == 2, fn, "the argmax path is for the 2x2 max-pool (P == 2)");
+  require(pooled != nullptr && argmax != nullptr, fn, "pooled and argmax are needed");
+  require(((uintptr_t)argmax & 1) == 0, fn, "argmax must be 2-byte aligned (channel pairs)");
+  check_aligned(pooled, fn);
 }
 
 }  // namespace
@@ -919,16 +944,8 @@ void pool_bn_celu_backward(const __half* dout, const __half* dout2, const __half
   const bool vec = use_vec(s, prm, {dout, dout2, x, s.P > 1 ? pooled : nullptr, dx});
   const float* totals = backward_reductions(dout, dout2, p, bias, save_mean, save_invstd, dbias,
                                             scratch, s, g, vec, prm, stream);
-  if (vec) {
-    const dim3 grid(vec_blocks(s, g.pix_per_group, kVecApplyPixelsPerThread), s.groups());
-    backward_apply_vec_kernel<false><<<grid, kVecThreads, 0, stream>>>(
-        dout, dout2, x, nullptr, nullptr, g, bias, save_mean, save_invstd, prm.alpha, totals, dx);
-  } else {
-    const long total = (long)s.N * g.Ho * g.Wo * (s.C / 2);
-    backward_apply_kernel<false><<<grid_stride_blocks(total, kApplyThreads), kApplyThreads, 0, stream>>>(
-        dout, dout2, x, nullptr, nullptr, g, bias, save_mean, save_invstd, prm.alpha, totals, dx);
-  }
-  CUDA_CHECK_LAUNCH();
+  backward_apply(dout, dout2, x, nullptr, nullptr, bias, save_mean, save_invstd,
+                 interleaved(totals), dx, s, g, vec, prm, stream);
 }
 
 void pool_bn_celu_backward_argmax(const __half* dout, const __half* dout2, const __half* pooled,
@@ -939,11 +956,8 @@ void pool_bn_celu_backward_argmax(const __half* dout, const __half* dout2, const
   const char* fn = "pool_bn_celu_backward_argmax";
   check_shape(s, fn);
   check_groups(s, fn);
-  require(s.P == 2, fn, "the argmax path is for the 2x2 max-pool (P == 2)");
-  require(pooled != nullptr && argmax != nullptr, fn, "pooled and argmax are needed");
-  require(((uintptr_t)argmax & 1) == 0, fn, "argmax must be 2-byte aligned (channel pairs)");
+  check_argmax_inputs(s, pooled, argmax, fn);
   check_aligned(dout, fn);
-  check_aligned(pooled, fn);
   check_aligned(dx, fn);
   if (dout2 != nullptr) check_aligned(dout2, fn);
   check_scratch(scratch, fn);
@@ -952,16 +966,40 @@ void pool_bn_celu_backward_argmax(const __half* dout, const __half* dout2, const
   const bool vec = use_vec(s, prm, {dout, dout2, pooled, dx}) && ((uintptr_t)argmax & 7) == 0;
   const float* totals = backward_reductions(dout, dout2, pooled, bias, save_mean, save_invstd,
                                             dbias, scratch, s, g, vec, prm, stream);
-  if (vec) {
-    const dim3 grid(vec_blocks(s, g.pix_per_group, kVecApplyPixelsPerThread), s.groups());
-    backward_apply_vec_kernel<true><<<grid, kVecThreads, 0, stream>>>(
-        dout, dout2, nullptr, pooled, argmax, g, bias, save_mean, save_invstd, prm.alpha, totals, dx);
+  backward_apply(dout, dout2, nullptr, pooled, argmax, bias, save_mean, save_invstd,
+                 interleaved(totals), dx, s, g, vec, prm, stream);
+}
+
+void pool_bn_celu_backward_from_sums(const __half* dout, const __half* dout2, const __half* x,
+                                     const __half* pooled, const uint8_t* argmax,
+                                     const float* sum_dz, const float* sum_dzx, const float* bias,
+                                     const float* save_mean, const float* save_invstd, __half* dx,
+                                     float* dbias, const GhostBnCeluShape& s,
+                                     const GhostBnCeluParams& prm, cudaStream_t stream) {
+  const char* fn = "pool_bn_celu_backward_from_sums";
+  check_shape(s, fn);
+  check_groups(s, fn);
+  require(sum_dz != nullptr && sum_dzx != nullptr, fn, "sum_dz and sum_dzx are needed");
+  if (argmax != nullptr) {
+    check_argmax_inputs(s, pooled, argmax, fn);
   } else {
-    const long total = (long)s.N * g.Ho * g.Wo * (s.C / 2);
-    backward_apply_kernel<true><<<grid_stride_blocks(total, kApplyThreads), kApplyThreads, 0, stream>>>(
-        dout, dout2, nullptr, pooled, argmax, g, bias, save_mean, save_invstd, prm.alpha, totals, dx);
+    require(x != nullptr, fn, "x is needed without argmax");
+    require(s.P == 1 || pooled != nullptr, fn, "pooled is needed when P > 1");
+    check_aligned(x, fn);
+    if (s.P > 1) check_aligned(pooled, fn);
   }
+  check_aligned(dout, fn);
+  check_aligned(dx, fn);
+  if (dout2 != nullptr) check_aligned(dout2, fn);
+  const Geometry g = geometry(s);
+  const bool vec = argmax != nullptr
+                       ? use_vec(s, prm, {dout, dout2, pooled, dx}) && ((uintptr_t)argmax & 7) == 0
+                       : use_vec(s, prm, {dout, dout2, x, s.P > 1 ? pooled : nullptr, dx});
+  const BwdSums t{sum_dz, sum_dzx, 1};
+  dbias_kernel<<<ceil_div(s.C, 256), 256, 0, stream>>>(t, s.groups(), s.C, dbias);
   CUDA_CHECK_LAUNCH();
+  backward_apply(dout, dout2, x, pooled, argmax, bias, save_mean, save_invstd, t, dx, s, g, vec,
+                 prm, stream);
 }
 
 __global__ void bn_average_groups_kernel(const float* __restrict__ per_group,

@@ -92,6 +92,23 @@ void pool_bn_celu_backward_argmax(const __half* dout, const __half* dout2, const
                                   float* dbias, float* scratch, const GhostBnCeluShape& s,
                                   const GhostBnCeluParams& prm, cudaStream_t stream);
 
+// ---- with the input gradient that produces dout accumulating the backward's sums in its
+// epilogue (conv_backward_data_igemm_bn_sums / _wgmma_bn_sums, kernels/conv/):
+
+// pool_bn_celu_backward (argmax null: the window maxima of x are recomputed) or
+// pool_bn_celu_backward_argmax (argmax given: pooled and argmax are read, x is not) with the
+// per-group sums given instead of computed: sum_dz, sum_dzx [G][C] fp32, sum(dz) and
+// sum(dz * xhat) over each group's pooled values, dz = (dout + dout2) * celu'(xhat + bias). The
+// statistics pass over dout, dout2 and the pooled values is skipped, and no scratch is needed.
+// dx and dbias equal those of the two launchers above up to the order of the sums (fp32
+// rounding).
+void pool_bn_celu_backward_from_sums(const __half* dout, const __half* dout2, const __half* x,
+                                     const __half* pooled, const uint8_t* argmax,
+                                     const float* sum_dz, const float* sum_dzx, const float* bias,
+                                     const float* save_mean, const float* save_invstd, __half* dx,
+                                     float* dbias, const GhostBnCeluShape& s,
+                                     const GhostBnCeluParams& prm, cudaStream_t stream);
+
 // Averages per-group running statistics [G][C] into [C] (for evaluation).
 void bn_average_groups(const float* per_group, float* avg, int G, int C, cudaStream_t stream);
 

@@ -281,6 +281,28 @@ void conv_backward_data_igemm(const __half* dy, const __half* w, __half* dx, __h
   conv_forward_igemm(dy, wt_scratch, dx, as_forward, config, stream);
 }
 
+size_t dgrad_bn_sums_scratch_bytes(const ConvDesc& d, int block_m) {
+  const long long grid_m = ceil_div((long long)d.N * d.H * d.W, (long long)std::max(block_m, 1));
+  return 2 * (size_t)grid_m * (size_t)d.C * sizeof(float);
+}
+
+void conv_backward_data_igemm_bn_sums(const __half* dy, const __half* w, __half* dx,
+                                      __half* wt_scratch, const ConvDesc& d, IgemmConfig config,
+                                      const BnBackwardSums& bn, cudaStream_t stream) {
+  const char* fn = "conv_backward_data_igemm_bn_sums";
+  igemm_detail::require_igemm_shape(fn, d);
+  require(dy != nullptr && w != nullptr && dx != nullptr && wt_scratch != nullptr, fn, "null tensor");
+  require(aligned16(dy) && aligned16(w) && aligned16(dx) && aligned16(wt_scratch), fn,
+          "dy, w, dx and wt_scratch must be 16-byte aligned");
+  const ConvDesc as_forward{d.N, d.H, d.W, d.K, d.C, d.R};
+  // Every check before the first launch, so a bad call leaves nothing half-done.
+  const int block_m = igemm_config_info(config).block_m;
+  igemm_detail::IgemmParams probe = igemm_detail::make_igemm_params(fn, dy, w, dx, as_forward, block_m);
+  igemm_detail::set_bn_sums_params(fn, probe, bn, as_forward, block_m);
+  conv_flip_transpose_weights(w, wt_scratch, d, stream);
+  igemm_detail::conv_forward_igemm_bn_sums(dy, wt_scratch, dx, as_forward, config, bn, stream);
+}
+
 // ---------------------------------------------------------------------- weight gradient
 
 WgradSplit wgrad_split(const ConvDesc& d, int block_k, int splits) {

@@ -52,6 +52,38 @@ size_t igemm_dgrad_scratch_bytes(const ConvDesc& d);
 void conv_backward_data_igemm(const __half* dy, const __half* w, __half* dx, __half* wt_scratch,
                               const ConvDesc& d, IgemmConfig config, cudaStream_t stream);
 
+// The input gradient with the BN-backward sums fused into its epilogue. In the recipe dx is the
+// output gradient of a BN + CELU (+ max-pool) unit, whose backward (kernels/bn.cuh) first sums,
+// per BN group g and channel c of dx,
+//   sum_dz[g][c]  = sum of dz,  sum_dzx[g][c] = sum of dz * xhat,  over the group's pixels,
+//   dz = (dx + dout2) * celu'(xhat + bias[c]),  xhat = (bn_in - save_mean[g][c]) * save_invstd[g][c]
+// (dx as stored, fp16; the same per-value arithmetic as kernels/bn.cu). The epilogue adds them
+// up while it stores dx, so pool_bn_celu_backward_from_sums skips the pass that reads dx
+// again. Design: kernels/conv/conv_epilogue.cuh.
+struct BnBackwardSums {
+  const __half* dout2;       // [N][H][W][C] or null: a second gradient term (the residual's)
+  const __half* bn_in;       // [N][H][W][C]: the values BN normalised (the pooled conv output)
+  const float* bias;         // [C]
+  const float* save_mean;    // [N / group_images][C], as the BN forward saved them
+  const float* save_invstd;  // [N / group_images][C]
+  float alpha;               // CELU's alpha (> 0)
+  float* sum_dz;             // [N / group_images][C], written
+  float* sum_dzx;            // [N / group_images][C], written
+  float* partials;           // scratch: dgrad_bn_sums_scratch_bytes(d, BlockM of the config)
+  int group_images;          // images per BN group; divides N; when N / group_images > 1,
+                             // group_images * H * W % BlockM == 0 (each block in one group)
+};
+// Bytes of scratch for the per-block partial sums of a dgrad with BlockM-pixel tiles.
+size_t dgrad_bn_sums_scratch_bytes(const ConvDesc& d, int block_m);
+
+// conv_backward_data_igemm plus the sums above (dx is bitwise the same as without them).
+// Requirements: conv_backward_data_igemm's, and the BnBackwardSums fields' (bn_in, dout2 16-byte
+// aligned; bias, save_mean, save_invstd, sum_dz, sum_dzx, partials non-null; the group rule):
+// std::invalid_argument otherwise. Deterministic.
+void conv_backward_data_igemm_bn_sums(const __half* dy, const __half* w, __half* dx,
+                                      __half* wt_scratch, const ConvDesc& d, IgemmConfig config,
+                                      const BnBackwardSums& bn, cudaStream_t stream);
+
 // ------------------------------------------------------------------------ weight gradient
 
 // The split-K count the launcher uses when asked for `splits`: at least 1, at most one BlockK

@@ -26,10 +26,21 @@ struct IgemmParams {
   const __half* w;  // [K][R][R][C] = B^T, [K][Kg]
   __half* y;        // [N][H][W][K] = [M][K]; with the pool epilogue [N][H/2][W/2][K] = [M/4][K]
   uint8_t* argmax;  // pool epilogue only, may be null: [M/4][K]
-  float* partials;  // stats only: [2][gridDim.y][K] (sums, then sums of squares)
+  float* partials;  // stats and BN-backward sums only: [2][gridDim.y][K] (the two sums)
   int H, W, C, K, R, pad;
   int M;   // N * H * W
   int Kg;  // R * R * C
+  // The BN-backward sums epilogue only (conv_epilogue.cuh; y is then the gradient of a BN +
+  // CELU output, [M][K]): the second gradient term added to y (null: none), the values BN
+  // normalised in the forward ([M][K]), bias [K], the forward's save_mean / save_invstd
+  // [groups][K], CELU's alpha, and the pixels per BN group (a multiple of BlockM, or M).
+  const __half* bn_dout2;
+  const __half* bn_in;
+  const float* bn_bias;
+  const float* bn_mean;
+  const float* bn_invstd;
+  float bn_alpha;
+  int bn_group_pixels;
 };
 
 // The forward kernels' shape rules (kernels/conv/implicit_gemm.cuh: positive sizes, R odd,
@@ -39,6 +50,21 @@ void require_igemm_shape(const char* fn, const ConvDesc& d);
 // then the kernel parameters (argmax and partials null).
 IgemmParams make_igemm_params(const char* fn, const __half* x, const __half* w, __half* y,
                               const ConvDesc& d, int block_m);
+
+// The BN-backward sums epilogue (conv_epilogue.cuh) of a dgrad run as the forward convolution
+// d (its output y is the dgrad's dx, d.K its channels): checks bn (naming fn), sets p.bn_* and
+// p.partials, and returns the BlockM-row blocks per BN group (the grid's when there is one).
+int set_bn_sums_params(const char* fn, IgemmParams& p, const BnBackwardSums& bn, const ConvDesc& d,
+                       int block_m);
+// Adds per-block partials [2][grid_m][K] (already enqueued on the stream) per group of
+// blocks_per_group consecutive blocks, in block order: sum_a[g][n] from the first half,
+// sum_b[g][n] from the second, g < groups. Deterministic (no atomics).
+void launch_stats_reduce(const float* partials, int grid_m, int blocks_per_group, int groups, int K,
+                         float* sum_a, float* sum_b, cudaStream_t stream);
+// conv_forward_igemm with the BN-backward sums epilogue (the igemm half of
+// conv_backward_data_igemm_bn_sums, which runs it on the transformed filters).
+void conv_forward_igemm_bn_sums(const __half* x, const __half* w, __half* y, const ConvDesc& d,
+                                IgemmConfig config, const BnBackwardSums& bn, cudaStream_t stream);
 
 // Copies one BlockK slice of A and of B into a pipeline stage. Each loading thread (tid: its
 // index among the block's kRowStep * kChunksK loading threads) owns a fixed 16-byte chunk

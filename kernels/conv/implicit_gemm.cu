@@ -26,6 +26,7 @@
 #include <string>
 
 #include "kernels/common.cuh"
+#include "kernels/conv/conv_epilogue.cuh"
 #include "kernels/conv/igemm_loader.cuh"
 #include "kernels/conv/ptx_sm80.cuh"
 
@@ -161,9 +162,11 @@ __device__ __forceinline__ void warp_mma_stage(const __half* stage, int warp_m0,
 // and read it from DRAM once), y over output-pixel tiles. Block: T::kThreads threads.
 // kStats: per-block partial BN sums (of y, or with kPool of the pooled values). kPool: the fused
 // 2x2 max-pool epilogue replaces the store of y (launcher checks: H, W even, BlockM % 2W == 0).
-template <class T, bool kStats, bool kPool>
+// kBnSums: y is an input gradient; per-block partial BN-backward sums (conv_epilogue.cuh).
+template <class T, bool kStats, bool kPool, bool kBnSums>
 __global__ void __launch_bounds__(T::kThreads, T::kMinBlocks)
     conv_fwd_igemm_kernel(const IgemmParams p) {
+  static_assert(!(kBnSums && (kStats || kPool)), "the BN-backward sums are an epilogue of their own");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __half* smem = reinterpret_cast<__half*>(smem_raw);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -218,19 +221,14 @@ __global__ void __launch_bounds__(T::kThreads, T::kMinBlocks)
   __syncthreads();
 
   if constexpr (!kPool) {
-    // Epilogue 2: sC -> y in 16-byte chunks, consecutive threads along a row (coalesced).
-    // K % 8 == 0, so a chunk of 8 channels is wholly inside or wholly outside [0, K).
-    constexpr int kChunksN = T::kBlockN / 8;
-    static_assert(T::kBlockM * kChunksN % T::kThreads == 0, "epilogue: whole passes");
-#pragma unroll
-    for (int it = 0; it < T::kBlockM * kChunksN / T::kThreads; it++) {
-      const int idx = it * T::kThreads + threadIdx.x;
-      const int r = idx / kChunksN, ch = idx % kChunksN;
-      const int m = m0 + r, n = n0 + ch * 8;
-      if (m < p.M && n < p.K)
-        *reinterpret_cast<uint4*>(p.y + (size_t)m * p.K + n) =
-            *reinterpret_cast<const uint4*>(sC + r * T::kCStride + ch * 8);
-    }
+    // Epilogue 2: sC -> y in 16-byte chunks, consecutive threads along a row (coalesced); with
+    // kBnSums also the BN-backward sums, through a scratch after sC.
+    static_assert(2 * T::kEpilogueHalves + igemm_detail::bn_sums_red_bytes<T::kBlockN, T::kThreads>() <=
+                      (int)T::kSmemBytes,
+                  "BN sums: their scratch fits after sC");
+    igemm_detail::conv_store_tile<T::kBlockM, T::kBlockN, T::kThreads, T::kCStride, kBnSums>(
+        sC, reinterpret_cast<float*>(smem + T::kEpilogueHalves), p, m0, n0, threadIdx.x,
+        [] { __syncthreads(); });
 
     if constexpr (kStats) {
       // Epilogue 3: this block's partial sum and sum of squares of each of its columns over its
@@ -383,9 +381,9 @@ IgemmParams make_params(const char* fn, const __half* x, const __half* w, __half
   return igemm_detail::make_igemm_params(fn, x, w, y, d, cfg.block_m);
 }
 
-template <class T, bool kStats, bool kPool>
+template <class T, bool kStats, bool kPool, bool kBnSums>
 void launch_tile(const IgemmParams& p, cudaStream_t stream) {
-  auto* kernel = conv_fwd_igemm_kernel<T, kStats, kPool>;
+  auto* kernel = conv_fwd_igemm_kernel<T, kStats, kPool, kBnSums>;
   // Above 48 KB a kernel must opt in to its dynamic shared memory; the attribute belongs to the
   // function, so once per process and instantiation is enough.
   static const cudaError_t attr = cudaFuncSetAttribute(
@@ -396,13 +394,13 @@ void launch_tile(const IgemmParams& p, cudaStream_t stream) {
   CUDA_CHECK_LAUNCH();
 }
 
-template <bool kStats, bool kPool>
+template <bool kStats, bool kPool, bool kBnSums = false>
 void launch(IgemmConfig config, const IgemmParams& p, cudaStream_t stream) {
   switch (config) {
-    case IgemmConfig::k128x128x32s4: return launch_tile<Tile128x128x32, kStats, kPool>(p, stream);
-    case IgemmConfig::k128x128x64s3: return launch_tile<Tile128x128x64, kStats, kPool>(p, stream);
-    case IgemmConfig::k128x64x32s4: return launch_tile<Tile128x64x32, kStats, kPool>(p, stream);
-    case IgemmConfig::k64x64x32s4: return launch_tile<Tile64x64x32, kStats, kPool>(p, stream);
+    case IgemmConfig::k128x128x32s4: return launch_tile<Tile128x128x32, kStats, kPool, kBnSums>(p, stream);
+    case IgemmConfig::k128x128x64s3: return launch_tile<Tile128x128x64, kStats, kPool, kBnSums>(p, stream);
+    case IgemmConfig::k128x64x32s4: return launch_tile<Tile128x64x32, kStats, kPool, kBnSums>(p, stream);
+    case IgemmConfig::k64x64x32s4: return launch_tile<Tile64x64x32, kStats, kPool, kBnSums>(p, stream);
   }
   require(false, "conv_forward_igemm", "unknown IgemmConfig");
 }
@@ -426,11 +424,8 @@ int stats_blocks_per_group(const char* fn, const IgemmStats& stats, const ConvDe
 // Adds the conv kernel's per-block partials (already enqueued on `stream`) into stats.sum/sumsq.
 void launch_stats_reduce(const IgemmStats& stats, const ConvDesc& d, int grid_m,
                          int blocks_per_group, cudaStream_t stream) {
-  const int groups = d.N / stats.group_images;
-  const int threads = 256, blocks = ceil_div(groups * d.K, threads);
-  igemm_stats_reduce_kernel<<<blocks, threads, 0, stream>>>(stats.partials, grid_m, blocks_per_group,
-                                                           groups, d.K, stats.sum, stats.sumsq);
-  CUDA_CHECK_LAUNCH();
+  igemm_detail::launch_stats_reduce(stats.partials, grid_m, blocks_per_group, d.N / stats.group_images,
+                                    d.K, stats.sum, stats.sumsq, stream);
 }
 
 }  // namespace
@@ -472,6 +467,53 @@ IgemmParams make_igemm_params(const char* fn, const __half* x, const __half* w, 
   p.M = (int)pixels;
   p.Kg = d.R * d.R * d.C;
   return p;
+}
+
+void launch_stats_reduce(const float* partials, int grid_m, int blocks_per_group, int groups, int K,
+                         float* sum_a, float* sum_b, cudaStream_t stream) {
+  const int threads = 256, blocks = ceil_div(groups * K, threads);
+  igemm_stats_reduce_kernel<<<blocks, threads, 0, stream>>>(partials, grid_m, blocks_per_group,
+                                                           groups, K, sum_a, sum_b);
+  CUDA_CHECK_LAUNCH();
+}
+
+int set_bn_sums_params(const char* fn, IgemmParams& p, const BnBackwardSums& bn, const ConvDesc& d,
+                       int block_m) {
+  require(bn.bn_in != nullptr && bn.bias != nullptr && bn.save_mean != nullptr &&
+              bn.save_invstd != nullptr,
+          fn, "BN sums: bn_in, bias, save_mean and save_invstd are needed");
+  require(bn.sum_dz != nullptr && bn.sum_dzx != nullptr && bn.partials != nullptr, fn,
+          "BN sums: null sum_dz, sum_dzx or partials");
+  require(aligned16(bn.bn_in) && (bn.dout2 == nullptr || aligned16(bn.dout2)), fn,
+          "BN sums: bn_in and dout2 must be 16-byte aligned");
+  require(bn.alpha > 0.0f, fn, "BN sums: CELU's alpha must be positive");
+  require(bn.group_images > 0 && d.N % bn.group_images == 0, fn,
+          "BN sums: group_images must divide N");
+  const int groups = d.N / bn.group_images;
+  const long long group_pixels = (long long)bn.group_images * d.H * d.W;
+  require(groups == 1 || group_pixels % block_m == 0, fn,
+          "BN sums: with several groups, group_images * H * W must be a multiple of BlockM");
+  p.bn_dout2 = bn.dout2;
+  p.bn_in = bn.bn_in;
+  p.bn_bias = bn.bias;
+  p.bn_mean = bn.save_mean;
+  p.bn_invstd = bn.save_invstd;
+  p.bn_alpha = bn.alpha;
+  p.bn_group_pixels = (int)group_pixels;
+  p.partials = bn.partials;
+  const int grid_m = ceil_div(p.M, block_m);
+  return groups == 1 ? grid_m : (int)(group_pixels / block_m);
+}
+
+void conv_forward_igemm_bn_sums(const __half* x, const __half* w, __half* y, const ConvDesc& d,
+                                IgemmConfig config, const BnBackwardSums& bn, cudaStream_t stream) {
+  const char* fn = "conv_backward_data_igemm_bn_sums";
+  const IgemmConfigInfo cfg = igemm_config_info(config);
+  IgemmParams p = make_params(fn, x, w, y, d, cfg);
+  const int blocks_per_group = set_bn_sums_params(fn, p, bn, d, cfg.block_m);
+  launch<false, false, true>(config, p, stream);
+  launch_stats_reduce(bn.partials, ceil_div(p.M, cfg.block_m), blocks_per_group,
+                      d.N / bn.group_images, d.K, bn.sum_dz, bn.sum_dzx, stream);
 }
 
 }  // namespace igemm_detail

@@ -28,6 +28,7 @@
 #include <string>
 
 #include "kernels/common.cuh"
+#include "kernels/conv/conv_epilogue.cuh"
 #include "kernels/conv/igemm_backward.cuh"
 #include "kernels/conv/igemm_loader.cuh"
 #include "kernels/conv/ptx_sm80.cuh"
@@ -290,7 +291,9 @@ struct WgTile {
   static constexpr int kAcc = BlockN / 2;                // fp32 accumulators per thread
   static constexpr int kCStride = BlockN + 8;            // halves per sC row (padded, as mma.sync)
   static constexpr int kPipeBytes = kStages * kStageBytes;
-  static constexpr int kEpilogueBytes = kBlockM * kCStride * 2;
+  // sC, then the BN-backward sums' scratch (conv_epilogue.cuh; used by that epilogue only).
+  static constexpr int kEpilogueBytes =
+      kBlockM * kCStride * 2 + igemm_detail::bn_sums_red_bytes<BlockN, kMmaThreads>();
   static constexpr int kBarrierBytes = Producer ? 2 * kStages * 8 : 0;  // full[], empty[] after the stages
   // + 1024: the dynamic shared memory base is rounded up to the swizzle atom.
   static constexpr size_t kSmemBytes =
@@ -463,7 +466,8 @@ __device__ __forceinline__ void mma_threads_sync() {
 // Grid: x over output-channel tiles, y over 128-pixel tiles. As many blocks share an SM as its
 // shared memory allows (one or two, wgmma_blocks_per_sm); __launch_bounds__ promises ptxas only
 // one, so it does not cap the registers (they allow two anyway, see set_smem_attributes).
-template <class T>
+// kBnSums: y is an input gradient; per-block partial BN-backward sums (conv_epilogue.cuh).
+template <class T, bool kBnSums = false>
 __global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const IgemmParams p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t raw = ptx::smem_addr(smem_raw);
@@ -496,15 +500,10 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const Ig
         __floats2half2_rn(acc[e], acc[e + 1]);
   }
   mma_threads_sync<T>();
-  constexpr int kChunksN = T::kBlockN / 8;
-#pragma unroll
-  for (int it = 0; it < T::kBlockM * kChunksN / T::kMmaThreads; it++) {
-    const int idx = it * T::kMmaThreads + threadIdx.x;
-    const int r = idx / kChunksN, ch = idx % kChunksN;
-    const int m = m0 + r, n = n0 + ch * 8;
-    if (m < p.M && n < p.K)
-      *reinterpret_cast<uint4*>(p.y + (size_t)m * p.K + n) = *reinterpret_cast<const uint4*>(sC + r * T::kCStride + ch * 8);
-  }
+  // sC -> y in 16-byte chunks (coalesced), with kBnSums the BN-backward sums (scratch after sC).
+  igemm_detail::conv_store_tile<T::kBlockM, T::kBlockN, T::kMmaThreads, T::kCStride, kBnSums>(
+      sC, reinterpret_cast<float*>(smem + T::kBlockM * T::kCStride * 2), p, m0, n0, threadIdx.x,
+      [] { mma_threads_sync<T>(); });
 }
 
 // ---------------------------------------------------------------------------- launchers
@@ -559,9 +558,9 @@ cudaError_t set_smem_attributes(Kernel* kernel, size_t bytes) {
                               (int)cudaSharedmemCarveoutMaxShared);
 }
 
-template <class T>
+template <class T, bool kBnSums = false>
 void launch_tile(const IgemmParams& p, cudaStream_t stream) {
-  auto* kernel = conv_fwd_wgmma_kernel<T>;
+  auto* kernel = conv_fwd_wgmma_kernel<T, kBnSums>;
   static const cudaError_t attr = set_smem_attributes(kernel, T::kSmemBytes);
   CUDA_CHECK(attr);
   const dim3 grid(ceil_div(p.K, T::kBlockN), ceil_div(p.M, T::kBlockM));
@@ -740,6 +739,23 @@ void conv_backward_data_wgmma(const __half* dy, const __half* w, __half* dx, __h
   const ConvDesc as_forward{d.N, d.H, d.W, d.K, d.C, d.R};
   conv_flip_transpose_weights(w, wt_scratch, d, stream);
   conv_forward_wgmma(dy, wt_scratch, dx, as_forward, config, stream);
+}
+
+void conv_backward_data_wgmma_bn_sums(const __half* dy, const __half* w, __half* dx, __half* wt_scratch,
+                                      const ConvDesc& d, WgmmaConfig config, const BnBackwardSums& bn,
+                                      cudaStream_t stream) {
+  const char* fn = "conv_backward_data_wgmma_bn_sums";
+  require(wt_scratch != nullptr && aligned16(wt_scratch), fn, "wt_scratch must be 16-byte aligned");
+  const ConvDesc as_forward{d.N, d.H, d.W, d.K, d.C, d.R};
+  const IgemmConfigInfo cfg = wgmma_config_info(config);
+  IgemmParams p = igemm_detail::make_igemm_params(fn, dy, w, dx, as_forward, cfg.block_m);
+  const int blocks_per_group = igemm_detail::set_bn_sums_params(fn, p, bn, as_forward, cfg.block_m);
+  require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
+  conv_flip_transpose_weights(w, wt_scratch, d, stream);
+  p.w = wt_scratch;
+  with_tile<WgTile>(config, [&](auto t) { launch_tile<decltype(t), true>(p, stream); });
+  igemm_detail::launch_stats_reduce(bn.partials, ceil_div(p.M, cfg.block_m), blocks_per_group,
+                                    d.N / bn.group_images, d.C, bn.sum_dz, bn.sum_dzx, stream);
 }
 
 // ------------------------------------------------------------------- weight gradient

@@ -72,6 +72,13 @@ void conv_forward_wgmma(const __half* x, const __half* w, __half* y, const ConvD
 void conv_backward_data_wgmma(const __half* dy, const __half* w, __half* dx, __half* wt_scratch,
                               const ConvDesc& d, WgmmaConfig config, cudaStream_t stream);
 
+// conv_backward_data_wgmma plus the BN-backward sums of its output (BnBackwardSums,
+// kernels/conv/igemm_backward.cuh; dx is bitwise the same as without them), as
+// conv_backward_data_igemm_bn_sums. Scratch for the partials: dgrad_bn_sums_scratch_bytes(d, 128).
+void conv_backward_data_wgmma_bn_sums(const __half* dy, const __half* w, __half* dx,
+                                      __half* wt_scratch, const ConvDesc& d, WgmmaConfig config,
+                                      const BnBackwardSums& bn, cudaStream_t stream);
+
 // ------------------------------------------------------------------------ weight gradient
 //
 // The split-K GEMM of conv_backward_filter_igemm (dw[k][n] = sum_p dy[p][k] * im2col(x)[p][n],
