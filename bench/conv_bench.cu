@@ -2,8 +2,9 @@
 // kernels/conv/igemm_backward.cuh) on the recipe's six conv shapes at batch 512, all three
 // passes of training: the forward (plain, with the fused BN-statistics epilogue, and for the
 // pooled layers with the fused 2x2 max-pool epilogue, with and without statistics), the input
-// gradient and the split-K weight gradient, every tile configuration (and on Hopper the wgmma
-// forward, input gradient and split-K weight gradient), next to cuDNN's autotuned
+// gradient (with and without the BN-backward sums epilogue) and the split-K weight gradient,
+// every tile configuration (and on Hopper the wgmma forward, input gradient with and without
+// the sums, and split-K weight gradient), next to cuDNN's autotuned
 // passes (engine/conv_cudnn.h). Each variant is checked against the CPU reference before it is
 // timed (llm.c's dev/cuda style: validate, then time). Prints a table and a per-layer summary
 // (best of each pass and the three summed vs cuDNN) and writes JSON (docs/conv_kernels.md).
@@ -163,6 +164,38 @@ double worst_group_sum_error(const std::vector<__half>& y, long group_pixels, in
   for (size_t i = 0; i < s.size(); i++) {
     const double e = std::max(std::fabs(sum[i] - s[i]) / std::max(sa[i], 1e-30),
                               std::fabs(sumsq[i] - ss[i]) / std::max(ss[i], 1e-30));
+    worst = std::isnan(e) ? INFINITY : std::max(worst, e);
+  }
+  return worst;
+}
+
+// The input gradient's BN-backward sums epilogue's check: per group of `group_pixels`
+// consecutive pixels and channel, sum(dz) and sum(dz * xhat) (kernels/bn_math.cuh's formula,
+// dz = dx * celu'(xhat + bias), xhat = (v - mean) * invstd, no second gradient term) against
+// double sums over the stored dx; returns the worst error relative to the sum of |terms|,
+// infinite for NaN.
+double worst_bn_sums_error(const std::vector<__half>& dx, const std::vector<float>& v, long group_pixels, int C,
+                           const std::vector<float>& mean, const std::vector<float>& invstd,
+                           const std::vector<float>& bias, float alpha, const std::vector<float>& sum_dz,
+                           const std::vector<float>& sum_dzx) {
+  std::vector<double> a(sum_dz.size(), 0.0), aa(a.size(), 0.0), b(a.size(), 0.0), ba(a.size(), 0.0);
+  const long pixels = (long)dx.size() / C;
+  for (long q = 0; q < pixels; q++) {
+    const long g = q / group_pixels;
+    for (int c = 0; c < C; c++) {
+      const long i = g * C + c;
+      const float xh = (v[q * C + c] - mean[i]) * invstd[i], z = xh + bias[c];
+      const double dz = (double)(__half2float(dx[q * C + c]) * (z > 0.0f ? 1.0f : std::exp(z / alpha)));
+      a[i] += dz;
+      aa[i] += std::fabs(dz);
+      b[i] += dz * xh;
+      ba[i] += std::fabs(dz * xh);
+    }
+  }
+  double worst = 0.0;
+  for (size_t i = 0; i < a.size(); i++) {
+    const double e = std::max(std::fabs(sum_dz[i] - a[i]) / std::max(aa[i], 1e-30),
+                              std::fabs(sum_dzx[i] - b[i]) / std::max(ba[i], 1e-30));
     worst = std::isnan(e) ? INFINITY : std::max(worst, e);
   }
   return worst;
@@ -354,7 +387,56 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
     }
   }
 
-  // ---- input gradient: the filter transform + the forward kernel (timed together)
+  // ---- the input gradient's BN-backward sums epilogue (kernels/conv/igemm_backward.cuh): dx is
+  // the output gradient of the BN + CELU unit before this conv, whose BN input, saved
+  // statistics and bias are random here (BN's input uniform in [-2, 2), invstd in [0.5, 2)); no
+  // second gradient term. Checked: dx bitwise equal to the plain launch of the same config (run
+  // just before, so d_dx holds its output), and the sums vs double sums on the host.
+  constexpr float kAlpha = 0.3f;
+  std::vector<float> bn_v, bn_mean, bn_invstd, bn_bias;
+  DeviceBuffer<__half> d_bn_v(has_dgrad ? x_size : 1);
+  DeviceBuffer<float> d_bn_mean((size_t)groups * sp.C), d_bn_invstd((size_t)groups * sp.C), d_bn_bias(sp.C);
+  DeviceBuffer<float> d_sdz((size_t)groups * sp.C), d_sdzx((size_t)groups * sp.C);
+  if (has_dgrad) {
+    bn_v = round_to_half(random_vec(x_size, seed + 3, -2.0f, 2.0f));
+    bn_mean = random_vec((long)groups * sp.C, seed + 4, -0.5f, 0.5f);
+    bn_invstd = random_vec((long)groups * sp.C, seed + 5, 0.5f, 2.0f);
+    bn_bias = random_vec(sp.C, seed + 6, -0.5f, 0.5f);
+    gpu_test::upload_half_into(bn_v, d_bn_v.get());
+    CUDA_CHECK(cudaMemcpy(d_bn_mean.get(), bn_mean.data(), bn_mean.size() * 4, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(d_bn_invstd.get(), bn_invstd.data(), bn_invstd.size() * 4, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(d_bn_bias.get(), bn_bias.data(), bn_bias.size() * 4, cudaMemcpyHostToDevice));
+  }
+  auto bn_sums_row = [&](const char* kernel, const kernels::IgemmConfigInfo& info, int blocks_per_sm,
+                         const std::function<void(const kernels::BnBackwardSums&)>& launch) {
+    Row row = new_row("bwd_data", kernel, info.name);
+    row.info = info;
+    row.blocks_per_sm = blocks_per_sm;
+    row.epilogue = "bn_sums";
+    DeviceBuffer<float> d_part(kernels::dgrad_bn_sums_scratch_bytes(d, info.block_m) / sizeof(float));
+    const kernels::BnBackwardSums bn{nullptr,        d_bn_v.get(), d_bn_bias.get(), d_bn_mean.get(),
+                                     d_bn_invstd.get(), kAlpha,     d_sdz.get(),     d_sdzx.get(),
+                                     d_part.get(),    kGhostGroup};
+    const auto plain = download(d_dx);
+    d_dx.poison();
+    d_sdz.poison();
+    d_sdzx.poison();
+    launch(bn);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    const auto got = download(d_dx);
+    const bool same = std::memcmp(got.data(), plain.data(), got.size() * sizeof(__half)) == 0;
+    set_check(row, "dx bitwise equal without the BN sums", same ? 0.0 : INFINITY, kTolStats);
+    set_check(row, "BN-backward sums, 16 groups (rel. to sum |term|)",
+              worst_bn_sums_error(got, bn_v, group_pixels, sp.C, bn_mean, bn_invstd, bn_bias, kAlpha,
+                                  download(d_sdz), download(d_sdzx)),
+              kTolStats);
+    row.t = bench::time_calls([&] { launch(bn); }, g_iters);
+    row.cudnn_us = cudnn_us[1];
+    rows.push_back(row);
+  };
+
+  // ---- input gradient: the filter transform + the forward kernel (timed together), then the
+  // same with the BN-backward sums epilogue
   if (has_dgrad) {
     DeviceBuffer<__half> d_wt(kernels::igemm_dgrad_scratch_bytes(d) / sizeof(__half));
     for (kernels::IgemmConfig config : kernels::kIgemmConfigs) {
@@ -371,6 +453,9 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
       row.t = bench::time_calls(launch, g_iters);
       row.cudnn_us = cudnn_us[1];
       rows.push_back(row);
+      bn_sums_row("igemm", info, 0, [&](const kernels::BnBackwardSums& bn) {
+        kernels::conv_backward_data_igemm_bn_sums(d_dy.get(), d_w.get(), d_dx.get(), d_wt.get(), d, config, bn, 0);
+      });
     }
   }
 
@@ -404,6 +489,9 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
       brow.t = bench::time_calls(bwd, g_iters);
       brow.cudnn_us = cudnn_us[1];
       rows.push_back(brow);
+      bn_sums_row("wgmma", info, row.blocks_per_sm, [&](const kernels::BnBackwardSums& bn) {
+        kernels::conv_backward_data_wgmma_bn_sums(d_dy.get(), d_w.get(), d_dx.get(), d_wt.get(), d, config, bn, 0);
+      });
     }
   }
 
@@ -462,8 +550,9 @@ void print_usage() {
   std::printf(
       "usage: conv_bench [--json out.json] [--iters N] [--no-cudnn] [--help]\n"
       "  Times the hand-written implicit-GEMM convolutions (every tile config: the forward with\n"
-      "  and without the BN-statistics and fused max-pool epilogues, the input gradient, the\n"
-      "  split-K weight gradient; on Hopper also the wgmma forward, input and weight gradient)\n"
+      "  and without the BN-statistics and fused max-pool epilogues, the input gradient with and\n"
+      "  without the BN-backward sums epilogue, the split-K weight gradient; on Hopper also the\n"
+      "  wgmma forward, input gradient (with and without the sums) and weight gradient)\n"
       "  and cuDNN's autotuned passes on the recipe's conv shapes (batch 512), after checking each\n"
       "  against the CPU reference. Summary per layer: the fastest passing variant of each pass\n"
       "  and the three passes summed, against cuDNN.\n"

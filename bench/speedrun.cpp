@@ -90,6 +90,9 @@ options:
                           layers (our kernels; off by default until measured)
   --fused-stats           GPU: ghost-BN sums in the conv's epilogue for the other layers
                           (our kernels; off by default until measured)
+  --fused-bn-grad         GPU: each layer's BN-backward sums in the epilogue of the input
+                          gradient that produces its output gradient (our kernels; off by
+                          default until measured)
   --bn-kernels K          GPU ghost-BN + CELU kernels: vector (default; 8 channels per thread,
                           16-byte accesses) or pair (the older 2-channel kernels)
   --warmup                do one extra run first (seed S), reported but left out of the
@@ -154,6 +157,7 @@ struct Options {
   bool fused_pool = false;            // --fused-pool (GPU engine)
   bool scale_schedule = false;        // --scale-schedule
   bool fused_stats = false;           // --fused-stats (GPU engine)
+  bool fused_bn_grad = false;         // --fused-bn-grad (GPU engine)
   std::string bn_kernels = "vector";  // --bn-kernels (GPU engine)
   net::Recipe recipe;
   int train_subset = -1, test_subset = -1;  // -1: the whole split
@@ -290,6 +294,8 @@ Options parse_args(int argc, char** argv) {
       o.fused_pool = a.flag_only();
     } else if (arg == "--fused-stats") {
       o.fused_stats = a.flag_only();
+    } else if (arg == "--fused-bn-grad") {
+      o.fused_bn_grad = a.flag_only();
     } else if (arg == "--bn-kernels") {
       o.bn_kernels = a.value();
       if (o.bn_kernels != "vector" && o.bn_kernels != "pair")
@@ -546,6 +552,7 @@ int train_main(int argc, char** argv) {
   cfg.conv_kernels = opt.conv_kernels;
   cfg.fused_pool = opt.fused_pool;
   cfg.fused_stats = opt.fused_stats;
+  cfg.fused_bn_grad = opt.fused_bn_grad;
   cfg.bn_vectorized = opt.bn_kernels == "vector";
   const net::Recipe& r = cfg.recipe;
   const net::Widths widths = net::Widths::from_multiplier(r.width);
@@ -710,6 +717,7 @@ int train_main(int argc, char** argv) {
     c["conv_kernels"] = opt.conv_kernels;
     c["fused_pool"] = opt.fused_pool;
     c["fused_stats"] = opt.fused_stats;
+    c["fused_bn_grad"] = opt.fused_bn_grad;
     c["bn_kernels"] = opt.bn_kernels;
     c["scale_schedule"] = opt.scale_schedule;
     c["data_dir"] = cifar.dir;

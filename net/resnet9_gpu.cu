@@ -12,6 +12,8 @@
 #include "engine/cuda_check.h"
 #include "kernels/augment.cuh"
 #include "kernels/common.cuh"
+#include "kernels/conv/igemm_backward.cuh"
+#include "kernels/conv/wgmma_conv.cuh"
 #include "kernels/head.cuh"
 #include "kernels/ref/whiten.h"
 #include "kernels/whiten.cuh"
@@ -190,6 +192,7 @@ Resnet9Gpu::Resnet9Gpu(cs::GpuContext& ctx, cs::Arena& arena, const Recipe& reci
   const size_t free_bytes = arena_.capacity_bytes() - arena_.used_bytes();
   autotune(std::min(kMaxConvWorkspace, free_bytes));
   if (options_.fused_pool || options_.fused_stats) choose_fused_configs();
+  if (options_.fused_bn_grad) choose_bn_grad_configs();
 
   // Warm-up with finite placeholder state (lazy library initialisation happens outside the
   // capture), then capture the two step graphs. run()/tests overwrite all of this state.
@@ -434,6 +437,87 @@ void Resnet9Gpu::choose_fused_configs() {
   ctx_.sync();
 }
 
+void Resnet9Gpu::enqueue_dgrad_bn_sums(int i, const __half* w) {
+  const Unit& u = units_[i];
+  Unit& prev = units_[i - 1];
+  const __half* dout2 = prev.skip_grad_from >= 0 ? units_[prev.skip_grad_from].d_out : nullptr;
+  // The values prev's BN normalised: the pooled conv output, or the conv output itself.
+  const __half* bn_in = prev.shape.P > 1 ? prev.p : prev.y;
+  const kernels::BnBackwardSums bn{dout2, bn_in, w_ + prev.bias_off, prev.save_mean, prev.save_invstd,
+                                   bn_prm_.alpha, bn_grad_sum_dz_, bn_grad_sum_dzx_, bn_grad_partials_,
+                                   recipe_.bn_group};
+  if (prev.bn_grad_wgmma)
+    kernels::conv_backward_data_wgmma_bn_sums(u.d_y, w, prev.d_out, bn_grad_wt_, conv_desc(i),
+                                              static_cast<kernels::WgmmaConfig>(prev.bn_grad_config), bn,
+                                              ctx_.stream());
+  else
+    kernels::conv_backward_data_igemm_bn_sums(u.d_y, w, prev.d_out, bn_grad_wt_, conv_desc(i),
+                                              static_cast<kernels::IgemmConfig>(prev.bn_grad_config), bn,
+                                              ctx_.stream());
+}
+
+void Resnet9Gpu::choose_bn_grad_configs() {
+  cudaStream_t s = ctx_.stream();
+  const int G = layout_.groups;
+  const bool wgmma = kernels::wgmma_supported();
+  // Units 0 .. kUnits-2 get their output gradient from the next unit's dgrad (the last one's
+  // comes from the head). Scratch for the largest of them.
+  size_t partial_bytes = 0, wt_bytes = 0;
+  int max_c = 0;
+  for (int i = 1; i < kUnits; ++i) {
+    const kernels::ConvDesc d = conv_desc(i);
+    partial_bytes = std::max(partial_bytes, kernels::dgrad_bn_sums_scratch_bytes(d, 64));  // smallest BlockM
+    wt_bytes = std::max(wt_bytes, kernels::igemm_dgrad_scratch_bytes(d));
+    max_c = std::max(max_c, units_[i - 1].shape.C);
+  }
+  bn_grad_sum_dz_ = arena_.alloc<float>((size_t)G * max_c, "bn_grad_sum_dz");
+  bn_grad_sum_dzx_ = arena_.alloc<float>((size_t)G * max_c, "bn_grad_sum_dzx");
+  bn_grad_partials_ = static_cast<float*>(arena_.alloc_bytes(partial_bytes, "bn_grad_partials"));
+  bn_grad_wt_ = static_cast<__half*>(arena_.alloc_bytes(wt_bytes, "bn_grad_wt"));
+  // Each unit times every config of ours that accepts the shape (igemm; wgmma on Hopper) on the
+  // autotune data and keeps the fastest; none accepting it leaves the unit unfused.
+  char line[160];
+  for (int i = 1; i < kUnits; ++i) {
+    Unit& prev = units_[i - 1];
+    const __half* w = w_half_ + units_[i].conv_off;
+    double best = -1;
+    bool best_wgmma = false;
+    int best_config = 0;
+    std::string tried;
+    auto consider = [&](bool is_wgmma, int config, const char* name) {
+      prev.bn_grad_wgmma = is_wgmma;
+      prev.bn_grad_config = config;
+      try {
+        const double us = cs::setup_time_us([&] { enqueue_dgrad_bn_sums(i, w); }, s, 5, options_.quick_autotune);
+        std::snprintf(line, sizeof(line), " %s=%.1fus", name, us);
+        if (best < 0 || us < best) {
+          best = us;
+          best_wgmma = is_wgmma;
+          best_config = config;
+        }
+      } catch (const std::invalid_argument&) {  // the shape does not suit this tile
+        std::snprintf(line, sizeof(line), " %s=n/a", name);
+      }
+      tried += line;
+    };
+    for (kernels::IgemmConfig c : kernels::kIgemmConfigs) consider(false, (int)c, kernels::igemm_config_info(c).name);
+    if (wgmma)
+      for (kernels::WgmmaConfig c : kernels::kWgmmaConfigs) consider(true, (int)c, kernels::wgmma_config_info(c).name);
+    prev.bn_grad_fused = best >= 0;
+    prev.bn_grad_wgmma = best_wgmma;
+    prev.bn_grad_config = best_config;
+    const std::string chosen = !prev.bn_grad_fused ? std::string("not fused (no tile config fits)")
+                               : best_wgmma
+                                   ? std::string("dgrad+bn_sums ") +
+                                         kernels::wgmma_config_info((kernels::WgmmaConfig)best_config).name
+                                   : std::string("dgrad+bn_sums igemm:") +
+                                         kernels::igemm_config_info((kernels::IgemmConfig)best_config).name;
+    bn_grad_note_ += "  " + prev.name + " (dgrad of " + units_[i].name + "): " + chosen + " [" +
+                     tried.substr(tried.empty() ? 0 : 1) + "]\n";
+  }
+  ctx_.sync();
+}
+
 void Resnet9Gpu::capture_graphs() {
   cudaStream_t s = ctx_.stream();
   auto capture = [this, s](bool with_ema) {
@@ -560,7 +644,14 @@ void Resnet9Gpu::enqueue_backward() {
   for (int i = kUnits - 1; i >= 0; --i) {
     Unit& u = units_[i];
     const __half* dout2 = u.skip_grad_from >= 0 ? units_[u.skip_grad_from].d_out : nullptr;
-    if (u.fusion == Fusion::kPool)
+    if (u.bn_grad_fused)
+      // The sums came with d_out from the next unit's dgrad; the argmax path where the forward
+      // wrote no full-resolution y (the fused max-pool), else the window maxima of y.
+      kernels::pool_bn_celu_backward_from_sums(
+          u.d_out, dout2, u.y, u.p, u.fusion == Fusion::kPool ? u.argmax : nullptr, bn_grad_sum_dz_,
+          bn_grad_sum_dzx_, w_ + u.bias_off, u.save_mean, u.save_invstd, u.d_y, g_ + u.bias_off, u.shape,
+          bn_prm_, s);
+    else if (u.fusion == Fusion::kPool)
       kernels::pool_bn_celu_backward_argmax(u.d_out, dout2, u.p, u.argmax, w_ + u.bias_off, u.save_mean,
                                             u.save_invstd, u.d_y, g_ + u.bias_off, bn_scratch_, u.shape,
                                             bn_prm_, s);
@@ -571,7 +662,10 @@ void Resnet9Gpu::enqueue_backward() {
     mark("bn_bwd", u.name);
     const __half* in = i == 0 ? white_ : units_[i - 1].out;
     // The prep conv's input is the (fixed) whitened image: no gradient to propagate.
-    if (i > 0) {
+    if (i > 0 && units_[i - 1].bn_grad_fused) {
+      enqueue_dgrad_bn_sums(i, w_half_ + u.conv_off);
+      mark("dgrad_bn_sums", u.name);
+    } else if (i > 0) {
       u.conv->backward_data(u.d_y, w_half_ + u.conv_off, units_[i - 1].d_out, workspace_);
       mark("dgrad", u.name);
     }
@@ -1062,6 +1156,7 @@ GpuTrainer::GpuTrainer(const data::Cifar10& data, const TrainConfig& cfg) : data
   options.conv_policy = conv_policy_;
   options.fused_pool = cfg_.fused_pool;
   options.fused_stats = cfg_.fused_stats;
+  options.fused_bn_grad = cfg_.fused_bn_grad;
   options.bn_vectorized = cfg_.bn_vectorized;
   options.quick_autotune = cfg_.quick_autotune;
   net_ = std::make_unique<Resnet9Gpu>(*ctx_, A, r, spe_, options);
@@ -1077,6 +1172,8 @@ GpuTrainer::GpuTrainer(const data::Cifar10& data, const TrainConfig& cfg) : data
                net_->conv_candidates().c_str());
   if (cfg_.fused_pool || cfg_.fused_stats)
     std::fprintf(stderr, "gpu: fused conv forwards\n%s", net_->fused_choice().c_str());
+  if (cfg_.fused_bn_grad)
+    std::fprintf(stderr, "gpu: dgrads with the BN-backward sums\n%s", net_->fused_bn_grad_choice().c_str());
   std::fprintf(stderr, "gpu: one training step by stage (direct launches, median of %d)\n%s", kProfileReps,
                net_->step_profile_text().c_str());
 }
@@ -1093,6 +1190,7 @@ std::vector<std::pair<std::string, std::string>> GpuTrainer::engine_info() const
       {"bn_kernels", cfg_.bn_vectorized ? "vector" : "pair"},
       {"autotune", cfg_.quick_autotune ? "quick (heuristic cuDNN algorithms, one-call timings)" : "timed"},
       {"fused_conv_forward", cfg_.fused_pool || cfg_.fused_stats ? net_->fused_choice() : std::string("off")},
+      {"fused_bn_grad", cfg_.fused_bn_grad ? net_->fused_bn_grad_choice() : std::string("off")},
       {"conv_algorithms", net_->conv_algorithms()},
       {"conv_candidates", net_->conv_candidates()},
       {"step_profile", net_->step_profile_text()},

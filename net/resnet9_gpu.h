@@ -52,6 +52,13 @@ struct Resnet9GpuOptions {
   // (conv_forward_igemm_stats) and BN from those sums, instead of a statistics pass over the
   // conv output. Off by default until measured.
   bool fused_stats = false;
+  // The input gradient that produces a unit's output gradient (the dgrad of the next unit's
+  // conv) accumulates that unit's BN-backward sums in its epilogue
+  // (kernels/conv/igemm_backward.cuh, conv_backward_data_*_bn_sums), and the unit's BN backward
+  // starts from them (pool_bn_celu_backward_from_sums) instead of a statistics pass over its
+  // output gradient. Those dgrads then run our kernels (igemm, or wgmma on Hopper), the fastest
+  // config per unit at setup, whatever the conv selection chose. Off by default until measured.
+  bool fused_bn_grad = false;
   // The ghost-BN + CELU kernels' variant (kernels::GhostBnCeluParams::vectorized).
   bool bn_vectorized = true;
   // Setup without the timing: cuDNN keeps its heuristic algorithms and every candidate (our
@@ -152,6 +159,9 @@ class Resnet9Gpu {
   // The fused conv forward per unit (Options::fused_pool, fused_stats): the tile config chosen
   // at setup and every config's time, one line per unit; "" when nothing is fused.
   std::string fused_choice() const { return fused_note_; }
+  // The same for the dgrads with the BN-backward sums (Options::fused_bn_grad), one line per
+  // unit whose sums they compute; "" when off.
+  std::string fused_bn_grad_choice() const { return bn_grad_note_; }
   size_t workspace_bytes() const { return workspace_bytes_; }  // the convs' shared workspace
 
  private:
@@ -168,6 +178,12 @@ class Resnet9Gpu {
     Fusion fusion = Fusion::kNone;        // the forward's fused epilogue (Options)
     kernels::IgemmConfig fused_config{};  // its tile config
     uint8_t* argmax = nullptr;            // [N][Ho][Wo][C] window positions (kPool only)
+    // Options::fused_bn_grad: the dgrad writing this unit's d_out also computes its BN-backward
+    // sums, with our kernel `bn_grad_config` (a kernels::IgemmConfig, or with bn_grad_wgmma a
+    // kernels::WgmmaConfig); the unit's BN backward then reads the sums.
+    bool bn_grad_fused = false;
+    bool bn_grad_wgmma = false;
+    int bn_grad_config = 0;
     int residual_from = -1;   // forward: out += units_[residual_from].out
     int skip_grad_from = -1;  // backward: dout2 = units_[skip_grad_from].d_out
     __half *y = nullptr, *p = nullptr, *out = nullptr;   // conv output, pooled (or y), output
@@ -208,6 +224,15 @@ class Resnet9Gpu {
   float *fused_sum_ = nullptr, *fused_sumsq_ = nullptr, *fused_partials_ = nullptr;
   std::string fused_note_;
   void choose_fused_configs();
+  // Options::fused_bn_grad: the BN-backward sums [G][C] (written by the dgrad into unit i,
+  // read by unit i's backward right after), the epilogue's partials, the dgrad's transformed
+  // filters; the choice, for logs.
+  float *bn_grad_sum_dz_ = nullptr, *bn_grad_sum_dzx_ = nullptr, *bn_grad_partials_ = nullptr;
+  __half* bn_grad_wt_ = nullptr;
+  std::string bn_grad_note_;
+  void choose_bn_grad_configs();
+  // The dgrad of unit i's conv into units_[i - 1].d_out with unit i - 1's BN-backward sums.
+  void enqueue_dgrad_bn_sums(int i, const __half* w);
   kernels::ConvDesc conv_desc(int unit) const;  // unit's conv shape (prep: 1x1 on 32 channels)
   std::vector<std::unique_ptr<cs::ConvSelect>> convs_;
 

@@ -25,6 +25,9 @@ struct TrainConfig {
   bool fused_pool = false;
   // GPU engine: the conv's ghost-BN-sums epilogue for the unpooled units (Resnet9Gpu::Options).
   bool fused_stats = false;
+  // GPU engine: the BN-backward sums in the epilogue of the dgrad that produces each unit's
+  // output gradient (Resnet9Gpu::Options::fused_bn_grad).
+  bool fused_bn_grad = false;
   // GPU engine: the ghost-BN + CELU kernels with 8 channels per thread (true) or the older
   // 2-channel ones (kernels/bn.cuh, GhostBnCeluParams::vectorized).
   bool bn_vectorized = true;

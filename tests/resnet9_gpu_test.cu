@@ -233,8 +233,9 @@ TEST_CASE("resnet9 GPU training step matches the CPU reference within its noise 
   // The engine's variants: cuDNN convolutions and conv -> pool_bn_celu everywhere (0); the
   // per-layer selection between cuDNN and our conv kernels, and the pooled layers with the fused
   // conv + max-pool (argmax, BN sums in the conv's epilogue), BN from the sums and backward via
-  // the argmax (1); our conv kernels wherever eligible, and the other layers with the BN sums in
-  // the conv's epilogue too (2); as 0 with the 2-channel BN kernels (3).
+  // the argmax (1); our conv kernels wherever eligible, the other layers with the BN sums in
+  // the conv's epilogue too, and every BN backward from sums the dgrad before it accumulated (2);
+  // as 0 with the 2-channel BN kernels (3).
   const int fusion = GENERATE(0, 1, 2, 3);
   INFO("variant " << fusion);
   net::Resnet9Gpu::Options options;
@@ -243,6 +244,7 @@ TEST_CASE("resnet9 GPU training step matches the CPU reference within its noise 
                                       : cs::ConvPolicy::kCudnn;
   options.fused_pool = fusion == 1 || fusion == 2;
   options.fused_stats = fusion == 2;
+  options.fused_bn_grad = fusion == 2;
   options.bn_vectorized = fusion != 3;
   options.quick_autotune = gpu_test::quick_autotune();
   cs::GpuContext ctx;
@@ -252,6 +254,10 @@ TEST_CASE("resnet9 GPU training step matches the CPU reference within its noise 
               cs::format_bytes(arena.peak_bytes()).c_str(), gpu.graph_note().c_str(),
               gpu.conv_algorithms().c_str(), gpu.fused_choice().c_str());
   if (options.fused_pool) CHECK(gpu.fused_choice().find("not fused") == std::string::npos);
+  if (options.fused_bn_grad) {
+    std::printf("%s", gpu.fused_bn_grad_choice().c_str());
+    CHECK(gpu.fused_bn_grad_choice().find("not fused") == std::string::npos);
+  }
   gpu.set_params(ref.params0);
   gpu.set_running_stats(ref.running_mean0, ref.running_var0);
   gpu.set_whitening(ref.whiten);
@@ -329,6 +335,7 @@ TEST_CASE("resnet9 GPU step is deterministic: graph replay equals direct launche
   options.conv_policy = fusion == 0 ? cs::ConvPolicy::kCudnn : fusion == 1 ? cs::ConvPolicy::kAuto : cs::ConvPolicy::kIgemm;
   options.fused_pool = fusion >= 1;
   options.fused_stats = fusion >= 2;
+  options.fused_bn_grad = fusion >= 2;
   options.quick_autotune = gpu_test::quick_autotune();
   cs::GpuContext ctx;
   cs::Arena arena(kTestArenaBytes);
@@ -347,6 +354,10 @@ TEST_CASE("resnet9 GPU step is deterministic: graph replay equals direct launche
   CHECK(prof[3].stage == (fusion >= 1 ? "layer1.conv_pool_fwd" : "layer1.conv_fwd"));
   CHECK(prof.back().stage == "update");
   for (const auto& st : prof) CHECK(st.ms >= 0.0);
+  // With the BN-backward sums fused, every dgrad carries them (the one into prep included).
+  long fused_dgrads = 0;
+  for (const auto& st : prof) fused_dgrads += st.stage.find("dgrad_bn_sums") != std::string::npos;
+  CHECK(fused_dgrads == (fusion >= 2 ? 7 : 0));
 
   // Everything a step produces, from the same starting state each time (buffers poisoned, so
   // a stale read would show as NaN rather than as a silent dependence on the previous run).

@@ -111,7 +111,7 @@ TEST_CASE("speedrun: --help lists every flag, --version prints the version", "[s
   CHECK(help.code == 0);
   for (const char* flag : {"--device", "--epochs", "--width", "--batch", "--bn-group",
                            "--train-subset", "--test-subset", "--seed", "--runs", "--data",
-                           "--json", "--save", "--eval-every-epoch", "--conv-kernels", "--fused-pool", "--fused-stats", "--bn-kernels", "--scale-schedule", "--warmup", "--help",
+                           "--json", "--save", "--eval-every-epoch", "--conv-kernels", "--fused-pool", "--fused-stats", "--fused-bn-grad", "--bn-kernels", "--scale-schedule", "--warmup", "--help",
                            "--version", "speedrun eval", "speedrun predict"}) {
     INFO(flag);
     CHECK(help.out.find(flag) != std::string::npos);
@@ -184,6 +184,7 @@ TEST_CASE("speedrun: usage errors exit 2 and name the flag (other flags)", "[spe
                       {"--warmup=1", "--warmup"},
                       {"--fused-pool=1", "--fused-pool"},
                       {"--fused-stats=yes", "--fused-stats"},
+                      {"--fused-bn-grad=1", "--fused-bn-grad"},
                       {"--scale-schedule=on", "--scale-schedule"}},
                      tmp.path);
 }
@@ -237,6 +238,7 @@ TEST_CASE("speedrun: a tiny CPU run writes a JSON record with the schema fields"
   CHECK(c.at("conv_kernels") == "cudnn");
   CHECK(c.at("fused_pool") == false);
   CHECK(c.at("fused_stats") == false);
+  CHECK(c.at("fused_bn_grad") == false);
   CHECK(c.at("bn_kernels") == "vector");
   CHECK(c.at("scale_schedule") == false);
   CHECK(c.at("lr_knots") == nlohmann::json::array({0.0, 2.0, 8.0}));
