@@ -141,8 +141,9 @@ def plot_igemm_vs_cudnn(path, rec, out, plt):
     if not layers:
         return
 
-    def fastest(layer, p, kernel, epilogue):
-        rows = [r for r in results if r["layer"] == layer and r["pass"] == p and r["kernel"] == kernel
+    def fastest(layer, p, kernel, epilogue):  # kernel: one name or a tuple of names
+        kernels = kernel if isinstance(kernel, tuple) else (kernel,)
+        rows = [r for r in results if r["layer"] == layer and r["pass"] == p and r["kernel"] in kernels
                 and r.get("epilogue", "none") == epilogue and r["check"]["status"] == "pass"]
         return min(rows, key=lambda r: r["median_us"]) if rows else None
 
@@ -153,6 +154,8 @@ def plot_igemm_vs_cudnn(path, rec, out, plt):
             series.append(("wgmma (Hopper)", "wgmma", "none"))
         if p == "fwd":
             series.append(("igemm conv+pool (fused)", "igemm", "pool"))
+        if p == "bwd_data" and any(r.get("epilogue") == "bn_sums" for r in results):
+            series.append(("ours + BN-backward sums (fused)", ("igemm", "wgmma"), "bn_sums"))
         width = 0.8 / len(series)
         for k, (label, kernel, epilogue) in enumerate(series):
             xs, ys, notes = [], [], []
