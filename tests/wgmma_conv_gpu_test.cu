@@ -518,9 +518,40 @@ TEST_CASE("wgmma launchers check their preconditions (host)", "[gpu][wgmma]") {
   }
 }
 
+// The _l1 tiles' carveout: the percentage, rounded up by the driver to the next carveout it
+// has, must land on the smallest carveout that holds the block and its 1 KiB reserve (any less
+// and the block would not fit; any more and L1 loses what the tile gives it).
+TEST_CASE("wgmma L1 tiles ask for the smallest carveout that holds the block (host)", "[gpu][wgmma]") {
+  auto driver_carveout = [](int percent) {  // KiB the driver picks for a percentage of 228 KiB
+    for (int c : kernels::wgmma_detail::kCarveoutsKiB)
+      if (c * 100 >= percent * 228) return c;
+    return 228;
+  };
+  for (size_t bytes = 0; bytes + 1024 <= 228 * 1024; bytes += 256) {
+    INFO(bytes << " bytes");
+    const size_t need = bytes + 1024;
+    const int got = driver_carveout(kernels::wgmma_detail::l1_carveout_percent(bytes));
+    CHECK((size_t)got * 1024 >= need);
+    int smallest = 228;
+    for (int c : kernels::wgmma_detail::kCarveoutsKiB)
+      if ((size_t)c * 1024 >= need) {
+        smallest = c;
+        break;
+      }
+    CHECK(got == smallest);
+  }
+  int l1_tiles = 0;
+  for (WgmmaConfig config : kernels::kWgmmaConfigs) {
+    const std::string name = kernels::wgmma_config_info(config).name;
+    if (name.size() > 3 && name.compare(name.size() - 3, 3, "_l1") == 0) ++l1_tiles;
+  }
+  CHECK(l1_tiles == 2);
+}
+
 // Two blocks of a config share an SM wherever their shared memory fits (228 KiB per SM, 1 KiB
 // of it reserved per block): the registers never stop them (ptxas gives every wgmma kernel at
-// most 128 per thread, tools/ptxas_check.sh) and the launchers ask for the largest carveout.
+// most 128 per thread, tools/ptxas_check.sh) and the launchers ask for the largest carveout
+// (the _l1 tiles for the smallest that holds one block: 129 KiB, one block either way).
 // The 3-stage 128 x 128 tile exists for this.
 TEST_CASE("wgmma blocks per SM follow from shared memory", "[gpu][wgmma]") {
   SKIP_WITHOUT_WGMMA();

@@ -70,7 +70,8 @@ void conv_forward_igemm_bn_sums(const __half* x, const __half* w, __half* y, con
 // index among the block's kRowStep * kChunksK loading threads) owns a fixed 16-byte chunk
 // column (so one FilterTap serves all its A rows) and kARows / kBRows rows; the output pixel of
 // each A row is decoded once, at construction. T provides kChunksK (chunks per row of a
-// slice), kRowStep (rows per loader pass), kARows, kBRows and kBlockK.
+// slice), kRowStep (rows per loader pass), kARows, kBRows, kBlockK, and kL1 (1: the A copies,
+// gathered from x, go through L1 with cp.async.ca; 0: L2 only, cp.async.cg).
 template <class T, class Layout>
 struct TileLoader {
   int chunk, row0;
@@ -110,7 +111,11 @@ struct TileLoader {
 #pragma unroll
     for (int i = 0; i < T::kARows; i++) {
       const int off = (a_ok[i] && k_ok) ? a_offset(a_m[i], a_oh[i], a_ow[i], tap, p.H, p.W, p.C, p.pad) : -1;
-      ptx::cp_async_16(Layout::a_dst(stage, row0 + i * T::kRowStep, chunk), p.x + (off >= 0 ? off : 0), off >= 0);
+      const uint32_t dst = Layout::a_dst(stage, row0 + i * T::kRowStep, chunk);
+      if constexpr (T::kL1)  // the gathered activations through L1 (neighbouring taps re-read them)
+        ptx::cp_async_16_ca(dst, p.x + (off >= 0 ? off : 0), off >= 0);
+      else
+        ptx::cp_async_16(dst, p.x + (off >= 0 ? off : 0), off >= 0);
     }
 #pragma unroll
     for (int i = 0; i < T::kBRows; i++) {
@@ -147,7 +152,8 @@ WgradParams make_wgrad_params(const char* fn, const __half* x, const __half* dy,
 // as TileLoader's) owns a fixed 16-byte chunk column: of A a group of 8 output channels, of B a group of 8 filter columns,
 // i.e. one filter tap (r, s, c..c+7) for the whole slab (decoded once). Its pixel rows advance
 // by BlockK per slice through PixelCursors. T provides kAChunks / kBChunks (chunks per pixel
-// row of A / B), kARowStep / kBRowStep (rows per loader pass), kARows / kBRows and kBlockK.
+// row of A / B), kARowStep / kBRowStep (rows per loader pass), kARows / kBRows, kBlockK and kL1
+// (1: the B copies, gathered from x, through L1).
 template <class T, class Layout>
 struct WgradLoader {
   int a_chunk, a_row0, b_chunk, b_row0;
@@ -186,7 +192,10 @@ struct WgradLoader {
     for (int i = 0; i < T::kBRows; i++) {
       const int row = b_row0 + i * T::kBRowStep, px = pixel + row;
       const int off = (b_ok && px < p.P) ? a_offset(px, b_px[i].oh, b_px[i].ow, tap, p.H, p.W, p.C, p.pad) : -1;
-      ptx::cp_async_16(Layout::b_dst(stage, row, b_chunk), p.x + (off >= 0 ? off : 0), off >= 0);
+      if constexpr (T::kL1)  // the gathered activations through L1, as the forward's A
+        ptx::cp_async_16_ca(Layout::b_dst(stage, row, b_chunk), p.x + (off >= 0 ? off : 0), off >= 0);
+      else
+        ptx::cp_async_16(Layout::b_dst(stage, row, b_chunk), p.x + (off >= 0 ? off : 0), off >= 0);
       b_px[i].advance(T::kBlockK, p.H, p.W);
     }
     pixel += T::kBlockK;

@@ -274,10 +274,12 @@ __device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 2], uint64_t desc_a,
 // load and compute, a __syncthreads per slice; 1: warp-specialized, a third warpgroup (threads
 // 256..383) only loads and the two MMA warpgroups only compute, handing stages over through
 // mbarriers (WsBarriers, after the stages) with no block-wide barrier in the main loop.
-template <int BlockN, int MmaInFlight, int Stages, int Producer>
+// L1: 1 copies the gathered activations through L1 (cp.async.ca) and sizes the shared-memory
+// carveout to the block, leaving the rest of the SM's 256 KiB to L1 (set_smem_attributes).
+template <int BlockN, int MmaInFlight, int Stages, int Producer, int L1>
 struct WgTile {
   static constexpr int kBlockM = 128, kBlockN = BlockN, kBlockK = 64, kStages = Stages;
-  static constexpr int kMmaInFlight = MmaInFlight, kProducer = Producer;
+  static constexpr int kMmaInFlight = MmaInFlight, kProducer = Producer, kL1 = L1;
   static constexpr int kLoadAhead = wgmma_detail::load_ahead(kStages, MmaInFlight);
   static constexpr int kMmaThreads = 256;                        // two warpgroups, 64 rows each
   static constexpr int kThreads = kMmaThreads + (Producer ? 128 : 0);
@@ -301,6 +303,7 @@ struct WgTile {
   static_assert(BlockN == 64 || BlockN == 128 || (BlockN == 256 && Producer),
                 "wgmma wrappers for n64, n128 and n256 (n256: 128 accumulators, with a producer)");
   static_assert(Producer == 0 || Producer == 1, "a producer warpgroup or none");
+  static_assert(L1 == 0 || L1 == 1, "through L1 or not");
   static_assert(kARows * kRowStep == kBlockM && kBRows * kRowStep == BlockN, "loader: whole passes");
   static_assert(MmaInFlight == 0 || MmaInFlight == 1, "one or two slices of MMAs at a time");
   static_assert(kLoadAhead >= 1, "the loads must run ahead");
@@ -511,19 +514,21 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const Ig
 // Each WgmmaConfig's tile parameters (BlockN, MmaInFlight, Stages, Producer), for either
 // kernel's tile template: calls f(Tile<...>{}) (the tiles are empty types carrying their
 // constants).
-template <template <int, int, int, int> class Tile, class F>
+template <template <int, int, int, int, int> class Tile, class F>
 void with_tile(WgmmaConfig config, F&& f) {
   switch (config) {
-    case WgmmaConfig::k128x128x64s4: return f(Tile<128, 0, 4, 0>{});
-    case WgmmaConfig::k128x64x64s4: return f(Tile<64, 0, 4, 0>{});
-    case WgmmaConfig::k128x128x64s4Async: return f(Tile<128, 1, 4, 0>{});
-    case WgmmaConfig::k128x64x64s4Async: return f(Tile<64, 1, 4, 0>{});
-    case WgmmaConfig::k128x128x64s6Async: return f(Tile<128, 1, 6, 0>{});
-    case WgmmaConfig::k128x64x64s8Async: return f(Tile<64, 1, 8, 0>{});
-    case WgmmaConfig::k128x128x64s3: return f(Tile<128, 0, 3, 0>{});
-    case WgmmaConfig::k128x128x64s4Ws: return f(Tile<128, 1, 4, 1>{});
-    case WgmmaConfig::k128x128x64s6Ws: return f(Tile<128, 1, 6, 1>{});
-    case WgmmaConfig::k128x256x64s4Ws: return f(Tile<256, 1, 4, 1>{});
+    case WgmmaConfig::k128x128x64s4: return f(Tile<128, 0, 4, 0, 0>{});
+    case WgmmaConfig::k128x64x64s4: return f(Tile<64, 0, 4, 0, 0>{});
+    case WgmmaConfig::k128x128x64s4Async: return f(Tile<128, 1, 4, 0, 0>{});
+    case WgmmaConfig::k128x64x64s4Async: return f(Tile<64, 1, 4, 0, 0>{});
+    case WgmmaConfig::k128x128x64s6Async: return f(Tile<128, 1, 6, 0, 0>{});
+    case WgmmaConfig::k128x64x64s8Async: return f(Tile<64, 1, 8, 0, 0>{});
+    case WgmmaConfig::k128x128x64s3: return f(Tile<128, 0, 3, 0, 0>{});
+    case WgmmaConfig::k128x128x64s4Ws: return f(Tile<128, 1, 4, 1, 0>{});
+    case WgmmaConfig::k128x128x64s6Ws: return f(Tile<128, 1, 6, 1, 0>{});
+    case WgmmaConfig::k128x256x64s4Ws: return f(Tile<256, 1, 4, 1, 0>{});
+    case WgmmaConfig::k128x128x64s4AsyncL1: return f(Tile<128, 1, 4, 0, 1>{});
+    case WgmmaConfig::k128x128x64s4WsL1: return f(Tile<128, 1, 4, 1, 1>{});
   }
   throw std::invalid_argument("wgmma: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
@@ -540,28 +545,32 @@ const char* config_name(WgmmaConfig config) {
     case WgmmaConfig::k128x128x64s4Ws: return "wgmma_128x128x64_s4_ws";
     case WgmmaConfig::k128x128x64s6Ws: return "wgmma_128x128x64_s6_ws";
     case WgmmaConfig::k128x256x64s4Ws: return "wgmma_128x256x64_s4_ws";
+    case WgmmaConfig::k128x128x64s4AsyncL1: return "wgmma_128x128x64_s4_async_l1";
+    case WgmmaConfig::k128x128x64s4WsL1: return "wgmma_128x128x64_s4_ws_l1";
   }
   throw std::invalid_argument("wgmma_config_info: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
 
 // A kernel's shared-memory attributes, set once per kernel (its launcher keeps the result in a
-// static): the dynamic size above the 48 KiB default, and the largest shared-memory carveout,
-// so that two blocks of the tiles with at most 97 KiB fit one SM (the carveout is a hint the
-// driver may otherwise size for one block). Registers allow two blocks of every 256-thread
-// tile: ptxas gives those kernels at most 124 per thread (tools/ptxas_check.sh prints them),
-// and 2 x 256 threads x 128 is the SM's 64 K.
+// static): the dynamic size above the 48 KiB default, and the shared-memory carveout. Without
+// L1 (cp.async.cg reads bypass it) the largest, so that two blocks of the tiles with at most
+// 97 KiB fit one SM (the carveout is a hint the driver may otherwise size for one block).
+// Registers allow two blocks of every 256-thread tile: ptxas gives those kernels at most 124
+// per thread (tools/ptxas_check.sh prints them), and 2 x 256 threads x 128 is the SM's 64 K.
+// With L1 (the _l1 tiles) the smallest carveout that holds one block, the rest of the SM's
+// 256 KiB being L1 (wgmma_detail::l1_carveout_percent).
 template <class Kernel>
-cudaError_t set_smem_attributes(Kernel* kernel, size_t bytes) {
+cudaError_t set_smem_attributes(Kernel* kernel, size_t bytes, bool l1) {
   const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
   if (e != cudaSuccess) return e;
   return cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                              (int)cudaSharedmemCarveoutMaxShared);
+                              l1 ? wgmma_detail::l1_carveout_percent(bytes) : (int)cudaSharedmemCarveoutMaxShared);
 }
 
 template <class T, bool kBnSums = false>
 void launch_tile(const IgemmParams& p, cudaStream_t stream) {
   auto* kernel = conv_fwd_wgmma_kernel<T, kBnSums>;
-  static const cudaError_t attr = set_smem_attributes(kernel, T::kSmemBytes);
+  static const cudaError_t attr = set_smem_attributes(kernel, T::kSmemBytes, T::kL1 != 0);
   CUDA_CHECK(attr);
   const dim3 grid(ceil_div(p.K, T::kBlockN), ceil_div(p.M, T::kBlockM));
   kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
@@ -573,14 +582,15 @@ void launch_tile(const IgemmParams& p, cudaStream_t stream) {
 using igemm_detail::WgradParams;
 
 // BlockM 128 output channels (warpgroup g: channels 64 g .. 64 g + 63) x BlockN filter columns
-// x BlockK 64 pixels; MmaInFlight, Stages and Producer as in WgTile. The loader
+// x BlockK 64 pixels; MmaInFlight, Stages, Producer and L1 (here for B, the x gather) as in
+// WgTile. The loader
 // (igemm_detail::WgradLoader) gives each loading thread one 16-byte chunk column of A (8
 // channels of dy) and of B (8 filter columns: one tap) and kARows / kBRows pixel rows of it per
 // slice.
-template <int BlockN, int MmaInFlight, int Stages, int Producer>
+template <int BlockN, int MmaInFlight, int Stages, int Producer, int L1>
 struct WgWgradTile {
   static constexpr int kBlockM = 128, kBlockN = BlockN, kBlockK = 64, kStages = Stages;
-  static constexpr int kMmaInFlight = MmaInFlight, kProducer = Producer;
+  static constexpr int kMmaInFlight = MmaInFlight, kProducer = Producer, kL1 = L1;
   static constexpr int kLoadAhead = wgmma_detail::load_ahead(kStages, MmaInFlight);
   static constexpr int kMmaThreads = 256;
   static constexpr int kThreads = kMmaThreads + (Producer ? 128 : 0);
@@ -657,7 +667,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_wgrad_wgmma_kernel(const 
 template <class T>
 void launch_wgrad_tile(const WgradParams& p, cudaStream_t stream) {
   auto* kernel = conv_wgrad_wgmma_kernel<T>;
-  static const cudaError_t attr = set_smem_attributes(kernel, T::kSmemBytes);
+  static const cudaError_t attr = set_smem_attributes(kernel, T::kSmemBytes, T::kL1 != 0);
   CUDA_CHECK(attr);
   const dim3 grid(ceil_div(p.Ng, T::kBlockN), ceil_div(p.K, T::kBlockM), p.splits);
   kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
@@ -692,7 +702,7 @@ bool wgmma_supported() {
   // The kernel's code for this device must be the sm_90a build (binaryVersion 90), not PTX
   // JIT-compiled from the sm_80 fallback, where the wgmma instructions are compiled out.
   cudaFuncAttributes fa{};
-  if (cudaFuncGetAttributes(&fa, conv_fwd_wgmma_kernel<WgTile<128, 0, 4, 0>>) != cudaSuccess) {
+  if (cudaFuncGetAttributes(&fa, conv_fwd_wgmma_kernel<WgTile<128, 0, 4, 0, 0>>) != cudaSuccess) {
     cudaGetLastError();
     return false;
   }
@@ -702,19 +712,19 @@ bool wgmma_supported() {
 int wgmma_blocks_per_sm(WgmmaConfig config, bool weight_gradient) {
   require(wgmma_supported(), "wgmma_blocks_per_sm", "needs a Hopper GPU and this binary's sm_90a code");
   int blocks = 0;
-  auto occupancy = [&](auto* kernel, int threads, size_t smem) {
-    CUDA_CHECK(set_smem_attributes(kernel, smem));
+  auto occupancy = [&](auto* kernel, int threads, size_t smem, bool l1) {
+    CUDA_CHECK(set_smem_attributes(kernel, smem, l1));
     CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, smem));
   };
   if (weight_gradient)
     with_tile<WgWgradTile>(config, [&](auto t) {
       using T = decltype(t);
-      occupancy(conv_wgrad_wgmma_kernel<T>, T::kThreads, T::kSmemBytes);
+      occupancy(conv_wgrad_wgmma_kernel<T>, T::kThreads, T::kSmemBytes, T::kL1 != 0);
     });
   else
     with_tile<WgTile>(config, [&](auto t) {
       using T = decltype(t);
-      occupancy(conv_fwd_wgmma_kernel<T>, T::kThreads, T::kSmemBytes);
+      occupancy(conv_fwd_wgmma_kernel<T>, T::kThreads, T::kSmemBytes, T::kL1 != 0);
     });
   return blocks;
 }
@@ -761,7 +771,7 @@ void conv_backward_data_wgmma_bn_sums(const __half* dy, const __half* w, __half*
 // ------------------------------------------------------------------- weight gradient
 
 WgradSplit wgmma_wgrad_split(const ConvDesc& d, int splits) {
-  return wgrad_split(d, WgWgradTile<128, 0, 4, 0>::kBlockK, splits);
+  return wgrad_split(d, WgWgradTile<128, 0, 4, 0, 0>::kBlockK, splits);
 }
 
 int wgmma_wgrad_default_splits(const ConvDesc& d, WgmmaConfig config, int sm_count) {

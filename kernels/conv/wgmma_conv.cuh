@@ -41,12 +41,17 @@ enum class WgmmaConfig : int {
   k128x128x64s6Ws,     // as k128x128x64s4Ws with 6 stages (loads 4 slices ahead)
   k128x256x64s4Ws,     // as k128x128x64s4Ws with 256 columns (m64n256k16: half the shared-memory
                        // reads per flop; 128 accumulators per MMA thread)
+  k128x128x64s4AsyncL1,  // as k128x128x64s4Async, the gathered activations copied through L1
+                         // (cp.async.ca) with the smallest carveout that holds the block: the
+                         // 3x3 taps re-read neighbouring pixels, which L2 serves otherwise
+  k128x128x64s4WsL1,     // as k128x128x64s4Ws, the same through L1
 };
 constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaConfig::k128x64x64s4,
                                          WgmmaConfig::k128x128x64s4Async, WgmmaConfig::k128x64x64s4Async,
                                          WgmmaConfig::k128x128x64s6Async, WgmmaConfig::k128x64x64s8Async,
                                          WgmmaConfig::k128x128x64s3,      WgmmaConfig::k128x128x64s4Ws,
-                                         WgmmaConfig::k128x128x64s6Ws,    WgmmaConfig::k128x256x64s4Ws};
+                                         WgmmaConfig::k128x128x64s6Ws,    WgmmaConfig::k128x256x64s4Ws,
+                                         WgmmaConfig::k128x128x64s4AsyncL1, WgmmaConfig::k128x128x64s4WsL1};
 
 // Block/warp/stage sizes and shared memory of a config (warp_m x warp_n: a warpgroup's 64 rows
 // are split over its 4 warps, 16 each, across all BlockN columns).
@@ -109,6 +114,19 @@ void conv_backward_filter_wgmma(const __half* x, const __half* dy, __half* dw, f
                                 cudaStream_t stream);
 
 namespace wgmma_detail {
+
+// Hopper's shared-memory carveouts per SM, in KiB of its 256 KiB of L1 + shared memory.
+constexpr int kCarveoutsKiB[] = {0, 8, 16, 32, 64, 100, 132, 164, 196, 228};
+// The carveout the _l1 tiles ask for, as cudaFuncAttributePreferredSharedMemoryCarveout's
+// percentage of 228 KiB: the smallest carveout that holds one block of block_bytes and its
+// 1 KiB reserve, rounded down to a whole percent (the driver rounds a percentage up to the next
+// carveout it has, so rounding down lands on this one); 100 when none is large enough.
+inline int l1_carveout_percent(size_t block_bytes) {
+  const size_t kib = (block_bytes + 1024 + 1023) / 1024;
+  for (int c : kCarveoutsKiB)
+    if ((size_t)c >= kib) return c * 100 / 228;
+  return 100;
+}
 
 // How many slices ahead of the MMAs the loads run, with `stages` pipeline stages and
 // mma_in_flight slices of MMAs left running: the most the stages allow. In the
