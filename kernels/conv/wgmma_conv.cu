@@ -511,7 +511,7 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const Ig
 
 // ---------------------------------------------------------------------------- launchers
 
-// Each WgmmaConfig's tile parameters (BlockN, MmaInFlight, Stages, Producer), for either
+// Each WgmmaConfig's tile parameters (BlockN, MmaInFlight, Stages, Producer, L1), for either
 // kernel's tile template: calls f(Tile<...>{}) (the tiles are empty types carrying their
 // constants).
 template <template <int, int, int, int, int> class Tile, class F>
