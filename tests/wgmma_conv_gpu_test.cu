@@ -273,15 +273,20 @@ TEST_CASE("wgmma M/N-major tiles match the canonical layout of their descriptors
   const uint32_t stage = 0x8000;
   long bad = 0;
   for (int kk = 0; kk < kRows / 16; kk++) {
-    for (int group = 0; group < 2; group++) {  // A: two warpgroups of 64 channels
-      const uint64_t desc = sw128_mn_desc(stage + group * kColumnBlock + kk * 2048, kColumnBlock);
-      for (int m = 0; m < 64; m++)
-        for (int k = 0; k < 16; k++) {
-          const int ch = group * 64 + m, row = kk * 16 + k;
-          const uint32_t stored = stage + sw128_mn_offset(row, ch / 8, kRows) + (ch % 8) * 2;
-          if (canonical_sw128_address(desc, true, m, k) != stored) bad++;
+    // A: two warpgroups, each with BlockM / 128 m64 tiles of 64 channels (BlockM 128 or 256);
+    // tile j of warpgroup g reads column block g * BlockM / 128 + j.
+    for (int block_m : {128, 256})
+      for (int group = 0; group < 2; group++)
+        for (int j = 0; j < block_m / 128; j++) {
+          const int column_block = group * (block_m / 128) + j;
+          const uint64_t desc = sw128_mn_desc(stage + column_block * kColumnBlock + kk * 2048, kColumnBlock);
+          for (int m = 0; m < 64; m++)
+            for (int k = 0; k < 16; k++) {
+              const int ch = column_block * 64 + m, row = kk * 16 + k;
+              const uint32_t stored = stage + sw128_mn_offset(row, ch / 8, kRows) + (ch % 8) * 2;
+              if (canonical_sw128_address(desc, true, m, k) != stored) bad++;
+            }
         }
-    }
     for (int n_tile : {64, 128, 256}) {  // B: the whole BlockN in one descriptor
       const uint64_t desc = sw128_mn_desc(stage + kk * 2048, kColumnBlock);
       for (int n = 0; n < n_tile; n++)
@@ -482,6 +487,29 @@ TEST_CASE("wgmma accumulator fragment map covers the tile once (host)", "[gpu][w
     for (int h : hits) wrong += h != 1;
     CHECK(wrong == 0);
   }
+  // A block's tile: two warpgroups, each with block_m / 128 m64 tiles of its own accumulators.
+  for (int block_m : {128, 256})
+    for (int n : {64, 128, 256}) {
+      if (block_m * n > 128 * 256) continue;  // at most 128 accumulators per thread
+      INFO("block " << block_m << " x " << n);
+      std::vector<int> hits(block_m * n, 0);
+      const int acc = block_m / 128 * n / 2;
+      for (int warp = 0; warp < 8; warp++)
+        for (int lane = 0; lane < 32; lane++)
+          for (int e = 0; e < acc; e++) {
+            const auto at = kernels::wgmma_detail::block_acc_coord(block_m, n, warp, lane, e);
+            REQUIRE(at.row >= 0);
+            REQUIRE(at.row < block_m);
+            REQUIRE(at.col >= 0);
+            REQUIRE(at.col < n);
+            hits[at.row * n + at.col]++;
+          }
+      long wrong = 0;
+      for (int h : hits) wrong += h != 1;
+      CHECK(wrong == 0);
+    }
+  // Register 64 of a 256 x 128 tile's thread: its second m64 tile, 64 rows down.
+  CHECK(kernels::wgmma_detail::block_acc_coord(256, 128, 5, 5, 64).row == 128 + 64 + 16 + 1);
   // Spot values from the PTX layout: lane 5 of warp 2 holds row 32 + 1, columns 2, 3 first.
   CHECK(acc_coord(2, 5, 0).row == 33);
   CHECK(acc_coord(2, 5, 0).col == 2);

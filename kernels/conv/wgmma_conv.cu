@@ -276,12 +276,15 @@ __device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 2], uint64_t desc_a,
 // mbarriers (WsBarriers, after the stages) with no block-wide barrier in the main loop.
 // L1: 1 copies the gathered activations through L1 (cp.async.ca) and sizes the shared-memory
 // carveout to the block, leaving the rest of the SM's 256 KiB to L1 (set_smem_attributes).
-template <int BlockN, int MmaInFlight, int Stages, int Producer, int L1>
+// BlockM: 128 output pixels (a warpgroup's 64 rows: one m64 MMA tile) or 256 (128 rows: two
+// m64 tiles per warpgroup, each with its own accumulators and A descriptor, the same B).
+template <int BlockM, int BlockN, int MmaInFlight, int Stages, int Producer, int L1>
 struct WgTile {
-  static constexpr int kBlockM = 128, kBlockN = BlockN, kBlockK = 64, kStages = Stages;
+  static constexpr int kBlockM = BlockM, kBlockN = BlockN, kBlockK = 64, kStages = Stages;
   static constexpr int kMmaInFlight = MmaInFlight, kProducer = Producer, kL1 = L1;
   static constexpr int kLoadAhead = wgmma_detail::load_ahead(kStages, MmaInFlight);
-  static constexpr int kMmaThreads = 256;                        // two warpgroups, 64 rows each
+  static constexpr int kMmaThreads = 256;                        // two warpgroups
+  static constexpr int kSubM = BlockM / 128;                     // m64 tiles per warpgroup
   static constexpr int kThreads = kMmaThreads + (Producer ? 128 : 0);
   static constexpr int kLoaderThreads = Producer ? 128 : kMmaThreads;
   static constexpr int kRowBytes = 128;        // one 64-element fp16 row per pixel / filter
@@ -290,7 +293,8 @@ struct WgTile {
   static constexpr int kARows = kBlockM / kRowStep, kBRows = BlockN / kRowStep;
   static constexpr int kABytes = kBlockM * kRowBytes, kBBytes = BlockN * kRowBytes;
   static constexpr int kStageBytes = kABytes + kBBytes;  // a multiple of 1024: atoms stay aligned
-  static constexpr int kAcc = BlockN / 2;                // fp32 accumulators per thread
+  static constexpr int kAccSub = BlockN / 2;             // fp32 accumulators per m64 tile
+  static constexpr int kAcc = kSubM * kAccSub;           // per thread
   static constexpr int kCStride = BlockN + 8;            // halves per sC row (padded, as mma.sync)
   static constexpr int kPipeBytes = kStages * kStageBytes;
   // sC, then the BN-backward sums' scratch (conv_epilogue.cuh; used by that epilogue only).
@@ -302,6 +306,8 @@ struct WgTile {
       (size_t)(kPipeBytes + kBarrierBytes > kEpilogueBytes ? kPipeBytes + kBarrierBytes : kEpilogueBytes) + 1024;
   static_assert(BlockN == 64 || BlockN == 128 || (BlockN == 256 && Producer),
                 "wgmma wrappers for n64, n128 and n256 (n256: 128 accumulators, with a producer)");
+  static_assert(BlockM == 128 || (BlockM == 256 && kAcc <= 128 && Producer),
+                "128 or 256 rows (256: two m64 tiles per warpgroup, at most 128 accumulators, with a producer)");
   static_assert(Producer == 0 || Producer == 1, "a producer warpgroup or none");
   static_assert(L1 == 0 || L1 == 1, "through L1 or not");
   static_assert(kARows * kRowStep == kBlockM && kBRows * kRowStep == BlockN, "loader: whole passes");
@@ -313,7 +319,7 @@ struct WgTile {
 
 using igemm_detail::IgemmParams;
 
-// Where a stage's (row, chunk) lives: sA [128 rows] then sB [BlockN rows] of 128 bytes each,
+// Where a stage's (row, chunk) lives: sA [BlockM rows] then sB [BlockN rows] of 128 bytes each,
 // in the 128-byte swizzle (wgmma_detail::sw128_offset).
 template <class T>
 struct Sw128Layout {
@@ -466,6 +472,13 @@ __device__ __forceinline__ void mma_threads_sync() {
 
 // ---------------------------------------------------------------------------- the kernel
 
+// The accumulators of m64 tile j of a thread's kSubM (registers j * kAccSub .. + kAccSub - 1),
+// as the array the wgmma wrappers take.
+template <class T>
+__device__ __forceinline__ float (&sub_acc(float (&acc)[T::kAcc], int j))[T::kAccSub] {
+  return *reinterpret_cast<float(*)[T::kAccSub]>(acc + j * T::kAccSub);
+}
+
 // Grid: x over output-channel tiles, y over 128-pixel tiles. As many blocks share an SM as its
 // shared memory allows (one or two, wgmma_blocks_per_sm); __launch_bounds__ promises ptxas only
 // one, so it does not cap the registers (they allow two anyway, see set_smem_attributes).
@@ -477,30 +490,33 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const Ig
   const uint32_t base = (raw + 1023u) & ~1023u;  // swizzle atoms need 1024-byte alignment
   unsigned char* smem = smem_raw + (base - raw);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int group = warp >> 2;  // warpgroup: rows 64 * group .. + 63 of the tile
+  const int group = warp >> 2;  // warpgroup: rows BlockM / 2 * group .. + BlockM / 2 - 1
   const int n0 = blockIdx.x * T::kBlockN, m0 = blockIdx.y * T::kBlockM;
   const int k_tiles = ceil_div(p.Kg, T::kBlockK);
 
   // The loading threads: all of them, or the producer warpgroup (numbered from 0).
   igemm_detail::TileLoader<T, Sw128Layout<T>> loader(p, m0, n0, threadIdx.x % T::kLoaderThreads);
   float acc[T::kAcc];
-  // A: this warpgroup's 64 pixel rows; B: all BlockN filter rows; K-major, +32 bytes per k16.
+  // A: this warpgroup's BlockM / 2 pixel rows, 64 per m64 tile; B: all BlockN filter rows;
+  // K-major, +32 bytes per k16.
   const bool mma_thread = wgmma_pipeline<T>(loader, p, base, k_tiles, acc, [group](float (&a)[T::kAcc], uint32_t stage) {
-    const uint32_t a_addr = stage + group * 64 * T::kRowBytes, b_addr = stage + T::kABytes;
+    const uint32_t a_addr = stage + group * (T::kBlockM / 2) * T::kRowBytes, b_addr = stage + T::kABytes;
 #pragma unroll
     for (int kk = 0; kk < T::kBlockK / 16; kk++)
-      wgmma_m64k16<T::kBlockN>(a, sw128_desc(a_addr + kk * 32), sw128_desc(b_addr + kk * 32));
+#pragma unroll
+      for (int j = 0; j < T::kSubM; j++)
+        wgmma_m64k16<T::kBlockN>(sub_acc<T>(a, j), sw128_desc(a_addr + j * 64 * T::kRowBytes + kk * 32),
+                                 sw128_desc(b_addr + kk * 32));
   });
   if (!mma_thread) return;
   mma_threads_sync<T>();  // every warpgroup is done with the stages before sC overwrites them
 
-  // Epilogue: accumulators -> fp16 sC [128][kCStride] -> y in 16-byte chunks (coalesced).
+  // Epilogue: accumulators -> fp16 sC [BlockM][kCStride] -> y in 16-byte chunks (coalesced).
   __half* sC = reinterpret_cast<__half*>(smem);
 #pragma unroll
   for (int e = 0; e < T::kAcc; e += 2) {
-    const auto at = acc_coord(warp & 3, lane, e);
-    *reinterpret_cast<__half2*>(sC + (group * 64 + at.row) * T::kCStride + at.col) =
-        __floats2half2_rn(acc[e], acc[e + 1]);
+    const auto at = wgmma_detail::block_acc_coord(T::kBlockM, T::kBlockN, warp, lane, e);
+    *reinterpret_cast<__half2*>(sC + at.row * T::kCStride + at.col) = __floats2half2_rn(acc[e], acc[e + 1]);
   }
   mma_threads_sync<T>();
   // sC -> y in 16-byte chunks (coalesced), with kBnSums the BN-backward sums (scratch after sC).
@@ -511,24 +527,25 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const Ig
 
 // ---------------------------------------------------------------------------- launchers
 
-// Each WgmmaConfig's tile parameters (BlockN, MmaInFlight, Stages, Producer, L1), for either
+// Each WgmmaConfig's tile parameters (BlockM, BlockN, MmaInFlight, Stages, Producer, L1), for either
 // kernel's tile template: calls f(Tile<...>{}) (the tiles are empty types carrying their
 // constants).
-template <template <int, int, int, int, int> class Tile, class F>
+template <template <int, int, int, int, int, int> class Tile, class F>
 void with_tile(WgmmaConfig config, F&& f) {
   switch (config) {
-    case WgmmaConfig::k128x128x64s4: return f(Tile<128, 0, 4, 0, 0>{});
-    case WgmmaConfig::k128x64x64s4: return f(Tile<64, 0, 4, 0, 0>{});
-    case WgmmaConfig::k128x128x64s4Async: return f(Tile<128, 1, 4, 0, 0>{});
-    case WgmmaConfig::k128x64x64s4Async: return f(Tile<64, 1, 4, 0, 0>{});
-    case WgmmaConfig::k128x128x64s6Async: return f(Tile<128, 1, 6, 0, 0>{});
-    case WgmmaConfig::k128x64x64s8Async: return f(Tile<64, 1, 8, 0, 0>{});
-    case WgmmaConfig::k128x128x64s3: return f(Tile<128, 0, 3, 0, 0>{});
-    case WgmmaConfig::k128x128x64s4Ws: return f(Tile<128, 1, 4, 1, 0>{});
-    case WgmmaConfig::k128x128x64s6Ws: return f(Tile<128, 1, 6, 1, 0>{});
-    case WgmmaConfig::k128x256x64s4Ws: return f(Tile<256, 1, 4, 1, 0>{});
-    case WgmmaConfig::k128x128x64s4AsyncL1: return f(Tile<128, 1, 4, 0, 1>{});
-    case WgmmaConfig::k128x128x64s4WsL1: return f(Tile<128, 1, 4, 1, 1>{});
+    case WgmmaConfig::k128x128x64s4: return f(Tile<128, 128, 0, 4, 0, 0>{});
+    case WgmmaConfig::k128x64x64s4: return f(Tile<128, 64, 0, 4, 0, 0>{});
+    case WgmmaConfig::k128x128x64s4Async: return f(Tile<128, 128, 1, 4, 0, 0>{});
+    case WgmmaConfig::k128x64x64s4Async: return f(Tile<128, 64, 1, 4, 0, 0>{});
+    case WgmmaConfig::k128x128x64s6Async: return f(Tile<128, 128, 1, 6, 0, 0>{});
+    case WgmmaConfig::k128x64x64s8Async: return f(Tile<128, 64, 1, 8, 0, 0>{});
+    case WgmmaConfig::k128x128x64s3: return f(Tile<128, 128, 0, 3, 0, 0>{});
+    case WgmmaConfig::k128x128x64s4Ws: return f(Tile<128, 128, 1, 4, 1, 0>{});
+    case WgmmaConfig::k128x128x64s6Ws: return f(Tile<128, 128, 1, 6, 1, 0>{});
+    case WgmmaConfig::k128x256x64s4Ws: return f(Tile<128, 256, 1, 4, 1, 0>{});
+    case WgmmaConfig::k128x128x64s4AsyncL1: return f(Tile<128, 128, 1, 4, 0, 1>{});
+    case WgmmaConfig::k128x128x64s4WsL1: return f(Tile<128, 128, 1, 4, 1, 1>{});
+    case WgmmaConfig::k256x128x64s4Ws: return f(Tile<256, 128, 1, 4, 1, 0>{});
   }
   throw std::invalid_argument("wgmma: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
@@ -547,6 +564,7 @@ const char* config_name(WgmmaConfig config) {
     case WgmmaConfig::k128x256x64s4Ws: return "wgmma_128x256x64_s4_ws";
     case WgmmaConfig::k128x128x64s4AsyncL1: return "wgmma_128x128x64_s4_async_l1";
     case WgmmaConfig::k128x128x64s4WsL1: return "wgmma_128x128x64_s4_ws_l1";
+    case WgmmaConfig::k256x128x64s4Ws: return "wgmma_256x128x64_s4_ws";
   }
   throw std::invalid_argument("wgmma_config_info: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
@@ -581,16 +599,18 @@ void launch_tile(const IgemmParams& p, cudaStream_t stream) {
 
 using igemm_detail::WgradParams;
 
-// BlockM 128 output channels (warpgroup g: channels 64 g .. 64 g + 63) x BlockN filter columns
+// BlockM 128 output channels (warpgroup g: channels 64 g .. 64 g + 63; with BlockM 256 two
+// 64-channel m64 tiles per warpgroup, channels 128 g .. 128 g + 127) x BlockN filter columns
 // x BlockK 64 pixels; MmaInFlight, Stages, Producer and L1 (here for B, the x gather) as in
 // WgTile. The loader
 // (igemm_detail::WgradLoader) gives each loading thread one 16-byte chunk column of A (8
 // channels of dy) and of B (8 filter columns: one tap) and kARows / kBRows pixel rows of it per
 // slice.
-template <int BlockN, int MmaInFlight, int Stages, int Producer, int L1>
+template <int BlockM, int BlockN, int MmaInFlight, int Stages, int Producer, int L1>
 struct WgWgradTile {
-  static constexpr int kBlockM = 128, kBlockN = BlockN, kBlockK = 64, kStages = Stages;
+  static constexpr int kBlockM = BlockM, kBlockN = BlockN, kBlockK = 64, kStages = Stages;
   static constexpr int kMmaInFlight = MmaInFlight, kProducer = Producer, kL1 = L1;
+  static constexpr int kSubM = BlockM / 128;  // m64 tiles (64-channel column blocks) per warpgroup
   static constexpr int kLoadAhead = wgmma_detail::load_ahead(kStages, MmaInFlight);
   static constexpr int kMmaThreads = 256;
   static constexpr int kThreads = kMmaThreads + (Producer ? 128 : 0);
@@ -602,12 +622,14 @@ struct WgWgradTile {
   static constexpr int kABytes = (kBlockM / 64) * kColumnBlockBytes;
   static constexpr int kBBytes = (BlockN / 64) * kColumnBlockBytes;
   static constexpr int kStageBytes = kABytes + kBBytes;
-  static constexpr int kAcc = BlockN / 2;
+  static constexpr int kAccSub = BlockN / 2, kAcc = kSubM * kAccSub;
   static constexpr int kPipeBytes = kStages * kStageBytes;
   static constexpr int kBarrierBytes = Producer ? 2 * kStages * 8 : 0;  // full[], empty[] after the stages
   static constexpr size_t kSmemBytes = (size_t)kPipeBytes + kBarrierBytes + 1024;  // + base alignment
   static_assert(BlockN == 64 || BlockN == 128 || (BlockN == 256 && Producer),
                 "wgmma wrappers for n64, n128 and n256 (n256: 128 accumulators, with a producer)");
+  static_assert(BlockM == 128 || (BlockM == 256 && kAcc <= 128 && Producer),
+                "128 or 256 channels (256: two m64 tiles per warpgroup, with a producer)");
   static_assert(MmaInFlight == 0 || MmaInFlight == 1, "one or two slices of MMAs at a time");
   static_assert(kLoadAhead >= 1, "the loads must run ahead");
   static_assert(kARows * kARowStep == kBlockK && kBRows * kBRowStep == kBlockK, "loader: whole passes");
@@ -641,14 +663,17 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_wgrad_wgmma_kernel(const 
   igemm_detail::WgradLoader<T, Sw128MnLayout<T>> loader(p, m0, n0, slice0 * T::kBlockK,
                                                        threadIdx.x % T::kLoaderThreads);
   float acc[T::kAcc];
-  // A: this warpgroup's 64-channel column block; B: all BlockN filter columns (LBO to the
+  // A: this warpgroup's 64-channel column blocks (one per m64 tile); B: all BlockN filter columns (LBO to the
   // second block); M/N-major, +2048 bytes (two 8-pixel atoms) per k16.
   const bool mma_thread = wgmma_pipeline<T>(loader, p, base, k_tiles, acc, [group](float (&a)[T::kAcc], uint32_t stage) {
-    const uint32_t a_addr = stage + group * T::kColumnBlockBytes, b_addr = stage + T::kABytes;
+    const uint32_t a_addr = stage + group * T::kSubM * T::kColumnBlockBytes, b_addr = stage + T::kABytes;
 #pragma unroll
     for (int kk = 0; kk < T::kBlockK / 16; kk++)
-      wgmma_m64k16<T::kBlockN, 1>(a, wgmma_detail::sw128_mn_desc(a_addr + kk * 2048, T::kColumnBlockBytes),
-                                  wgmma_detail::sw128_mn_desc(b_addr + kk * 2048, T::kColumnBlockBytes));
+#pragma unroll
+      for (int j = 0; j < T::kSubM; j++)
+        wgmma_m64k16<T::kBlockN, 1>(
+            sub_acc<T>(a, j), wgmma_detail::sw128_mn_desc(a_addr + j * T::kColumnBlockBytes + kk * 2048, T::kColumnBlockBytes),
+            wgmma_detail::sw128_mn_desc(b_addr + kk * 2048, T::kColumnBlockBytes));
   });
 
   if (!mma_thread) return;
@@ -658,8 +683,8 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_wgrad_wgmma_kernel(const 
   float* out = p.partials + (size_t)blockIdx.z * p.K * p.Ng;
 #pragma unroll
   for (int e = 0; e < T::kAcc; e += 2) {
-    const auto at = acc_coord(warp & 3, lane, e);
-    const int m = m0 + group * 64 + at.row, n = n0 + at.col;
+    const auto at = wgmma_detail::block_acc_coord(T::kBlockM, T::kBlockN, warp, lane, e);
+    const int m = m0 + at.row, n = n0 + at.col;
     if (m < p.K && n < p.Ng) *reinterpret_cast<float2*>(out + (size_t)m * p.Ng + n) = make_float2(acc[e], acc[e + 1]);
   }
 }
@@ -681,7 +706,8 @@ IgemmConfigInfo wgmma_config_info(WgmmaConfig config) {
   IgemmConfigInfo info{};
   with_tile<WgTile>(config, [&](auto t) {
     using T = decltype(t);
-    info = {name, T::kBlockM, T::kBlockN, T::kBlockK, 16, T::kBlockN, T::kStages, T::kThreads, T::kSmemBytes};
+    // A warp's rows: 16 of each of its warpgroup's m64 tiles.
+    info = {name, T::kBlockM, T::kBlockN, T::kBlockK, 16 * T::kSubM, T::kBlockN, T::kStages, T::kThreads, T::kSmemBytes};
   });
   return info;
 }
@@ -702,7 +728,7 @@ bool wgmma_supported() {
   // The kernel's code for this device must be the sm_90a build (binaryVersion 90), not PTX
   // JIT-compiled from the sm_80 fallback, where the wgmma instructions are compiled out.
   cudaFuncAttributes fa{};
-  if (cudaFuncGetAttributes(&fa, conv_fwd_wgmma_kernel<WgTile<128, 0, 4, 0, 0>>) != cudaSuccess) {
+  if (cudaFuncGetAttributes(&fa, conv_fwd_wgmma_kernel<WgTile<128, 128, 0, 4, 0, 0>>) != cudaSuccess) {
     cudaGetLastError();
     return false;
   }
@@ -771,14 +797,15 @@ void conv_backward_data_wgmma_bn_sums(const __half* dy, const __half* w, __half*
 // ------------------------------------------------------------------- weight gradient
 
 WgradSplit wgmma_wgrad_split(const ConvDesc& d, int splits) {
-  return wgrad_split(d, WgWgradTile<128, 0, 4, 0, 0>::kBlockK, splits);
+  return wgrad_split(d, WgWgradTile<128, 128, 0, 4, 0, 0>::kBlockK, splits);
 }
 
 int wgmma_wgrad_default_splits(const ConvDesc& d, WgmmaConfig config, int sm_count) {
   // Rough H100 figures: a 128 x 128 x 64 slice (2 * 128 * 128 * 64 flop) takes ~0.45 us on one
-  // SM (about 60 % of its share of the dense fp16 peak); HBM moves ~3 bytes per ns.
+  // SM (about 60 % of its share of the dense fp16 peak), larger tiles in proportion; HBM moves
+  // ~3 bytes per ns.
   const IgemmConfigInfo cfg = wgmma_config_info(config);
-  const double slice_ns = 450.0 * cfg.block_n / 128.0;
+  const double slice_ns = 450.0 * cfg.block_m * cfg.block_n / (128.0 * 128.0);
   constexpr double kBytesPerNs = 3000.0;
   const long long tiles = ceil_div((long long)d.K, (long long)cfg.block_m) *
                           ceil_div((long long)d.R * d.R * d.C, (long long)cfg.block_n);

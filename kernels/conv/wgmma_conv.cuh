@@ -18,8 +18,8 @@
 
 namespace kernels {
 
-// Tile configurations: BlockM 128 output pixels (two warpgroups of 64 rows) x BlockN output
-// channels, BlockK 64 (one 128-byte swizzled row of fp16 per pixel or filter), 4 cp.async stages
+// Tile configurations: BlockM 128 output pixels (two warpgroups of 64 rows; 256 in the one whose
+// name says so, 128 rows per warpgroup) x BlockN output channels, BlockK 64 (one 128-byte swizzled row of fp16 per pixel or filter), 4 cp.async stages
 // unless the name says otherwise. The _async configs leave one slice of MMAs running while the
 // next is issued (loads then run two slices ahead instead of three). The deep ones spend the
 // shared memory the 4-stage tiles leave unused (193 KiB of 227) on loads running 4 or 6
@@ -45,13 +45,17 @@ enum class WgmmaConfig : int {
                          // (cp.async.ca) with the smallest carveout that holds the block: the
                          // 3x3 taps re-read neighbouring pixels, which L2 serves otherwise
   k128x128x64s4WsL1,     // as k128x128x64s4Ws, the same through L1
+  k256x128x64s4Ws,       // as k128x128x64s4Ws with 256 rows (two m64 tiles per warpgroup): the
+                         // 128 x 256 tile's shared-memory and L2 traffic per flop for the
+                         // 128-channel layers, where 256 columns would be half empty
 };
 constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaConfig::k128x64x64s4,
                                          WgmmaConfig::k128x128x64s4Async, WgmmaConfig::k128x64x64s4Async,
                                          WgmmaConfig::k128x128x64s6Async, WgmmaConfig::k128x64x64s8Async,
                                          WgmmaConfig::k128x128x64s3,      WgmmaConfig::k128x128x64s4Ws,
                                          WgmmaConfig::k128x128x64s6Ws,    WgmmaConfig::k128x256x64s4Ws,
-                                         WgmmaConfig::k128x128x64s4AsyncL1, WgmmaConfig::k128x128x64s4WsL1};
+                                         WgmmaConfig::k128x128x64s4AsyncL1, WgmmaConfig::k128x128x64s4WsL1,
+                                         WgmmaConfig::k256x128x64s4Ws};
 
 // Block/warp/stage sizes and shared memory of a config (warp_m x warp_n: a warpgroup's 64 rows
 // are split over its 4 warps, 16 each, across all BlockN columns).
@@ -186,6 +190,16 @@ struct AccCoord {
 __host__ __device__ inline AccCoord acc_coord(int warp_in_group, int lane, int e) {
   const int j = e >> 2, half = (e >> 1) & 1, odd = e & 1;
   return {16 * warp_in_group + (lane >> 2) + 8 * half, 8 * j + 2 * (lane & 3) + odd};
+}
+
+// The same in a block's block_m x block_n tile, for thread `lane` of warp `warp` (0..7: warps
+// 4 g .. 4 g + 3 form warpgroup g, rows block_m / 2 * g ..) and register e of its
+// block_m / 128 m64 tiles' accumulators (block_n / 2 each, tile j's at j * block_n / 2 ..; tile
+// j's rows 64 j .. of the warpgroup's).
+__host__ __device__ inline AccCoord block_acc_coord(int block_m, int block_n, int warp, int lane, int e) {
+  const int per_tile = block_n / 2, j = e / per_tile;
+  const AccCoord at = acc_coord(warp & 3, lane, e - j * per_tile);
+  return {(warp >> 2) * (block_m / 2) + 64 * j + at.row, at.col};
 }
 
 }  // namespace wgmma_detail
