@@ -46,8 +46,8 @@ enum class WgmmaConfig : int {
                          // 3x3 taps re-read neighbouring pixels, which L2 serves otherwise
   k128x128x64s4WsL1,     // as k128x128x64s4Ws, the same through L1
   k256x128x64s4Ws,       // as k128x128x64s4Ws with 256 rows (two m64 tiles per warpgroup): the
-                         // 128 x 256 tile's shared-memory and L2 traffic per flop for the
-                         // 128-channel layers, where 256 columns would be half empty
+                         // 128 x 256 tile's L2 traffic per flop for the 128-channel layers,
+                         // where 256 columns would be half empty
 };
 constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaConfig::k128x64x64s4,
                                          WgmmaConfig::k128x128x64s4Async, WgmmaConfig::k128x64x64s4Async,
