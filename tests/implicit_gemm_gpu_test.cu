@@ -12,6 +12,9 @@
 //     output, argmax equal to ref::maxpool_backward's pick (the tie rule), y_pooled the same
 //     bits with and without argmax / stats, the pooled statistics vs double sums; recipe shapes
 //     at batch 512 and small odd ones, including integer-valued ones full of ties;
+// the statistics and max-pool epilogues also on the wgmma forward (conv_forward_wgmma_stats,
+// conv_forward_wgmma_pool: the same epilogue code, kernels/conv/conv_epilogue.cuh), every wgmma
+// config, tagged [wgmma] (skipped but on an sm_90a Hopper);
 // plus host-only cases that need no GPU: the im2col and max-pool index helpers and the pool's
 // tie rule against their definitions, and the launchers' precondition checks.
 //
@@ -32,6 +35,7 @@
 #include <vector>
 
 #include "kernels/conv/implicit_gemm.cuh"
+#include "kernels/conv/wgmma_conv.cuh"
 #include "kernels/ref/conv.h"
 #include "kernels/ref/pool.h"
 #include "tests/gpu_test_util.h"
@@ -96,12 +100,60 @@ std::vector<float> reference(const Problem& p, int first, int count) {
   return y;
 }
 
-std::vector<__half> run_igemm(const Problem& p, const DeviceBuffer<__half>& d_x,
-                              const DeviceBuffer<__half>& d_w, IgemmConfig config) {
+// A forward kernel under test: an igemm config, or a wgmma config (Hopper; the same epilogues
+// from kernels/conv/conv_epilogue.cuh, so the same tests).
+struct FwdKernel {
+  bool wgmma;
+  int config;
+  kernels::IgemmConfigInfo info() const {
+    return wgmma ? kernels::wgmma_config_info((kernels::WgmmaConfig)config)
+                 : kernels::igemm_config_info((IgemmConfig)config);
+  }
+  const char* family() const { return wgmma ? "wgmma" : "igemm"; }
+  void plain(const __half* x, const __half* w, __half* y, const ConvDesc& d, cudaStream_t s) const {
+    if (wgmma)
+      kernels::conv_forward_wgmma(x, w, y, d, (kernels::WgmmaConfig)config, s);
+    else
+      kernels::conv_forward_igemm(x, w, y, d, (IgemmConfig)config, s);
+  }
+  void stats(const __half* x, const __half* w, __half* y, const ConvDesc& d, const kernels::IgemmStats& st,
+             cudaStream_t s) const {
+    if (wgmma)
+      kernels::conv_forward_wgmma_stats(x, w, y, d, (kernels::WgmmaConfig)config, st, s);
+    else
+      kernels::conv_forward_igemm_stats(x, w, y, d, (IgemmConfig)config, st, s);
+  }
+  void pool(const __half* x, const __half* w, __half* y, uint8_t* arg, const ConvDesc& d,
+            const kernels::IgemmStats* st, cudaStream_t s) const {
+    if (wgmma)
+      kernels::conv_forward_wgmma_pool(x, w, y, arg, d, (kernels::WgmmaConfig)config, st, s);
+    else
+      kernels::conv_forward_igemm_pool(x, w, y, arg, d, (IgemmConfig)config, st, s);
+  }
+  size_t stats_scratch_bytes(const ConvDesc& d) const {
+    return wgmma ? kernels::wgmma_stats_scratch_bytes(d, (kernels::WgmmaConfig)config)
+                 : kernels::igemm_stats_scratch_bytes(d, (IgemmConfig)config);
+  }
+};
+std::vector<FwdKernel> fwd_kernels(bool wgmma) {
+  std::vector<FwdKernel> k;
+  if (wgmma)
+    for (kernels::WgmmaConfig c : kernels::kWgmmaConfigs) k.push_back({true, (int)c});
+  else
+    for (IgemmConfig c : kernels::kIgemmConfigs) k.push_back({false, (int)c});
+  return k;
+}
+
+std::vector<__half> run_fwd(const Problem& p, const DeviceBuffer<__half>& d_x, const DeviceBuffer<__half>& d_w,
+                            const FwdKernel& kernel) {
   auto d_y = poisoned<__half>(p.y_size());
-  kernels::conv_forward_igemm(d_x.get(), d_w.get(), d_y.get(), p.d, config, 0);
+  kernel.plain(d_x.get(), d_w.get(), d_y.get(), p.d, 0);
   CUDA_CHECK(cudaDeviceSynchronize());
   return download(d_y);
+}
+std::vector<__half> run_igemm(const Problem& p, const DeviceBuffer<__half>& d_x,
+                              const DeviceBuffer<__half>& d_w, IgemmConfig config) {
+  return run_fwd(p, d_x, d_w, {false, (int)config});
 }
 
 std::string desc_str(const ConvDesc& d) {
@@ -195,10 +247,10 @@ struct PoolOut {
   std::vector<float> sum, sumsq;  // empty when run without stats
 };
 
-// conv_forward_igemm_pool into poisoned outputs; argmax when with_argmax, statistics with
-// groups of group_images images when group_images > 0.
+// The kernel's fused conv + max-pool into poisoned outputs; argmax when with_argmax, statistics
+// with groups of group_images images when group_images > 0.
 PoolOut run_pool(const Problem& p, const DeviceBuffer<__half>& d_x, const DeviceBuffer<__half>& d_w,
-                 IgemmConfig config, bool with_argmax, int group_images, cudaStream_t stream) {
+                 const FwdKernel& kernel, bool with_argmax, int group_images, cudaStream_t stream) {
   const ConvDesc& d = p.d;
   const size_t pooled = (size_t)p.y_size() / 4;
   auto d_y = poisoned<__half>(pooled);
@@ -209,12 +261,11 @@ PoolOut run_pool(const Problem& p, const DeviceBuffer<__half>& d_x, const Device
     const size_t n = (size_t)(d.N / group_images) * d.K;
     d_sum = poisoned<float>(n);
     d_sumsq = poisoned<float>(n);
-    d_part = poisoned<float>(kernels::igemm_stats_scratch_bytes(d, config) / sizeof(float));
+    d_part = poisoned<float>(kernel.stats_scratch_bytes(d) / sizeof(float));
   }
   const kernels::IgemmStats st{d_sum.get(), d_sumsq.get(), d_part.get(), group_images};
-  kernels::conv_forward_igemm_pool(d_x.get(), d_w.get(), d_y.get(),
-                                   with_argmax ? d_arg.get() : nullptr, d, config,
-                                   group_images > 0 ? &st : nullptr, stream);
+  kernel.pool(d_x.get(), d_w.get(), d_y.get(), with_argmax ? d_arg.get() : nullptr, d,
+              group_images > 0 ? &st : nullptr, stream);
   CUDA_CHECK(cudaStreamSynchronize(stream));
   PoolOut out;
   out.y = download(d_y);
@@ -235,8 +286,8 @@ int odd_stats_group(const ConvDesc& d, int block_m) {
   return d.N;
 }
 
-// One config on one problem: conv_forward_igemm_pool with argmax and stats vs the host max-pool
-// of the same config's conv_forward_igemm output (y_pooled bitwise, argmax exactly); without
+// One config on one problem: the fused conv + max-pool with argmax and stats vs the host
+// max-pool of the same config's plain forward output (y_pooled bitwise, argmax exactly); without
 // argmax, without stats, without both: the same y_pooled bits (and argmax bits, statistics bits);
 // the statistics vs double sums over the pooled values. Returns the host's tie count.
 //
@@ -247,15 +298,15 @@ int odd_stats_group(const ConvDesc& d, int block_m) {
 // for the recipe's many-block groups (layer2: n <= 145, 1.7e-5; layer1: 32 images of 32x32 are
 // 256 or 512 blocks, n <= 529, 6.3e-5). A missing or doubled pooled row gives far more.
 long check_pool(const Problem& p, const DeviceBuffer<__half>& d_x, const DeviceBuffer<__half>& d_w,
-                IgemmConfig config, int group_images, cudaStream_t stream) {
+                const FwdKernel& kernel, int group_images, cudaStream_t stream) {
   const ConvDesc& d = p.d;
-  const auto info = kernels::igemm_config_info(config);
+  const auto info = kernel.info();
   INFO("config " << info.name << ", shape " << desc_str(d) << ", group_images " << group_images);
-  const auto y = run_igemm(p, d_x, d_w, config);
+  const auto y = run_fwd(p, d_x, d_w, kernel);
   CHECK(all_finite_half(y));
   const HostPool want = host_pool(y, d);
 
-  const PoolOut full = run_pool(p, d_x, d_w, config, true, group_images, stream);
+  const PoolOut full = run_pool(p, d_x, d_w, kernel, true, group_images, stream);
   long y_bad = 0, arg_bad = 0;
   for (size_t i = 0; i < want.y.size(); i++) {
     if (std::memcmp(&full.y[i], &want.y[i], sizeof(__half)) != 0) y_bad++;
@@ -264,9 +315,9 @@ long check_pool(const Problem& p, const DeviceBuffer<__half>& d_x, const DeviceB
   CHECK(y_bad == 0);
   CHECK(arg_bad == 0);
 
-  const PoolOut plain = run_pool(p, d_x, d_w, config, false, 0, stream);
-  const PoolOut arg_only = run_pool(p, d_x, d_w, config, true, 0, stream);
-  const PoolOut stats_only = run_pool(p, d_x, d_w, config, false, group_images, stream);
+  const PoolOut plain = run_pool(p, d_x, d_w, kernel, false, 0, stream);
+  const PoolOut arg_only = run_pool(p, d_x, d_w, kernel, true, 0, stream);
+  const PoolOut stats_only = run_pool(p, d_x, d_w, kernel, false, group_images, stream);
   CHECK(bitwise_equal(plain.y, full.y));
   CHECK(bitwise_equal(arg_only.y, full.y));
   CHECK(bitwise_equal(stats_only.y, full.y));
@@ -277,7 +328,8 @@ long check_pool(const Problem& p, const DeviceBuffer<__half>& d_x, const DeviceB
   // Double sums over the reference's pooled values, group by group, pixel-major.
   const int groups = d.N / group_images;
   const long group_pixels = (long)group_images * (d.H / 2) * (d.W / 2);
-  const int slices = info.threads / (info.block_n / 8);
+  // The epilogue's threads: all of an igemm block's, the two MMA warpgroups of a wgmma one.
+  const int slices = (kernel.wgmma ? 256 : info.threads) / (info.block_n / 8);
   const int blocks_per_group =
       groups == 1 ? (int)((d.N * (long)d.H * d.W + info.block_m - 1) / info.block_m)
                   : (int)((long)group_images * d.H * d.W / info.block_m);
@@ -305,28 +357,34 @@ long check_pool(const Problem& p, const DeviceBuffer<__half>& d_x, const DeviceB
     }
   }
   CHECK(bad == 0);
-  std::printf("igemm pool %-14s %s: y_pooled mismatches %ld, argmax mismatches %ld, ties %ld, "
+  std::printf("%s pool %-14s %s: y_pooled mismatches %ld, argmax mismatches %ld, ties %ld, "
               "%d group(s) stats worst rel error %.2e (tol %.1e)\n",
-              info.name, desc_str(d).c_str(), y_bad, arg_bad, want.ties, groups, worst, tol);
+              kernel.family(), info.name, desc_str(d).c_str(), y_bad, arg_bad, want.ties, groups, worst, tol);
   return want.ties;
 }
 
-// A pooled recipe layer at batch 512 with ghost groups of 32 images, every config that fits.
-void check_recipe_pool(int H, int C, int K, uint64_t seed) {
+// A pooled recipe layer at batch 512 with ghost groups of 32 images, every config of the family
+// (each fits the recipe's pooled layers, see the header).
+void check_recipe_pool(int H, int C, int K, uint64_t seed, bool wgmma = false) {
   const ConvDesc d{512, H, H, C, K, 3};
   const Problem p = make_problem(d, C, seed);
   auto d_x = upload_half(p.x), d_w = upload_half(p.w);
   cudaStream_t stream;
   CUDA_CHECK(cudaStreamCreate(&stream));
-  int tested = 0;
-  for (IgemmConfig config : kernels::kIgemmConfigs) {
-    if (!pool_accepts(d, kernels::igemm_config_info(config))) continue;
-    check_pool(p, d_x, d_w, config, 32, stream);
-    tested++;
+  for (const FwdKernel& kernel : fwd_kernels(wgmma)) {
+    CHECK(pool_accepts(d, kernel.info()));
+    check_pool(p, d_x, d_w, kernel, 32, stream);
   }
-  CHECK(tested == 4);  // every config fits the recipe's pooled layers (see the header)
   CUDA_CHECK(cudaStreamDestroy(stream));
 }
+
+// The fused statistics epilogue on small shapes (one group and ghost groups), every config of
+// the family: y bitwise the plain launch's, and the sums vs double sums over the stored y.
+void check_stats_epilogue(bool wgmma);
+
+// The fused max-pool epilogue on odd shapes, uniform and integer (tie-heavy) values, every
+// config of the family that accepts the shape.
+void check_pool_odd_shapes(bool wgmma);
 
 }  // namespace
 
@@ -505,8 +563,9 @@ TEST_CASE("igemm conv odd shapes vs reference", "[gpu][igemm]") {
 // whose every term passes through at most n additions errs by at most n * 2^-24 * sum |terms|,
 // here <= 40 * 6e-8 = 2.4e-6 of sum |y| (sum y^2 for the squares). 1e-5 is above that bound;
 // a missing or doubled row gives far more.
-TEST_CASE("igemm conv fused BN statistics vs CPU sums", "[gpu][igemm]") {
-  GPU_TEST_SKIP_WITHOUT_DEVICE();
+namespace {
+
+void check_stats_epilogue(bool wgmma) {
   struct Case {
     ConvDesc d;
     int group_images;
@@ -527,15 +586,17 @@ TEST_CASE("igemm conv fused BN statistics vs CPU sums", "[gpu][igemm]") {
     const long group_pixels = (long)cs.group_images * d.H * d.W;
     const auto y_ref = reference(p, 0, d.N);
     auto d_x = upload_half(p.x), d_w = upload_half(p.w);
-    for (IgemmConfig config : kernels::kIgemmConfigs) {
-      INFO("config " << kernels::igemm_config_info(config).name << ", shape " << desc_str(d)
-                     << ", group_images " << cs.group_images);
-      const auto y_plain = run_igemm(p, d_x, d_w, config);
+    for (const FwdKernel& kernel : fwd_kernels(wgmma)) {
+      const auto info = kernel.info();
+      // Several groups need each block's rows in one group.
+      if (groups > 1 && group_pixels % info.block_m != 0) continue;
+      INFO("config " << info.name << ", shape " << desc_str(d) << ", group_images " << cs.group_images);
+      const auto y_plain = run_fwd(p, d_x, d_w, kernel);
       auto d_y = poisoned<__half>(p.y_size());
       auto d_sum = poisoned<float>((size_t)groups * d.K), d_sumsq = poisoned<float>((size_t)groups * d.K);
-      auto d_part = poisoned<float>(kernels::igemm_stats_scratch_bytes(d, config) / sizeof(float));
-      kernels::conv_forward_igemm_stats(d_x.get(), d_w.get(), d_y.get(), d, config,
-                                        {d_sum.get(), d_sumsq.get(), d_part.get(), cs.group_images}, stream);
+      auto d_part = poisoned<float>(kernel.stats_scratch_bytes(d) / sizeof(float));
+      kernel.stats(d_x.get(), d_w.get(), d_y.get(), d, {d_sum.get(), d_sumsq.get(), d_part.get(), cs.group_images},
+                   stream);
       CUDA_CHECK(cudaStreamSynchronize(stream));
       const auto y = download(d_y);
       CHECK(bitwise_equal(y, y_plain));
@@ -559,12 +620,19 @@ TEST_CASE("igemm conv fused BN statistics vs CPU sums", "[gpu][igemm]") {
           worst = std::max(worst, std::max(e_s, e_ss));
           if (!(e_s <= 1e-5 && e_ss <= 1e-5)) bad++;  // also catches NaN (poison left)
         }
-      std::printf("igemm stats %-14s %s, %d group(s): worst rel error %.2e\n",
-                  kernels::igemm_config_info(config).name, desc_str(d).c_str(), groups, worst);
+      std::printf("%s stats %-14s %s, %d group(s): worst rel error %.2e\n", kernel.family(), info.name,
+                  desc_str(d).c_str(), groups, worst);
       CHECK(bad == 0);
     }
   }
   CUDA_CHECK(cudaStreamDestroy(stream));
+}
+
+}  // namespace
+
+TEST_CASE("igemm conv fused BN statistics vs CPU sums", "[gpu][igemm]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  check_stats_epilogue(false);
 }
 
 // ------------------------------------------------------------ fused max-pool epilogue (host)
@@ -704,8 +772,9 @@ TEST_CASE("igemm conv+pool layer3 256->512 3x3 @8, batch 512", "[gpu][igemm][rec
 // BlockM = 128), tiles holding row pairs of two images (6x4 images = 24 pixels), R = 1, 3, 5,
 // one group and ghost groups; each shape with uniform values and with integer values in
 // {-1, 0, 1} (many tied windows, so the argmax tie rule is exercised: checked that ties occur).
-TEST_CASE("igemm conv+pool odd shapes and ties", "[gpu][igemm]") {
-  GPU_TEST_SKIP_WITHOUT_DEVICE();
+namespace {
+
+void check_pool_odd_shapes(bool wgmma) {
   const ConvDesc shapes[] = {{3, 6, 4, 8, 24, 3},   {2, 10, 8, 24, 40, 3}, {3, 2, 16, 16, 72, 5},
                              {2, 14, 2, 8, 24, 1},  {1, 2, 64, 8, 136, 3}, {2, 4, 32, 40, 24, 3},
                              {4, 4, 8, 16, 24, 3}};
@@ -719,15 +788,64 @@ TEST_CASE("igemm conv+pool odd shapes and ties", "[gpu][igemm]") {
       const Problem p = integer ? make_integer_problem(d, seed) : make_problem(d, d.C, seed);
       auto d_x = upload_half(p.x), d_w = upload_half(p.w);
       int tested = 0;
-      for (IgemmConfig config : kernels::kIgemmConfigs) {
-        const auto info = kernels::igemm_config_info(config);
+      for (const FwdKernel& kernel : fwd_kernels(wgmma)) {
+        const auto info = kernel.info();
         if (!pool_accepts(d, info)) continue;
-        const long ties = check_pool(p, d_x, d_w, config, odd_stats_group(d, info.block_m), stream);
+        const long ties = check_pool(p, d_x, d_w, kernel, odd_stats_group(d, info.block_m), stream);
         if (integer) integer_ties += ties;
         tested++;
       }
-      CHECK(tested >= 2);  // W = 64: the two BlockM = 128 configs; else all four
+      CHECK(tested >= 2);  // W = 64: the BlockM >= 128 configs; else all
     }
   CHECK(integer_ties > 0);
   CUDA_CHECK(cudaStreamDestroy(stream));
+}
+
+}  // namespace
+
+TEST_CASE("igemm conv+pool odd shapes and ties", "[gpu][igemm]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  check_pool_odd_shapes(false);
+}
+
+// ------------------------------------------------- the same epilogues on the wgmma forward
+
+// The wgmma forward kernel ends with the same epilogue code (kernels/conv/conv_epilogue.cuh),
+// so the same checks apply, every wgmma config, on an sm_90a Hopper.
+#define SKIP_WITHOUT_WGMMA()                                                                   \
+  do {                                                                                         \
+    if (!kernels::wgmma_supported()) {                                                         \
+      std::printf("SKIPPED: this GPU or build cannot run wgmma (needs sm_90a, Hopper)\n"); \
+      return;                                                                                  \
+    }                                                                                          \
+  } while (0)
+
+TEST_CASE("wgmma conv fused BN statistics vs CPU sums", "[gpu][wgmma]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  SKIP_WITHOUT_WGMMA();
+  check_stats_epilogue(true);
+}
+
+TEST_CASE("wgmma conv+pool odd shapes and ties", "[gpu][wgmma]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  SKIP_WITHOUT_WGMMA();
+  check_pool_odd_shapes(true);
+}
+
+TEST_CASE("wgmma conv+pool layer1 64->128 3x3 @32, batch 512", "[gpu][wgmma][recipe]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  SKIP_WITHOUT_WGMMA();
+  check_recipe_pool(32, 64, 128, 610, true);
+}
+
+TEST_CASE("wgmma conv+pool layer2 128->256 3x3 @16, batch 512", "[gpu][wgmma][recipe]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  SKIP_WITHOUT_WGMMA();
+  check_recipe_pool(16, 128, 256, 620, true);
+}
+
+TEST_CASE("wgmma conv+pool layer3 256->512 3x3 @8, batch 512", "[gpu][wgmma][recipe]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  SKIP_WITHOUT_WGMMA();
+  check_recipe_pool(8, 256, 512, 630, true);
 }

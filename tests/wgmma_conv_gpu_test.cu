@@ -538,6 +538,22 @@ TEST_CASE("wgmma launchers check their preconditions (host)", "[gpu][wgmma]") {
   CHECK_THROWS_AS(wgrad(ConvDesc{2, 4, 4, 16, 16, 3}, nullptr, 1), std::invalid_argument);
   CHECK_THROWS_AS(wgrad(ConvDesc{2, 4, 4, 16, 16, 3}, fake(0x10000), 0), std::invalid_argument);      // no slab
   CHECK_THROWS_AS(wgrad(ConvDesc{2, 4, 4, 16, 16, 3}, fake(0x10000), 65536), std::invalid_argument);  // grid z
+  // The fused epilogues' own rules (conv_forward_igemm_pool's and _stats'), checked before
+  // anything runs.
+  auto pool = [&](const ConvDesc& d, uint8_t* arg) {
+    kernels::conv_forward_wgmma_pool(fake(0x10000), fake(0x20000), fake(0x30000), arg, d, cfg, nullptr, 0);
+  };
+  CHECK_THROWS_AS(pool(ConvDesc{2, 5, 4, 16, 16, 3}, nullptr), std::invalid_argument);  // H odd
+  CHECK_THROWS_AS(pool(ConvDesc{2, 4, 128, 16, 16, 3}, nullptr), std::invalid_argument);  // 2W > BlockM
+  CHECK_THROWS_AS(pool(ConvDesc{2, 4, 4, 16, 16, 3}, reinterpret_cast<uint8_t*>(0x40004)),
+                  std::invalid_argument);  // argmax alignment
+  float* f = reinterpret_cast<float*>(0x50000);
+  CHECK_THROWS_AS(kernels::conv_forward_wgmma_stats(fake(0x10000), fake(0x20000), fake(0x30000),
+                                                    ConvDesc{4, 5, 5, 16, 16, 3}, cfg, {f, f + 64, f + 128, 1}, 0),
+                  std::invalid_argument);  // 4 groups of 25 pixels: not whole blocks
+  CHECK_THROWS_AS(kernels::conv_forward_wgmma_stats(fake(0x10000), fake(0x20000), fake(0x30000),
+                                                    ConvDesc{4, 8, 8, 16, 16, 3}, cfg, {f, f + 64, nullptr, 2}, 0),
+                  std::invalid_argument);  // no scratch
   if (!kernels::wgmma_supported()) {
     // A valid shape is still refused where wgmma cannot run (no device here, or not Hopper).
     CHECK_THROWS_AS(fwd(ConvDesc{2, 4, 4, 16, 16, 3}, fake(0x10000)), std::invalid_argument);

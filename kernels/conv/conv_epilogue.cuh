@@ -20,13 +20,16 @@
 
 #include "kernels/bn_math.cuh"
 #include "kernels/conv/igemm_loader.cuh"
+#include "kernels/conv/implicit_gemm.cuh"
 
 namespace kernels {
 namespace igemm_detail {
 
-// Shared memory the BN-backward sums need after sC: fp32 [2][Threads / (BlockN / 8)][BlockN].
+// Shared memory every epilogue's reduction fits in after sC: fp32 [2][Threads / (BlockN / 8)]
+// [BlockN] (the pool and BN-backward sums' scratch; the statistics' [2][Threads / (BlockN / 2)]
+// [BlockN] is smaller).
 template <int BlockN, int Threads>
-constexpr int bn_sums_red_bytes() {
+constexpr int epilogue_red_bytes() {
   return 2 * (Threads / (BlockN / 8)) * BlockN * 4;
 }
 
@@ -139,6 +142,160 @@ __device__ __forceinline__ void conv_store_tile(const __half* sC, float* red, co
       p.partials[(size_t)blockIdx.y * p.K + nc] = sum;
       p.partials[((size_t)gridDim.y + blockIdx.y) * p.K + nc] = sumx;
     }
+  }
+}
+
+// The BN statistics epilogue (after conv_store_tile stored the tile): this block's partial
+// sum and sum of squares of each of its columns over its rows m < M, from the fp16 values in
+// sC, to p.partials[blockIdx.y][n] and p.partials[gridDim.y + blockIdx.y][n], through red
+// [2][kStatSlices][BlockN] fp32 (must not overlap sC). sync(): as conv_store_tile's.
+template <int BlockM, int BlockN, int Threads, int CStride, class Sync>
+__device__ __forceinline__ void conv_stats_tile(const __half* sC, float* red, const IgemmParams& p, int m0,
+                                                int n0, int tid, Sync sync) {
+  constexpr int kStatSlices = Threads / (BlockN / 2);
+  static_assert(Threads % (BlockN / 2) == 0, "stats: whole slices of column pairs");
+  static_assert(Threads >= BlockN, "stats: a thread per column for the reduction");
+  // Thread t sums column pair t % kPairs over
+  // rows t / kPairs, + kStatSlices, ... (consecutive threads read consecutive words); the
+  // kStatSlices partials of a column are then added in slice order. Fixed order: deterministic.
+  constexpr int kPairs = BlockN / 2;
+  const int pair = tid % kPairs, slice = tid / kPairs;
+  const int rows = min(BlockM, p.M - m0);
+  float2 s = make_float2(0.0f, 0.0f), ss = make_float2(0.0f, 0.0f);
+  for (int r = slice; r < rows; r += kStatSlices) {
+    const float2 v = __half22float2(*reinterpret_cast<const __half2*>(sC + r * CStride + 2 * pair));
+    s.x += v.x;
+    s.y += v.y;
+    ss.x += v.x * v.x;
+    ss.y += v.y * v.y;
+  }
+  *reinterpret_cast<float2*>(red + slice * BlockN + 2 * pair) = s;
+  *reinterpret_cast<float2*>(red + (kStatSlices + slice) * BlockN + 2 * pair) = ss;
+  sync();
+  const int c = tid, n = n0 + c;
+  if (c < BlockN && n < p.K) {
+    float sum = 0.0f, sumsq = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kStatSlices; j++) {
+      sum += red[j * BlockN + c];
+      sumsq += red[(kStatSlices + j) * BlockN + c];
+    }
+    p.partials[(size_t)blockIdx.y * p.K + n] = sum;
+    p.partials[((size_t)gridDim.y + blockIdx.y) * p.K + n] = sumsq;
+  }
+}
+
+// The fused 2x2 max-pool epilogue (instead of conv_store_tile): the tile's rows are whole
+// pairs of output rows (the launcher checks BlockM % 2W == 0; H, W even). Writes the pooled
+// tile to p.y ([M / 4][K]), the argmax bytes to p.argmax (when not null) and with kStats the
+// partial sums of the pooled values through red [2][kPoolSlices][BlockN] fp32 (after sC).
+template <int BlockM, int BlockN, int Threads, int CStride, bool kStats, class Sync>
+__device__ __forceinline__ void conv_pool_tile(const __half* sC, float* red, const IgemmParams& p, int m0,
+                                               int n0, int tid, Sync sync) {
+  constexpr int kChunksN = BlockN / 8;
+  constexpr int kPooledRows = BlockM / 4;
+  constexpr int kPoolSlices = Threads / kChunksN;
+  static_assert(Threads % kChunksN == 0, "pool: a fixed chunk column per thread");
+  static_assert(kPooledRows % kPoolSlices == 0, "pool: whole passes over the pooled rows");
+  static_assert(!kStats || Threads >= BlockN, "pool stats: a thread per column for the reduction");
+  // The tile's rows are whole pairs of output rows (m0 % 2W == 0), so pooled pixel m0/4 + q
+  // is the max over sC rows pool_window_row(q, W) + {0, 1, W, W + 1}. Thread t owns the
+  // 8-channel chunk t % kChunksN of pooled rows q = t / kChunksN + i * kPoolSlices: per row it
+  // reads four 16-byte chunks of sC (8 consecutive threads read one 128-byte row segment: no
+  // bank conflicts), writes 16 bytes of y_pooled and 8 bytes of argmax (consecutive threads
+  // along a pooled row: coalesced). K % 8 == 0: a chunk is wholly inside or outside [0, K).
+  const int ch = tid % kChunksN, q0 = tid / kChunksN;
+  const int n = n0 + ch * 8;
+  const bool n_ok = n < p.K;
+  const int pooled0 = m0 / 4, pooled_end = p.M / 4;  // M = N*H*W, a multiple of 4
+  float s[8], ss[8];
+#pragma unroll
+  for (int e = 0; e < 8; e++) s[e] = ss[e] = 0.0f;
+#pragma unroll
+  for (int it = 0; it < kPooledRows / kPoolSlices; it++) {
+    const int q = q0 + it * kPoolSlices;
+    const int pooled = pooled0 + q;
+    // The window's rows are < M exactly when its pooled pixel is < M / 4 (M = N*H*W is a
+    // multiple of 2W, so the last tile holds whole row pairs too).
+    if (pooled < pooled_end) {
+      const __half* win = sC + pool_window_row(q, p.W) * CStride + ch * 8;
+      alignas(16) __half v[4][8];  // window position dy * 2 + dx, channel
+      *reinterpret_cast<uint4*>(v[0]) = *reinterpret_cast<const uint4*>(win);
+      *reinterpret_cast<uint4*>(v[1]) = *reinterpret_cast<const uint4*>(win + CStride);
+      *reinterpret_cast<uint4*>(v[2]) = *reinterpret_cast<const uint4*>(win + p.W * CStride);
+      *reinterpret_cast<uint4*>(v[3]) =
+          *reinterpret_cast<const uint4*>(win + (p.W + 1) * CStride);
+      alignas(16) __half out[8];
+      uint32_t arg_lo = 0, arg_hi = 0;  // argmax bytes of channels 0..3, 4..7 (little-endian)
+#pragma unroll
+      for (int e = 0; e < 8; e++) {
+        const int a = pool2x2_argmax(__half2float(v[0][e]), __half2float(v[1][e]),
+                                     __half2float(v[2][e]), __half2float(v[3][e]));
+        // The picked element's own bits (not a recomputed max: keeps -0 vs +0 and NaN as is).
+        out[e] = a == 0 ? v[0][e] : a == 1 ? v[1][e] : a == 2 ? v[2][e] : v[3][e];
+        if (e < 4)
+          arg_lo |= (uint32_t)a << (8 * e);
+        else
+          arg_hi |= (uint32_t)a << (8 * (e - 4));
+        if constexpr (kStats) {
+          const float f = __half2float(out[e]);
+          s[e] += f;
+          ss[e] += f * f;
+        }
+      }
+      if (n_ok) {
+        const size_t off = (size_t)pooled * p.K + n;
+        *reinterpret_cast<uint4*>(p.y + off) = *reinterpret_cast<const uint4*>(out);
+        if (p.argmax != nullptr)
+          *reinterpret_cast<uint2*>(p.argmax + off) = make_uint2(arg_lo, arg_hi);
+      }
+    }
+  }
+
+  if constexpr (kStats) {
+    // Thread t's 8 column sums (over its pooled rows, in row order) go to
+    // red[0][slice][..], its sums of squares to red[1][slice][..], slice = t / kChunksN; then
+    // thread c < BlockN adds column c's kPoolSlices partials in slice order. Fixed order:
+    // deterministic. Within a slice row, channels ch*8 + j*4 + 0..3 sit at j*BlockN/2 + ch*4,
+    // so consecutive threads store consecutive float4s (no bank conflicts); the reduction's
+    // loads then have a 2-way conflict (a warp reads two 16-float runs BlockN/2 apart), once
+    // per block.
+    constexpr int kHalfN = BlockN / 2;
+    float* rs = red + q0 * BlockN + ch * 4;
+    float* rss = red + (kPoolSlices + q0) * BlockN + ch * 4;
+    *reinterpret_cast<float4*>(rs) = make_float4(s[0], s[1], s[2], s[3]);
+    *reinterpret_cast<float4*>(rs + kHalfN) = make_float4(s[4], s[5], s[6], s[7]);
+    *reinterpret_cast<float4*>(rss) = make_float4(ss[0], ss[1], ss[2], ss[3]);
+    *reinterpret_cast<float4*>(rss + kHalfN) = make_float4(ss[4], ss[5], ss[6], ss[7]);
+    sync();
+    const int c = tid, nc = n0 + c;
+    if (c < BlockN && nc < p.K) {
+      const int pos = ((c >> 2) & 1) * kHalfN + (c >> 3) * 4 + (c & 3);
+      float sum = 0.0f, sumsq = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kPoolSlices; j++) {
+        sum += red[j * BlockN + pos];
+        sumsq += red[(kPoolSlices + j) * BlockN + pos];
+      }
+      p.partials[(size_t)blockIdx.y * p.K + nc] = sum;
+      p.partials[((size_t)gridDim.y + blockIdx.y) * p.K + nc] = sumsq;
+    }
+  }
+}
+
+// The epilogues a forward kernel can end with, after the fp16 tile is in sC and every thread
+// has passed a barrier: y stored (kStore), + the BN-backward sums (kBnSums), + the BN
+// statistics (kStats), or the fused max-pool (kPool) + its statistics (kPoolStats).
+enum class ConvEpilogue { kStore, kBnSums, kStats, kPool, kPoolStats };
+
+template <ConvEpilogue E, int BlockM, int BlockN, int Threads, int CStride, class Sync>
+__device__ __forceinline__ void conv_epilogue(const __half* sC, float* red, const IgemmParams& p, int m0, int n0,
+                                              int tid, Sync sync) {
+  if constexpr (E == ConvEpilogue::kPool || E == ConvEpilogue::kPoolStats) {
+    conv_pool_tile<BlockM, BlockN, Threads, CStride, E == ConvEpilogue::kPoolStats>(sC, red, p, m0, n0, tid, sync);
+  } else {
+    conv_store_tile<BlockM, BlockN, Threads, CStride, E == ConvEpilogue::kBnSums>(sC, red, p, m0, n0, tid, sync);
+    if constexpr (E == ConvEpilogue::kStats) conv_stats_tile<BlockM, BlockN, Threads, CStride>(sC, red, p, m0, n0, tid, sync);
   }
 }
 

@@ -51,6 +51,13 @@ void require_igemm_shape(const char* fn, const ConvDesc& d);
 IgemmParams make_igemm_params(const char* fn, const __half* x, const __half* w, __half* y,
                               const ConvDesc& d, int block_m);
 
+// The statistics epilogue's checks (IgemmStats, naming fn) for a forward conv d with BlockM-row
+// tiles; sets p.partials and returns the blocks per group (the grid's when there is one).
+int set_stats_params(const char* fn, IgemmParams& p, const IgemmStats& stats, const ConvDesc& d,
+                     int block_m);
+// The max-pool epilogue's checks (H, W even, BlockM % 2W == 0, argmax 8-byte aligned or null);
+// sets p.argmax.
+void set_pool_params(const char* fn, IgemmParams& p, uint8_t* argmax, const ConvDesc& d, int block_m);
 // The BN-backward sums epilogue (conv_epilogue.cuh) of a dgrad run as the forward convolution
 // d (its output y is the dgrad's dx, d.K its channels): checks bn (naming fn), sets p.bn_* and
 // p.partials, and returns the BlockM-row blocks per BN group (the grid's when there is one).

@@ -36,8 +36,6 @@ namespace {
 
 using igemm_detail::a_offset;
 using igemm_detail::FilterTap;
-using igemm_detail::pool2x2_argmax;
-using igemm_detail::pool_window_row;
 
 // The PTX wrappers (cp.async, ldmatrix, mma.sync m16n8k16), shared with the backward kernels.
 using ptx::cp_async_16;
@@ -74,31 +72,19 @@ struct IgemmTile {
   static constexpr int kStageHalves = (BlockM + BlockN) * kStride;
   static constexpr int kPipeHalves = Stages * kStageHalves;
   static constexpr int kEpilogueHalves = BlockM * kCStride;
-  // Stats epilogue: threads per column pair, and its fp32 scratch [2][kStatSlices][BlockN]
-  // right after sC.
-  static constexpr int kStatSlices = kThreads / (BlockN / 2);
-  static constexpr int kEpilogueBytes = 2 * kEpilogueHalves + 2 * kStatSlices * BlockN * 4;
-  // Max-pool epilogue: a thread owns one 8-channel chunk column of the pooled tile
-  // [BlockM / 4][BlockN] and every kPoolSlices-th pooled row; its stats scratch
-  // [2][kPoolSlices][BlockN] fp32 lies after sC too.
-  static constexpr int kChunksN = BlockN / 8;
-  static constexpr int kPooledRows = BlockM / 4;
-  static constexpr int kPoolSlices = kThreads / kChunksN;
-  static constexpr int kPoolEpilogueBytes = 2 * kEpilogueHalves + 2 * kPoolSlices * BlockN * 4;
-  static constexpr int kMaxEpilogueBytes =
-      kEpilogueBytes > kPoolEpilogueBytes ? kEpilogueBytes : kPoolEpilogueBytes;
+  // The epilogues' fp32 scratch (statistics, pool, BN-backward sums) lies right after sC
+  // (kernels/conv/conv_epilogue.cuh); the pipeline's stages are larger in every config.
+  static constexpr int kEpilogueBytes =
+      2 * kEpilogueHalves + igemm_detail::epilogue_red_bytes<BlockN, kThreads>();
   static constexpr size_t kSmemBytes =
-      (size_t)(2 * kPipeHalves > kMaxEpilogueBytes ? 2 * kPipeHalves : kMaxEpilogueBytes);
+      (size_t)(2 * kPipeHalves > kEpilogueBytes ? 2 * kPipeHalves : kEpilogueBytes);
 
   static_assert(BlockM % WarpM == 0 && BlockN % WarpN == 0, "warps must tile the block");
   static_assert(WarpM % 16 == 0 && WarpN % 16 == 0, "warp tile: m16 rows, pairs of n8 columns");
   static_assert(BlockK % 16 == 0, "BlockK: whole k16 steps (also keeps the padded rows odd)");
   static_assert(kThreads % kChunksK == 0, "loader: whole rows per pass");
   static_assert(BlockM % kRowStep == 0 && BlockN % kRowStep == 0, "loader: whole passes");
-  static_assert(BlockN % 8 == 0 && kThreads >= BlockN, "stats epilogue: a thread per column");
-  static_assert(kThreads % (BlockN / 2) == 0, "stats epilogue: whole slices of column pairs");
-  static_assert(kThreads % kChunksN == 0, "pool epilogue: a fixed chunk column per thread");
-  static_assert(kPooledRows % kPoolSlices == 0, "pool epilogue: whole passes over pooled rows");
+  static_assert(BlockN % 8 == 0, "epilogues: 8-channel chunks");
   static_assert(Stages >= 2, "a pipeline needs two stages");
 };
 
@@ -221,135 +207,18 @@ __global__ void __launch_bounds__(T::kThreads, T::kMinBlocks)
     }
   __syncthreads();
 
-  if constexpr (!kPool) {
-    // Epilogue 2: sC -> y in 16-byte chunks, consecutive threads along a row (coalesced); with
-    // kBnSums also the BN-backward sums, through a scratch after sC.
-    static_assert(2 * T::kEpilogueHalves + igemm_detail::bn_sums_red_bytes<T::kBlockN, T::kThreads>() <=
-                      (int)T::kSmemBytes,
-                  "BN sums: their scratch fits after sC");
-    igemm_detail::conv_store_tile<T::kBlockM, T::kBlockN, T::kThreads, T::kCStride, kBnSums>(
-        sC, reinterpret_cast<float*>(smem + T::kEpilogueHalves), p, m0, n0, threadIdx.x,
-        [] { __syncthreads(); });
-
-    if constexpr (kStats) {
-      // Epilogue 3: this block's partial sum and sum of squares of each of its columns over its
-      // rows m < M, from the fp16 values just stored. Thread t sums column pair t % kPairs over
-      // rows t / kPairs, + kStatSlices, ... (consecutive threads read consecutive words); the
-      // kStatSlices partials of a column are then added in slice order. Fixed order: deterministic.
-      constexpr int kPairs = T::kBlockN / 2;
-      float* red = reinterpret_cast<float*>(smem + T::kEpilogueHalves);  // [2][kStatSlices][BlockN]
-      const int pair = threadIdx.x % kPairs, slice = threadIdx.x / kPairs;
-      const int rows = min(T::kBlockM, p.M - m0);
-      float2 s = make_float2(0.0f, 0.0f), ss = make_float2(0.0f, 0.0f);
-      for (int r = slice; r < rows; r += T::kStatSlices) {
-        const float2 v = __half22float2(*reinterpret_cast<const __half2*>(sC + r * T::kCStride + 2 * pair));
-        s.x += v.x;
-        s.y += v.y;
-        ss.x += v.x * v.x;
-        ss.y += v.y * v.y;
-      }
-      *reinterpret_cast<float2*>(red + slice * T::kBlockN + 2 * pair) = s;
-      *reinterpret_cast<float2*>(red + (T::kStatSlices + slice) * T::kBlockN + 2 * pair) = ss;
-      __syncthreads();
-      const int c = threadIdx.x, n = n0 + c;
-      if (c < T::kBlockN && n < p.K) {
-        float sum = 0.0f, sumsq = 0.0f;
-#pragma unroll
-        for (int j = 0; j < T::kStatSlices; j++) {
-          sum += red[j * T::kBlockN + c];
-          sumsq += red[(T::kStatSlices + j) * T::kBlockN + c];
-        }
-        p.partials[(size_t)blockIdx.y * p.K + n] = sum;
-        p.partials[((size_t)gridDim.y + blockIdx.y) * p.K + n] = sumsq;
-      }
-    }
-  } else {
-    // Epilogue 2 (pool): sC -> y_pooled, argmax, and partial sums of the pooled values.
-    // The tile's rows are whole pairs of output rows (m0 % 2W == 0), so pooled pixel m0/4 + q
-    // is the max over sC rows pool_window_row(q, W) + {0, 1, W, W + 1}. Thread t owns the
-    // 8-channel chunk t % kChunksN of pooled rows q = t / kChunksN + i * kPoolSlices: per row it
-    // reads four 16-byte chunks of sC (8 consecutive threads read one 128-byte row segment: no
-    // bank conflicts), writes 16 bytes of y_pooled and 8 bytes of argmax (consecutive threads
-    // along a pooled row: coalesced). K % 8 == 0: a chunk is wholly inside or outside [0, K).
-    const int ch = threadIdx.x % T::kChunksN, q0 = threadIdx.x / T::kChunksN;
-    const int n = n0 + ch * 8;
-    const bool n_ok = n < p.K;
-    const int pooled0 = m0 / 4, pooled_end = p.M / 4;  // M = N*H*W, a multiple of 4
-    float s[8], ss[8];
-#pragma unroll
-    for (int e = 0; e < 8; e++) s[e] = ss[e] = 0.0f;
-#pragma unroll
-    for (int it = 0; it < T::kPooledRows / T::kPoolSlices; it++) {
-      const int q = q0 + it * T::kPoolSlices;
-      const int pooled = pooled0 + q;
-      // The window's rows are < M exactly when its pooled pixel is < M / 4 (M = N*H*W is a
-      // multiple of 2W, so the last tile holds whole row pairs too).
-      if (pooled < pooled_end) {
-        const __half* win = sC + pool_window_row(q, p.W) * T::kCStride + ch * 8;
-        alignas(16) __half v[4][8];  // window position dy * 2 + dx, channel
-        *reinterpret_cast<uint4*>(v[0]) = *reinterpret_cast<const uint4*>(win);
-        *reinterpret_cast<uint4*>(v[1]) = *reinterpret_cast<const uint4*>(win + T::kCStride);
-        *reinterpret_cast<uint4*>(v[2]) = *reinterpret_cast<const uint4*>(win + p.W * T::kCStride);
-        *reinterpret_cast<uint4*>(v[3]) =
-            *reinterpret_cast<const uint4*>(win + (p.W + 1) * T::kCStride);
-        alignas(16) __half out[8];
-        uint32_t arg_lo = 0, arg_hi = 0;  // argmax bytes of channels 0..3, 4..7 (little-endian)
-#pragma unroll
-        for (int e = 0; e < 8; e++) {
-          const int a = pool2x2_argmax(__half2float(v[0][e]), __half2float(v[1][e]),
-                                       __half2float(v[2][e]), __half2float(v[3][e]));
-          // The picked element's own bits (not a recomputed max: keeps -0 vs +0 and NaN as is).
-          out[e] = a == 0 ? v[0][e] : a == 1 ? v[1][e] : a == 2 ? v[2][e] : v[3][e];
-          if (e < 4)
-            arg_lo |= (uint32_t)a << (8 * e);
-          else
-            arg_hi |= (uint32_t)a << (8 * (e - 4));
-          if constexpr (kStats) {
-            const float f = __half2float(out[e]);
-            s[e] += f;
-            ss[e] += f * f;
-          }
-        }
-        if (n_ok) {
-          const size_t off = (size_t)pooled * p.K + n;
-          *reinterpret_cast<uint4*>(p.y + off) = *reinterpret_cast<const uint4*>(out);
-          if (p.argmax != nullptr)
-            *reinterpret_cast<uint2*>(p.argmax + off) = make_uint2(arg_lo, arg_hi);
-        }
-      }
-    }
-
-    if constexpr (kStats) {
-      // Epilogue 3 (pool): thread t's 8 column sums (over its pooled rows, in row order) go to
-      // red[0][slice][..], its sums of squares to red[1][slice][..], slice = t / kChunksN; then
-      // thread c < BlockN adds column c's kPoolSlices partials in slice order. Fixed order:
-      // deterministic. Within a slice row, channels ch*8 + j*4 + 0..3 sit at j*BlockN/2 + ch*4,
-      // so consecutive threads store consecutive float4s (no bank conflicts); the reduction's
-      // loads then have a 2-way conflict (a warp reads two 16-float runs BlockN/2 apart), once
-      // per block.
-      float* red = reinterpret_cast<float*>(smem + T::kEpilogueHalves);  // [2][kPoolSlices][BlockN]
-      constexpr int kHalfN = T::kBlockN / 2;
-      float* rs = red + q0 * T::kBlockN + ch * 4;
-      float* rss = red + (T::kPoolSlices + q0) * T::kBlockN + ch * 4;
-      *reinterpret_cast<float4*>(rs) = make_float4(s[0], s[1], s[2], s[3]);
-      *reinterpret_cast<float4*>(rs + kHalfN) = make_float4(s[4], s[5], s[6], s[7]);
-      *reinterpret_cast<float4*>(rss) = make_float4(ss[0], ss[1], ss[2], ss[3]);
-      *reinterpret_cast<float4*>(rss + kHalfN) = make_float4(ss[4], ss[5], ss[6], ss[7]);
-      __syncthreads();
-      const int c = threadIdx.x, nc = n0 + c;
-      if (c < T::kBlockN && nc < p.K) {
-        const int pos = ((c >> 2) & 1) * kHalfN + (c >> 3) * 4 + (c & 3);
-        float sum = 0.0f, sumsq = 0.0f;
-#pragma unroll
-        for (int j = 0; j < T::kPoolSlices; j++) {
-          sum += red[j * T::kBlockN + pos];
-          sumsq += red[(T::kPoolSlices + j) * T::kBlockN + pos];
-        }
-        p.partials[(size_t)blockIdx.y * p.K + nc] = sum;
-        p.partials[((size_t)gridDim.y + blockIdx.y) * p.K + nc] = sumsq;
-      }
-    }
-  }
+  // Epilogue 2: sC -> y (or the pooled y and argmax) in 16-byte chunks, with the statistics or
+  // BN-backward sums through a scratch after sC (kernels/conv/conv_epilogue.cuh).
+  static_assert(2 * T::kEpilogueHalves + igemm_detail::epilogue_red_bytes<T::kBlockN, T::kThreads>() <=
+                    (int)T::kSmemBytes,
+                "the epilogue's scratch fits after sC");
+  using igemm_detail::ConvEpilogue;
+  constexpr ConvEpilogue kEpi = kPool    ? (kStats ? ConvEpilogue::kPoolStats : ConvEpilogue::kPool)
+                                : kStats   ? ConvEpilogue::kStats
+                                : kBnSums  ? ConvEpilogue::kBnSums
+                                           : ConvEpilogue::kStore;
+  igemm_detail::conv_epilogue<kEpi, T::kBlockM, T::kBlockN, T::kThreads, T::kCStride>(
+      sC, reinterpret_cast<float*>(smem + T::kEpilogueHalves), p, m0, n0, threadIdx.x, [] { __syncthreads(); });
 }
 
 // Adds the per-block partials of each group in block order: sum[g][n], sumsq[g][n] for
@@ -406,22 +275,6 @@ void launch(IgemmConfig config, const IgemmParams& p, cudaStream_t stream) {
   require(false, "conv_forward_igemm", "unknown IgemmConfig");
 }
 
-// The statistics preconditions (see IgemmStats); returns the number of BlockM-row blocks per
-// group (grid_m when there is one group).
-int stats_blocks_per_group(const char* fn, const IgemmStats& stats, const ConvDesc& d,
-                           const IgemmConfigInfo& cfg, int grid_m) {
-  require(stats.sum != nullptr && stats.sumsq != nullptr && stats.partials != nullptr, fn,
-          "null statistics buffer");
-  require(stats.group_images > 0 && d.N % stats.group_images == 0, fn,
-          "group_images must divide N");
-  const int groups = d.N / stats.group_images;
-  const int group_pixels = stats.group_images * d.H * d.W;
-  // Each block's rows must lie in one group, so its partial belongs to one group.
-  require(groups == 1 || group_pixels % cfg.block_m == 0, fn,
-          "with several groups, group_images * H * W must be a multiple of BlockM");
-  return groups == 1 ? grid_m : group_pixels / cfg.block_m;
-}
-
 // Adds the conv kernel's per-block partials (already enqueued on `stream`) into stats.sum/sumsq.
 void launch_stats_reduce(const IgemmStats& stats, const ConvDesc& d, int grid_m,
                          int blocks_per_group, cudaStream_t stream) {
@@ -476,6 +329,32 @@ void launch_stats_reduce(const float* partials, int grid_m, int blocks_per_group
   igemm_stats_reduce_kernel<<<blocks, threads, 0, stream>>>(partials, grid_m, blocks_per_group,
                                                            groups, K, sum_a, sum_b);
   CUDA_CHECK_LAUNCH();
+}
+
+int set_stats_params(const char* fn, IgemmParams& p, const IgemmStats& stats, const ConvDesc& d,
+                     int block_m) {
+  require(stats.sum != nullptr && stats.sumsq != nullptr && stats.partials != nullptr, fn,
+          "null statistics buffer");
+  require(stats.group_images > 0 && d.N % stats.group_images == 0, fn,
+          "group_images must divide N");
+  const int groups = d.N / stats.group_images;
+  const int group_pixels = stats.group_images * d.H * d.W;
+  // Each block's rows must lie in one group, so its partial belongs to one group.
+  require(groups == 1 || group_pixels % block_m == 0, fn,
+          "with several groups, group_images * H * W must be a multiple of BlockM");
+  p.partials = stats.partials;
+  return groups == 1 ? ceil_div(p.M, block_m) : group_pixels / block_m;
+}
+
+void set_pool_params(const char* fn, IgemmParams& p, uint8_t* argmax, const ConvDesc& d, int block_m) {
+  require(d.H % 2 == 0 && d.W % 2 == 0, fn, "H and W must be even (2x2 stride-2 pool)");
+  // m0 = blockIdx.y * BlockM is then a multiple of 2W, and an image's H*W pixels are whole row
+  // pairs (H even): every tile is whole row pairs, every 2x2 window inside one tile.
+  require(block_m % (2 * d.W) == 0, fn,
+          "BlockM must be a multiple of 2 * W (whole pairs of output rows per block)");
+  require(argmax == nullptr || (reinterpret_cast<uintptr_t>(argmax) & 7) == 0, fn,
+          "argmax must be 8-byte aligned");
+  p.argmax = argmax;
 }
 
 int set_bn_sums_params(const char* fn, IgemmParams& p, const BnBackwardSums& bn, const ConvDesc& d,
@@ -548,11 +427,9 @@ void conv_forward_igemm_stats(const __half* x, const __half* w, __half* y, const
   const char* fn = "conv_forward_igemm_stats";
   const IgemmConfigInfo cfg = igemm_config_info(config);
   IgemmParams p = make_params(fn, x, w, y, d, cfg);
-  const int grid_m = ceil_div(p.M, cfg.block_m);
-  const int blocks_per_group = stats_blocks_per_group(fn, stats, d, cfg, grid_m);
-  p.partials = stats.partials;
+  const int blocks_per_group = igemm_detail::set_stats_params(fn, p, stats, d, cfg.block_m);
   launch<true, false>(config, p, stream);
-  launch_stats_reduce(stats, d, grid_m, blocks_per_group, stream);
+  launch_stats_reduce(stats, d, ceil_div(p.M, cfg.block_m), blocks_per_group, stream);
 }
 
 void conv_forward_igemm_pool(const __half* x, const __half* w, __half* y_pooled, uint8_t* argmax,
@@ -561,23 +438,14 @@ void conv_forward_igemm_pool(const __half* x, const __half* w, __half* y_pooled,
   const char* fn = "conv_forward_igemm_pool";
   const IgemmConfigInfo cfg = igemm_config_info(config);
   IgemmParams p = make_params(fn, x, w, y_pooled, d, cfg);
-  require(d.H % 2 == 0 && d.W % 2 == 0, fn, "H and W must be even (2x2 stride-2 pool)");
-  // m0 = blockIdx.y * BlockM is then a multiple of 2W, and an image's H*W pixels are whole row
-  // pairs (H even): every tile is whole row pairs, every 2x2 window inside one tile.
-  require(cfg.block_m % (2 * d.W) == 0, fn,
-          "BlockM must be a multiple of 2 * W (whole pairs of output rows per block)");
-  require(argmax == nullptr || (reinterpret_cast<uintptr_t>(argmax) & 7) == 0, fn,
-          "argmax must be 8-byte aligned");
-  p.argmax = argmax;
+  igemm_detail::set_pool_params(fn, p, argmax, d, cfg.block_m);
   if (stats == nullptr) {
     launch<false, true>(config, p, stream);
     return;
   }
-  const int grid_m = ceil_div(p.M, cfg.block_m);
-  const int blocks_per_group = stats_blocks_per_group(fn, *stats, d, cfg, grid_m);
-  p.partials = stats->partials;
+  const int blocks_per_group = igemm_detail::set_stats_params(fn, p, *stats, d, cfg.block_m);
   launch<true, true>(config, p, stream);
-  launch_stats_reduce(*stats, d, grid_m, blocks_per_group, stream);
+  launch_stats_reduce(*stats, d, ceil_div(p.M, cfg.block_m), blocks_per_group, stream);
 }
 
 }  // namespace kernels

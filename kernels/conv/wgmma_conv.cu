@@ -297,9 +297,9 @@ struct WgTile {
   static constexpr int kAcc = kSubM * kAccSub;           // per thread
   static constexpr int kCStride = BlockN + 8;            // halves per sC row (padded, as mma.sync)
   static constexpr int kPipeBytes = kStages * kStageBytes;
-  // sC, then the BN-backward sums' scratch (conv_epilogue.cuh; used by that epilogue only).
+  // sC, then the epilogues' scratch (statistics, pool, BN-backward sums; conv_epilogue.cuh).
   static constexpr int kEpilogueBytes =
-      kBlockM * kCStride * 2 + igemm_detail::bn_sums_red_bytes<BlockN, kMmaThreads>();
+      kBlockM * kCStride * 2 + igemm_detail::epilogue_red_bytes<BlockN, kMmaThreads>();
   static constexpr int kBarrierBytes = Producer ? 2 * kStages * 8 : 0;  // full[], empty[] after the stages
   // + 1024: the dynamic shared memory base is rounded up to the swizzle atom.
   static constexpr size_t kSmemBytes =
@@ -317,6 +317,7 @@ struct WgTile {
   static_assert(kSmemBytes <= 227 * 1024, "a Hopper block has at most 227 KiB of shared memory");
 };
 
+using igemm_detail::ConvEpilogue;
 using igemm_detail::IgemmParams;
 
 // Where a stage's (row, chunk) lives: sA [BlockM rows] then sB [BlockN rows] of 128 bytes each,
@@ -482,8 +483,9 @@ __device__ __forceinline__ float (&sub_acc(float (&acc)[T::kAcc], int j))[T::kAc
 // Grid: x over output-channel tiles, y over 128-pixel tiles. As many blocks share an SM as its
 // shared memory allows (one or two, wgmma_blocks_per_sm); __launch_bounds__ promises ptxas only
 // one, so it does not cap the registers (they allow two anyway, see set_smem_attributes).
-// kBnSums: y is an input gradient; per-block partial BN-backward sums (conv_epilogue.cuh).
-template <class T, bool kBnSums = false>
+// E: the epilogue (conv_epilogue.cuh): y stored, + BN-backward sums (y an input gradient),
+// + BN statistics, or the fused 2x2 max-pool (+ statistics of the pooled values).
+template <class T, ConvEpilogue E = ConvEpilogue::kStore>
 __global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const IgemmParams p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t raw = ptx::smem_addr(smem_raw);
@@ -519,8 +521,9 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const Ig
     *reinterpret_cast<__half2*>(sC + at.row * T::kCStride + at.col) = __floats2half2_rn(acc[e], acc[e + 1]);
   }
   mma_threads_sync<T>();
-  // sC -> y in 16-byte chunks (coalesced), with kBnSums the BN-backward sums (scratch after sC).
-  igemm_detail::conv_store_tile<T::kBlockM, T::kBlockN, T::kMmaThreads, T::kCStride, kBnSums>(
+  // sC -> y (or the pooled y) in 16-byte chunks (coalesced), with the epilogue's sums through
+  // the scratch after sC.
+  igemm_detail::conv_epilogue<E, T::kBlockM, T::kBlockN, T::kMmaThreads, T::kCStride>(
       sC, reinterpret_cast<float*>(smem + T::kBlockM * T::kCStride * 2), p, m0, n0, threadIdx.x,
       [] { mma_threads_sync<T>(); });
 }
@@ -585,9 +588,9 @@ cudaError_t set_smem_attributes(Kernel* kernel, size_t bytes, bool l1) {
                               l1 ? wgmma_detail::l1_carveout_percent(bytes) : (int)cudaSharedmemCarveoutMaxShared);
 }
 
-template <class T, bool kBnSums = false>
+template <class T, ConvEpilogue E = ConvEpilogue::kStore>
 void launch_tile(const IgemmParams& p, cudaStream_t stream) {
-  auto* kernel = conv_fwd_wgmma_kernel<T, kBnSums>;
+  auto* kernel = conv_fwd_wgmma_kernel<T, E>;
   static const cudaError_t attr = set_smem_attributes(kernel, T::kSmemBytes, T::kL1 != 0);
   CUDA_CHECK(attr);
   const dim3 grid(ceil_div(p.K, T::kBlockN), ceil_div(p.M, T::kBlockM));
@@ -764,6 +767,40 @@ void conv_forward_wgmma(const __half* x, const __half* w, __half* y, const ConvD
   with_tile<WgTile>(config, [&](auto t) { launch_tile<decltype(t)>(p, stream); });
 }
 
+size_t wgmma_stats_scratch_bytes(const ConvDesc& d, WgmmaConfig config) {
+  const long long grid_m = ceil_div((long long)d.N * d.H * d.W, (long long)wgmma_config_info(config).block_m);
+  return 2 * (size_t)grid_m * (size_t)d.K * sizeof(float);
+}
+
+void conv_forward_wgmma_stats(const __half* x, const __half* w, __half* y, const ConvDesc& d, WgmmaConfig config,
+                              const IgemmStats& stats, cudaStream_t stream) {
+  const char* fn = "conv_forward_wgmma_stats";
+  const IgemmConfigInfo cfg = wgmma_config_info(config);
+  IgemmParams p = igemm_detail::make_igemm_params(fn, x, w, y, d, cfg.block_m);
+  const int blocks_per_group = igemm_detail::set_stats_params(fn, p, stats, d, cfg.block_m);
+  require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
+  with_tile<WgTile>(config, [&](auto t) { launch_tile<decltype(t), ConvEpilogue::kStats>(p, stream); });
+  igemm_detail::launch_stats_reduce(stats.partials, ceil_div(p.M, cfg.block_m), blocks_per_group,
+                                    d.N / stats.group_images, d.K, stats.sum, stats.sumsq, stream);
+}
+
+void conv_forward_wgmma_pool(const __half* x, const __half* w, __half* y_pooled, uint8_t* argmax, const ConvDesc& d,
+                             WgmmaConfig config, const IgemmStats* stats, cudaStream_t stream) {
+  const char* fn = "conv_forward_wgmma_pool";
+  const IgemmConfigInfo cfg = wgmma_config_info(config);
+  IgemmParams p = igemm_detail::make_igemm_params(fn, x, w, y_pooled, d, cfg.block_m);
+  igemm_detail::set_pool_params(fn, p, argmax, d, cfg.block_m);
+  const int blocks_per_group = stats ? igemm_detail::set_stats_params(fn, p, *stats, d, cfg.block_m) : 0;
+  require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
+  if (stats == nullptr) {
+    with_tile<WgTile>(config, [&](auto t) { launch_tile<decltype(t), ConvEpilogue::kPool>(p, stream); });
+    return;
+  }
+  with_tile<WgTile>(config, [&](auto t) { launch_tile<decltype(t), ConvEpilogue::kPoolStats>(p, stream); });
+  igemm_detail::launch_stats_reduce(stats->partials, ceil_div(p.M, cfg.block_m), blocks_per_group,
+                                    d.N / stats->group_images, d.K, stats->sum, stats->sumsq, stream);
+}
+
 void conv_backward_data_wgmma(const __half* dy, const __half* w, __half* dx, __half* wt_scratch, const ConvDesc& d,
                               WgmmaConfig config, cudaStream_t stream) {
   const char* fn = "conv_backward_data_wgmma";
@@ -789,7 +826,7 @@ void conv_backward_data_wgmma_bn_sums(const __half* dy, const __half* w, __half*
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
   conv_flip_transpose_weights(w, wt_scratch, d, stream);
   p.w = wt_scratch;
-  with_tile<WgTile>(config, [&](auto t) { launch_tile<decltype(t), true>(p, stream); });
+  with_tile<WgTile>(config, [&](auto t) { launch_tile<decltype(t), ConvEpilogue::kBnSums>(p, stream); });
   igemm_detail::launch_stats_reduce(bn.partials, ceil_div(p.M, cfg.block_m), blocks_per_group,
                                     d.N / bn.group_images, d.C, bn.sum_dz, bn.sum_dzx, stream);
 }

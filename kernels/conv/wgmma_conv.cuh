@@ -76,6 +76,18 @@ int wgmma_blocks_per_sm(WgmmaConfig config, bool weight_gradient);
 void conv_forward_wgmma(const __half* x, const __half* w, __half* y, const ConvDesc& d,
                         WgmmaConfig config, cudaStream_t stream);
 
+// The forward with the fused epilogues of conv_forward_igemm_stats and conv_forward_igemm_pool
+// (kernels/conv/implicit_gemm.cuh): the same outputs, requirements and determinism, from this
+// kernel (y, y_pooled bitwise the max-pool of this config's conv_forward_wgmma output). Scratch
+// for the partial sums: wgmma_stats_scratch_bytes (as igemm_stats_scratch_bytes, with this
+// config's BlockM). Plus wgmma_supported().
+size_t wgmma_stats_scratch_bytes(const ConvDesc& d, WgmmaConfig config);
+void conv_forward_wgmma_stats(const __half* x, const __half* w, __half* y, const ConvDesc& d,
+                              WgmmaConfig config, const IgemmStats& stats, cudaStream_t stream);
+void conv_forward_wgmma_pool(const __half* x, const __half* w, __half* y_pooled, uint8_t* argmax,
+                             const ConvDesc& d, WgmmaConfig config, const IgemmStats* stats,
+                             cudaStream_t stream);
+
 // dx = the input gradient, as conv_backward_data_igemm (flipped, transposed filters in
 // wt_scratch of igemm_dgrad_scratch_bytes(d) bytes, then the forward kernel).
 void conv_backward_data_wgmma(const __half* dy, const __half* w, __half* dx, __half* wt_scratch,
