@@ -108,7 +108,7 @@ const char* const kPasses[] = {"fwd", "bwd_data", "bwd_filter"};
 
 struct Row {
   std::string layer, pass, kernel, config;  // kernel: "igemm", "wgmma" or "cudnn"
-  std::string epilogue = "none";            // fwd igemm: "none", "stats", "pool", "pool+stats"
+  std::string epilogue = "none";  // fwd: "none", "stats", "pool", "pool+stats"; bwd_data: "none", "bn_sums"
   kernels::IgemmConfigInfo info{};          // igemm only
   int splits = 0;                           // igemm / wgmma bwd_filter: split-K slabs launched
   int blocks_per_sm = 0;                    // wgmma: resident blocks per SM (0: not reported)
@@ -283,24 +283,69 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
     }
   }
 
+  // The forward kernels with fused epilogues: every igemm config, and on Hopper every wgmma one
+  // (the same epilogues, kernels/conv/conv_epilogue.cuh). The wgmma plain forward's rows are
+  // in the wgmma section below; here only its fused variants.
+  struct FwdVariant {
+    const char* kernel;
+    kernels::IgemmConfigInfo info;
+    int blocks_per_sm;
+    size_t stats_scratch;
+    std::function<void()> plain;                                 // x, w -> d_y
+    std::function<void(const kernels::IgemmStats&)> stats;       // -> d_y + sums
+    std::function<void(__half*, uint8_t*, const kernels::IgemmStats*)> pool;
+  };
+  std::vector<FwdVariant> fwd_variants;
+  for (kernels::IgemmConfig config : kernels::kIgemmConfigs)
+    fwd_variants.push_back(
+        {"igemm", kernels::igemm_config_info(config), 0, kernels::igemm_stats_scratch_bytes(d, config),
+         [&, config] { kernels::conv_forward_igemm(d_x.get(), d_w.get(), d_y.get(), d, config, 0); },
+         [&, config](const kernels::IgemmStats& st) {
+           kernels::conv_forward_igemm_stats(d_x.get(), d_w.get(), d_y.get(), d, config, st, 0);
+         },
+         [&, config](__half* yp, uint8_t* arg, const kernels::IgemmStats* st) {
+           kernels::conv_forward_igemm_pool(d_x.get(), d_w.get(), yp, arg, d, config, st, 0);
+         }});
+  if (kernels::wgmma_supported())
+    for (kernels::WgmmaConfig config : kernels::kWgmmaConfigs)
+      fwd_variants.push_back(
+          {"wgmma", kernels::wgmma_config_info(config), kernels::wgmma_blocks_per_sm(config, false),
+           kernels::wgmma_stats_scratch_bytes(d, config),
+           [&, config] { kernels::conv_forward_wgmma(d_x.get(), d_w.get(), d_y.get(), d, config, 0); },
+           [&, config](const kernels::IgemmStats& st) {
+             kernels::conv_forward_wgmma_stats(d_x.get(), d_w.get(), d_y.get(), d, config, st, 0);
+           },
+           [&, config](__half* yp, uint8_t* arg, const kernels::IgemmStats* st) {
+             kernels::conv_forward_wgmma_pool(d_x.get(), d_w.get(), yp, arg, d, config, st, 0);
+           }});
+
   // ---- forward, with and without the ghost-BN statistics epilogue
   const int groups = kBatch / kGhostGroup;
   const long group_pixels = (long)kGhostGroup * sp.H * sp.H;
   DeviceBuffer<float> d_sum((size_t)groups * sp.K), d_sumsq((size_t)groups * sp.K);
-  for (kernels::IgemmConfig config : kernels::kIgemmConfigs) {
-    const auto info = kernels::igemm_config_info(config);
-    DeviceBuffer<float> d_part(kernels::igemm_stats_scratch_bytes(d, config) / sizeof(float));
+  for (const FwdVariant& v : fwd_variants) {
+    const auto& info = v.info;
+    if (group_pixels % info.block_m != 0) continue;  // each block's rows in one group
+    DeviceBuffer<float> d_part(v.stats_scratch / sizeof(float));
     const kernels::IgemmStats st{d_sum.get(), d_sumsq.get(), d_part.get(), kGhostGroup};
     std::vector<__half> y_plain;
-    for (int with_stats = 0; with_stats <= 1; with_stats++) {
-      Row row = new_row("fwd", "igemm", info.name);
+    const bool wgmma = std::string(v.kernel) == "wgmma";
+    if (wgmma) {  // the plain output to compare with, untimed here
+      d_y.poison();
+      v.plain();
+      CUDA_CHECK(cudaDeviceSynchronize());
+      y_plain = download(d_y);
+    }
+    for (int with_stats = wgmma ? 1 : 0; with_stats <= 1; with_stats++) {
+      Row row = new_row("fwd", v.kernel, info.name);
       row.info = info;
+      row.blocks_per_sm = v.blocks_per_sm;
       row.epilogue = with_stats ? "stats" : "none";
       auto launch = [&] {
         if (with_stats)
-          kernels::conv_forward_igemm_stats(d_x.get(), d_w.get(), d_y.get(), d, config, st, 0);
+          v.stats(st);
         else
-          kernels::conv_forward_igemm(d_x.get(), d_w.get(), d_y.get(), d, config, 0);
+          v.plain();
       };
       d_y.poison();
       d_sum.poison();
@@ -331,14 +376,15 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
   // fp16 values) and the argmax against the host's first-maximum rule.
   if (sp.pooled) {
     const long pooled_n = (long)kBatch * (sp.H / 2) * (sp.H / 2) * sp.K;
-    DeviceBuffer<__half> d_yp(pooled_n), d_y_plain(y_size);
+    DeviceBuffer<__half> d_yp(pooled_n);
     DeviceBuffer<uint8_t> d_arg(pooled_n);
-    for (kernels::IgemmConfig config : kernels::kIgemmConfigs) {
-      const auto info = kernels::igemm_config_info(config);
+    for (const FwdVariant& v : fwd_variants) {
+      const auto& info = v.info;
       if (info.block_m % (2 * sp.H) != 0) continue;  // a tile must hold whole row pairs
-      kernels::conv_forward_igemm(d_x.get(), d_w.get(), d_y_plain.get(), d, config, 0);
+      d_y.poison();
+      v.plain();
       CUDA_CHECK(cudaDeviceSynchronize());
-      const auto y_plain = download(d_y_plain);
+      const auto y_plain = download(d_y);
       // Host pooling of the unfused output: value and first-maximum position per window.
       std::vector<__half> want_p(pooled_n);
       std::vector<uint8_t> want_a(pooled_n);
@@ -354,16 +400,14 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
           want_p[q * sp.K + k] = y_plain[((img * sp.H + 2 * ph + a / 2) * sp.H + 2 * pw + a % 2) * sp.K + k];
         }
       }
-      DeviceBuffer<float> d_part(kernels::igemm_stats_scratch_bytes(d, config) / sizeof(float));
+      DeviceBuffer<float> d_part(v.stats_scratch / sizeof(float));
       const kernels::IgemmStats st{d_sum.get(), d_sumsq.get(), d_part.get(), kGhostGroup};
       for (int with_stats = 0; with_stats <= 1; with_stats++) {
-        Row row = new_row("fwd", "igemm", info.name);
+        Row row = new_row("fwd", v.kernel, info.name);
         row.info = info;
+        row.blocks_per_sm = v.blocks_per_sm;
         row.epilogue = with_stats ? "pool+stats" : "pool";
-        auto launch = [&] {
-          kernels::conv_forward_igemm_pool(d_x.get(), d_w.get(), d_yp.get(), d_arg.get(), d, config,
-                                           with_stats ? &st : nullptr, 0);
-        };
+        auto launch = [&] { v.pool(d_yp.get(), d_arg.get(), with_stats ? &st : nullptr); };
         d_yp.poison();
         d_arg.poison();
         d_sum.poison();
@@ -712,7 +756,7 @@ int main(int argc, char** argv) {
     if (bp != nullptr) {
       std::printf("%-11s %-10s %-34s %10.1f %10.1f %8s\n", sp.layer, "fwd+pool", config_label(*bp).c_str(),
                   bp->t.median_us, bp->cudnn_us, "(fused)");
-      jl["fused_pool_forward"] = {{"config", bp->config}, {"igemm_us", bp->t.median_us}};
+      jl["fused_pool_forward"] = {{"kernel", bp->kernel}, {"config", bp->config}, {"ours_us", bp->t.median_us}};
     }
     if (complete && total_cudnn > 0) {
       std::printf("%-11s %-10s %-34s %10.1f %10.1f %7.2fx\n", sp.layer, "total", "", total_igemm, total_cudnn,

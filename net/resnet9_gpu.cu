@@ -385,15 +385,18 @@ void Resnet9Gpu::choose_fused_configs() {
     if (want[i] == Fusion::kNone) continue;
     for (kernels::IgemmConfig c : kernels::kIgemmConfigs)
       partial_bytes = std::max(partial_bytes, kernels::igemm_stats_scratch_bytes(conv_desc(i), c));
+    for (kernels::WgmmaConfig c : kernels::kWgmmaConfigs)
+      partial_bytes = std::max(partial_bytes, kernels::wgmma_stats_scratch_bytes(conv_desc(i), c));
     max_c = std::max(max_c, u.shape.C);
   }
   if (max_c == 0) return;
   fused_sum_ = arena_.alloc<float>((size_t)G * max_c, "fused_bn_sum");
   fused_sumsq_ = arena_.alloc<float>((size_t)G * max_c, "fused_bn_sumsq");
   fused_partials_ = static_cast<float*>(arena_.alloc_bytes(partial_bytes, "fused_bn_partials"));
-  const kernels::IgemmStats st{fused_sum_, fused_sumsq_, fused_partials_, recipe_.bn_group};
-  // Each unit times every tile config that accepts its shape on the autotune data (the buffers
-  // hold finite values) and keeps the fastest; none accepting it leaves the unit unfused.
+  // Each unit times every tile config that accepts its shape (igemm, and on Hopper wgmma) on the
+  // autotune data (the buffers hold finite values) and keeps the fastest; none accepting it
+  // leaves the unit unfused.
+  const bool wgmma = kernels::wgmma_supported();
   char line[160];
   for (int i = 0; i < kUnits; ++i) {
     Unit& u = units_[i];
@@ -402,39 +405,64 @@ void Resnet9Gpu::choose_fused_configs() {
       const size_t post_n = (size_t)B_ * u.shape.Ho() * u.shape.Wo() * u.shape.C;
       u.argmax = arena_.alloc<uint8_t>(post_n, u.name + "_argmax");
     }
-    const kernels::ConvDesc kd = conv_desc(i);
     const __half* in = i == 0 ? white_ : units_[i - 1].out;
     const __half* w = i == 0 ? prep_w_ : w_half_ + u.conv_off;
     double best = -1;
+    bool best_wgmma = false;
+    int best_config = 0;
     std::string tried;
-    for (kernels::IgemmConfig c : kernels::kIgemmConfigs) {
-      const char* name = kernels::igemm_config_info(c).name;
+    u.fusion = want[i];
+    auto consider = [&](bool is_wgmma, int config, const char* name) {
+      u.fused_wgmma = is_wgmma;
+      u.fused_config = config;
       try {
-        auto launch = [&] {
-          if (want[i] == Fusion::kPool)
-            kernels::conv_forward_igemm_pool(in, w, u.p, u.argmax, kd, c, &st, s);
-          else
-            kernels::conv_forward_igemm_stats(in, w, u.y, kd, c, st, s);
-        };
-        const double us = cs::setup_time_us(launch, s, 5, options_.quick_autotune);
+        const double us = cs::setup_time_us([&] { enqueue_fused_conv(i, in, w, true); }, s, 5,
+                                            options_.quick_autotune);
         std::snprintf(line, sizeof(line), " %s=%.1fus", name, us);
         if (best < 0 || us < best) {
           best = us;
-          u.fused_config = c;
+          best_wgmma = is_wgmma;
+          best_config = config;
         }
       } catch (const std::invalid_argument&) {  // the shape does not suit this tile
         std::snprintf(line, sizeof(line), " %s=n/a", name);
       }
       tried += line;
-    }
+    };
+    for (kernels::IgemmConfig c : kernels::kIgemmConfigs) consider(false, (int)c, kernels::igemm_config_info(c).name);
+    if (wgmma)
+      for (kernels::WgmmaConfig c : kernels::kWgmmaConfigs) consider(true, (int)c, kernels::wgmma_config_info(c).name);
     u.fusion = best >= 0 ? want[i] : Fusion::kNone;
+    u.fused_wgmma = best_wgmma;
+    u.fused_config = best_config;
     const char* what = want[i] == Fusion::kPool ? "conv+pool" : "conv+stats";
+    const std::string chosen =
+        best_wgmma ? std::string(kernels::wgmma_config_info((kernels::WgmmaConfig)best_config).name)
+                   : std::string("igemm:") + kernels::igemm_config_info((kernels::IgemmConfig)best_config).name;
     fused_note_ += "  " + u.name + ": " +
-                   (best >= 0 ? std::string(what) + " igemm:" + kernels::igemm_config_info(u.fused_config).name
-                              : std::string("not fused (no tile config fits)")) +
+                   (best >= 0 ? std::string(what) + " " + chosen : std::string("not fused (no tile config fits)")) +
                    " [" + tried.substr(tried.empty() ? 0 : 1) + "]\n";
   }
   ctx_.sync();
+}
+
+void Resnet9Gpu::enqueue_fused_conv(int i, const __half* in, const __half* w, bool train) {
+  Unit& u = units_[i];
+  cudaStream_t s = ctx_.stream();
+  const kernels::ConvDesc kd = conv_desc(i);
+  const kernels::IgemmStats st{fused_sum_, fused_sumsq_, fused_partials_, recipe_.bn_group};
+  if (u.fusion == Fusion::kPool) {
+    uint8_t* argmax = train ? u.argmax : nullptr;
+    const kernels::IgemmStats* stats = train ? &st : nullptr;
+    if (u.fused_wgmma)
+      kernels::conv_forward_wgmma_pool(in, w, u.p, argmax, kd, (kernels::WgmmaConfig)u.fused_config, stats, s);
+    else
+      kernels::conv_forward_igemm_pool(in, w, u.p, argmax, kd, (kernels::IgemmConfig)u.fused_config, stats, s);
+  } else if (u.fused_wgmma) {
+    kernels::conv_forward_wgmma_stats(in, w, u.y, kd, (kernels::WgmmaConfig)u.fused_config, st, s);
+  } else {
+    kernels::conv_forward_igemm_stats(in, w, u.y, kd, (kernels::IgemmConfig)u.fused_config, st, s);
+  }
 }
 
 void Resnet9Gpu::enqueue_dgrad_bn_sums(int i, const __half* w) {
@@ -572,12 +600,10 @@ void Resnet9Gpu::enqueue_forward(const __half* x, bool train, bool mirror, float
     const __half* in = i == 0 ? white_ : units_[i - 1].out;
     const __half* residual = u.residual_from >= 0 ? units_[u.residual_from].out : nullptr;
     const __half* w = i == 0 ? prep16 : w16 + u.conv_off;
-    const kernels::IgemmStats st{fused_sum_, fused_sumsq_, fused_partials_, recipe_.bn_group};
     if (u.fusion == Fusion::kPool) {
       // conv + 2x2 max-pool in one kernel (pooled output; in training also the argmax and the
       // ghost-BN sums), then BN + CELU on the pooled tensor.
-      kernels::conv_forward_igemm_pool(in, w, u.p, train ? u.argmax : nullptr, conv_desc(i), u.fused_config,
-                                       train ? &st : nullptr, s);
+      enqueue_fused_conv(i, in, w, train);
       mark("conv_pool_fwd", u.name);
       if (train) {
         kernels::bn_celu_forward_train_from_sums(u.p, fused_sum_, fused_sumsq_, w32 + u.bias_off, residual, u.out,
@@ -597,7 +623,7 @@ void Resnet9Gpu::enqueue_forward(const __half* x, bool train, bool mirror, float
     if (u.fusion == Fusion::kStats && train) {
       // conv with the ghost-BN sums in its epilogue, then BN + CELU from them (no statistics
       // pass over y). Evaluation needs no statistics: it takes the unfused path below.
-      kernels::conv_forward_igemm_stats(in, w, u.y, conv_desc(i), u.fused_config, st, s);
+      enqueue_fused_conv(i, in, w, true);
       mark("conv_stats_fwd", u.name);
       kernels::bn_celu_forward_train_from_sums(u.y, fused_sum_, fused_sumsq_, w32 + u.bias_off, residual, u.out,
                                                u.save_mean, u.save_invstd, rm_ + u.stat_off, rv_ + u.stat_off,

@@ -176,7 +176,8 @@ class Resnet9Gpu {
     cs::ConvSelect* conv = nullptr;   // shared between units of the same shape
     kernels::GhostBnCeluShape shape{};
     Fusion fusion = Fusion::kNone;        // the forward's fused epilogue (Options)
-    kernels::IgemmConfig fused_config{};  // its tile config
+    bool fused_wgmma = false;             // its kernel: wgmma (Hopper) or igemm
+    int fused_config = 0;                 // its tile config (kernels::WgmmaConfig / IgemmConfig)
     uint8_t* argmax = nullptr;            // [N][Ho][Wo][C] window positions (kPool only)
     // Options::fused_bn_grad: the dgrad writing this unit's d_out also computes its BN-backward
     // sums, with our kernel `bn_grad_config` (a kernels::IgemmConfig, or with bn_grad_wgmma a
@@ -224,6 +225,9 @@ class Resnet9Gpu {
   float *fused_sum_ = nullptr, *fused_sumsq_ = nullptr, *fused_partials_ = nullptr;
   std::string fused_note_;
   void choose_fused_configs();
+  // Unit i's fused conv forward (its fusion, kernel and config) from `in` with filters w; in
+  // training with the argmax and the sums, in evaluation (pool only) without.
+  void enqueue_fused_conv(int i, const __half* in, const __half* w, bool train);
   // Options::fused_bn_grad: the BN-backward sums [G][C] (written by the dgrad into unit i,
   // read by unit i's backward right after), the epilogue's partials, the dgrad's transformed
   // filters; the choice, for logs.

@@ -1,6 +1,14 @@
-// The store of a conv tile from shared memory to y, shared by the mma.sync and the wgmma
-// forward kernels (device code, included by kernels/conv/*.cu), with an optional fused
-// BN-backward epilogue for when y is an input gradient that a BN + CELU backward reads next.
+// The epilogues of the forward kernels, shared by the mma.sync and the wgmma kernels (device
+// code, included by kernels/conv/*.cu). Both end with the fp16 output tile in shared memory
+// (sC [BlockM][CStride], rows m0 .., columns n0 ..) and call conv_epilogue<E>, which
+//   - stores it to y (kStore),
+//   - and accumulates the BN-backward sums, when y is an input gradient (kBnSums, below),
+//   - or the BN statistics of y (kStats: per-group sums of y and y^2),
+//   - or instead of storing y writes its 2x2 max-pool and argmax (kPool), with the statistics
+//     of the pooled values (kPoolStats).
+// Every reduction goes through an fp32 scratch after sC (epilogue_red_bytes) and per-block
+// partials [2][gridDim.y][K] that igemm_stats_reduce adds per group: no atomics, deterministic.
+// The design and tests: docs/conv_kernels.md.
 //
 // The BN-backward sums. In the recipe a conv's input is the output of a BN + CELU (+ max-pool)
 // unit, so the input gradient dgrad writes is that unit's output gradient dout. The unit's
