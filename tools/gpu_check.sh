@@ -34,14 +34,23 @@
 #    step against PyTorch's from the same weights and batch (reference_dump --gpu, full width,
 #    batch 64, synthetic images; resnet9_torch.py compare --device cuda; docs/torch_crosscheck.md).
 #    No data needed.
-# GPU_CHECK_STEPS (comma-separated, default all: gpu_tests,kernel_bench,conv_bench,speedrun,
-# torch,crosscheck,sanitizer) picks steps, so a short device session can split them over two
-# calls (the data only arrives with the second; see README "Working with a GPU machine").
+# 8. variants (only when GPU_CHECK_STEPS names it, and with DATA_DIR or $CIFAR10_DIR): speedrun
+#    once per engine variant of SPEEDRUN_VARIANTS, VARIANT_RUNS runs each (default 5), into
+#    OUTDIR/speedrun_NAME.json: the per-layer conv selection and the fused epilogues measured in
+#    training against the default, in one session on the same data and GPU. SPEEDRUN_VARIANTS
+#    is "NAME=ARGS" items separated by ";" (default: "cudnn=;auto=--conv-kernels auto;
+#    fused=--conv-kernels auto --fused-pool --fused-stats --fused-bn-grad"); NAME a word.
+# GPU_CHECK_STEPS (comma-separated, default all but variants: gpu_tests,kernel_bench,conv_bench,
+# speedrun,torch,crosscheck,sanitizer) picks steps, so a short device session can split them
+# over two calls (the data only arrives with the second; see README "Working with a GPU
+# machine").
 # SPEEDRUN_ARGS adds arguments to the speedrun step (e.g. "--fused-pool --warmup").
 # Every step has a time limit; a failing step does not stop the others; the exit status is
 # non-zero if any step failed. OUTDIR holds at most 7 files (a device call returns at most 8):
 # gpu_check.log (setup, benchmarks', speedrun's and torch's output, the summary table),
-# gpu_tests.log, sanitizer.log, kernel_bench.json, conv_bench.json, speedrun.json, torch.json.
+# gpu_tests.log, sanitizer.log, kernel_bench.json, conv_bench.json, speedrun.json, torch.json;
+# the variants step adds one speedrun_NAME.json per variant, so run it in a call of its own
+# (GPU_CHECK_STEPS=variants: gpu_check.log and three files by default).
 set -u -o pipefail
 
 if [ $# -lt 1 ]; then
@@ -347,6 +356,34 @@ else
        --bn-group 32 --steps 1 --test-images 64 &&
      python3 tools/reference/resnet9_torch.py compare --dump $(printf '%q' "$XDUMP") --device cuda"
   rm -rf "$XDUMP"
+fi
+
+# ---------------------------------------------------------------- 8. engine variants
+if ! want variants; then
+  skip_step variants "not in GPU_CHECK_STEPS"
+elif [ -z "$DATA" ]; then
+  skip_step variants "no DATA_DIR argument or CIFAR10_DIR"
+elif [ ! -x "$BUILD/speedrun" ]; then
+  skip_step variants "no $BUILD/speedrun"
+else
+  ensure_bins
+  IFS=';' read -r -a VARIANTS <<<"${SPEEDRUN_VARIANTS:-cudnn=;auto=--conv-kernels auto;fused=--conv-kernels auto --fused-pool --fused-stats --fused-bn-grad}"
+  for variant in "${VARIANTS[@]}"; do
+    vname=${variant%%=*}
+    vargs=${variant#*=}
+    if [[ ! "$vname" =~ ^[A-Za-z0-9_]+$ || "$variant" != *=* ]]; then
+      echo "=== variant: FAIL: '$variant' is not NAME=ARGS with NAME a word" | tee -a "$OUT/$LOG"
+      NAMES+=("variant[$vname]")
+      RESULTS+=("FAIL: not NAME=ARGS, NAME a word")
+      SECONDS_TAKEN+=("0")
+      FAILED=1
+      continue
+    fi
+    # shellcheck disable=SC2086  # ARGS split into words on purpose
+    run_step "variant[$vname]" "$T_SPEEDRUN" "$LOG" \
+      "$BUILD/speedrun" --device cuda --data "$DATA" --runs "${VARIANT_RUNS:-5}" \
+      --json "$OUT/speedrun_$vname.json" $vargs
+  done
 fi
 
 # ---------------------------------------------------------------- summary
