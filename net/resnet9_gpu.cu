@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <stdexcept>
 
 #include "data/cifar10.h"
@@ -127,6 +128,48 @@ void gather_labels(const uint8_t* labels, const int* index, int n, uint8_t* out,
 
 bool same_shape(const cs::ConvDesc& a, const cs::ConvDesc& b) {
   return a.N == b.N && a.H == b.H && a.W == b.W && a.C == b.C && a.K == b.K && a.R == b.R;
+}
+
+
+// The fastest of our conv kernels for one fused launch: every igemm config and, on Hopper, every
+// wgmma config, each selected with select(wgmma, config) and timed by launch() on the stream;
+// a config whose tile does not suit the shape (std::invalid_argument) is skipped. `tried` lists
+// every config's time for the logs.
+struct OurChoice {
+  bool found = false, wgmma = false;
+  int config = 0;
+  std::string tried;
+  std::string name() const {
+    return wgmma ? std::string(kernels::wgmma_config_info((kernels::WgmmaConfig)config).name)
+                 : std::string("igemm:") + kernels::igemm_config_info((kernels::IgemmConfig)config).name;
+  }
+};
+OurChoice time_our_configs(const std::function<void(bool, int)>& select, const std::function<void()>& launch,
+                           cudaStream_t s, bool quick) {
+  OurChoice best;
+  double best_us = -1;
+  char line[160];
+  auto consider = [&](bool wgmma, int config, const char* name) {
+    select(wgmma, config);
+    try {
+      const double us = cs::setup_time_us(launch, s, 5, quick);
+      std::snprintf(line, sizeof(line), " %s=%.1fus", name, us);
+      if (best_us < 0 || us < best_us) {
+        best_us = us;
+        best.found = true;
+        best.wgmma = wgmma;
+        best.config = config;
+      }
+    } catch (const std::invalid_argument&) {
+      std::snprintf(line, sizeof(line), " %s=n/a", name);
+    }
+    best.tried += line;
+  };
+  for (kernels::IgemmConfig c : kernels::kIgemmConfigs) consider(false, (int)c, kernels::igemm_config_info(c).name);
+  if (kernels::wgmma_supported())
+    for (kernels::WgmmaConfig c : kernels::kWgmmaConfigs) consider(true, (int)c, kernels::wgmma_config_info(c).name);
+  if (!best.tried.empty()) best.tried.erase(0, 1);
+  return best;
 }
 
 }  // namespace
@@ -396,8 +439,6 @@ void Resnet9Gpu::choose_fused_configs() {
   // Each unit times every tile config that accepts its shape (igemm, and on Hopper wgmma) on the
   // autotune data (the buffers hold finite values) and keeps the fastest; none accepting it
   // leaves the unit unfused.
-  const bool wgmma = kernels::wgmma_supported();
-  char line[160];
   for (int i = 0; i < kUnits; ++i) {
     Unit& u = units_[i];
     if (want[i] == Fusion::kNone) continue;
@@ -407,41 +448,20 @@ void Resnet9Gpu::choose_fused_configs() {
     }
     const __half* in = i == 0 ? white_ : units_[i - 1].out;
     const __half* w = i == 0 ? prep_w_ : w_half_ + u.conv_off;
-    double best = -1;
-    bool best_wgmma = false;
-    int best_config = 0;
-    std::string tried;
     u.fusion = want[i];
-    auto consider = [&](bool is_wgmma, int config, const char* name) {
-      u.fused_wgmma = is_wgmma;
-      u.fused_config = config;
-      try {
-        const double us = cs::setup_time_us([&] { enqueue_fused_conv(i, in, w, true); }, s, 5,
-                                            options_.quick_autotune);
-        std::snprintf(line, sizeof(line), " %s=%.1fus", name, us);
-        if (best < 0 || us < best) {
-          best = us;
-          best_wgmma = is_wgmma;
-          best_config = config;
-        }
-      } catch (const std::invalid_argument&) {  // the shape does not suit this tile
-        std::snprintf(line, sizeof(line), " %s=n/a", name);
-      }
-      tried += line;
-    };
-    for (kernels::IgemmConfig c : kernels::kIgemmConfigs) consider(false, (int)c, kernels::igemm_config_info(c).name);
-    if (wgmma)
-      for (kernels::WgmmaConfig c : kernels::kWgmmaConfigs) consider(true, (int)c, kernels::wgmma_config_info(c).name);
-    u.fusion = best >= 0 ? want[i] : Fusion::kNone;
-    u.fused_wgmma = best_wgmma;
-    u.fused_config = best_config;
+    const OurChoice c = time_our_configs(
+        [&](bool wgmma, int config) {
+          u.fused_wgmma = wgmma;
+          u.fused_config = config;
+        },
+        [&] { enqueue_fused_conv(i, in, w, true); }, s, options_.quick_autotune);
+    u.fusion = c.found ? want[i] : Fusion::kNone;
+    u.fused_wgmma = c.wgmma;
+    u.fused_config = c.config;
     const char* what = want[i] == Fusion::kPool ? "conv+pool" : "conv+stats";
-    const std::string chosen =
-        best_wgmma ? std::string(kernels::wgmma_config_info((kernels::WgmmaConfig)best_config).name)
-                   : std::string("igemm:") + kernels::igemm_config_info((kernels::IgemmConfig)best_config).name;
     fused_note_ += "  " + u.name + ": " +
-                   (best >= 0 ? std::string(what) + " " + chosen : std::string("not fused (no tile config fits)")) +
-                   " [" + tried.substr(tried.empty() ? 0 : 1) + "]\n";
+                   (c.found ? std::string(what) + " " + c.name() : std::string("not fused (no tile config fits)")) +
+                   " [" + c.tried + "]\n";
   }
   ctx_.sync();
 }
@@ -487,7 +507,6 @@ void Resnet9Gpu::enqueue_dgrad_bn_sums(int i, const __half* w) {
 void Resnet9Gpu::choose_bn_grad_configs() {
   cudaStream_t s = ctx_.stream();
   const int G = layout_.groups;
-  const bool wgmma = kernels::wgmma_supported();
   // Units 0 .. kUnits-2 get their output gradient from the next unit's dgrad (the last one's
   // comes from the head). Scratch for the largest of them.
   size_t partial_bytes = 0, wt_bytes = 0;
@@ -504,44 +523,21 @@ void Resnet9Gpu::choose_bn_grad_configs() {
   bn_grad_wt_ = static_cast<__half*>(arena_.alloc_bytes(wt_bytes, "bn_grad_wt"));
   // Each unit times every config of ours that accepts the shape (igemm; wgmma on Hopper) on the
   // autotune data and keeps the fastest; none accepting it leaves the unit unfused.
-  char line[160];
   for (int i = 1; i < kUnits; ++i) {
     Unit& prev = units_[i - 1];
     const __half* w = w_half_ + units_[i].conv_off;
-    double best = -1;
-    bool best_wgmma = false;
-    int best_config = 0;
-    std::string tried;
-    auto consider = [&](bool is_wgmma, int config, const char* name) {
-      prev.bn_grad_wgmma = is_wgmma;
-      prev.bn_grad_config = config;
-      try {
-        const double us = cs::setup_time_us([&] { enqueue_dgrad_bn_sums(i, w); }, s, 5, options_.quick_autotune);
-        std::snprintf(line, sizeof(line), " %s=%.1fus", name, us);
-        if (best < 0 || us < best) {
-          best = us;
-          best_wgmma = is_wgmma;
-          best_config = config;
-        }
-      } catch (const std::invalid_argument&) {  // the shape does not suit this tile
-        std::snprintf(line, sizeof(line), " %s=n/a", name);
-      }
-      tried += line;
-    };
-    for (kernels::IgemmConfig c : kernels::kIgemmConfigs) consider(false, (int)c, kernels::igemm_config_info(c).name);
-    if (wgmma)
-      for (kernels::WgmmaConfig c : kernels::kWgmmaConfigs) consider(true, (int)c, kernels::wgmma_config_info(c).name);
-    prev.bn_grad_fused = best >= 0;
-    prev.bn_grad_wgmma = best_wgmma;
-    prev.bn_grad_config = best_config;
-    const std::string chosen = !prev.bn_grad_fused ? std::string("not fused (no tile config fits)")
-                               : best_wgmma
-                                   ? std::string("dgrad+bn_sums ") +
-                                         kernels::wgmma_config_info((kernels::WgmmaConfig)best_config).name
-                                   : std::string("dgrad+bn_sums igemm:") +
-                                         kernels::igemm_config_info((kernels::IgemmConfig)best_config).name;
-    bn_grad_note_ += "  " + prev.name + " (dgrad of " + units_[i].name + "): " + chosen + " [" +
-                     tried.substr(tried.empty() ? 0 : 1) + "]\n";
+    const OurChoice c = time_our_configs(
+        [&](bool wgmma, int config) {
+          prev.bn_grad_wgmma = wgmma;
+          prev.bn_grad_config = config;
+        },
+        [&] { enqueue_dgrad_bn_sums(i, w); }, s, options_.quick_autotune);
+    prev.bn_grad_fused = c.found;
+    prev.bn_grad_wgmma = c.wgmma;
+    prev.bn_grad_config = c.config;
+    bn_grad_note_ += "  " + prev.name + " (dgrad of " + units_[i].name + "): " +
+                     (c.found ? "dgrad+bn_sums " + c.name() : std::string("not fused (no tile config fits)")) + " [" +
+                     c.tried + "]\n";
   }
   ctx_.sync();
 }

@@ -10,9 +10,10 @@
 //   2. each warp multiplies its WarpM x WarpN sub-tile with ldmatrix + mma.sync m16n8k16
 //      (fp16 x fp16 -> fp32 accumulators in registers);
 //   3. the epilogue rounds to fp16, stages the tile through shared memory and writes it with
-//      16-byte coalesced stores (and, optionally, per-channel partial sums for BN statistics);
-//      or, with the fused max-pool epilogue, writes only the 2x2-pooled tile, the argmax bytes
-//      and the partial sums of the pooled values.
+//      16-byte coalesced stores (and, optionally, per-channel partial sums for BN statistics or
+//      the BN-backward sums); or, with the fused max-pool epilogue, writes only the 2x2-pooled
+//      tile, the argmax bytes and the partial sums of the pooled values. The epilogue code is
+//      shared with the wgmma kernel: kernels/conv/conv_epilogue.cuh.
 //
 // Shared memory, per stage: sA [BlockM][BlockK + 8] and sB [BlockN][BlockK + 8] halves, both
 // K-contiguous (A row-major; B is w's rows, i.e. B column-major, what mma's .col wants).

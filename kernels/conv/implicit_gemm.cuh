@@ -1,7 +1,8 @@
 // Hand-written implicit-GEMM convolution on the tensor cores (mma.sync m16n8k16, sm_80+):
 // the forward pass, fp16 activations and filters, fp32 accumulation, fp16 output.
-// Not used by the training engine yet (it runs cuDNN through engine/conv_cudnn.h); see
-// docs/conv_kernels.md for the design, the tile configurations and what is measured.
+// The engine picks it per layer against cuDNN (engine/conv_select.h) and for its fused
+// epilogues (net/resnet9_gpu.h options); see docs/conv_kernels.md for the design, the tile
+// configurations and what is measured.
 //
 // Layouts as in the CPU reference (kernels/ref/conv.h), stride 1, pad (R - 1) / 2:
 //   x  [N][H][W][C]   input activations (NHWC)
