@@ -72,6 +72,9 @@ T_SANITIZER=${T_SANITIZER:-300}
 T_RACECHECK=${T_RACECHECK:-240}
 T_TESTS=${T_TESTS:-240}
 T_BENCH=${T_BENCH:-120}
+# conv_bench checks every variant against host sums over whole tensors before timing it, and
+# with thirteen wgmma tiles and their fused epilogues it has some 700 rows.
+T_CONV_BENCH=${T_CONV_BENCH:-240}
 T_SPEEDRUN=${T_SPEEDRUN:-600}
 T_TORCH=${T_TORCH:-600}
 T_CROSSCHECK=${T_CROSSCHECK:-180}
@@ -300,7 +303,7 @@ fi
 if ! want conv_bench; then
   skip_step conv_bench "not in GPU_CHECK_STEPS"
 elif [ -x "$BUILD/conv_bench" ]; then
-  run_step conv_bench "$T_BENCH" "$LOG" "$BUILD/conv_bench" --json "$OUT/conv_bench.json"
+  run_step conv_bench "$T_CONV_BENCH" "$LOG" "$BUILD/conv_bench" --json "$OUT/conv_bench.json"
 else
   skip_step conv_bench "no $BUILD/conv_bench"
 fi
