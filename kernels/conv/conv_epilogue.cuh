@@ -7,7 +7,7 @@
 //   - or instead of storing y writes its 2x2 max-pool and argmax (kPool), with the statistics
 //     of the pooled values (kPoolStats).
 // Every reduction goes through an fp32 scratch after sC (epilogue_red_bytes) and per-block
-// partials [2][gridDim.y][K] that igemm_stats_reduce adds per group: no atomics, deterministic.
+// partials [2][gridDim.y][K] that launch_stats_reduce adds per group: no atomics, deterministic.
 // The design and tests: docs/conv_kernels.md.
 //
 // The BN-backward sums. In the recipe a conv's input is the output of a BN + CELU (+ max-pool)
@@ -49,7 +49,7 @@ constexpr int epilogue_red_bytes() {
 //
 // kBnSums: also this block's partial BN-backward sums (see the top of this file) over its rows,
 // to p.partials[blockIdx.y][n] (sum dz) and p.partials[gridDim.y + blockIdx.y][n]
-// (sum dz * xhat): the statistics epilogue's layout, so igemm_stats_reduce adds them per group.
+// (sum dz * xhat): the statistics epilogue's layout, so launch_stats_reduce adds them per group.
 // The block's rows lie in one BN group (p.bn_group_pixels is a multiple of BlockM, or M). Each
 // thread sums its rows in row order; its 8 column sums go to red [2][kSlices][BlockN] (fp32,
 // must not overlap sC; channels ch*8 + j*4 + 0..3 at j*BlockN/2 + ch*4: consecutive threads
