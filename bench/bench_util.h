@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "net/checkpoint.h"  // write_file_atomically
@@ -23,6 +24,25 @@ inline std::string utc_now() {
   char buf[32];
   std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
   return buf;
+}
+
+// f(i) for every i in [0, n), spread over the host's hardware threads (thread t takes t, t + T,
+// ...). For the self-checks' host sums over whole tensors, which otherwise cost a device
+// session minutes: f must only write what index i owns, so the result does not depend on the
+// split.
+template <class F>
+void parallel_for(long n, F f) {
+  const long threads = std::min<long>(n, std::max(1u, std::thread::hardware_concurrency()));
+  if (threads <= 1) {
+    for (long i = 0; i < n; i++) f(i);
+    return;
+  }
+  std::vector<std::thread> workers;
+  for (long t = 0; t < threads; t++)
+    workers.emplace_back([&, t] {
+      for (long i = t; i < n; i += threads) f(i);
+    });
+  for (std::thread& w : workers) w.join();
 }
 
 // n values uniform in [lo, hi), reproducible from seed.

@@ -151,15 +151,15 @@ double worst_group_sum_error(const std::vector<__half>& y, long group_pixels, in
                              const std::vector<float>& sumsq) {
   std::vector<double> s(sum.size(), 0.0), sa(s.size(), 0.0), ss(s.size(), 0.0);
   const long pixels = (long)y.size() / K;
-  for (long q = 0; q < pixels; q++) {
-    const long g = q / group_pixels;
-    for (int k = 0; k < K; k++) {
-      const double v = __half2float(y[q * K + k]);
-      s[g * K + k] += v;
-      sa[g * K + k] += std::fabs(v);
-      ss[g * K + k] += v * v;
-    }
-  }
+  bench::parallel_for(pixels / group_pixels, [&](long g) {  // one group's sums per call
+    for (long q = g * group_pixels; q < (g + 1) * group_pixels; q++)
+      for (int k = 0; k < K; k++) {
+        const double v = __half2float(y[q * K + k]);
+        s[g * K + k] += v;
+        sa[g * K + k] += std::fabs(v);
+        ss[g * K + k] += v * v;
+      }
+  });
   double worst = 0.0;
   for (size_t i = 0; i < s.size(); i++) {
     const double e = std::max(std::fabs(sum[i] - s[i]) / std::max(sa[i], 1e-30),
@@ -180,18 +180,18 @@ double worst_bn_sums_error(const std::vector<__half>& dx, const std::vector<floa
                            const std::vector<float>& sum_dzx) {
   std::vector<double> a(sum_dz.size(), 0.0), aa(a.size(), 0.0), b(a.size(), 0.0), ba(a.size(), 0.0);
   const long pixels = (long)dx.size() / C;
-  for (long q = 0; q < pixels; q++) {
-    const long g = q / group_pixels;
-    for (int c = 0; c < C; c++) {
-      const long i = g * C + c;
-      const float xh = (v[q * C + c] - mean[i]) * invstd[i], z = xh + bias[c];
-      const double dz = (double)(__half2float(dx[q * C + c]) * (z > 0.0f ? 1.0f : std::exp(z / alpha)));
-      a[i] += dz;
-      aa[i] += std::fabs(dz);
-      b[i] += dz * xh;
-      ba[i] += std::fabs(dz * xh);
-    }
-  }
+  bench::parallel_for(pixels / group_pixels, [&](long g) {  // one group's sums per call
+    for (long q = g * group_pixels; q < (g + 1) * group_pixels; q++)
+      for (int c = 0; c < C; c++) {
+        const long i = g * C + c;
+        const float xh = (v[q * C + c] - mean[i]) * invstd[i], z = xh + bias[c];
+        const double dz = (double)(__half2float(dx[q * C + c]) * (z > 0.0f ? 1.0f : std::exp(z / alpha)));
+        a[i] += dz;
+        aa[i] += std::fabs(dz);
+        b[i] += dz * xh;
+        ba[i] += std::fabs(dz * xh);
+      }
+  });
   double worst = 0.0;
   for (size_t i = 0; i < a.size(); i++) {
     const double e = std::max(std::fabs(sum_dz[i] - a[i]) / std::max(aa[i], 1e-30),
@@ -389,17 +389,19 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
       std::vector<__half> want_p(pooled_n);
       std::vector<uint8_t> want_a(pooled_n);
       const int Ho = sp.H / 2;
-      for (long q = 0; q < (long)kBatch * Ho * Ho; q++) {
-        const long img = q / (Ho * Ho), ph = (q / Ho) % Ho, pw = q % Ho;
-        for (int k = 0; k < sp.K; k++) {
-          float v[4];
-          for (int t = 0; t < 4; t++)
-            v[t] = __half2float(y_plain[((img * sp.H + 2 * ph + t / 2) * sp.H + 2 * pw + t % 2) * sp.K + k]);
-          const int a = kernels::igemm_detail::pool2x2_argmax(v[0], v[1], v[2], v[3]);
-          want_a[q * sp.K + k] = (uint8_t)a;
-          want_p[q * sp.K + k] = y_plain[((img * sp.H + 2 * ph + a / 2) * sp.H + 2 * pw + a % 2) * sp.K + k];
+      bench::parallel_for(kBatch, [&](long img) {  // one image's pooled pixels per call
+        for (long q = img * Ho * Ho; q < (img + 1) * Ho * Ho; q++) {
+          const long ph = (q / Ho) % Ho, pw = q % Ho;
+          for (int k = 0; k < sp.K; k++) {
+            float v[4];
+            for (int t = 0; t < 4; t++)
+              v[t] = __half2float(y_plain[((img * sp.H + 2 * ph + t / 2) * sp.H + 2 * pw + t % 2) * sp.K + k]);
+            const int a = kernels::igemm_detail::pool2x2_argmax(v[0], v[1], v[2], v[3]);
+            want_a[q * sp.K + k] = (uint8_t)a;
+            want_p[q * sp.K + k] = y_plain[((img * sp.H + 2 * ph + a / 2) * sp.H + 2 * pw + a % 2) * sp.K + k];
+          }
         }
-      }
+      });
       DeviceBuffer<float> d_part(v.stats_scratch / sizeof(float));
       const kernels::IgemmStats st{d_sum.get(), d_sumsq.get(), d_part.get(), kGhostGroup};
       for (int with_stats = 0; with_stats <= 1; with_stats++) {
