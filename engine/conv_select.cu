@@ -64,13 +64,14 @@ __global__ void compare_half_kernel(const __half* __restrict__ out, const __half
   }
 }
 
-// How far an fp16 output is from the reference: ||out - ref|| / ||ref|| and
-// max |out - ref| / max |ref| (both infinite if either holds a NaN / Inf). partial:
-// 4 * kCompareBlocks doubles of device scratch. Synchronises the stream.
-struct Distance {
-  double rel_l2, rel_max;
-};
-Distance compare_half(const __half* out, const __half* ref, long n, double* partial, cudaStream_t s) {
+size_t align_up(size_t n) { return (n + 255) / 256 * 256; }
+
+kernels::ConvDesc kdesc(const ConvDesc& d) { return {d.N, d.H, d.W, d.C, d.K, d.R}; }
+
+}  // namespace
+
+OutputDistance compare_outputs(const __half* out, const __half* ref, long n, double* partial, cudaStream_t s) {
+  static_assert(kCompareScratchDoubles == 4 * kCompareBlocks, "one partial of 4 doubles per block");
   compare_half_kernel<<<kCompareBlocks, kCompareThreads, 0, s>>>(out, ref, n, partial);
   CUDA_CHECK_LAUNCH();
   std::vector<double> h(4 * kCompareBlocks);
@@ -86,12 +87,6 @@ Distance compare_half(const __half* out, const __half* ref, long n, double* part
   if (!std::isfinite(diff) || !std::isfinite(maxd)) return {INFINITY, INFINITY};
   return {std::sqrt(diff) / std::max(std::sqrt(sq), 1e-30), maxd / std::max(maxr, 1e-30)};
 }
-
-size_t align_up(size_t n) { return (n + 255) / 256 * 256; }
-
-kernels::ConvDesc kdesc(const ConvDesc& d) { return {d.N, d.H, d.W, d.C, d.K, d.R}; }
-
-}  // namespace
 
 const char* conv_policy_name(ConvPolicy p) {
   switch (p) {
@@ -221,7 +216,7 @@ void ConvSelect::autotune(__half* x, __half* w, __half* y, void* workspace, size
         try {
           CUDA_CHECK(cudaMemsetAsync(cand_out, 0xFF, out_n[pi] * sizeof(__half), s));  // NaN poison
           run_ours(pass, c, in_a, in_b, cand_out, scratch);
-          const Distance dist = compare_half(cand_out, ref_out, out_n[pi], partial, s);
+          const OutputDistance dist = compare_outputs(cand_out, ref_out, out_n[pi], partial, s);
           ic.rel_diff = dist.rel_l2;
           if (!(dist.rel_l2 <= kConvSelectTol)) {
             ic.status = "output differs from cuDNN (rel. L2)";

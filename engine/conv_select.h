@@ -42,6 +42,18 @@ constexpr double kConvSelectTol = 1e-2;
 // algorithm error; 5e-2 of the largest value is far above that and far below an indexing error.
 constexpr double kConvSelectMaxTol = 5e-2;
 
+// How far an fp16 tensor is from a reference, computed on the GPU in double (the selection's
+// check, and the engine's checks of its fused kernels at setup): ||out - ref|| / ||ref|| and
+// max |out - ref| / max |ref|, both infinite when either tensor holds a NaN or Inf. agrees():
+// within kConvSelectTol and kConvSelectMaxTol. partial: kCompareScratchDoubles doubles of
+// device scratch. Synchronises the stream.
+struct OutputDistance {
+  double rel_l2, rel_max;
+  bool agrees() const { return rel_l2 <= kConvSelectTol && rel_max <= kConvSelectMaxTol; }
+};
+constexpr int kCompareScratchDoubles = 4 * 256;
+OutputDistance compare_outputs(const __half* out, const __half* ref, long n, double* partial, cudaStream_t s);
+
 enum class ConvPass { kFwd = 0, kBwdData = 1, kBwdFilter = 2 };
 const char* conv_pass_name(ConvPass p);  // "fwd", "bwd_data", "bwd_filter"
 

@@ -133,8 +133,10 @@ bool same_shape(const cs::ConvDesc& a, const cs::ConvDesc& b) {
 
 // The fastest of our conv kernels for one fused launch: every igemm config and, on Hopper, every
 // wgmma config, each selected with select(wgmma, config) and timed by launch() on the stream;
-// a config whose tile does not suit the shape (std::invalid_argument) is skipped. `tried` lists
-// every config's time for the logs.
+// a config whose tile does not suit the shape (std::invalid_argument) is skipped, and so is one
+// whose result check() rejects (check runs after the timing, so on that config's output; it
+// returns why, or "" when the result agrees with the unfused path). `tried` lists every
+// config's time or why it was left out, for the logs.
 struct OurChoice {
   bool found = false, wgmma = false;
   int config = 0;
@@ -145,7 +147,7 @@ struct OurChoice {
   }
 };
 OurChoice time_our_configs(const std::function<void(bool, int)>& select, const std::function<void()>& launch,
-                           cudaStream_t s, bool quick) {
+                           const std::function<std::string()>& check, cudaStream_t s, bool quick) {
   OurChoice best;
   double best_us = -1;
   char line[160];
@@ -153,6 +155,12 @@ OurChoice time_our_configs(const std::function<void(bool, int)>& select, const s
     select(wgmma, config);
     try {
       const double us = cs::setup_time_us(launch, s, 5, quick);
+      const std::string why = check();
+      if (!why.empty()) {
+        std::snprintf(line, sizeof(line), " %s=rejected(%s)", name, why.c_str());
+        best.tried += line;
+        return;
+      }
       std::snprintf(line, sizeof(line), " %s=%.1fus", name, us);
       if (best_us < 0 || us < best_us) {
         best_us = us;
@@ -170,6 +178,15 @@ OurChoice time_our_configs(const std::function<void(bool, int)>& select, const s
     for (kernels::WgmmaConfig c : kernels::kWgmmaConfigs) consider(true, (int)c, kernels::wgmma_config_info(c).name);
   if (!best.tried.empty()) best.tried.erase(0, 1);
   return best;
+}
+
+// "" when out agrees with ref (cs::OutputDistance::agrees), else what differs.
+std::string disagreement(const char* what, const cs::OutputDistance& d) {
+  if (d.agrees()) return "";
+  char buf[96];
+  std::snprintf(buf, sizeof(buf), "%s differs from the unfused path: rel. L2 %.1e, largest %.1e", what, d.rel_l2,
+                d.rel_max);
+  return buf;
 }
 
 }  // namespace
@@ -436,34 +453,59 @@ void Resnet9Gpu::choose_fused_configs() {
   fused_sum_ = arena_.alloc<float>((size_t)G * max_c, "fused_bn_sum");
   fused_sumsq_ = arena_.alloc<float>((size_t)G * max_c, "fused_bn_sumsq");
   fused_partials_ = static_cast<float*>(arena_.alloc_bytes(partial_bytes, "fused_bn_partials"));
-  // Each unit times every tile config that accepts its shape (igemm, and on Hopper wgmma) on the
-  // autotune data (the buffers hold finite values) and keeps the fastest; none accepting it
-  // leaves the unit unfused.
+  long max_out = 0;
   for (int i = 0; i < kUnits; ++i) {
     Unit& u = units_[i];
     if (want[i] == Fusion::kNone) continue;
-    if (want[i] == Fusion::kPool) {
-      const size_t post_n = (size_t)B_ * u.shape.Ho() * u.shape.Wo() * u.shape.C;
-      u.argmax = arena_.alloc<uint8_t>(post_n, u.name + "_argmax");
-    }
+    const long post_n = (long)B_ * u.shape.Ho() * u.shape.Wo() * u.shape.C;
+    if (want[i] == Fusion::kPool) u.argmax = arena_.alloc<uint8_t>(post_n, u.name + "_argmax");
+    max_out = std::max(max_out, post_n);
+  }
+  // Setup-only buffers (released below): each candidate's BN + CELU output, checked against the
+  // unfused path's (the selected conv, then pool_bn_celu_forward_train) on the autotune data, so
+  // that a fused kernel that is wrong on this GPU is never used. The fp32 BN biases get the
+  // warm-up's placeholder values (the autotune filled everything else); no residual is added.
+  const size_t mark = arena_.mark();
+  __half* ref_out = arena_.alloc<__half>(max_out, "fused_check_ref");
+  __half* cand_out = arena_.alloc<__half>(max_out, "fused_check_cand");
+  double* partial = arena_.alloc<double>(cs::kCompareScratchDoubles, "fused_check_partials");
+  fill_float(w_, layout_.num_params, 11, 0.05f, 0.0f, s);
+  // Each unit times every tile config that accepts its shape (igemm, and on Hopper wgmma) and
+  // keeps the fastest whose result agrees; none leaves the unit unfused.
+  for (int i = 0; i < kUnits; ++i) {
+    Unit& u = units_[i];
+    if (want[i] == Fusion::kNone) continue;
     const __half* in = i == 0 ? white_ : units_[i - 1].out;
     const __half* w = i == 0 ? prep_w_ : w_half_ + u.conv_off;
+    const float* bias = w_ + u.bias_off;
+    const long post_n = (long)B_ * u.shape.Ho() * u.shape.Wo() * u.shape.C;
+    u.conv->forward(in, w, u.y, workspace_);
+    kernels::pool_bn_celu_forward_train(u.y, u.p, bias, nullptr, ref_out, u.save_mean, u.save_invstd, nullptr,
+                                        nullptr, bn_scratch_, u.shape, bn_prm_, s);
     u.fusion = want[i];
     const OurChoice c = time_our_configs(
         [&](bool wgmma, int config) {
           u.fused_wgmma = wgmma;
           u.fused_config = config;
         },
-        [&] { enqueue_fused_conv(i, in, w, true); }, s, options_.quick_autotune);
+        [&] { enqueue_fused_conv(i, in, w, true); },
+        [&] {
+          kernels::bn_celu_forward_train_from_sums(u.fusion == Fusion::kPool ? u.p : u.y, fused_sum_, fused_sumsq_,
+                                                   bias, nullptr, cand_out, u.save_mean, u.save_invstd, nullptr,
+                                                   nullptr, u.shape, bn_prm_, s);
+          return disagreement("BN + CELU output", cs::compare_outputs(cand_out, ref_out, post_n, partial, s));
+        },
+        s, options_.quick_autotune);
     u.fusion = c.found ? want[i] : Fusion::kNone;
     u.fused_wgmma = c.wgmma;
     u.fused_config = c.config;
     const char* what = want[i] == Fusion::kPool ? "conv+pool" : "conv+stats";
     fused_note_ += "  " + u.name + ": " +
-                   (c.found ? std::string(what) + " " + c.name() : std::string("not fused (no tile config fits)")) +
+                   (c.found ? std::string(what) + " " + c.name() : std::string("not fused (no config fits and agrees)")) +
                    " [" + c.tried + "]\n";
   }
   ctx_.sync();
+  arena_.release_to(mark);
 }
 
 void Resnet9Gpu::enqueue_fused_conv(int i, const __half* in, const __half* w, bool train) {
@@ -521,25 +563,88 @@ void Resnet9Gpu::choose_bn_grad_configs() {
   bn_grad_sum_dzx_ = arena_.alloc<float>((size_t)G * max_c, "bn_grad_sum_dzx");
   bn_grad_partials_ = static_cast<float*>(arena_.alloc_bytes(partial_bytes, "bn_grad_partials"));
   bn_grad_wt_ = static_cast<__half*>(arena_.alloc_bytes(wt_bytes, "bn_grad_wt"));
-  // Each unit times every config of ours that accepts the shape (igemm; wgmma on Hopper) on the
-  // autotune data and keeps the fastest; none accepting it leaves the unit unfused.
+  // Setup-only buffers (released below) to check each candidate against the unfused backward:
+  // the selected conv's dgrad into ref_dout and the unit's BN backward from it into ref_dy, vs
+  // the candidate's d_out and the BN backward from its sums into cand_dy. On the autotune data
+  // after the unit's own training forward (so its statistics and argmax are consistent), with
+  // finite placeholder gradients and the warm-up's placeholder BN biases.
+  long max_out = 0, max_conv = 0;
+  int max_ch = 0;
+  for (int i = 0; i + 1 < kUnits; ++i) {
+    const kernels::GhostBnCeluShape& sh = units_[i].shape;
+    max_out = std::max(max_out, (long)B_ * sh.Ho() * sh.Wo() * sh.C);
+    max_conv = std::max(max_conv, (long)B_ * sh.H * sh.W * sh.C);
+    max_ch = std::max(max_ch, sh.C);
+  }
+  const size_t mark = arena_.mark();
+  __half* ref_dout = arena_.alloc<__half>(max_out, "bn_grad_check_ref_dout");
+  __half* ref_dy = arena_.alloc<__half>(max_conv, "bn_grad_check_ref_dy");
+  __half* cand_dy = arena_.alloc<__half>(max_conv, "bn_grad_check_cand_dy");
+  float* dbias = arena_.alloc<float>(max_ch, "bn_grad_check_dbias");
+  double* partial = arena_.alloc<double>(cs::kCompareScratchDoubles, "bn_grad_check_partials");
+  fill_float(w_, layout_.num_params, 11, 0.05f, 0.0f, s);
+  // Each unit times every config of ours that accepts the shape (igemm; wgmma on Hopper) and
+  // keeps the fastest whose result agrees; none leaves the unit unfused.
   for (int i = 1; i < kUnits; ++i) {
+    Unit& u = units_[i];
     Unit& prev = units_[i - 1];
-    const __half* w = w_half_ + units_[i].conv_off;
+    const __half* w = w_half_ + u.conv_off;
+    const float* bias = w_ + prev.bias_off;
+    const kernels::GhostBnCeluShape& sh = prev.shape;
+    const long out_n = (long)B_ * sh.Ho() * sh.Wo() * sh.C, conv_n = (long)B_ * sh.H * sh.W * sh.C;
+    __half* dout2 = prev.skip_grad_from >= 0 ? units_[prev.skip_grad_from].d_out : nullptr;
+    const uint8_t* argmax = prev.fusion == Fusion::kPool ? prev.argmax : nullptr;
+    // prev's training forward as the step runs it (fused or not), then finite gradients in.
+    {
+      const __half* in = i == 1 ? white_ : units_[i - 2].out;
+      const __half* pw = i == 1 ? prep_w_ : w_half_ + prev.conv_off;
+      const __half* conv_out = prev.fusion == Fusion::kPool ? prev.p : prev.y;
+      if (prev.fusion != Fusion::kNone) {
+        enqueue_fused_conv(i - 1, in, pw, true);
+        kernels::bn_celu_forward_train_from_sums(conv_out, fused_sum_, fused_sumsq_, bias, nullptr, prev.out,
+                                                 prev.save_mean, prev.save_invstd, nullptr, nullptr, sh, bn_prm_, s);
+      } else {
+        prev.conv->forward(in, pw, prev.y, workspace_);
+        kernels::pool_bn_celu_forward_train(prev.y, prev.p, bias, nullptr, prev.out, prev.save_mean,
+                                            prev.save_invstd, nullptr, nullptr, bn_scratch_, sh, bn_prm_, s);
+      }
+    }
+    fill_half(u.d_y, (long)B_ * u.shape.H * u.shape.W * u.shape.C, 40 + i, 1.0f, s);
+    if (dout2 != nullptr) fill_half(dout2, out_n, 60 + i, 1.0f, s);
+    u.conv->backward_data(u.d_y, w, ref_dout, workspace_);
+    auto unit_backward = [&](const __half* dout, __half* dy) {  // the step's unfused BN backward
+      if (argmax != nullptr)
+        kernels::pool_bn_celu_backward_argmax(dout, dout2, prev.p, argmax, bias, prev.save_mean, prev.save_invstd,
+                                              dy, dbias, bn_scratch_, sh, bn_prm_, s);
+      else
+        kernels::pool_bn_celu_backward(dout, dout2, prev.y, prev.p, bias, prev.save_mean, prev.save_invstd, dy,
+                                       dbias, bn_scratch_, sh, bn_prm_, s);
+    };
+    unit_backward(ref_dout, ref_dy);
     const OurChoice c = time_our_configs(
         [&](bool wgmma, int config) {
           prev.bn_grad_wgmma = wgmma;
           prev.bn_grad_config = config;
         },
-        [&] { enqueue_dgrad_bn_sums(i, w); }, s, options_.quick_autotune);
+        [&] { enqueue_dgrad_bn_sums(i, w); },
+        [&] {
+          const std::string why = disagreement("d_out", cs::compare_outputs(prev.d_out, ref_dout, out_n, partial, s));
+          if (!why.empty()) return why;
+          kernels::pool_bn_celu_backward_from_sums(prev.d_out, dout2, prev.y, prev.p, argmax, bn_grad_sum_dz_,
+                                                   bn_grad_sum_dzx_, bias, prev.save_mean, prev.save_invstd,
+                                                   cand_dy, dbias, sh, bn_prm_, s);
+          return disagreement("BN backward", cs::compare_outputs(cand_dy, ref_dy, conv_n, partial, s));
+        },
+        s, options_.quick_autotune);
     prev.bn_grad_fused = c.found;
     prev.bn_grad_wgmma = c.wgmma;
     prev.bn_grad_config = c.config;
-    bn_grad_note_ += "  " + prev.name + " (dgrad of " + units_[i].name + "): " +
-                     (c.found ? "dgrad+bn_sums " + c.name() : std::string("not fused (no tile config fits)")) + " [" +
-                     c.tried + "]\n";
+    bn_grad_note_ += "  " + prev.name + " (dgrad of " + u.name + "): " +
+                     (c.found ? "dgrad+bn_sums " + c.name() : std::string("not fused (no config fits and agrees)")) +
+                     " [" + c.tried + "]\n";
   }
   ctx_.sync();
+  arena_.release_to(mark);
 }
 
 void Resnet9Gpu::capture_graphs() {
