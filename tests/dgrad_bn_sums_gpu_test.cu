@@ -321,13 +321,6 @@ void run_odd(Kernel family) {
 
 }  // namespace
 
-#define SKIP_WITHOUT_WGMMA()                                                                   \
-  do {                                                                                         \
-    if (!kernels::wgmma_supported()) {                                                         \
-      std::printf("SKIPPED: this GPU or build cannot run wgmma (needs sm_90a, Hopper)\n"); \
-      return;                                                                                  \
-    }                                                                                          \
-  } while (0)
 
 TEST_CASE("dgrad BN sums (igemm): recipe layer1 unit into layer1_res's conv, 2 ghost groups",
           "[gpu][igemm][bn_sums][recipe]") {
@@ -344,13 +337,13 @@ TEST_CASE("dgrad BN sums (igemm): odd shapes", "[gpu][igemm][bn_sums]") {
 TEST_CASE("dgrad BN sums (wgmma): recipe layer1 unit into layer1_res's conv, 2 ghost groups",
           "[gpu][wgmma][bn_sums][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
-  SKIP_WITHOUT_WGMMA();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
   run_case(kLayer1, false, 100, Kernel::kWgmma);
   run_case(kLayer1, true, 200, Kernel::kWgmma);
 }
 
 TEST_CASE("dgrad BN sums (wgmma): odd shapes", "[gpu][wgmma][bn_sums]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
-  SKIP_WITHOUT_WGMMA();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
   run_odd(Kernel::kWgmma);
 }

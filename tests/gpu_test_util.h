@@ -22,6 +22,7 @@
 
 #include "engine/cuda_check.h"
 #include "engine/gpu_info.h"
+#include "kernels/conv/wgmma_conv.cuh"
 
 namespace gpu_test {
 
@@ -210,4 +211,15 @@ std::string bitwise_mismatch(const std::vector<T>& a, const std::vector<T>& b) {
       std::fflush(stdout);                                                  \
       return;                                                               \
     }                                                                       \
+  } while (0)
+
+// The wgmma tests' skip rule (after GPU_TEST_SKIP_WITHOUT_DEVICE): without an sm_90a Hopper and
+// this build's sm_90a code (kernels::wgmma_supported) the test prints "SKIPPED: ..." and returns.
+#define GPU_TEST_SKIP_WITHOUT_WGMMA()                                                          \
+  do {                                                                                         \
+    if (!kernels::wgmma_supported()) {                                                         \
+      std::printf("SKIPPED: this GPU or build cannot run wgmma (needs sm_90a, Hopper)\n");    \
+      std::fflush(stdout);                                                                     \
+      return;                                                                                  \
+    }                                                                                          \
   } while (0)

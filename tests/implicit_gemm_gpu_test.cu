@@ -812,40 +812,33 @@ TEST_CASE("igemm conv+pool odd shapes and ties", "[gpu][igemm]") {
 
 // The wgmma forward kernel ends with the same epilogue code (kernels/conv/conv_epilogue.cuh),
 // so the same checks apply, every wgmma config, on an sm_90a Hopper.
-#define SKIP_WITHOUT_WGMMA()                                                                   \
-  do {                                                                                         \
-    if (!kernels::wgmma_supported()) {                                                         \
-      std::printf("SKIPPED: this GPU or build cannot run wgmma (needs sm_90a, Hopper)\n"); \
-      return;                                                                                  \
-    }                                                                                          \
-  } while (0)
 
 TEST_CASE("wgmma conv fused BN statistics vs CPU sums", "[gpu][wgmma]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
-  SKIP_WITHOUT_WGMMA();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
   check_stats_epilogue(true);
 }
 
 TEST_CASE("wgmma conv+pool odd shapes and ties", "[gpu][wgmma]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
-  SKIP_WITHOUT_WGMMA();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
   check_pool_odd_shapes(true);
 }
 
 TEST_CASE("wgmma conv+pool layer1 64->128 3x3 @32, batch 512", "[gpu][wgmma][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
-  SKIP_WITHOUT_WGMMA();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
   check_recipe_pool(32, 64, 128, 610, true);
 }
 
 TEST_CASE("wgmma conv+pool layer2 128->256 3x3 @16, batch 512", "[gpu][wgmma][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
-  SKIP_WITHOUT_WGMMA();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
   check_recipe_pool(16, 128, 256, 620, true);
 }
 
 TEST_CASE("wgmma conv+pool layer3 256->512 3x3 @8, batch 512", "[gpu][wgmma][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
-  SKIP_WITHOUT_WGMMA();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
   check_recipe_pool(8, 256, 512, 630, true);
 }

@@ -50,13 +50,6 @@ namespace {
 
 constexpr double kTol = 2e-3;
 
-#define SKIP_WITHOUT_WGMMA()                                                                   \
-  do {                                                                                         \
-    if (!kernels::wgmma_supported()) {                                                         \
-      std::printf("SKIPPED: this GPU or build cannot run wgmma (needs sm_90a, Hopper)\n"); \
-      return;                                                                                  \
-    }                                                                                          \
-  } while (0)
 
 std::string desc_str(const ConvDesc& d) {
   return std::to_string(d.N) + "x" + std::to_string(d.H) + "x" + std::to_string(d.W) + "x" +
@@ -598,7 +591,7 @@ TEST_CASE("wgmma L1 tiles ask for the smallest carveout that holds the block (ho
 // (the _l1 tiles for the smallest that holds one block: 129 KiB, one block either way).
 // The 3-stage 128 x 128 tile exists for this.
 TEST_CASE("wgmma blocks per SM follow from shared memory", "[gpu][wgmma]") {
-  SKIP_WITHOUT_WGMMA();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
   for (WgmmaConfig config : kernels::kWgmmaConfigs) {
     const auto info = kernels::wgmma_config_info(config);
     const int expected = 2 * (info.smem_bytes + 1024) <= 228 * 1024 ? 2 : 1;
@@ -614,63 +607,63 @@ TEST_CASE("wgmma blocks per SM follow from shared memory", "[gpu][wgmma]") {
 
 TEST_CASE("wgmma conv prep 27(pad 32)->64 1x1 @32, batch 512", "[gpu][wgmma][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
-  SKIP_WITHOUT_WGMMA();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
   check_recipe(32, 32, 64, 1, 27, /*dgrad=*/false, 1100);
 }
 TEST_CASE("wgmma conv layer1 64->128 3x3 @32, batch 512", "[gpu][wgmma][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
-  SKIP_WITHOUT_WGMMA();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
   check_recipe(32, 64, 128, 3, 64, true, 1110);
 }
 TEST_CASE("wgmma conv layer1 res 128->128 3x3 @16, batch 512", "[gpu][wgmma][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
-  SKIP_WITHOUT_WGMMA();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
   check_recipe(16, 128, 128, 3, 128, true, 1120);
 }
 TEST_CASE("wgmma conv layer2 128->256 3x3 @16, batch 512", "[gpu][wgmma][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
-  SKIP_WITHOUT_WGMMA();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
   check_recipe(16, 128, 256, 3, 128, true, 1130);
 }
 TEST_CASE("wgmma conv layer3 256->512 3x3 @8, batch 512", "[gpu][wgmma][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
-  SKIP_WITHOUT_WGMMA();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
   check_recipe(8, 256, 512, 3, 256, true, 1140);
 }
 TEST_CASE("wgmma conv layer3 res 512->512 3x3 @4, batch 512", "[gpu][wgmma][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
-  SKIP_WITHOUT_WGMMA();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
   check_recipe(4, 512, 512, 3, 512, true, 1150);
 }
 
 TEST_CASE("wgmma wgrad prep 27(pad 32)->64 1x1 @32, batch 512", "[gpu][wgmma][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
-  SKIP_WITHOUT_WGMMA();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
   check_wgrad_recipe(32, 32, 64, 1, 27, 1300);
 }
 TEST_CASE("wgmma wgrad layer1 64->128 3x3 @32, batch 512", "[gpu][wgmma][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
-  SKIP_WITHOUT_WGMMA();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
   check_wgrad_recipe(32, 64, 128, 3, 64, 1310);
 }
 TEST_CASE("wgmma wgrad layer1 res 128->128 3x3 @16, batch 512", "[gpu][wgmma][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
-  SKIP_WITHOUT_WGMMA();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
   check_wgrad_recipe(16, 128, 128, 3, 128, 1320);
 }
 TEST_CASE("wgmma wgrad layer2 128->256 3x3 @16, batch 512", "[gpu][wgmma][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
-  SKIP_WITHOUT_WGMMA();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
   check_wgrad_recipe(16, 128, 256, 3, 128, 1330);
 }
 TEST_CASE("wgmma wgrad layer3 256->512 3x3 @8, batch 512", "[gpu][wgmma][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
-  SKIP_WITHOUT_WGMMA();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
   check_wgrad_recipe(8, 256, 512, 3, 256, 1340);
 }
 TEST_CASE("wgmma wgrad layer3 res 512->512 3x3 @4, batch 512", "[gpu][wgmma][recipe]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
-  SKIP_WITHOUT_WGMMA();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
   check_wgrad_recipe(4, 512, 512, 3, 512, 1350);
 }
 
@@ -678,7 +671,7 @@ TEST_CASE("wgmma wgrad layer3 res 512->512 3x3 @4, batch 512", "[gpu][wgmma][rec
 // R = 1 and 5, a 1x1 image; forward, input and weight gradient compared in full.
 TEST_CASE("wgmma conv odd shapes vs reference", "[gpu][wgmma]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
-  SKIP_WITHOUT_WGMMA();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
   const ConvDesc shapes[] = {{3, 5, 5, 8, 24, 3}, {2, 6, 9, 24, 40, 3}, {5, 3, 3, 16, 8, 1},
                              {2, 6, 6, 16, 16, 5}, {4, 1, 1, 8, 8, 3}, {4, 7, 7, 40, 72, 3},
                              {1, 11, 13, 8, 136, 3}};

@@ -41,6 +41,48 @@ constexpr int epilogue_red_bytes() {
   return 2 * (Threads / (BlockN / 8)) * BlockN * 4;
 }
 
+// The end of every epilogue reduction, after its barrier: thread c < BlockN adds column c's
+// kSlices partials of the two sums, at red[j][pos] and red[kSlices + j][pos] (fp32
+// [2][kSlices][BlockN]), in slice order and writes the block's partials
+// p.partials[blockIdx.y][n0 + c] and p.partials[gridDim.y + blockIdx.y][n0 + c], for columns < K.
+template <int BlockN, int kSlices>
+__device__ __forceinline__ void store_block_partials(const float* red, int pos, int c, int n0, const IgemmParams& p) {
+  const int n = n0 + c;
+  if (c >= BlockN || n >= p.K) return;
+  float sum_a = 0.0f, sum_b = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kSlices; j++) {
+    sum_a += red[j * BlockN + pos];
+    sum_b += red[(kSlices + j) * BlockN + pos];
+  }
+  p.partials[(size_t)blockIdx.y * p.K + n] = sum_a;
+  p.partials[((size_t)gridDim.y + blockIdx.y) * p.K + n] = sum_b;
+}
+
+// The chunk-column epilogues' block reduction (the BN-backward sums, the pooled statistics):
+// thread tid, of slice `slice`, holds the 8 sums a[] and b[] of its chunk column ch (channels
+// n0 + 8 ch ..) over its rows. They go to red [2][kSlices][BlockN] fp32 (a, then b); then
+// thread c < BlockN adds column c's kSlices partials in slice order and writes the block's
+// partials p.partials[blockIdx.y][n0 + c] (a) and p.partials[gridDim.y + blockIdx.y][n0 + c]
+// (b), for columns < K. Fixed order: deterministic. Within a slice row, channels ch*8 + j*4 +
+// 0..3 sit at j*BlockN/2 + ch*4, so consecutive threads store consecutive float4s (no bank
+// conflicts); the reduction's loads then have a 2-way conflict (a warp reads two 16-float runs
+// BlockN/2 apart), once per block. sync(): a barrier over the block's epilogue threads.
+template <int BlockN, int kSlices, class Sync>
+__device__ __forceinline__ void reduce_chunk_sums(const float (&a)[8], const float (&b)[8], float* red, int slice,
+                                                  int ch, int tid, int n0, const IgemmParams& p, Sync sync) {
+  constexpr int kHalfN = BlockN / 2;
+  float* ra = red + slice * BlockN + ch * 4;
+  float* rb = red + (kSlices + slice) * BlockN + ch * 4;
+  *reinterpret_cast<float4*>(ra) = make_float4(a[0], a[1], a[2], a[3]);
+  *reinterpret_cast<float4*>(ra + kHalfN) = make_float4(a[4], a[5], a[6], a[7]);
+  *reinterpret_cast<float4*>(rb) = make_float4(b[0], b[1], b[2], b[3]);
+  *reinterpret_cast<float4*>(rb + kHalfN) = make_float4(b[4], b[5], b[6], b[7]);
+  sync();
+  const int c = tid;
+  store_block_partials<BlockN, kSlices>(red, ((c >> 2) & 1) * kHalfN + (c >> 3) * 4 + (c & 3), c, n0, p);
+}
+
 // Writes the fp16 tile sC [BlockM][CStride] (rows m0 .., columns n0 ..; rows m >= M and
 // columns n >= K are skipped) to p.y in 16-byte chunks: thread tid (of Threads) owns the
 // 8-channel chunk column tid % kChunksN and rows tid / kChunksN + i * kSlices, so consecutive
@@ -51,10 +93,8 @@ constexpr int epilogue_red_bytes() {
 // to p.partials[blockIdx.y][n] (sum dz) and p.partials[gridDim.y + blockIdx.y][n]
 // (sum dz * xhat): the statistics epilogue's layout, so launch_stats_reduce adds them per group.
 // The block's rows lie in one BN group (p.bn_group_pixels is a multiple of BlockM, or M). Each
-// thread sums its rows in row order; its 8 column sums go to red [2][kSlices][BlockN] (fp32,
-// must not overlap sC; channels ch*8 + j*4 + 0..3 at j*BlockN/2 + ch*4: consecutive threads
-// store consecutive float4s), and after sync() thread c < BlockN adds column c's kSlices
-// partials in slice order. Fixed order: deterministic. sync() is a barrier over the Threads
+// thread sums its rows in row order; reduce_chunk_sums adds them up through red
+// [2][kSlices][BlockN] (fp32, must not overlap sC). sync() is a barrier over the Threads
 // threads (__syncthreads, or a named barrier when other warps have left).
 template <int BlockM, int BlockN, int Threads, int CStride, bool kBnSums, class Sync>
 __device__ __forceinline__ void conv_store_tile(const __half* sC, float* red, const IgemmParams& p,
@@ -129,28 +169,7 @@ __device__ __forceinline__ void conv_store_tile(const __half* sC, float* red, co
       }
     }
   }
-  if constexpr (kBnSums) {
-    constexpr int kHalfN = BlockN / 2;
-    float* rs = red + row0 * BlockN + ch * 4;
-    float* rss = red + (kSlices + row0) * BlockN + ch * 4;
-    *reinterpret_cast<float4*>(rs) = make_float4(s[0], s[1], s[2], s[3]);
-    *reinterpret_cast<float4*>(rs + kHalfN) = make_float4(s[4], s[5], s[6], s[7]);
-    *reinterpret_cast<float4*>(rss) = make_float4(ss[0], ss[1], ss[2], ss[3]);
-    *reinterpret_cast<float4*>(rss + kHalfN) = make_float4(ss[4], ss[5], ss[6], ss[7]);
-    sync();
-    const int c = tid, nc = n0 + c;
-    if (c < BlockN && nc < p.K) {
-      const int pos = ((c >> 2) & 1) * kHalfN + (c >> 3) * 4 + (c & 3);
-      float sum = 0.0f, sumx = 0.0f;
-#pragma unroll
-      for (int j = 0; j < kSlices; j++) {
-        sum += red[j * BlockN + pos];
-        sumx += red[(kSlices + j) * BlockN + pos];
-      }
-      p.partials[(size_t)blockIdx.y * p.K + nc] = sum;
-      p.partials[((size_t)gridDim.y + blockIdx.y) * p.K + nc] = sumx;
-    }
-  }
+  if constexpr (kBnSums) reduce_chunk_sums<BlockN, kSlices>(s, ss, red, row0, ch, tid, n0, p, sync);
 }
 
 // The BN statistics epilogue (after conv_store_tile stored the tile): this block's partial
@@ -180,17 +199,7 @@ __device__ __forceinline__ void conv_stats_tile(const __half* sC, float* red, co
   *reinterpret_cast<float2*>(red + slice * BlockN + 2 * pair) = s;
   *reinterpret_cast<float2*>(red + (kStatSlices + slice) * BlockN + 2 * pair) = ss;
   sync();
-  const int c = tid, n = n0 + c;
-  if (c < BlockN && n < p.K) {
-    float sum = 0.0f, sumsq = 0.0f;
-#pragma unroll
-    for (int j = 0; j < kStatSlices; j++) {
-      sum += red[j * BlockN + c];
-      sumsq += red[(kStatSlices + j) * BlockN + c];
-    }
-    p.partials[(size_t)blockIdx.y * p.K + n] = sum;
-    p.partials[((size_t)gridDim.y + blockIdx.y) * p.K + n] = sumsq;
-  }
+  store_block_partials<BlockN, kStatSlices>(red, tid, tid, n0, p);
 }
 
 // The fused 2x2 max-pool epilogue (instead of conv_store_tile): the tile's rows are whole
@@ -260,35 +269,9 @@ __device__ __forceinline__ void conv_pool_tile(const __half* sC, float* red, con
     }
   }
 
-  if constexpr (kStats) {
-    // Thread t's 8 column sums (over its pooled rows, in row order) go to
-    // red[0][slice][..], its sums of squares to red[1][slice][..], slice = t / kChunksN; then
-    // thread c < BlockN adds column c's kPoolSlices partials in slice order. Fixed order:
-    // deterministic. Within a slice row, channels ch*8 + j*4 + 0..3 sit at j*BlockN/2 + ch*4,
-    // so consecutive threads store consecutive float4s (no bank conflicts); the reduction's
-    // loads then have a 2-way conflict (a warp reads two 16-float runs BlockN/2 apart), once
-    // per block.
-    constexpr int kHalfN = BlockN / 2;
-    float* rs = red + q0 * BlockN + ch * 4;
-    float* rss = red + (kPoolSlices + q0) * BlockN + ch * 4;
-    *reinterpret_cast<float4*>(rs) = make_float4(s[0], s[1], s[2], s[3]);
-    *reinterpret_cast<float4*>(rs + kHalfN) = make_float4(s[4], s[5], s[6], s[7]);
-    *reinterpret_cast<float4*>(rss) = make_float4(ss[0], ss[1], ss[2], ss[3]);
-    *reinterpret_cast<float4*>(rss + kHalfN) = make_float4(ss[4], ss[5], ss[6], ss[7]);
-    sync();
-    const int c = tid, nc = n0 + c;
-    if (c < BlockN && nc < p.K) {
-      const int pos = ((c >> 2) & 1) * kHalfN + (c >> 3) * 4 + (c & 3);
-      float sum = 0.0f, sumsq = 0.0f;
-#pragma unroll
-      for (int j = 0; j < kPoolSlices; j++) {
-        sum += red[j * BlockN + pos];
-        sumsq += red[(kPoolSlices + j) * BlockN + pos];
-      }
-      p.partials[(size_t)blockIdx.y * p.K + nc] = sum;
-      p.partials[((size_t)gridDim.y + blockIdx.y) * p.K + nc] = sumsq;
-    }
-  }
+  // Thread t's 8 column sums and sums of squares (over its pooled rows, in row order), slice
+  // t / kChunksN, then the block's partials.
+  if constexpr (kStats) reduce_chunk_sums<BlockN, kPoolSlices>(s, ss, red, q0, ch, tid, n0, p, sync);
 }
 
 // The epilogues a forward kernel can end with, after the fp16 tile is in sC and every thread
