@@ -291,17 +291,17 @@ void conv_backward_data_igemm_bn_sums(const __half* dy, const __half* w, __half*
                                       __half* wt_scratch, const ConvDesc& d, IgemmConfig config,
                                       const BnBackwardSums& bn, cudaStream_t stream) {
   const char* fn = "conv_backward_data_igemm_bn_sums";
-  igemm_detail::require_igemm_shape(fn, d);
-  require(dy != nullptr && w != nullptr && dx != nullptr && wt_scratch != nullptr, fn, "null tensor");
-  require(aligned16(dy) && aligned16(w) && aligned16(dx) && aligned16(wt_scratch), fn,
-          "dy, w, dx and wt_scratch must be 16-byte aligned");
+  require(wt_scratch != nullptr && aligned16(wt_scratch), fn, "wt_scratch must be 16-byte aligned");
+  // As a forward convolution: input dy with K channels, C filters, output dx. Every check
+  // (shapes, tensors, the BN sums' rules) before the first launch, so a bad call leaves nothing
+  // half-done; the filters are swapped for their transform afterwards.
   const ConvDesc as_forward{d.N, d.H, d.W, d.K, d.C, d.R};
-  // Every check before the first launch, so a bad call leaves nothing half-done.
   const int block_m = igemm_config_info(config).block_m;
-  igemm_detail::IgemmParams probe = igemm_detail::make_igemm_params(fn, dy, w, dx, as_forward, block_m);
-  igemm_detail::set_bn_sums_params(fn, probe, bn, as_forward, block_m);
+  igemm_detail::IgemmParams p = igemm_detail::make_igemm_params(fn, dy, w, dx, as_forward, block_m);
+  const int blocks_per_group = igemm_detail::set_bn_sums_params(fn, p, bn, as_forward, block_m);
   conv_flip_transpose_weights(w, wt_scratch, d, stream);
-  igemm_detail::conv_forward_igemm_bn_sums(dy, wt_scratch, dx, as_forward, config, bn, stream);
+  p.w = wt_scratch;
+  igemm_detail::launch_igemm_bn_sums(config, p, bn, d.N / bn.group_images, blocks_per_group, stream);
 }
 
 // ---------------------------------------------------------------------- weight gradient

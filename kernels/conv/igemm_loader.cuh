@@ -68,10 +68,11 @@ int set_bn_sums_params(const char* fn, IgemmParams& p, const BnBackwardSums& bn,
 // sum_b[g][n] from the second, g < groups. Deterministic (no atomics).
 void launch_stats_reduce(const float* partials, int grid_m, int blocks_per_group, int groups, int K,
                          float* sum_a, float* sum_b, cudaStream_t stream);
-// conv_forward_igemm with the BN-backward sums epilogue (the igemm half of
-// conv_backward_data_igemm_bn_sums, which runs it on the transformed filters).
-void conv_forward_igemm_bn_sums(const __half* x, const __half* w, __half* y, const ConvDesc& d,
-                                IgemmConfig config, const BnBackwardSums& bn, cudaStream_t stream);
+// The forward kernel with the BN-backward sums epilogue on p (from make_igemm_params and
+// set_bn_sums_params, which did every check), then the partials added per group: the igemm half
+// of conv_backward_data_igemm_bn_sums, which runs it on the transformed filters.
+void launch_igemm_bn_sums(IgemmConfig config, const IgemmParams& p, const BnBackwardSums& bn, int groups,
+                          int blocks_per_group, cudaStream_t stream);
 
 // Copies one BlockK slice of A and of B into a pipeline stage. Each loading thread (tid: its
 // index among the block's kRowStep * kChunksK loading threads) owns a fixed 16-byte chunk

@@ -386,15 +386,11 @@ int set_bn_sums_params(const char* fn, IgemmParams& p, const BnBackwardSums& bn,
   return groups == 1 ? grid_m : (int)(group_pixels / block_m);
 }
 
-void conv_forward_igemm_bn_sums(const __half* x, const __half* w, __half* y, const ConvDesc& d,
-                                IgemmConfig config, const BnBackwardSums& bn, cudaStream_t stream) {
-  const char* fn = "conv_backward_data_igemm_bn_sums";
-  const IgemmConfigInfo cfg = igemm_config_info(config);
-  IgemmParams p = make_params(fn, x, w, y, d, cfg);
-  const int blocks_per_group = set_bn_sums_params(fn, p, bn, d, cfg.block_m);
+void launch_igemm_bn_sums(IgemmConfig config, const IgemmParams& p, const BnBackwardSums& bn, int groups,
+                          int blocks_per_group, cudaStream_t stream) {
   launch<false, false, true>(config, p, stream);
-  launch_stats_reduce(bn.partials, ceil_div(p.M, cfg.block_m), blocks_per_group,
-                      d.N / bn.group_images, d.K, bn.sum_dz, bn.sum_dzx, stream);
+  launch_stats_reduce(bn.partials, ceil_div(p.M, igemm_config_info(config).block_m), blocks_per_group, groups, p.K,
+                      bn.sum_dz, bn.sum_dzx, stream);
 }
 
 }  // namespace igemm_detail
