@@ -132,27 +132,24 @@ bool same_shape(const cs::ConvDesc& a, const cs::ConvDesc& b) {
 
 
 // The fastest of our conv kernels for one fused launch: every igemm config and, on Hopper, every
-// wgmma config, each selected with select(wgmma, config) and timed by launch() on the stream;
+// wgmma config, each selected with select(kernel) and timed by launch() on the stream;
 // a config whose tile does not suit the shape (std::invalid_argument) is skipped, and so is one
 // whose result check() rejects (check runs after the timing, so on that config's output; it
 // returns why, or "" when the result agrees with the unfused path). `tried` lists every
 // config's time or why it was left out, for the logs.
 struct OurChoice {
-  bool found = false, wgmma = false;
-  int config = 0;
+  bool found = false;
+  Resnet9Gpu::OurConv kernel;
   std::string tried;
-  std::string name() const {
-    return wgmma ? std::string(kernels::wgmma_config_info((kernels::WgmmaConfig)config).name)
-                 : std::string("igemm:") + kernels::igemm_config_info((kernels::IgemmConfig)config).name;
-  }
 };
-OurChoice time_our_configs(const std::function<void(bool, int)>& select, const std::function<void()>& launch,
-                           const std::function<std::string()>& check, cudaStream_t s, bool quick) {
+OurChoice time_our_configs(const std::function<void(const Resnet9Gpu::OurConv&)>& select,
+                           const std::function<void()>& launch, const std::function<std::string()>& check,
+                           cudaStream_t s, bool quick) {
   OurChoice best;
   double best_us = -1;
   char line[160];
   auto consider = [&](bool wgmma, int config, const char* name) {
-    select(wgmma, config);
+    select({wgmma, config});
     try {
       const double us = cs::setup_time_us(launch, s, 5, quick);
       const std::string why = check();
@@ -165,8 +162,7 @@ OurChoice time_our_configs(const std::function<void(bool, int)>& select, const s
       if (best_us < 0 || us < best_us) {
         best_us = us;
         best.found = true;
-        best.wgmma = wgmma;
-        best.config = config;
+        best.kernel = {wgmma, config};
       }
     } catch (const std::invalid_argument&) {
       std::snprintf(line, sizeof(line), " %s=n/a", name);
@@ -192,6 +188,11 @@ std::string disagreement(const char* what, const cs::OutputDistance& d) {
 }  // namespace
 
 // ================================================================ Resnet9Gpu
+
+std::string Resnet9Gpu::OurConv::name() const {
+  return wgmma ? std::string(kernels::wgmma_config_info((kernels::WgmmaConfig)config).name)
+               : std::string("igemm:") + kernels::igemm_config_info((kernels::IgemmConfig)config).name;
+}
 
 Resnet9Gpu::Resnet9Gpu(cs::GpuContext& ctx, cs::Arena& arena, const Recipe& recipe,
                        int steps_per_epoch, const Options& options)
@@ -251,13 +252,15 @@ Resnet9Gpu::Resnet9Gpu(cs::GpuContext& ctx, cs::Arena& arena, const Recipe& reci
 
   const size_t free_bytes = arena_.capacity_bytes() - arena_.used_bytes();
   autotune(std::min(kMaxConvWorkspace, free_bytes));
+  // Finite placeholder fp32 parameters: the fused choices' checks read the BN biases from them,
+  // and the warm-up below starts from them.
+  cudaStream_t s = ctx_.stream();
+  fill_float(w_, layout_.num_params, 11, 0.05f, 0.0f, s);
   if (options_.fused_pool || options_.fused_stats) choose_fused_configs();
   if (options_.fused_bn_grad) choose_bn_grad_configs();
 
   // Warm-up with finite placeholder state (lazy library initialisation happens outside the
   // capture), then capture the two step graphs. run()/tests overwrite all of this state.
-  cudaStream_t s = ctx_.stream();
-  fill_float(w_, layout_.num_params, 11, 0.05f, 0.0f, s);
   kernels::cast_f32_to_f16(w_, w_half_, layout_.num_params, s);
   prep_weight_pad(w_ + prep_off_, prep_w_, layout_.w.c0, s);
   fill_float(rm_, layout_.num_stats, 0, 0.0f, 0.0f, s);
@@ -463,13 +466,12 @@ void Resnet9Gpu::choose_fused_configs() {
   }
   // Setup-only buffers (released below): each candidate's BN + CELU output, checked against the
   // unfused path's (the selected conv, then pool_bn_celu_forward_train) on the autotune data, so
-  // that a fused kernel that is wrong on this GPU is never used. The fp32 BN biases get the
-  // warm-up's placeholder values (the autotune filled everything else); no residual is added.
+  // that a fused kernel that is wrong on this GPU is never used. The fp32 BN biases hold the
+  // constructor's placeholder values (the autotune filled everything else); no residual is added.
   const size_t mark = arena_.mark();
   __half* ref_out = arena_.alloc<__half>(max_out, "fused_check_ref");
   __half* cand_out = arena_.alloc<__half>(max_out, "fused_check_cand");
   double* partial = arena_.alloc<double>(cs::kCompareScratchDoubles, "fused_check_partials");
-  fill_float(w_, layout_.num_params, 11, 0.05f, 0.0f, s);
   // Each unit times every tile config that accepts its shape (igemm, and on Hopper wgmma) and
   // keeps the fastest whose result agrees; none leaves the unit unfused.
   for (int i = 0; i < kUnits; ++i) {
@@ -484,10 +486,7 @@ void Resnet9Gpu::choose_fused_configs() {
                                         nullptr, bn_scratch_, u.shape, bn_prm_, s);
     u.fusion = want[i];
     const OurChoice c = time_our_configs(
-        [&](bool wgmma, int config) {
-          u.fused_wgmma = wgmma;
-          u.fused_config = config;
-        },
+        [&](const OurConv& k) { u.fused_conv = k; },
         [&] { enqueue_fused_conv(i, in, w, true); },
         [&] {
           kernels::bn_celu_forward_train_from_sums(u.fusion == Fusion::kPool ? u.p : u.y, fused_sum_, fused_sumsq_,
@@ -497,11 +496,10 @@ void Resnet9Gpu::choose_fused_configs() {
         },
         s, options_.quick_autotune);
     u.fusion = c.found ? want[i] : Fusion::kNone;
-    u.fused_wgmma = c.wgmma;
-    u.fused_config = c.config;
+    u.fused_conv = c.kernel;
     const char* what = want[i] == Fusion::kPool ? "conv+pool" : "conv+stats";
     fused_note_ += "  " + u.name + ": " +
-                   (c.found ? std::string(what) + " " + c.name() : std::string("not fused (no config fits and agrees)")) +
+                   (c.found ? std::string(what) + " " + c.kernel.name() : std::string("not fused (no config fits and agrees)")) +
                    " [" + c.tried + "]\n";
   }
   ctx_.sync();
@@ -516,14 +514,14 @@ void Resnet9Gpu::enqueue_fused_conv(int i, const __half* in, const __half* w, bo
   if (u.fusion == Fusion::kPool) {
     uint8_t* argmax = train ? u.argmax : nullptr;
     const kernels::IgemmStats* stats = train ? &st : nullptr;
-    if (u.fused_wgmma)
-      kernels::conv_forward_wgmma_pool(in, w, u.p, argmax, kd, (kernels::WgmmaConfig)u.fused_config, stats, s);
+    if (u.fused_conv.wgmma)
+      kernels::conv_forward_wgmma_pool(in, w, u.p, argmax, kd, (kernels::WgmmaConfig)u.fused_conv.config, stats, s);
     else
-      kernels::conv_forward_igemm_pool(in, w, u.p, argmax, kd, (kernels::IgemmConfig)u.fused_config, stats, s);
-  } else if (u.fused_wgmma) {
-    kernels::conv_forward_wgmma_stats(in, w, u.y, kd, (kernels::WgmmaConfig)u.fused_config, st, s);
+      kernels::conv_forward_igemm_pool(in, w, u.p, argmax, kd, (kernels::IgemmConfig)u.fused_conv.config, stats, s);
+  } else if (u.fused_conv.wgmma) {
+    kernels::conv_forward_wgmma_stats(in, w, u.y, kd, (kernels::WgmmaConfig)u.fused_conv.config, st, s);
   } else {
-    kernels::conv_forward_igemm_stats(in, w, u.y, kd, (kernels::IgemmConfig)u.fused_config, st, s);
+    kernels::conv_forward_igemm_stats(in, w, u.y, kd, (kernels::IgemmConfig)u.fused_conv.config, st, s);
   }
 }
 
@@ -536,13 +534,13 @@ void Resnet9Gpu::enqueue_dgrad_bn_sums(int i, const __half* w) {
   const kernels::BnBackwardSums bn{dout2, bn_in, w_ + prev.bias_off, prev.save_mean, prev.save_invstd,
                                    bn_prm_.alpha, bn_grad_sum_dz_, bn_grad_sum_dzx_, bn_grad_partials_,
                                    recipe_.bn_group};
-  if (prev.bn_grad_wgmma)
+  if (prev.bn_grad_conv.wgmma)
     kernels::conv_backward_data_wgmma_bn_sums(u.d_y, w, prev.d_out, bn_grad_wt_, conv_desc(i),
-                                              static_cast<kernels::WgmmaConfig>(prev.bn_grad_config), bn,
+                                              static_cast<kernels::WgmmaConfig>(prev.bn_grad_conv.config), bn,
                                               ctx_.stream());
   else
     kernels::conv_backward_data_igemm_bn_sums(u.d_y, w, prev.d_out, bn_grad_wt_, conv_desc(i),
-                                              static_cast<kernels::IgemmConfig>(prev.bn_grad_config), bn,
+                                              static_cast<kernels::IgemmConfig>(prev.bn_grad_conv.config), bn,
                                               ctx_.stream());
 }
 
@@ -567,7 +565,7 @@ void Resnet9Gpu::choose_bn_grad_configs() {
   // the selected conv's dgrad into ref_dout and the unit's BN backward from it into ref_dy, vs
   // the candidate's d_out and the BN backward from its sums into cand_dy. On the autotune data
   // after the unit's own training forward (so its statistics and argmax are consistent), with
-  // finite placeholder gradients and the warm-up's placeholder BN biases.
+  // finite placeholder gradients and the constructor's placeholder BN biases.
   long max_out = 0, max_conv = 0;
   int max_ch = 0;
   for (int i = 0; i + 1 < kUnits; ++i) {
@@ -582,7 +580,6 @@ void Resnet9Gpu::choose_bn_grad_configs() {
   __half* cand_dy = arena_.alloc<__half>(max_conv, "bn_grad_check_cand_dy");
   float* dbias = arena_.alloc<float>(max_ch, "bn_grad_check_dbias");
   double* partial = arena_.alloc<double>(cs::kCompareScratchDoubles, "bn_grad_check_partials");
-  fill_float(w_, layout_.num_params, 11, 0.05f, 0.0f, s);
   // Each unit times every config of ours that accepts the shape (igemm; wgmma on Hopper) and
   // keeps the fastest whose result agrees; none leaves the unit unfused.
   for (int i = 1; i < kUnits; ++i) {
@@ -622,10 +619,7 @@ void Resnet9Gpu::choose_bn_grad_configs() {
     };
     unit_backward(ref_dout, ref_dy);
     const OurChoice c = time_our_configs(
-        [&](bool wgmma, int config) {
-          prev.bn_grad_wgmma = wgmma;
-          prev.bn_grad_config = config;
-        },
+        [&](const OurConv& k) { prev.bn_grad_conv = k; },
         [&] { enqueue_dgrad_bn_sums(i, w); },
         [&] {
           const std::string why = disagreement("d_out", cs::compare_outputs(prev.d_out, ref_dout, out_n, partial, s));
@@ -637,10 +631,9 @@ void Resnet9Gpu::choose_bn_grad_configs() {
         },
         s, options_.quick_autotune);
     prev.bn_grad_fused = c.found;
-    prev.bn_grad_wgmma = c.wgmma;
-    prev.bn_grad_config = c.config;
+    prev.bn_grad_conv = c.kernel;
     bn_grad_note_ += "  " + prev.name + " (dgrad of " + u.name + "): " +
-                     (c.found ? "dgrad+bn_sums " + c.name() : std::string("not fused (no config fits and agrees)")) +
+                     (c.found ? "dgrad+bn_sums " + c.kernel.name() : std::string("not fused (no config fits and agrees)")) +
                      " [" + c.tried + "]\n";
   }
   ctx_.sync();

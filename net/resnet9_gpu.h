@@ -164,6 +164,13 @@ class Resnet9Gpu {
   std::string fused_bn_grad_choice() const { return bn_grad_note_; }
   size_t workspace_bytes() const { return workspace_bytes_; }  // the convs' shared workspace
 
+  // One of our conv kernels for a fused launch: a wgmma (Hopper) config or an igemm one.
+  struct OurConv {
+    bool wgmma = false;
+    int config = 0;  // a kernels::WgmmaConfig or kernels::IgemmConfig
+    std::string name() const;  // "wgmma_..." or "igemm:..."
+  };
+
  private:
   // The conv epilogue a unit's training forward uses (Options::fused_pool / fused_stats).
   enum class Fusion { kNone, kPool, kStats };
@@ -176,15 +183,12 @@ class Resnet9Gpu {
     cs::ConvSelect* conv = nullptr;   // shared between units of the same shape
     kernels::GhostBnCeluShape shape{};
     Fusion fusion = Fusion::kNone;        // the forward's fused epilogue (Options)
-    bool fused_wgmma = false;             // its kernel: wgmma (Hopper) or igemm
-    int fused_config = 0;                 // its tile config (kernels::WgmmaConfig / IgemmConfig)
+    OurConv fused_conv;                   // its kernel
     uint8_t* argmax = nullptr;            // [N][Ho][Wo][C] window positions (kPool only)
     // Options::fused_bn_grad: the dgrad writing this unit's d_out also computes its BN-backward
-    // sums, with our kernel `bn_grad_config` (a kernels::IgemmConfig, or with bn_grad_wgmma a
-    // kernels::WgmmaConfig); the unit's BN backward then reads the sums.
+    // sums, with our kernel bn_grad_conv; the unit's BN backward then reads the sums.
     bool bn_grad_fused = false;
-    bool bn_grad_wgmma = false;
-    int bn_grad_config = 0;
+    OurConv bn_grad_conv;
     int residual_from = -1;   // forward: out += units_[residual_from].out
     int skip_grad_from = -1;  // backward: dout2 = units_[skip_grad_from].d_out
     __half *y = nullptr, *p = nullptr, *out = nullptr;   // conv output, pooled (or y), output
