@@ -45,6 +45,19 @@ void parallel_for(long n, F f) {
   for (std::thread& w : workers) w.join();
 }
 
+// "a,b,c" -> {"a", "b", "c"}, for list-valued flags (conv_bench --layers); empty items (",,",
+// a trailing comma) are dropped.
+inline std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= s.size()) {
+    const size_t end = std::min(s.find(',', start), s.size());
+    if (end > start) out.push_back(s.substr(start, end - start));
+    start = end + 1;
+  }
+  return out;
+}
+
 // n values uniform in [lo, hi), reproducible from seed.
 inline std::vector<float> random_vec(long n, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
   std::mt19937_64 gen(seed);

@@ -9,7 +9,7 @@
 // timed (llm.c's dev/cuda style: validate, then time). Prints a table and a per-layer summary
 // (best of each pass and the three summed vs cuDNN) and writes JSON (docs/conv_kernels.md).
 //
-//   conv_bench [--json out.json] [--iters N] [--no-cudnn] [--help]
+//   conv_bench [--json out.json] [--iters N] [--no-cudnn] [--layers L1,L2,...] [--help]
 //
 // Timing: bench::time_calls (bench/bench_gpu.h), the protocol kernel_bench uses: CUDA events
 // around R back-to-back launches (R chosen so a sample lasts ~200 us; enqueued while the stream
@@ -594,7 +594,7 @@ std::string shape_str(const kernels::ConvDesc& d) {
 
 void print_usage() {
   std::printf(
-      "usage: conv_bench [--json out.json] [--iters N] [--no-cudnn] [--help]\n"
+      "usage: conv_bench [--json out.json] [--iters N] [--no-cudnn] [--layers L1,L2,...] [--help]\n"
       "  Times the hand-written implicit-GEMM convolutions (every tile config: the forward with\n"
       "  and without the BN-statistics and fused max-pool epilogues, the input gradient with and\n"
       "  without the BN-backward sums epilogue, the split-K weight gradient; on Hopper also the\n"
@@ -605,6 +605,8 @@ void print_usage() {
       "  --json PATH  also write the results as JSON (schema cifar-speedrun/conv_bench/v2)\n"
       "  --iters N    timed samples per variant, median reported (default 20)\n"
       "  --no-cudnn   skip cuDNN (no autotune; the speed-up columns are left empty)\n"
+      "  --layers L   only these layers, comma-separated, of: prep, layer1, layer1_res, layer2,\n"
+      "               layer3, layer3_res (default all; e.g. to profile one layer's kernels)\n"
       "  Exit status: 0 all checks passed, 1 no GPU, bad arguments or a CUDA error, 3 a check failed.\n");
 }
 
@@ -632,6 +634,7 @@ std::string config_label(const Row& r) {
 int main(int argc, char** argv) {
   std::string json_path;
   bool with_cudnn = true;
+  std::vector<std::string> layers;  // empty: all
   for (int i = 1; i < argc; i++) {
     const std::string a = argv[i];
     if (a == "--help" || a == "-h") {
@@ -647,6 +650,14 @@ int main(int argc, char** argv) {
       }
     } else if (a == "--no-cudnn") {
       with_cudnn = false;
+    } else if (a == "--layers" && i + 1 < argc) {
+      layers = bench::split_list(argv[++i]);
+      for (const std::string& l : layers)
+        if (std::none_of(std::begin(kShapes), std::end(kShapes), [&](const Shape& sp) { return l == sp.layer; })) {
+          std::fprintf(stderr, "conv_bench: --layers: unknown layer '%s' (known: prep, layer1, layer1_res, "
+                               "layer2, layer3, layer3_res)\n", l.c_str());
+          return 1;
+        }
     } else {
       std::fprintf(stderr, "conv_bench: unknown or incomplete argument '%s'\n", a.c_str());
       print_usage();
@@ -669,6 +680,7 @@ int main(int argc, char** argv) {
     gpu_test::CudnnHandle handle;
     uint64_t seed = 5000;
     for (const Shape& sp : kShapes) {
+      if (!layers.empty() && std::find(layers.begin(), layers.end(), sp.layer) == layers.end()) continue;
       std::printf("  %s ...\n", sp.layer);
       std::fflush(stdout);
       bench_shape(rows, handle.get(), with_cudnn, gpu.sm_count, sp, seed += 10);
@@ -790,6 +802,7 @@ int main(int argc, char** argv) {
         {"batch", kBatch},
         {"ghost_group_images", kGhostGroup},
         {"with_cudnn", with_cudnn},
+        {"layers", layers.empty() ? json("all") : json(layers)},
         {"all_checks_pass", all_pass},
         {"results", results},
         {"best", best},

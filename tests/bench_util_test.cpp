@@ -35,3 +35,11 @@ TEST_CASE("bench::rel_l2 is ||a - b|| / ||b||, infinite for NaN", "[bench_util]"
   const float nan_a[] = {NAN, 4.0f};
   CHECK(std::isinf(bench::rel_l2(nan_a, b, 2)));
 }
+
+TEST_CASE("bench::split_list splits at commas and drops empty items", "[bench_util]") {
+  using V = std::vector<std::string>;
+  CHECK(bench::split_list("layer1") == V{"layer1"});
+  CHECK(bench::split_list("layer1,layer3_res") == V{"layer1", "layer3_res"});
+  CHECK(bench::split_list(",a,,b,") == V{"a", "b"});
+  CHECK(bench::split_list("").empty());
+}

@@ -40,6 +40,15 @@
 #    training against the default, in one session on the same data and GPU. SPEEDRUN_VARIANTS
 #    is "NAME=ARGS" items separated by ";" (default: "cudnn=;auto=--conv-kernels auto;
 #    fused=--conv-kernels auto --fused-pool --fused-stats --fused-bn-grad"); NAME a word.
+# 9. profile (only when GPU_CHECK_STEPS names it): Nsight Compute (ncu) on chosen kernels of
+#    conv_bench, one OUTDIR/ncu_NAME.txt per PROFILE_SPECS item "NAME|LAYERS|REGEX|COUNT|SET",
+#    items separated by ";": conv_bench --layers LAYERS --iters 1 under ncu, profiling the first
+#    COUNT launches whose demangled name matches REGEX, with the sections of SET ("full": speed
+#    of light, launch, occupancy, warp states, scheduler, compute and memory workload, source
+#    counters; "light": speed of light and launch shape only, for many launches).
+#    The default: three wgmma forward tiles on layer1 (the block-wide s4_async and s3 and the
+#    warp-specialized s4_ws), two wgmma weight-gradient tiles on layer2, and every cuDNN kernel
+#    of layer1's autotune and timing (light), to see which tiles cuDNN chose.
 # GPU_CHECK_STEPS (comma-separated, default all but variants: gpu_tests,kernel_bench,conv_bench,
 # speedrun,torch,crosscheck,sanitizer) picks steps, so a short device session can split them
 # over two calls (the data only arrives with the second; see README "Working with a GPU
@@ -386,6 +395,37 @@ else
     run_step "variant[$vname]" "$T_SPEEDRUN" "$LOG" \
       "$BUILD/speedrun" --device cuda --data "$DATA" --runs "${VARIANT_RUNS:-5}" \
       --json "$OUT/speedrun_$vname.json" $vargs
+  done
+fi
+
+# ---------------------------------------------------------------- 9. profile
+NCU=$(command -v ncu || true)
+for c in /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu; do
+  [ -z "$NCU" ] && [ -x "$c" ] && NCU=$c
+done
+if ! want profile; then
+  skip_step profile "not in GPU_CHECK_STEPS"
+elif [ ! -x "$BUILD/conv_bench" ]; then
+  skip_step profile "no $BUILD/conv_bench"
+elif [ -z "$NCU" ]; then
+  skip_step profile "ncu not found"
+else
+  DEFAULT_PROFILES="fwd_layer1|layer1|conv_fwd_wgmma_kernel<.*WgTile<128, 128, (1, 4, 0|0, 3, 0|1, 4, 1), 0>, [^>]*(Epilogue\)0|kStore)>|3|full"
+  DEFAULT_PROFILES+=";wgrad_layer2|layer2|conv_wgrad_wgmma_kernel<.*WgWgradTile<128, 128, (0, 3, 0|1, 4, 1), 0>|2|full"
+  DEFAULT_PROFILES+=";cudnn_layer1|layer1|^(?!.*(wgmma|igemm|conv_wgrad|conv_flip|stats_reduce|bn_sums)).*|150|light"
+  IFS=';' read -r -a PROFILES <<<"${PROFILE_SPECS:-$DEFAULT_PROFILES}"
+  for spec in "${PROFILES[@]}"; do
+    IFS='|' read -r pname players pregex pcount pset <<<"$spec"
+    if [ "$pset" = full ]; then
+      NCU_WHAT=(--section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats
+                --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis
+                --section SourceCounters)
+    else
+      NCU_WHAT=(--section SpeedOfLight --section LaunchStats)
+    fi
+    run_step "profile[$pname]" "${T_PROFILE:-120}" "ncu_$pname.txt" \
+      "$NCU" --clock-control none --kernel-name-base demangled -k "regex:$pregex" -c "$pcount" "${NCU_WHAT[@]}" \
+      "$BUILD/conv_bench" --layers "$players" --iters 1
   done
 fi
 
