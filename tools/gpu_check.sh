@@ -41,14 +41,13 @@
 #    is "NAME=ARGS" items separated by ";" (default: "cudnn=;auto=--conv-kernels auto;
 #    fused=--conv-kernels auto --fused-pool --fused-stats --fused-bn-grad"); NAME a word.
 # 9. profile (only when GPU_CHECK_STEPS names it): Nsight Compute (ncu) on chosen kernels of
-#    conv_bench, one OUTDIR/ncu_NAME.txt per PROFILE_SPECS item "NAME|LAYERS|REGEX|COUNT|SET",
+#    conv_bench, one OUTDIR/ncu_NAME.txt per PROFILE_SPECS item "NAME#LAYERS#REGEX#COUNT#SET",
 #    items separated by ";": conv_bench --layers LAYERS --iters 1 under ncu, profiling the first
 #    COUNT launches whose demangled name matches REGEX, with the sections of SET ("full": speed
 #    of light, launch, occupancy, warp states, scheduler, compute and memory workload, source
 #    counters; "light": speed of light and launch shape only, for many launches).
-#    The default: three wgmma forward tiles on layer1 (the block-wide s4_async and s3 and the
-#    warp-specialized s4_ws), two wgmma weight-gradient tiles on layer2, and every cuDNN kernel
-#    of layer1's autotune and timing (light), to see which tiles cuDNN chose.
+#    The default: three wgmma forward tiles on layer1 (the block-wide s3, the warp-specialized
+#    s4_ws and the persistent ping-pong s4_pp) and two weight-gradient ones on layer2 (s3, s4_pp).
 # GPU_CHECK_STEPS (comma-separated, default all but variants: gpu_tests,kernel_bench,conv_bench,
 # speedrun,torch,crosscheck,sanitizer) picks steps, so a short device session can split them
 # over two calls (the data only arrives with the second; see README "Working with a GPU
@@ -410,12 +409,13 @@ elif [ ! -x "$BUILD/conv_bench" ]; then
 elif [ -z "$NCU" ]; then
   skip_step profile "ncu not found"
 else
-  DEFAULT_PROFILES="fwd_layer1|layer1|conv_fwd_wgmma_kernel<.*WgTile<128, 128, (1, 4, 0|0, 3, 0|1, 4, 1), 0>, [^>]*(Epilogue\)0|kStore)>|3|full"
-  DEFAULT_PROFILES+=";wgrad_layer2|layer2|conv_wgrad_wgmma_kernel<.*WgWgradTile<128, 128, (0, 3, 0|1, 4, 1), 0>|2|full"
-  DEFAULT_PROFILES+=";cudnn_layer1|layer1|^(?!.*(wgmma|igemm|conv_wgrad|conv_flip|stats_reduce|bn_sums)).*|150|light"
+  # ncu's demangled names spell template arguments as "(int)128", enumerators as "(Enum)0".
+  I='\(int\)'
+  DEFAULT_PROFILES="fwd_layer1#layer1#conv_fwd_wgmma(_pp)?_kernel<.*WgTile<${I}128, ${I}128, ${I}(0, ${I}3, ${I}0|1, ${I}4, ${I}1|1, ${I}4, ${I}2), ${I}0>, .*Epilogue\\)0>#3#full"
+  DEFAULT_PROFILES+=";wgrad_layer2#layer2#conv_wgrad_wgmma(_pp)?_kernel<.*WgWgradTile<${I}128, ${I}128, ${I}(0, ${I}3, ${I}0|1, ${I}4, ${I}2), ${I}0>#2#full"
   IFS=';' read -r -a PROFILES <<<"${PROFILE_SPECS:-$DEFAULT_PROFILES}"
   for spec in "${PROFILES[@]}"; do
-    IFS='|' read -r pname players pregex pcount pset <<<"$spec"
+    IFS='#' read -r pname players pregex pcount pset <<<"$spec"
     if [ "$pset" = full ]; then
       NCU_WHAT=(--section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats
                 --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis

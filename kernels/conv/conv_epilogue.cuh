@@ -6,8 +6,10 @@
 //   - or the BN statistics of y (kStats: per-group sums of y and y^2),
 //   - or instead of storing y writes its 2x2 max-pool and argmax (kPool), with the statistics
 //     of the pooled values (kPoolStats).
-// Every reduction goes through an fp32 scratch after sC (epilogue_red_bytes) and per-block
-// partials [2][gridDim.y][K] that launch_stats_reduce adds per group: no atomics, deterministic.
+// Every reduction goes through an fp32 scratch after sC (epilogue_red_bytes) and per-tile
+// partials [2][ceil(M / BlockM)][K] (row tile m0 / BlockM: blockIdx.y in the kernels with a tile
+// per block, any tile of a persistent block) that launch_stats_reduce adds per group: no
+// atomics, deterministic.
 // The design and tests: docs/conv_kernels.md.
 //
 // The BN-backward sums. In the recipe a conv's input is the output of a BN + CELU (+ max-pool)
@@ -41,12 +43,22 @@ constexpr int epilogue_red_bytes() {
   return 2 * (Threads / (BlockN / 8)) * BlockN * 4;
 }
 
+// Which partials row a tile's sums go to: its row tile mb = m0 / BlockM of mbs = ceil(M / BlockM).
+struct TileRow {
+  int mb, mbs;
+};
+template <int BlockM>
+__device__ __forceinline__ TileRow tile_row(int m0, const IgemmParams& p) {
+  return {m0 / BlockM, (p.M + BlockM - 1) / BlockM};
+}
+
 // The end of every epilogue reduction, after its barrier: thread c < BlockN adds column c's
 // kSlices partials of the two sums, at red[j][pos] and red[kSlices + j][pos] (fp32
-// [2][kSlices][BlockN]), in slice order and writes the block's partials
-// p.partials[blockIdx.y][n0 + c] and p.partials[gridDim.y + blockIdx.y][n0 + c], for columns < K.
+// [2][kSlices][BlockN]), in slice order and writes the tile's partials
+// p.partials[mb][n0 + c] and p.partials[mbs + mb][n0 + c], for columns < K.
 template <int BlockN, int kSlices>
-__device__ __forceinline__ void store_block_partials(const float* red, int pos, int c, int n0, const IgemmParams& p) {
+__device__ __forceinline__ void store_block_partials(const float* red, int pos, int c, int n0, TileRow row,
+                                                     const IgemmParams& p) {
   const int n = n0 + c;
   if (c >= BlockN || n >= p.K) return;
   float sum_a = 0.0f, sum_b = 0.0f;
@@ -55,22 +67,23 @@ __device__ __forceinline__ void store_block_partials(const float* red, int pos, 
     sum_a += red[j * BlockN + pos];
     sum_b += red[(kSlices + j) * BlockN + pos];
   }
-  p.partials[(size_t)blockIdx.y * p.K + n] = sum_a;
-  p.partials[((size_t)gridDim.y + blockIdx.y) * p.K + n] = sum_b;
+  p.partials[(size_t)row.mb * p.K + n] = sum_a;
+  p.partials[((size_t)row.mbs + row.mb) * p.K + n] = sum_b;
 }
 
 // The chunk-column epilogues' block reduction (the BN-backward sums, the pooled statistics):
 // thread tid, of slice `slice`, holds the 8 sums a[] and b[] of its chunk column ch (channels
 // n0 + 8 ch ..) over its rows. They go to red [2][kSlices][BlockN] fp32 (a, then b); then
 // thread c < BlockN adds column c's kSlices partials in slice order and writes the block's
-// partials p.partials[blockIdx.y][n0 + c] (a) and p.partials[gridDim.y + blockIdx.y][n0 + c]
-// (b), for columns < K. Fixed order: deterministic. Within a slice row, channels ch*8 + j*4 +
+// partials p.partials[row.mb][n0 + c] (a) and p.partials[row.mbs + row.mb][n0 + c] (b), for
+// columns < K. Fixed order: deterministic. Within a slice row, channels ch*8 + j*4 +
 // 0..3 sit at j*BlockN/2 + ch*4, so consecutive threads store consecutive float4s (no bank
 // conflicts); the reduction's loads then have a 2-way conflict (a warp reads two 16-float runs
 // BlockN/2 apart), once per block. sync(): a barrier over the block's epilogue threads.
 template <int BlockN, int kSlices, class Sync>
 __device__ __forceinline__ void reduce_chunk_sums(const float (&a)[8], const float (&b)[8], float* red, int slice,
-                                                  int ch, int tid, int n0, const IgemmParams& p, Sync sync) {
+                                                  int ch, int tid, int n0, TileRow row, const IgemmParams& p,
+                                                  Sync sync) {
   constexpr int kHalfN = BlockN / 2;
   float* ra = red + slice * BlockN + ch * 4;
   float* rb = red + (kSlices + slice) * BlockN + ch * 4;
@@ -80,7 +93,7 @@ __device__ __forceinline__ void reduce_chunk_sums(const float (&a)[8], const flo
   *reinterpret_cast<float4*>(rb + kHalfN) = make_float4(b[4], b[5], b[6], b[7]);
   sync();
   const int c = tid;
-  store_block_partials<BlockN, kSlices>(red, ((c >> 2) & 1) * kHalfN + (c >> 3) * 4 + (c & 3), c, n0, p);
+  store_block_partials<BlockN, kSlices>(red, ((c >> 2) & 1) * kHalfN + (c >> 3) * 4 + (c & 3), c, n0, row, p);
 }
 
 // Writes the fp16 tile sC [BlockM][CStride] (rows m0 .., columns n0 ..; rows m >= M and
@@ -90,8 +103,8 @@ __device__ __forceinline__ void reduce_chunk_sums(const float (&a)[8], const flo
 // K % 8 == 0: a chunk lies wholly inside or outside [0, K).
 //
 // kBnSums: also this block's partial BN-backward sums (see the top of this file) over its rows,
-// to p.partials[blockIdx.y][n] (sum dz) and p.partials[gridDim.y + blockIdx.y][n]
-// (sum dz * xhat): the statistics epilogue's layout, so launch_stats_reduce adds them per group.
+// to p.partials[mb][n] (sum dz) and p.partials[mbs + mb][n] (sum dz * xhat; TileRow): the
+// statistics epilogue's layout, so launch_stats_reduce adds them per group.
 // The block's rows lie in one BN group (p.bn_group_pixels is a multiple of BlockM, or M). Each
 // thread sums its rows in row order; reduce_chunk_sums adds them up through red
 // [2][kSlices][BlockN] (fp32, must not overlap sC). sync() is a barrier over the Threads
@@ -169,12 +182,13 @@ __device__ __forceinline__ void conv_store_tile(const __half* sC, float* red, co
       }
     }
   }
-  if constexpr (kBnSums) reduce_chunk_sums<BlockN, kSlices>(s, ss, red, row0, ch, tid, n0, p, sync);
+  if constexpr (kBnSums)
+    reduce_chunk_sums<BlockN, kSlices>(s, ss, red, row0, ch, tid, n0, tile_row<BlockM>(m0, p), p, sync);
 }
 
 // The BN statistics epilogue (after conv_store_tile stored the tile): this block's partial
 // sum and sum of squares of each of its columns over its rows m < M, from the fp16 values in
-// sC, to p.partials[blockIdx.y][n] and p.partials[gridDim.y + blockIdx.y][n], through red
+// sC, to p.partials[mb][n] and p.partials[mbs + mb][n] (TileRow), through red
 // [2][kStatSlices][BlockN] fp32 (must not overlap sC). sync(): as conv_store_tile's.
 template <int BlockM, int BlockN, int Threads, int CStride, class Sync>
 __device__ __forceinline__ void conv_stats_tile(const __half* sC, float* red, const IgemmParams& p, int m0,
@@ -199,7 +213,7 @@ __device__ __forceinline__ void conv_stats_tile(const __half* sC, float* red, co
   *reinterpret_cast<float2*>(red + slice * BlockN + 2 * pair) = s;
   *reinterpret_cast<float2*>(red + (kStatSlices + slice) * BlockN + 2 * pair) = ss;
   sync();
-  store_block_partials<BlockN, kStatSlices>(red, tid, tid, n0, p);
+  store_block_partials<BlockN, kStatSlices>(red, tid, tid, n0, tile_row<BlockM>(m0, p), p);
 }
 
 // The fused 2x2 max-pool epilogue (instead of conv_store_tile): the tile's rows are whole
@@ -271,7 +285,8 @@ __device__ __forceinline__ void conv_pool_tile(const __half* sC, float* red, con
 
   // Thread t's 8 column sums and sums of squares (over its pooled rows, in row order), slice
   // t / kChunksN, then the block's partials.
-  if constexpr (kStats) reduce_chunk_sums<BlockN, kPoolSlices>(s, ss, red, q0, ch, tid, n0, p, sync);
+  if constexpr (kStats)
+    reduce_chunk_sums<BlockN, kPoolSlices>(s, ss, red, q0, ch, tid, n0, tile_row<BlockM>(m0, p), p, sync);
 }
 
 // The epilogues a forward kernel can end with, after the fp16 tile is in sC and every thread

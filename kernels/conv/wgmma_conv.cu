@@ -101,6 +101,19 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
   }
 #endif
 }
+// The mbarrier's pending count drops by one once every cp.async this thread issued before has
+// landed (.noinc: the arrival counts towards the barrier's expected count, so the producer
+// neither waits for its copies nor arrives itself; PTX ISA "cp.async.mbarrier.arrive").
+__device__ __forceinline__ void cp_async_mbar_arrive_noinc(uint32_t bar) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+#endif
+}
+// A barrier among the 128 threads of consumer warpgroup g of a ping-pong block (named barriers
+// 2 and 3), for its epilogue while the other warpgroup computes.
+__device__ __forceinline__ void warpgroup_barrier_sync(int g) {
+  asm volatile("bar.sync %0, 128;\n" ::"r"(2 + g) : "memory");
+}
 // A barrier among the first `threads` threads of the block only (named barrier 1; 0 is
 // __syncthreads'), for the consumer warpgroups once the producer warps have left.
 __device__ __forceinline__ void named_barrier_sync(int threads) {
@@ -278,13 +291,17 @@ __device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 2], uint64_t desc_a,
 // carveout to the block, leaving the rest of the SM's 256 KiB to L1 (set_smem_attributes).
 // BlockM: 128 output pixels (a warpgroup's 64 rows: one m64 MMA tile) or 256 (128 rows: two
 // m64 tiles per warpgroup, each with its own accumulators and A descriptor, the same B).
+// Producer 2: the persistent ping-pong schedule (the _pp configs, conv_fwd_wgmma_pp below): a
+// BlockM x BlockN tile is one consumer warpgroup's (two m64 tiles), the two consumer warpgroups
+// take turns on a persistent block's tiles, and each has its own sC for its epilogue.
 template <int BlockM, int BlockN, int MmaInFlight, int Stages, int Producer, int L1>
 struct WgTile {
   static constexpr int kBlockM = BlockM, kBlockN = BlockN, kBlockK = 64, kStages = Stages;
   static constexpr int kMmaInFlight = MmaInFlight, kProducer = Producer, kL1 = L1;
+  static constexpr bool kPingPong = Producer == 2;
   static constexpr int kLoadAhead = wgmma_detail::load_ahead(kStages, MmaInFlight);
   static constexpr int kMmaThreads = 256;                        // two warpgroups
-  static constexpr int kSubM = BlockM / 128;                     // m64 tiles per warpgroup
+  static constexpr int kSubM = kPingPong ? BlockM / 64 : BlockM / 128;  // m64 tiles per warpgroup
   static constexpr int kThreads = kMmaThreads + (Producer ? 128 : 0);
   static constexpr int kLoaderThreads = Producer ? 128 : kMmaThreads;
   static constexpr int kRowBytes = 128;        // one 64-element fp16 row per pixel / filter
@@ -297,18 +314,26 @@ struct WgTile {
   static constexpr int kAcc = kSubM * kAccSub;           // per thread
   static constexpr int kCStride = BlockN + 8;            // halves per sC row (padded, as mma.sync)
   static constexpr int kPipeBytes = kStages * kStageBytes;
-  // sC, then the epilogues' scratch (statistics, pool, BN-backward sums; conv_epilogue.cuh).
+  // sC, then the epilogues' scratch (statistics, pool, BN-backward sums; conv_epilogue.cuh);
+  // ping-pong: one of each per consumer warpgroup, whose 128 threads run its epilogue.
+  static constexpr int kEpilogueThreads = kPingPong ? 128 : kMmaThreads;
   static constexpr int kEpilogueBytes =
-      kBlockM * kCStride * 2 + igemm_detail::epilogue_red_bytes<BlockN, kMmaThreads>();
-  static constexpr int kBarrierBytes = Producer ? 2 * kStages * 8 : 0;  // full[], empty[] after the stages
-  // + 1024: the dynamic shared memory base is rounded up to the swizzle atom.
+      kBlockM * kCStride * 2 + igemm_detail::epilogue_red_bytes<BlockN, kEpilogueThreads>();
+  // full[], empty[] after the stages; ping-pong: also order[2] (8 bytes each), padded to 16.
+  static constexpr int kBarrierBytes = kPingPong ? (((2 * kStages + 2) * 8 + 15) & ~15) : Producer ? 2 * kStages * 8 : 0;
+  // + 1024: the dynamic shared memory base is rounded up to the swizzle atom. Ping-pong: the
+  // stages, the barriers, then both consumers' epilogue buffers (the producer keeps loading
+  // the next tiles into the stages while a consumer runs its epilogue).
   static constexpr size_t kSmemBytes =
-      (size_t)(kPipeBytes + kBarrierBytes > kEpilogueBytes ? kPipeBytes + kBarrierBytes : kEpilogueBytes) + 1024;
+      kPingPong ? (size_t)kPipeBytes + kBarrierBytes + 2 * kEpilogueBytes + 1024
+                : (size_t)(kPipeBytes + kBarrierBytes > kEpilogueBytes ? kPipeBytes + kBarrierBytes : kEpilogueBytes) +
+                      1024;
   static_assert(BlockN == 64 || BlockN == 128 || (BlockN == 256 && Producer),
                 "wgmma wrappers for n64, n128 and n256 (n256: 128 accumulators, with a producer)");
-  static_assert(BlockM == 128 || (BlockM == 256 && kAcc <= 128 && Producer),
-                "128 or 256 rows (256: two m64 tiles per warpgroup, at most 128 accumulators, with a producer)");
-  static_assert(Producer == 0 || Producer == 1, "a producer warpgroup or none");
+  static_assert((BlockM == 128 && !kPingPong) || (kAcc <= 128 && Producer),
+                "two m64 tiles per warpgroup (256 rows, or a ping-pong tile): at most 128 accumulators, with a producer");
+  static_assert(!kPingPong || (BlockM == 128 && MmaInFlight == 1), "ping-pong: 128-row tiles, one slice of MMAs in flight");
+  static_assert(Producer >= 0 && Producer <= 2, "no producer, a producer warpgroup, or ping-pong");
   static_assert(L1 == 0 || L1 == 1, "through L1 or not");
   static_assert(kARows * kRowStep == kBlockM && kBRows * kRowStep == BlockN, "loader: whole passes");
   static_assert(MmaInFlight == 0 || MmaInFlight == 1, "one or two slices of MMAs at a time");
@@ -471,6 +496,110 @@ __device__ __forceinline__ void mma_threads_sync() {
     __syncthreads();
 }
 
+// ------------------------------------------------------------- the persistent ping-pong schedule
+
+// One block per SM (grid: min(tiles, SMs)) walks the tiles t = blockIdx.x, + gridDim.x, ...;
+// its i-th tile is consumer warpgroup i % 2's. The producer warpgroup (threads 256..383) loads
+// every tile's slices in that order through one ring of T::kStages stages: slice number r of
+// the block (counting over its tiles) goes to stage r % kStages. cp.async copies arrive on the
+// stage's full barrier when they land (cp_async_mbar_arrive_noinc), so the producer never
+// waits for its own copies, only for a stage to be released. The consumers take turns: a
+// warpgroup starts waiting for its tile's slices only once the other has waited for all of
+// its previous tile's (the order barriers), then hands over and runs its epilogue while the
+// other computes. That turn-taking also keeps every mbarrier wait exact: a parity wait only
+// tells the phase it waits for from the one two phases earlier because no consumer waits
+// for slice r before slice r - kStages has been waited for (CUTLASS's ping-pong kernel does
+// the same with its order barrier).
+// Barriers at `bars` (8 bytes each): full[s] (every producer thread's copies of the slice in
+// stage s landed: kLoaderThreads arrivals), empty[s] (the MMAs on it completed: one arrival per
+// warp of the consumer), order[g] (the other consumer finished waiting for its tile's slices:
+// 128 arrivals).
+// work(t) gives tile t's {m0, n0, k_tiles, z}; make_loader(work, tid) a loader for it
+// (load(p, stage_addr) issues one slice and steps); mmas(acc, stage_addr) issues a consumer's
+// wgmma instructions on a stage; epilogue(acc, work, g, tid) stores a consumer's tile (tid:
+// 0..127 in warpgroup g).
+struct PpWork {
+  int m0, n0, k_tiles, z;
+};
+
+template <class T>
+struct PpBarriers {
+  uint32_t bars;
+  __device__ uint32_t full(uint32_t s) const { return bars + 8u * s; }
+  __device__ uint32_t empty(uint32_t s) const { return bars + 8u * (T::kStages + s); }
+  __device__ uint32_t order(int g) const { return bars + 8u * (2 * T::kStages + g); }
+};
+
+template <class T, class Params, class WorkOf, class MakeLoader, class Mmas, class Epilogue>
+__device__ __forceinline__ void pp_schedule(const Params& p, uint32_t base, int tiles, WorkOf work,
+                                            MakeLoader make_loader, Mmas mmas, Epilogue epilogue) {
+  static_assert(T::kProducer == 2 && T::kMmaInFlight == 1 && T::kLoaderThreads == 128 && T::kThreads == 384,
+                "a ping-pong tile: a producer and two consumer warpgroups, one slice of MMAs in flight");
+  const PpBarriers<T> b{base + T::kPipeBytes};
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < T::kStages; s++) {
+      mbar_init(b.full(s), T::kLoaderThreads);
+      mbar_init(b.empty(s), 4);
+    }
+    mbar_init(b.order(0), 128);
+    mbar_init(b.order(1), 128);
+  }
+  __syncthreads();
+
+  if (threadIdx.x >= T::kMmaThreads) {  // the producer
+    const int tid = threadIdx.x - T::kMmaThreads;
+    uint32_t r = 0;
+    for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+      const PpWork wk = work(t);
+      auto loader = make_loader(wk, tid);
+      for (int kt = 0; kt < wk.k_tiles; kt++, r++) {
+        const uint32_t s = r % T::kStages;
+        if (r >= (uint32_t)T::kStages) mbar_wait(b.empty(s), (r / T::kStages - 1) & 1);
+        loader.load(p, base + s * T::kStageBytes);
+        cp_async_mbar_arrive_noinc(b.full(s));
+      }
+    }
+    ptx::cp_async_wait<0>();
+    return;
+  }
+
+  const int g = threadIdx.x >> 7, tid = threadIdx.x & 127;
+  const bool warp_leader = (threadIdx.x & 31) == 0;
+  float acc[T::kAcc];
+  uint32_t r = 0;  // the block's slice count before tile i
+  int i = 0;
+  for (int t = blockIdx.x; t < tiles; t += gridDim.x, i++) {
+    const PpWork wk = work(t);
+    if ((i & 1) != g) {  // the other consumer's tile
+      r += wk.k_tiles;
+      continue;
+    }
+    // My turn once the other consumer has waited for all of tile i - 1's slices (the order
+    // barrier's phase (i - 1) / 2: it arrives once per tile of its own).
+    if (i > 0) mbar_wait(b.order(g), ((i - 1) >> 1) & 1);
+#pragma unroll
+    for (int e = 0; e < T::kAcc; e++) acc[e] = 0.0f;
+    for (int kt = 0; kt < wk.k_tiles; kt++, r++) {
+      const uint32_t s = r % T::kStages;
+      mbar_wait(b.full(s), (r / T::kStages) & 1);
+      fence_proxy_async();  // the copies, now visible to this thread, before the tensor cores read them
+      fence_operands(acc);
+      wgmma_fence();
+      mmas(acc, base + s * T::kStageBytes);
+      wgmma_commit();
+      wgmma_wait<1>();
+      fence_operands(acc);
+      // The MMAs of the previous slice of this tile have completed: release its stage.
+      if (kt > 0 && warp_leader) mbar_arrive(b.empty((r - 1) % T::kStages));
+    }
+    mbar_arrive(b.order(g ^ 1));  // the other consumer's turn
+    wgmma_wait<0>();
+    fence_operands(acc);
+    if (wk.k_tiles > 0 && warp_leader) mbar_arrive(b.empty((r - 1) % T::kStages));
+    epilogue(acc, wk, g, tid);
+  }
+}
+
 // ---------------------------------------------------------------------------- the kernel
 
 // The accumulators of m64 tile j of a thread's kSubM (registers j * kAccSub .. + kAccSub - 1),
@@ -528,6 +657,72 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const Ig
       [] { mma_threads_sync<T>(); });
 }
 
+// The persistent ping-pong forward (T::kPingPong; pp_schedule): tile t covers output pixels
+// m0 = (t / tiles_n) * BlockM .. and channels n0 = (t % tiles_n) * BlockN .. (consecutive tiles
+// share their pixels, so their A slices come from L2). A consumer warpgroup's MMAs: both m64
+// tiles of its 128 rows against all BlockN filter rows per k16. Its epilogue: the accumulators
+// to fp16 in its own sC, then conv_epilogue with the warpgroup's 128 threads, while the other
+// consumer computes.
+template <class T, ConvEpilogue E = ConvEpilogue::kStore>
+__global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_pp_kernel(const IgemmParams p) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t raw = ptx::smem_addr(smem_raw);
+  const uint32_t base = (raw + 1023u) & ~1023u;  // swizzle atoms need 1024-byte alignment
+  unsigned char* smem = smem_raw + (base - raw);
+  const int tiles_n = ceil_div(p.K, T::kBlockN);
+  const int tiles = tiles_n * ceil_div(p.M, T::kBlockM);
+  const int k_tiles = ceil_div(p.Kg, T::kBlockK);
+  const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3;  // warp in its warpgroup
+  pp_schedule<T>(
+      p, base, tiles,
+      [=](int t) { return PpWork{(t / tiles_n) * T::kBlockM, (t % tiles_n) * T::kBlockN, k_tiles, 0}; },
+      [&p](const PpWork& wk, int tid) { return igemm_detail::TileLoader<T, Sw128Layout<T>>(p, wk.m0, wk.n0, tid); },
+      [](float (&a)[T::kAcc], uint32_t stage) {
+        // A: the tile's 128 pixel rows, 64 per m64 tile; B: all BlockN filter rows; K-major,
+        // +32 bytes per k16.
+#pragma unroll
+        for (int kk = 0; kk < T::kBlockK / 16; kk++)
+#pragma unroll
+          for (int j = 0; j < T::kSubM; j++)
+            wgmma_m64k16<T::kBlockN>(sub_acc<T>(a, j), sw128_desc(stage + j * 64 * T::kRowBytes + kk * 32),
+                                     sw128_desc(stage + T::kABytes + kk * 32));
+      },
+      [&](float (&a)[T::kAcc], const PpWork& wk, int g, int tid) {
+        unsigned char* epi = smem + T::kPipeBytes + T::kBarrierBytes + g * T::kEpilogueBytes;
+        __half* sC = reinterpret_cast<__half*>(epi);
+        warpgroup_barrier_sync(g);  // this consumer's previous epilogue has read all of sC
+        // block_acc_coord with twice the rows: warps 0..3 hold rows 0 .. BlockM - 1.
+#pragma unroll
+        for (int e = 0; e < T::kAcc; e += 2) {
+          const auto at = wgmma_detail::block_acc_coord(2 * T::kBlockM, T::kBlockN, warp, lane, e);
+          *reinterpret_cast<__half2*>(sC + at.row * T::kCStride + at.col) = __floats2half2_rn(a[e], a[e + 1]);
+        }
+        warpgroup_barrier_sync(g);
+        igemm_detail::conv_epilogue<E, T::kBlockM, T::kBlockN, T::kEpilogueThreads, T::kCStride>(
+            sC, reinterpret_cast<float*>(epi + T::kBlockM * T::kCStride * 2), p, wk.m0, wk.n0, tid,
+            [g] { warpgroup_barrier_sync(g); });
+      });
+}
+
+// The forward kernel of a tile: the persistent ping-pong one for the _pp tiles.
+template <class T, ConvEpilogue E = ConvEpilogue::kStore>
+constexpr auto fwd_kernel() {
+  if constexpr (T::kPingPong)
+    return conv_fwd_wgmma_pp_kernel<T, E>;
+  else
+    return conv_fwd_wgmma_kernel<T, E>;
+}
+
+// The blocks a launch of `tiles` tiles takes: one per tile, or for a persistent kernel (one
+// block per SM) one per SM, at most one per tile.
+int launch_blocks(bool persistent, long long tiles) {
+  if (!persistent) return (int)tiles;
+  int device = 0, sms = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return (int)std::min<long long>(tiles, std::max(1, sms));
+}
+
 // ---------------------------------------------------------------------------- launchers
 
 // Each WgmmaConfig's tile parameters (BlockM, BlockN, MmaInFlight, Stages, Producer, L1), for either
@@ -549,6 +744,7 @@ void with_tile(WgmmaConfig config, F&& f) {
     case WgmmaConfig::k128x128x64s4AsyncL1: return f(Tile<128, 128, 1, 4, 0, 1>{});
     case WgmmaConfig::k128x128x64s4WsL1: return f(Tile<128, 128, 1, 4, 1, 1>{});
     case WgmmaConfig::k256x128x64s4Ws: return f(Tile<256, 128, 1, 4, 1, 0>{});
+    case WgmmaConfig::k128x128x64s4Pp: return f(Tile<128, 128, 1, 4, 2, 0>{});
   }
   throw std::invalid_argument("wgmma: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
@@ -568,6 +764,7 @@ const char* config_name(WgmmaConfig config) {
     case WgmmaConfig::k128x128x64s4AsyncL1: return "wgmma_128x128x64_s4_async_l1";
     case WgmmaConfig::k128x128x64s4WsL1: return "wgmma_128x128x64_s4_ws_l1";
     case WgmmaConfig::k256x128x64s4Ws: return "wgmma_256x128x64_s4_ws";
+    case WgmmaConfig::k128x128x64s4Pp: return "wgmma_128x128x64_s4_pp";
   }
   throw std::invalid_argument("wgmma_config_info: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
@@ -590,10 +787,12 @@ cudaError_t set_smem_attributes(Kernel* kernel, size_t bytes, bool l1) {
 
 template <class T, ConvEpilogue E = ConvEpilogue::kStore>
 void launch_tile(const IgemmParams& p, cudaStream_t stream) {
-  auto* kernel = conv_fwd_wgmma_kernel<T, E>;
+  auto* kernel = fwd_kernel<T, E>();
   static const cudaError_t attr = set_smem_attributes(kernel, T::kSmemBytes, T::kL1 != 0);
   CUDA_CHECK(attr);
-  const dim3 grid(ceil_div(p.K, T::kBlockN), ceil_div(p.M, T::kBlockM));
+  const dim3 grid = T::kPingPong ? dim3(launch_blocks(true, (long long)ceil_div(p.K, T::kBlockN) *
+                                                                  ceil_div(p.M, T::kBlockM)))
+                                 : dim3(ceil_div(p.K, T::kBlockN), ceil_div(p.M, T::kBlockM));
   kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
   CUDA_CHECK_LAUNCH();
 }
@@ -613,7 +812,9 @@ template <int BlockM, int BlockN, int MmaInFlight, int Stages, int Producer, int
 struct WgWgradTile {
   static constexpr int kBlockM = BlockM, kBlockN = BlockN, kBlockK = 64, kStages = Stages;
   static constexpr int kMmaInFlight = MmaInFlight, kProducer = Producer, kL1 = L1;
-  static constexpr int kSubM = BlockM / 128;  // m64 tiles (64-channel column blocks) per warpgroup
+  static constexpr bool kPingPong = Producer == 2;  // the tile is one consumer warpgroup's
+  // m64 tiles (64-channel column blocks) per warpgroup
+  static constexpr int kSubM = kPingPong ? BlockM / 64 : BlockM / 128;
   static constexpr int kLoadAhead = wgmma_detail::load_ahead(kStages, MmaInFlight);
   static constexpr int kMmaThreads = 256;
   static constexpr int kThreads = kMmaThreads + (Producer ? 128 : 0);
@@ -627,12 +828,14 @@ struct WgWgradTile {
   static constexpr int kStageBytes = kABytes + kBBytes;
   static constexpr int kAccSub = BlockN / 2, kAcc = kSubM * kAccSub;
   static constexpr int kPipeBytes = kStages * kStageBytes;
-  static constexpr int kBarrierBytes = Producer ? 2 * kStages * 8 : 0;  // full[], empty[] after the stages
+  // full[], empty[] after the stages (ping-pong: and order[2])
+  static constexpr int kBarrierBytes = kPingPong ? (2 * kStages + 2) * 8 : Producer ? 2 * kStages * 8 : 0;
   static constexpr size_t kSmemBytes = (size_t)kPipeBytes + kBarrierBytes + 1024;  // + base alignment
   static_assert(BlockN == 64 || BlockN == 128 || (BlockN == 256 && Producer),
                 "wgmma wrappers for n64, n128 and n256 (n256: 128 accumulators, with a producer)");
-  static_assert(BlockM == 128 || (BlockM == 256 && kAcc <= 128 && Producer),
-                "128 or 256 channels (256: two m64 tiles per warpgroup, with a producer)");
+  static_assert((BlockM == 128 && !kPingPong) || (kAcc <= 128 && Producer),
+                "two m64 tiles per warpgroup (256 channels, or a ping-pong tile): at most 128 accumulators, with a producer");
+  static_assert(!kPingPong || (BlockM == 128 && MmaInFlight == 1), "ping-pong: 128-channel tiles, one slice of MMAs in flight");
   static_assert(MmaInFlight == 0 || MmaInFlight == 1, "one or two slices of MMAs at a time");
   static_assert(kLoadAhead >= 1, "the loads must run ahead");
   static_assert(kARows * kARowStep == kBlockK && kBRows * kBRowStep == kBlockK, "loader: whole passes");
@@ -692,12 +895,70 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_wgrad_wgmma_kernel(const 
   }
 }
 
+// The persistent ping-pong weight gradient (T::kPingPong; pp_schedule): tile t covers filter
+// columns n0 = (t % tiles_n) * BlockN .., output channels m0 = ((t / tiles_n) % tiles_m) * BlockM
+// .. and slab z = t / (tiles_n * tiles_m) (consecutive tiles share their slab's dy slices). A
+// consumer warpgroup computes both 64-channel column blocks of its tile and stores the slab's
+// partial dw from the accumulators, as conv_wgrad_wgmma_kernel.
+template <class T>
+__global__ void __launch_bounds__(T::kThreads, 1) conv_wgrad_wgmma_pp_kernel(const WgradParams p) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t raw = ptx::smem_addr(smem_raw);
+  const uint32_t base = (raw + 1023u) & ~1023u;
+  const int tiles_n = ceil_div(p.Ng, T::kBlockN), tiles_m = ceil_div(p.K, T::kBlockM);
+  const int tiles = tiles_n * tiles_m * p.splits;
+  const int slices = ceil_div(p.P, T::kBlockK);
+  const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3;
+  pp_schedule<T>(
+      p, base, tiles,
+      [=](int t) {
+        const int z = t / (tiles_n * tiles_m);
+        return PpWork{((t / tiles_n) % tiles_m) * T::kBlockM, (t % tiles_n) * T::kBlockN,
+                      max(0, min(p.slices_per_split, slices - z * p.slices_per_split)), z};
+      },
+      [&p](const PpWork& wk, int tid) {
+        return igemm_detail::WgradLoader<T, Sw128MnLayout<T>>(p, wk.m0, wk.n0, wk.z * p.slices_per_split * T::kBlockK,
+                                                             tid);
+      },
+      [](float (&a)[T::kAcc], uint32_t stage) {
+        // A: both column blocks of the tile's channels, one per m64 tile; B: all BlockN
+        // columns; M/N-major, +2048 bytes (two 8-pixel atoms) per k16.
+#pragma unroll
+        for (int kk = 0; kk < T::kBlockK / 16; kk++)
+#pragma unroll
+          for (int j = 0; j < T::kSubM; j++)
+            wgmma_m64k16<T::kBlockN, 1>(
+                sub_acc<T>(a, j),
+                wgmma_detail::sw128_mn_desc(stage + j * T::kColumnBlockBytes + kk * 2048, T::kColumnBlockBytes),
+                wgmma_detail::sw128_mn_desc(stage + T::kABytes + kk * 2048, T::kColumnBlockBytes));
+      },
+      [&](float (&a)[T::kAcc], const PpWork& wk, int, int) {
+        float* out = p.partials + (size_t)wk.z * p.K * p.Ng;
+#pragma unroll
+        for (int e = 0; e < T::kAcc; e += 2) {
+          const auto at = wgmma_detail::block_acc_coord(2 * T::kBlockM, T::kBlockN, warp, lane, e);
+          const int m = wk.m0 + at.row, n = wk.n0 + at.col;
+          if (m < p.K && n < p.Ng) *reinterpret_cast<float2*>(out + (size_t)m * p.Ng + n) = make_float2(a[e], a[e + 1]);
+        }
+      });
+}
+
+template <class T>
+constexpr auto wgrad_kernel() {
+  if constexpr (T::kPingPong)
+    return conv_wgrad_wgmma_pp_kernel<T>;
+  else
+    return conv_wgrad_wgmma_kernel<T>;
+}
+
 template <class T>
 void launch_wgrad_tile(const WgradParams& p, cudaStream_t stream) {
-  auto* kernel = conv_wgrad_wgmma_kernel<T>;
+  auto* kernel = wgrad_kernel<T>();
   static const cudaError_t attr = set_smem_attributes(kernel, T::kSmemBytes, T::kL1 != 0);
   CUDA_CHECK(attr);
-  const dim3 grid(ceil_div(p.Ng, T::kBlockN), ceil_div(p.K, T::kBlockM), p.splits);
+  const dim3 grid = T::kPingPong ? dim3(launch_blocks(true, (long long)ceil_div(p.Ng, T::kBlockN) *
+                                                                  ceil_div(p.K, T::kBlockM) * p.splits))
+                                 : dim3(ceil_div(p.Ng, T::kBlockN), ceil_div(p.K, T::kBlockM), p.splits);
   kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
   CUDA_CHECK_LAUNCH();
 }
@@ -748,12 +1009,12 @@ int wgmma_blocks_per_sm(WgmmaConfig config, bool weight_gradient) {
   if (weight_gradient)
     with_tile<WgWgradTile>(config, [&](auto t) {
       using T = decltype(t);
-      occupancy(conv_wgrad_wgmma_kernel<T>, T::kThreads, T::kSmemBytes, T::kL1 != 0);
+      occupancy(wgrad_kernel<T>(), T::kThreads, T::kSmemBytes, T::kL1 != 0);
     });
   else
     with_tile<WgTile>(config, [&](auto t) {
       using T = decltype(t);
-      occupancy(conv_fwd_wgmma_kernel<T>, T::kThreads, T::kSmemBytes, T::kL1 != 0);
+      occupancy(fwd_kernel<T>(), T::kThreads, T::kSmemBytes, T::kL1 != 0);
     });
   return blocks;
 }

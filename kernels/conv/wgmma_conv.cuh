@@ -48,6 +48,11 @@ enum class WgmmaConfig : int {
   k256x128x64s4Ws,       // as k128x128x64s4Ws with 256 rows (two m64 tiles per warpgroup): the
                          // 128 x 256 tile's L2 traffic per flop for the 128-channel layers,
                          // where 256 columns would be half empty
+  k128x128x64s4Pp,       // persistent ping-pong (the schedule of cuDNN's Hopper kernels, seen in
+                         // an H200 profile): one block per SM, a producer warpgroup whose copies
+                         // arrive on mbarriers (it never waits for them), two consumer warpgroups
+                         // with a 128 x 128 tile each (128 accumulators) taking turns, so one's
+                         // epilogue overlaps the other's MMAs and the loads of the next tiles
 };
 constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaConfig::k128x64x64s4,
                                          WgmmaConfig::k128x128x64s4Async, WgmmaConfig::k128x64x64s4Async,
@@ -55,7 +60,7 @@ constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaC
                                          WgmmaConfig::k128x128x64s3,      WgmmaConfig::k128x128x64s4Ws,
                                          WgmmaConfig::k128x128x64s6Ws,    WgmmaConfig::k128x256x64s4Ws,
                                          WgmmaConfig::k128x128x64s4AsyncL1, WgmmaConfig::k128x128x64s4WsL1,
-                                         WgmmaConfig::k256x128x64s4Ws};
+                                         WgmmaConfig::k256x128x64s4Ws,    WgmmaConfig::k128x128x64s4Pp};
 
 // Block/warp/stage sizes and shared memory of a config (warp_m x warp_n: a warpgroup's 64 rows
 // are split over its 4 warps, 16 each, across all BlockN columns).
