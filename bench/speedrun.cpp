@@ -82,10 +82,9 @@ options:
   --scale-schedule        stretch the lr schedule (knots at epochs 0, 2, 8 of the recipe's 10)
                           to --epochs, so a short run also warms up and decays (not the
                           benchmark recipe)
-  --conv-kernels K        GPU convolutions: cudnn (default, until auto is measured at least
-                          as fast in training), auto (per layer and pass the fastest of cuDNN and
-                          our implicit-GEMM kernels that agree with cuDNN), or igemm (ours
-                          wherever they are eligible)
+  --conv-kernels K        GPU convolutions: auto (default: per layer and pass the fastest of
+                          cuDNN and our implicit-GEMM kernels that agree with cuDNN), cudnn
+                          (cuDNN only), or igemm (ours wherever they are eligible)
   --fused-pool            GPU: fuse conv + 2x2 max-pool (+ argmax, BN sums) for the pooled
                           layers (our kernels; off by default until measured)
   --fused-stats           GPU: ghost-BN sums in the conv's epilogue for the other layers
@@ -153,7 +152,7 @@ struct InputError : std::runtime_error {
 
 struct Options {
   std::string device = "auto";
-  std::string conv_kernels = "cudnn";  // --conv-kernels (GPU engine)
+  std::string conv_kernels = "auto";  // --conv-kernels (GPU engine)
   bool fused_pool = false;            // --fused-pool (GPU engine)
   bool scale_schedule = false;        // --scale-schedule
   bool fused_stats = false;           // --fused-stats (GPU engine)

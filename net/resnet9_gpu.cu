@@ -1173,7 +1173,7 @@ class GpuTrainer : public Trainer {
 
   const data::Cifar10& data_;
   TrainConfig cfg_;
-  cs::ConvPolicy conv_policy_ = cs::ConvPolicy::kCudnn;  // parsed from cfg_.conv_kernels
+  cs::ConvPolicy conv_policy_ = cs::ConvPolicy::kAuto;  // parsed from cfg_.conv_kernels
   SetupTimes setup_;
   std::string device_;
   int n_train_ = 0, n_test_ = 0, n_test_padded_ = 0, whiten_n_ = 0, spe_ = 0, padded_size_ = 0;

@@ -18,9 +18,10 @@ struct TrainConfig {
   Recipe recipe;
   bool eval_every_epoch = false;  // untimed per-epoch test accuracy (TTA), for curves
   // GPU engine: which convolution implementations the per-layer selection may use,
-  // "auto" | "cudnn" | "igemm" (engine/conv_select.h). Ignored by the CPU engine. cuDNN by
-  // default until "auto" is measured at least as fast in training (docs/conv_kernels.md).
-  std::string conv_kernels = "cudnn";
+  // "auto" | "cudnn" | "igemm" (engine/conv_select.h). Ignored by the CPU engine. "auto" by
+  // default: measured faster than "cudnn" in training on an H200 (docs/conv_kernels.md,
+  // docs/results/2026-11-27-h200-session7).
+  std::string conv_kernels = "auto";
   // GPU engine: the fused conv + max-pool forward for the pooled layers (Resnet9Gpu::Options).
   bool fused_pool = false;
   // GPU engine: the conv's ghost-BN-sums epilogue for the unpooled units (Resnet9Gpu::Options).

@@ -235,7 +235,7 @@ TEST_CASE("speedrun: a tiny CPU run writes a JSON record with the schema fields"
   CHECK(c.at("test_images") == 40);
   CHECK(c.at("runs") == 2);
   CHECK(c.at("seed") == 7);
-  CHECK(c.at("conv_kernels") == "cudnn");
+  CHECK(c.at("conv_kernels") == "auto");
   CHECK(c.at("fused_pool") == false);
   CHECK(c.at("fused_stats") == false);
   CHECK(c.at("fused_bn_grad") == false);

@@ -48,8 +48,12 @@ def label_of(path, rec):
     # The folder is part of the name: one session's calls write files of the same name.
     gpu = (rec.get("machine") or {}).get("gpu") or rec.get("device_name") or rec.get("device", "?")
     name = os.path.join(os.path.basename(os.path.dirname(os.path.abspath(path))), os.path.basename(path))
-    conv = (rec.get("config") or {}).get("conv_kernels")
-    return f"{rec.get('tool', '?')} ({gpu}{', conv ' + conv if conv else ''}) {name}"
+    config = rec.get("config") or {}
+    conv = config.get("conv_kernels")
+    # The fused-epilogue options that are on (speedrun's config.fused_*), so variants differ.
+    fused = "+".join(k[len("fused_"):] for k in ("fused_pool", "fused_stats", "fused_bn_grad") if config.get(k))
+    extra = (", conv " + conv if conv else "") + (", fused " + fused if fused else "")
+    return f"{rec.get('tool', '?')} ({gpu}{extra}) {name}"
 
 
 def counted_runs(rec):
