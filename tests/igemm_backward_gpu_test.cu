@@ -161,16 +161,19 @@ void check_wgrad_recipe(int H, int C, int K, int R, uint64_t seed) {
 // each start pixel in BlockK steps past the end of the batch, as the loader does. Exact.
 TEST_CASE("igemm wgrad pixel cursor matches the definition (host)", "[gpu][igemm]") {
   using kernels::igemm_detail::PixelCursor;
-  const int dims[][3] = {{3, 5, 7}, {2, 4, 4}, {1, 1, 1}, {4, 8, 8}, {2, 32, 32}, {3, 3, 2}};
+  const int dims[][3] = {{3, 5, 7}, {2, 4, 4}, {1, 1, 1}, {4, 8, 8}, {2, 32, 32}, {3, 3, 2}, {2, 9, 100}, {3, 70, 3}};
   long mismatches = 0, visited = 0;
   for (const auto& hw : dims) {
     const int N = hw[0], H = hw[1], W = hw[2], P = N * H * W;
     for (int step : {32, 64})
       for (int start = 0; start < std::min(P, 2 * step); start++) {
-        PixelCursor c;
+        PixelCursor c, fast;  // advanced by the loop, and by a precomputed PixelStep
         c.init(start, H, W);
-        for (int px = start; px < P + step; px += step, c.advance(step, H, W)) {
+        fast.init(start, H, W);
+        const auto st = kernels::igemm_detail::PixelStep::of(step, H, W);
+        for (int px = start; px < P + step; px += step, c.advance(step, H, W), fast.advance(st, H, W)) {
           if (c.oh != (px / W) % H || c.ow != px % W) mismatches++;
+          if (fast.oh != c.oh || fast.ow != c.ow) mismatches++;
           visited++;
         }
       }

@@ -419,6 +419,10 @@ TEST_CASE("igemm im2col index helpers match the definition (host)", "[gpu][igemm
             const bool inside = ih >= 0 && ih < d.H && iw >= 0 && iw < d.W;
             const int want = inside ? ((img * d.H + ih) * d.W + iw) * d.C + c : -1;
             if (a_offset(m, oh, ow, tap, d.H, d.W, d.C, pad) != want) mismatches++;
+            // The loader's split form: the pixel's tap mask and the tap's offset.
+            const bool bit = (kernels::igemm_detail::tap_mask(oh, ow, d.H, d.W, d.R, pad) >> (tap.r * d.R + tap.s)) & 1u;
+            const int split = bit ? m * d.C + kernels::igemm_detail::tap_delta(tap, d.W, d.C, pad) : -1;
+            if (split != want) mismatches++;
             visited++;
           }
         }
@@ -473,6 +477,7 @@ TEST_CASE("igemm launchers check their preconditions (host)", "[gpu][igemm]") {
   CHECK_THROWS_AS(fwd(x, w, y, ConvDesc{2, 4, 4, 12, 16, 3}), std::invalid_argument);  // C % 8
   CHECK_THROWS_AS(fwd(x, w, y, ConvDesc{2, 4, 4, 16, 20, 3}), std::invalid_argument);  // K % 8
   CHECK_THROWS_AS(fwd(x, w, y, ConvDesc{2, 4, 4, 16, 16, 2}), std::invalid_argument);  // even R
+  CHECK_THROWS_AS(fwd(x, w, y, ConvDesc{2, 8, 8, 16, 16, 7}), std::invalid_argument);  // R > 5
   CHECK_THROWS_AS(fwd(x, w, y, ConvDesc{0, 4, 4, 16, 16, 3}), std::invalid_argument);  // empty
   CHECK_THROWS_AS(fwd(fake(0x10008), w, y, ok), std::invalid_argument);                // x align
   CHECK_THROWS_AS(fwd(x, fake(0x20002), y, ok), std::invalid_argument);                // w align

@@ -48,7 +48,7 @@ size_t igemm_dgrad_scratch_bytes(const ConvDesc& d);
 // dx = the input gradient for the forward convolution described by d (x [N][H][W][C],
 // w [K][R][R][C]). Overwrites dx and wt_scratch (igemm_dgrad_scratch_bytes(d), 16-byte
 // aligned). The forward kernel's requirements hold with C and K swapped (C % 8 == 0,
-// K % 8 == 0, R odd, 16-byte aligned tensors, ...): std::invalid_argument otherwise.
+// K % 8 == 0, R odd and at most 5, 16-byte aligned tensors, ...): std::invalid_argument otherwise.
 void conv_backward_data_igemm(const __half* dy, const __half* w, __half* dx, __half* wt_scratch,
                               const ConvDesc& d, IgemmConfig config, cudaStream_t stream);
 
@@ -108,7 +108,7 @@ size_t igemm_wgrad_scratch_bytes(const ConvDesc& d, int splits);
 
 // dw = the weight gradient (overwritten) given the forward's input x and dy. partials:
 // igemm_wgrad_scratch_bytes(d, splits) bytes, 16-byte aligned. Requirements as the forward
-// (C % 8 == 0, K % 8 == 0, R odd, 16-byte aligned tensors, < 2^31 elements each), plus
+// (C % 8 == 0, K % 8 == 0, R odd and <= 5, 16-byte aligned tensors, < 2^31 elements each), plus
 // ceil(K / BlockM) <= 65535 and splits <= 65535 (grid y and z). Deterministic for a given
 // (config, splits); different splits sum in a different order (fp32 rounding differs).
 void conv_backward_filter_igemm(const __half* x, const __half* dy, __half* dw, float* partials,
@@ -126,6 +126,13 @@ void conv_wgrad_reduce(const float* partials, __half* dw, long n, int splits, cu
 // walks p in steps of BlockK; advance() follows it without divisions (the while loop runs
 // BlockK / W times at most). The image index is not needed: a_offset works on p itself.
 // __host__ __device__ so the host test checks it against the definition.
+// A step of `step` pixels as whole image rows (dh, modulo H) and a rest (dw < W), computed once
+// per launch so that advancing a cursor takes no loop: ow + dw carries at most one row, and
+// oh + dh + carry stays below 2H.
+struct PixelStep {
+  int dh, dw;
+  __host__ __device__ static PixelStep of(int step, int H, int W) { return {(step / W) % H, step % W}; }
+};
 struct PixelCursor {
   int oh, ow;
   __host__ __device__ void init(int p0, int H, int W) {
@@ -138,6 +145,15 @@ struct PixelCursor {
       ow -= W;
       if (++oh == H) oh = 0;
     }
+  }
+  // The same as advance(step, H, W) for st = PixelStep::of(step, H, W), without the loop (it
+  // ran BlockK / W times per row and slice: 16 at the recipe's 4 x 4 layer).
+  __host__ __device__ void advance(const PixelStep& st, int H, int W) {
+    ow += st.dw;
+    int carry = 0;
+    if (ow >= W) ow -= W, carry = 1;
+    oh += st.dh + carry;
+    if (oh >= H) oh -= H;
   }
 };
 

@@ -43,7 +43,7 @@ struct IgemmParams {
   int bn_group_pixels;
 };
 
-// The forward kernels' shape rules (kernels/conv/implicit_gemm.cuh: positive sizes, R odd,
+// The forward kernels' shape rules (kernels/conv/implicit_gemm.cuh: positive sizes, R odd and <= 5,
 // C % 8 == 0, K % 8 == 0, every tensor below 2^31 elements); std::invalid_argument naming fn.
 void require_igemm_shape(const char* fn, const ConvDesc& d);
 // Those, plus non-null 16-byte aligned x, w, y and ceil(N*H*W / block_m) <= 65535 (grid y);
@@ -76,18 +76,22 @@ void launch_igemm_bn_sums(IgemmConfig config, const IgemmParams& p, const BnBack
 
 // Copies one BlockK slice of A and of B into a pipeline stage. Each loading thread (tid: its
 // index among the block's kRowStep * kChunksK loading threads) owns a fixed 16-byte chunk
-// column (so one FilterTap serves all its A rows) and kARows / kBRows rows; the output pixel of
-// each A row is decoded once, at construction. T provides kChunksK (chunks per row of a
-// slice), kRowStep (rows per loader pass), kARows, kBRows, kBlockK, and kL1 (1: the A copies,
-// gathered from x, go through L1 with cp.async.ca; 0: L2 only, cp.async.cg).
+// column (so one FilterTap serves all its A rows) and kARows / kBRows rows. Per A row it keeps,
+// from construction, the mask of the filter taps that read inside the image (tap_mask, 0 for
+// rows past M); the rows' offsets m * C are one base plus multiples of kRowStep * C, and per
+// slice one tap offset (tap_delta) serves every row, so a row costs an AND, a multiply-add and
+// the copy (the per-row bounds arithmetic of a_offset
+// bound the warp-specialized producers: docs/conv_kernels.md). T provides kChunksK (chunks per
+// row of a slice), kRowStep (rows per loader pass), kARows, kBRows, kBlockK, and kL1 (1: the A
+// copies, gathered from x, go through L1 with cp.async.ca; 0: L2 only, cp.async.cg).
 template <class T, class Layout>
 struct TileLoader {
   int chunk, row0;
   int k;          // first GEMM column of this thread's chunk in the next slice
   FilterTap tap;  // the filter tap of column k
-  int a_m[T::kARows], a_oh[T::kARows], a_ow[T::kARows];
-  bool a_ok[T::kARows];
-  int b_off[T::kBRows];  // offset of filter row n in w (n * Kg)
+  uint32_t a_base;             // m * C of row 0's output pixel; row i's is a_base + i * kRowStep * C
+  uint32_t a_taps[T::kARows];  // tap_mask of row i's pixel; 0 past M
+  int b_off[T::kBRows];        // offset of filter row n in w (n * Kg)
   bool b_ok[T::kBRows];
 
   __device__ TileLoader(const IgemmParams& p, int m0, int n0, unsigned tid) {
@@ -95,13 +99,13 @@ struct TileLoader {
     row0 = tid / T::kChunksK;
     k = chunk * 8;
     tap.init(k, p.C, p.R);
+    // Unsigned: the offsets of rows past M may wrap, but they are never read (their mask is 0);
+    // every offset read is below 2^31.
+    a_base = (uint32_t)(m0 + row0) * (uint32_t)p.C;
 #pragma unroll
     for (int i = 0; i < T::kARows; i++) {
       const int m = m0 + row0 + i * T::kRowStep;
-      a_ok[i] = m < p.M;
-      a_m[i] = a_ok[i] ? m : 0;
-      a_ow[i] = a_m[i] % p.W;
-      a_oh[i] = (a_m[i] / p.W) % p.H;
+      a_taps[i] = m < p.M ? tap_mask((m / p.W) % p.H, m % p.W, p.H, p.W, p.R, p.pad) : 0u;
     }
 #pragma unroll
     for (int i = 0; i < T::kBRows; i++) {
@@ -116,14 +120,18 @@ struct TileLoader {
   // zero-filled (Kg % 8 == 0: a chunk is wholly inside or wholly past the end).
   __device__ void load(const IgemmParams& p, uint32_t stage) {
     const bool k_ok = k < p.Kg;
+    const uint32_t tap_bit = k_ok ? 1u << (tap.r * p.R + tap.s) : 0u;
+    const uint32_t base = a_base + (uint32_t)tap_delta(tap, p.W, p.C, p.pad);
+    const uint32_t row_step = (uint32_t)(T::kRowStep * p.C);
 #pragma unroll
     for (int i = 0; i < T::kARows; i++) {
-      const int off = (a_ok[i] && k_ok) ? a_offset(a_m[i], a_oh[i], a_ow[i], tap, p.H, p.W, p.C, p.pad) : -1;
+      const bool ok = (a_taps[i] & tap_bit) != 0;
+      const uint32_t off = ok ? base + i * row_step : 0u;
       const uint32_t dst = Layout::a_dst(stage, row0 + i * T::kRowStep, chunk);
       if constexpr (T::kL1)  // the gathered activations through L1 (neighbouring taps re-read them)
-        ptx::cp_async_16_ca(dst, p.x + (off >= 0 ? off : 0), off >= 0);
+        ptx::cp_async_16_ca(dst, p.x + off, ok);
       else
-        ptx::cp_async_16(dst, p.x + (off >= 0 ? off : 0), off >= 0);
+        ptx::cp_async_16(dst, p.x + off, ok);
     }
 #pragma unroll
     for (int i = 0; i < T::kBRows; i++) {
@@ -167,7 +175,9 @@ struct WgradLoader {
   int a_chunk, a_row0, b_chunk, b_row0;
   bool a_ok, b_ok;  // the chunk column lies inside [0, K) / [0, Ng)
   int a_col;        // first output channel of this thread's A chunk
-  FilterTap tap;    // the filter tap of this thread's B chunk
+  int dr, ds;       // this thread's B tap relative to the pixel (r - pad, s - pad)
+  int b_delta;      // its element offset in x relative to the pixel's own p * C (tap_delta)
+  PixelStep step;   // BlockK pixels as rows and a rest (no loop per row and slice)
   int pixel;        // first pixel of the next slice; row i of it is pixel + row
   PixelCursor b_px[T::kBRows];
 
@@ -180,7 +190,12 @@ struct WgradLoader {
     a_ok = a_col < p.K;
     const int n = n0 + b_chunk * 8;
     b_ok = n < p.Ng;
+    FilterTap tap;
     tap.init(b_ok ? n : 0, p.C, p.R);
+    dr = tap.r - p.pad;
+    ds = tap.s - p.pad;
+    b_delta = tap_delta(tap, p.W, p.C, p.pad);
+    step = PixelStep::of(T::kBlockK, p.H, p.W);
     pixel = pixel0;
 #pragma unroll
     for (int i = 0; i < T::kBRows; i++) b_px[i].init(pixel0 + b_row0 + i * T::kBRowStep, p.H, p.W);
@@ -199,12 +214,16 @@ struct WgradLoader {
 #pragma unroll
     for (int i = 0; i < T::kBRows; i++) {
       const int row = b_row0 + i * T::kBRowStep, px = pixel + row;
-      const int off = (b_ok && px < p.P) ? a_offset(px, b_px[i].oh, b_px[i].ow, tap, p.H, p.W, p.C, p.pad) : -1;
+      // a_offset's test and offset, with the tap's part precomputed: unsigned compares catch
+      // both sides of the image.
+      const bool ok = b_ok && px < p.P && (unsigned)(b_px[i].oh + dr) < (unsigned)p.H &&
+                      (unsigned)(b_px[i].ow + ds) < (unsigned)p.W;
+      const int off = ok ? px * p.C + b_delta : 0;
       if constexpr (T::kL1)  // the gathered activations through L1, as the forward's A
-        ptx::cp_async_16_ca(Layout::b_dst(stage, row, b_chunk), p.x + (off >= 0 ? off : 0), off >= 0);
+        ptx::cp_async_16_ca(Layout::b_dst(stage, row, b_chunk), p.x + off, ok);
       else
-        ptx::cp_async_16(Layout::b_dst(stage, row, b_chunk), p.x + (off >= 0 ? off : 0), off >= 0);
-      b_px[i].advance(T::kBlockK, p.H, p.W);
+        ptx::cp_async_16(Layout::b_dst(stage, row, b_chunk), p.x + off, ok);
+      b_px[i].advance(step, p.H, p.W);
     }
     pixel += T::kBlockK;
   }

@@ -290,6 +290,7 @@ namespace igemm_detail {
 void require_igemm_shape(const char* fn, const ConvDesc& d) {
   require(d.N > 0 && d.H > 0 && d.W > 0 && d.C > 0 && d.K > 0, fn, "every dimension must be positive");
   require(d.R > 0 && d.R % 2 == 1, fn, "R must be odd (pad (R - 1) / 2 keeps the size)");
+  require(d.R <= 5, fn, "R must be at most 5 (the loaders keep the R*R filter taps in a 32-bit mask)");
   require(d.C % 8 == 0, fn, "C must be a multiple of 8 (16-byte vectors of 8 fp16 channels)");
   require(d.K % 8 == 0, fn, "K must be a multiple of 8 (16-byte vectors of 8 fp16 channels)");
   const long long pixels = (long long)d.N * d.H * d.W;

@@ -51,9 +51,9 @@ IgemmConfigInfo igemm_config_info(IgemmConfig config);
 
 // y = conv(x, w). Overwrites y. Requirements (checked, std::invalid_argument otherwise):
 // C % 8 == 0 and K % 8 == 0 (every copy is a 16-byte vector of 8 channels); x, w, y 16-byte
-// aligned; R odd; every tensor below 2^31 elements (32-bit indexing); ceil(M / BlockM) <= 65535
-// (the grid's y dimension). y must not overlap x or w. Any M, K, R*R*C: partial tiles are
-// predicated. Asynchronous on `stream`; deterministic (no atomics).
+// aligned; R odd and <= 5 (the loaders keep the filter taps in a 32-bit mask); every tensor
+// below 2^31 elements (32-bit indexing); ceil(M / BlockM) <= 65535 (the grid's y dimension).
+// y must not overlap x or w. Any M, K, R*R*C: partial tiles are predicated. Asynchronous on `stream`; deterministic (no atomics).
 void conv_forward_igemm(const __half* x, const __half* w, __half* y, const ConvDesc& d,
                         IgemmConfig config, cudaStream_t stream);
 
@@ -143,6 +143,30 @@ __host__ __device__ inline int a_offset(int m, int oh, int ow, const FilterTap& 
   const int ih = oh + dr, iw = ow + ds;
   if (ih < 0 || ih >= H || iw < 0 || iw >= W) return -1;
   return (m + dr * W + ds) * C + t.c;
+}
+
+// a_offset split so that the forward loaders spend a few instructions per row and slice (the
+// H200 profile of the warp-specialized tiles had their producer bound by this arithmetic):
+// per row, once per tile, the taps t = r * R + s that read inside the image for output pixel
+// (oh, ow) as a bit mask (R <= 5: at most 25 taps in 32 bits; the launchers require it), and
+// per slice the offset of the thread's tap relative to the pixel's own m * C. Then
+//   a_offset(m, oh, ow, tap, ...) == ((tap_mask(...) >> (tap.r * R + tap.s)) & 1)
+//                                    ? m * C + tap_delta(tap, ...) : -1.
+__host__ __device__ inline uint32_t tap_mask(int oh, int ow, int H, int W, int R, int pad) {
+  uint32_t cols = 0;  // bit s: the tap's column lies inside the image
+  for (int s = 0; s < R; s++) {
+    const int iw = ow + s - pad;
+    if (iw >= 0 && iw < W) cols |= 1u << s;
+  }
+  uint32_t mask = 0;
+  for (int r = 0; r < R; r++) {
+    const int ih = oh + r - pad;
+    if (ih >= 0 && ih < H) mask |= cols << (r * R);
+  }
+  return mask;
+}
+__host__ __device__ inline int tap_delta(const FilterTap& t, int W, int C, int pad) {
+  return ((t.r - pad) * W + (t.s - pad)) * C + t.c;
 }
 
 // ldmatrix.x4 (non-transposing) row addresses of the forward kernel's warp tile, for operands
