@@ -47,7 +47,8 @@
 #    of light, launch, occupancy, warp states, scheduler, compute and memory workload, source
 #    counters; "light": speed of light and launch shape only, for many launches).
 #    The default: three wgmma forward tiles on layer1 (the block-wide s3, the warp-specialized
-#    s4_ws and the persistent ping-pong s4_pp) and two weight-gradient ones on layer2 (s3, s4_pp).
+#    s4_ws and the persistent ping-pong s4_pp), two weight-gradient ones on layer2 (s3, s4_pp),
+#    and cuDNN's forward kernel on layer1, to compare with.
 # GPU_CHECK_STEPS (comma-separated, default all but variants: gpu_tests,kernel_bench,conv_bench,
 # speedrun,torch,crosscheck,sanitizer) picks steps, so a short device session can split them
 # over two calls (the data only arrives with the second; see README "Working with a GPU
@@ -413,6 +414,8 @@ else
   I='\(int\)'
   DEFAULT_PROFILES="fwd_layer1#layer1#conv_fwd_wgmma(_pp)?_kernel<.*WgTile<${I}128, ${I}128, ${I}(0, ${I}3, ${I}0|1, ${I}4, ${I}1|1, ${I}4, ${I}2), ${I}0>, .*Epilogue\\)0>#3#full"
   DEFAULT_PROFILES+=";wgrad_layer2#layer2#conv_wgrad_wgmma(_pp)?_kernel<.*WgWgradTile<${I}128, ${I}128, ${I}(0, ${I}3, ${I}0|1, ${I}4, ${I}2), ${I}0>#2#full"
+  # cuDNN's Hopper forward (layer1 launches one sm90_xmma_fprop kernel, autotune included).
+  DEFAULT_PROFILES+=";cudnn_fwd_layer1#layer1#sm90_xmma_fprop#1#full"
   IFS=';' read -r -a PROFILES <<<"${PROFILE_SPECS:-$DEFAULT_PROFILES}"
   for spec in "${PROFILES[@]}"; do
     IFS='#' read -r pname players pregex pcount pset <<<"$spec"
