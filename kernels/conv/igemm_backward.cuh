@@ -122,17 +122,19 @@ namespace igemm_detail {
 // launchers' preconditions guarantee it: n = K * R * R * C with K % 8 == 0).
 void conv_wgrad_reduce(const float* partials, __half* dw, long n, int splits, cudaStream_t stream);
 
-// Where pixel p = (img * H + oh) * W + ow of a wgrad slab lies in its image. A loader row
-// walks p in steps of BlockK; advance() follows it without divisions (the while loop runs
-// BlockK / W times at most). The image index is not needed: a_offset works on p itself.
-// __host__ __device__ so the host test checks it against the definition.
 // A step of `step` pixels as whole image rows (dh, modulo H) and a rest (dw < W), computed once
-// per launch so that advancing a cursor takes no loop: ow + dw carries at most one row, and
+// per loader so that advancing a cursor takes no loop: ow + dw carries at most one row, and
 // oh + dh + carry stays below 2H.
 struct PixelStep {
   int dh, dw;
   __host__ __device__ static PixelStep of(int step, int H, int W) { return {(step / W) % H, step % W}; }
 };
+
+// Where pixel p = (img * H + oh) * W + ow of a wgrad slab lies in its image. A loader row
+// walks p in steps of BlockK; advance() follows it without divisions (the while loop runs
+// BlockK / W times at most; the PixelStep overload none). The image index is not needed:
+// a_offset works on p itself. __host__ __device__ so the host test checks it against the
+// definition.
 struct PixelCursor {
   int oh, ow;
   __host__ __device__ void init(int p0, int H, int W) {

@@ -80,10 +80,10 @@ void launch_igemm_bn_sums(IgemmConfig config, const IgemmParams& p, const BnBack
 // from construction, the mask of the filter taps that read inside the image (tap_mask, 0 for
 // rows past M); the rows' offsets m * C are one base plus multiples of kRowStep * C, and per
 // slice one tap offset (tap_delta) serves every row, so a row costs an AND, a multiply-add and
-// the copy (the per-row bounds arithmetic of a_offset
-// bound the warp-specialized producers: docs/conv_kernels.md). T provides kChunksK (chunks per
-// row of a slice), kRowStep (rows per loader pass), kARows, kBRows, kBlockK, and kL1 (1: the A
-// copies, gathered from x, go through L1 with cp.async.ca; 0: L2 only, cp.async.cg).
+// the copy (a_offset's per-row bounds arithmetic bound the warp-specialized producers:
+// docs/conv_kernels.md). T provides kChunksK (chunks per row of a slice), kRowStep (rows per
+// loader pass), kARows, kBRows, kBlockK, and kL1 (1: the A copies, gathered from x, go through
+// L1 with cp.async.ca; 0: L2 only, cp.async.cg).
 template <class T, class Layout>
 struct TileLoader {
   int chunk, row0;

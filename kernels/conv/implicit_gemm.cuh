@@ -53,7 +53,8 @@ IgemmConfigInfo igemm_config_info(IgemmConfig config);
 // C % 8 == 0 and K % 8 == 0 (every copy is a 16-byte vector of 8 channels); x, w, y 16-byte
 // aligned; R odd and <= 5 (the loaders keep the filter taps in a 32-bit mask); every tensor
 // below 2^31 elements (32-bit indexing); ceil(M / BlockM) <= 65535 (the grid's y dimension).
-// y must not overlap x or w. Any M, K, R*R*C: partial tiles are predicated. Asynchronous on `stream`; deterministic (no atomics).
+// y must not overlap x or w. Any M, K, R*R*C: partial tiles are predicated. Asynchronous on
+// `stream`; deterministic (no atomics).
 void conv_forward_igemm(const __half* x, const __half* w, __half* y, const ConvDesc& d,
                         IgemmConfig config, cudaStream_t stream);
 
