@@ -261,6 +261,7 @@ void ConvSelect::autotune(__half* x, __half* w, __half* y, void* workspace, size
     // The Hopper kernels: forward, the input gradient through it, and the weight gradient.
     if (wgmma) {
       for (kernels::WgmmaConfig config : kernels::kWgmmaConfigs) {
+        if (!kernels::wgmma_config_gpu_tested(config)) continue;  // never run on a GPU yet
         Choice c;
         c.impl = Impl::kWgmma;
         c.wgmma_config = config;

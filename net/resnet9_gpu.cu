@@ -171,7 +171,8 @@ OurChoice time_our_configs(const std::function<void(const Resnet9Gpu::OurConv&)>
   };
   for (kernels::IgemmConfig c : kernels::kIgemmConfigs) consider(false, (int)c, kernels::igemm_config_info(c).name);
   if (kernels::wgmma_supported())
-    for (kernels::WgmmaConfig c : kernels::kWgmmaConfigs) consider(true, (int)c, kernels::wgmma_config_info(c).name);
+    for (kernels::WgmmaConfig c : kernels::kWgmmaConfigs)
+      if (kernels::wgmma_config_gpu_tested(c)) consider(true, (int)c, kernels::wgmma_config_info(c).name);
   if (!best.tried.empty()) best.tried.erase(0, 1);
   return best;
 }

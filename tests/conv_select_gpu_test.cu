@@ -70,11 +70,12 @@ TEST_CASE("conv selection: chosen passes agree with cuDNN under every policy", "
         CHECK(chosen.find("wgmma") == std::string::npos);
       }
       // One cuDNN candidate per pass, plus unless the policy is cudnn one per igemm config, and
-      // on Hopper one per wgmma config, for each pass.
+      // on Hopper one per GPU-tested wgmma config, for each pass.
       size_t expected = 3;
       if (policy != cs::ConvPolicy::kCudnn) {
         expected += 3 * std::size(kernels::kIgemmConfigs);
-        if (kernels::wgmma_supported()) expected += 3 * std::size(kernels::kWgmmaConfigs);
+        if (kernels::wgmma_supported())
+          for (kernels::WgmmaConfig c : kernels::kWgmmaConfigs) expected += kernels::wgmma_config_gpu_tested(c) ? 3 : 0;
       }
       CHECK(sel.candidates().size() == expected);
       for (const cs::ConvCandidate& c : sel.candidates()) {

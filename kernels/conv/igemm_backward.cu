@@ -70,6 +70,7 @@ struct WgradTile {
   static constexpr int kBlockM = BlockM, kBlockN = BlockN, kBlockK = BlockK;
   static constexpr int kWarpM = WarpM, kWarpN = WarpN, kStages = Stages, kMinBlocks = MinBlocks;
   static constexpr int kL1 = 0;  // the loaders' gathered operand bypasses L1 (cp.async.cg)
+  static constexpr bool kTma = false;  // the loader copies both operands
   static constexpr int kWarpsM = BlockM / WarpM, kWarpsN = BlockN / WarpN;
   static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
   static constexpr int kMmaM = WarpM / 16;   // m16 tiles per warp

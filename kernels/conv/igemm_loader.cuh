@@ -82,8 +82,9 @@ void launch_igemm_bn_sums(IgemmConfig config, const IgemmParams& p, const BnBack
 // slice one tap offset (tap_delta) serves every row, so a row costs an AND, a multiply-add and
 // the copy (a_offset's per-row bounds arithmetic bound the warp-specialized producers:
 // docs/conv_kernels.md). T provides kChunksK (chunks per row of a slice), kRowStep (rows per
-// loader pass), kARows, kBRows, kBlockK, and kL1 (1: the A copies, gathered from x, go through
-// L1 with cp.async.ca; 0: L2 only, cp.async.cg).
+// loader pass), kARows, kBRows, kBlockK, kL1 (1: the A copies, gathered from x, go through L1
+// with cp.async.ca; 0: L2 only, cp.async.cg) and kTma (true: B, the filter rows, comes by TMA
+// and this loader copies A only).
 template <class T, class Layout>
 struct TileLoader {
   int chunk, row0;
@@ -133,10 +134,12 @@ struct TileLoader {
       else
         ptx::cp_async_16(dst, p.x + off, ok);
     }
+    if constexpr (!T::kTma) {
 #pragma unroll
-    for (int i = 0; i < T::kBRows; i++) {
-      const bool ok = b_ok[i] && k_ok;
-      ptx::cp_async_16(Layout::b_dst(stage, row0 + i * T::kRowStep, chunk), p.w + (ok ? b_off[i] + k : 0), ok);
+      for (int i = 0; i < T::kBRows; i++) {
+        const bool ok = b_ok[i] && k_ok;
+        ptx::cp_async_16(Layout::b_dst(stage, row0 + i * T::kRowStep, chunk), p.w + (ok ? b_off[i] + k : 0), ok);
+      }
     }
     k += T::kBlockK;
     tap.advance(T::kBlockK, p.C, p.R);
@@ -168,8 +171,9 @@ WgradParams make_wgrad_params(const char* fn, const __half* x, const __half* dy,
 // as TileLoader's) owns a fixed 16-byte chunk column: of A a group of 8 output channels, of B a group of 8 filter columns,
 // i.e. one filter tap (r, s, c..c+7) for the whole slab (decoded once). Its pixel rows advance
 // by BlockK per slice through PixelCursors. T provides kAChunks / kBChunks (chunks per pixel
-// row of A / B), kARowStep / kBRowStep (rows per loader pass), kARows / kBRows, kBlockK and kL1
-// (1: the B copies, gathered from x, through L1).
+// row of A / B), kARowStep / kBRowStep (rows per loader pass), kARows / kBRows, kBlockK, kL1
+// (1: the B copies, gathered from x, through L1) and kTma (true: A, the dy rows, comes by TMA
+// and this loader copies B only).
 template <class T, class Layout>
 struct WgradLoader {
   int a_chunk, a_row0, b_chunk, b_row0;
@@ -205,11 +209,13 @@ struct WgradLoader {
   // steps to the slice after. Pixels >= P (the end of the last slab's last slice) and chunk
   // columns past K or Ng are zero-filled.
   __device__ void load(const WgradParams& p, uint32_t stage) {
+    if constexpr (!T::kTma) {
 #pragma unroll
-    for (int i = 0; i < T::kARows; i++) {
-      const int row = a_row0 + i * T::kARowStep, px = pixel + row;
-      const bool ok = a_ok && px < p.P;
-      ptx::cp_async_16(Layout::a_dst(stage, row, a_chunk), p.dy + (ok ? (size_t)px * p.K + a_col : 0), ok);
+      for (int i = 0; i < T::kARows; i++) {
+        const int row = a_row0 + i * T::kARowStep, px = pixel + row;
+        const bool ok = a_ok && px < p.P;
+        ptx::cp_async_16(Layout::a_dst(stage, row, a_chunk), p.dy + (ok ? (size_t)px * p.K + a_col : 0), ok);
+      }
     }
 #pragma unroll
     for (int i = 0; i < T::kBRows; i++) {

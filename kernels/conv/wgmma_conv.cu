@@ -22,6 +22,9 @@
 // from the accumulators; conv_wgrad_reduce adds the slabs.
 #include "kernels/conv/wgmma_conv.cuh"
 
+#include <cuda.h>           // CUtensorMap (the type only: the driver call goes through the runtime)
+#include <cudaTypedefs.h>   // PFN_cuTensorMapEncodeTiled_v12000
+
 #include <algorithm>
 #include <cstdint>
 #include <stdexcept>
@@ -107,6 +110,24 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
 __device__ __forceinline__ void cp_async_mbar_arrive_noinc(uint32_t bar) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+#endif
+}
+// Arrives on the mbarrier and adds `bytes` to the transaction count its phase waits for (the
+// TMA copies issued next complete them).
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+#endif
+}
+// TMA: the box of the 2-D tensor map at (c0 innermost, c1) to shared memory at dst (1024-byte
+// aligned for the 128-byte swizzle), completing its bytes on the mbarrier; out-of-range
+// elements are zeros.
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
+      : "memory");
 #endif
 }
 // A barrier among the 128 threads of consumer warpgroup g of a ping-pong block (named barriers
@@ -293,12 +314,15 @@ __device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 2], uint64_t desc_a,
 // m64 tiles per warpgroup, each with its own accumulators and A descriptor, the same B).
 // Producer 2: the persistent ping-pong schedule (the _pp configs, conv_fwd_wgmma_pp below): a
 // BlockM x BlockN tile is one consumer warpgroup's (two m64 tiles), the two consumer warpgroups
-// take turns on a persistent block's tiles, and each has its own sC for its epilogue.
+// take turns on a persistent block's tiles, and each has its own sC for its epilogue. Producer
+// 3: the same, with the operand that needs no gather (the forward's filter rows, the weight
+// gradient's dy rows) copied by TMA from one producer thread (the _pp_tma configs).
 template <int BlockM, int BlockN, int MmaInFlight, int Stages, int Producer, int L1>
 struct WgTile {
   static constexpr int kBlockM = BlockM, kBlockN = BlockN, kBlockK = 64, kStages = Stages;
   static constexpr int kMmaInFlight = MmaInFlight, kProducer = Producer, kL1 = L1;
-  static constexpr bool kPingPong = Producer == 2;
+  static constexpr bool kPingPong = Producer >= 2;
+  static constexpr bool kTma = Producer == 3;  // B (the filter rows) by TMA, A by the loader
   static constexpr int kLoadAhead = wgmma_detail::load_ahead(kStages, MmaInFlight);
   static constexpr int kMmaThreads = 256;                        // two warpgroups
   static constexpr int kSubM = kPingPong ? BlockM / 64 : BlockM / 128;  // m64 tiles per warpgroup
@@ -310,6 +334,8 @@ struct WgTile {
   static constexpr int kARows = kBlockM / kRowStep, kBRows = BlockN / kRowStep;
   static constexpr int kABytes = kBlockM * kRowBytes, kBBytes = BlockN * kRowBytes;
   static constexpr int kStageBytes = kABytes + kBBytes;  // a multiple of 1024: atoms stay aligned
+  static constexpr int kTmaBytes = kBBytes;              // the TMA copy per slice (kTma)
+  static_assert(kTmaBytes % 1024 == 0, "TMA boxes land on 1024-byte swizzle atoms");
   static constexpr int kAccSub = BlockN / 2;             // fp32 accumulators per m64 tile
   static constexpr int kAcc = kSubM * kAccSub;           // per thread
   static constexpr int kCStride = BlockN + 8;            // halves per sC row (padded, as mma.sync)
@@ -333,7 +359,7 @@ struct WgTile {
   static_assert((BlockM == 128 && !kPingPong) || (kAcc <= 128 && Producer),
                 "two m64 tiles per warpgroup (256 rows, or a ping-pong tile): at most 128 accumulators, with a producer");
   static_assert(!kPingPong || (BlockM == 128 && MmaInFlight == 1), "ping-pong: 128-row tiles, one slice of MMAs in flight");
-  static_assert(Producer >= 0 && Producer <= 2, "no producer, a producer warpgroup, or ping-pong");
+  static_assert(Producer >= 0 && Producer <= 3, "no producer, a producer warpgroup, ping-pong (3: with TMA)");
   static_assert(L1 == 0 || L1 == 1, "through L1 or not");
   static_assert(kARows * kRowStep == kBlockM && kBRows * kRowStep == BlockN, "loader: whole passes");
   static_assert(MmaInFlight == 0 || MmaInFlight == 1, "one or two slices of MMAs at a time");
@@ -511,11 +537,14 @@ __device__ __forceinline__ void mma_threads_sync() {
 // for slice r before slice r - kStages has been waited for (CUTLASS's ping-pong kernel does
 // the same with its order barrier).
 // Barriers at `bars` (8 bytes each): full[s] (every producer thread's copies of the slice in
-// stage s landed: kLoaderThreads arrivals), empty[s] (the MMAs on it completed: one arrival per
+// stage s landed: kLoaderThreads arrivals; with T::kTma one more, producer thread 0's, which
+// also expects the TMA copy's bytes), empty[s] (the MMAs on it completed: one arrival per
 // warp of the consumer), order[g] (the other consumer finished waiting for its tile's slices:
 // 128 arrivals).
 // work(t) gives tile t's {m0, n0, k_tiles, z}; make_loader(work, tid) a loader for it
-// (load(p, stage_addr) issues one slice and steps); mmas(acc, stage_addr) issues a consumer's
+// (load(p, stage_addr) issues one slice and steps); with T::kTma, tma(work, kt, stage_addr,
+// full_bar) issues slice kt's TMA copies (producer thread 0, after mbar_arrive_expect_tx of
+// T::kTmaBytes); mmas(acc, stage_addr) issues a consumer's
 // wgmma instructions on a stage; epilogue(acc, work, g, tid) stores a consumer's tile (tid:
 // 0..127 in warpgroup g).
 struct PpWork {
@@ -530,15 +559,15 @@ struct PpBarriers {
   __device__ uint32_t order(int g) const { return bars + 8u * (2 * T::kStages + g); }
 };
 
-template <class T, class Params, class WorkOf, class MakeLoader, class Mmas, class Epilogue>
+template <class T, class Params, class WorkOf, class MakeLoader, class Tma, class Mmas, class Epilogue>
 __device__ __forceinline__ void pp_schedule(const Params& p, uint32_t base, int tiles, WorkOf work,
-                                            MakeLoader make_loader, Mmas mmas, Epilogue epilogue) {
-  static_assert(T::kProducer == 2 && T::kMmaInFlight == 1 && T::kLoaderThreads == 128 && T::kThreads == 384,
+                                            MakeLoader make_loader, Tma tma, Mmas mmas, Epilogue epilogue) {
+  static_assert(T::kProducer >= 2 && T::kMmaInFlight == 1 && T::kLoaderThreads == 128 && T::kThreads == 384,
                 "a ping-pong tile: a producer and two consumer warpgroups, one slice of MMAs in flight");
   const PpBarriers<T> b{base + T::kPipeBytes};
   if (threadIdx.x == 0) {
     for (int s = 0; s < T::kStages; s++) {
-      mbar_init(b.full(s), T::kLoaderThreads);
+      mbar_init(b.full(s), T::kLoaderThreads + (T::kTma ? 1 : 0));
       mbar_init(b.empty(s), 4);
     }
     mbar_init(b.order(0), 128);
@@ -557,6 +586,12 @@ __device__ __forceinline__ void pp_schedule(const Params& p, uint32_t base, int 
         if (r >= (uint32_t)T::kStages) mbar_wait(b.empty(s), (r / T::kStages - 1) & 1);
         loader.load(p, base + s * T::kStageBytes);
         cp_async_mbar_arrive_noinc(b.full(s));
+        if constexpr (T::kTma) {
+          if (tid == 0) {
+            mbar_arrive_expect_tx(b.full(s), T::kTmaBytes);
+            tma(wk, kt, base + s * T::kStageBytes, b.full(s));
+          }
+        }
       }
     }
     ptx::cp_async_wait<0>();
@@ -663,8 +698,11 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const Ig
 // tiles of its 128 rows against all BlockN filter rows per k16. Its epilogue: the accumulators
 // to fp16 in its own sC, then conv_epilogue with the warpgroup's 128 threads, while the other
 // consumer computes.
+// tm_b (T::kTma only): the filters w as a [K][Kg] matrix, boxes of BlockN rows x 64 columns in
+// the 128-byte swizzle (tma_map_2d): B of slice kt of tile (m0, n0) is the box at (kt * 64, n0).
 template <class T, ConvEpilogue E = ConvEpilogue::kStore>
-__global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_pp_kernel(const IgemmParams p) {
+__global__ void __launch_bounds__(T::kThreads, 1)
+    conv_fwd_wgmma_pp_kernel(const IgemmParams p, const __grid_constant__ CUtensorMap tm_b) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t raw = ptx::smem_addr(smem_raw);
   const uint32_t base = (raw + 1023u) & ~1023u;  // swizzle atoms need 1024-byte alignment
@@ -677,6 +715,9 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_pp_kernel(const
       p, base, tiles,
       [=](int t) { return PpWork{(t / tiles_n) * T::kBlockM, (t % tiles_n) * T::kBlockN, k_tiles, 0}; },
       [&p](const PpWork& wk, int tid) { return igemm_detail::TileLoader<T, Sw128Layout<T>>(p, wk.m0, wk.n0, tid); },
+      [&tm_b](const PpWork& wk, int kt, uint32_t stage, uint32_t bar) {
+        tma_load_2d(stage + T::kABytes, &tm_b, kt * T::kBlockK, wk.n0, bar);
+      },
       [](float (&a)[T::kAcc], uint32_t stage) {
         // A: the tile's 128 pixel rows, 64 per m64 tile; B: all BlockN filter rows; K-major,
         // +32 bytes per k16.
@@ -723,6 +764,40 @@ int launch_blocks(bool persistent, long long tiles) {
   return (int)std::min<long long>(tiles, std::max(1, sms));
 }
 
+// The driver's cuTensorMapEncodeTiled, looked up once through the runtime (the binaries link
+// cudart only).
+PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+    CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &found));
+    if (found != cudaDriverEntryPointSuccess || f == nullptr)
+      throw std::runtime_error("wgmma: the driver has no cuTensorMapEncodeTiled (TMA needs CUDA 12+ drivers)");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+  }();
+  return fn;
+}
+
+// A TMA map of the fp16 row-major matrix [rows][cols] at base (cols % 8 == 0, base 16-byte
+// aligned: the launchers' checks), in boxes of box_rows rows x 64 columns (128 bytes) stored in
+// the 128-byte swizzle of wgmma_detail::sw128_offset (CU_TENSOR_MAP_SWIZZLE_128B: chunk c of
+// row r at c ^ (r % 8) in 1024-byte atoms), elements outside the matrix read as zeros.
+CUtensorMap tma_map_2d(const __half* base, int rows, int cols, int box_rows) {
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {(cuuint64_t)cols, (cuuint64_t)rows};
+  const cuuint64_t strides[1] = {(cuuint64_t)cols * sizeof(__half)};  // bytes from one row to the next
+  const cuuint32_t box[2] = {64, (cuuint32_t)box_rows};
+  const cuuint32_t element_strides[2] = {1, 1};
+  const CUresult r = encode_tiled()(&map, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, const_cast<__half*>(base), dims, strides,
+                                    box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                    CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS)
+    throw std::runtime_error("wgmma: cuTensorMapEncodeTiled failed (error " + std::to_string((int)r) + ") for a " +
+                             std::to_string(rows) + " x " + std::to_string(cols) + " matrix, box " +
+                             std::to_string(box_rows) + " x 64");
+  return map;
+}
+
 // ---------------------------------------------------------------------------- launchers
 
 // Each WgmmaConfig's tile parameters (BlockM, BlockN, MmaInFlight, Stages, Producer, L1), for either
@@ -745,6 +820,7 @@ void with_tile(WgmmaConfig config, F&& f) {
     case WgmmaConfig::k128x128x64s4WsL1: return f(Tile<128, 128, 1, 4, 1, 1>{});
     case WgmmaConfig::k256x128x64s4Ws: return f(Tile<256, 128, 1, 4, 1, 0>{});
     case WgmmaConfig::k128x128x64s4Pp: return f(Tile<128, 128, 1, 4, 2, 0>{});
+    case WgmmaConfig::k128x128x64s4PpTma: return f(Tile<128, 128, 1, 4, 3, 0>{});
   }
   throw std::invalid_argument("wgmma: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
@@ -765,6 +841,7 @@ const char* config_name(WgmmaConfig config) {
     case WgmmaConfig::k128x128x64s4WsL1: return "wgmma_128x128x64_s4_ws_l1";
     case WgmmaConfig::k256x128x64s4Ws: return "wgmma_256x128x64_s4_ws";
     case WgmmaConfig::k128x128x64s4Pp: return "wgmma_128x128x64_s4_pp";
+    case WgmmaConfig::k128x128x64s4PpTma: return "wgmma_128x128x64_s4_pp_tma";
   }
   throw std::invalid_argument("wgmma_config_info: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
@@ -790,10 +867,15 @@ void launch_tile(const IgemmParams& p, cudaStream_t stream) {
   auto* kernel = fwd_kernel<T, E>();
   static const cudaError_t attr = set_smem_attributes(kernel, T::kSmemBytes, T::kL1 != 0);
   CUDA_CHECK(attr);
-  const dim3 grid = T::kPingPong ? dim3(launch_blocks(true, (long long)ceil_div(p.K, T::kBlockN) *
-                                                                  ceil_div(p.M, T::kBlockM)))
-                                 : dim3(ceil_div(p.K, T::kBlockN), ceil_div(p.M, T::kBlockM));
-  kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
+  if constexpr (T::kPingPong) {
+    // The filters as a [K][Kg] matrix for the TMA tiles; an unused (zero) map otherwise.
+    const CUtensorMap tm = T::kTma ? tma_map_2d(p.w, p.K, p.Kg, T::kBlockN) : CUtensorMap{};
+    const dim3 grid(launch_blocks(true, (long long)ceil_div(p.K, T::kBlockN) * ceil_div(p.M, T::kBlockM)));
+    kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p, tm);
+  } else {
+    const dim3 grid(ceil_div(p.K, T::kBlockN), ceil_div(p.M, T::kBlockM));
+    kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
+  }
   CUDA_CHECK_LAUNCH();
 }
 
@@ -812,9 +894,11 @@ template <int BlockM, int BlockN, int MmaInFlight, int Stages, int Producer, int
 struct WgWgradTile {
   static constexpr int kBlockM = BlockM, kBlockN = BlockN, kBlockK = 64, kStages = Stages;
   static constexpr int kMmaInFlight = MmaInFlight, kProducer = Producer, kL1 = L1;
-  static constexpr bool kPingPong = Producer == 2;  // the tile is one consumer warpgroup's
+  static constexpr bool kPingPong = Producer >= 2;  // the tile is one consumer warpgroup's
+  static constexpr bool kTma = Producer == 3;       // A (the dy rows) by TMA, B by the loader
   // m64 tiles (64-channel column blocks) per warpgroup
   static constexpr int kSubM = kPingPong ? BlockM / 64 : BlockM / 128;
+  static_assert(Producer >= 0 && Producer <= 3, "no producer, a producer warpgroup, ping-pong (3: with TMA)");
   static constexpr int kLoadAhead = wgmma_detail::load_ahead(kStages, MmaInFlight);
   static constexpr int kMmaThreads = 256;
   static constexpr int kThreads = kMmaThreads + (Producer ? 128 : 0);
@@ -826,6 +910,8 @@ struct WgWgradTile {
   static constexpr int kABytes = (kBlockM / 64) * kColumnBlockBytes;
   static constexpr int kBBytes = (BlockN / 64) * kColumnBlockBytes;
   static constexpr int kStageBytes = kABytes + kBBytes;
+  static constexpr int kTmaBytes = kABytes;  // the TMA copies per slice (kTma): A's column blocks
+  static_assert(kTmaBytes % 1024 == 0, "TMA boxes land on 1024-byte swizzle atoms");
   static constexpr int kAccSub = BlockN / 2, kAcc = kSubM * kAccSub;
   static constexpr int kPipeBytes = kStages * kStageBytes;
   // full[], empty[] after the stages (ping-pong: and order[2])
@@ -900,8 +986,12 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_wgrad_wgmma_kernel(const 
 // .. and slab z = t / (tiles_n * tiles_m) (consecutive tiles share their slab's dy slices). A
 // consumer warpgroup computes both 64-channel column blocks of its tile and stores the slab's
 // partial dw from the accumulators, as conv_wgrad_wgmma_kernel.
+// tm_a (T::kTma only): dy as a [P][K] matrix, boxes of 64 pixels x 64 channels in the 128-byte
+// swizzle: column block j of A in slice kt of tile (m0, slab z) is the box at (m0 + 64 j,
+// (z * slices_per_split + kt) * 64), which is sw128_mn_offset's layout.
 template <class T>
-__global__ void __launch_bounds__(T::kThreads, 1) conv_wgrad_wgmma_pp_kernel(const WgradParams p) {
+__global__ void __launch_bounds__(T::kThreads, 1)
+    conv_wgrad_wgmma_pp_kernel(const WgradParams p, const __grid_constant__ CUtensorMap tm_a) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t raw = ptx::smem_addr(smem_raw);
   const uint32_t base = (raw + 1023u) & ~1023u;
@@ -919,6 +1009,12 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_wgrad_wgmma_pp_kernel(con
       [&p](const PpWork& wk, int tid) {
         return igemm_detail::WgradLoader<T, Sw128MnLayout<T>>(p, wk.m0, wk.n0, wk.z * p.slices_per_split * T::kBlockK,
                                                              tid);
+      },
+      [&](const PpWork& wk, int kt, uint32_t stage, uint32_t bar) {
+        const int pixel = (wk.z * p.slices_per_split + kt) * T::kBlockK;
+#pragma unroll
+        for (int j = 0; j < T::kBlockM / 64; j++)
+          tma_load_2d(stage + j * T::kColumnBlockBytes, &tm_a, wk.m0 + 64 * j, pixel, bar);
       },
       [](float (&a)[T::kAcc], uint32_t stage) {
         // A: both column blocks of the tile's channels, one per m64 tile; B: all BlockN
@@ -956,10 +1052,16 @@ void launch_wgrad_tile(const WgradParams& p, cudaStream_t stream) {
   auto* kernel = wgrad_kernel<T>();
   static const cudaError_t attr = set_smem_attributes(kernel, T::kSmemBytes, T::kL1 != 0);
   CUDA_CHECK(attr);
-  const dim3 grid = T::kPingPong ? dim3(launch_blocks(true, (long long)ceil_div(p.Ng, T::kBlockN) *
-                                                                  ceil_div(p.K, T::kBlockM) * p.splits))
-                                 : dim3(ceil_div(p.Ng, T::kBlockN), ceil_div(p.K, T::kBlockM), p.splits);
-  kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
+  if constexpr (T::kPingPong) {
+    // dy as a [P][K] matrix in boxes of 64 pixels for the TMA tiles; an unused (zero) map otherwise.
+    const CUtensorMap tm = T::kTma ? tma_map_2d(p.dy, p.P, p.K, T::kBlockK) : CUtensorMap{};
+    const dim3 grid(
+        launch_blocks(true, (long long)ceil_div(p.Ng, T::kBlockN) * ceil_div(p.K, T::kBlockM) * p.splits));
+    kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p, tm);
+  } else {
+    const dim3 grid(ceil_div(p.Ng, T::kBlockN), ceil_div(p.K, T::kBlockM), p.splits);
+    kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
+  }
   CUDA_CHECK_LAUNCH();
 }
 

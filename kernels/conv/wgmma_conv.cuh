@@ -53,6 +53,10 @@ enum class WgmmaConfig : int {
                          // arrive on mbarriers (it never waits for them), two consumer warpgroups
                          // with a 128 x 128 tile each (128 accumulators) taking turns, so one's
                          // epilogue overlaps the other's MMAs and the loads of the next tiles
+  k128x128x64s4PpTma,    // as k128x128x64s4Pp, the operand that needs no gather (the forward's
+                         // filter rows, the weight gradient's dy rows) copied by TMA from one
+                         // producer thread: half the producer's cp.async work. Not yet run on a
+                         // GPU: wgmma_config_gpu_tested() is false, so the engine leaves it out
 };
 constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaConfig::k128x64x64s4,
                                          WgmmaConfig::k128x128x64s4Async, WgmmaConfig::k128x64x64s4Async,
@@ -60,7 +64,13 @@ constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaC
                                          WgmmaConfig::k128x128x64s3,      WgmmaConfig::k128x128x64s4Ws,
                                          WgmmaConfig::k128x128x64s6Ws,    WgmmaConfig::k128x256x64s4Ws,
                                          WgmmaConfig::k128x128x64s4AsyncL1, WgmmaConfig::k128x128x64s4WsL1,
-                                         WgmmaConfig::k256x128x64s4Ws,    WgmmaConfig::k128x128x64s4Pp};
+                                         WgmmaConfig::k256x128x64s4Ws,    WgmmaConfig::k128x128x64s4Pp,
+                                         WgmmaConfig::k128x128x64s4PpTma};
+
+// Whether a config's kernels have passed the GPU tests on a device (a session with a GPU sets
+// this when they do). The engine's selection only considers tested configs, so a kernel that
+// has never run cannot stop a training run; the tests and conv_bench run every config.
+constexpr bool wgmma_config_gpu_tested(WgmmaConfig config) { return config != WgmmaConfig::k128x128x64s4PpTma; }
 
 // Block/warp/stage sizes and shared memory of a config (warp_m x warp_n: a warpgroup's 64 rows
 // are split over its 4 warps, 16 each, across all BlockN columns).
