@@ -59,7 +59,8 @@
 # gpu_check.log (setup, benchmarks', speedrun's and torch's output, the summary table),
 # gpu_tests.log, sanitizer.log, kernel_bench.json, conv_bench.json, speedrun.json, torch.json;
 # the variants step adds one speedrun_NAME.json per variant, so run it in a call of its own
-# (GPU_CHECK_STEPS=variants: gpu_check.log and three files by default).
+# (GPU_CHECK_STEPS=variants: gpu_check.log and three files by default), and the profile step
+# one ncu_NAME.txt per PROFILE_SPECS item (three by default: with conv_bench, five files).
 set -u -o pipefail
 
 if [ $# -lt 1 ]; then
