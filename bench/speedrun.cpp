@@ -86,12 +86,12 @@ options:
                           cuDNN and our implicit-GEMM kernels that agree with cuDNN), cudnn
                           (cuDNN only), or igemm (ours wherever they are eligible)
   --fused-pool            GPU: fuse conv + 2x2 max-pool (+ argmax, BN sums) for the pooled
-                          layers (our kernels; off by default until measured)
+                          layers (our kernels; off by default: slower while our convs are)
   --fused-stats           GPU: ghost-BN sums in the conv's epilogue for the other layers
-                          (our kernels; off by default until measured)
+                          (our kernels; off by default: slower while our convs are)
   --fused-bn-grad         GPU: each layer's BN-backward sums in the epilogue of the input
                           gradient that produces its output gradient (our kernels; off by
-                          default until measured)
+                          default: slower while our convs are)
   --bn-kernels K          GPU ghost-BN + CELU kernels: vector (default; 8 channels per thread,
                           16-byte accesses) or pair (the older 2-channel kernels)
   --warmup                do one extra run first (seed S), reported but left out of the

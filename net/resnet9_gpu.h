@@ -46,18 +46,19 @@ struct Resnet9GpuOptions {
   // (kernels/conv/implicit_gemm.cuh: pooled output, argmax, ghost-BN sums in the conv's
   // epilogue), BN from those sums and the backward through the argmax, instead of conv ->
   // pool_bn_celu. Saves a write and a read of each pooled unit's full-resolution conv output.
-  // Off by default until measured (docs/gpu_engine.md).
+  // Off by default: with the three fusions on, training measured slower than without on an
+  // H200, our conv kernels being slower than cuDNN's (docs/gpu_engine.md).
   bool fused_pool = false;
   // The other units (prep, the residual convs) compute the ghost-BN sums in the conv's epilogue
   // (conv_forward_igemm_stats) and BN from those sums, instead of a statistics pass over the
-  // conv output. Off by default until measured.
+  // conv output. Off by default, as fused_pool.
   bool fused_stats = false;
   // The input gradient that produces a unit's output gradient (the dgrad of the next unit's
   // conv) accumulates that unit's BN-backward sums in its epilogue
   // (kernels/conv/igemm_backward.cuh, conv_backward_data_*_bn_sums), and the unit's BN backward
   // starts from them (pool_bn_celu_backward_from_sums) instead of a statistics pass over its
   // output gradient. Those dgrads then run our kernels (igemm, or wgmma on Hopper), the fastest
-  // config per unit at setup, whatever the conv selection chose. Off by default until measured.
+  // config per unit at setup, whatever the conv selection chose. Off by default, as fused_pool.
   bool fused_bn_grad = false;
   // The ghost-BN + CELU kernels' variant (kernels::GhostBnCeluParams::vectorized).
   bool bn_vectorized = true;
