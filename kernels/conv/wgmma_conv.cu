@@ -754,10 +754,9 @@ constexpr auto fwd_kernel() {
     return conv_fwd_wgmma_kernel<T, E>;
 }
 
-// The blocks a launch of `tiles` tiles takes: one per tile, or for a persistent kernel (one
-// block per SM) one per SM, at most one per tile.
-int launch_blocks(bool persistent, long long tiles) {
-  if (!persistent) return (int)tiles;
+// The blocks a persistent kernel (one block per SM) launches for `tiles` tiles: one per SM, at
+// most one per tile.
+int persistent_blocks(long long tiles) {
   int device = 0, sms = 0;
   CUDA_CHECK(cudaGetDevice(&device));
   CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
@@ -870,7 +869,7 @@ void launch_tile(const IgemmParams& p, cudaStream_t stream) {
   if constexpr (T::kPingPong) {
     // The filters as a [K][Kg] matrix for the TMA tiles; an unused (zero) map otherwise.
     const CUtensorMap tm = T::kTma ? tma_map_2d(p.w, p.K, p.Kg, T::kBlockN) : CUtensorMap{};
-    const dim3 grid(launch_blocks(true, (long long)ceil_div(p.K, T::kBlockN) * ceil_div(p.M, T::kBlockM)));
+    const dim3 grid(persistent_blocks((long long)ceil_div(p.K, T::kBlockN) * ceil_div(p.M, T::kBlockM)));
     kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p, tm);
   } else {
     const dim3 grid(ceil_div(p.K, T::kBlockN), ceil_div(p.M, T::kBlockM));
@@ -1055,8 +1054,7 @@ void launch_wgrad_tile(const WgradParams& p, cudaStream_t stream) {
   if constexpr (T::kPingPong) {
     // dy as a [P][K] matrix in boxes of 64 pixels for the TMA tiles; an unused (zero) map otherwise.
     const CUtensorMap tm = T::kTma ? tma_map_2d(p.dy, p.P, p.K, T::kBlockK) : CUtensorMap{};
-    const dim3 grid(
-        launch_blocks(true, (long long)ceil_div(p.Ng, T::kBlockN) * ceil_div(p.K, T::kBlockM) * p.splits));
+    const dim3 grid(persistent_blocks((long long)ceil_div(p.Ng, T::kBlockN) * ceil_div(p.K, T::kBlockM) * p.splits));
     kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p, tm);
   } else {
     const dim3 grid(ceil_div(p.Ng, T::kBlockN), ceil_div(p.K, T::kBlockM), p.splits);
