@@ -551,6 +551,14 @@ struct PpWork {
   int m0, n0, k_tiles, z;
 };
 
+// Where accumulator register e of thread `lane` of warp `warp` (0..3 in its warpgroup) lies in
+// a ping-pong consumer's BlockM x BlockN tile (its two m64 tiles): block_acc_coord of a block
+// twice as tall, whose first warpgroup holds rows 0 .. BlockM - 1.
+template <class T>
+__device__ __forceinline__ wgmma_detail::AccCoord pp_acc_coord(int warp, int lane, int e) {
+  return wgmma_detail::block_acc_coord(2 * T::kBlockM, T::kBlockN, warp, lane, e);
+}
+
 template <class T>
 struct PpBarriers {
   uint32_t bars;
@@ -732,10 +740,9 @@ __global__ void __launch_bounds__(T::kThreads, 1)
         unsigned char* epi = smem + T::kPipeBytes + T::kBarrierBytes + g * T::kEpilogueBytes;
         __half* sC = reinterpret_cast<__half*>(epi);
         warpgroup_barrier_sync(g);  // this consumer's previous epilogue has read all of sC
-        // block_acc_coord with twice the rows: warps 0..3 hold rows 0 .. BlockM - 1.
 #pragma unroll
         for (int e = 0; e < T::kAcc; e += 2) {
-          const auto at = wgmma_detail::block_acc_coord(2 * T::kBlockM, T::kBlockN, warp, lane, e);
+          const auto at = pp_acc_coord<T>(warp, lane, e);
           *reinterpret_cast<__half2*>(sC + at.row * T::kCStride + at.col) = __floats2half2_rn(a[e], a[e + 1]);
         }
         warpgroup_barrier_sync(g);
@@ -1031,7 +1038,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
         float* out = p.partials + (size_t)wk.z * p.K * p.Ng;
 #pragma unroll
         for (int e = 0; e < T::kAcc; e += 2) {
-          const auto at = wgmma_detail::block_acc_coord(2 * T::kBlockM, T::kBlockN, warp, lane, e);
+          const auto at = pp_acc_coord<T>(warp, lane, e);
           const int m = wk.m0 + at.row, n = wk.n0 + at.col;
           if (m < p.K && n < p.Ng) *reinterpret_cast<float2*>(out + (size_t)m * p.Ng + n) = make_float2(a[e], a[e + 1]);
         }
