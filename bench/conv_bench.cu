@@ -306,18 +306,25 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
          [&, config](__half* yp, uint8_t* arg, const kernels::IgemmStats* st) {
            kernels::conv_forward_igemm_pool(d_x.get(), d_w.get(), yp, arg, d, config, st, 0);
          }});
+  // A wgmma config takes a pass whose gathered tensor has a multiple of its channel count (the
+  // forward's and weight gradient's x: C channels, the input gradient's dy: K); the im2col config
+  // needs 64, so not the prep conv's 32.
+  auto wgmma_takes = [](kernels::WgmmaConfig config, int channels) {
+    return channels % kernels::wgmma_config_channel_multiple(config) == 0;
+  };
   if (kernels::wgmma_supported())
     for (kernels::WgmmaConfig config : kernels::kWgmmaConfigs)
-      fwd_variants.push_back(
-          {"wgmma", kernels::wgmma_config_info(config), kernels::wgmma_blocks_per_sm(config, false),
-           kernels::wgmma_stats_scratch_bytes(d, config),
-           [&, config] { kernels::conv_forward_wgmma(d_x.get(), d_w.get(), d_y.get(), d, config, 0); },
-           [&, config](const kernels::IgemmStats& st) {
-             kernels::conv_forward_wgmma_stats(d_x.get(), d_w.get(), d_y.get(), d, config, st, 0);
-           },
-           [&, config](__half* yp, uint8_t* arg, const kernels::IgemmStats* st) {
-             kernels::conv_forward_wgmma_pool(d_x.get(), d_w.get(), yp, arg, d, config, st, 0);
-           }});
+      if (wgmma_takes(config, d.C))
+        fwd_variants.push_back(
+            {"wgmma", kernels::wgmma_config_info(config), kernels::wgmma_blocks_per_sm(config, false),
+             kernels::wgmma_stats_scratch_bytes(d, config),
+             [&, config] { kernels::conv_forward_wgmma(d_x.get(), d_w.get(), d_y.get(), d, config, 0); },
+             [&, config](const kernels::IgemmStats& st) {
+               kernels::conv_forward_wgmma_stats(d_x.get(), d_w.get(), d_y.get(), d, config, st, 0);
+             },
+             [&, config](__half* yp, uint8_t* arg, const kernels::IgemmStats* st) {
+               kernels::conv_forward_wgmma_pool(d_x.get(), d_w.get(), yp, arg, d, config, st, 0);
+             }});
 
   // ---- forward, with and without the ghost-BN statistics epilogue
   const int groups = kBatch / kGhostGroup;
@@ -509,6 +516,7 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
   if (kernels::wgmma_supported()) {
     DeviceBuffer<__half> d_wt(kernels::igemm_dgrad_scratch_bytes(d) / sizeof(__half));
     for (kernels::WgmmaConfig config : kernels::kWgmmaConfigs) {
+      if (!wgmma_takes(config, d.C)) continue;  // of the recipe, prep (C = 32, no input gradient)
       const auto info = kernels::wgmma_config_info(config);
       Row row = new_row("fwd", "wgmma", info.name);
       row.info = info;
@@ -521,7 +529,7 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
       row.t = bench::time_calls(fwd, g_iters);
       row.cudnn_us = cudnn_us[0];
       rows.push_back(row);
-      if (!has_dgrad) continue;
+      if (!has_dgrad || !wgmma_takes(config, d.K)) continue;
       Row brow = new_row("bwd_data", "wgmma", info.name);
       brow.info = info;
       brow.blocks_per_sm = row.blocks_per_sm;
@@ -578,13 +586,14 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
         });
   if (kernels::wgmma_supported())
     for (kernels::WgmmaConfig config : kernels::kWgmmaConfigs)
-      wgrad_rows(
-          "wgmma", kernels::wgmma_config_info(config), kernels::wgmma_wgrad_default_splits(d, config, sm_count),
-          kernels::wgmma_blocks_per_sm(config, true),
-          [&](int want) { return kernels::wgmma_wgrad_split(d, want).splits; },
-          [&](int splits, float* part) {
-            kernels::conv_backward_filter_wgmma(d_x.get(), d_dy.get(), d_dw.get(), part, d, config, splits, 0);
-          });
+      if (wgmma_takes(config, d.C))
+        wgrad_rows(
+            "wgmma", kernels::wgmma_config_info(config), kernels::wgmma_wgrad_default_splits(d, config, sm_count),
+            kernels::wgmma_blocks_per_sm(config, true),
+            [&](int want) { return kernels::wgmma_wgrad_split(d, want).splits; },
+            [&](int splits, float* part) {
+              kernels::conv_backward_filter_wgmma(d_x.get(), d_dy.get(), d_dw.get(), part, d, config, splits, 0);
+            });
 }
 
 std::string shape_str(const kernels::ConvDesc& d) {

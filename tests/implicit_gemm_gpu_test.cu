@@ -110,6 +110,10 @@ struct FwdKernel {
                  : kernels::igemm_config_info((IgemmConfig)config);
   }
   const char* family() const { return wgmma ? "wgmma" : "igemm"; }
+  // Whether it takes an input of C channels (the wgmma im2col config needs 64 | C).
+  bool accepts(int C) const {
+    return !wgmma || C % kernels::wgmma_config_channel_multiple((kernels::WgmmaConfig)config) == 0;
+  }
   void plain(const __half* x, const __half* w, __half* y, const ConvDesc& d, cudaStream_t s) const {
     if (wgmma)
       kernels::conv_forward_wgmma(x, w, y, d, (kernels::WgmmaConfig)config, s);
@@ -372,6 +376,7 @@ void check_recipe_pool(int H, int C, int K, uint64_t seed, bool wgmma = false) {
   cudaStream_t stream;
   CUDA_CHECK(cudaStreamCreate(&stream));
   for (const FwdKernel& kernel : fwd_kernels(wgmma)) {
+    if (!kernel.accepts(C)) continue;
     CHECK(pool_accepts(d, kernel.info()));
     check_pool(p, d_x, d_w, kernel, 32, stream);
   }
@@ -595,6 +600,7 @@ void check_stats_epilogue(bool wgmma) {
       const auto info = kernel.info();
       // Several groups need each block's rows in one group.
       if (groups > 1 && group_pixels % info.block_m != 0) continue;
+      if (!kernel.accepts(d.C)) continue;
       INFO("config " << info.name << ", shape " << desc_str(d) << ", group_images " << cs.group_images);
       const auto y_plain = run_fwd(p, d_x, d_w, kernel);
       auto d_y = poisoned<__half>(p.y_size());
@@ -782,7 +788,7 @@ namespace {
 void check_pool_odd_shapes(bool wgmma) {
   const ConvDesc shapes[] = {{3, 6, 4, 8, 24, 3},   {2, 10, 8, 24, 40, 3}, {3, 2, 16, 16, 72, 5},
                              {2, 14, 2, 8, 24, 1},  {1, 2, 64, 8, 136, 3}, {2, 4, 32, 40, 24, 3},
-                             {4, 4, 8, 16, 24, 3}};
+                             {4, 4, 8, 16, 24, 3},  {3, 6, 4, 64, 24, 3}};
   cudaStream_t stream;
   CUDA_CHECK(cudaStreamCreate(&stream));
   uint64_t seed = 500;
@@ -795,7 +801,7 @@ void check_pool_odd_shapes(bool wgmma) {
       int tested = 0;
       for (const FwdKernel& kernel : fwd_kernels(wgmma)) {
         const auto info = kernel.info();
-        if (!pool_accepts(d, info)) continue;
+        if (!pool_accepts(d, info) || !kernel.accepts(d.C)) continue;
         const long ties = check_pool(p, d_x, d_w, kernel, odd_stats_group(d, info.block_m), stream);
         if (integer) integer_ties += ties;
         tested++;

@@ -6,12 +6,14 @@
 //   - weight gradient at the six recipe shapes, batch 512, over the whole batch (vs
 //     ref::conv_backward_weight), at the default split count and at 3 slabs;
 //   - odd shapes for all three, in full (partial tiles, C < 64 so one K slice spans several
-//     filter taps, R = 1 and 5, a 1x1 image);
+//     filter taps, R = 1 and 5, a 1x1 image; and shapes with C, K multiples of 64 for the im2col
+//     config), and the TMA configs alone on one of them ("[tma]", to run first);
 // plus host-only checks of what the kernels' correctness rests on: the 128-byte swizzle
 // (a permutation inside each row, conflict-free columns), the matrix descriptors' bit fields,
 // both operand layouts against the canonical layouts their descriptors name (the K-major one
 // the forward uses, the M/N-major one of the weight gradient), the accumulator fragment map
-// (every output element exactly once), the weight gradient's split choice, and the launchers'
+// (every output element exactly once), the TMA im2col copy starts against the im2col matrix
+// (through a model of the copy), the weight gradient's split choice, and the launchers'
 // precondition checks. The GPU cases skip without a device, and on a GPU other than an
 // sm_90a-capable Hopper ("SKIPPED: ... wgmma").
 //
@@ -24,6 +26,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <iterator>
 #include <random>
 #include <set>
 #include <stdexcept>
@@ -75,6 +78,10 @@ Inputs make_inputs(const ConvDesc& d, int real_channels, uint64_t seed) {
 
 ref::ConvShape shape_of(const ConvDesc& d, int images) { return {images, d.H, d.W, d.C, d.K, d.R}; }
 
+// Whether a config's launchers take a pass that gathers from a tensor with `channels` channels
+// (the forward and weight gradient: C; the input gradient: K); the im2col config needs 64 | C.
+bool accepts(WgmmaConfig config, int channels) { return channels % kernels::wgmma_config_channel_multiple(config) == 0; }
+
 std::vector<float> run_forward(const ConvDesc& d, const gpu_test::DeviceBuffer<__half>& x,
                                const gpu_test::DeviceBuffer<__half>& w, WgmmaConfig config) {
   auto y = poisoned<__half>((size_t)d.N * d.H * d.W * d.K);
@@ -119,6 +126,7 @@ void check_wgrad_recipe(int H, int C, int K, int R, int real_channels, uint64_t 
   auto d_x = upload_half(in.x), d_dy = upload_half(in.dy);
   const int sms = sm_count();
   for (WgmmaConfig config : kernels::kWgmmaConfigs) {
+    if (!accepts(config, C)) continue;  // the launcher's check has its own test
     const auto info = kernels::wgmma_config_info(config);
     const int dflt = kernels::wgmma_wgrad_default_splits(d, config, sms);
     for (int splits : {dflt, 3}) {
@@ -147,6 +155,7 @@ void check_recipe(int H, int C, int K, int R, int real_channels, bool dgrad, uin
   }
   auto d_x = upload_half(in.x), d_w = upload_half(in.w), d_dy = upload_half(in.dy);
   for (WgmmaConfig config : kernels::kWgmmaConfigs) {
+    if (!accepts(config, C)) continue;
     const auto info = kernels::wgmma_config_info(config);
     INFO("config " << info.name << ", shape " << desc_str(d));
     const auto y = run_forward(d, d_x, d_w, config);
@@ -157,7 +166,7 @@ void check_recipe(int H, int C, int K, int R, int real_channels, bool dgrad, uin
     CHECK(e0 <= kTol);
     CHECK(e1 <= kTol);
     CHECK(bitwise_equal(run_forward(d, d_x, d_w, config), y));
-    if (!dgrad) continue;
+    if (!dgrad || !accepts(config, K)) continue;
     const auto dx = run_dgrad(d, d_dy, d_w, config);
     CHECK(gpu_test::all_finite(dx));
     const double f0 = rel_l2_error(dx.data(), dx_head.data(), 4 * x_img);
@@ -547,11 +556,92 @@ TEST_CASE("wgmma launchers check their preconditions (host)", "[gpu][wgmma]") {
   CHECK_THROWS_AS(kernels::conv_forward_wgmma_stats(fake(0x10000), fake(0x20000), fake(0x30000),
                                                     ConvDesc{4, 8, 8, 16, 16, 3}, cfg, {f, f + 64, nullptr, 2}, 0),
                   std::invalid_argument);  // no scratch
+  // The im2col config copies one filter tap's 64 channels of the gathered tensor per slice:
+  // its launchers refuse other channel counts (checked before the device, so here too).
+  const WgmmaConfig im2col = WgmmaConfig::k128x128x64s4PpIm2col;
+  CHECK(kernels::wgmma_config_channel_multiple(im2col) == 64);
+  CHECK(kernels::wgmma_config_channel_multiple(cfg) == 8);
+  CHECK_THROWS_WITH(kernels::conv_forward_wgmma(fake(0x10000), fake(0x20000), fake(0x30000), ConvDesc{2, 4, 4, 32, 64, 3},
+                                                im2col, 0),
+                    Catch::Contains("multiple of 64"));
+  CHECK_THROWS_WITH(kernels::conv_backward_data_wgmma(fake(0x10000), fake(0x20000), fake(0x30000), fake(0x40000),
+                                                      ConvDesc{2, 4, 4, 64, 32, 3}, im2col, 0),
+                    Catch::Contains("multiple of 64"));  // dgrad gathers dy: K channels
+  CHECK_THROWS_WITH(kernels::conv_backward_filter_wgmma(fake(0x10000), fake(0x20000), fake(0x30000),
+                                                        reinterpret_cast<float*>(0x40000), ConvDesc{2, 4, 4, 32, 64, 3},
+                                                        im2col, 1, 0),
+                    Catch::Contains("multiple of 64"));
+  CHECK_THROWS_WITH(kernels::conv_forward_wgmma_pool(fake(0x10000), fake(0x20000), fake(0x30000), nullptr,
+                                                     ConvDesc{2, 4, 4, 32, 64, 3}, im2col, nullptr, 0),
+                    Catch::Contains("multiple of 64"));
   if (!kernels::wgmma_supported()) {
     // A valid shape is still refused where wgmma cannot run (no device here, or not Hopper).
     CHECK_THROWS_AS(fwd(ConvDesc{2, 4, 4, 16, 16, 3}, fake(0x10000)), std::invalid_argument);
     CHECK_THROWS_AS(wgrad(ConvDesc{2, 4, 4, 16, 16, 3}, fake(0x10000), 1), std::invalid_argument);
     CHECK_THROWS_AS(kernels::wgmma_blocks_per_sm(cfg, false), std::invalid_argument);
+  }
+}
+
+// TMA's im2col copy as the PTX ISA and the driver API describe it, modelled on the host: the
+// map's pixel box spans, per image, w in [lower_w, W - 1 + upper_w] and h likewise (corners as
+// tma_map_im2col sets them: -pad and pad - (R - 1)); a copy of `pixels` rows starts at the
+// position (at.w, at.h, at.n), steps w fastest, wraps to the box's next row, then to the next
+// image, and row i holds channels at.c .. at.c + 63 of the pixel at its position plus the
+// offsets (at.off_w, at.off_h), zeros outside x (past the last image included).
+std::vector<float> tma_im2col_model(const std::vector<float>& x, const ConvDesc& d, kernels::wgmma_detail::Im2colStart at,
+                                    int pixels) {
+  const int pad = (d.R - 1) / 2, lower = -pad, upper = pad - (d.R - 1);
+  std::vector<float> tile((size_t)pixels * 64, 0.0f);
+  int w = at.w, h = at.h, n = at.n;
+  for (int i = 0; i < pixels; i++) {
+    const int iw = w + at.off_w, ih = h + at.off_h;
+    if (n >= 0 && n < d.N && ih >= 0 && ih < d.H && iw >= 0 && iw < d.W)
+      for (int c = 0; c < 64; c++)
+        if (at.c + c < d.C) tile[(size_t)i * 64 + c] = x[(((size_t)n * d.H + ih) * d.W + iw) * d.C + at.c + c];
+    if (++w > d.W - 1 + upper) {
+      w = lower;
+      if (++h > d.H - 1 + upper) {
+        h = lower;
+        n++;
+      }
+    }
+  }
+  return tile;
+}
+
+// im2col_start against the definition of the im2col matrix, through that model: for every tile
+// of 128 rows (the forward's A) and of 64 rows (the weight gradient's B, pixels as rows), every
+// 64-column slice, including one past the last column (all zeros), on odd and recipe-like
+// shapes with C a multiple of 64 (R = 1, 3, 5; partial last tiles; a 1x1 image; images shorter
+// than a tile, so copies cross images).
+TEST_CASE("wgmma im2col copy starts give the im2col matrix (host model)", "[gpu][wgmma]") {
+  using kernels::wgmma_detail::im2col_start;
+  const ConvDesc shapes[] = {{3, 5, 5, 64, 8, 3}, {2, 6, 9, 64, 8, 3}, {5, 3, 3, 128, 8, 1}, {2, 6, 6, 64, 8, 5},
+                             {4, 1, 1, 64, 8, 3}, {1, 11, 13, 64, 8, 3}, {3, 32, 32, 64, 8, 3}, {9, 4, 4, 128, 8, 3},
+                             {5, 8, 8, 64, 8, 5}};
+  for (const ConvDesc& d : shapes) {
+    INFO(desc_str(d));
+    std::vector<float> x((size_t)d.N * d.H * d.W * d.C);
+    for (size_t i = 0; i < x.size(); i++) x[i] = (float)(i + 1);  // distinct, never zero
+    const int M = d.N * d.H * d.W, Kg = d.R * d.R * d.C, pad = (d.R - 1) / 2;
+    auto a = [&](int m, int k) -> float {  // the im2col matrix, by definition
+      if (m >= M || k >= Kg) return 0.0f;
+      const int img = m / (d.H * d.W), oh = (m / d.W) % d.H, ow = m % d.W;
+      const int tap = k / d.C, c = k % d.C, ih = oh + tap / d.R - pad, iw = ow + tap % d.R - pad;
+      if (ih < 0 || ih >= d.H || iw < 0 || iw >= d.W) return 0.0f;
+      return x[(((size_t)img * d.H + ih) * d.W + iw) * d.C + c];
+    };
+    long bad = 0, checked = 0;
+    for (int pixels : {128, 64})
+      for (int m0 = 0; m0 < M; m0 += pixels)
+        for (int k0 = 0; k0 <= Kg; k0 += 64) {
+          const auto tile = tma_im2col_model(x, d, im2col_start(m0, k0, d.N, d.H, d.W, d.C, d.R), pixels);
+          for (int i = 0; i < pixels; i++)
+            for (int c = 0; c < 64; c++, checked++)
+              if (tile[(size_t)i * 64 + c] != a(m0 + i, k0 + c)) bad++;
+        }
+    CHECK(checked > 0);
+    CHECK(bad == 0);
   }
 }
 
@@ -667,36 +757,65 @@ TEST_CASE("wgmma wgrad layer3 res 512->512 3x3 @4, batch 512", "[gpu][wgmma][rec
   check_wgrad_recipe(4, 512, 512, 3, 512, 1350);
 }
 
-// Partial tiles (M = 75, 108; K = 24, 40, 72, 136), C < 64 (one K slice spans several taps),
-// R = 1 and 5, a 1x1 image; forward, input and weight gradient compared in full.
-TEST_CASE("wgmma conv odd shapes vs reference", "[gpu][wgmma]") {
-  GPU_TEST_SKIP_WITHOUT_DEVICE();
-  GPU_TEST_SKIP_WITHOUT_WGMMA();
-  const ConvDesc shapes[] = {{3, 5, 5, 8, 24, 3}, {2, 6, 9, 24, 40, 3}, {5, 3, 3, 16, 8, 1},
-                             {2, 6, 6, 16, 16, 5}, {4, 1, 1, 8, 8, 3}, {4, 7, 7, 40, 72, 3},
-                             {1, 11, 13, 8, 136, 3}};
-  uint64_t seed = 1200;
-  for (const ConvDesc& d : shapes) {
-    const Inputs in = make_inputs(d, d.C, seed += 10);
-    std::vector<float> y_ref((long)d.N * d.H * d.W * d.K), dx_ref((long)d.N * d.H * d.W * d.C);
-    std::vector<float> dw_ref((long)d.K * d.R * d.R * d.C);
-    ref::conv_forward(in.x.data(), in.w.data(), y_ref.data(), shape_of(d, d.N));
-    ref::conv_backward_input(in.dy.data(), in.w.data(), dx_ref.data(), shape_of(d, d.N));
-    ref::conv_backward_weight(in.x.data(), in.dy.data(), dw_ref.data(), shape_of(d, d.N));
-    auto d_x = upload_half(in.x), d_w = upload_half(in.w), d_dy = upload_half(in.dy);
-    for (WgmmaConfig config : kernels::kWgmmaConfigs) {
-      INFO("config " << kernels::wgmma_config_info(config).name << ", shape " << desc_str(d));
-      const auto y = run_forward(d, d_x, d_w, config);
-      CHECK(gpu_test::all_finite(y));
-      CHECK(rel_l2_error(y.data(), y_ref.data(), (long)y.size()) <= kTol);
+namespace {
+
+// One shape, forward, input and weight gradient (1 and 2 slabs) compared in full, for each of
+// `configs` that takes it (accepts).
+void check_odd_shape(const ConvDesc& d, uint64_t seed, const std::vector<WgmmaConfig>& configs) {
+  const Inputs in = make_inputs(d, d.C, seed);
+  std::vector<float> y_ref((long)d.N * d.H * d.W * d.K), dx_ref((long)d.N * d.H * d.W * d.C);
+  std::vector<float> dw_ref((long)d.K * d.R * d.R * d.C);
+  ref::conv_forward(in.x.data(), in.w.data(), y_ref.data(), shape_of(d, d.N));
+  ref::conv_backward_input(in.dy.data(), in.w.data(), dx_ref.data(), shape_of(d, d.N));
+  ref::conv_backward_weight(in.x.data(), in.dy.data(), dw_ref.data(), shape_of(d, d.N));
+  auto d_x = upload_half(in.x), d_w = upload_half(in.w), d_dy = upload_half(in.dy);
+  for (WgmmaConfig config : configs) {
+    INFO("config " << kernels::wgmma_config_info(config).name << ", shape " << desc_str(d));
+    if (accepts(config, d.K)) {
       const auto dx = run_dgrad(d, d_dy, d_w, config);
       CHECK(gpu_test::all_finite(dx));
       CHECK(rel_l2_error(dx.data(), dx_ref.data(), (long)dx.size()) <= kTol);
-      for (int splits : {1, 2}) {
-        const auto dw = run_wgrad(d, d_x, d_dy, config, splits);
-        CHECK(gpu_test::all_finite(dw));
-        CHECK(rel_l2_error(dw.data(), dw_ref.data(), (long)dw.size()) <= kTol);
-      }
+    }
+    if (!accepts(config, d.C)) continue;
+    const auto y = run_forward(d, d_x, d_w, config);
+    CHECK(gpu_test::all_finite(y));
+    CHECK(rel_l2_error(y.data(), y_ref.data(), (long)y.size()) <= kTol);
+    for (int splits : {1, 2}) {
+      const auto dw = run_wgrad(d, d_x, d_dy, config, splits);
+      CHECK(gpu_test::all_finite(dw));
+      CHECK(rel_l2_error(dw.data(), dw_ref.data(), (long)dw.size()) <= kTol);
     }
   }
+}
+
+}  // namespace
+
+// Partial tiles (M = 75, 108; K = 24, 40, 72, 136), C < 64 (one K slice spans several taps),
+// R = 1 and 5, a 1x1 image; forward, input and weight gradient compared in full. The last five
+// have C and K multiples of 64 for the im2col config (which takes no other): copies that cross
+// images and run past the last one, a partial last column tile (K = 192), weight-gradient
+// column blocks past the last filter column (R * R * C = 576, 1600), R = 1 and 5, a 1x1 image.
+TEST_CASE("wgmma conv odd shapes vs reference", "[gpu][wgmma]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
+  const ConvDesc shapes[] = {{3, 5, 5, 8, 24, 3},    {2, 6, 9, 24, 40, 3},   {5, 3, 3, 16, 8, 1},
+                             {2, 6, 6, 16, 16, 5},   {4, 1, 1, 8, 8, 3},     {4, 7, 7, 40, 72, 3},
+                             {1, 11, 13, 8, 136, 3}, {3, 5, 5, 64, 64, 3},   {2, 6, 9, 64, 192, 3},
+                             {5, 3, 3, 128, 64, 1},  {2, 6, 6, 64, 128, 5},  {4, 1, 1, 64, 64, 3}};
+  const std::vector<WgmmaConfig> all(std::begin(kernels::kWgmmaConfigs), std::end(kernels::kWgmmaConfigs));
+  uint64_t seed = 1200;
+  for (const ConvDesc& d : shapes) check_odd_shape(d, seed += 10, all);
+}
+
+// The TMA configs alone on one odd shape (M = 75: a partial tile whose copies cross images and
+// run past the last one; R * R * C = 576: a weight-gradient column block past the last filter
+// column), all three passes: the first thing to run on a GPU after a change to them. A TMA copy
+// that never completes traps its kernel (mbar_wait's spin limit) and ends the test process, so
+// this runs before, and apart from, the [wgmma] shard (docs/conv_kernels.md, "Next GPU
+// sessions").
+TEST_CASE("wgmma TMA tiles on one odd shape vs reference", "[gpu][wgmma][tma]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
+  check_odd_shape({3, 5, 5, 64, 64, 3}, 1190,
+                  {WgmmaConfig::k128x128x64s4PpTma, WgmmaConfig::k128x128x64s4PpIm2col});
 }

@@ -1,10 +1,11 @@
 // A host model of the persistent ping-pong schedule's protocol (pp_schedule in
 // kernels/conv/wgmma_conv.cu), run over random interleavings, as the warp-specialized
 // pipeline's model in tests/wgmma_conv_gpu_test.cu:
-//   - P producer threads walk the block's slices r = 0, 1, ... (tile after tile) through S
-//     stages: wait for empty[r % S] (from r >= S on), issue the copy, and its arrival on
-//     full[r % S] fires when the copy lands (cp.async.mbarrier.arrive.noinc); a thread's copies
-//     land at random times, in order;
+//   - P producer threads (the cp.async warpgroup; or, P = 1, the im2col tile's TMA thread) walk
+//     the block's slices r = 0, 1, ... (tile after tile) through S stages: wait for
+//     empty[r % S] (from r >= S on), issue the copy, and its arrival on full[r % S] fires when
+//     the copy lands (cp.async.mbarrier.arrive.noinc; for TMA, the expect_tx arrival's phase
+//     completes when the bytes have); a thread's copies land at random times, in order;
 //   - 2 consumer warpgroups, one agent each (the wgmma instructions are warpgroup-collective):
 //     the block's tile i is consumer i % 2's; before it (i > 0) the consumer waits for the
 //     order barrier's phase (i - 1) / 2, then for each slice waits for full[r % S], issues its
@@ -155,12 +156,16 @@ TEST_CASE("wgmma ping-pong schedule protocol: no deadlock, no stage race (host m
   const std::vector<std::vector<int>> blocks = {{9}, {9, 9}, {9, 9, 9}, {18, 18, 18, 18, 18},
                                                 {1, 1, 1, 1, 1, 1, 1}, {2, 3, 1, 5}, {72, 72, 72},
                                                 {7, 7, 7, 3}, {7, 7, 0}, {4, 0, 4, 4}};
-  for (int S : {2, 3, 4, 6})
-    for (const auto& tiles : blocks)
-      for (unsigned seed = 0; seed < 25; seed++) {
-        INFO("stages " << S << " tiles " << tiles.size() << " first k_tiles " << tiles[0] << " seed " << seed);
-        CHECK(run_pp(S, tiles, 3, true, seed) == "ok");
-      }
+  // 3 producers stand for the cp.async producer warpgroup; 1 for the im2col tile's single TMA
+  // thread, whose arrive.expect_tx completes the phase when the copy's bytes have landed.
+  for (int P : {3, 1})
+    for (int S : {2, 3, 4, 6})
+      for (const auto& tiles : blocks)
+        for (unsigned seed = 0; seed < 25; seed++) {
+          INFO("producers " << P << " stages " << S << " tiles " << tiles.size() << " first k_tiles " << tiles[0]
+                            << " seed " << seed);
+          CHECK(run_pp(S, tiles, P, true, seed) == "ok");
+        }
 }
 
 TEST_CASE("wgmma ping-pong model: without the order barrier a consumer reads a stage too early", "[wgmma][pp]") {

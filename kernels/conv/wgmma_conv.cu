@@ -130,6 +130,21 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map
       : "memory");
 #endif
 }
+// TMA im2col (the _pp_im2col tiles): the 4-D tensor map's copy starting at (c, w, h, n) with
+// the filter-tap offsets (off_w, off_h) (wgmma_detail::im2col_start) to shared memory at dst
+// (1024-byte aligned), completing its bytes on the mbarrier; positions outside the tensor read
+// as zeros.
+__device__ __forceinline__ void tma_load_im2col(uint32_t dst, const CUtensorMap* map, const wgmma_detail::Im2colStart& at,
+                                                uint32_t bar) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.im2col.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], "
+      "[%6], {%7, %8};\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(at.c), "r"(at.w), "r"(at.h), "r"(at.n), "r"(bar), "h"(at.off_w),
+      "h"(at.off_h)
+      : "memory");
+#endif
+}
 // A barrier among the 128 threads of consumer warpgroup g of a ping-pong block (named barriers
 // 2 and 3), for its epilogue while the other warpgroup computes.
 __device__ __forceinline__ void warpgroup_barrier_sync(int g) {
@@ -316,13 +331,16 @@ __device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 2], uint64_t desc_a,
 // BlockM x BlockN tile is one consumer warpgroup's (two m64 tiles), the two consumer warpgroups
 // take turns on a persistent block's tiles, and each has its own sC for its epilogue. Producer
 // 3: the same, with the operand that needs no gather (the forward's filter rows, the weight
-// gradient's dy rows) copied by TMA from one producer thread (the _pp_tma configs).
+// gradient's dy rows) copied by TMA from one producer thread (the _pp_tma configs). Producer 4:
+// both operands by TMA, the gathered one in TMA's im2col mode; one producer thread issues all
+// copies and the rest of its warpgroup leaves (the _pp_im2col config).
 template <int BlockM, int BlockN, int MmaInFlight, int Stages, int Producer, int L1>
 struct WgTile {
   static constexpr int kBlockM = BlockM, kBlockN = BlockN, kBlockK = 64, kStages = Stages;
   static constexpr int kMmaInFlight = MmaInFlight, kProducer = Producer, kL1 = L1;
   static constexpr bool kPingPong = Producer >= 2;
-  static constexpr bool kTma = Producer == 3;  // B (the filter rows) by TMA, A by the loader
+  static constexpr bool kTma = Producer >= 3;     // B (the filter rows) by TMA
+  static constexpr bool kIm2col = Producer == 4;  // A too (im2col): no cp.async loader at all
   static constexpr int kLoadAhead = wgmma_detail::load_ahead(kStages, MmaInFlight);
   static constexpr int kMmaThreads = 256;                        // two warpgroups
   static constexpr int kSubM = kPingPong ? BlockM / 64 : BlockM / 128;  // m64 tiles per warpgroup
@@ -334,7 +352,7 @@ struct WgTile {
   static constexpr int kARows = kBlockM / kRowStep, kBRows = BlockN / kRowStep;
   static constexpr int kABytes = kBlockM * kRowBytes, kBBytes = BlockN * kRowBytes;
   static constexpr int kStageBytes = kABytes + kBBytes;  // a multiple of 1024: atoms stay aligned
-  static constexpr int kTmaBytes = kBBytes;              // the TMA copy per slice (kTma)
+  static constexpr int kTmaBytes = kIm2col ? kStageBytes : kBBytes;  // the TMA copies per slice
   static_assert(kTmaBytes % 1024 == 0, "TMA boxes land on 1024-byte swizzle atoms");
   static constexpr int kAccSub = BlockN / 2;             // fp32 accumulators per m64 tile
   static constexpr int kAcc = kSubM * kAccSub;           // per thread
@@ -359,7 +377,8 @@ struct WgTile {
   static_assert((BlockM == 128 && !kPingPong) || (kAcc <= 128 && Producer),
                 "two m64 tiles per warpgroup (256 rows, or a ping-pong tile): at most 128 accumulators, with a producer");
   static_assert(!kPingPong || (BlockM == 128 && MmaInFlight == 1), "ping-pong: 128-row tiles, one slice of MMAs in flight");
-  static_assert(Producer >= 0 && Producer <= 3, "no producer, a producer warpgroup, ping-pong (3: with TMA)");
+  static_assert(Producer >= 0 && Producer <= 4,
+                "no producer, a producer warpgroup, ping-pong (3: B by TMA, 4: both by TMA)");
   static_assert(L1 == 0 || L1 == 1, "through L1 or not");
   static_assert(kARows * kRowStep == kBlockM && kBRows * kRowStep == BlockN, "loader: whole passes");
   static_assert(MmaInFlight == 0 || MmaInFlight == 1, "one or two slices of MMAs at a time");
@@ -538,13 +557,13 @@ __device__ __forceinline__ void mma_threads_sync() {
 // the same with its order barrier).
 // Barriers at `bars` (8 bytes each): full[s] (every producer thread's copies of the slice in
 // stage s landed: kLoaderThreads arrivals; with T::kTma one more, producer thread 0's, which
-// also expects the TMA copy's bytes), empty[s] (the MMAs on it completed: one arrival per
-// warp of the consumer), order[g] (the other consumer finished waiting for its tile's slices:
-// 128 arrivals).
+// also expects the TMA copy's bytes; with T::kIm2col only that one), empty[s] (the MMAs on it
+// completed: one arrival per warp of the consumer), order[g] (the other consumer finished
+// waiting for its tile's slices: 128 arrivals).
 // work(t) gives tile t's {m0, n0, k_tiles, z}; make_loader(work, tid) a loader for it
-// (load(p, stage_addr) issues one slice and steps); with T::kTma, tma(work, kt, stage_addr,
-// full_bar) issues slice kt's TMA copies (producer thread 0, after mbar_arrive_expect_tx of
-// T::kTmaBytes); mmas(acc, stage_addr) issues a consumer's
+// (load(p, stage_addr) issues one slice and steps; never called with T::kIm2col); with
+// T::kTma, tma(work, kt, stage_addr, full_bar) issues slice kt's TMA copies (producer thread 0,
+// after mbar_arrive_expect_tx of T::kTmaBytes); mmas(acc, stage_addr) issues a consumer's
 // wgmma instructions on a stage; epilogue(acc, work, g, tid) stores a consumer's tile (tid:
 // 0..127 in warpgroup g).
 struct PpWork {
@@ -575,7 +594,7 @@ __device__ __forceinline__ void pp_schedule(const Params& p, uint32_t base, int 
   const PpBarriers<T> b{base + T::kPipeBytes};
   if (threadIdx.x == 0) {
     for (int s = 0; s < T::kStages; s++) {
-      mbar_init(b.full(s), T::kLoaderThreads + (T::kTma ? 1 : 0));
+      mbar_init(b.full(s), T::kIm2col ? 1 : T::kLoaderThreads + (T::kTma ? 1 : 0));
       mbar_init(b.empty(s), 4);
     }
     mbar_init(b.order(0), 128);
@@ -585,24 +604,34 @@ __device__ __forceinline__ void pp_schedule(const Params& p, uint32_t base, int 
 
   if (threadIdx.x >= T::kMmaThreads) {  // the producer
     const int tid = threadIdx.x - T::kMmaThreads;
+    if (T::kIm2col && tid != 0) return;  // every copy by TMA: thread 0 issues them all
     uint32_t r = 0;
     for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
       const PpWork wk = work(t);
-      auto loader = make_loader(wk, tid);
-      for (int kt = 0; kt < wk.k_tiles; kt++, r++) {
-        const uint32_t s = r % T::kStages;
-        if (r >= (uint32_t)T::kStages) mbar_wait(b.empty(s), (r / T::kStages - 1) & 1);
-        loader.load(p, base + s * T::kStageBytes);
-        cp_async_mbar_arrive_noinc(b.full(s));
-        if constexpr (T::kTma) {
-          if (tid == 0) {
-            mbar_arrive_expect_tx(b.full(s), T::kTmaBytes);
-            tma(wk, kt, base + s * T::kStageBytes, b.full(s));
+      if constexpr (T::kIm2col) {
+        for (int kt = 0; kt < wk.k_tiles; kt++, r++) {
+          const uint32_t s = r % T::kStages;
+          if (r >= (uint32_t)T::kStages) mbar_wait(b.empty(s), (r / T::kStages - 1) & 1);
+          mbar_arrive_expect_tx(b.full(s), T::kTmaBytes);
+          tma(wk, kt, base + s * T::kStageBytes, b.full(s));
+        }
+      } else {
+        auto loader = make_loader(wk, tid);
+        for (int kt = 0; kt < wk.k_tiles; kt++, r++) {
+          const uint32_t s = r % T::kStages;
+          if (r >= (uint32_t)T::kStages) mbar_wait(b.empty(s), (r / T::kStages - 1) & 1);
+          loader.load(p, base + s * T::kStageBytes);
+          cp_async_mbar_arrive_noinc(b.full(s));
+          if constexpr (T::kTma) {
+            if (tid == 0) {
+              mbar_arrive_expect_tx(b.full(s), T::kTmaBytes);
+              tma(wk, kt, base + s * T::kStageBytes, b.full(s));
+            }
           }
         }
       }
     }
-    ptx::cp_async_wait<0>();
+    ptx::cp_async_wait<0>();  // none pending with T::kIm2col
     return;
   }
 
@@ -708,9 +737,12 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const Ig
 // consumer computes.
 // tm_b (T::kTma only): the filters w as a [K][Kg] matrix, boxes of BlockN rows x 64 columns in
 // the 128-byte swizzle (tma_map_2d): B of slice kt of tile (m0, n0) is the box at (kt * 64, n0).
+// tm_a (T::kIm2col only): x in im2col mode, BlockM pixels x 64 channels in the same swizzle
+// (tma_map_im2col): A of slice kt of tile m0 starts at im2col_start(m0, kt * 64).
 template <class T, ConvEpilogue E = ConvEpilogue::kStore>
 __global__ void __launch_bounds__(T::kThreads, 1)
-    conv_fwd_wgmma_pp_kernel(const IgemmParams p, const __grid_constant__ CUtensorMap tm_b) {
+    conv_fwd_wgmma_pp_kernel(const IgemmParams p, const __grid_constant__ CUtensorMap tm_a,
+                             const __grid_constant__ CUtensorMap tm_b) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t raw = ptx::smem_addr(smem_raw);
   const uint32_t base = (raw + 1023u) & ~1023u;  // swizzle atoms need 1024-byte alignment
@@ -723,7 +755,11 @@ __global__ void __launch_bounds__(T::kThreads, 1)
       p, base, tiles,
       [=](int t) { return PpWork{(t / tiles_n) * T::kBlockM, (t % tiles_n) * T::kBlockN, k_tiles, 0}; },
       [&p](const PpWork& wk, int tid) { return igemm_detail::TileLoader<T, Sw128Layout<T>>(p, wk.m0, wk.n0, tid); },
-      [&tm_b](const PpWork& wk, int kt, uint32_t stage, uint32_t bar) {
+      [&](const PpWork& wk, int kt, uint32_t stage, uint32_t bar) {
+        if constexpr (T::kIm2col)
+          tma_load_im2col(stage, &tm_a,
+                          wgmma_detail::im2col_start(wk.m0, kt * T::kBlockK, p.M / (p.H * p.W), p.H, p.W, p.C, p.R),
+                          bar);
         tma_load_2d(stage + T::kABytes, &tm_b, kt * T::kBlockK, wk.n0, bar);
       },
       [](float (&a)[T::kAcc], uint32_t stage) {
@@ -784,6 +820,43 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
   return fn;
 }
 
+// The driver's cuTensorMapEncodeIm2col, looked up the same way.
+PFN_cuTensorMapEncodeIm2col_v12000 encode_im2col() {
+  static const PFN_cuTensorMapEncodeIm2col_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+    CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeIm2col", &f, 12000, cudaEnableDefault, &found));
+    if (found != cudaDriverEntryPointSuccess || f == nullptr)
+      throw std::runtime_error("wgmma: the driver has no cuTensorMapEncodeIm2col (TMA needs CUDA 12+ drivers)");
+    return reinterpret_cast<PFN_cuTensorMapEncodeIm2col_v12000>(f);
+  }();
+  return fn;
+}
+
+// A TMA im2col map of the NHWC fp16 tensor x [N][H][W][C] for an R x R convolution with stride
+// 1 and pad (R - 1) / 2 (C % 64 == 0: the launchers' check; x 16-byte aligned): each copy is
+// `pixels` rows of 64 channels (128 bytes) in the 128-byte swizzle of wgmma_detail::sw128_offset,
+// started where wgmma_detail::im2col_start says (its comment derives the corners). Zeros outside x.
+CUtensorMap tma_map_im2col(const __half* x, int N, int H, int W, int C, int R, int pixels) {
+  CUtensorMap map;
+  const int pad = (R - 1) / 2;
+  const cuuint64_t dims[4] = {(cuuint64_t)C, (cuuint64_t)W, (cuuint64_t)H, (cuuint64_t)N};
+  const cuuint64_t strides[3] = {(cuuint64_t)C * sizeof(__half), (cuuint64_t)W * C * sizeof(__half),
+                                 (cuuint64_t)H * W * C * sizeof(__half)};  // bytes, dims 1..3
+  const int lower[2] = {-pad, -pad}, upper[2] = {pad - (R - 1), pad - (R - 1)};  // (w, h)
+  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
+  const CUresult r = encode_im2col()(&map, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4, const_cast<__half*>(x), dims, strides,
+                                     lower, upper, 64, (cuuint32_t)pixels, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                     CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                     CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS)
+    throw std::runtime_error("wgmma: cuTensorMapEncodeIm2col failed (error " + std::to_string((int)r) + ") for x " +
+                             std::to_string(N) + "x" + std::to_string(H) + "x" + std::to_string(W) + "x" +
+                             std::to_string(C) + ", R " + std::to_string(R) + ", " + std::to_string(pixels) +
+                             " pixels per copy");
+  return map;
+}
+
 // A TMA map of the fp16 row-major matrix [rows][cols] at base (cols % 8 == 0, base 16-byte
 // aligned: the launchers' checks), in boxes of box_rows rows x 64 columns (128 bytes) stored in
 // the 128-byte swizzle of wgmma_detail::sw128_offset (CU_TENSOR_MAP_SWIZZLE_128B: chunk c of
@@ -827,6 +900,7 @@ void with_tile(WgmmaConfig config, F&& f) {
     case WgmmaConfig::k256x128x64s4Ws: return f(Tile<256, 128, 1, 4, 1, 0>{});
     case WgmmaConfig::k128x128x64s4Pp: return f(Tile<128, 128, 1, 4, 2, 0>{});
     case WgmmaConfig::k128x128x64s4PpTma: return f(Tile<128, 128, 1, 4, 3, 0>{});
+    case WgmmaConfig::k128x128x64s4PpIm2col: return f(Tile<128, 128, 1, 4, 4, 0>{});
   }
   throw std::invalid_argument("wgmma: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
@@ -848,6 +922,7 @@ const char* config_name(WgmmaConfig config) {
     case WgmmaConfig::k256x128x64s4Ws: return "wgmma_256x128x64_s4_ws";
     case WgmmaConfig::k128x128x64s4Pp: return "wgmma_128x128x64_s4_pp";
     case WgmmaConfig::k128x128x64s4PpTma: return "wgmma_128x128x64_s4_pp_tma";
+    case WgmmaConfig::k128x128x64s4PpIm2col: return "wgmma_128x128x64_s4_pp_im2col";
   }
   throw std::invalid_argument("wgmma_config_info: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
@@ -874,10 +949,13 @@ void launch_tile(const IgemmParams& p, cudaStream_t stream) {
   static const cudaError_t attr = set_smem_attributes(kernel, T::kSmemBytes, T::kL1 != 0);
   CUDA_CHECK(attr);
   if constexpr (T::kPingPong) {
-    // The filters as a [K][Kg] matrix for the TMA tiles; an unused (zero) map otherwise.
-    const CUtensorMap tm = T::kTma ? tma_map_2d(p.w, p.K, p.Kg, T::kBlockN) : CUtensorMap{};
+    // The filters as a [K][Kg] matrix for the TMA tiles, x in im2col mode for the im2col tile;
+    // unused (zero) maps otherwise.
+    const CUtensorMap tm_a =
+        T::kIm2col ? tma_map_im2col(p.x, p.M / (p.H * p.W), p.H, p.W, p.C, p.R, T::kBlockM) : CUtensorMap{};
+    const CUtensorMap tm_b = T::kTma ? tma_map_2d(p.w, p.K, p.Kg, T::kBlockN) : CUtensorMap{};
     const dim3 grid(persistent_blocks((long long)ceil_div(p.K, T::kBlockN) * ceil_div(p.M, T::kBlockM)));
-    kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p, tm);
+    kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p, tm_a, tm_b);
   } else {
     const dim3 grid(ceil_div(p.K, T::kBlockN), ceil_div(p.M, T::kBlockM));
     kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
@@ -901,10 +979,12 @@ struct WgWgradTile {
   static constexpr int kBlockM = BlockM, kBlockN = BlockN, kBlockK = 64, kStages = Stages;
   static constexpr int kMmaInFlight = MmaInFlight, kProducer = Producer, kL1 = L1;
   static constexpr bool kPingPong = Producer >= 2;  // the tile is one consumer warpgroup's
-  static constexpr bool kTma = Producer == 3;       // A (the dy rows) by TMA, B by the loader
+  static constexpr bool kTma = Producer >= 3;       // A (the dy rows) by TMA
+  static constexpr bool kIm2col = Producer == 4;    // B (x) too, in im2col mode: no loader
   // m64 tiles (64-channel column blocks) per warpgroup
   static constexpr int kSubM = kPingPong ? BlockM / 64 : BlockM / 128;
-  static_assert(Producer >= 0 && Producer <= 3, "no producer, a producer warpgroup, ping-pong (3: with TMA)");
+  static_assert(Producer >= 0 && Producer <= 4,
+                "no producer, a producer warpgroup, ping-pong (3: A by TMA, 4: both by TMA)");
   static constexpr int kLoadAhead = wgmma_detail::load_ahead(kStages, MmaInFlight);
   static constexpr int kMmaThreads = 256;
   static constexpr int kThreads = kMmaThreads + (Producer ? 128 : 0);
@@ -916,7 +996,7 @@ struct WgWgradTile {
   static constexpr int kABytes = (kBlockM / 64) * kColumnBlockBytes;
   static constexpr int kBBytes = (BlockN / 64) * kColumnBlockBytes;
   static constexpr int kStageBytes = kABytes + kBBytes;
-  static constexpr int kTmaBytes = kABytes;  // the TMA copies per slice (kTma): A's column blocks
+  static constexpr int kTmaBytes = kIm2col ? kStageBytes : kABytes;  // the TMA copies per slice
   static_assert(kTmaBytes % 1024 == 0, "TMA boxes land on 1024-byte swizzle atoms");
   static constexpr int kAccSub = BlockN / 2, kAcc = kSubM * kAccSub;
   static constexpr int kPipeBytes = kStages * kStageBytes;
@@ -995,9 +1075,13 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_wgrad_wgmma_kernel(const 
 // tm_a (T::kTma only): dy as a [P][K] matrix, boxes of 64 pixels x 64 channels in the 128-byte
 // swizzle: column block j of A in slice kt of tile (m0, slab z) is the box at (m0 + 64 j,
 // (z * slices_per_split + kt) * 64), which is sw128_mn_offset's layout.
+// tm_b (T::kIm2col only): x in im2col mode, 64 pixels x 64 channels: column block j of B (filter
+// columns n0 + 64 j .., one tap) in that slice starts at im2col_start(pixel, n0 + 64 j), the
+// pixels as the im2col matrix's rows, the same layout.
 template <class T>
 __global__ void __launch_bounds__(T::kThreads, 1)
-    conv_wgrad_wgmma_pp_kernel(const WgradParams p, const __grid_constant__ CUtensorMap tm_a) {
+    conv_wgrad_wgmma_pp_kernel(const WgradParams p, const __grid_constant__ CUtensorMap tm_a,
+                               const __grid_constant__ CUtensorMap tm_b) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t raw = ptx::smem_addr(smem_raw);
   const uint32_t base = (raw + 1023u) & ~1023u;
@@ -1021,6 +1105,13 @@ __global__ void __launch_bounds__(T::kThreads, 1)
 #pragma unroll
         for (int j = 0; j < T::kBlockM / 64; j++)
           tma_load_2d(stage + j * T::kColumnBlockBytes, &tm_a, wk.m0 + 64 * j, pixel, bar);
+        if constexpr (T::kIm2col) {
+#pragma unroll
+          for (int j = 0; j < T::kBlockN / 64; j++)
+            tma_load_im2col(stage + T::kABytes + j * T::kColumnBlockBytes, &tm_b,
+                            wgmma_detail::im2col_start(pixel, wk.n0 + 64 * j, p.P / (p.H * p.W), p.H, p.W, p.C, p.R),
+                            bar);
+        }
       },
       [](float (&a)[T::kAcc], uint32_t stage) {
         // A: both column blocks of the tile's channels, one per m64 tile; B: all BlockN
@@ -1059,15 +1150,27 @@ void launch_wgrad_tile(const WgradParams& p, cudaStream_t stream) {
   static const cudaError_t attr = set_smem_attributes(kernel, T::kSmemBytes, T::kL1 != 0);
   CUDA_CHECK(attr);
   if constexpr (T::kPingPong) {
-    // dy as a [P][K] matrix in boxes of 64 pixels for the TMA tiles; an unused (zero) map otherwise.
-    const CUtensorMap tm = T::kTma ? tma_map_2d(p.dy, p.P, p.K, T::kBlockK) : CUtensorMap{};
+    // dy as a [P][K] matrix in boxes of 64 pixels for the TMA tiles, x in im2col mode (64 pixels
+    // per copy) for the im2col tile; unused (zero) maps otherwise.
+    const CUtensorMap tm_a = T::kTma ? tma_map_2d(p.dy, p.P, p.K, T::kBlockK) : CUtensorMap{};
+    const CUtensorMap tm_b =
+        T::kIm2col ? tma_map_im2col(p.x, p.P / (p.H * p.W), p.H, p.W, p.C, p.R, T::kBlockK) : CUtensorMap{};
     const dim3 grid(persistent_blocks((long long)ceil_div(p.Ng, T::kBlockN) * ceil_div(p.K, T::kBlockM) * p.splits));
-    kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p, tm);
+    kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p, tm_a, tm_b);
   } else {
     const dim3 grid(ceil_div(p.Ng, T::kBlockN), ceil_div(p.K, T::kBlockM), p.splits);
     kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
   }
   CUDA_CHECK_LAUNCH();
+}
+
+// wgmma_config_channel_multiple's rule for the tensor a launch gathers from (`channels` of
+// them), naming fn: std::invalid_argument otherwise.
+void require_channels(const char* fn, WgmmaConfig config, int channels) {
+  const int multiple = wgmma_config_channel_multiple(config);
+  if (channels % multiple != 0)
+    throw std::invalid_argument(std::string(fn) + ": " + config_name(config) + " needs the gathered tensor's channels (" +
+                                std::to_string(channels) + ") to be a multiple of " + std::to_string(multiple));
 }
 
 }  // namespace
@@ -1131,6 +1234,7 @@ void conv_forward_wgmma(const __half* x, const __half* w, __half* y, const ConvD
   const char* fn = "conv_forward_wgmma";
   const IgemmConfigInfo cfg = wgmma_config_info(config);
   const IgemmParams p = igemm_detail::make_igemm_params(fn, x, w, y, d, cfg.block_m);
+  require_channels(fn, config, d.C);
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
   with_tile<WgTile>(config, [&](auto t) { launch_tile<decltype(t)>(p, stream); });
 }
@@ -1146,6 +1250,7 @@ void conv_forward_wgmma_stats(const __half* x, const __half* w, __half* y, const
   const IgemmConfigInfo cfg = wgmma_config_info(config);
   IgemmParams p = igemm_detail::make_igemm_params(fn, x, w, y, d, cfg.block_m);
   const int blocks_per_group = igemm_detail::set_stats_params(fn, p, stats, d, cfg.block_m);
+  require_channels(fn, config, d.C);
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
   with_tile<WgTile>(config, [&](auto t) { launch_tile<decltype(t), ConvEpilogue::kStats>(p, stream); });
   igemm_detail::launch_stats_reduce(stats.partials, ceil_div(p.M, cfg.block_m), blocks_per_group,
@@ -1159,6 +1264,7 @@ void conv_forward_wgmma_pool(const __half* x, const __half* w, __half* y_pooled,
   IgemmParams p = igemm_detail::make_igemm_params(fn, x, w, y_pooled, d, cfg.block_m);
   igemm_detail::set_pool_params(fn, p, argmax, d, cfg.block_m);
   const int blocks_per_group = stats ? igemm_detail::set_stats_params(fn, p, *stats, d, cfg.block_m) : 0;
+  require_channels(fn, config, d.C);
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
   if (stats == nullptr) {
     with_tile<WgTile>(config, [&](auto t) { launch_tile<decltype(t), ConvEpilogue::kPool>(p, stream); });
@@ -1175,6 +1281,7 @@ void conv_backward_data_wgmma(const __half* dy, const __half* w, __half* dx, __h
   require(wt_scratch != nullptr && aligned16(wt_scratch), fn,
           "wt_scratch must be 16-byte aligned");
   require(d.C % 8 == 0 && d.K % 8 == 0, fn, "C and K must be multiples of 8");
+  require_channels(fn, config, d.K);  // dy, with K channels, is the gathered tensor
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
   // As a forward convolution: input dy with K channels, C filters, output dx.
   const ConvDesc as_forward{d.N, d.H, d.W, d.K, d.C, d.R};
@@ -1191,6 +1298,7 @@ void conv_backward_data_wgmma_bn_sums(const __half* dy, const __half* w, __half*
   const IgemmConfigInfo cfg = wgmma_config_info(config);
   IgemmParams p = igemm_detail::make_igemm_params(fn, dy, w, dx, as_forward, cfg.block_m);
   const int blocks_per_group = igemm_detail::set_bn_sums_params(fn, p, bn, as_forward, cfg.block_m);
+  require_channels(fn, config, d.K);
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
   conv_flip_transpose_weights(w, wt_scratch, d, stream);
   p.w = wt_scratch;
@@ -1240,6 +1348,7 @@ void conv_backward_filter_wgmma(const __half* x, const __half* dy, __half* dw, f
   const IgemmConfigInfo cfg = wgmma_config_info(config);
   const WgradParams p =
       igemm_detail::make_wgrad_params(fn, x, dy, dw, partials, d, cfg.block_m, cfg.block_k, splits);
+  require_channels(fn, config, d.C);
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
   with_tile<WgWgradTile>(config, [&](auto t) { launch_wgrad_tile<decltype(t)>(p, stream); });
   igemm_detail::conv_wgrad_reduce(partials, dw, (long)d.K * p.Ng, p.splits, stream);

@@ -57,6 +57,12 @@ enum class WgmmaConfig : int {
                          // filter rows, the weight gradient's dy rows) copied by TMA from one
                          // producer thread: half the producer's cp.async work. Not yet run on a
                          // GPU: wgmma_config_gpu_tested() is false, so the engine leaves it out
+  k128x128x64s4PpIm2col,  // as k128x128x64s4PpTma, both operands by TMA: the gathered one (the
+                          // forward's activations, the weight gradient's x) in TMA's im2col
+                          // mode, so no thread computes a gather address (cuDNN's Hopper
+                          // kernels load this way). One producer thread issues every copy.
+                          // Needs the gathered tensor's channels a multiple of 64
+                          // (wgmma_config_channel_multiple). Not yet run on a GPU either
 };
 constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaConfig::k128x64x64s4,
                                          WgmmaConfig::k128x128x64s4Async, WgmmaConfig::k128x64x64s4Async,
@@ -65,12 +71,22 @@ constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaC
                                          WgmmaConfig::k128x128x64s6Ws,    WgmmaConfig::k128x256x64s4Ws,
                                          WgmmaConfig::k128x128x64s4AsyncL1, WgmmaConfig::k128x128x64s4WsL1,
                                          WgmmaConfig::k256x128x64s4Ws,    WgmmaConfig::k128x128x64s4Pp,
-                                         WgmmaConfig::k128x128x64s4PpTma};
+                                         WgmmaConfig::k128x128x64s4PpTma, WgmmaConfig::k128x128x64s4PpIm2col};
 
 // Whether a config's kernels have passed the GPU tests on a device (a session with a GPU sets
 // this when they do). The engine's selection only considers tested configs, so a kernel that
 // has never run cannot stop a training run; the tests and conv_bench run every config.
-constexpr bool wgmma_config_gpu_tested(WgmmaConfig config) { return config != WgmmaConfig::k128x128x64s4PpTma; }
+constexpr bool wgmma_config_gpu_tested(WgmmaConfig config) {
+  return config != WgmmaConfig::k128x128x64s4PpTma && config != WgmmaConfig::k128x128x64s4PpIm2col;
+}
+
+// The channel count of the tensor a config gathers from (the forward's C, the input gradient's
+// K, the weight gradient's C) must be a multiple of this: 8 for every config (16-byte vectors),
+// 64 for the im2col one, whose TMA copies one filter tap's 64 channels per slice. The launchers
+// throw std::invalid_argument for other shapes (the engine then records the config as rejected).
+constexpr int wgmma_config_channel_multiple(WgmmaConfig config) {
+  return config == WgmmaConfig::k128x128x64s4PpIm2col ? 64 : 8;
+}
 
 // Block/warp/stage sizes and shared memory of a config (warp_m x warp_n: a warpgroup's 64 rows
 // are split over its 4 warps, 16 each, across all BlockN columns).
@@ -227,6 +243,32 @@ __host__ __device__ inline AccCoord block_acc_coord(int block_m, int block_n, in
   const int per_tile = block_n / 2, j = e / per_tile;
   const AccCoord at = acc_coord(warp & 3, lane, e - j * per_tile);
   return {(warp >> 2) * (block_m / 2) + 64 * j + at.row, at.col};
+}
+
+// Where a TMA im2col copy starts (the _pp_im2col configs): the copy of `pixels` rows of 64
+// channels that holds rows m0 .. of the im2col matrix A[m][k] = x[img][oh + r - pad][ow + s -
+// pad][c] (m = (img * H + oh) * W + ow, k = (r * R + s) * C + c; zero outside the image) in
+// columns k0 .. k0 + 63, one filter tap's channels (C % 64 == 0, k0 % 64 == 0). The tensor map
+// (tma_map_im2col in wgmma_conv.cu) views x as a 4-D tensor (C, W, H, N) with the pixel box's
+// lower corner at (-pad, -pad) and its upper corner at (pad - (R - 1), pad - (R - 1)), so its
+// box spans W x H positions per image, one per output pixel; the copy walks them from the
+// start (w fastest, then h, then the image: as m counts) and reads the pixel at each position
+// plus the offsets (s, r), zeros outside x (also past the last image). So the start is output
+// pixel m0's window corner (ow - pad, oh - pad, img) and the offsets are the slice's tap; the
+// channel coordinate is the slice's first channel. Columns k0 >= R * R * C (the weight
+// gradient's column blocks past its last filter column) start in image N, past the last one:
+// all zeros. The same coordinates serve the weight gradient's B (pixels as rows, filter
+// columns as k).
+struct Im2colStart {
+  int c, w, h, n;
+  uint16_t off_w, off_h;
+};
+__host__ __device__ inline Im2colStart im2col_start(int m0, int k0, int N, int H, int W, int C, int R) {
+  if (k0 >= R * R * C) return {0, 0, 0, N, 0, 0};
+  const int pad = (R - 1) / 2;
+  const int tap = k0 / C, r = tap / R;
+  const int img = m0 / (H * W), rem = m0 - img * (H * W), oh = rem / W;
+  return {k0 - tap * C, rem - oh * W - pad, oh - pad, img, (uint16_t)(tap - r * R), (uint16_t)r};
 }
 
 }  // namespace wgmma_detail
