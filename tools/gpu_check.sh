@@ -46,9 +46,10 @@
 #    COUNT launches whose demangled name matches REGEX, with the sections of SET ("full": speed
 #    of light, launch, occupancy, warp states, scheduler, compute and memory workload, source
 #    counters; "light": speed of light and launch shape only, for many launches).
-#    The default: three wgmma forward tiles on layer1 (the block-wide s3, the warp-specialized
-#    s4_ws and the persistent ping-pong s4_pp), two weight-gradient ones on layer2 (s3, s4_pp),
-#    and cuDNN's forward kernel on layer1, to compare with.
+#    The default: five wgmma forward tiles on layer1 (the block-wide s3, the warp-specialized
+#    s4_ws, the persistent ping-pong s4_pp, s4_pp_tma and s4_pp_im2col), two weight-gradient ones
+#    on layer2 (s4_pp and s4_pp_im2col, one ncu run each), and cuDNN's forward kernel on layer1,
+#    to compare with.
 # GPU_CHECK_STEPS (comma-separated, default all but variants: gpu_tests,kernel_bench,conv_bench,
 # speedrun,torch,crosscheck,sanitizer) picks steps, so a short device session can split them
 # over two calls (the data only arrives with the second; see README "Working with a GPU
@@ -60,7 +61,7 @@
 # gpu_tests.log, sanitizer.log, kernel_bench.json, conv_bench.json, speedrun.json, torch.json;
 # the variants step adds one speedrun_NAME.json per variant, so run it in a call of its own
 # (GPU_CHECK_STEPS=variants: gpu_check.log and three files by default), and the profile step
-# one ncu_NAME.txt per PROFILE_SPECS item (three by default: with conv_bench, five files).
+# one ncu_NAME.txt per PROFILE_SPECS item (four by default: with conv_bench, six files).
 set -u -o pipefail
 
 if [ $# -lt 1 ]; then
@@ -413,8 +414,13 @@ elif [ -z "$NCU" ]; then
 else
   # ncu's demangled names spell template arguments as "(int)128", enumerators as "(Enum)0".
   I='\(int\)'
-  DEFAULT_PROFILES="fwd_layer1#layer1#conv_fwd_wgmma(_pp)?_kernel<.*WgTile<${I}128, ${I}128, ${I}(0, ${I}3, ${I}0|1, ${I}4, ${I}1|1, ${I}4, ${I}2), ${I}0>, .*Epilogue\\)0>#3#full"
-  DEFAULT_PROFILES+=";wgrad_layer2#layer2#conv_wgrad_wgmma(_pp)?_kernel<.*WgWgradTile<${I}128, ${I}128, ${I}(0, ${I}3, ${I}0|1, ${I}4, ${I}2), ${I}0>#2#full"
+  # The forward tiles: conv_bench's statistics loop launches each config's plain kernel once, in
+  # config order, before any is timed, so the first five matches are five different kernels.
+  DEFAULT_PROFILES="fwd_layer1#layer1#conv_fwd_wgmma(_pp)?_kernel<.*WgTile<${I}128, ${I}128, ${I}(0, ${I}3, ${I}0|1, ${I}4, ${I}[1-4]), ${I}0>, .*Epilogue\\)0>#5#full"
+  # The weight-gradient tiles run back to back, each many times: one ncu run per tile (a count
+  # of two over several tiles profiled the first tile twice).
+  DEFAULT_PROFILES+=";wgrad_layer2_pp#layer2#conv_wgrad_wgmma_pp_kernel<.*WgWgradTile<${I}128, ${I}128, ${I}1, ${I}4, ${I}2, ${I}0>#1#full"
+  DEFAULT_PROFILES+=";wgrad_layer2_im2col#layer2#conv_wgrad_wgmma_pp_kernel<.*WgWgradTile<${I}128, ${I}128, ${I}1, ${I}4, ${I}4, ${I}0>#1#full"
   # cuDNN's Hopper forward (layer1 launches one sm90_xmma_fprop kernel, autotune included).
   DEFAULT_PROFILES+=";cudnn_fwd_layer1#layer1#sm90_xmma_fprop#1#full"
   IFS=';' read -r -a PROFILES <<<"${PROFILE_SPECS:-$DEFAULT_PROFILES}"
