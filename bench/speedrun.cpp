@@ -84,7 +84,9 @@ options:
                           benchmark recipe)
   --conv-kernels K        GPU convolutions: auto (default: per layer and pass the fastest of
                           cuDNN and our implicit-GEMM kernels that agree with cuDNN), cudnn
-                          (cuDNN only), or igemm (ours wherever they are eligible)
+                          (cuDNN only), igemm (ours wherever they are eligible), or
+                          auto-untested (as auto, also trying our kernels that have not yet
+                          passed their GPU tests: for measuring a new kernel)
   --fused-pool            GPU: fuse conv + 2x2 max-pool (+ argmax, BN sums) for the pooled
                           layers (our kernels; off by default: slower while our convs are)
   --fused-stats           GPU: ghost-BN sums in the conv's epilogue for the other layers
@@ -301,8 +303,10 @@ Options parse_args(int argc, char** argv) {
         throw UsageError("--bn-kernels: expected vector or pair, got '" + o.bn_kernels + "'");
     } else if (arg == "--conv-kernels") {
       o.conv_kernels = a.value();
-      if (o.conv_kernels != "auto" && o.conv_kernels != "cudnn" && o.conv_kernels != "igemm")
-        throw UsageError("--conv-kernels: expected auto, cudnn or igemm, got '" + o.conv_kernels + "'");
+      if (o.conv_kernels != "auto" && o.conv_kernels != "cudnn" && o.conv_kernels != "igemm" &&
+          o.conv_kernels != "auto-untested")
+        throw UsageError("--conv-kernels: expected auto, cudnn, igemm or auto-untested, got '" + o.conv_kernels +
+                         "'");
     } else if (arg == "--device") {
       o.device = a.value();
       if (o.device != "cpu" && o.device != "cuda" && o.device != "auto")

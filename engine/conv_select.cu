@@ -93,12 +93,13 @@ const char* conv_policy_name(ConvPolicy p) {
     case ConvPolicy::kAuto: return "auto";
     case ConvPolicy::kCudnn: return "cudnn";
     case ConvPolicy::kIgemm: return "igemm";
+    case ConvPolicy::kAutoUntested: return "auto-untested";
   }
   return "?";
 }
 
 bool parse_conv_policy(const std::string& s, ConvPolicy* out) {
-  for (ConvPolicy p : {ConvPolicy::kAuto, ConvPolicy::kCudnn, ConvPolicy::kIgemm})
+  for (ConvPolicy p : {ConvPolicy::kAuto, ConvPolicy::kCudnn, ConvPolicy::kIgemm, ConvPolicy::kAutoUntested})
     if (s == conv_policy_name(p)) {
       *out = p;
       return true;
@@ -261,7 +262,8 @@ void ConvSelect::autotune(__half* x, __half* w, __half* y, void* workspace, size
     // The Hopper kernels: forward, the input gradient through it, and the weight gradient.
     if (wgmma) {
       for (kernels::WgmmaConfig config : kernels::kWgmmaConfigs) {
-        if (!kernels::wgmma_config_gpu_tested(config)) continue;  // never run on a GPU yet
+        // Never run on a GPU yet: only when asked for.
+        if (!kernels::wgmma_config_gpu_tested(config) && policy_ != ConvPolicy::kAutoUntested) continue;
         Choice c;
         c.impl = Impl::kWgmma;
         c.wgmma_config = config;

@@ -27,10 +27,14 @@ namespace cs {
 
 // auto: the fastest eligible candidate; cudnn: cuDNN only (ours not even timed); igemm: the
 // fastest eligible one of ours (the mma.sync igemm kernels, and on Hopper the wgmma ones),
-// cuDNN only where none is eligible.
-enum class ConvPolicy { kAuto, kCudnn, kIgemm };
+// cuDNN only where none is eligible. auto-untested: as auto, with the wgmma configs that have
+// not yet passed their GPU tests (kernels::wgmma_config_gpu_tested) among the candidates too,
+// so that a GPU session can measure a new kernel in training without a rebuild; each is still
+// checked against cuDNN's output before it may be chosen (a kernel that traps still ends the
+// run). The others consider tested configs only.
+enum class ConvPolicy { kAuto, kCudnn, kIgemm, kAutoUntested };
 const char* conv_policy_name(ConvPolicy p);
-// "auto" | "cudnn" | "igemm"; false for anything else.
+// "auto" | "cudnn" | "igemm" | "auto-untested"; false for anything else.
 bool parse_conv_policy(const std::string& s, ConvPolicy* out);
 
 // An igemm output may differ from cuDNN's by both sides' fp16 output rounding (~3e-4 rms each)

@@ -132,7 +132,8 @@ bool same_shape(const cs::ConvDesc& a, const cs::ConvDesc& b) {
 
 
 // The fastest of our conv kernels for one fused launch: every igemm config and, on Hopper, every
-// wgmma config, each selected with select(kernel) and timed by launch() on the stream;
+// GPU-tested wgmma config (every one with `untested`: the auto-untested policy), each selected
+// with select(kernel) and timed by launch() on the stream;
 // a config whose tile does not suit the shape (std::invalid_argument) is skipped, and so is one
 // whose result check() rejects (check runs after the timing, so on that config's output; it
 // returns why, or "" when the result agrees with the unfused path). `tried` lists every
@@ -144,7 +145,7 @@ struct OurChoice {
 };
 OurChoice time_our_configs(const std::function<void(const Resnet9Gpu::OurConv&)>& select,
                            const std::function<void()>& launch, const std::function<std::string()>& check,
-                           cudaStream_t s, bool quick) {
+                           cudaStream_t s, bool quick, bool untested) {
   OurChoice best;
   double best_us = -1;
   char line[160];
@@ -172,7 +173,7 @@ OurChoice time_our_configs(const std::function<void(const Resnet9Gpu::OurConv&)>
   for (kernels::IgemmConfig c : kernels::kIgemmConfigs) consider(false, (int)c, kernels::igemm_config_info(c).name);
   if (kernels::wgmma_supported())
     for (kernels::WgmmaConfig c : kernels::kWgmmaConfigs)
-      if (kernels::wgmma_config_gpu_tested(c)) consider(true, (int)c, kernels::wgmma_config_info(c).name);
+      if (untested || kernels::wgmma_config_gpu_tested(c)) consider(true, (int)c, kernels::wgmma_config_info(c).name);
   if (!best.tried.empty()) best.tried.erase(0, 1);
   return best;
 }
@@ -495,7 +496,7 @@ void Resnet9Gpu::choose_fused_configs() {
                                                    nullptr, u.shape, bn_prm_, s);
           return disagreement("BN + CELU output", cs::compare_outputs(cand_out, ref_out, post_n, partial, s));
         },
-        s, options_.quick_autotune);
+        s, options_.quick_autotune, options_.conv_policy == cs::ConvPolicy::kAutoUntested);
     u.fusion = c.found ? want[i] : Fusion::kNone;
     u.fused_conv = c.kernel;
     const char* what = want[i] == Fusion::kPool ? "conv+pool" : "conv+stats";
@@ -630,7 +631,7 @@ void Resnet9Gpu::choose_bn_grad_configs() {
                                                    cand_dy, dbias, sh, bn_prm_, s);
           return disagreement("BN backward", cs::compare_outputs(cand_dy, ref_dy, conv_n, partial, s));
         },
-        s, options_.quick_autotune);
+        s, options_.quick_autotune, options_.conv_policy == cs::ConvPolicy::kAutoUntested);
     prev.bn_grad_fused = c.found;
     prev.bn_grad_conv = c.kernel;
     bn_grad_note_ += "  " + prev.name + " (dgrad of " + u.name + "): " +
@@ -1198,7 +1199,8 @@ class GpuTrainer : public Trainer {
 
 GpuTrainer::GpuTrainer(const data::Cifar10& data, const TrainConfig& cfg) : data_(data), cfg_(cfg) {
   if (!cs::parse_conv_policy(cfg_.conv_kernels, &conv_policy_))
-    throw std::invalid_argument("conv kernels: expected auto, cudnn or igemm, got '" + cfg_.conv_kernels + "'");
+    throw std::invalid_argument("conv kernels: expected auto, cudnn, igemm or auto-untested, got '" +
+                                cfg_.conv_kernels + "'");
   const Recipe& r = cfg_.recipe;
   n_train_ = data.train.size();
   n_test_ = data.test.size();

@@ -18,7 +18,7 @@ struct TrainConfig {
   Recipe recipe;
   bool eval_every_epoch = false;  // untimed per-epoch test accuracy (TTA), for curves
   // GPU engine: which convolution implementations the per-layer selection may use,
-  // "auto" | "cudnn" | "igemm" (engine/conv_select.h). Ignored by the CPU engine. "auto" by
+  // "auto" | "cudnn" | "igemm" | "auto-untested" (engine/conv_select.h). Ignored by the CPU engine. "auto" by
   // default: measured faster than "cudnn" in training on an H200 (docs/conv_kernels.md,
   // docs/results/2026-11-27-h200-session7).
   std::string conv_kernels = "auto";

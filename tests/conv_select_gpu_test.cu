@@ -24,7 +24,8 @@ using testing_support::random_vector;
 using testing_support::rel_l2_error;
 
 TEST_CASE("conv policy names parse and round-trip (host)", "[gpu][conv_select]") {
-  for (cs::ConvPolicy p : {cs::ConvPolicy::kAuto, cs::ConvPolicy::kCudnn, cs::ConvPolicy::kIgemm}) {
+  for (cs::ConvPolicy p :
+       {cs::ConvPolicy::kAuto, cs::ConvPolicy::kCudnn, cs::ConvPolicy::kIgemm, cs::ConvPolicy::kAutoUntested}) {
     cs::ConvPolicy q = cs::ConvPolicy::kAuto;
     REQUIRE(cs::parse_conv_policy(cs::conv_policy_name(p), &q));
     CHECK(q == p);
@@ -51,7 +52,8 @@ TEST_CASE("conv selection: chosen passes agree with cuDNN under every policy", "
     const long w_n = (long)d.K * d.R * d.R * d.C;
     const auto x = random_vector(x_n, seed++), w = random_vector(w_n, seed++, -0.1f, 0.1f);
     const auto dy = random_vector(y_n, seed++, -1.0f / 64, 1.0f / 64);
-    for (cs::ConvPolicy policy : {cs::ConvPolicy::kAuto, cs::ConvPolicy::kCudnn, cs::ConvPolicy::kIgemm}) {
+    for (cs::ConvPolicy policy :
+         {cs::ConvPolicy::kAuto, cs::ConvPolicy::kCudnn, cs::ConvPolicy::kIgemm, cs::ConvPolicy::kAutoUntested}) {
       INFO("shape " << d.N << "x" << d.H << "x" << d.W << "x" << d.C << " -> " << d.K << " R" << d.R
                     << ", policy " << cs::conv_policy_name(policy));
       auto d_x = upload_half(x), d_w = upload_half(w), d_dy = upload_half(dy);
@@ -70,17 +72,30 @@ TEST_CASE("conv selection: chosen passes agree with cuDNN under every policy", "
         CHECK(chosen.find("wgmma") == std::string::npos);
       }
       // One cuDNN candidate per pass, plus unless the policy is cudnn one per igemm config, and
-      // on Hopper one per GPU-tested wgmma config, for each pass.
+      // on Hopper one per GPU-tested wgmma config (per wgmma config with auto-untested), for
+      // each pass.
+      const bool untested = policy == cs::ConvPolicy::kAutoUntested;
       size_t expected = 3;
       if (policy != cs::ConvPolicy::kCudnn) {
         expected += 3 * std::size(kernels::kIgemmConfigs);
         if (kernels::wgmma_supported())
-          for (kernels::WgmmaConfig c : kernels::kWgmmaConfigs) expected += kernels::wgmma_config_gpu_tested(c) ? 3 : 0;
+          for (kernels::WgmmaConfig c : kernels::kWgmmaConfigs)
+            expected += untested || kernels::wgmma_config_gpu_tested(c) ? 3 : 0;
       }
       CHECK(sel.candidates().size() == expected);
       for (const cs::ConvCandidate& c : sel.candidates()) {
         INFO(cs::conv_pass_name(c.pass) << " " << c.kernel << " " << c.config << ": " << c.status);
-        CHECK(c.status == "ok");  // every shape here suits every kernel
+        // Every shape here suits every kernel, but for the channel rule of a wgmma config (the
+        // im2col one's 64 | C, or 64 | K for the input gradient, which gathers dy).
+        int multiple = 8;
+        for (kernels::WgmmaConfig w : kernels::kWgmmaConfigs)
+          if (c.kernel == "wgmma" && c.config == kernels::wgmma_config_info(w).name)
+            multiple = kernels::wgmma_config_channel_multiple(w);
+        const int gathered = c.pass == cs::ConvPass::kBwdData ? d.K : d.C;
+        if (gathered % multiple != 0)
+          CHECK(c.status.find("multiple of 64") != std::string::npos);
+        else
+          CHECK(c.status == "ok");
         if (c.status == "ok") CHECK(c.us > 0);
       }
       CHECK(sel.workspace_bytes() <= ws_bytes);

@@ -295,6 +295,23 @@ TEST_CASE("speedrun: --scale-schedule stretches the lr knots to --epochs", "[spe
   CHECK(j.at("config").at("lr_values") == nlohmann::json::array({0.0, 1.0, 0.1}));
 }
 
+// The policy for measuring kernels that have not passed their GPU tests yet: accepted, and
+// recorded as given (the CPU engine ignores it).
+TEST_CASE("speedrun: --conv-kernels auto-untested is accepted and recorded", "[speedrun]") {
+  if (!binary_present()) return;
+  TempDir tmp("untested");
+  write_synthetic_cifar(tmp.path / "data", 40);
+  const fs::path json_path = tmp.path / "out.json";
+  const Result r = run_speedrun(
+      "--device cpu --width 0.0625 --batch 16 --bn-group 8 --train-subset 32 --test-subset 16 "
+      "--conv-kernels auto-untested --data '" +
+          (tmp.path / "data").string() + "' --json '" + json_path.string() + "'",
+      tmp.path);
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  CHECK(nlohmann::json::parse(read_text(json_path)).at("config").at("conv_kernels") == "auto-untested");
+}
+
 TEST_CASE("speedrun: failed runs exit non-zero and leave no JSON", "[speedrun]") {
   if (!binary_present()) return;
   TempDir tmp("fail");
