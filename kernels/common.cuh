@@ -3,6 +3,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -57,14 +58,47 @@ __device__ __forceinline__ float block_reduce_sum(float v, float* shared) {
   return warp_reduce_sum(total);
 }
 
-// CELU (alpha > 0): x for x > 0, alpha * (exp(x / alpha) - 1) otherwise; expm1f keeps the
-// small negative values exact, like the CPU reference.
+// CELU (alpha > 0): x for x > 0, alpha * expm1(x / alpha) otherwise; celu_grad its derivative,
+// 1 or exp(x / alpha). Every BN + CELU pass evaluates one of them per value. With libdevice's
+// expm1f / expf and an IEEE division (some 35 instructions a value) those passes are bound by
+// instructions rather than memory: the H100's kernel_bench times of the evaluation pass
+// (docs/results/2026-11-27-h100-gpu-check/call3/kernel_bench.json) are about what ~40
+// instructions per value cost on its issue slots, and more than twice what its bytes cost at
+// the HBM bandwidth. So the cheap forms: y = x / alpha by __fdividef (2 ulp), exp(y) by __expf
+// (a few ulp), expm1(y) by celu_expm1_nonpos. Relative errors stay below 1e-5, far below the
+// fp16 rounding of what the passes store (4.9e-4); tests/kernels_gpu_test.cu checks both
+// functions on the GPU against double-precision expm1 / exp. (Written without a GPU: the
+// speed-up is for the next kernel_bench to show.)
+
+// expm1(y) for y <= 0: near 0 (-1/16 < y) by its Taylor series to y^4 (truncation below 1.3e-7
+// relative, and no cancellation), below that by exp(y) - 1 (|exp(y) - 1| > 0.06 there, so a
+// few ulp of exp(y) stay below 3e-6 relative). The series' roundings are explicit fmas, so
+// every kernel computes the same bits (see kernels/bn_math.cuh); the host build (for tests)
+// uses std::exp.
+constexpr float kCeluSeriesLimit = 0.0625f;
+__host__ __device__ inline float celu_expm1_nonpos(float y) {
+  if (y > -kCeluSeriesLimit) {
+    float p = fmaf(y, 1.0f / 24.0f, 1.0f / 6.0f);
+    p = fmaf(y, p, 0.5f);
+    p = fmaf(y, p, 1.0f);
+#ifdef __CUDA_ARCH__
+    return __fmul_rn(y, p);
+#else
+    return y * p;
+#endif
+  }
+#ifdef __CUDA_ARCH__
+  return __fsub_rn(__expf(y), 1.0f);
+#else
+  return std::exp(y) - 1.0f;
+#endif
+}
 __device__ __forceinline__ float celu(float x, float alpha) {
-  return x > 0.0f ? x : alpha * expm1f(x / alpha);
+  return x > 0.0f ? x : __fmul_rn(alpha, celu_expm1_nonpos(__fdividef(x, alpha)));
 }
 // d celu / d x at the CELU input x.
 __device__ __forceinline__ float celu_grad(float x, float alpha) {
-  return x > 0.0f ? 1.0f : expf(x / alpha);
+  return x > 0.0f ? 1.0f : __expf(__fdividef(x, alpha));
 }
 
 __device__ __forceinline__ float2 load_half2(const __half* p) {

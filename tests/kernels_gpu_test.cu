@@ -15,6 +15,7 @@
 
 #include "kernels/augment.cuh"
 #include "kernels/bn.cuh"
+#include "kernels/common.cuh"
 #include "kernels/head.cuh"
 #include "kernels/optim.cuh"
 #include "kernels/ref/augment.h"
@@ -502,6 +503,91 @@ TEST_CASE("pool_bn_celu odd shapes", "[gpu][bn]") {
   check_pool_bn_celu(4, 2, 5, 7, 40, 1, true, false, 900);
   check_pool_bn_celu(4, 4, 6, 6, 6, 2, true, true, 1000);
   check_pool_bn_celu(4, 2, 4, 2, 8, 2, false, false, 1100);
+}
+
+namespace {
+
+// The CELU inputs of the accuracy checks below: x = y * alpha for y on a fine grid over
+// [-40, 0] (denser near 0 and around the series limit), plus 0 and a few positive values.
+std::vector<float> celu_test_inputs(float alpha) {
+  std::vector<float> x;
+  for (int i = 0; i <= 400000; i++) x.push_back(-40.0f * (float)i / 400000.0f * alpha);
+  for (int i = 1; i <= 20000; i++) x.push_back(-1e-7f * (float)i * alpha);  // down to -2e-3
+  for (int i = -2000; i <= 2000; i++) x.push_back((-kernels::kCeluSeriesLimit + 1e-6f * (float)i) * alpha);
+  for (float v : {0.0f, 1e-6f, 0.5f, 3.0f}) x.push_back(v);
+  return x;
+}
+
+// Largest relative error of got[i] against want(x[i]) in double (|want| > 0; where want is 0,
+// got must be 0 too).
+template <class F>
+double max_rel_error(const std::vector<float>& x, const std::vector<float>& got, F want) {
+  double worst = 0;
+  for (size_t i = 0; i < x.size(); i++) {
+    const double w = want((double)x[i]);
+    const double e = w == 0 ? std::fabs((double)got[i]) : std::fabs((double)got[i] - w) / std::fabs(w);
+    worst = std::max(worst, e);
+  }
+  return worst;
+}
+
+__global__ void celu_eval_kernel(const float* x, int n, float alpha, float* y, float* dy) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    y[i] = kernels::celu(x[i], alpha);
+    dy[i] = kernels::celu_grad(x[i], alpha);
+  }
+}
+
+}  // namespace
+
+// The series and exp branches of the fast expm1 (the host build: std::exp for the exp branch),
+// against double-precision expm1 on both sides of the series limit and down to -40.
+TEST_CASE("celu's expm1 for y <= 0 matches expm1 (host)", "[gpu][bn]") {
+  const std::vector<float> x = celu_test_inputs(1.0f);
+  std::vector<float> got, nonpos;
+  for (float v : x)
+    if (v <= 0.0f) nonpos.push_back(v), got.push_back(kernels::celu_expm1_nonpos(v));
+  CHECK(max_rel_error(nonpos, got, [](double y) { return std::expm1(y); }) < 2e-6);
+  // The series alone, where it is used: truncation below 1.3e-7 plus a few float roundings.
+  std::vector<float> near, got_near;
+  for (float v : nonpos)
+    if (v > -kernels::kCeluSeriesLimit) near.push_back(v), got_near.push_back(kernels::celu_expm1_nonpos(v));
+  CHECK(near.size() > 1000);
+  CHECK(max_rel_error(near, got_near, [](double y) { return std::expm1(y); }) < 4e-7);
+}
+
+// The device's celu and celu_grad (__fdividef, __expf and the series) against double precision,
+// for the recipe's alpha and for 1: relative error below 1e-5 (fp16 outputs round at 4.9e-4);
+// for celu_grad where x / alpha >= -16 (BN outputs are within a few standard deviations, and
+// past that __fdividef's 2 ulp, times |x / alpha|, grow in exp's relative error; the values
+// there are below 1.2e-7, and their absolute error is checked).
+TEST_CASE("celu and celu_grad on the GPU match double precision", "[gpu][bn]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  for (float alpha : {0.3f, 1.0f}) {
+    INFO("alpha " << alpha);
+    const std::vector<float> x = celu_test_inputs(alpha);
+    const int n = (int)x.size();
+    auto d_x = upload(x);
+    auto d_y = poisoned<float>(x.size()), d_dy = poisoned<float>(x.size());
+    celu_eval_kernel<<<256, 256>>>(d_x.get(), n, alpha, d_y.get(), d_dy.get());
+    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaDeviceSynchronize());
+    const std::vector<float> y = download(d_y), dy = download(d_dy);
+    const double a = alpha;
+    CHECK(max_rel_error(x, y, [a](double v) { return v > 0 ? v : a * std::expm1(v / a); }) < 1e-5);
+    std::vector<float> x_in, dy_in;
+    double far_abs = 0;
+    for (size_t i = 0; i < x.size(); i++) {
+      if (x[i] >= -16.0f * alpha) {
+        x_in.push_back(x[i]);
+        dy_in.push_back(dy[i]);
+      } else {
+        far_abs = std::max(far_abs, std::fabs((double)dy[i] - std::exp((double)x[i] / a)));
+      }
+    }
+    CHECK(max_rel_error(x_in, dy_in, [a](double v) { return v > 0 ? 1.0 : std::exp(v / a); }) < 1e-5);
+    CHECK(far_abs < 1e-11);
+  }
 }
 
 TEST_CASE("bn_average_groups matches ref::ghost_bn_average_groups", "[gpu][bn]") {
