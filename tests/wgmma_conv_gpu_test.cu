@@ -560,6 +560,7 @@ TEST_CASE("wgmma launchers check their preconditions (host)", "[gpu][wgmma]") {
   // its launchers refuse other channel counts (checked before the device, so here too).
   const WgmmaConfig im2col = WgmmaConfig::k128x128x64s4PpIm2col;
   CHECK(kernels::wgmma_config_channel_multiple(im2col) == 64);
+  CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k128x128x64s4PpIm2colC2) == 64);
   CHECK(kernels::wgmma_config_channel_multiple(cfg) == 8);
   CHECK_THROWS_WITH(kernels::conv_forward_wgmma(fake(0x10000), fake(0x20000), fake(0x30000), ConvDesc{2, 4, 4, 32, 64, 3},
                                                 im2col, 0),
@@ -791,31 +792,38 @@ void check_odd_shape(const ConvDesc& d, uint64_t seed, const std::vector<WgmmaCo
 }  // namespace
 
 // Partial tiles (M = 75, 108; K = 24, 40, 72, 136), C < 64 (one K slice spans several taps),
-// R = 1 and 5, a 1x1 image; forward, input and weight gradient compared in full. The last five
-// have C and K multiples of 64 for the im2col config (which takes no other): copies that cross
+// R = 1 and 5, a 1x1 image; forward, input and weight gradient compared in full. The last six
+// have C and K multiples of 64 for the im2col configs (which take no other): copies that cross
 // images and run past the last one, a partial last column tile (K = 192), weight-gradient
-// column blocks past the last filter column (R * R * C = 576, 1600), R = 1 and 5, a 1x1 image.
+// column blocks past the last filter column (R * R * C = 576, 1600), R = 1 and 5, a 1x1 image,
+// and three row tiles (M = 300) of two filter tiles, so the clustered tile's last unit has a
+// row tile past M.
 TEST_CASE("wgmma conv odd shapes vs reference", "[gpu][wgmma]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   GPU_TEST_SKIP_WITHOUT_WGMMA();
   const ConvDesc shapes[] = {{3, 5, 5, 8, 24, 3},    {2, 6, 9, 24, 40, 3},   {5, 3, 3, 16, 8, 1},
                              {2, 6, 6, 16, 16, 5},   {4, 1, 1, 8, 8, 3},     {4, 7, 7, 40, 72, 3},
                              {1, 11, 13, 8, 136, 3}, {3, 5, 5, 64, 64, 3},   {2, 6, 9, 64, 192, 3},
-                             {5, 3, 3, 128, 64, 1},  {2, 6, 6, 64, 128, 5},  {4, 1, 1, 64, 64, 3}};
+                             {5, 3, 3, 128, 64, 1},  {2, 6, 6, 64, 128, 5},  {4, 1, 1, 64, 64, 3},
+                             {3, 10, 10, 64, 192, 3}};
   const std::vector<WgmmaConfig> all(std::begin(kernels::kWgmmaConfigs), std::end(kernels::kWgmmaConfigs));
   uint64_t seed = 1200;
   for (const ConvDesc& d : shapes) check_odd_shape(d, seed += 10, all);
 }
 
-// The TMA configs alone on one odd shape (M = 75: a partial tile whose copies cross images and
+// The TMA configs alone on two odd shapes (M = 75: a partial tile whose copies cross images and
 // run past the last one; R * R * C = 576: a weight-gradient column block past the last filter
-// column), all three passes: the first thing to run on a GPU after a change to them. A TMA copy
+// column; M = 300, K = 192: units of two row tiles of one of two filter tiles for the clustered
+// tile, the last with a row tile past M), all three passes: the first thing to run on a GPU
+// after a change to them. A TMA copy
 // that never completes traps its kernel (mbar_wait's spin limit) and ends the test process, so
 // this runs before, and apart from, the [wgmma] shard (docs/conv_kernels.md, "Next GPU
 // sessions").
-TEST_CASE("wgmma TMA tiles on one odd shape vs reference", "[gpu][wgmma][tma]") {
+TEST_CASE("wgmma TMA tiles on two odd shapes vs reference", "[gpu][wgmma][tma]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   GPU_TEST_SKIP_WITHOUT_WGMMA();
-  check_odd_shape({3, 5, 5, 64, 64, 3}, 1190,
-                  {WgmmaConfig::k128x128x64s4PpTma, WgmmaConfig::k128x128x64s4PpIm2col});
+  const std::vector<WgmmaConfig> tma = {WgmmaConfig::k128x128x64s4PpTma, WgmmaConfig::k128x128x64s4PpIm2col,
+                                        WgmmaConfig::k128x128x64s4PpIm2colC2};
+  check_odd_shape({3, 5, 5, 64, 64, 3}, 1190, tma);
+  check_odd_shape({3, 10, 10, 64, 192, 3}, 1195, tma);
 }

@@ -16,6 +16,10 @@
 //   - an mbarrier completes a phase at `count` arrivals, and a parity wait passes once the
 //     current phase's parity differs from the one asked for: it cannot tell the phase it waits
 //     for from one two phases earlier, which is why the order barrier exists.
+//   - clusters (the _c2 tile): B such blocks walk the same tiles; each producer's copy of a slice
+//     lands in every block (multicast), and a consumer releases a stage on every block's empty
+//     barrier, whose phase so needs all blocks' releases (the third test; with each consumer
+//     releasing only its own block, the model finds copies landing in stages still read).
 // Asserted: every run ends (no deadlock); a consumer reads a stage only when every producer's
 // copy of that very slice has landed there; no copy is issued into, or lands in, a stage whose
 // MMAs on an older slice are pending. Without the order barrier the same model reads stages
@@ -38,37 +42,56 @@ struct Barrier {
 };
 
 // tiles[i]: the k_tiles of the block's tile i. "ok", "deadlock" or a description of the race.
-std::string run_pp(int S, const std::vector<int>& tiles, int P, bool ordered, unsigned seed) {
+// B blocks form a cluster (B = 1: none): each walks the same tiles; every producer's copy of a
+// slice lands in every block's stage (TMA multicast, each destination at its own random time)
+// and arrives on that block's full barrier, so a block's full[s] counts P * B arrivals; a
+// consumer releases a stage on the empty barrier of every block (B arrivals per phase), and a
+// producer refills a stage once its own block's empty barrier says all have released it.
+std::string run_pp(int S, const std::vector<int>& tiles, int P, bool ordered, unsigned seed, int B = 1) {
   std::mt19937 rng(seed);
   int total = 0;
   std::vector<int> first(tiles.size());  // the block's number of tile i's first slice
   for (size_t i = 0; i < tiles.size(); i++) first[i] = total, total += tiles[i];
-  std::vector<Barrier> full(S, Barrier{P}), empty(S, Barrier{1});
-  std::vector<Barrier> order(2, Barrier{1});
-  std::vector<std::vector<int>> landed(S, std::vector<int>(P, -1));  // stage -> producer -> slice
-  std::vector<std::vector<int>> reading(S);                          // stage -> slices with MMAs pending
+  struct Block {
+    std::vector<Barrier> full, empty, order;
+    std::vector<std::vector<int>> landed;   // stage -> (producer block * P + producer) -> slice
+    std::vector<std::vector<int>> reading;  // stage -> slices with MMAs pending
+  };
+  std::vector<Block> blk(B);
+  for (Block& k : blk) {
+    k.full.assign(S, Barrier{P * B});
+    k.empty.assign(S, Barrier{B});
+    k.order.assign(2, Barrier{1});
+    k.landed.assign(S, std::vector<int>(P * B, -1));
+    k.reading.assign(S, std::vector<int>());
+  }
   struct Prod {
     int r = 0;
-    std::vector<int> in_flight;  // slices issued, not yet landed (in order)
+    std::vector<std::pair<int, int>> in_flight;  // (slice, destination block), issued, not yet landed
   };
-  std::vector<Prod> prod(P);
-  // Consumer: tile index i (of the block's), slice kt in it, pc: 0 order wait, 1 full wait,
-  // 2 wait for <= 1 pending, 3 wait for 0 pending, 4 done.
+  std::vector<Prod> prod(B * P);  // producer q of block q / P
+  // Consumer (block c / 2, warpgroup c % 2): tile index i (of the block's), slice kt in it, pc:
+  // 0 order wait, 1 full wait, 2 wait for <= 1 pending, 3 wait for 0 pending, 4 done.
   struct Cons {
     int i = 0, kt = 0, pc = 0;
     std::vector<int> pending;
   };
-  std::vector<Cons> cons(2);
-  cons[1].i = 1;
-  for (Cons& c : cons)
-    if (c.i >= (int)tiles.size()) c.pc = 4;
-  for (int step = 0; step < 2000000; step++) {
-    std::vector<std::pair<int, int>> acts;  // (kind, index): 0 producer step, 1 copy lands, 2 consumer step, 3 MMAs complete
-    for (int p = 0; p < P; p++) {
-      if (prod[p].r < total) acts.push_back({0, p});
-      if (!prod[p].in_flight.empty()) acts.push_back({1, p});
+  std::vector<Cons> cons(2 * B);
+  for (int c = 0; c < 2 * B; c++) {
+    cons[c].i = c % 2;
+    if (cons[c].i >= (int)tiles.size()) cons[c].pc = 4;
+  }
+  auto release = [&](int st) {
+    for (Block& k : blk) k.empty[st].arrive();
+  };
+  for (int step = 0; step < 4000000; step++) {
+    // (kind, index): 0 producer step, 1 a copy lands, 2 consumer step, 3 MMAs complete
+    std::vector<std::pair<int, int>> acts;
+    for (int q = 0; q < B * P; q++) {
+      if (prod[q].r < total) acts.push_back({0, q});
+      if (!prod[q].in_flight.empty()) acts.push_back({1, q});
     }
-    for (int c = 0; c < 2; c++) {
+    for (int c = 0; c < 2 * B; c++) {
       if (cons[c].pc != 4) acts.push_back({2, c});
       if (!cons[c].pending.empty()) acts.push_back({3, c});
     }
@@ -78,58 +101,70 @@ std::string run_pp(int S, const std::vector<int>& tiles, int P, bool ordered, un
       if (kind == 0) {
         Prod& p = prod[x];
         const int st = p.r % S;
-        if (p.r >= S && !empty[st].passed((p.r / S - 1) & 1)) continue;
-        if (!reading[st].empty()) return "slice " + std::to_string(p.r) + " issued into a stage being read";
-        p.in_flight.push_back(p.r);
+        if (p.r >= S && !blk[x / P].empty[st].passed((p.r / S - 1) & 1)) continue;
+        for (int d = 0; d < B; d++)
+          if (!blk[d].reading[st].empty()) return "slice " + std::to_string(p.r) + " issued into a stage being read";
+        for (int d = 0; d < B; d++) p.in_flight.push_back({p.r, d});
         p.r++;
         moved = true;
       } else if (kind == 1) {
         Prod& p = prod[x];
-        const int sl = p.in_flight.front(), st = sl % S;
-        for (int r : reading[st])
+        // The copies to different blocks land in any order; to one block, in order.
+        std::vector<size_t> heads;
+        for (size_t j = 0; j < p.in_flight.size(); j++) {
+          bool first_for_dest = true;
+          for (size_t k = 0; k < j; k++)
+            if (p.in_flight[k].second == p.in_flight[j].second) first_for_dest = false;
+          if (first_for_dest) heads.push_back(j);
+        }
+        const size_t j = heads[rng() % heads.size()];
+        const auto [sl, d] = p.in_flight[j];
+        const int st = sl % S;
+        for (int r : blk[d].reading[st])
           if (r != sl) return "copy of slice " + std::to_string(sl) + " lands while slice " + std::to_string(r) + " is read";
-        p.in_flight.erase(p.in_flight.begin());
-        landed[st][x] = sl;
-        full[st].arrive();  // the noinc arrival, once the copy has landed
+        p.in_flight.erase(p.in_flight.begin() + (long)j);
+        blk[d].landed[st][x] = sl;
+        blk[d].full[st].arrive();  // the copy's arrival (or its bytes), once it has landed
         moved = true;
       } else if (kind == 3) {
         Cons& c = cons[x];
         const int sl = c.pending.front();
         c.pending.erase(c.pending.begin());
-        auto& rd = reading[sl % S];
+        auto& rd = blk[x / 2].reading[sl % S];
         rd.erase(std::find(rd.begin(), rd.end(), sl));
         moved = true;
       } else {
         Cons& c = cons[x];
-        const int g = x, k = tiles[c.i], r = first[c.i] + c.kt;
+        Block& k = blk[x / 2];
+        const int g = x % 2, n = tiles[c.i], r = first[c.i] + c.kt;
         if (c.pc == 0) {
-          if (ordered && c.i > 0 && !order[g].passed(((c.i - 1) >> 1) & 1)) continue;
-          c.pc = k > 0 ? 1 : 3;
-          if (k == 0) order[g ^ 1].arrive();
+          if (ordered && c.i > 0 && !k.order[g].passed(((c.i - 1) >> 1) & 1)) continue;
+          c.pc = n > 0 ? 1 : 3;
+          if (n == 0) k.order[g ^ 1].arrive();
           moved = true;
         } else if (c.pc == 1) {
           const int st = r % S;
-          if (!full[st].passed((r / S) & 1)) continue;
-          for (int p = 0; p < P; p++)
-            if (landed[st][p] != r) return "slice " + std::to_string(r) + " read before it landed";
+          if (!k.full[st].passed((r / S) & 1)) continue;
+          for (int q = 0; q < B * P; q++)
+            if (k.landed[st][q] != r) return "slice " + std::to_string(r) + " read before it landed";
           c.pending.push_back(r);
-          reading[st].push_back(r);
+          k.reading[st].push_back(r);
           c.pc = 2;
           moved = true;
         } else if (c.pc == 2) {
           if (c.pending.size() > 1) continue;
-          if (c.kt > 0) empty[(r - 1) % S].arrive();
+          if (c.kt > 0) release((r - 1) % S);
           c.kt++;
-          if (c.kt < k) {
+          if (c.kt < n) {
             c.pc = 1;
           } else {
-            order[g ^ 1].arrive();
+            k.order[g ^ 1].arrive();
             c.pc = 3;
           }
           moved = true;
         } else if (c.pc == 3) {
           if (!c.pending.empty()) continue;
-          if (k > 0) empty[(first[c.i] + k - 1) % S].arrive();
+          if (n > 0) release((first[c.i] + n - 1) % S);
           c.i += 2, c.kt = 0;
           c.pc = c.i < (int)tiles.size() ? 0 : 4;
           moved = true;
@@ -166,6 +201,23 @@ TEST_CASE("wgmma ping-pong schedule protocol: no deadlock, no stage race (host m
                             << " seed " << seed);
           CHECK(run_pp(S, tiles, P, true, seed) == "ok");
         }
+}
+
+// The clustered tile (wgmma_128x128x64_s4_pp_im2col_c2): two blocks, each with one TMA producer
+// whose copies land in both; a stage is refilled only when both blocks' consumers released it.
+// Also clusters of 4, and a model of 2 producers per block, for margin.
+TEST_CASE("wgmma ping-pong schedule in clusters: no deadlock, no stage race (host model)", "[wgmma][pp]") {
+  const std::vector<std::vector<int>> blocks = {{9}, {9, 9, 9}, {18, 18, 18, 18, 18}, {1, 1, 1, 1, 1, 1, 1},
+                                                {2, 3, 1, 5}, {72, 72}, {7, 7, 0}};
+  for (int B : {2, 4})
+    for (int P : {1, 2})
+      for (int S : {2, 4})
+        for (const auto& tiles : blocks)
+          for (unsigned seed = 0; seed < 10; seed++) {
+            INFO("blocks " << B << " producers " << P << " stages " << S << " tiles " << tiles.size()
+                           << " first k_tiles " << tiles[0] << " seed " << seed);
+            CHECK(run_pp(S, tiles, P, true, seed, B) == "ok");
+          }
 }
 
 TEST_CASE("wgmma ping-pong model: without the order barrier a consumer reads a stage too early", "[wgmma][pp]") {

@@ -46,10 +46,10 @@
 #    COUNT launches whose demangled name matches REGEX, with the sections of SET ("full": speed
 #    of light, launch, occupancy, warp states, scheduler, compute and memory workload, source
 #    counters; "light": speed of light and launch shape only, for many launches).
-#    The default: five wgmma forward tiles on layer1 (the block-wide s3, the warp-specialized
-#    s4_ws, the persistent ping-pong s4_pp, s4_pp_tma and s4_pp_im2col), two weight-gradient ones
-#    on layer2 (s4_pp and s4_pp_im2col, one ncu run each), and cuDNN's forward kernel on layer1,
-#    to compare with.
+#    The default: six wgmma forward tiles on layer1 (the block-wide s3, the warp-specialized
+#    s4_ws, the persistent ping-pong s4_pp, s4_pp_tma, s4_pp_im2col and s4_pp_im2col_c2), two
+#    weight-gradient ones on layer2 (s4_pp and s4_pp_im2col, one ncu run each), and cuDNN's
+#    forward kernel on layer1, to compare with.
 # GPU_CHECK_STEPS (comma-separated, default all but variants: gpu_tests,kernel_bench,conv_bench,
 # speedrun,torch,crosscheck,sanitizer) picks steps, so a short device session can split them
 # over two calls (the data only arrives with the second; see README "Working with a GPU
@@ -415,8 +415,8 @@ else
   # ncu's demangled names spell template arguments as "(int)128", enumerators as "(Enum)0".
   I='\(int\)'
   # The forward tiles: conv_bench's statistics loop launches each config's plain kernel once, in
-  # config order, before any is timed, so the first five matches are five different kernels.
-  DEFAULT_PROFILES="fwd_layer1#layer1#conv_fwd_wgmma(_pp)?_kernel<.*WgTile<${I}128, ${I}128, ${I}(0, ${I}3, ${I}0|1, ${I}4, ${I}[1-4]), ${I}0>, .*Epilogue\\)0>#5#full"
+  # config order, before any is timed, so the first six matches are six different kernels.
+  DEFAULT_PROFILES="fwd_layer1#layer1#conv_fwd_wgmma(_pp)?_kernel<.*WgTile<${I}128, ${I}128, ${I}(0, ${I}3, ${I}0|1, ${I}4, ${I}[1-5]), ${I}0>, .*Epilogue\\)0>#6#full"
   # The weight-gradient tiles run back to back, each many times: one ncu run per tile (a count
   # of two over several tiles profiled the first tile twice).
   DEFAULT_PROFILES+=";wgrad_layer2_pp#layer2#conv_wgrad_wgmma_pp_kernel<.*WgWgradTile<${I}128, ${I}128, ${I}1, ${I}4, ${I}2, ${I}0>#1#full"

@@ -145,6 +145,66 @@ __device__ __forceinline__ void tma_load_im2col(uint32_t dst, const CUtensorMap*
       : "memory");
 #endif
 }
+// Clusters (the _c2 tile): this block's rank in its cluster; a barrier of every thread of every
+// block of the cluster (release / acquire: shared-memory writes before it, mbarrier inits
+// included, are visible to the cluster after it); the fence that makes this thread's mbarrier
+// inits visible to the cluster's other blocks before that barrier.
+__device__ __forceinline__ uint32_t cluster_ctarank() {
+  uint32_t r = 0;
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+#endif
+  return r;
+}
+__device__ __forceinline__ void cluster_sync() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void fence_mbarrier_init_cluster() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+// Arrives on the mbarrier at the same shared-memory offset in block `cta` of this cluster
+// (mapa), with release semantics at cluster scope.
+__device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t cta) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "{\n.reg .b32 remote;\nmapa.shared::cluster.u32 remote, %0, %1;\n"
+      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n}\n" ::"r"(bar),
+      "r"(cta)
+      : "memory");
+#endif
+}
+// mbar_wait with acquire semantics at cluster scope, for a barrier other blocks arrive on.
+__device__ __forceinline__ void mbar_wait_cluster(uint32_t bar, uint32_t parity) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr uint32_t kMbarSpinLimit = 1u << 26;
+  uint32_t done = 0;
+  for (uint32_t spins = 0; !done; spins++) {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+    if (!done && spins == kMbarSpinLimit) __trap();
+  }
+#endif
+}
+// tma_load_2d into every block of the cluster named in cta_mask (bit i: rank i), at the same
+// shared-memory offset in each, completing the bytes on each one's mbarrier at `bar`'s offset.
+__device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar,
+                                                      uint16_t cta_mask) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, "
+      "{%2, %3}], [%4], %5;\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(cta_mask)
+      : "memory");
+#endif
+}
 // A barrier among the 128 threads of consumer warpgroup g of a ping-pong block (named barriers
 // 2 and 3), for its epilogue while the other warpgroup computes.
 __device__ __forceinline__ void warpgroup_barrier_sync(int g) {
@@ -333,14 +393,19 @@ __device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 2], uint64_t desc_a,
 // 3: the same, with the operand that needs no gather (the forward's filter rows, the weight
 // gradient's dy rows) copied by TMA from one producer thread (the _pp_tma configs). Producer 4:
 // both operands by TMA, the gathered one in TMA's im2col mode; one producer thread issues all
-// copies and the rest of its warpgroup leaves (the _pp_im2col config).
+// copies and the rest of its warpgroup idles (the _pp_im2col config). Producer 5: the same in
+// clusters of two blocks that take tiles with the same filter rows (two row tiles apart by
+// one, one filter tile) at the same time, each copying half of B by TMA multicast into both
+// (the _pp_im2col_c2 config): B's L2 reads halve.
 template <int BlockM, int BlockN, int MmaInFlight, int Stages, int Producer, int L1>
 struct WgTile {
   static constexpr int kBlockM = BlockM, kBlockN = BlockN, kBlockK = 64, kStages = Stages;
   static constexpr int kMmaInFlight = MmaInFlight, kProducer = Producer, kL1 = L1;
   static constexpr bool kPingPong = Producer >= 2;
   static constexpr bool kTma = Producer >= 3;     // B (the filter rows) by TMA
-  static constexpr bool kIm2col = Producer == 4;  // A too (im2col): no cp.async loader at all
+  static constexpr bool kIm2col = Producer >= 4;  // A too (im2col): no cp.async loader at all
+  static constexpr int kCluster = Producer == 5 ? 2 : 1;  // blocks per cluster, sharing B
+  static constexpr int kTmaBRows = BlockN / kCluster;     // B rows each block copies
   static constexpr int kLoadAhead = wgmma_detail::load_ahead(kStages, MmaInFlight);
   static constexpr int kMmaThreads = 256;                        // two warpgroups
   static constexpr int kSubM = kPingPong ? BlockM / 64 : BlockM / 128;  // m64 tiles per warpgroup
@@ -377,8 +442,9 @@ struct WgTile {
   static_assert((BlockM == 128 && !kPingPong) || (kAcc <= 128 && Producer),
                 "two m64 tiles per warpgroup (256 rows, or a ping-pong tile): at most 128 accumulators, with a producer");
   static_assert(!kPingPong || (BlockM == 128 && MmaInFlight == 1), "ping-pong: 128-row tiles, one slice of MMAs in flight");
-  static_assert(Producer >= 0 && Producer <= 4,
-                "no producer, a producer warpgroup, ping-pong (3: B by TMA, 4: both by TMA)");
+  static_assert(Producer >= 0 && Producer <= 5,
+                "no producer, a producer warpgroup, ping-pong (3: B by TMA, 4: both by TMA, 5: and clusters)");
+  static_assert(kTmaBRows % 8 == 0 && (kTmaBRows * kRowBytes) % 1024 == 0, "B's parts: whole swizzle atoms");
   static_assert(L1 == 0 || L1 == 1, "through L1 or not");
   static_assert(kARows * kRowStep == kBlockM && kBRows * kRowStep == BlockN, "loader: whole passes");
   static_assert(MmaInFlight == 0 || MmaInFlight == 1, "one or two slices of MMAs at a time");
@@ -543,8 +609,10 @@ __device__ __forceinline__ void mma_threads_sync() {
 
 // ------------------------------------------------------------- the persistent ping-pong schedule
 
-// One block per SM (grid: min(tiles, SMs)) walks the tiles t = blockIdx.x, + gridDim.x, ...;
-// its i-th tile is consumer warpgroup i % 2's. The producer warpgroup (threads 256..383) loads
+// One block per SM (grid: min(units, SMs)) walks the work units u = blockIdx.x, + gridDim.x,
+// ... (a unit is one tile; with clusters, T::kCluster > 1, the cluster walks units u =
+// cluster index, + clusters, ..., and a unit is one tile per block of the cluster, all sharing
+// their B rows: work(u) gives this block's); its i-th tile is consumer warpgroup i % 2's. The producer warpgroup (threads 256..383) loads
 // every tile's slices in that order through one ring of T::kStages stages: slice number r of
 // the block (counting over its tiles) goes to stage r % kStages. cp.async copies arrive on the
 // stage's full barrier when they land (cp_async_mbar_arrive_noinc), so the producer never
@@ -558,9 +626,13 @@ __device__ __forceinline__ void mma_threads_sync() {
 // Barriers at `bars` (8 bytes each): full[s] (every producer thread's copies of the slice in
 // stage s landed: kLoaderThreads arrivals; with T::kTma one more, producer thread 0's, which
 // also expects the TMA copy's bytes; with T::kIm2col only that one), empty[s] (the MMAs on it
-// completed: one arrival per warp of the consumer), order[g] (the other consumer finished
-// waiting for its tile's slices: 128 arrivals).
-// work(t) gives tile t's {m0, n0, k_tiles, z}; make_loader(work, tid) a loader for it
+// completed: one arrival per warp of the consumer, of every block of the cluster), order[g]
+// (the other consumer finished waiting for its tile's slices: 128 arrivals). With clusters a
+// stage's B arrives from every block's producer (its multicast part), so a producer refills a
+// stage only when the consumers of all blocks have released it, and full[s] counts the peers'
+// bytes too (they may land before this block's producer arrives with expect_tx: the phase
+// still needs that arrival).
+// work(u) gives this block's tile {m0, n0, k_tiles, z} of unit u; make_loader(work, tid) a loader for it
 // (load(p, stage_addr) issues one slice and steps; never called with T::kIm2col); with
 // T::kTma, tma(work, kt, stage_addr, full_bar) issues slice kt's TMA copies (producer thread 0,
 // after mbar_arrive_expect_tx of T::kTmaBytes); mmas(acc, stage_addr) issues a consumer's
@@ -587,89 +659,115 @@ struct PpBarriers {
 };
 
 template <class T, class Params, class WorkOf, class MakeLoader, class Tma, class Mmas, class Epilogue>
-__device__ __forceinline__ void pp_schedule(const Params& p, uint32_t base, int tiles, WorkOf work,
+__device__ __forceinline__ void pp_schedule(const Params& p, uint32_t base, int units, WorkOf work,
                                             MakeLoader make_loader, Tma tma, Mmas mmas, Epilogue epilogue) {
   static_assert(T::kProducer >= 2 && T::kMmaInFlight == 1 && T::kLoaderThreads == 128 && T::kThreads == 384,
                 "a ping-pong tile: a producer and two consumer warpgroups, one slice of MMAs in flight");
+  constexpr int kCs = T::kCluster;
   const PpBarriers<T> b{base + T::kPipeBytes};
   if (threadIdx.x == 0) {
     for (int s = 0; s < T::kStages; s++) {
       mbar_init(b.full(s), T::kIm2col ? 1 : T::kLoaderThreads + (T::kTma ? 1 : 0));
-      mbar_init(b.empty(s), 4);
+      mbar_init(b.empty(s), 4 * kCs);
     }
     mbar_init(b.order(0), 128);
     mbar_init(b.order(1), 128);
   }
-  __syncthreads();
+  if constexpr (kCs > 1) {
+    fence_mbarrier_init_cluster();  // the other blocks arrive on these barriers and copy into this one
+    cluster_sync();
+  } else {
+    __syncthreads();
+  }
+  // The work units u = first, first + step, ...; a cluster's blocks walk the same ones.
+  const int first = blockIdx.x / kCs, step = gridDim.x / kCs;
+  // A stage is free again once the consumers of every block of the cluster have released it:
+  // each block's producer refills its own copy and (kCs > 1) multicasts into the others'.
+  auto release = [&b](uint32_t s) {
+    if constexpr (kCs > 1) {
+      for (int c = 0; c < kCs; c++) mbar_arrive_cluster(b.empty(s), (uint32_t)c);
+    } else {
+      mbar_arrive(b.empty(s));
+    }
+  };
+  auto wait_empty = [&b](uint32_t s, uint32_t parity) {
+    if constexpr (kCs > 1)
+      mbar_wait_cluster(b.empty(s), parity);
+    else
+      mbar_wait(b.empty(s), parity);
+  };
 
   if (threadIdx.x >= T::kMmaThreads) {  // the producer
     const int tid = threadIdx.x - T::kMmaThreads;
-    if (T::kIm2col && tid != 0) return;  // every copy by TMA: thread 0 issues them all
-    uint32_t r = 0;
-    for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-      const PpWork wk = work(t);
-      if constexpr (T::kIm2col) {
-        for (int kt = 0; kt < wk.k_tiles; kt++, r++) {
-          const uint32_t s = r % T::kStages;
-          if (r >= (uint32_t)T::kStages) mbar_wait(b.empty(s), (r / T::kStages - 1) & 1);
-          mbar_arrive_expect_tx(b.full(s), T::kTmaBytes);
-          tma(wk, kt, base + s * T::kStageBytes, b.full(s));
-        }
-      } else {
-        auto loader = make_loader(wk, tid);
-        for (int kt = 0; kt < wk.k_tiles; kt++, r++) {
-          const uint32_t s = r % T::kStages;
-          if (r >= (uint32_t)T::kStages) mbar_wait(b.empty(s), (r / T::kStages - 1) & 1);
-          loader.load(p, base + s * T::kStageBytes);
-          cp_async_mbar_arrive_noinc(b.full(s));
-          if constexpr (T::kTma) {
-            if (tid == 0) {
-              mbar_arrive_expect_tx(b.full(s), T::kTmaBytes);
-              tma(wk, kt, base + s * T::kStageBytes, b.full(s));
+    if (!T::kIm2col || tid == 0) {  // with T::kIm2col every copy is a TMA copy: thread 0 issues them
+      uint32_t r = 0;
+      for (int u = first; u < units; u += step) {
+        const PpWork wk = work(u);
+        if constexpr (T::kIm2col) {
+          for (int kt = 0; kt < wk.k_tiles; kt++, r++) {
+            const uint32_t s = r % T::kStages;
+            if (r >= (uint32_t)T::kStages) wait_empty(s, (r / T::kStages - 1) & 1);
+            mbar_arrive_expect_tx(b.full(s), T::kTmaBytes);
+            tma(wk, kt, base + s * T::kStageBytes, b.full(s));
+          }
+        } else {
+          auto loader = make_loader(wk, tid);
+          for (int kt = 0; kt < wk.k_tiles; kt++, r++) {
+            const uint32_t s = r % T::kStages;
+            if (r >= (uint32_t)T::kStages) wait_empty(s, (r / T::kStages - 1) & 1);
+            loader.load(p, base + s * T::kStageBytes);
+            cp_async_mbar_arrive_noinc(b.full(s));
+            if constexpr (T::kTma) {
+              if (tid == 0) {
+                mbar_arrive_expect_tx(b.full(s), T::kTmaBytes);
+                tma(wk, kt, base + s * T::kStageBytes, b.full(s));
+              }
             }
           }
         }
       }
+      ptx::cp_async_wait<0>();  // none pending with T::kIm2col
     }
-    ptx::cp_async_wait<0>();  // none pending with T::kIm2col
-    return;
-  }
-
-  const int g = threadIdx.x >> 7, tid = threadIdx.x & 127;
-  const bool warp_leader = (threadIdx.x & 31) == 0;
-  float acc[T::kAcc];
-  uint32_t r = 0;  // the block's slice count before tile i
-  int i = 0;
-  for (int t = blockIdx.x; t < tiles; t += gridDim.x, i++) {
-    const PpWork wk = work(t);
-    if ((i & 1) != g) {  // the other consumer's tile
-      r += wk.k_tiles;
-      continue;
-    }
-    // My turn once the other consumer has waited for all of tile i - 1's slices (the order
-    // barrier's phase (i - 1) / 2: it arrives once per tile of its own).
-    if (i > 0) mbar_wait(b.order(g), ((i - 1) >> 1) & 1);
+  } else {
+    const int g = threadIdx.x >> 7, tid = threadIdx.x & 127;
+    const bool warp_leader = (threadIdx.x & 31) == 0;
+    float acc[T::kAcc];
+    uint32_t r = 0;  // the block's slice count before unit i
+    int i = 0;
+    for (int u = first; u < units; u += step, i++) {
+      const PpWork wk = work(u);
+      if ((i & 1) != g) {  // the other consumer's tile
+        r += wk.k_tiles;
+        continue;
+      }
+      // My turn once the other consumer has waited for all of tile i - 1's slices (the order
+      // barrier's phase (i - 1) / 2: it arrives once per tile of its own).
+      if (i > 0) mbar_wait(b.order(g), ((i - 1) >> 1) & 1);
 #pragma unroll
-    for (int e = 0; e < T::kAcc; e++) acc[e] = 0.0f;
-    for (int kt = 0; kt < wk.k_tiles; kt++, r++) {
-      const uint32_t s = r % T::kStages;
-      mbar_wait(b.full(s), (r / T::kStages) & 1);
-      fence_proxy_async();  // the copies, now visible to this thread, before the tensor cores read them
+      for (int e = 0; e < T::kAcc; e++) acc[e] = 0.0f;
+      for (int kt = 0; kt < wk.k_tiles; kt++, r++) {
+        const uint32_t s = r % T::kStages;
+        mbar_wait(b.full(s), (r / T::kStages) & 1);
+        fence_proxy_async();  // the copies, now visible to this thread, before the tensor cores read them
+        fence_operands(acc);
+        wgmma_fence();
+        mmas(acc, base + s * T::kStageBytes);
+        wgmma_commit();
+        wgmma_wait<1>();
+        fence_operands(acc);
+        // The MMAs of the previous slice of this tile have completed: release its stage.
+        if (kt > 0 && warp_leader) release((r - 1) % T::kStages);
+      }
+      mbar_arrive(b.order(g ^ 1));  // the other consumer's turn
+      wgmma_wait<0>();
       fence_operands(acc);
-      wgmma_fence();
-      mmas(acc, base + s * T::kStageBytes);
-      wgmma_commit();
-      wgmma_wait<1>();
-      fence_operands(acc);
-      // The MMAs of the previous slice of this tile have completed: release its stage.
-      if (kt > 0 && warp_leader) mbar_arrive(b.empty((r - 1) % T::kStages));
+      if (wk.k_tiles > 0 && warp_leader) release((r - 1) % T::kStages);
+      epilogue(acc, wk, g, tid);
     }
-    mbar_arrive(b.order(g ^ 1));  // the other consumer's turn
-    wgmma_wait<0>();
-    fence_operands(acc);
-    if (wk.k_tiles > 0 && warp_leader) mbar_arrive(b.empty((r - 1) % T::kStages));
-    epilogue(acc, wk, g, tid);
   }
+  // The blocks of a cluster arrive on each other's barriers and copy into each other's shared
+  // memory: none may exit while another still can.
+  if constexpr (kCs > 1) cluster_sync();
 }
 
 // ---------------------------------------------------------------------------- the kernel
@@ -729,6 +827,13 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const Ig
       [] { mma_threads_sync<T>(); });
 }
 
+// The ping-pong forward's work units for an M x K output: one per tile, or with clusters one
+// per kCluster row tiles of a filter tile.
+template <class T>
+__host__ __device__ inline int pp_fwd_units(int M, int K) {
+  return ceil_div(K, T::kBlockN) * ceil_div(ceil_div(M, T::kBlockM), T::kCluster);
+}
+
 // The persistent ping-pong forward (T::kPingPong; pp_schedule): tile t covers output pixels
 // m0 = (t / tiles_n) * BlockM .. and channels n0 = (t % tiles_n) * BlockN .. (consecutive tiles
 // share their pixels, so their A slices come from L2). A consumer warpgroup's MMAs: both m64
@@ -739,6 +844,11 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const Ig
 // the 128-byte swizzle (tma_map_2d): B of slice kt of tile (m0, n0) is the box at (kt * 64, n0).
 // tm_a (T::kIm2col only): x in im2col mode, BlockM pixels x 64 channels in the same swizzle
 // (tma_map_im2col): A of slice kt of tile m0 starts at im2col_start(m0, kt * 64).
+// With clusters (T::kCluster blocks) unit u is the row tiles (u / tiles_n) * kCluster + rank of
+// the filter tile u % tiles_n, block `rank` taking its own; tm_b's boxes are then kTmaBRows
+// rows, block `rank` copying rows n0 + rank * kTmaBRows .. of B into every block of the cluster.
+// Row tiles past M (the last unit's, when the row tiles do not divide by kCluster) are computed
+// on zeros (their A starts past the last image) and not stored.
 template <class T, ConvEpilogue E = ConvEpilogue::kStore>
 __global__ void __launch_bounds__(T::kThreads, 1)
     conv_fwd_wgmma_pp_kernel(const IgemmParams p, const __grid_constant__ CUtensorMap tm_a,
@@ -748,19 +858,26 @@ __global__ void __launch_bounds__(T::kThreads, 1)
   const uint32_t base = (raw + 1023u) & ~1023u;  // swizzle atoms need 1024-byte alignment
   unsigned char* smem = smem_raw + (base - raw);
   const int tiles_n = ceil_div(p.K, T::kBlockN);
-  const int tiles = tiles_n * ceil_div(p.M, T::kBlockM);
+  const int units = pp_fwd_units<T>(p.M, p.K);
   const int k_tiles = ceil_div(p.Kg, T::kBlockK);
   const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3;  // warp in its warpgroup
+  const int rank = T::kCluster > 1 ? (int)cluster_ctarank() : 0;
   pp_schedule<T>(
-      p, base, tiles,
-      [=](int t) { return PpWork{(t / tiles_n) * T::kBlockM, (t % tiles_n) * T::kBlockN, k_tiles, 0}; },
+      p, base, units,
+      [=](int u) {
+        return PpWork{((u / tiles_n) * T::kCluster + rank) * T::kBlockM, (u % tiles_n) * T::kBlockN, k_tiles, 0};
+      },
       [&p](const PpWork& wk, int tid) { return igemm_detail::TileLoader<T, Sw128Layout<T>>(p, wk.m0, wk.n0, tid); },
       [&](const PpWork& wk, int kt, uint32_t stage, uint32_t bar) {
         if constexpr (T::kIm2col)
           tma_load_im2col(stage, &tm_a,
                           wgmma_detail::im2col_start(wk.m0, kt * T::kBlockK, p.M / (p.H * p.W), p.H, p.W, p.C, p.R),
                           bar);
-        tma_load_2d(stage + T::kABytes, &tm_b, kt * T::kBlockK, wk.n0, bar);
+        if constexpr (T::kCluster > 1)
+          tma_load_2d_multicast(stage + T::kABytes + rank * T::kTmaBRows * T::kRowBytes, &tm_b, kt * T::kBlockK,
+                                wk.n0 + rank * T::kTmaBRows, bar, (uint16_t)((1u << T::kCluster) - 1));
+        else
+          tma_load_2d(stage + T::kABytes, &tm_b, kt * T::kBlockK, wk.n0, bar);
       },
       [](float (&a)[T::kAcc], uint32_t stage) {
         // A: the tile's 128 pixel rows, 64 per m64 tile; B: all BlockN filter rows; K-major,
@@ -773,6 +890,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
                                      sw128_desc(stage + T::kABytes + kk * 32));
       },
       [&](float (&a)[T::kAcc], const PpWork& wk, int g, int tid) {
+        if (wk.m0 >= p.M) return;  // a cluster's row tile past the output (see above)
         unsigned char* epi = smem + T::kPipeBytes + T::kBarrierBytes + g * T::kEpilogueBytes;
         __half* sC = reinterpret_cast<__half*>(epi);
         warpgroup_barrier_sync(g);  // this consumer's previous epilogue has read all of sC
@@ -804,6 +922,41 @@ int persistent_blocks(long long tiles) {
   CUDA_CHECK(cudaGetDevice(&device));
   CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   return (int)std::min<long long>(tiles, std::max(1, sms));
+}
+
+// A launch configuration of `clusters` clusters of `cluster` blocks along x (the _c2 tile's
+// persistent grid); not copyable, since `config` points to `attr`.
+struct ClusterLaunch {
+  cudaLaunchAttribute attr[1];
+  cudaLaunchConfig_t config;
+  ClusterLaunch(int clusters, int cluster, int threads, size_t smem, cudaStream_t stream) : attr{}, config{} {
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = (unsigned)cluster;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    config.gridDim = dim3((unsigned)(clusters * cluster));
+    config.blockDim = dim3((unsigned)threads);
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    config.attrs = attr;
+    config.numAttrs = 1;
+  }
+  ClusterLaunch(const ClusterLaunch&) = delete;
+  ClusterLaunch& operator=(const ClusterLaunch&) = delete;
+};
+
+// How many clusters of `cluster` such blocks the device runs at once (cudaOccupancyMaxActiveClusters;
+// a persistent clustered grid launches no more). Throws if not one fits.
+template <class Kernel>
+int max_active_clusters(Kernel* kernel, int cluster, int threads, size_t smem) {
+  const ClusterLaunch launch(1, cluster, threads, smem, nullptr);
+  int clusters = 0;
+  CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &launch.config));
+  if (clusters < 1)
+    throw std::runtime_error("wgmma: not one cluster of " + std::to_string(cluster) + " blocks of " +
+                             std::to_string(threads) + " threads and " + std::to_string(smem) +
+                             " bytes of shared memory fits this device");
+  return clusters;
 }
 
 // The driver's cuTensorMapEncodeTiled, looked up once through the runtime (the binaries link
@@ -901,6 +1054,7 @@ void with_tile(WgmmaConfig config, F&& f) {
     case WgmmaConfig::k128x128x64s4Pp: return f(Tile<128, 128, 1, 4, 2, 0>{});
     case WgmmaConfig::k128x128x64s4PpTma: return f(Tile<128, 128, 1, 4, 3, 0>{});
     case WgmmaConfig::k128x128x64s4PpIm2col: return f(Tile<128, 128, 1, 4, 4, 0>{});
+    case WgmmaConfig::k128x128x64s4PpIm2colC2: return f(Tile<128, 128, 1, 4, 5, 0>{});
   }
   throw std::invalid_argument("wgmma: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
@@ -923,6 +1077,7 @@ const char* config_name(WgmmaConfig config) {
     case WgmmaConfig::k128x128x64s4Pp: return "wgmma_128x128x64_s4_pp";
     case WgmmaConfig::k128x128x64s4PpTma: return "wgmma_128x128x64_s4_pp_tma";
     case WgmmaConfig::k128x128x64s4PpIm2col: return "wgmma_128x128x64_s4_pp_im2col";
+    case WgmmaConfig::k128x128x64s4PpIm2colC2: return "wgmma_128x128x64_s4_pp_im2col_c2";
   }
   throw std::invalid_argument("wgmma_config_info: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
@@ -953,9 +1108,15 @@ void launch_tile(const IgemmParams& p, cudaStream_t stream) {
     // unused (zero) maps otherwise.
     const CUtensorMap tm_a =
         T::kIm2col ? tma_map_im2col(p.x, p.M / (p.H * p.W), p.H, p.W, p.C, p.R, T::kBlockM) : CUtensorMap{};
-    const CUtensorMap tm_b = T::kTma ? tma_map_2d(p.w, p.K, p.Kg, T::kBlockN) : CUtensorMap{};
-    const dim3 grid(persistent_blocks((long long)ceil_div(p.K, T::kBlockN) * ceil_div(p.M, T::kBlockM)));
-    kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p, tm_a, tm_b);
+    const CUtensorMap tm_b = T::kTma ? tma_map_2d(p.w, p.K, p.Kg, T::kTmaBRows) : CUtensorMap{};
+    const int units = pp_fwd_units<T>(p.M, p.K);
+    if constexpr (T::kCluster > 1) {
+      static const int max_clusters = max_active_clusters(kernel, T::kCluster, T::kThreads, T::kSmemBytes);
+      const ClusterLaunch launch(std::min(units, max_clusters), T::kCluster, T::kThreads, T::kSmemBytes, stream);
+      CUDA_CHECK(cudaLaunchKernelEx(&launch.config, kernel, p, tm_a, tm_b));
+    } else {
+      kernel<<<dim3(persistent_blocks(units)), T::kThreads, T::kSmemBytes, stream>>>(p, tm_a, tm_b);
+    }
   } else {
     const dim3 grid(ceil_div(p.K, T::kBlockN), ceil_div(p.M, T::kBlockM));
     kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
@@ -980,11 +1141,15 @@ struct WgWgradTile {
   static constexpr int kMmaInFlight = MmaInFlight, kProducer = Producer, kL1 = L1;
   static constexpr bool kPingPong = Producer >= 2;  // the tile is one consumer warpgroup's
   static constexpr bool kTma = Producer >= 3;       // A (the dy rows) by TMA
-  static constexpr bool kIm2col = Producer == 4;    // B (x) too, in im2col mode: no loader
+  static constexpr bool kIm2col = Producer >= 4;    // B (x) too, in im2col mode: no loader
+  // Producer 5 (the _c2 config's clusters) is the forward's only: the weight gradient runs it
+  // as Producer 4, one block per cluster of one (pp_schedule reads kCluster).
+  static constexpr int kCluster = 1;
+  static_assert(kCluster == 1, "no clusters in the weight gradient");
   // m64 tiles (64-channel column blocks) per warpgroup
   static constexpr int kSubM = kPingPong ? BlockM / 64 : BlockM / 128;
-  static_assert(Producer >= 0 && Producer <= 4,
-                "no producer, a producer warpgroup, ping-pong (3: A by TMA, 4: both by TMA)");
+  static_assert(Producer >= 0 && Producer <= 5,
+                "no producer, a producer warpgroup, ping-pong (3: A by TMA, 4 and 5: both by TMA)");
   static constexpr int kLoadAhead = wgmma_detail::load_ahead(kStages, MmaInFlight);
   static constexpr int kMmaThreads = 256;
   static constexpr int kThreads = kMmaThreads + (Producer ? 128 : 0);

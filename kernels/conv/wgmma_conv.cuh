@@ -63,6 +63,12 @@ enum class WgmmaConfig : int {
                           // kernels load this way). One producer thread issues every copy.
                           // Needs the gathered tensor's channels a multiple of 64
                           // (wgmma_config_channel_multiple). Not yet run on a GPU either
+  k128x128x64s4PpIm2colC2,  // as k128x128x64s4PpIm2col in clusters of two blocks that take two
+                            // row tiles of the same filter tile at a time and copy half of the
+                            // filter slice each, by TMA multicast into both: B's reads from L2
+                            // halve (cuDNN's Hopper forward runs clusters of 8). The forward and
+                            // input gradient only: its weight gradient is k128x128x64s4PpIm2col's.
+                            // Not yet run on a GPU
 };
 constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaConfig::k128x64x64s4,
                                          WgmmaConfig::k128x128x64s4Async, WgmmaConfig::k128x64x64s4Async,
@@ -71,21 +77,23 @@ constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaC
                                          WgmmaConfig::k128x128x64s6Ws,    WgmmaConfig::k128x256x64s4Ws,
                                          WgmmaConfig::k128x128x64s4AsyncL1, WgmmaConfig::k128x128x64s4WsL1,
                                          WgmmaConfig::k256x128x64s4Ws,    WgmmaConfig::k128x128x64s4Pp,
-                                         WgmmaConfig::k128x128x64s4PpTma, WgmmaConfig::k128x128x64s4PpIm2col};
+                                         WgmmaConfig::k128x128x64s4PpTma, WgmmaConfig::k128x128x64s4PpIm2col,
+                                         WgmmaConfig::k128x128x64s4PpIm2colC2};
 
 // Whether a config's kernels have passed the GPU tests on a device (a session with a GPU sets
 // this when they do). The engine's selection only considers tested configs, so a kernel that
 // has never run cannot stop a training run; the tests and conv_bench run every config.
 constexpr bool wgmma_config_gpu_tested(WgmmaConfig config) {
-  return config != WgmmaConfig::k128x128x64s4PpTma && config != WgmmaConfig::k128x128x64s4PpIm2col;
+  return config != WgmmaConfig::k128x128x64s4PpTma && config != WgmmaConfig::k128x128x64s4PpIm2col &&
+         config != WgmmaConfig::k128x128x64s4PpIm2colC2;
 }
 
 // The channel count of the tensor a config gathers from (the forward's C, the input gradient's
 // K, the weight gradient's C) must be a multiple of this: 8 for every config (16-byte vectors),
-// 64 for the im2col one, whose TMA copies one filter tap's 64 channels per slice. The launchers
+// 64 for the im2col ones, whose TMA copies one filter tap's 64 channels per slice. The launchers
 // throw std::invalid_argument for other shapes (the engine then records the config as rejected).
 constexpr int wgmma_config_channel_multiple(WgmmaConfig config) {
-  return config == WgmmaConfig::k128x128x64s4PpIm2col ? 64 : 8;
+  return config == WgmmaConfig::k128x128x64s4PpIm2col || config == WgmmaConfig::k128x128x64s4PpIm2colC2 ? 64 : 8;
 }
 
 // Block/warp/stage sizes and shared memory of a config (warp_m x warp_n: a warpgroup's 64 rows
