@@ -1142,10 +1142,11 @@ struct WgWgradTile {
   static constexpr bool kPingPong = Producer >= 2;  // the tile is one consumer warpgroup's
   static constexpr bool kTma = Producer >= 3;       // A (the dy rows) by TMA
   static constexpr bool kIm2col = Producer >= 4;    // B (x) too, in im2col mode: no loader
-  // Producer 5 (the _c2 config's clusters) is the forward's only: the weight gradient runs it
-  // as Producer 4, one block per cluster of one (pp_schedule reads kCluster).
-  static constexpr int kCluster = 1;
-  static_assert(kCluster == 1, "no clusters in the weight gradient");
+  // Producer 5: clusters of two blocks that take the same output channels and slab for two
+  // filter tiles apart by one, each copying one of A's (dy's) two column blocks into both.
+  static constexpr int kCluster = Producer == 5 ? 2 : 1;
+  static constexpr int kTmaABlocks = (BlockM / 64) / kCluster;  // A column blocks each block copies
+  static_assert(kTmaABlocks * kCluster == BlockM / 64, "A's column blocks split evenly over the cluster");
   // m64 tiles (64-channel column blocks) per warpgroup
   static constexpr int kSubM = kPingPong ? BlockM / 64 : BlockM / 128;
   static_assert(Producer >= 0 && Producer <= 5,
@@ -1232,6 +1233,13 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_wgrad_wgmma_kernel(const 
   }
 }
 
+// The ping-pong weight gradient's work units: one per tile, or with clusters one per kCluster
+// filter tiles of an output-channel tile and slab.
+template <class T>
+__host__ __device__ inline int pp_wgrad_units(int K, int Ng, int splits) {
+  return ceil_div(ceil_div(Ng, T::kBlockN), T::kCluster) * ceil_div(K, T::kBlockM) * splits;
+}
+
 // The persistent ping-pong weight gradient (T::kPingPong; pp_schedule): tile t covers filter
 // columns n0 = (t % tiles_n) * BlockN .., output channels m0 = ((t / tiles_n) % tiles_m) * BlockM
 // .. and slab z = t / (tiles_n * tiles_m) (consecutive tiles share their slab's dy slices). A
@@ -1243,6 +1251,11 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_wgrad_wgmma_kernel(const 
 // tm_b (T::kIm2col only): x in im2col mode, 64 pixels x 64 channels: column block j of B (filter
 // columns n0 + 64 j .., one tap) in that slice starts at im2col_start(pixel, n0 + 64 j), the
 // pixels as the im2col matrix's rows, the same layout.
+// With clusters (T::kCluster blocks) unit u is, in slab z and output-channel tile m, the filter
+// tiles (u % pairs) * kCluster + rank (pairs = ceil(tiles_n / kCluster)), block `rank` taking its
+// own and copying A's column blocks rank * kTmaABlocks .. into every block of the cluster
+// (multicast). Filter tiles past Ng (the last pair's, when tiles_n is odd) are computed on zeros
+// (their im2col copies start past the last image) and not stored.
 template <class T>
 __global__ void __launch_bounds__(T::kThreads, 1)
     conv_wgrad_wgmma_pp_kernel(const WgradParams p, const __grid_constant__ CUtensorMap tm_a,
@@ -1250,15 +1263,16 @@ __global__ void __launch_bounds__(T::kThreads, 1)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t raw = ptx::smem_addr(smem_raw);
   const uint32_t base = (raw + 1023u) & ~1023u;
-  const int tiles_n = ceil_div(p.Ng, T::kBlockN), tiles_m = ceil_div(p.K, T::kBlockM);
-  const int tiles = tiles_n * tiles_m * p.splits;
+  const int pairs = ceil_div(ceil_div(p.Ng, T::kBlockN), T::kCluster), tiles_m = ceil_div(p.K, T::kBlockM);
+  const int units = pp_wgrad_units<T>(p.K, p.Ng, p.splits);
   const int slices = ceil_div(p.P, T::kBlockK);
   const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3;
+  const int rank = T::kCluster > 1 ? (int)cluster_ctarank() : 0;
   pp_schedule<T>(
-      p, base, tiles,
-      [=](int t) {
-        const int z = t / (tiles_n * tiles_m);
-        return PpWork{((t / tiles_n) % tiles_m) * T::kBlockM, (t % tiles_n) * T::kBlockN,
+      p, base, units,
+      [=](int u) {
+        const int z = u / (pairs * tiles_m);
+        return PpWork{((u / pairs) % tiles_m) * T::kBlockM, ((u % pairs) * T::kCluster + rank) * T::kBlockN,
                       max(0, min(p.slices_per_split, slices - z * p.slices_per_split)), z};
       },
       [&p](const PpWork& wk, int tid) {
@@ -1267,9 +1281,18 @@ __global__ void __launch_bounds__(T::kThreads, 1)
       },
       [&](const PpWork& wk, int kt, uint32_t stage, uint32_t bar) {
         const int pixel = (wk.z * p.slices_per_split + kt) * T::kBlockK;
+        if constexpr (T::kCluster > 1) {
 #pragma unroll
-        for (int j = 0; j < T::kBlockM / 64; j++)
-          tma_load_2d(stage + j * T::kColumnBlockBytes, &tm_a, wk.m0 + 64 * j, pixel, bar);
+          for (int i = 0; i < T::kTmaABlocks; i++) {
+            const int j = rank * T::kTmaABlocks + i;
+            tma_load_2d_multicast(stage + j * T::kColumnBlockBytes, &tm_a, wk.m0 + 64 * j, pixel, bar,
+                                  (uint16_t)((1u << T::kCluster) - 1));
+          }
+        } else {
+#pragma unroll
+          for (int j = 0; j < T::kBlockM / 64; j++)
+            tma_load_2d(stage + j * T::kColumnBlockBytes, &tm_a, wk.m0 + 64 * j, pixel, bar);
+        }
         if constexpr (T::kIm2col) {
 #pragma unroll
           for (int j = 0; j < T::kBlockN / 64; j++)
@@ -1291,6 +1314,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
                 wgmma_detail::sw128_mn_desc(stage + T::kABytes + kk * 2048, T::kColumnBlockBytes));
       },
       [&](float (&a)[T::kAcc], const PpWork& wk, int, int) {
+        if (wk.n0 >= p.Ng) return;  // a cluster's filter tile past Ng (see above)
         float* out = p.partials + (size_t)wk.z * p.K * p.Ng;
 #pragma unroll
         for (int e = 0; e < T::kAcc; e += 2) {
@@ -1320,8 +1344,14 @@ void launch_wgrad_tile(const WgradParams& p, cudaStream_t stream) {
     const CUtensorMap tm_a = T::kTma ? tma_map_2d(p.dy, p.P, p.K, T::kBlockK) : CUtensorMap{};
     const CUtensorMap tm_b =
         T::kIm2col ? tma_map_im2col(p.x, p.P / (p.H * p.W), p.H, p.W, p.C, p.R, T::kBlockK) : CUtensorMap{};
-    const dim3 grid(persistent_blocks((long long)ceil_div(p.Ng, T::kBlockN) * ceil_div(p.K, T::kBlockM) * p.splits));
-    kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p, tm_a, tm_b);
+    const int units = pp_wgrad_units<T>(p.K, p.Ng, p.splits);
+    if constexpr (T::kCluster > 1) {
+      static const int max_clusters = max_active_clusters(kernel, T::kCluster, T::kThreads, T::kSmemBytes);
+      const ClusterLaunch launch(std::min(units, max_clusters), T::kCluster, T::kThreads, T::kSmemBytes, stream);
+      CUDA_CHECK(cudaLaunchKernelEx(&launch.config, kernel, p, tm_a, tm_b));
+    } else {
+      kernel<<<dim3(persistent_blocks(units)), T::kThreads, T::kSmemBytes, stream>>>(p, tm_a, tm_b);
+    }
   } else {
     const dim3 grid(ceil_div(p.Ng, T::kBlockN), ceil_div(p.K, T::kBlockM), p.splits);
     kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);

@@ -66,9 +66,9 @@ enum class WgmmaConfig : int {
   k128x128x64s4PpIm2colC2,  // as k128x128x64s4PpIm2col in clusters of two blocks that take two
                             // row tiles of the same filter tile at a time and copy half of the
                             // filter slice each, by TMA multicast into both: B's reads from L2
-                            // halve (cuDNN's Hopper forward runs clusters of 8). The forward and
-                            // input gradient only: its weight gradient is k128x128x64s4PpIm2col's.
-                            // Not yet run on a GPU
+                            // halve (cuDNN's Hopper forward runs clusters of 8). In the weight
+                            // gradient the two blocks take two filter tiles of the same output
+                            // channels and share A (dy) the same way. Not yet run on a GPU
 };
 constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaConfig::k128x64x64s4,
                                          WgmmaConfig::k128x128x64s4Async, WgmmaConfig::k128x64x64s4Async,
