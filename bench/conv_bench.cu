@@ -307,14 +307,12 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
            kernels::conv_forward_igemm_pool(d_x.get(), d_w.get(), yp, arg, d, config, st, 0);
          }});
   // A wgmma config takes a pass whose gathered tensor has a multiple of its channel count (the
-  // forward's and weight gradient's x: C channels, the input gradient's dy: K); the im2col config
-  // needs 64, so not the prep conv's 32.
-  auto wgmma_takes = [](kernels::WgmmaConfig config, int channels) {
-    return channels % kernels::wgmma_config_channel_multiple(config) == 0;
-  };
+  // forward's and weight gradient's x: C channels, the input gradient's dy: K); the im2col
+  // configs need 64, so not the prep conv's 32.
+  using kernels::wgmma_config_takes_channels;
   if (kernels::wgmma_supported())
     for (kernels::WgmmaConfig config : kernels::kWgmmaConfigs)
-      if (wgmma_takes(config, d.C))
+      if (wgmma_config_takes_channels(config, d.C))
         fwd_variants.push_back(
             {"wgmma", kernels::wgmma_config_info(config), kernels::wgmma_blocks_per_sm(config, false),
              kernels::wgmma_stats_scratch_bytes(d, config),
@@ -516,7 +514,7 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
   if (kernels::wgmma_supported()) {
     DeviceBuffer<__half> d_wt(kernels::igemm_dgrad_scratch_bytes(d) / sizeof(__half));
     for (kernels::WgmmaConfig config : kernels::kWgmmaConfigs) {
-      if (!wgmma_takes(config, d.C)) continue;  // of the recipe, prep (C = 32, no input gradient)
+      if (!wgmma_config_takes_channels(config, d.C)) continue;  // of the recipe, prep (C = 32, no input gradient)
       const auto info = kernels::wgmma_config_info(config);
       Row row = new_row("fwd", "wgmma", info.name);
       row.info = info;
@@ -529,7 +527,7 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
       row.t = bench::time_calls(fwd, g_iters);
       row.cudnn_us = cudnn_us[0];
       rows.push_back(row);
-      if (!has_dgrad || !wgmma_takes(config, d.K)) continue;
+      if (!has_dgrad || !wgmma_config_takes_channels(config, d.K)) continue;
       Row brow = new_row("bwd_data", "wgmma", info.name);
       brow.info = info;
       brow.blocks_per_sm = row.blocks_per_sm;
@@ -586,7 +584,7 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
         });
   if (kernels::wgmma_supported())
     for (kernels::WgmmaConfig config : kernels::kWgmmaConfigs)
-      if (wgmma_takes(config, d.C))
+      if (wgmma_config_takes_channels(config, d.C))
         wgrad_rows(
             "wgmma", kernels::wgmma_config_info(config), kernels::wgmma_wgrad_default_splits(d, config, sm_count),
             kernels::wgmma_blocks_per_sm(config, true),

@@ -112,7 +112,7 @@ struct FwdKernel {
   const char* family() const { return wgmma ? "wgmma" : "igemm"; }
   // Whether it takes an input of C channels (the wgmma im2col config needs 64 | C).
   bool accepts(int C) const {
-    return !wgmma || C % kernels::wgmma_config_channel_multiple((kernels::WgmmaConfig)config) == 0;
+    return !wgmma || kernels::wgmma_config_takes_channels((kernels::WgmmaConfig)config, C);
   }
   void plain(const __half* x, const __half* w, __half* y, const ConvDesc& d, cudaStream_t s) const {
     if (wgmma)

@@ -80,7 +80,7 @@ ref::ConvShape shape_of(const ConvDesc& d, int images) { return {images, d.H, d.
 
 // Whether a config's launchers take a pass that gathers from a tensor with `channels` channels
 // (the forward and weight gradient: C; the input gradient: K); the im2col config needs 64 | C.
-bool accepts(WgmmaConfig config, int channels) { return channels % kernels::wgmma_config_channel_multiple(config) == 0; }
+bool accepts(WgmmaConfig config, int channels) { return kernels::wgmma_config_takes_channels(config, channels); }
 
 std::vector<float> run_forward(const ConvDesc& d, const gpu_test::DeviceBuffer<__half>& x,
                                const gpu_test::DeviceBuffer<__half>& w, WgmmaConfig config) {

@@ -89,17 +89,27 @@ __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
 // A wait that spins this often (seconds at least; a slice's loads take microseconds) means a
 // phase that will never complete, i.e. a broken pipeline: the kernel traps, and the launch
 // fails with an error, instead of hanging the GPU (the protocol itself is model-checked in
-// tests/wgmma_conv_gpu_test.cu).
+// tests/wgmma_conv_gpu_test.cu). kCluster: acquire at cluster scope, for a barrier that other
+// blocks of the cluster arrive on (the _c2 tile's empty barriers).
+template <bool kCluster = false>
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr uint32_t kMbarSpinLimit = 1u << 26;
   uint32_t done = 0;
   for (uint32_t spins = 0; !done; spins++) {
-    asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
+    if constexpr (kCluster)
+      asm volatile(
+          "{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
+          "selp.u32 %0, 1, 0, p;\n}\n"
+          : "=r"(done)
+          : "r"(bar), "r"(parity)
+          : "memory");
+    else
+      asm volatile(
+          "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+          : "=r"(done)
+          : "r"(bar), "r"(parity)
+          : "memory");
     if (!done && spins == kMbarSpinLimit) __trap();
   }
 #endif
@@ -175,22 +185,6 @@ __device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t cta) 
       "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n}\n" ::"r"(bar),
       "r"(cta)
       : "memory");
-#endif
-}
-// mbar_wait with acquire semantics at cluster scope, for a barrier other blocks arrive on.
-__device__ __forceinline__ void mbar_wait_cluster(uint32_t bar, uint32_t parity) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr uint32_t kMbarSpinLimit = 1u << 26;
-  uint32_t done = 0;
-  for (uint32_t spins = 0; !done; spins++) {
-    asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
-        "selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
-    if (!done && spins == kMbarSpinLimit) __trap();
-  }
 #endif
 }
 // tma_load_2d into every block of the cluster named in cta_mask (bit i: rank i), at the same
@@ -690,12 +684,6 @@ __device__ __forceinline__ void pp_schedule(const Params& p, uint32_t base, int 
       mbar_arrive(b.empty(s));
     }
   };
-  auto wait_empty = [&b](uint32_t s, uint32_t parity) {
-    if constexpr (kCs > 1)
-      mbar_wait_cluster(b.empty(s), parity);
-    else
-      mbar_wait(b.empty(s), parity);
-  };
 
   if (threadIdx.x >= T::kMmaThreads) {  // the producer
     const int tid = threadIdx.x - T::kMmaThreads;
@@ -706,7 +694,7 @@ __device__ __forceinline__ void pp_schedule(const Params& p, uint32_t base, int 
         if constexpr (T::kIm2col) {
           for (int kt = 0; kt < wk.k_tiles; kt++, r++) {
             const uint32_t s = r % T::kStages;
-            if (r >= (uint32_t)T::kStages) wait_empty(s, (r / T::kStages - 1) & 1);
+            if (r >= (uint32_t)T::kStages) mbar_wait<(kCs > 1)>(b.empty(s), (r / T::kStages - 1) & 1);
             mbar_arrive_expect_tx(b.full(s), T::kTmaBytes);
             tma(wk, kt, base + s * T::kStageBytes, b.full(s));
           }
@@ -714,7 +702,7 @@ __device__ __forceinline__ void pp_schedule(const Params& p, uint32_t base, int 
           auto loader = make_loader(wk, tid);
           for (int kt = 0; kt < wk.k_tiles; kt++, r++) {
             const uint32_t s = r % T::kStages;
-            if (r >= (uint32_t)T::kStages) wait_empty(s, (r / T::kStages - 1) & 1);
+            if (r >= (uint32_t)T::kStages) mbar_wait<(kCs > 1)>(b.empty(s), (r / T::kStages - 1) & 1);
             loader.load(p, base + s * T::kStageBytes);
             cp_async_mbar_arrive_noinc(b.full(s));
             if constexpr (T::kTma) {
@@ -959,6 +947,20 @@ int max_active_clusters(Kernel* kernel, int cluster, int threads, size_t smem) {
   return clusters;
 }
 
+// Launches Kernel, a persistent ping-pong kernel of tile T, over `units` work units: one block
+// per SM (at most one per unit), or with T::kCluster > 1 as many clusters as the device runs at
+// once (at most one per unit; counted once per kernel).
+template <class T, auto* Kernel, class... Args>
+void launch_persistent(int units, cudaStream_t stream, const Args&... args) {
+  if constexpr (T::kCluster > 1) {
+    static const int max_clusters = max_active_clusters(Kernel, T::kCluster, T::kThreads, T::kSmemBytes);
+    const ClusterLaunch launch(std::min(units, max_clusters), T::kCluster, T::kThreads, T::kSmemBytes, stream);
+    CUDA_CHECK(cudaLaunchKernelEx(&launch.config, Kernel, args...));
+  } else {
+    Kernel<<<dim3(persistent_blocks(units)), T::kThreads, T::kSmemBytes, stream>>>(args...);
+  }
+}
+
 // The driver's cuTensorMapEncodeTiled, looked up once through the runtime (the binaries link
 // cudart only).
 PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
@@ -1109,14 +1111,7 @@ void launch_tile(const IgemmParams& p, cudaStream_t stream) {
     const CUtensorMap tm_a =
         T::kIm2col ? tma_map_im2col(p.x, p.M / (p.H * p.W), p.H, p.W, p.C, p.R, T::kBlockM) : CUtensorMap{};
     const CUtensorMap tm_b = T::kTma ? tma_map_2d(p.w, p.K, p.Kg, T::kTmaBRows) : CUtensorMap{};
-    const int units = pp_fwd_units<T>(p.M, p.K);
-    if constexpr (T::kCluster > 1) {
-      static const int max_clusters = max_active_clusters(kernel, T::kCluster, T::kThreads, T::kSmemBytes);
-      const ClusterLaunch launch(std::min(units, max_clusters), T::kCluster, T::kThreads, T::kSmemBytes, stream);
-      CUDA_CHECK(cudaLaunchKernelEx(&launch.config, kernel, p, tm_a, tm_b));
-    } else {
-      kernel<<<dim3(persistent_blocks(units)), T::kThreads, T::kSmemBytes, stream>>>(p, tm_a, tm_b);
-    }
+    launch_persistent<T, fwd_kernel<T, E>()>(pp_fwd_units<T>(p.M, p.K), stream, p, tm_a, tm_b);
   } else {
     const dim3 grid(ceil_div(p.K, T::kBlockN), ceil_div(p.M, T::kBlockM));
     kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
@@ -1344,14 +1339,7 @@ void launch_wgrad_tile(const WgradParams& p, cudaStream_t stream) {
     const CUtensorMap tm_a = T::kTma ? tma_map_2d(p.dy, p.P, p.K, T::kBlockK) : CUtensorMap{};
     const CUtensorMap tm_b =
         T::kIm2col ? tma_map_im2col(p.x, p.P / (p.H * p.W), p.H, p.W, p.C, p.R, T::kBlockK) : CUtensorMap{};
-    const int units = pp_wgrad_units<T>(p.K, p.Ng, p.splits);
-    if constexpr (T::kCluster > 1) {
-      static const int max_clusters = max_active_clusters(kernel, T::kCluster, T::kThreads, T::kSmemBytes);
-      const ClusterLaunch launch(std::min(units, max_clusters), T::kCluster, T::kThreads, T::kSmemBytes, stream);
-      CUDA_CHECK(cudaLaunchKernelEx(&launch.config, kernel, p, tm_a, tm_b));
-    } else {
-      kernel<<<dim3(persistent_blocks(units)), T::kThreads, T::kSmemBytes, stream>>>(p, tm_a, tm_b);
-    }
+    launch_persistent<T, wgrad_kernel<T>()>(pp_wgrad_units<T>(p.K, p.Ng, p.splits), stream, p, tm_a, tm_b);
   } else {
     const dim3 grid(ceil_div(p.Ng, T::kBlockN), ceil_div(p.K, T::kBlockM), p.splits);
     kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
@@ -1362,10 +1350,10 @@ void launch_wgrad_tile(const WgradParams& p, cudaStream_t stream) {
 // wgmma_config_channel_multiple's rule for the tensor a launch gathers from (`channels` of
 // them), naming fn: std::invalid_argument otherwise.
 void require_channels(const char* fn, WgmmaConfig config, int channels) {
-  const int multiple = wgmma_config_channel_multiple(config);
-  if (channels % multiple != 0)
+  if (!wgmma_config_takes_channels(config, channels))
     throw std::invalid_argument(std::string(fn) + ": " + config_name(config) + " needs the gathered tensor's channels (" +
-                                std::to_string(channels) + ") to be a multiple of " + std::to_string(multiple));
+                                std::to_string(channels) + ") to be a multiple of " +
+                                std::to_string(wgmma_config_channel_multiple(config)));
 }
 
 }  // namespace

@@ -81,8 +81,9 @@ constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaC
                                          WgmmaConfig::k128x128x64s4PpIm2colC2};
 
 // Whether a config's kernels have passed the GPU tests on a device (a session with a GPU sets
-// this when they do). The engine's selection only considers tested configs, so a kernel that
-// has never run cannot stop a training run; the tests and conv_bench run every config.
+// this when they do). The engine's selection only considers tested configs (unless asked to:
+// speedrun --conv-kernels auto-untested), so a kernel that has never run cannot stop a training
+// run; the tests and conv_bench run every config.
 constexpr bool wgmma_config_gpu_tested(WgmmaConfig config) {
   return config != WgmmaConfig::k128x128x64s4PpTma && config != WgmmaConfig::k128x128x64s4PpIm2col &&
          config != WgmmaConfig::k128x128x64s4PpIm2colC2;
@@ -94,6 +95,10 @@ constexpr bool wgmma_config_gpu_tested(WgmmaConfig config) {
 // throw std::invalid_argument for other shapes (the engine then records the config as rejected).
 constexpr int wgmma_config_channel_multiple(WgmmaConfig config) {
   return config == WgmmaConfig::k128x128x64s4PpIm2col || config == WgmmaConfig::k128x128x64s4PpIm2colC2 ? 64 : 8;
+}
+// That rule: whether a config takes a pass whose gathered tensor has `channels` channels.
+constexpr bool wgmma_config_takes_channels(WgmmaConfig config, int channels) {
+  return channels % wgmma_config_channel_multiple(config) == 0;
 }
 
 // Block/warp/stage sizes and shared memory of a config (warp_m x warp_n: a warpgroup's 64 rows
