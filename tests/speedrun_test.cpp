@@ -275,21 +275,30 @@ TEST_CASE("speedrun: a tiny CPU run writes a JSON record with the schema fields"
   CHECK(s.at("timed_total_seconds").at("mean").is_number());
 }
 
-// --scale-schedule stretches the lr knots (epochs 0, 2, 8 of the 10-epoch recipe) to --epochs,
-// and the record says so: 5 epochs -> 0, 1, 4.
-TEST_CASE("speedrun: --scale-schedule stretches the lr knots to --epochs", "[speedrun]") {
-  if (!binary_present()) return;
-  TempDir tmp("scale");
+namespace {
+
+// A tiny CPU run (width 1/16, 32 training and 16 test images of synthetic data) with `args`
+// added; it must succeed, and its JSON record is returned.
+nlohmann::json tiny_cpu_run(const std::string& name, const std::string& args) {
+  TempDir tmp(name);
   write_synthetic_cifar(tmp.path / "data", 40);
   const fs::path json_path = tmp.path / "out.json";
   const Result r = run_speedrun(
-      "--device cpu --width 0.0625 --batch 16 --bn-group 8 --train-subset 32 --test-subset 16 "
-      "--epochs 5 --scale-schedule --data '" +
+      "--device cpu --width 0.0625 --batch 16 --bn-group 8 --train-subset 32 --test-subset 16 " + args + " --data '" +
           (tmp.path / "data").string() + "' --json '" + json_path.string() + "'",
       tmp.path);
   INFO(r.err);
   REQUIRE(r.code == 0);
-  const auto j = nlohmann::json::parse(read_text(json_path));
+  return nlohmann::json::parse(read_text(json_path));
+}
+
+}  // namespace
+
+// --scale-schedule stretches the lr knots (epochs 0, 2, 8 of the 10-epoch recipe) to --epochs,
+// and the record says so: 5 epochs -> 0, 1, 4.
+TEST_CASE("speedrun: --scale-schedule stretches the lr knots to --epochs", "[speedrun]") {
+  if (!binary_present()) return;
+  const auto j = tiny_cpu_run("scale", "--epochs 5 --scale-schedule");
   CHECK(j.at("config").at("scale_schedule") == true);
   CHECK(j.at("config").at("lr_knots") == nlohmann::json::array({0.0, 1.0, 4.0}));
   CHECK(j.at("config").at("lr_values") == nlohmann::json::array({0.0, 1.0, 0.1}));
@@ -299,17 +308,7 @@ TEST_CASE("speedrun: --scale-schedule stretches the lr knots to --epochs", "[spe
 // recorded as given (the CPU engine ignores it).
 TEST_CASE("speedrun: --conv-kernels auto-untested is accepted and recorded", "[speedrun]") {
   if (!binary_present()) return;
-  TempDir tmp("untested");
-  write_synthetic_cifar(tmp.path / "data", 40);
-  const fs::path json_path = tmp.path / "out.json";
-  const Result r = run_speedrun(
-      "--device cpu --width 0.0625 --batch 16 --bn-group 8 --train-subset 32 --test-subset 16 "
-      "--conv-kernels auto-untested --data '" +
-          (tmp.path / "data").string() + "' --json '" + json_path.string() + "'",
-      tmp.path);
-  INFO(r.err);
-  REQUIRE(r.code == 0);
-  CHECK(nlohmann::json::parse(read_text(json_path)).at("config").at("conv_kernels") == "auto-untested");
+  CHECK(tiny_cpu_run("untested", "--conv-kernels auto-untested").at("config").at("conv_kernels") == "auto-untested");
 }
 
 TEST_CASE("speedrun: failed runs exit non-zero and leave no JSON", "[speedrun]") {
