@@ -961,30 +961,25 @@ void launch_persistent(int units, cudaStream_t stream, const Args&... args) {
   }
 }
 
-// The driver's cuTensorMapEncodeTiled, looked up once through the runtime (the binaries link
-// cudart only).
-PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
-  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
-    CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &found));
-    if (found != cudaDriverEntryPointSuccess || f == nullptr)
-      throw std::runtime_error("wgmma: the driver has no cuTensorMapEncodeTiled (TMA needs CUDA 12+ drivers)");
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
-  }();
-  return fn;
+// A driver function by name, looked up through the runtime (the binaries link cudart only);
+// throws if this driver has none.
+void* driver_entry_point(const char* name) {
+  void* f = nullptr;
+  cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+  CUDA_CHECK(cudaGetDriverEntryPointByVersion(name, &f, 12000, cudaEnableDefault, &found));
+  if (found != cudaDriverEntryPointSuccess || f == nullptr)
+    throw std::runtime_error(std::string("wgmma: the driver has no ") + name + " (TMA needs CUDA 12+ drivers)");
+  return f;
 }
 
-// The driver's cuTensorMapEncodeIm2col, looked up the same way.
+// The driver's TMA map encoders, looked up once.
+PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
+  static const auto fn = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(driver_entry_point("cuTensorMapEncodeTiled"));
+  return fn;
+}
 PFN_cuTensorMapEncodeIm2col_v12000 encode_im2col() {
-  static const PFN_cuTensorMapEncodeIm2col_v12000 fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
-    CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeIm2col", &f, 12000, cudaEnableDefault, &found));
-    if (found != cudaDriverEntryPointSuccess || f == nullptr)
-      throw std::runtime_error("wgmma: the driver has no cuTensorMapEncodeIm2col (TMA needs CUDA 12+ drivers)");
-    return reinterpret_cast<PFN_cuTensorMapEncodeIm2col_v12000>(f);
-  }();
+  static const auto fn =
+      reinterpret_cast<PFN_cuTensorMapEncodeIm2col_v12000>(driver_entry_point("cuTensorMapEncodeIm2col"));
   return fn;
 }
 
