@@ -7,7 +7,9 @@
 //     ref::conv_backward_weight), at the default split count and at 3 slabs;
 //   - odd shapes for all three, in full (partial tiles, C < 64 so one K slice spans several
 //     filter taps, R = 1 and 5, a 1x1 image; and shapes with C, K multiples of 64 for the im2col
-//     config), and the TMA configs alone on one of them ("[tma]", to run first);
+//     config), and the TMA configs alone on two of them ("[tma]", to run first, after the
+//     TMA copies alone: one copy per start into shared memory, compared exactly with a host
+//     model of the copy);
 // plus host-only checks of what the kernels' correctness rests on: the 128-byte swizzle
 // (a permutation inside each row, conflict-free columns), the matrix descriptors' bit fields,
 // both operand layouts against the canonical layouts their descriptors name (the K-major one
@@ -575,11 +577,22 @@ TEST_CASE("wgmma launchers check their preconditions (host)", "[gpu][wgmma]") {
   CHECK_THROWS_WITH(kernels::conv_forward_wgmma_pool(fake(0x10000), fake(0x20000), fake(0x30000), nullptr,
                                                      ConvDesc{2, 4, 4, 32, 64, 3}, im2col, nullptr, 0),
                     Catch::Contains("multiple of 64"));
+  // The TMA probes ("[tma]") check what they are given before the device.
+  CHECK_THROWS_WITH(kernels::wgmma_detail::tma_im2col_probe(fake(0x10000), ConvDesc{2, 4, 4, 32, 64, 3}, 128, {},
+                                                            fake(0x20000), 0),
+                    Catch::Contains("multiple of 64"));
+  CHECK_THROWS_WITH(kernels::wgmma_detail::tma_im2col_probe(fake(0x10000), ConvDesc{2, 4, 4, 64, 64, 3}, 100, {},
+                                                            fake(0x20000), 0),
+                    Catch::Contains("pixels"));
+  CHECK_THROWS_WITH(kernels::wgmma_detail::tma_tile_probe(fake(0x10000), 64, 64, 512, 0, 0, false, fake(0x20000), 0),
+                    Catch::Contains("box_rows"));
   if (!kernels::wgmma_supported()) {
     // A valid shape is still refused where wgmma cannot run (no device here, or not Hopper).
     CHECK_THROWS_AS(fwd(ConvDesc{2, 4, 4, 16, 16, 3}, fake(0x10000)), std::invalid_argument);
     CHECK_THROWS_AS(wgrad(ConvDesc{2, 4, 4, 16, 16, 3}, fake(0x10000), 1), std::invalid_argument);
     CHECK_THROWS_AS(kernels::wgmma_blocks_per_sm(cfg, false), std::invalid_argument);
+    CHECK_THROWS_AS(kernels::wgmma_detail::tma_tile_probe(fake(0x10000), 64, 64, 64, 0, 0, true, fake(0x20000), 0),
+                    std::invalid_argument);
   }
 }
 
@@ -809,6 +822,122 @@ TEST_CASE("wgmma conv odd shapes vs reference", "[gpu][wgmma]") {
   const std::vector<WgmmaConfig> all(std::begin(kernels::kWgmmaConfigs), std::end(kernels::kWgmmaConfigs));
   uint64_t seed = 1200;
   for (const ConvDesc& d : shapes) check_odd_shape(d, seed += 10, all);
+}
+
+namespace {
+
+// Row i of a TMA copy as it landed in shared memory: channel c of row i sits at element
+// sw128_offset(i, c / 8) / 2 + c % 8 of the raw bytes (the 128-byte swizzle the maps ask for).
+float landed(const std::vector<float>& raw, int i, int c) {
+  return raw[kernels::wgmma_detail::sw128_offset(i, c / 8) / 2 + c % 8];
+}
+
+// Where the 64 values row(0) .. row(63) of a copied row came from, for a failure's message: the
+// pixel of x whose channels c0 .. c0 + 63 they are (x random, so one pixel matches), "zeros", or
+// "no pixel of x".
+template <class Row>
+std::string row_source(Row row, const std::vector<float>& x, const ConvDesc& d, int c0) {
+  bool zeros = true;
+  for (int c = 0; c < 64; c++) zeros = zeros && row(c) == 0.0f;
+  if (zeros) return "zeros";
+  for (int n = 0; n < d.N; n++)
+    for (int h = 0; h < d.H; h++)
+      for (int w = 0; w < d.W; w++) {
+        bool same = true;
+        for (int c = 0; c < 64 && same; c++) same = row(c) == x[(((size_t)n * d.H + h) * d.W + w) * d.C + c0 + c];
+        if (same) return "pixel (n " + std::to_string(n) + ", h " + std::to_string(h) + ", w " + std::to_string(w) + ")";
+      }
+  return "no pixel of x";
+}
+
+}  // namespace
+
+// TMA's im2col copy, as tma_map_im2col sets it up and the _pp_im2col tiles issue it, against the
+// host model of tma_im2col_model (which the im2col-start test holds to the im2col matrix): one
+// copy per start, the landed bytes unswizzled and compared exactly, for 128-row (forward A) and
+// 64-row (weight-gradient B) copies at the first, a middle and the last row tile and filter taps
+// first, middle, last and past the last. On a mismatch the first rows say which pixel landed
+// where the model expected which, so a wrong corner or start convention can be read off.
+TEST_CASE("wgmma TMA im2col copy lands as the model says", "[gpu][wgmma][tma]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
+  using kernels::wgmma_detail::im2col_start;
+  const ConvDesc shapes[] = {{3, 5, 5, 64, 8, 3}, {3, 10, 10, 128, 8, 3}, {2, 6, 6, 64, 8, 5}, {5, 3, 3, 128, 8, 1},
+                             {4, 8, 8, 64, 8, 3}};
+  uint64_t seed = 1300;
+  for (const ConvDesc& d : shapes) {
+    const std::vector<float> x = round_to_half(random_vector((long)d.N * d.H * d.W * d.C, seed++));
+    const auto d_x = upload_half(x);
+    const int M = d.N * d.H * d.W, Kg = d.R * d.R * d.C;
+    for (int pixels : {128, 64}) {
+      const int last_m0 = (M - 1) / pixels * pixels;
+      for (int m0 : {0, std::min(pixels / 2 + 8, last_m0), last_m0})
+        for (int k0 : {0, d.C, (d.R * d.R / 2) * d.C + 64 % d.C, Kg - 64, Kg}) {
+          const auto at = im2col_start(m0, k0, d.N, d.H, d.W, d.C, d.R);
+          INFO(desc_str(d) << ", " << pixels << " pixels, m0 " << m0 << ", k0 " << k0 << ": start (c " << at.c << ", w "
+                           << at.w << ", h " << at.h << ", n " << at.n << "), offsets (" << at.off_w << ", "
+                           << at.off_h << ")");
+          auto out = poisoned<__half>((size_t)pixels * 64);
+          kernels::wgmma_detail::tma_im2col_probe(d_x.get(), d, pixels, at, out.get(), 0);
+          CUDA_CHECK(cudaDeviceSynchronize());
+          const std::vector<float> raw = download_half(out);
+          const std::vector<float> model = tma_im2col_model(x, d, at, pixels);
+          int bad_rows = 0;
+          std::string first;
+          for (int i = 0; i < pixels; i++) {
+            bool ok = true;
+            for (int c = 0; c < 64; c++) ok = ok && landed(raw, i, c) == model[(size_t)i * 64 + c];
+            if (ok) continue;
+            if (bad_rows++ < 4)
+              first += "\n  row " + std::to_string(i) + ": landed " +
+                       row_source([&](int c) { return landed(raw, i, c); }, x, d, at.c) + ", model " +
+                       row_source([&](int c) { return model[(size_t)i * 64 + c]; }, x, d, at.c);
+          }
+          INFO("first differing rows:" << first);
+          CHECK(bad_rows == 0);
+        }
+    }
+  }
+}
+
+// TMA's tiled copy of a matrix (tma_map_2d: the _pp_tma tiles' B, the weight gradient's A), and
+// its multicast in a cluster of two (the _c2 tile's B, each block copying half into both): the
+// landed bytes unswizzled and compared exactly with the matrix's box, zeros past its last row,
+// at the boxes the tiles use (128 and 64 rows; a box past the last row; a column block past
+// the first).
+TEST_CASE("wgmma TMA tiled box and its multicast land as the model says", "[gpu][wgmma][tma]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
+  const int rows = 300, cols = 576;
+  const std::vector<float> m = round_to_half(random_vector((long)rows * cols, 1350));
+  const auto d_m = upload_half(m);
+  auto value = [&](int r, int c) { return r < rows && c < cols ? m[(size_t)r * cols + c] : 0.0f; };
+  struct Box {
+    int box_rows, col0, row0;
+  };
+  for (bool multicast : {false, true})
+    for (const Box& b : {Box{128, 0, 0}, Box{64, 64, 128}, Box{128, 512, 256}, Box{64, 448, 280}}) {
+      const int copied = multicast ? 2 * b.box_rows : b.box_rows, blocks = multicast ? 2 : 1;
+      INFO((multicast ? "multicast, " : "") << b.box_rows << "-row box at column " << b.col0 << ", row " << b.row0);
+      auto out = poisoned<__half>((size_t)blocks * copied * 64);
+      kernels::wgmma_detail::tma_tile_probe(d_m.get(), rows, cols, b.box_rows, b.col0, b.row0, multicast, out.get(), 0);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      const std::vector<float> all = download_half(out);
+      for (int blk = 0; blk < blocks; blk++) {
+        INFO("block " << blk);
+        const std::vector<float> raw(all.begin() + (size_t)blk * copied * 64, all.begin() + (size_t)(blk + 1) * copied * 64);
+        long bad = 0;
+        int first_bad = -1;
+        for (int i = 0; i < copied; i++)
+          for (int c = 0; c < 64; c++)
+            if (landed(raw, i, c) != value(b.row0 + i, b.col0 + c)) {
+              if (first_bad < 0) first_bad = i;
+              bad++;
+            }
+        INFO("first differing row " << first_bad);
+        CHECK(bad == 0);
+      }
+    }
 }
 
 // The TMA configs alone on two odd shapes (M = 75: a partial tile whose copies cross images and

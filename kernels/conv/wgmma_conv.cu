@@ -666,13 +666,15 @@ __device__ __forceinline__ void pp_schedule(const Params& p, uint32_t base, int 
     }
     mbar_init(b.order(0), 128);
     mbar_init(b.order(1), 128);
+    // The inits before any TMA copy completes on these barriers (the async proxy) and, in a
+    // cluster, before the other blocks arrive on them and copy into this one (CUTLASS's TMA
+    // pipelines fence here whatever the cluster size).
+    if constexpr (T::kTma) fence_mbarrier_init_cluster();
   }
-  if constexpr (kCs > 1) {
-    fence_mbarrier_init_cluster();  // the other blocks arrive on these barriers and copy into this one
+  if constexpr (kCs > 1)
     cluster_sync();
-  } else {
+  else
     __syncthreads();
-  }
   // The work units u = first, first + step, ...; a cluster's blocks walk the same ones.
   const int first = blockIdx.x / kCs, step = gridDim.x / kCs;
   // A stage is free again once the consumers of every block of the cluster have released it:
@@ -1025,6 +1027,63 @@ CUtensorMap tma_map_2d(const __half* base, int rows, int cols, int box_rows) {
                              std::to_string(rows) + " x " + std::to_string(cols) + " matrix, box " +
                              std::to_string(box_rows) + " x 64");
   return map;
+}
+
+// ------------------------------------------------------------------------- TMA copy probes
+
+// One TMA copy exactly as the TMA tiles issue it, for the "[tma]" tests (tma_im2col_probe,
+// tma_tile_probe): thread 0 initialises one mbarrier, arrives on it expecting `bytes` (the
+// whole box, or with kMode 2 both blocks' parts) and issues the copy into 1024-byte aligned
+// shared memory; every thread waits for the barrier's first phase, then the block writes the
+// bytes as they landed (still swizzled) to out + rank * bytes. kMode 0: the 2-D box at (c0, c1);
+// 1: the im2col copy at `at`; 2: a cluster of two blocks, block `rank` copying the box at (c0,
+// c1 + rank * part_rows) by multicast into both blocks at part_rows * 128 * rank bytes.
+template <int kMode>
+__global__ void __launch_bounds__(128) tma_probe_kernel(const __grid_constant__ CUtensorMap map,
+                                                        wgmma_detail::Im2colStart at, int c0, int c1, int part_rows,
+                                                        int bytes, uint4* out) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t raw = ptx::smem_addr(smem_raw);
+  const uint32_t base = (raw + 1023u) & ~1023u;
+  const uint32_t bar = base + (uint32_t)bytes;  // bytes: a multiple of 1024
+  const unsigned char* smem = smem_raw + (base - raw);
+  const uint32_t rank = kMode == 2 ? cluster_ctarank() : 0;
+  if (threadIdx.x == 0) {
+    mbar_init(bar, 1);
+    fence_mbarrier_init_cluster();
+  }
+  if constexpr (kMode == 2)
+    cluster_sync();  // the peer's multicast completes on this block's barrier
+  else
+    __syncthreads();
+  if (threadIdx.x == 0) {
+    mbar_arrive_expect_tx(bar, (uint32_t)bytes);
+    if constexpr (kMode == 0) tma_load_2d(base, &map, c0, c1, bar);
+    if constexpr (kMode == 1) tma_load_im2col(base, &map, at, bar);
+    if constexpr (kMode == 2)
+      tma_load_2d_multicast(base + rank * (uint32_t)part_rows * 128u, &map, c0, c1 + (int)rank * part_rows, bar, 3);
+  }
+  mbar_wait(bar, 0);
+  for (int i = threadIdx.x; i < bytes / 16; i += blockDim.x)
+    out[rank * (uint32_t)(bytes / 16) + i] = *reinterpret_cast<const uint4*>(smem + 16 * i);
+  if constexpr (kMode == 2) cluster_sync();  // no block leaves while the other's copy may still write into it
+}
+
+// Launches tma_probe_kernel<kMode> with one block (two, one cluster, for kMode 2).
+template <int kMode>
+void launch_tma_probe(const CUtensorMap& map, const wgmma_detail::Im2colStart& at, int c0, int c1, int part_rows,
+                      int bytes, __half* out, cudaStream_t stream) {
+  auto* kernel = tma_probe_kernel<kMode>;
+  const size_t smem = (size_t)bytes + 8 + 1024;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  uint4* dst = reinterpret_cast<uint4*>(out);
+  if constexpr (kMode == 2) {
+    const ClusterLaunch launch(1, 2, 128, smem, stream);
+    CUDA_CHECK(cudaLaunchKernelEx(&launch.config, kernel, map, at, c0, c1, part_rows, bytes, dst));
+  } else {
+    kernel<<<1, 128, smem, stream>>>(map, at, c0, c1, part_rows, bytes, dst);
+  }
+  CUDA_CHECK_LAUNCH();
 }
 
 // ---------------------------------------------------------------------------- launchers
@@ -1406,6 +1465,35 @@ int wgmma_blocks_per_sm(WgmmaConfig config, bool weight_gradient) {
     });
   return blocks;
 }
+
+namespace wgmma_detail {
+
+void tma_im2col_probe(const __half* x, const ConvDesc& d, int pixels, const Im2colStart& at, __half* out,
+                      cudaStream_t stream) {
+  const char* fn = "tma_im2col_probe";
+  require(x != nullptr && out != nullptr && aligned16(x) && aligned16(out), fn, "x and out: non-null, 16-byte aligned");
+  require(d.N > 0 && d.H > 0 && d.W > 0 && d.C > 0 && d.C % 64 == 0, fn, "needs a non-empty x with C a multiple of 64");
+  require(d.R >= 1 && d.R % 2 == 1 && d.R <= 5, fn, "R must be 1, 3 or 5");
+  require(pixels >= 8 && pixels <= 256 && pixels % 8 == 0, fn, "pixels must be a multiple of 8 in [8, 256]");
+  require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
+  launch_tma_probe<1>(tma_map_im2col(x, d.N, d.H, d.W, d.C, d.R, pixels), at, 0, 0, 0, pixels * 128, out, stream);
+}
+
+void tma_tile_probe(const __half* m, int rows, int cols, int box_rows, int col0, int row0, bool multicast, __half* out,
+                    cudaStream_t stream) {
+  const char* fn = "tma_tile_probe";
+  require(m != nullptr && out != nullptr && aligned16(m) && aligned16(out), fn, "m and out: non-null, 16-byte aligned");
+  require(rows > 0 && cols > 0 && cols % 8 == 0, fn, "needs a non-empty matrix with cols a multiple of 8");
+  require(box_rows >= 8 && box_rows <= 256 && box_rows % 8 == 0, fn, "box_rows must be a multiple of 8 in [8, 256]");
+  require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
+  const CUtensorMap map = tma_map_2d(m, rows, cols, box_rows);
+  if (multicast)
+    launch_tma_probe<2>(map, Im2colStart{}, col0, row0, box_rows, 2 * box_rows * 128, out, stream);
+  else
+    launch_tma_probe<0>(map, Im2colStart{}, col0, row0, box_rows, box_rows * 128, out, stream);
+}
+
+}  // namespace wgmma_detail
 
 void conv_forward_wgmma(const __half* x, const __half* w, __half* y, const ConvDesc& d, WgmmaConfig config,
                         cudaStream_t stream) {

@@ -284,6 +284,27 @@ __host__ __device__ inline Im2colStart im2col_start(int m0, int k0, int N, int H
   return {k0 - tap * C, rem - oh * W - pad, oh - pad, img, (uint16_t)(tap - r * R), (uint16_t)r};
 }
 
+// Probes of the TMA copies the _pp_tma and _pp_im2col tiles rest on (tests/wgmma_conv_gpu_test.cu,
+// "[tma]": the first thing to run on a GPU after a change to them). One block issues one copy
+// into shared memory as the tiles do (same maps, same PTX) and writes the bytes it produced,
+// still in the 128-byte swizzle, to out (16-byte aligned); the test unswizzles them with
+// sw128_offset and compares them with a model of the copy, so a wrong start convention or
+// swizzle shows as which rows went where, not as a wrong convolution.
+// tma_im2col_probe: the im2col map of x (tma_map_im2col: d's N, H, W, C % 64 == 0, R; `pixels`
+// rows of 64 channels per copy, a multiple of 8 up to 256), one copy starting at `at`; out:
+// pixels x 64 halves (swizzled).
+// tma_tile_probe: the 2-D map of the fp16 matrix m [rows][cols] (cols % 8 == 0) in boxes of
+// box_rows x 64 columns, one box at column col0, row row0; out: box_rows x 64 halves. With
+// `multicast`, a cluster of two blocks, block r copying the box at (col0, row0 + r * box_rows)
+// into both blocks at row r * box_rows (the _c2 tile's B); out: each block's 2 * box_rows x 64
+// halves, block 0's first.
+// Both need wgmma_supported() (std::invalid_argument otherwise); a copy that never completes
+// traps (the kernel's barrier wait has the tiles' spin limit).
+void tma_im2col_probe(const __half* x, const ConvDesc& d, int pixels, const Im2colStart& at, __half* out,
+                      cudaStream_t stream);
+void tma_tile_probe(const __half* m, int rows, int cols, int box_rows, int col0, int row0, bool multicast, __half* out,
+                    cudaStream_t stream);
+
 }  // namespace wgmma_detail
 
 }  // namespace kernels
