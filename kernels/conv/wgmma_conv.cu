@@ -1583,21 +1583,32 @@ int wgmma_wgrad_default_splits(const ConvDesc& d, WgmmaConfig config, int sm_cou
   // Rough H100 figures: a 128 x 128 x 64 slice (2 * 128 * 128 * 64 flop) takes ~0.45 us on one
   // SM (about 60 % of its share of the dense fp16 peak), larger tiles in proportion; HBM moves
   // ~3 bytes per ns.
+  // Blocks resident per SM: two where the tile's shared memory fits twice (the registers never
+  // stop them: the test of wgmma_blocks_per_sm), one for the persistent tiles (one block per SM
+  // by design). Resident blocks share the SM's tensor cores, so a wave holds sms * resident
+  // blocks, each taking `resident` times a lone block's time per slice: the estimate then asks
+  // for enough slabs to fill every slot, not just every SM (the H200 conv_bench: the 3-stage
+  // tile at layer1 took 344 us at the one-per-SM count and 247 us at twice that).
   const IgemmConfigInfo cfg = wgmma_config_info(config);
-  const double slice_ns = 450.0 * cfg.block_m * cfg.block_n / (128.0 * 128.0);
+  int resident = 1;
+  with_tile<WgWgradTile>(config, [&](auto t) {
+    using T = decltype(t);
+    resident = !T::kPingPong && 2 * (T::kSmemBytes + 1024) <= 228 * 1024 ? 2 : 1;
+  });
+  const double slice_ns = 450.0 * resident * cfg.block_m * cfg.block_n / (128.0 * 128.0);
   constexpr double kBytesPerNs = 3000.0;
   const long long tiles = ceil_div((long long)d.K, (long long)cfg.block_m) *
                           ceil_div((long long)d.R * d.R * d.C, (long long)cfg.block_n);
   const long long slices = ceil_div((long long)d.N * d.H * d.W, (long long)cfg.block_k);
-  const long long sms = std::max(1, sm_count);
+  const long long slots = (long long)std::max(1, sm_count) * resident;
   const double partial_bytes = 8.0 * d.K * d.R * d.R * d.C;  // per slab: written, then read
-  const long long max_splits = std::min<long long>({slices, 65535, 8 * sms});
+  const long long max_splits = std::min<long long>({slices, 65535, 8 * slots});
   int best = 1;
   double best_ns = -1;
   for (long long s = 1; s <= max_splits; s++) {
     const WgradSplit split = wgmma_wgrad_split(d, (int)s);
     if (split.splits != s) continue;  // the same as a smaller count
-    const long long waves = ceil_div(tiles * s, sms);
+    const long long waves = ceil_div(tiles * s, slots);
     const double ns = (double)waves * split.slices_per_split * slice_ns + s * partial_bytes / kBytesPerNs;
     if (best_ns < 0 || ns < best_ns) {
       best_ns = ns;
