@@ -1583,17 +1583,19 @@ int wgmma_wgrad_default_splits(const ConvDesc& d, WgmmaConfig config, int sm_cou
   // Rough H100 figures: a 128 x 128 x 64 slice (2 * 128 * 128 * 64 flop) takes ~0.45 us on one
   // SM (about 60 % of its share of the dense fp16 peak), larger tiles in proportion; HBM moves
   // ~3 bytes per ns.
-  // Blocks resident per SM: two where the tile's shared memory fits twice (the registers never
-  // stop them: the test of wgmma_blocks_per_sm), one for the persistent tiles (one block per SM
-  // by design). Resident blocks share the SM's tensor cores, so a wave holds sms * resident
-  // blocks, each taking `resident` times a lone block's time per slice: the estimate then asks
-  // for enough slabs to fill every slot, not just every SM (the H200 conv_bench: the 3-stage
-  // tile at layer1 took 344 us at the one-per-SM count and 247 us at twice that).
+  // Tiles an SM computes at once (`resident`): two where two blocks' shared memory fits (the
+  // registers never stop them: the test of wgmma_blocks_per_sm); two for the persistent
+  // ping-pong tiles too, whose one block per SM has two consumer warpgroups taking every other
+  // unit (with one unit per block, one of them idles); else one. Those tiles share the SM's
+  // tensor cores, so a wave holds sms * resident of them, each taking `resident` times a lone
+  // tile's time per slice: the estimate then asks for enough slabs to fill every slot, not just
+  // every SM (the H200 conv_bench: the 3-stage tile at layer1 took 344 us at the one-per-SM
+  // count and 247 us at twice that).
   const IgemmConfigInfo cfg = wgmma_config_info(config);
   int resident = 1;
   with_tile<WgWgradTile>(config, [&](auto t) {
     using T = decltype(t);
-    resident = !T::kPingPong && 2 * (T::kSmemBytes + 1024) <= 228 * 1024 ? 2 : 1;
+    resident = T::kPingPong || 2 * (T::kSmemBytes + 1024) <= 228 * 1024 ? 2 : 1;
   });
   const double slice_ns = 450.0 * resident * cfg.block_m * cfg.block_n / (128.0 * 128.0);
   constexpr double kBytesPerNs = 3000.0;

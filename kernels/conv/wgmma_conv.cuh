@@ -158,10 +158,10 @@ void conv_backward_data_wgmma_bn_sums(const __half* dy, const __half* w, __half*
 // 64-pixel slices for every config).
 WgradSplit wgmma_wgrad_split(const ConvDesc& d, int splits);
 
-// A split count from a cost estimate: `resident` blocks per SM (two where the tile's shared
-// memory fits twice, else one; one for the persistent tiles), each running a slice `resident`
-// times slower than a lone block, so the tile grid times the slabs runs in
-// ceil(blocks / (sm_count * resident)) waves of ceil(slices / slabs) slices each, plus the fp32 partials
+// A split count from a cost estimate: `resident` tiles per SM at once (two where two blocks'
+// shared memory fits, and for the ping-pong tiles' two consumer warpgroups; else one), each
+// running a slice `resident` times slower than a lone tile, so the tile grid times the slabs
+// runs in ceil(tiles / (sm_count * resident)) waves of ceil(slices / slabs) slices each, plus the fp32 partials
 // (written by the GEMM, read back by the reduction) at memory bandwidth. The smallest estimate
 // wins (ties: fewer slabs). The constants are rough H100 figures (docs/conv_kernels.md); the
 // engine times the choice, and conv_bench also times half and twice it.
