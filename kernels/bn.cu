@@ -402,9 +402,11 @@ __global__ void backward_apply_kernel(const __half* __restrict__ dout,
 //
 // Block: kVecThreads threads; thread t owns channel vector cv = t % CV (CV = C / 8) and pixel
 // row t / CV of rows = kVecThreads / CV rows; threads past rows * CV only join the barriers.
-// Grid: (blocks over the group's pooled pixels, groups).
+// Grid: (blocks over the group's pooled pixels, groups), about 8 pixels per thread in every
+// kernel: two batches of four (for_pixel_batches). The statistics kernels had 16 (and one pixel
+// in flight per thread); at layer3_res that left most SMs one block, 4 KiB of loads in flight.
 constexpr int kVecThreads = 256;
-constexpr int kVecPixelsPerThread = 16;  // statistics kernels: pixels per thread, about
+constexpr int kVecPixelsPerThread = 8;  // statistics kernels (each block's partial-sum slot)
 constexpr int kVecApplyPixelsPerThread = 8;
 
 struct VecLayout {
@@ -428,37 +430,79 @@ __device__ __forceinline__ void load8_f32(const float* p, float (&f)[8]) {
 }
 
 // Offset of the top-left input value of pooled pixel q (global pooled index img * HWo + r),
-// channel c, in the unpooled tensor [N][H][W][C].
+// channel c, in the unpooled tensor [N][H][W][C], for the kP x kP window (kP = g.P, 1 or 2: the
+// launchers pick the instantiation, so the window loops unroll and their loads issue together).
+template <int kP>
 __device__ __forceinline__ long window_origin(const Geometry& g, long q, int c) {
-  if (g.P == 1) return q * g.C + c;
+  if (kP == 1) return q * g.C + c;
   const int HWo = g.Ho * g.Wo;
   const long img = q / HWo;
   const int r = (int)(q - img * HWo);
   const int oy = r / g.Wo, ox = r - oy * g.Wo;
-  return ((img * g.H + (long)oy * g.P) * g.W + (long)ox * g.P) * g.C + c;
+  return ((img * g.H + (long)oy * kP) * g.W + (long)ox * kP) * g.C + c;
 }
 
-// Max over the P x P window, 8 channels. Returns the first maximum's window position
-// (ky * P + kx, ref::maxpool_backward's tie rule) of channel i in bits 4i..4i+3 (P <= 2).
-__device__ __forceinline__ uint32_t window_max8(const __half* __restrict__ x, const Geometry& g,
-                                               long origin, float (&best)[8]) {
-  load8(x + origin, best);
-  uint32_t args = 0;
-  for (int ky = 0; ky < g.P; ky++)
-    for (int kx = 0; kx < g.P; kx++) {
-      if (ky == 0 && kx == 0) continue;
-      float v[8];
-      load8(x + origin + ((long)ky * g.W + kx) * g.C, v);
-      const uint32_t pos = ky * g.P + kx;
+// The kP x kP window of one pooled pixel's 8 channels as loaded: raw[ky * kP + kx].
+template <int kP>
+struct Window8 {
+  uint4 raw[kP * kP];
+};
+
+template <int kP>
+__device__ __forceinline__ void load_window8(const __half* __restrict__ x, const Geometry& g, long origin,
+                                             Window8<kP>& w) {
 #pragma unroll
-      for (int i = 0; i < 8; i++)
-        if (v[i] > best[i]) {
-          best[i] = v[i];
-          args = (args & ~(0xFu << (4 * i))) | (pos << (4 * i));
-        }
-    }
+  for (int ky = 0; ky < kP; ky++)
+#pragma unroll
+    for (int kx = 0; kx < kP; kx++) w.raw[ky * kP + kx] = load_raw8(x + origin + ((long)ky * g.W + kx) * g.C);
+}
+
+// Max over the window, 8 channels. Returns the first maximum's window position (ky * kP + kx,
+// ref::maxpool_backward's tie rule: scanning rows then columns, only a larger value replaces)
+// of channel i in bits 4i..4i+3.
+template <int kP>
+__device__ __forceinline__ uint32_t window_max8(const Window8<kP>& w, float (&best)[8]) {
+  unpack8(w.raw[0], best);
+  uint32_t args = 0;
+#pragma unroll
+  for (int pos = 1; pos < kP * kP; pos++) {
+    float v[8];
+    unpack8(w.raw[pos], v);
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+      if (v[i] > best[i]) {
+        best[i] = v[i];
+        args = (args & ~(0xFu << (4 * i))) | ((uint32_t)pos << (4 * i));
+      }
+  }
   return args;
 }
+
+// The vectorised kernels' pixel loop over this thread's pooled pixels p = first, first + step,
+// ... < end, kBatch at a time: load(u, p) for each pixel of a batch, then use(u, p) for each,
+// in the same order. A thread then has a batch's loads in flight at once instead of one
+// pixel's. These kernels are not bound by memory bandwidth: they took about the same time on
+// an H100 as on an H200, whose memory is 1.4x faster (docs/gpu_engine.md, "Loads in flight").
+// What binds them is instruction issue (the CELU's cost, kernels/common.cuh) or memory latency
+// with one 16-byte load per thread outstanding at 2 to 4 blocks of 256 threads per SM: this is
+// for the latter. use() runs in the plain loop's order: a thread adds its pixels in the same
+// order as without batches.
+template <int kBatch, class Load, class Use>
+__device__ __forceinline__ void for_pixel_batches(int first, int step, int end, Load&& load, Use&& use) {
+  for (int p0 = first; p0 < end; p0 += kBatch * step) {
+#pragma unroll
+    for (int u = 0; u < kBatch; u++)
+      if (p0 + u * step < end) load(u, p0 + u * step);
+#pragma unroll
+    for (int u = 0; u < kBatch; u++)
+      if (p0 + u * step < end) use(u, p0 + u * step);
+  }
+}
+
+// Pixels per batch: about four 16-byte loads in flight per thread (the window's kP * kP count
+// as one pixel's), but at least one pixel.
+template <int kLoadsPerPixel>
+constexpr int kBatchFor = kLoadsPerPixel >= 4 ? 1 : 4 / kLoadsPerPixel;
 
 // Block reduction of the per-thread sums a[8], b[8] over the rows (fixed order), written to
 // partial[blockIdx.x][grp][c][0..1] for the block's C channels (the two-channel kernels'
@@ -487,11 +531,13 @@ __device__ __forceinline__ void vec_store_partials(const Geometry& g, const VecL
   }
 }
 
-// Forward statistics (and the pooled tensor when P > 1), as pool_stats_kernel: per block the
+// Forward statistics (and the pooled tensor when kP > 1), as pool_stats_kernel: per block the
 // sums of v - K and (v - K)^2 over its pixels, K = x[first pixel of the group][c].
+template <int kP>
 __global__ void __launch_bounds__(kVecThreads)
     pool_stats_vec_kernel(const __half* __restrict__ x, __half* __restrict__ pooled, Geometry g,
                           float* __restrict__ partial) {
+  constexpr int kBatch = kBatchFor<kP * kP>;
   __shared__ float red[kVecThreads * 16];
   const VecLayout l = vec_layout(g.C);
   const int grp = blockIdx.y;
@@ -503,32 +549,36 @@ __global__ void __launch_bounds__(kVecThreads)
     float K[8];
     load8(x + (long)grp * g.group * g.H * g.W * g.C + c, K);
     const long q0 = (long)grp * g.pix_per_group;  // the group's first pooled pixel
-    for (int p = blockIdx.x * l.rows + l.row; p < g.pix_per_group; p += gridDim.x * l.rows) {
-      const long q = q0 + p;
-      float v[8];
-      window_max8(x, g, window_origin(g, q, c), v);
-      if (g.P > 1) store8(pooled + q * g.C + c, v);
+    Window8<kP> win[kBatch];
+    for_pixel_batches<kBatch>(
+        blockIdx.x * l.rows + l.row, gridDim.x * l.rows, g.pix_per_group,
+        [&](int u, int p) { load_window8<kP>(x, g, window_origin<kP>(g, q0 + p, c), win[u]); },
+        [&](int u, int p) {
+          float v[8];
+          window_max8<kP>(win[u], v);
+          if (kP > 1) store8(pooled + (q0 + p) * g.C + c, v);
 #pragma unroll
-      for (int i = 0; i < 8; i++) {
-        const float d = v[i] - K[i];
-        s1[i] += d;
-        s2[i] += d * d;
-      }
-    }
+          for (int i = 0; i < 8; i++) {
+            const float d = v[i] - K[i];
+            s1[i] += d;
+            s2[i] += d * d;
+          }
+        });
   }
   vec_store_partials(g, l, s1, s2, red, partial);
 }
 
 // out = celu((p - mean) * invstd + bias) (+ residual), as apply_kernel. Grid y = group (G = 1
 // with kEval: mean/var [C] for every image, g.pix_per_group = all pooled pixels). p is the
-// window max of `in` (window g.P; 1 when `in` is already pooled); pooled_out (may be null)
-// receives it when g.P > 1.
-template <bool kEval>
+// window max of `in` (window kP = g.P; 1 when `in` is already pooled); pooled_out (may be null)
+// receives it when kP > 1.
+template <bool kEval, int kP>
 __global__ void __launch_bounds__(kVecThreads)
     apply_vec_kernel(const __half* __restrict__ in, Geometry g, __half* pooled_out,
                      const float* __restrict__ bias, const float* __restrict__ mean,
                      const float* __restrict__ stat2, float eps, float alpha,
                      const __half* __restrict__ residual, __half* __restrict__ out) {
+  constexpr int kBatch = kBatchFor<kP * kP>;
   const VecLayout l = vec_layout(g.C);
   if (!l.active) return;
   const int grp = blockIdx.y;
@@ -544,36 +594,43 @@ __global__ void __launch_bounds__(kVecThreads)
     load8_f32(stat2 + (long)grp * g.C + c, is);
   }
   const long q0 = (long)grp * g.pix_per_group;
-  for (int p = blockIdx.x * l.rows + l.row; p < g.pix_per_group; p += gridDim.x * l.rows) {
-    const long q = q0 + p;
-    const long off = q * g.C + c;
-    float v[8];
-    window_max8(in, g, window_origin(g, q, c), v);
-    if (pooled_out != nullptr && g.P > 1) store8(pooled_out + off, v);
-    float y[8];
+  Window8<kP> win[kBatch];
+  uint4 res[kBatch] = {};
+  for_pixel_batches<kBatch>(
+      blockIdx.x * l.rows + l.row, gridDim.x * l.rows, g.pix_per_group,
+      [&](int u, int p) {
+        const long q = q0 + p;
+        load_window8<kP>(in, g, window_origin<kP>(g, q, c), win[u]);
+        if (residual != nullptr) res[u] = load_raw8(residual + q * g.C + c);
+      },
+      [&](int u, int p) {
+        const long off = (q0 + p) * g.C + c;
+        float v[8];
+        window_max8<kP>(win[u], v);
+        if (pooled_out != nullptr && kP > 1) store8(pooled_out + off, v);
+        float y[8];
 #pragma unroll
-    for (int i = 0; i < 8; i++) y[i] = celu(__fadd_rn(bn_xhat(v[i], m[i], is[i]), b[i]), alpha);
-    if (residual != nullptr) {
-      float r[8];
-      load8(residual + off, r);
+        for (int i = 0; i < 8; i++) y[i] = celu(__fadd_rn(bn_xhat(v[i], m[i], is[i]), b[i]), alpha);
+        if (residual != nullptr) {
+          float r[8];
+          unpack8(res[u], r);
 #pragma unroll
-      for (int i = 0; i < 8; i++) y[i] += r[i];
-    }
-    store8(out + off, y);
-  }
+          for (int i = 0; i < 8; i++) y[i] += r[i];
+        }
+        store8(out + off, y);
+      });
 }
 
-// dz = (dout + dout2) * celu'(xhat + bias) and xhat for 8 channels of pooled pixel q.
-__device__ __forceinline__ void vec_dz(const __half* __restrict__ dout,
-                                       const __half* __restrict__ dout2, long off,
-                                       const float (&v)[8], const float (&m)[8],
-                                       const float (&is)[8], const float (&b)[8], float alpha,
+// dz = (dout + dout2) * celu'(xhat + bias) and xhat for 8 channels of a pooled pixel, from its
+// pooled values v and dout (and dout2 when has2) as loaded.
+__device__ __forceinline__ void vec_dz(const uint4& dout, const uint4& dout2, bool has2, const float (&v)[8],
+                                       const float (&m)[8], const float (&is)[8], const float (&b)[8], float alpha,
                                        float (&dz)[8], float (&xh)[8]) {
   float d[8];
-  load8(dout + off, d);
-  if (dout2 != nullptr) {
+  unpack8(dout, d);
+  if (has2) {
     float d2[8];
-    load8(dout2 + off, d2);
+    unpack8(dout2, d2);
 #pragma unroll
     for (int i = 0; i < 8; i++) d[i] += d2[i];
   }
@@ -592,6 +649,7 @@ __global__ void __launch_bounds__(kVecThreads)
                               const float* __restrict__ bias, const float* __restrict__ save_mean,
                               const float* __restrict__ save_invstd, float alpha,
                               float* __restrict__ partial) {
+  constexpr int kBatch = kBatchFor<2>;  // p_in and dout (and dout2) per pixel
   __shared__ float red[kVecThreads * 16];
   const VecLayout l = vec_layout(g.C);
   const int grp = blockIdx.y;
@@ -605,23 +663,33 @@ __global__ void __launch_bounds__(kVecThreads)
     load8_f32(save_invstd + (long)grp * g.C + c, is);
     load8_f32(bias + c, b);
     const long q0 = (long)grp * g.pix_per_group;
-    for (int p = blockIdx.x * l.rows + l.row; p < g.pix_per_group; p += gridDim.x * l.rows) {
-      const long off = (q0 + p) * g.C + c;
-      float v[8], dz[8], xh[8];
-      load8(p_in + off, v);
-      vec_dz(dout, dout2, off, v, m, is, b, alpha, dz, xh);
+    uint4 pv[kBatch], d1[kBatch], d2[kBatch] = {};
+    for_pixel_batches<kBatch>(
+        blockIdx.x * l.rows + l.row, gridDim.x * l.rows, g.pix_per_group,
+        [&](int u, int p) {
+          const long off = (q0 + p) * g.C + c;
+          pv[u] = load_raw8(p_in + off);
+          d1[u] = load_raw8(dout + off);
+          if (dout2 != nullptr) d2[u] = load_raw8(dout2 + off);
+        },
+        [&](int u, int) {
+          float v[8], dz[8], xh[8];
+          unpack8(pv[u], v);
+          vec_dz(d1[u], d2[u], dout2 != nullptr, v, m, is, b, alpha, dz, xh);
 #pragma unroll
-      for (int i = 0; i < 8; i++) {
-        sdz[i] += dz[i];
-        sdzx[i] += dz[i] * xh[i];
-      }
-    }
+          for (int i = 0; i < 8; i++) {
+            sdz[i] += dz[i];
+            sdzx[i] += dz[i] * xh[i];
+          }
+        });
   }
   vec_store_partials(g, l, sdz, sdzx, red, partial);
 }
 
-// dx, as backward_apply_kernel (same formula, same routing through the window's first maximum).
-template <bool kArgmax>
+// dx, as backward_apply_kernel (same formula, same routing through the window's first maximum):
+// kArgmax (the 2x2 pool only) reads the pooled values and the window positions, otherwise the
+// window maxima of x are recomputed (window kP = g.P).
+template <bool kArgmax, int kP>
 __global__ void __launch_bounds__(kVecThreads)
     backward_apply_vec_kernel(const __half* __restrict__ dout, const __half* __restrict__ dout2,
                               const __half* __restrict__ x, const __half* __restrict__ pooled,
@@ -629,6 +697,9 @@ __global__ void __launch_bounds__(kVecThreads)
                               const float* __restrict__ bias, const float* __restrict__ save_mean,
                               const float* __restrict__ save_invstd, float alpha,
                               const BwdSums t, __half* __restrict__ dx) {
+  static_assert(!kArgmax || kP == 2, "the argmax path serves the 2x2 max-pool");
+  // Loads per pixel: dout, and the pooled vector (kArgmax) or the window.
+  constexpr int kBatch = kBatchFor<1 + (kArgmax ? 1 : kP * kP)>;
   const VecLayout l = vec_layout(g.C);
   if (!l.active) return;
   const int grp = blockIdx.y;
@@ -644,38 +715,54 @@ __global__ void __launch_bounds__(kVecThreads)
     t_dzx[i] = t.sum_dzx((long)grp * g.C + c + i);
   }
   const long q0 = (long)grp * g.pix_per_group;
-  for (int p = blockIdx.x * l.rows + l.row; p < g.pix_per_group; p += gridDim.x * l.rows) {
-    const long q = q0 + p;
-    const long off = q * g.C + c;
-    const long origin = window_origin(g, q, c);
-    float v[8];
-    uint32_t args;  // window position of channel i in bits 4i..4i+3
-    if (kArgmax) {
-      load8(pooled + off, v);
-      // 8 bytes, one per channel (values 0..3): byte i of a.x / a.y to nibble i / 4 + i.
-      const uint2 a = *reinterpret_cast<const uint2*>(argmax + off);
-      args = 0;
+  Window8<kArgmax ? 1 : kP> win[kBatch];  // kArgmax: the pooled vector
+  uint2 arg[kBatch] = {};
+  uint4 d1[kBatch], d2[kBatch] = {};
+  long origin[kBatch];
+  for_pixel_batches<kBatch>(
+      blockIdx.x * l.rows + l.row, gridDim.x * l.rows, g.pix_per_group,
+      [&](int u, int p) {
+        const long q = q0 + p, off = q * g.C + c;
+        origin[u] = window_origin<kP>(g, q, c);
+        if constexpr (kArgmax) {
+          win[u].raw[0] = load_raw8(pooled + off);
+          arg[u] = *reinterpret_cast<const uint2*>(argmax + off);
+        } else {
+          load_window8<kP>(x, g, origin[u], win[u]);
+        }
+        d1[u] = load_raw8(dout + off);
+        if (dout2 != nullptr) d2[u] = load_raw8(dout2 + off);
+      },
+      [&](int u, int) {
+        float v[8];
+        uint32_t args;  // window position of channel i in bits 4i..4i+3
+        if constexpr (kArgmax) {
+          unpack8(win[u].raw[0], v);
+          // 8 bytes, one per channel (values 0..3): byte i of a.x / a.y to nibble i / 4 + i.
+          args = 0;
 #pragma unroll
-      for (int i = 0; i < 4; i++) {
-        args |= ((a.x >> (8 * i)) & 0xFu) << (4 * i);
-        args |= ((a.y >> (8 * i)) & 0xFu) << (4 * (4 + i));
-      }
-    } else {
-      args = window_max8(x, g, origin, v);
-    }
-    float dz[8], xh[8], dp[8];
-    vec_dz(dout, dout2, off, v, m, is, b, alpha, dz, xh);
+          for (int i = 0; i < 4; i++) {
+            args |= ((arg[u].x >> (8 * i)) & 0xFu) << (4 * i);
+            args |= ((arg[u].y >> (8 * i)) & 0xFu) << (4 * (4 + i));
+          }
+        } else {
+          args = window_max8<kP>(win[u], v);
+        }
+        float dz[8], xh[8], dp[8];
+        vec_dz(d1[u], d2[u], dout2 != nullptr, v, m, is, b, alpha, dz, xh);
 #pragma unroll
-    for (int i = 0; i < 8; i++) dp[i] = bn_dp(is[i], dz[i], xh[i], t_dz[i], t_dzx[i], inv_n);
-    for (int ky = 0; ky < g.P; ky++)
-      for (int kx = 0; kx < g.P; kx++) {
-        const uint32_t pos = ky * g.P + kx;
-        float o[8];
+        for (int i = 0; i < 8; i++) dp[i] = bn_dp(is[i], dz[i], xh[i], t_dz[i], t_dzx[i], inv_n);
 #pragma unroll
-        for (int i = 0; i < 8; i++) o[i] = ((args >> (4 * i)) & 0xFu) == pos ? dp[i] : 0.0f;
-        store8(dx + origin + ((long)ky * g.W + kx) * g.C, o);
-      }
-  }
+        for (int ky = 0; ky < kP; ky++)
+#pragma unroll
+          for (int kx = 0; kx < kP; kx++) {
+            const uint32_t pos = ky * kP + kx;
+            float o[8];
+#pragma unroll
+            for (int i = 0; i < 8; i++) o[i] = ((args >> (4 * i)) & 0xFu) == pos ? dp[i] : 0.0f;
+            store8(dx + origin[u] + ((long)ky * g.W + kx) * g.C, o);
+          }
+      });
 }
 
 void check_shape(const GhostBnCeluShape& s, const char* fn) {
@@ -769,7 +856,7 @@ void apply_train(const __half* p, const Geometry& g, bool vec, const float* bias
   ga.W = g.Wo;
   if (vec) {
     const dim3 grid(vec_blocks(s, ga.pix_per_group, kVecApplyPixelsPerThread), s.groups());
-    apply_vec_kernel<false><<<grid, kVecThreads, 0, stream>>>(
+    apply_vec_kernel<false, 1><<<grid, kVecThreads, 0, stream>>>(
         p, ga, nullptr, bias, save_mean, save_invstd, prm.eps, prm.alpha, residual, out);
   } else {
     const long total = (long)s.N * g.Ho * g.Wo * (s.C / 2);
@@ -800,7 +887,8 @@ void pool_bn_celu_forward_train(const __half* x, __half* pooled, const float* bi
   // Every partial slot is written by the statistics kernel: no memset needed.
   const int slices = vec ? vec_slices(s) : stats_slices(s);
   if (vec)
-    pool_stats_vec_kernel<<<dim3(slices, s.groups()), kVecThreads, 0, stream>>>(x, pooled, g, scratch);
+    (s.P == 2 ? pool_stats_vec_kernel<2> : pool_stats_vec_kernel<1>)<<<dim3(slices, s.groups()), kVecThreads, 0,
+                                                                          stream>>>(x, pooled, g, scratch);
   else
     pool_stats_kernel<<<stats_grid(s), dim3(kStatX, kStatY), 0, stream>>>(x, pooled, g, scratch);
   CUDA_CHECK_LAUNCH();
@@ -852,8 +940,8 @@ void pool_bn_celu_forward_eval(const __half* x, __half* pooled_scratch, const fl
   if (use_vec(se, prm, {x, out, s.P > 1 ? pooled_scratch : nullptr, residual})) {
     // One "group" of every image: the statistics are per channel.
     g.pix_per_group = s.N * g.Ho * g.Wo;
-    apply_vec_kernel<true><<<vec_blocks(se, g.pix_per_group, kVecApplyPixelsPerThread), kVecThreads,
-                             0, stream>>>(x, g, pooled_scratch, bias, mean, var, prm.eps,
+    (s.P == 2 ? apply_vec_kernel<true, 2> : apply_vec_kernel<true, 1>)<<<
+        vec_blocks(se, g.pix_per_group, kVecApplyPixelsPerThread), kVecThreads, 0, stream>>>(x, g, pooled_scratch, bias, mean, var, prm.eps,
                                           prm.alpha, residual, out);
   } else {
     const long total = (long)s.N * g.Ho * g.Wo * (s.C / 2);
@@ -900,7 +988,9 @@ void backward_apply(const __half* dout, const __half* dout2, const __half* x, co
   const bool arg = argmax != nullptr;
   if (vec) {
     const dim3 grid(vec_blocks(s, g.pix_per_group, kVecApplyPixelsPerThread), s.groups());
-    auto* kernel = arg ? backward_apply_vec_kernel<true> : backward_apply_vec_kernel<false>;
+    auto* kernel = arg          ? backward_apply_vec_kernel<true, 2>
+                   : s.P == 2 ? backward_apply_vec_kernel<false, 2>
+                              : backward_apply_vec_kernel<false, 1>;
     kernel<<<grid, kVecThreads, 0, stream>>>(dout, dout2, x, pooled, argmax, g, bias, save_mean,
                                              save_invstd, prm.alpha, t, dx);
   } else {

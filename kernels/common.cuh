@@ -108,10 +108,11 @@ __device__ __forceinline__ void store_half2(__half* p, float a, float b) {
   *reinterpret_cast<__half2*>(p) = __floats2half2_rn(a, b);
 }
 
-// 8 consecutive fp16 values as fp32, and back rounded to nearest: one 16-byte access (p must
-// be 16-byte aligned).
-__device__ __forceinline__ void load8(const __half* p, float (&f)[8]) {
-  const uint4 u = *reinterpret_cast<const uint4*>(p);
+// 8 consecutive fp16 values as loaded (one 16-byte access; p must be 16-byte aligned), those
+// as fp32, both at once, and back rounded to nearest. Loading raw and converting later lets a
+// kernel issue several loads before it needs any of them.
+__device__ __forceinline__ uint4 load_raw8(const __half* p) { return *reinterpret_cast<const uint4*>(p); }
+__device__ __forceinline__ void unpack8(const uint4& u, float (&f)[8]) {
   const __half2* h = reinterpret_cast<const __half2*>(&u);
 #pragma unroll
   for (int i = 0; i < 4; i++) {
@@ -120,6 +121,7 @@ __device__ __forceinline__ void load8(const __half* p, float (&f)[8]) {
     f[2 * i + 1] = t.y;
   }
 }
+__device__ __forceinline__ void load8(const __half* p, float (&f)[8]) { unpack8(load_raw8(p), f); }
 __device__ __forceinline__ void store8(__half* p, const float (&f)[8]) {
   uint4 u;
   __half2* h = reinterpret_cast<__half2*>(&u);
