@@ -99,6 +99,12 @@ std::vector<float> to_float(const std::vector<__half>& h, long n) {
 }
 
 int g_iters = 20;
+// --configs: the tile configs to run (names as igemm_config_info / wgmma_config_info give them);
+// empty: all. cuDNN always runs.
+std::vector<std::string> g_configs;
+bool wanted(const char* config) {
+  return g_configs.empty() || std::find(g_configs.begin(), g_configs.end(), config) != g_configs.end();
+}
 
 // ------------------------------------------------------------------------------------ rows
 
@@ -297,7 +303,8 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
   };
   std::vector<FwdVariant> fwd_variants;
   for (kernels::IgemmConfig config : kernels::kIgemmConfigs)
-    fwd_variants.push_back(
+    if (wanted(kernels::igemm_config_info(config).name))
+      fwd_variants.push_back(
         {"igemm", kernels::igemm_config_info(config), 0, kernels::igemm_stats_scratch_bytes(d, config),
          [&, config] { kernels::conv_forward_igemm(d_x.get(), d_w.get(), d_y.get(), d, config, 0); },
          [&, config](const kernels::IgemmStats& st) {
@@ -312,7 +319,7 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
   using kernels::wgmma_config_takes_channels;
   if (kernels::wgmma_supported())
     for (kernels::WgmmaConfig config : kernels::kWgmmaConfigs)
-      if (wgmma_config_takes_channels(config, d.C))
+      if (wgmma_config_takes_channels(config, d.C) && wanted(kernels::wgmma_config_info(config).name))
         fwd_variants.push_back(
             {"wgmma", kernels::wgmma_config_info(config), kernels::wgmma_blocks_per_sm(config, false),
              kernels::wgmma_stats_scratch_bytes(d, config),
@@ -492,6 +499,7 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
     DeviceBuffer<__half> d_wt(kernels::igemm_dgrad_scratch_bytes(d) / sizeof(__half));
     for (kernels::IgemmConfig config : kernels::kIgemmConfigs) {
       const auto info = kernels::igemm_config_info(config);
+      if (!wanted(info.name)) continue;
       Row row = new_row("bwd_data", "igemm", info.name);
       row.info = info;
       auto launch = [&] {
@@ -516,6 +524,7 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
     for (kernels::WgmmaConfig config : kernels::kWgmmaConfigs) {
       if (!wgmma_config_takes_channels(config, d.C)) continue;  // of the recipe, prep (C = 32, no input gradient)
       const auto info = kernels::wgmma_config_info(config);
+      if (!wanted(info.name)) continue;
       Row row = new_row("fwd", "wgmma", info.name);
       row.info = info;
       row.blocks_per_sm = kernels::wgmma_blocks_per_sm(config, false);
@@ -576,7 +585,8 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
     }
   };
   for (kernels::IgemmConfig config : kernels::kIgemmConfigs)
-    wgrad_rows(
+    if (wanted(kernels::igemm_config_info(config).name))
+      wgrad_rows(
         "igemm", kernels::igemm_config_info(config), kernels::igemm_wgrad_default_splits(d, config, sm_count), 0,
         [&](int want) { return kernels::igemm_wgrad_split(d, config, want).splits; },
         [&](int splits, float* part) {
@@ -584,7 +594,7 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
         });
   if (kernels::wgmma_supported())
     for (kernels::WgmmaConfig config : kernels::kWgmmaConfigs)
-      if (wgmma_config_takes_channels(config, d.C))
+      if (wgmma_config_takes_channels(config, d.C) && wanted(kernels::wgmma_config_info(config).name))
         wgrad_rows(
             "wgmma", kernels::wgmma_config_info(config), kernels::wgmma_wgrad_default_splits(d, config, sm_count),
             kernels::wgmma_blocks_per_sm(config, true),
@@ -601,7 +611,8 @@ std::string shape_str(const kernels::ConvDesc& d) {
 
 void print_usage() {
   std::printf(
-      "usage: conv_bench [--json out.json] [--iters N] [--no-cudnn] [--layers L1,L2,...] [--help]\n"
+      "usage: conv_bench [--json out.json] [--iters N] [--no-cudnn] [--layers L1,L2,...]\n"
+      "                  [--configs C1,C2,...] [--help]\n"
       "  Times the hand-written implicit-GEMM convolutions (every tile config: the forward with\n"
       "  and without the BN-statistics and fused max-pool epilogues, the input gradient with and\n"
       "  without the BN-backward sums epilogue, the split-K weight gradient; on Hopper also the\n"
@@ -614,6 +625,8 @@ void print_usage() {
       "  --no-cudnn   skip cuDNN (no autotune; the speed-up columns are left empty)\n"
       "  --layers L   only these layers, comma-separated, of: prep, layer1, layer1_res, layer2,\n"
       "               layer3, layer3_res (default all; e.g. to profile one layer's kernels)\n"
+      "  --configs C  only these tile configs of ours, comma-separated, by name (e.g.\n"
+      "               wgmma_128x128x64_s3,128x64x32_s4; an unknown name lists them); default all\n"
       "  Exit status: 0 all checks passed, 1 no GPU, bad arguments or a CUDA error, 3 a check failed.\n");
 }
 
@@ -657,6 +670,18 @@ int main(int argc, char** argv) {
       }
     } else if (a == "--no-cudnn") {
       with_cudnn = false;
+    } else if (a == "--configs" && i + 1 < argc) {
+      g_configs = bench::split_list(argv[++i]);
+      std::vector<std::string> known;
+      for (kernels::IgemmConfig c : kernels::kIgemmConfigs) known.push_back(kernels::igemm_config_info(c).name);
+      for (kernels::WgmmaConfig c : kernels::kWgmmaConfigs) known.push_back(kernels::wgmma_config_info(c).name);
+      for (const std::string& c : g_configs)
+        if (std::find(known.begin(), known.end(), c) == known.end()) {
+          std::string list;
+          for (const std::string& k : known) list += (list.empty() ? "" : ", ") + k;
+          std::fprintf(stderr, "conv_bench: --configs: unknown config '%s' (known: %s)\n", c.c_str(), list.c_str());
+          return 1;
+        }
     } else if (a == "--layers" && i + 1 < argc) {
       layers = bench::split_list(argv[++i]);
       for (const std::string& l : layers)
@@ -810,6 +835,7 @@ int main(int argc, char** argv) {
         {"ghost_group_images", kGhostGroup},
         {"with_cudnn", with_cudnn},
         {"layers", layers.empty() ? json("all") : json(layers)},
+        {"configs", g_configs.empty() ? json("all") : json(g_configs)},
         {"all_checks_pass", all_pass},
         {"results", results},
         {"best", best},

@@ -21,7 +21,8 @@
 #    other and memcheck hit its limit in the batch-512 cuDNN and BN cases, now tagged [recipe].)
 # 3. kernel_bench: kernel_bench --json OUTDIR/kernel_bench.json.
 # 4. conv_bench (when built): the hand-written conv kernels against cuDNN,
-#    --json OUTDIR/conv_bench.json.
+#    --json OUTDIR/conv_bench.json, plus CONV_BENCH_ARGS (e.g. "--configs
+#    wgmma_128x128x64_s3,wgmma_128x128x64_s4_pp_im2col" to time a few tiles in a short session).
 # 5. speedrun (only with DATA_DIR or $CIFAR10_DIR): speedrun --device cuda --runs RUNS (default
 #    3) --json OUTDIR/speedrun.json. DATA_DIR may be the cifar-10-batches-bin folder, its parent,
 #    or the repo's compressed pack (a folder with build_bins.py, e.g. ../shared/cifar10), which
@@ -314,7 +315,8 @@ fi
 if ! want conv_bench; then
   skip_step conv_bench "not in GPU_CHECK_STEPS"
 elif [ -x "$BUILD/conv_bench" ]; then
-  run_step conv_bench "$T_CONV_BENCH" "$LOG" "$BUILD/conv_bench" --json "$OUT/conv_bench.json"
+  # shellcheck disable=SC2086  # CONV_BENCH_ARGS: words for conv_bench (e.g. --configs A,B --layers L)
+  run_step conv_bench "$T_CONV_BENCH" "$LOG" "$BUILD/conv_bench" ${CONV_BENCH_ARGS:-} --json "$OUT/conv_bench.json"
 else
   skip_step conv_bench "no $BUILD/conv_bench"
 fi
