@@ -563,6 +563,8 @@ TEST_CASE("wgmma launchers check their preconditions (host)", "[gpu][wgmma]") {
   const WgmmaConfig im2col = WgmmaConfig::k128x128x64s4PpIm2col;
   CHECK(kernels::wgmma_config_channel_multiple(im2col) == 64);
   CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k128x128x64s4PpIm2colC2) == 64);
+  CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k128x128x64s4PpIm2colC4) == 64);
+  CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k128x128x64s4PpIm2colC8) == 64);
   CHECK(kernels::wgmma_config_channel_multiple(cfg) == 8);
   CHECK_THROWS_WITH(kernels::conv_forward_wgmma(fake(0x10000), fake(0x20000), fake(0x30000), ConvDesc{2, 4, 4, 32, 64, 3},
                                                 im2col, 0),
@@ -584,14 +586,16 @@ TEST_CASE("wgmma launchers check their preconditions (host)", "[gpu][wgmma]") {
   CHECK_THROWS_WITH(kernels::wgmma_detail::tma_im2col_probe(fake(0x10000), ConvDesc{2, 4, 4, 64, 64, 3}, 100, {},
                                                             fake(0x20000), 0),
                     Catch::Contains("pixels"));
-  CHECK_THROWS_WITH(kernels::wgmma_detail::tma_tile_probe(fake(0x10000), 64, 64, 512, 0, 0, false, fake(0x20000), 0),
+  CHECK_THROWS_WITH(kernels::wgmma_detail::tma_tile_probe(fake(0x10000), 64, 64, 512, 0, 0, 1, fake(0x20000), 0),
                     Catch::Contains("box_rows"));
+  CHECK_THROWS_WITH(kernels::wgmma_detail::tma_tile_probe(fake(0x10000), 64, 64, 64, 0, 0, 3, fake(0x20000), 0),
+                    Catch::Contains("cluster"));
   if (!kernels::wgmma_supported()) {
     // A valid shape is still refused where wgmma cannot run (no device here, or not Hopper).
     CHECK_THROWS_AS(fwd(ConvDesc{2, 4, 4, 16, 16, 3}, fake(0x10000)), std::invalid_argument);
     CHECK_THROWS_AS(wgrad(ConvDesc{2, 4, 4, 16, 16, 3}, fake(0x10000), 1), std::invalid_argument);
     CHECK_THROWS_AS(kernels::wgmma_blocks_per_sm(cfg, false), std::invalid_argument);
-    CHECK_THROWS_AS(kernels::wgmma_detail::tma_tile_probe(fake(0x10000), 64, 64, 64, 0, 0, true, fake(0x20000), 0),
+    CHECK_THROWS_AS(kernels::wgmma_detail::tma_tile_probe(fake(0x10000), 64, 64, 64, 0, 0, 2, fake(0x20000), 0),
                     std::invalid_argument);
   }
 }
@@ -901,10 +905,10 @@ TEST_CASE("wgmma TMA im2col copy lands as the model says", "[gpu][wgmma][tma]") 
 }
 
 // TMA's tiled copy of a matrix (tma_map_2d: the _pp_tma tiles' B, the weight gradient's A), and
-// its multicast in a cluster of two (the _c2 tile's B, each block copying half into both): the
-// landed bytes unswizzled and compared exactly with the matrix's box, zeros past its last row,
-// at the boxes the tiles use (128 and 64 rows; a box past the last row; a column block past
-// the first).
+// its multicast in clusters of 2, 4, 8 (the _c2, _c4, _c8 tiles' shared operand, each block
+// copying its part into all): the landed bytes unswizzled and compared exactly with the
+// matrix's box, zeros past its last row, at the box sizes the tiles use, for boxes at the
+// first rows, past the last row, and at column blocks past the first.
 TEST_CASE("wgmma TMA tiled box and its multicast land as the model says", "[gpu][wgmma][tma]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   GPU_TEST_SKIP_WITHOUT_WGMMA();
@@ -915,12 +919,15 @@ TEST_CASE("wgmma TMA tiled box and its multicast land as the model says", "[gpu]
   struct Box {
     int box_rows, col0, row0;
   };
-  for (bool multicast : {false, true})
-    for (const Box& b : {Box{128, 0, 0}, Box{64, 64, 128}, Box{128, 512, 256}, Box{64, 448, 280}}) {
-      const int copied = multicast ? 2 * b.box_rows : b.box_rows, blocks = multicast ? 2 : 1;
-      INFO((multicast ? "multicast, " : "") << b.box_rows << "-row box at column " << b.col0 << ", row " << b.row0);
+  for (int cluster : {1, 2, 4, 8}) {
+    // The boxes the tiles copy: the forward's B (128 / cluster filter rows per block) and the
+    // weight gradient's A (64 pixels, or 64 * 2 / cluster of one column block per block).
+    const int big = 128 / cluster, small = std::min(64, 128 / cluster);
+    for (const Box& b : {Box{big, 0, 0}, Box{small, 64, 128}, Box{big, 512, 256}, Box{small, 448, 280}}) {
+      const int copied = cluster * b.box_rows, blocks = cluster;
+      INFO("cluster " << cluster << ", " << b.box_rows << "-row box at column " << b.col0 << ", row " << b.row0);
       auto out = poisoned<__half>((size_t)blocks * copied * 64);
-      kernels::wgmma_detail::tma_tile_probe(d_m.get(), rows, cols, b.box_rows, b.col0, b.row0, multicast, out.get(), 0);
+      kernels::wgmma_detail::tma_tile_probe(d_m.get(), rows, cols, b.box_rows, b.col0, b.row0, cluster, out.get(), 0);
       CUDA_CHECK(cudaDeviceSynchronize());
       const std::vector<float> all = download_half(out);
       for (int blk = 0; blk < blocks; blk++) {
@@ -938,6 +945,7 @@ TEST_CASE("wgmma TMA tiled box and its multicast land as the model says", "[gpu]
         CHECK(bad == 0);
       }
     }
+  }
 }
 
 // The TMA configs alone on two odd shapes (M = 75: a partial tile whose copies cross images and
@@ -952,7 +960,8 @@ TEST_CASE("wgmma TMA tiles on two odd shapes vs reference", "[gpu][wgmma][tma]")
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   GPU_TEST_SKIP_WITHOUT_WGMMA();
   const std::vector<WgmmaConfig> tma = {WgmmaConfig::k128x128x64s4PpTma, WgmmaConfig::k128x128x64s4PpIm2col,
-                                        WgmmaConfig::k128x128x64s4PpIm2colC2};
+                                        WgmmaConfig::k128x128x64s4PpIm2colC2, WgmmaConfig::k128x128x64s4PpIm2colC4,
+                                        WgmmaConfig::k128x128x64s4PpIm2colC8};
   check_odd_shape({3, 5, 5, 64, 64, 3}, 1190, tma);
   check_odd_shape({3, 10, 10, 64, 192, 3}, 1195, tma);
 }

@@ -205,11 +205,11 @@ TEST_CASE("wgmma ping-pong schedule protocol: no deadlock, no stage race (host m
 
 // The clustered tile (wgmma_128x128x64_s4_pp_im2col_c2): two blocks, each with one TMA producer
 // whose copies land in both; a stage is refilled only when both blocks' consumers released it.
-// Also clusters of 4, and a model of 2 producers per block, for margin.
+// Also clusters of 4 and 8 (the _c4, _c8 tiles), and a model of 2 producers per block, for margin.
 TEST_CASE("wgmma ping-pong schedule in clusters: no deadlock, no stage race (host model)", "[wgmma][pp]") {
   const std::vector<std::vector<int>> blocks = {{9}, {9, 9, 9}, {18, 18, 18, 18, 18}, {1, 1, 1, 1, 1, 1, 1},
                                                 {2, 3, 1, 5}, {72, 72}, {7, 7, 0}};
-  for (int B : {2, 4})
+  for (int B : {2, 4, 8})
     for (int P : {1, 2})
       for (int S : {2, 4})
         for (const auto& tiles : blocks)

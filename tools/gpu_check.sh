@@ -47,8 +47,9 @@
 #    COUNT launches whose demangled name matches REGEX, with the sections of SET ("full": speed
 #    of light, launch, occupancy, warp states, scheduler, compute and memory workload, source
 #    counters; "light": speed of light and launch shape only, for many launches).
-#    The default: six wgmma forward tiles on layer1 (the block-wide s3, the warp-specialized
-#    s4_ws, the persistent ping-pong s4_pp, s4_pp_tma, s4_pp_im2col and s4_pp_im2col_c2), two
+#    The default: eight wgmma forward tiles on layer1 (the block-wide s3, the warp-specialized
+#    s4_ws, the persistent ping-pong s4_pp, s4_pp_tma, s4_pp_im2col and its clusters _c2, _c4,
+#    _c8), two
 #    weight-gradient ones on layer2 (s4_pp and s4_pp_im2col, one ncu run each), and cuDNN's
 #    forward kernel on layer1, to compare with.
 # GPU_CHECK_STEPS (comma-separated, default all but variants: gpu_tests,kernel_bench,conv_bench,
@@ -417,8 +418,9 @@ else
   # ncu's demangled names spell template arguments as "(int)128", enumerators as "(Enum)0".
   I='\(int\)'
   # The forward tiles: conv_bench's statistics loop launches each config's plain kernel once, in
-  # config order, before any is timed, so the first six matches are six different kernels.
-  DEFAULT_PROFILES="fwd_layer1#layer1#conv_fwd_wgmma(_pp)?_kernel<.*WgTile<${I}128, ${I}128, ${I}(0, ${I}3, ${I}0|1, ${I}4, ${I}[1-5]), ${I}0>, .*Epilogue\\)0>#6#full"
+  # config order, before any is timed, so the first eight matches are eight different kernels
+  # (_s3, _s4_ws, _s4_pp and the five TMA tiles).
+  DEFAULT_PROFILES="fwd_layer1#layer1#conv_fwd_wgmma(_pp)?_kernel<.*WgTile<${I}128, ${I}128, ${I}(0, ${I}3, ${I}0|1, ${I}4, ${I}[1-7]), ${I}0>, .*Epilogue\\)0>#8#full"
   # The weight-gradient tiles run back to back, each many times: one ncu run per tile (a count
   # of two over several tiles profiled the first tile twice).
   DEFAULT_PROFILES+=";wgrad_layer2_pp#layer2#conv_wgrad_wgmma_pp_kernel<.*WgWgradTile<${I}128, ${I}128, ${I}1, ${I}4, ${I}2, ${I}0>#1#full"

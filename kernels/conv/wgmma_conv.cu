@@ -387,10 +387,11 @@ __device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 2], uint64_t desc_a,
 // 3: the same, with the operand that needs no gather (the forward's filter rows, the weight
 // gradient's dy rows) copied by TMA from one producer thread (the _pp_tma configs). Producer 4:
 // both operands by TMA, the gathered one in TMA's im2col mode; one producer thread issues all
-// copies and the rest of its warpgroup idles (the _pp_im2col config). Producer 5: the same in
-// clusters of two blocks that take tiles with the same filter rows (two row tiles apart by
-// one, one filter tile) at the same time, each copying half of B by TMA multicast into both
-// (the _pp_im2col_c2 config): B's L2 reads halve.
+// copies and the rest of its warpgroup idles (the _pp_im2col config). Producer 5, 6, 7: the
+// same in clusters of 2, 4, 8 blocks that take tiles with the same filter rows (consecutive
+// row tiles, one filter tile) at the same time, each copying its 1 / kCluster of B by TMA
+// multicast into all of them (the _pp_im2col_c2, _c4, _c8 configs): B's L2 reads divide by the
+// cluster size.
 template <int BlockM, int BlockN, int MmaInFlight, int Stages, int Producer, int L1>
 struct WgTile {
   static constexpr int kBlockM = BlockM, kBlockN = BlockN, kBlockK = 64, kStages = Stages;
@@ -398,8 +399,8 @@ struct WgTile {
   static constexpr bool kPingPong = Producer >= 2;
   static constexpr bool kTma = Producer >= 3;     // B (the filter rows) by TMA
   static constexpr bool kIm2col = Producer >= 4;  // A too (im2col): no cp.async loader at all
-  static constexpr int kCluster = Producer == 5 ? 2 : 1;  // blocks per cluster, sharing B
-  static constexpr int kTmaBRows = BlockN / kCluster;     // B rows each block copies
+  static constexpr int kCluster = Producer >= 5 ? 1 << (Producer - 4) : 1;  // blocks per cluster, sharing B
+  static constexpr int kTmaBRows = BlockN / kCluster;                        // B rows each block copies
   static constexpr int kLoadAhead = wgmma_detail::load_ahead(kStages, MmaInFlight);
   static constexpr int kMmaThreads = 256;                        // two warpgroups
   static constexpr int kSubM = kPingPong ? BlockM / 64 : BlockM / 128;  // m64 tiles per warpgroup
@@ -436,8 +437,8 @@ struct WgTile {
   static_assert((BlockM == 128 && !kPingPong) || (kAcc <= 128 && Producer),
                 "two m64 tiles per warpgroup (256 rows, or a ping-pong tile): at most 128 accumulators, with a producer");
   static_assert(!kPingPong || (BlockM == 128 && MmaInFlight == 1), "ping-pong: 128-row tiles, one slice of MMAs in flight");
-  static_assert(Producer >= 0 && Producer <= 5,
-                "no producer, a producer warpgroup, ping-pong (3: B by TMA, 4: both by TMA, 5: and clusters)");
+  static_assert(Producer >= 0 && Producer <= 7,
+                "no producer, a producer warpgroup, ping-pong (3: B by TMA, 4: both by TMA, 5-7: and clusters)");
   static_assert(kTmaBRows % 8 == 0 && (kTmaBRows * kRowBytes) % 1024 == 0, "B's parts: whole swizzle atoms");
   static_assert(L1 == 0 || L1 == 1, "through L1 or not");
   static_assert(kARows * kRowStep == kBlockM && kBRows * kRowStep == BlockN, "loader: whole passes");
@@ -1033,11 +1034,12 @@ CUtensorMap tma_map_2d(const __half* base, int rows, int cols, int box_rows) {
 
 // One TMA copy exactly as the TMA tiles issue it, for the "[tma]" tests (tma_im2col_probe,
 // tma_tile_probe): thread 0 initialises one mbarrier, arrives on it expecting `bytes` (the
-// whole box, or with kMode 2 both blocks' parts) and issues the copy into 1024-byte aligned
+// whole box, or with kMode 2 every block's part) and issues the copy into 1024-byte aligned
 // shared memory; every thread waits for the barrier's first phase, then the block writes the
 // bytes as they landed (still swizzled) to out + rank * bytes. kMode 0: the 2-D box at (c0, c1);
-// 1: the im2col copy at `at`; 2: a cluster of two blocks, block `rank` copying the box at (c0,
-// c1 + rank * part_rows) by multicast into both blocks at part_rows * 128 * rank bytes.
+// 1: the im2col copy at `at`; 2: a cluster of bytes / (part_rows * 128) blocks, block `rank`
+// copying the box at (c0, c1 + rank * part_rows) by multicast into all of them at
+// part_rows * 128 * rank bytes.
 template <int kMode>
 __global__ void __launch_bounds__(128) tma_probe_kernel(const __grid_constant__ CUtensorMap map,
                                                         wgmma_detail::Im2colStart at, int c0, int c1, int part_rows,
@@ -1060,8 +1062,11 @@ __global__ void __launch_bounds__(128) tma_probe_kernel(const __grid_constant__ 
     mbar_arrive_expect_tx(bar, (uint32_t)bytes);
     if constexpr (kMode == 0) tma_load_2d(base, &map, c0, c1, bar);
     if constexpr (kMode == 1) tma_load_im2col(base, &map, at, bar);
-    if constexpr (kMode == 2)
-      tma_load_2d_multicast(base + rank * (uint32_t)part_rows * 128u, &map, c0, c1 + (int)rank * part_rows, bar, 3);
+    if constexpr (kMode == 2) {
+      const uint32_t blocks = (uint32_t)bytes / ((uint32_t)part_rows * 128u);
+      tma_load_2d_multicast(base + rank * (uint32_t)part_rows * 128u, &map, c0, c1 + (int)rank * part_rows, bar,
+                            (uint16_t)((1u << blocks) - 1));
+    }
   }
   mbar_wait(bar, 0);
   for (int i = threadIdx.x; i < bytes / 16; i += blockDim.x)
@@ -1069,16 +1074,16 @@ __global__ void __launch_bounds__(128) tma_probe_kernel(const __grid_constant__ 
   if constexpr (kMode == 2) cluster_sync();  // no block leaves while the other's copy may still write into it
 }
 
-// Launches tma_probe_kernel<kMode> with one block (two, one cluster, for kMode 2).
+// Launches tma_probe_kernel<kMode> with one block (for kMode 2, one cluster of `cluster`).
 template <int kMode>
 void launch_tma_probe(const CUtensorMap& map, const wgmma_detail::Im2colStart& at, int c0, int c1, int part_rows,
-                      int bytes, __half* out, cudaStream_t stream) {
+                      int bytes, int cluster, __half* out, cudaStream_t stream) {
   auto* kernel = tma_probe_kernel<kMode>;
   const size_t smem = (size_t)bytes + 8 + 1024;
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
   uint4* dst = reinterpret_cast<uint4*>(out);
   if constexpr (kMode == 2) {
-    const ClusterLaunch launch(1, 2, 128, smem, stream);
+    const ClusterLaunch launch(1, cluster, 128, smem, stream);
     CUDA_CHECK(cudaLaunchKernelEx(&launch.config, kernel, map, at, c0, c1, part_rows, bytes, dst));
   } else {
     kernel<<<1, 128, smem, stream>>>(map, at, c0, c1, part_rows, bytes, dst);
@@ -1111,6 +1116,8 @@ void with_tile(WgmmaConfig config, F&& f) {
     case WgmmaConfig::k128x128x64s4PpTma: return f(Tile<128, 128, 1, 4, 3, 0>{});
     case WgmmaConfig::k128x128x64s4PpIm2col: return f(Tile<128, 128, 1, 4, 4, 0>{});
     case WgmmaConfig::k128x128x64s4PpIm2colC2: return f(Tile<128, 128, 1, 4, 5, 0>{});
+    case WgmmaConfig::k128x128x64s4PpIm2colC4: return f(Tile<128, 128, 1, 4, 6, 0>{});
+    case WgmmaConfig::k128x128x64s4PpIm2colC8: return f(Tile<128, 128, 1, 4, 7, 0>{});
   }
   throw std::invalid_argument("wgmma: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
@@ -1134,6 +1141,8 @@ const char* config_name(WgmmaConfig config) {
     case WgmmaConfig::k128x128x64s4PpTma: return "wgmma_128x128x64_s4_pp_tma";
     case WgmmaConfig::k128x128x64s4PpIm2col: return "wgmma_128x128x64_s4_pp_im2col";
     case WgmmaConfig::k128x128x64s4PpIm2colC2: return "wgmma_128x128x64_s4_pp_im2col_c2";
+    case WgmmaConfig::k128x128x64s4PpIm2colC4: return "wgmma_128x128x64_s4_pp_im2col_c4";
+    case WgmmaConfig::k128x128x64s4PpIm2colC8: return "wgmma_128x128x64_s4_pp_im2col_c8";
   }
   throw std::invalid_argument("wgmma_config_info: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
@@ -1191,15 +1200,20 @@ struct WgWgradTile {
   static constexpr bool kPingPong = Producer >= 2;  // the tile is one consumer warpgroup's
   static constexpr bool kTma = Producer >= 3;       // A (the dy rows) by TMA
   static constexpr bool kIm2col = Producer >= 4;    // B (x) too, in im2col mode: no loader
-  // Producer 5: clusters of two blocks that take the same output channels and slab for two
-  // filter tiles apart by one, each copying one of A's (dy's) two column blocks into both.
-  static constexpr int kCluster = Producer == 5 ? 2 : 1;
-  static constexpr int kTmaABlocks = (BlockM / 64) / kCluster;  // A column blocks each block copies
-  static_assert(kTmaABlocks * kCluster == BlockM / 64, "A's column blocks split evenly over the cluster");
+  // Producer 5, 6, 7: clusters of 2, 4, 8 blocks that take the same output channels and slab
+  // for consecutive filter tiles, each copying its 1 / kCluster of A (dy) into all of them by
+  // multicast: kTmaAParts pieces of kTmaARows pixel rows (whole 64-pixel column blocks when
+  // the cluster has no more blocks than A has column blocks, else an equal piece of one).
+  static constexpr int kCluster = Producer >= 5 ? 1 << (Producer - 4) : 1;
+  static constexpr int kAColumnBlocks = BlockM / 64;
+  static constexpr int kTmaARows = kCluster <= kAColumnBlocks ? 64 : 64 * kAColumnBlocks / kCluster;
+  static constexpr int kTmaAParts = kAColumnBlocks * (64 / kTmaARows) / kCluster;  // per block
+  static_assert(kTmaAParts * kCluster * kTmaARows == kAColumnBlocks * 64 && kTmaARows % 8 == 0,
+                "A splits over the cluster in whole 8-pixel swizzle atoms"); 
   // m64 tiles (64-channel column blocks) per warpgroup
   static constexpr int kSubM = kPingPong ? BlockM / 64 : BlockM / 128;
-  static_assert(Producer >= 0 && Producer <= 5,
-                "no producer, a producer warpgroup, ping-pong (3: A by TMA, 4 and 5: both by TMA)");
+  static_assert(Producer >= 0 && Producer <= 7,
+                "no producer, a producer warpgroup, ping-pong (3: A by TMA, 4 to 7: both by TMA)");
   static constexpr int kLoadAhead = wgmma_detail::load_ahead(kStages, MmaInFlight);
   static constexpr int kMmaThreads = 256;
   static constexpr int kThreads = kMmaThreads + (Producer ? 128 : 0);
@@ -1302,9 +1316,10 @@ __host__ __device__ inline int pp_wgrad_units(int K, int Ng, int splits) {
 // pixels as the im2col matrix's rows, the same layout.
 // With clusters (T::kCluster blocks) unit u is, in slab z and output-channel tile m, the filter
 // tiles (u % pairs) * kCluster + rank (pairs = ceil(tiles_n / kCluster)), block `rank` taking its
-// own and copying A's column blocks rank * kTmaABlocks .. into every block of the cluster
-// (multicast). Filter tiles past Ng (the last pair's, when tiles_n is odd) are computed on zeros
-// (their im2col copies start past the last image) and not stored.
+// own and copying A's parts rank * kTmaAParts .. (kTmaARows pixel rows each, in A's column
+// blocks taken in order) into every block of the cluster (multicast). Filter tiles past Ng (the
+// last unit's, when kCluster does not divide tiles_n) are computed on zeros (their im2col copies
+// start past the last image) and not stored.
 template <class T>
 __global__ void __launch_bounds__(T::kThreads, 1)
     conv_wgrad_wgmma_pp_kernel(const WgradParams p, const __grid_constant__ CUtensorMap tm_a,
@@ -1332,9 +1347,10 @@ __global__ void __launch_bounds__(T::kThreads, 1)
         const int pixel = (wk.z * p.slices_per_split + kt) * T::kBlockK;
         if constexpr (T::kCluster > 1) {
 #pragma unroll
-          for (int i = 0; i < T::kTmaABlocks; i++) {
-            const int j = rank * T::kTmaABlocks + i;
-            tma_load_2d_multicast(stage + j * T::kColumnBlockBytes, &tm_a, wk.m0 + 64 * j, pixel, bar,
+          for (int i = 0; i < T::kTmaAParts; i++) {
+            const int row0 = (rank * T::kTmaAParts + i) * T::kTmaARows;  // in A's column blocks, in order
+            const int j = row0 / 64, r = row0 % 64;                       // column block, its first row
+            tma_load_2d_multicast(stage + j * T::kColumnBlockBytes + r * 128, &tm_a, wk.m0 + 64 * j, pixel + r, bar,
                                   (uint16_t)((1u << T::kCluster) - 1));
           }
         } else {
@@ -1388,9 +1404,10 @@ void launch_wgrad_tile(const WgradParams& p, cudaStream_t stream) {
   static const cudaError_t attr = set_smem_attributes(kernel, T::kSmemBytes, T::kL1 != 0);
   CUDA_CHECK(attr);
   if constexpr (T::kPingPong) {
-    // dy as a [P][K] matrix in boxes of 64 pixels for the TMA tiles, x in im2col mode (64 pixels
-    // per copy) for the im2col tile; unused (zero) maps otherwise.
-    const CUtensorMap tm_a = T::kTma ? tma_map_2d(p.dy, p.P, p.K, T::kBlockK) : CUtensorMap{};
+    // dy as a [P][K] matrix in boxes of 64 pixels for the TMA tiles (kTmaARows: fewer for the
+    // clusters that split a column block), x in im2col mode (64 pixels per copy) for the im2col
+    // tiles; unused (zero) maps otherwise.
+    const CUtensorMap tm_a = T::kTma ? tma_map_2d(p.dy, p.P, p.K, T::kTmaARows) : CUtensorMap{};
     const CUtensorMap tm_b =
         T::kIm2col ? tma_map_im2col(p.x, p.P / (p.H * p.W), p.H, p.W, p.C, p.R, T::kBlockK) : CUtensorMap{};
     launch_persistent<T, wgrad_kernel<T>()>(pp_wgrad_units<T>(p.K, p.Ng, p.splits), stream, p, tm_a, tm_b);
@@ -1476,21 +1493,22 @@ void tma_im2col_probe(const __half* x, const ConvDesc& d, int pixels, const Im2c
   require(d.R >= 1 && d.R % 2 == 1 && d.R <= 5, fn, "R must be 1, 3 or 5");
   require(pixels >= 8 && pixels <= 256 && pixels % 8 == 0, fn, "pixels must be a multiple of 8 in [8, 256]");
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
-  launch_tma_probe<1>(tma_map_im2col(x, d.N, d.H, d.W, d.C, d.R, pixels), at, 0, 0, 0, pixels * 128, out, stream);
+  launch_tma_probe<1>(tma_map_im2col(x, d.N, d.H, d.W, d.C, d.R, pixels), at, 0, 0, 0, pixels * 128, 1, out, stream);
 }
 
-void tma_tile_probe(const __half* m, int rows, int cols, int box_rows, int col0, int row0, bool multicast, __half* out,
+void tma_tile_probe(const __half* m, int rows, int cols, int box_rows, int col0, int row0, int cluster, __half* out,
                     cudaStream_t stream) {
   const char* fn = "tma_tile_probe";
   require(m != nullptr && out != nullptr && aligned16(m) && aligned16(out), fn, "m and out: non-null, 16-byte aligned");
   require(rows > 0 && cols > 0 && cols % 8 == 0, fn, "needs a non-empty matrix with cols a multiple of 8");
   require(box_rows >= 8 && box_rows <= 256 && box_rows % 8 == 0, fn, "box_rows must be a multiple of 8 in [8, 256]");
+  require(cluster == 1 || cluster == 2 || cluster == 4 || cluster == 8, fn, "cluster must be 1, 2, 4 or 8");
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
   const CUtensorMap map = tma_map_2d(m, rows, cols, box_rows);
-  if (multicast)
-    launch_tma_probe<2>(map, Im2colStart{}, col0, row0, box_rows, 2 * box_rows * 128, out, stream);
+  if (cluster > 1)
+    launch_tma_probe<2>(map, Im2colStart{}, col0, row0, box_rows, cluster * box_rows * 128, cluster, out, stream);
   else
-    launch_tma_probe<0>(map, Im2colStart{}, col0, row0, box_rows, box_rows * 128, out, stream);
+    launch_tma_probe<0>(map, Im2colStart{}, col0, row0, box_rows, box_rows * 128, 1, out, stream);
 }
 
 }  // namespace wgmma_detail

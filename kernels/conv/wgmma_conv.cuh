@@ -69,6 +69,11 @@ enum class WgmmaConfig : int {
                             // halve (cuDNN's Hopper forward runs clusters of 8). In the weight
                             // gradient the two blocks take two filter tiles of the same output
                             // channels and share A (dy) the same way. Not yet run on a GPU
+  k128x128x64s4PpIm2colC4,  // as k128x128x64s4PpIm2colC2 in clusters of four (each block copies a
+                            // quarter of B, or in the weight gradient a 32-pixel half of one of
+                            // A's column blocks): by the count in docs/conv_kernels.md a 128 x 128
+                            // tile at cuDNN's layer1 rate reads ~9 TB/s from L2 without sharing
+  k128x128x64s4PpIm2colC8,  // the same in clusters of eight (cuDNN's Hopper forward runs eight)
 };
 constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaConfig::k128x64x64s4,
                                          WgmmaConfig::k128x128x64s4Async, WgmmaConfig::k128x64x64s4Async,
@@ -78,7 +83,8 @@ constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaC
                                          WgmmaConfig::k128x128x64s4AsyncL1, WgmmaConfig::k128x128x64s4WsL1,
                                          WgmmaConfig::k256x128x64s4Ws,    WgmmaConfig::k128x128x64s4Pp,
                                          WgmmaConfig::k128x128x64s4PpTma, WgmmaConfig::k128x128x64s4PpIm2col,
-                                         WgmmaConfig::k128x128x64s4PpIm2colC2};
+                                         WgmmaConfig::k128x128x64s4PpIm2colC2, WgmmaConfig::k128x128x64s4PpIm2colC4,
+                                         WgmmaConfig::k128x128x64s4PpIm2colC8};
 
 // Whether a config's kernels have passed the GPU tests on a device (a session with a GPU sets
 // this when they do). The engine's selection only considers tested configs (unless asked to:
@@ -86,7 +92,8 @@ constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaC
 // run; the tests and conv_bench run every config.
 constexpr bool wgmma_config_gpu_tested(WgmmaConfig config) {
   return config != WgmmaConfig::k128x128x64s4PpTma && config != WgmmaConfig::k128x128x64s4PpIm2col &&
-         config != WgmmaConfig::k128x128x64s4PpIm2colC2;
+         config != WgmmaConfig::k128x128x64s4PpIm2colC2 && config != WgmmaConfig::k128x128x64s4PpIm2colC4 &&
+         config != WgmmaConfig::k128x128x64s4PpIm2colC8;
 }
 
 // The channel count of the tensor a config gathers from (the forward's C, the input gradient's
@@ -94,7 +101,10 @@ constexpr bool wgmma_config_gpu_tested(WgmmaConfig config) {
 // 64 for the im2col ones, whose TMA copies one filter tap's 64 channels per slice. The launchers
 // throw std::invalid_argument for other shapes (the engine then records the config as rejected).
 constexpr int wgmma_config_channel_multiple(WgmmaConfig config) {
-  return config == WgmmaConfig::k128x128x64s4PpIm2col || config == WgmmaConfig::k128x128x64s4PpIm2colC2 ? 64 : 8;
+  return config == WgmmaConfig::k128x128x64s4PpIm2col || config == WgmmaConfig::k128x128x64s4PpIm2colC2 ||
+                 config == WgmmaConfig::k128x128x64s4PpIm2colC4 || config == WgmmaConfig::k128x128x64s4PpIm2colC8
+             ? 64
+             : 8;
 }
 // That rule: whether a config takes a pass whose gathered tensor has `channels` channels.
 constexpr bool wgmma_config_takes_channels(WgmmaConfig config, int channels) {
@@ -297,14 +307,14 @@ __host__ __device__ inline Im2colStart im2col_start(int m0, int k0, int N, int H
 // pixels x 64 halves (swizzled).
 // tma_tile_probe: the 2-D map of the fp16 matrix m [rows][cols] (cols % 8 == 0) in boxes of
 // box_rows x 64 columns, one box at column col0, row row0; out: box_rows x 64 halves. With
-// `multicast`, a cluster of two blocks, block r copying the box at (col0, row0 + r * box_rows)
-// into both blocks at row r * box_rows (the _c2 tile's B); out: each block's 2 * box_rows x 64
-// halves, block 0's first.
+// cluster 2, 4 or 8 (1: none), a cluster of that many blocks, block r copying the box at (col0,
+// row0 + r * box_rows) into all of them at row r * box_rows (the clustered tiles' shared
+// operand); out: each block's cluster * box_rows x 64 halves, block 0's first.
 // Both need wgmma_supported() (std::invalid_argument otherwise); a copy that never completes
 // traps (the kernel's barrier wait has the tiles' spin limit).
 void tma_im2col_probe(const __half* x, const ConvDesc& d, int pixels, const Im2colStart& at, __half* out,
                       cudaStream_t stream);
-void tma_tile_probe(const __half* m, int rows, int cols, int box_rows, int col0, int row0, bool multicast, __half* out,
+void tma_tile_probe(const __half* m, int rows, int cols, int box_rows, int col0, int row0, int cluster, __half* out,
                     cudaStream_t stream);
 
 }  // namespace wgmma_detail
