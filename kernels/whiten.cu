@@ -93,8 +93,12 @@ int covariance_blocks(int n) {
 // to 34 columns, mirrored when asked) and the 27 filters sit in shared memory. Thread t computes
 // 8 consecutive output channels (vector t % 4) of one pixel (t / 4) and writes them with one
 // 16-byte store, so a warp writes 8 whole pixels (512 contiguous bytes); channels 27..31 are
-// the zero padding. The weight reads of a warp hit 4 addresses (one per channel vector), each
-// broadcast to the lanes that share it.
+// the zero padding. The filters are stored tap-major ([27 taps][32 outputs]) so that a thread's
+// 8 weights of a tap are 32 contiguous bytes: two 16-byte loads, each hitting 4 addresses per
+// warp (one per channel vector, broadcast to the lanes that share it), where one 4-byte load
+// per weight made 8 shared-memory loads per 8 FMAs and bound the kernel (~80 us per step on the
+// H200, docs/results/2026-11-27-h200-session7/call2, "whiten"). The sums are the same FMAs in
+// the same order.
 constexpr int kRowsPerBlock = 2;
 constexpr int kVecPerPixel = kWhitenChannelsPadded / 8;               // 4
 constexpr int kConvThreads = kRowsPerBlock * kImage * kVecPerPixel;  // 256
@@ -103,11 +107,14 @@ __global__ void __launch_bounds__(kConvThreads)
                        __half* __restrict__ y, bool mirror) {
   constexpr int Cout = kWhitenChannelsPadded;
   constexpr int kInRows = kRowsPerBlock + kR - 1;
-  __shared__ float s_w[Cout * kD];                          // [32][3][3][3] KRSC, 27..31 zero
+  __shared__ __align__(16) float s_w[kD][Cout];             // [3][3][3] taps x 32 outputs, 27..31 zero
   __shared__ float s_in[kInRows][kImage + 2][kChannels];    // rows oy0-1..oy0+kRowsPerBlock
   constexpr int kBlocksPerImage = kImage / kRowsPerBlock;
   const int b = blockIdx.x / kBlocksPerImage, oy0 = (blockIdx.x % kBlocksPerImage) * kRowsPerBlock;
-  for (int i = threadIdx.x; i < Cout * kD; i += blockDim.x) s_w[i] = i < kD * kD ? w[i] : 0.0f;
+  for (int i = threadIdx.x; i < Cout * kD; i += blockDim.x) {
+    const int o = i / kD, tap = i % kD;  // w is KRSC: [27 outputs][27 taps]
+    s_w[tap][o] = o < kD ? w[i] : 0.0f;
+  }
   for (int i = threadIdx.x; i < kInRows * (kImage + 2) * kChannels; i += blockDim.x) {
     const int c = i % kChannels, col = (i / kChannels) % (kImage + 2), r = i / (kChannels * (kImage + 2));
     const int iy = oy0 + r - 1, ix = col - 1;
@@ -130,8 +137,11 @@ __global__ void __launch_bounds__(kConvThreads)
 #pragma unroll
       for (int c = 0; c < kChannels; c++) {
         const float v = s_in[ry + ky][ox + kx][c];
+        const float4* wv = reinterpret_cast<const float4*>(&s_w[(ky * kR + kx) * kChannels + c][kv * 8]);
+        const float4 w0 = wv[0], w1 = wv[1];
+        const float wj[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
 #pragma unroll
-        for (int j = 0; j < 8; j++) acc[j] += s_w[(kv * 8 + j) * kD + (ky * kR + kx) * kChannels + c] * v;
+        for (int j = 0; j < 8; j++) acc[j] += wj[j] * v;
       }
   store8(y + (((long)b * kImage + oy0 + ry) * kImage + ox) * Cout + kv * 8, acc);
 }
