@@ -402,12 +402,15 @@ __global__ void backward_apply_kernel(const __half* __restrict__ dout,
 //
 // Block: kVecThreads threads; thread t owns channel vector cv = t % CV (CV = C / 8) and pixel
 // row t / CV of rows = kVecThreads / CV rows; threads past rows * CV only join the barriers.
-// Grid: (blocks over the group's pooled pixels, groups), about 8 pixels per thread in every
-// kernel: two batches of four (for_pixel_batches). The statistics kernels had 16 (and one pixel
-// in flight per thread); at layer3_res that left most SMs one block, 4 KiB of loads in flight.
+// Grid: (blocks over the group's pooled pixels, groups).
 constexpr int kVecThreads = 256;
-constexpr int kVecPixelsPerThread = 8;  // statistics kernels (each block's partial-sum slot)
+constexpr int kVecPixelsPerThread = 16;  // statistics kernels: pixels per thread, about
 constexpr int kVecApplyPixelsPerThread = 8;
+// ... but at least this many statistics blocks per group where the group has a pixel row for
+// each: at 16 pixels per thread layer3 and layer3_res (512 pooled pixels per group, 4 rows per
+// block) ran 8 per group, 128 blocks for 132 SMs. More slices cost the finalize kernels a
+// longer serial sum, so the large layers keep theirs.
+constexpr int kVecMinSlices = 16;
 
 struct VecLayout {
   int cv, row, rows;
@@ -829,7 +832,10 @@ int vec_blocks(const GhostBnCeluShape& s, long pix, int per_thread) {
 }
 
 int vec_slices(const GhostBnCeluShape& s) {
-  return vec_blocks(s, (long)s.group * s.Ho() * s.Wo(), kVecPixelsPerThread);
+  const long pix = (long)s.group * s.Ho() * s.Wo();
+  const int rows = kVecThreads / (s.C / 8);
+  const int at_least = (int)std::min<long>(kVecMinSlices, ceil_div(pix, (long)rows));
+  return std::max(vec_blocks(s, pix, kVecPixelsPerThread), at_least);
 }
 
 }  // namespace
