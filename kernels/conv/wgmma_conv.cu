@@ -1209,7 +1209,7 @@ struct WgWgradTile {
   static constexpr int kTmaARows = kCluster <= kAColumnBlocks ? 64 : 64 * kAColumnBlocks / kCluster;
   static constexpr int kTmaAParts = kAColumnBlocks * (64 / kTmaARows) / kCluster;  // per block
   static_assert(kTmaAParts * kCluster * kTmaARows == kAColumnBlocks * 64 && kTmaARows % 8 == 0,
-                "A splits over the cluster in whole 8-pixel swizzle atoms"); 
+                "A splits over the cluster in whole 8-pixel swizzle atoms");
   // m64 tiles (64-channel column blocks) per warpgroup
   static constexpr int kSubM = kPingPong ? BlockM / 64 : BlockM / 128;
   static_assert(Producer >= 0 && Producer <= 7,
