@@ -43,7 +43,7 @@ Run run_conv_bench(const std::string& args) {
 
 }  // namespace
 
-TEST_CASE("conv_bench: --layers in --help, unknown or missing layer names rejected", "[tools]") {
+TEST_CASE("conv_bench: --layers and --configs in --help, unknown or missing names rejected", "[tools]") {
   if (!fs::exists(fs::path(CS_BINARY_DIR) / "conv_bench")) {
     WARN("conv_bench not built (no CUDA toolkit): nothing to check");
     return;
@@ -51,6 +51,7 @@ TEST_CASE("conv_bench: --layers in --help, unknown or missing layer names reject
   const Run help = run_conv_bench("--help");
   CHECK(help.code == 0);
   CHECK(help.out.find("--layers") != std::string::npos);
+  CHECK(help.out.find("--configs") != std::string::npos);
 
   const Run unknown = run_conv_bench("--layers layer1,layer9");
   CHECK(unknown.code == 1);
@@ -60,24 +61,14 @@ TEST_CASE("conv_bench: --layers in --help, unknown or missing layer names reject
   const Run missing = run_conv_bench("--layers");
   CHECK(missing.code == 1);
   CHECK(missing.err.find("incomplete argument '--layers'") != std::string::npos);
-}
 
-TEST_CASE("conv_bench: --configs in --help, unknown config names rejected with the known ones", "[tools]") {
-  if (!fs::exists(fs::path(CS_BINARY_DIR) / "conv_bench")) {
-    WARN("conv_bench not built (no CUDA toolkit): nothing to check");
-    return;
-  }
-  const Run help = run_conv_bench("--help");
-  CHECK(help.code == 0);
-  CHECK(help.out.find("--configs") != std::string::npos);
+  const Run unknown_config = run_conv_bench("--configs wgmma_128x128x64_s3,wgmma_9x9");
+  CHECK(unknown_config.code == 1);
+  CHECK(unknown_config.err.find("unknown config 'wgmma_9x9'") != std::string::npos);
+  CHECK(unknown_config.err.find("wgmma_128x128x64_s4_pp_im2col") != std::string::npos);  // the known names
+  CHECK(unknown_config.err.find("64x64x32_s4") != std::string::npos);
 
-  const Run unknown = run_conv_bench("--configs wgmma_128x128x64_s3,wgmma_9x9");
-  CHECK(unknown.code == 1);
-  CHECK(unknown.err.find("unknown config 'wgmma_9x9'") != std::string::npos);
-  CHECK(unknown.err.find("wgmma_128x128x64_s4_pp_im2col") != std::string::npos);  // the known names
-  CHECK(unknown.err.find("64x64x32_s4") != std::string::npos);
-
-  const Run missing = run_conv_bench("--configs");
-  CHECK(missing.code == 1);
-  CHECK(missing.err.find("incomplete argument '--configs'") != std::string::npos);
+  const Run missing_config = run_conv_bench("--configs");
+  CHECK(missing_config.code == 1);
+  CHECK(missing_config.err.find("incomplete argument '--configs'") != std::string::npos);
 }
