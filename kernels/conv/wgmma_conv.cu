@@ -1118,6 +1118,7 @@ void with_tile(WgmmaConfig config, F&& f) {
     case WgmmaConfig::k128x128x64s4PpIm2colC2: return f(Tile<128, 128, 1, 4, 5, 0>{});
     case WgmmaConfig::k128x128x64s4PpIm2colC4: return f(Tile<128, 128, 1, 4, 6, 0>{});
     case WgmmaConfig::k128x128x64s4PpIm2colC8: return f(Tile<128, 128, 1, 4, 7, 0>{});
+    case WgmmaConfig::k128x64x64s4PpIm2col: return f(Tile<128, 64, 1, 4, 4, 0>{});
   }
   throw std::invalid_argument("wgmma: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
@@ -1143,6 +1144,7 @@ const char* config_name(WgmmaConfig config) {
     case WgmmaConfig::k128x128x64s4PpIm2colC2: return "wgmma_128x128x64_s4_pp_im2col_c2";
     case WgmmaConfig::k128x128x64s4PpIm2colC4: return "wgmma_128x128x64_s4_pp_im2col_c4";
     case WgmmaConfig::k128x128x64s4PpIm2colC8: return "wgmma_128x128x64_s4_pp_im2col_c8";
+    case WgmmaConfig::k128x64x64s4PpIm2col: return "wgmma_128x64x64_s4_pp_im2col";
   }
   throw std::invalid_argument("wgmma_config_info: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
@@ -1436,6 +1438,11 @@ IgemmConfigInfo wgmma_config_info(WgmmaConfig config) {
     using T = decltype(t);
     // A warp's rows: 16 of each of its warpgroup's m64 tiles.
     info = {name, T::kBlockM, T::kBlockN, T::kBlockK, 16 * T::kSubM, T::kBlockN, T::kStages, T::kThreads, T::kSmemBytes};
+    // The header's lists of TMA and im2col configs (the channel rule, the tested flag) must
+    // name exactly the tiles that copy that way (every test asks for each config's info).
+    if (T::kTma != wgmma_config_tma(config) || T::kIm2col != wgmma_config_im2col(config))
+      throw std::logic_error(std::string("wgmma_config_info: ") + name +
+                             ": wgmma_config_tma / wgmma_config_im2col disagree with its tile");
   });
   return info;
 }

@@ -74,6 +74,10 @@ enum class WgmmaConfig : int {
                             // A's column blocks): by the count in docs/conv_kernels.md a 128 x 128
                             // tile at cuDNN's layer1 rate reads ~9 TB/s from L2 without sharing
   k128x128x64s4PpIm2colC8,  // the same in clusters of eight (cuDNN's Hopper forward runs eight)
+  k128x64x64s4PpIm2col,     // as k128x128x64s4PpIm2col with 64 columns (m64n64k16, 64 accumulators
+                            // per consumer thread): for the 64-channel outputs, where a 128 x 128
+                            // tile is half empty (of the recipe, layer1's input gradient, whose
+                            // best was the 128 x 64 cp.async tile, at 0.70x cuDNN on the H200)
 };
 constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaConfig::k128x64x64s4,
                                          WgmmaConfig::k128x128x64s4Async, WgmmaConfig::k128x64x64s4Async,
@@ -84,28 +88,30 @@ constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaC
                                          WgmmaConfig::k256x128x64s4Ws,    WgmmaConfig::k128x128x64s4Pp,
                                          WgmmaConfig::k128x128x64s4PpTma, WgmmaConfig::k128x128x64s4PpIm2col,
                                          WgmmaConfig::k128x128x64s4PpIm2colC2, WgmmaConfig::k128x128x64s4PpIm2colC4,
-                                         WgmmaConfig::k128x128x64s4PpIm2colC8};
+                                         WgmmaConfig::k128x128x64s4PpIm2colC8, WgmmaConfig::k128x64x64s4PpIm2col};
+
+// The configs whose gathered operand comes by TMA in im2col mode, and those that copy by TMA at
+// all (those, and the _pp_tma tile).
+constexpr bool wgmma_config_im2col(WgmmaConfig config) {
+  return config == WgmmaConfig::k128x128x64s4PpIm2col || config == WgmmaConfig::k128x128x64s4PpIm2colC2 ||
+         config == WgmmaConfig::k128x128x64s4PpIm2colC4 || config == WgmmaConfig::k128x128x64s4PpIm2colC8 ||
+         config == WgmmaConfig::k128x64x64s4PpIm2col;
+}
+constexpr bool wgmma_config_tma(WgmmaConfig config) {
+  return config == WgmmaConfig::k128x128x64s4PpTma || wgmma_config_im2col(config);
+}
 
 // Whether a config's kernels have passed the GPU tests on a device (a session with a GPU sets
 // this when they do). The engine's selection only considers tested configs (unless asked to:
 // speedrun --conv-kernels auto-untested), so a kernel that has never run cannot stop a training
-// run; the tests and conv_bench run every config.
-constexpr bool wgmma_config_gpu_tested(WgmmaConfig config) {
-  return config != WgmmaConfig::k128x128x64s4PpTma && config != WgmmaConfig::k128x128x64s4PpIm2col &&
-         config != WgmmaConfig::k128x128x64s4PpIm2colC2 && config != WgmmaConfig::k128x128x64s4PpIm2colC4 &&
-         config != WgmmaConfig::k128x128x64s4PpIm2colC8;
-}
+// run; the tests and conv_bench run every config. None of the TMA tiles has run yet.
+constexpr bool wgmma_config_gpu_tested(WgmmaConfig config) { return !wgmma_config_tma(config); }
 
 // The channel count of the tensor a config gathers from (the forward's C, the input gradient's
 // K, the weight gradient's C) must be a multiple of this: 8 for every config (16-byte vectors),
 // 64 for the im2col ones, whose TMA copies one filter tap's 64 channels per slice. The launchers
 // throw std::invalid_argument for other shapes (the engine then records the config as rejected).
-constexpr int wgmma_config_channel_multiple(WgmmaConfig config) {
-  return config == WgmmaConfig::k128x128x64s4PpIm2col || config == WgmmaConfig::k128x128x64s4PpIm2colC2 ||
-                 config == WgmmaConfig::k128x128x64s4PpIm2colC4 || config == WgmmaConfig::k128x128x64s4PpIm2colC8
-             ? 64
-             : 8;
-}
+constexpr int wgmma_config_channel_multiple(WgmmaConfig config) { return wgmma_config_im2col(config) ? 64 : 8; }
 // That rule: whether a config takes a pass whose gathered tensor has `channels` channels.
 constexpr bool wgmma_config_takes_channels(WgmmaConfig config, int channels) {
   return channels % wgmma_config_channel_multiple(config) == 0;
