@@ -1091,6 +1091,48 @@ void launch_tma_probe(const CUtensorMap& map, const wgmma_detail::Im2colStart& a
   CUDA_CHECK_LAUNCH();
 }
 
+// A probe for a halo tile's shifted operands (wgmma_detail::wgmma_shift_probe): one warpgroup
+// stores A (72 rows) and B (64 rows) of 64 fp16 each in the 128-byte swizzle, 1024-byte aligned
+// (row r, chunk c at sw128_offset(r, c)), then computes d = A[shift .. shift + 63] x B^T over
+// the 64 columns with four m64n64k16 wgmma whose A descriptor starts `shift` rows (shift * 128
+// bytes) into the tile, with `base_offset` in the descriptor's bits 49-51, and stores d [64][64].
+__global__ void __launch_bounds__(128) wgmma_shift_probe_kernel(const __half* __restrict__ a,
+                                                                const __half* __restrict__ b, int shift,
+                                                                int base_offset, float* __restrict__ d) {
+  constexpr int kARows = 72, kBRows = 64;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t raw = ptx::smem_addr(smem_raw);
+  const uint32_t base = (raw + 1023u) & ~1023u;
+  unsigned char* smem = smem_raw + (base - raw);
+  for (int i = threadIdx.x; i < (kARows + kBRows) * 8; i += blockDim.x) {
+    const int row = i / 8, chunk = i % 8;
+    const bool is_a = row < kARows;
+    const __half* src = is_a ? a + (size_t)row * 64 + chunk * 8 : b + (size_t)(row - kARows) * 64 + chunk * 8;
+    const uint32_t dst = is_a ? sw128_offset(row, chunk) : kARows * 128 + sw128_offset(row - kARows, chunk);
+    *reinterpret_cast<uint4*>(smem + dst) = *reinterpret_cast<const uint4*>(src);
+  }
+  fence_proxy_async();  // the generic-proxy stores, before the tensor cores read them
+  __syncthreads();
+  float acc[32];
+#pragma unroll
+  for (int e = 0; e < 32; e++) acc[e] = 0.0f;
+  fence_operands(acc);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < 4; kk++)
+    wgmma_m64k16<64>(acc, sw128_desc(base + shift * 128 + kk * 32) | ((uint64_t)(base_offset & 7) << 49),
+                     sw128_desc(base + kARows * 128 + kk * 32));
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_operands(acc);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+  for (int e = 0; e < 32; e++) {
+    const auto at = acc_coord(warp, lane, e);
+    d[at.row * 64 + at.col] = acc[e];
+  }
+}
+
 // ---------------------------------------------------------------------------- launchers
 
 // Each WgmmaConfig's tile parameters (BlockM, BlockN, MmaInFlight, Stages, Producer, L1), for either
@@ -1516,6 +1558,17 @@ void tma_tile_probe(const __half* m, int rows, int cols, int box_rows, int col0,
     launch_tma_probe<2>(map, Im2colStart{}, col0, row0, box_rows, cluster * box_rows * 128, cluster, out, stream);
   else
     launch_tma_probe<0>(map, Im2colStart{}, col0, row0, box_rows, box_rows * 128, 1, out, stream);
+}
+
+void wgmma_shift_probe(const __half* a, const __half* b, int shift, int base_offset, float* d, cudaStream_t stream) {
+  const char* fn = "wgmma_shift_probe";
+  require(a != nullptr && b != nullptr && d != nullptr && aligned16(a) && aligned16(b), fn,
+          "a, b and d: non-null, a and b 16-byte aligned");
+  require(shift >= 0 && shift <= 8, fn, "shift must be in [0, 8]");
+  require(base_offset >= 0 && base_offset <= 7, fn, "base_offset must be in [0, 7]");
+  require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
+  wgmma_shift_probe_kernel<<<1, 128, (72 + 64) * 128 + 1024, stream>>>(a, b, shift, base_offset, d);
+  CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace wgmma_detail

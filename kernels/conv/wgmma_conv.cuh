@@ -323,6 +323,15 @@ void tma_im2col_probe(const __half* x, const ConvDesc& d, int pixels, const Im2c
 void tma_tile_probe(const __half* m, int rows, int cols, int box_rows, int col0, int row0, int cluster, __half* out,
                     cudaStream_t stream);
 
+// A probe for a halo tile (docs/conv_kernels.md, "Next GPU sessions"): d [64][64] fp32 =
+// A[shift .. shift + 63] x B^T over 64 columns, where a [72][64] and b [64][64] are fp16 row-major
+// and one warpgroup reads A through a K-major 128-byte-swizzle descriptor that starts `shift`
+// rows (shift * 128 bytes, 0..8) into the swizzled tile, with `base_offset` (0..7) in the
+// descriptor's base-offset field (the PTX ISA: (start address >> 7) & 7 when the start is not
+// on the swizzle pattern's boundary). Whether that convention gives A's rows shift.. is what a
+// halo tile's per-tap operands rest on. Needs wgmma_supported().
+void wgmma_shift_probe(const __half* a, const __half* b, int shift, int base_offset, float* d, cudaStream_t stream);
+
 }  // namespace wgmma_detail
 
 }  // namespace kernels
