@@ -592,12 +592,22 @@ TEST_CASE("wgmma launchers check their preconditions (host)", "[gpu][wgmma]") {
                     Catch::Contains("box_rows"));
   CHECK_THROWS_WITH(kernels::wgmma_detail::tma_tile_probe(fake(0x10000), 64, 64, 64, 0, 0, 3, fake(0x20000), 0),
                     Catch::Contains("cluster"));
+  // The halo probe ("[halo]", tests/wgmma_halo_probe_gpu_test.cu) too.
+  float* fake_d = reinterpret_cast<float*>(0x30000);
+  CHECK_THROWS_WITH(kernels::wgmma_detail::wgmma_shift_probe(fake(0x10000), fake(0x20000), 9, 1, fake_d, 0),
+                    Catch::Contains("shift"));
+  CHECK_THROWS_WITH(kernels::wgmma_detail::wgmma_shift_probe(fake(0x10000), fake(0x20000), 3, 8, fake_d, 0),
+                    Catch::Contains("base_offset"));
+  CHECK_THROWS_WITH(kernels::wgmma_detail::wgmma_shift_probe(nullptr, fake(0x20000), 3, 3, fake_d, 0),
+                    Catch::Contains("non-null"));
   if (!kernels::wgmma_supported()) {
     // A valid shape is still refused where wgmma cannot run (no device here, or not Hopper).
     CHECK_THROWS_AS(fwd(ConvDesc{2, 4, 4, 16, 16, 3}, fake(0x10000)), std::invalid_argument);
     CHECK_THROWS_AS(wgrad(ConvDesc{2, 4, 4, 16, 16, 3}, fake(0x10000), 1), std::invalid_argument);
     CHECK_THROWS_AS(kernels::wgmma_blocks_per_sm(cfg, false), std::invalid_argument);
     CHECK_THROWS_AS(kernels::wgmma_detail::tma_tile_probe(fake(0x10000), 64, 64, 64, 0, 0, 2, fake(0x20000), 0),
+                    std::invalid_argument);
+    CHECK_THROWS_AS(kernels::wgmma_detail::wgmma_shift_probe(fake(0x10000), fake(0x20000), 3, 3, fake_d, 0),
                     std::invalid_argument);
   }
 }
