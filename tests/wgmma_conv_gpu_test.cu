@@ -80,9 +80,12 @@ Inputs make_inputs(const ConvDesc& d, int real_channels, uint64_t seed) {
 
 ref::ConvShape shape_of(const ConvDesc& d, int images) { return {images, d.H, d.W, d.C, d.K, d.R}; }
 
-// Whether a config's launchers take a pass that gathers from a tensor with `channels` channels
-// (the forward and weight gradient: C; the input gradient: K); the im2col config needs 64 | C.
-bool accepts(WgmmaConfig config, int channels) { return kernels::wgmma_config_takes_channels(config, channels); }
+// Whether a config's launchers take a pass of shape d that gathers from a tensor with `channels`
+// channels (the forward and weight gradient: C; the input gradient: K): the im2col configs need
+// 64 | channels and an image at least as large as the filter.
+bool accepts(WgmmaConfig config, int channels, const ConvDesc& d) {
+  return kernels::wgmma_config_takes_channels(config, channels) && kernels::wgmma_config_takes_image(config, d.H, d.W, d.R);
+}
 
 std::vector<float> run_forward(const ConvDesc& d, const gpu_test::DeviceBuffer<__half>& x,
                                const gpu_test::DeviceBuffer<__half>& w, WgmmaConfig config) {
@@ -128,7 +131,7 @@ void check_wgrad_recipe(int H, int C, int K, int R, int real_channels, uint64_t 
   auto d_x = upload_half(in.x), d_dy = upload_half(in.dy);
   const int sms = sm_count();
   for (WgmmaConfig config : kernels::kWgmmaConfigs) {
-    if (!accepts(config, C)) continue;  // the launcher's check has its own test
+    if (!accepts(config, C, d)) continue;  // the launcher's check has its own test
     const auto info = kernels::wgmma_config_info(config);
     const int dflt = kernels::wgmma_wgrad_default_splits(d, config, sms);
     for (int splits : {dflt, 3}) {
@@ -157,7 +160,7 @@ void check_recipe(int H, int C, int K, int R, int real_channels, bool dgrad, uin
   }
   auto d_x = upload_half(in.x), d_w = upload_half(in.w), d_dy = upload_half(in.dy);
   for (WgmmaConfig config : kernels::kWgmmaConfigs) {
-    if (!accepts(config, C)) continue;
+    if (!accepts(config, C, d)) continue;
     const auto info = kernels::wgmma_config_info(config);
     INFO("config " << info.name << ", shape " << desc_str(d));
     const auto y = run_forward(d, d_x, d_w, config);
@@ -168,7 +171,7 @@ void check_recipe(int H, int C, int K, int R, int real_channels, bool dgrad, uin
     CHECK(e0 <= kTol);
     CHECK(e1 <= kTol);
     CHECK(bitwise_equal(run_forward(d, d_x, d_w, config), y));
-    if (!dgrad || !accepts(config, K)) continue;
+    if (!dgrad || !accepts(config, K, d)) continue;
     const auto dx = run_dgrad(d, d_dy, d_w, config);
     CHECK(gpu_test::all_finite(dx));
     const double f0 = rel_l2_error(dx.data(), dx_head.data(), 4 * x_img);
@@ -574,6 +577,19 @@ TEST_CASE("wgmma launchers check their preconditions (host)", "[gpu][wgmma]") {
   CHECK_THROWS_WITH(kernels::conv_backward_data_wgmma(fake(0x10000), fake(0x20000), fake(0x30000), fake(0x40000),
                                                       ConvDesc{2, 4, 4, 64, 32, 3}, im2col, 0),
                     Catch::Contains("multiple of 64"));  // dgrad gathers dy: K channels
+  // And an image at least as large as the filter (wgmma_config_takes_image: a 1x1 image with a
+  // 3x3 filter trapped the im2col forward on an H200).
+  CHECK_FALSE(kernels::wgmma_config_takes_image(im2col, 1, 1, 3));
+  CHECK_FALSE(kernels::wgmma_config_takes_image(WgmmaConfig::k128x64x64s4PpIm2col, 8, 2, 3));
+  CHECK(kernels::wgmma_config_takes_image(im2col, 3, 3, 3));
+  CHECK(kernels::wgmma_config_takes_image(im2col, 1, 1, 1));
+  CHECK(kernels::wgmma_config_takes_image(cfg, 1, 1, 3));
+  CHECK_THROWS_WITH(kernels::conv_forward_wgmma(fake(0x10000), fake(0x20000), fake(0x30000), ConvDesc{4, 1, 1, 64, 64, 3},
+                                                im2col, 0),
+                    Catch::Contains("at least as large as the filter"));
+  CHECK_THROWS_WITH(kernels::conv_backward_data_wgmma(fake(0x10000), fake(0x20000), fake(0x30000), fake(0x40000),
+                                                      ConvDesc{4, 2, 2, 64, 64, 3}, im2col, 0),
+                    Catch::Contains("at least as large as the filter"));
   CHECK_THROWS_WITH(kernels::conv_backward_filter_wgmma(fake(0x10000), fake(0x20000), fake(0x30000),
                                                         reinterpret_cast<float*>(0x40000), ConvDesc{2, 4, 4, 32, 64, 3},
                                                         im2col, 1, 0),
@@ -801,12 +817,18 @@ void check_odd_shape(const ConvDesc& d, uint64_t seed, const std::vector<WgmmaCo
   auto d_x = upload_half(in.x), d_w = upload_half(in.w), d_dy = upload_half(in.dy);
   for (WgmmaConfig config : configs) {
     INFO("config " << kernels::wgmma_config_info(config).name << ", shape " << desc_str(d));
-    if (accepts(config, d.K)) {
+    if (accepts(config, d.K, d)) {
       const auto dx = run_dgrad(d, d_dy, d_w, config);
       CHECK(gpu_test::all_finite(dx));
       CHECK(rel_l2_error(dx.data(), dx_ref.data(), (long)dx.size()) <= kTol);
     }
-    if (!accepts(config, d.C)) continue;
+    if (!accepts(config, d.C, d)) {
+      // Refused by the launcher, before anything runs (an image smaller than the filter: the
+      // im2col configs' image rule).
+      if (kernels::wgmma_config_takes_channels(config, d.C))
+        CHECK_THROWS_AS(run_forward(d, d_x, d_w, config), std::invalid_argument);
+      continue;
+    }
     const auto y = run_forward(d, d_x, d_w, config);
     CHECK(gpu_test::all_finite(y));
     CHECK(rel_l2_error(y.data(), y_ref.data(), (long)y.size()) <= kTol);
@@ -868,6 +890,48 @@ std::string row_source(Row row, const std::vector<float>& x, const ConvDesc& d, 
 
 }  // namespace
 
+namespace {
+
+// TMA's im2col copies of x of shape d (random, from seed), 128-row (forward A) and 64-row
+// (weight-gradient B), at the first, a middle and the last row tile and filter taps first,
+// middle, last and past the last, against tma_im2col_model (see the test below).
+void check_im2col_copies(const ConvDesc& d, uint64_t seed) {
+  using kernels::wgmma_detail::im2col_start;
+  const std::vector<float> x = round_to_half(random_vector((long)d.N * d.H * d.W * d.C, seed));
+  const auto d_x = upload_half(x);
+  const int M = d.N * d.H * d.W, Kg = d.R * d.R * d.C;
+  for (int pixels : {128, 64}) {
+    const int last_m0 = (M - 1) / pixels * pixels;
+    for (int m0 : {0, std::min(pixels / 2 + 8, last_m0), last_m0})
+      for (int k0 : {0, d.C, (d.R * d.R / 2) * d.C + 64 % d.C, Kg - 64, Kg}) {
+        const auto at = im2col_start(m0, k0, d.N, d.H, d.W, d.C, d.R);
+        INFO(desc_str(d) << ", " << pixels << " pixels, m0 " << m0 << ", k0 " << k0 << ": start (c " << at.c << ", w "
+                         << at.w << ", h " << at.h << ", n " << at.n << "), offsets (" << at.off_w << ", "
+                         << at.off_h << ")");
+        auto out = poisoned<__half>((size_t)pixels * 64);
+        kernels::wgmma_detail::tma_im2col_probe(d_x.get(), d, pixels, at, out.get(), 0);
+        CUDA_CHECK(cudaDeviceSynchronize());
+        const std::vector<float> raw = download_half(out);
+        const std::vector<float> model = tma_im2col_model(x, d, at, pixels);
+        int bad_rows = 0;
+        std::string first;
+        for (int i = 0; i < pixels; i++) {
+          bool ok = true;
+          for (int c = 0; c < 64; c++) ok = ok && landed(raw, i, c) == model[(size_t)i * 64 + c];
+          if (ok) continue;
+          if (bad_rows++ < 4)
+            first += "\n  row " + std::to_string(i) + ": landed " +
+                     row_source([&](int c) { return landed(raw, i, c); }, x, d, at.c) + ", model " +
+                     row_source([&](int c) { return model[(size_t)i * 64 + c]; }, x, d, at.c);
+        }
+        INFO("first differing rows:" << first);
+        CHECK(bad_rows == 0);
+      }
+  }
+}
+
+}  // namespace
+
 // TMA's im2col copy, as tma_map_im2col sets it up and the _pp_im2col tiles issue it, against the
 // host model of tma_im2col_model (which the im2col-start test holds to the im2col matrix): one
 // copy per start, the landed bytes unswizzled and compared exactly, for 128-row (forward A) and
@@ -877,43 +941,37 @@ std::string row_source(Row row, const std::vector<float>& x, const ConvDesc& d, 
 TEST_CASE("wgmma TMA im2col copy lands as the model says", "[gpu][wgmma][tma]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   GPU_TEST_SKIP_WITHOUT_WGMMA();
-  using kernels::wgmma_detail::im2col_start;
   const ConvDesc shapes[] = {{3, 5, 5, 64, 8, 3}, {3, 10, 10, 128, 8, 3}, {2, 6, 6, 64, 8, 5}, {5, 3, 3, 128, 8, 1},
                              {4, 8, 8, 64, 8, 3}};
   uint64_t seed = 1300;
-  for (const ConvDesc& d : shapes) {
-    const std::vector<float> x = round_to_half(random_vector((long)d.N * d.H * d.W * d.C, seed++));
-    const auto d_x = upload_half(x);
-    const int M = d.N * d.H * d.W, Kg = d.R * d.R * d.C;
-    for (int pixels : {128, 64}) {
-      const int last_m0 = (M - 1) / pixels * pixels;
-      for (int m0 : {0, std::min(pixels / 2 + 8, last_m0), last_m0})
-        for (int k0 : {0, d.C, (d.R * d.R / 2) * d.C + 64 % d.C, Kg - 64, Kg}) {
-          const auto at = im2col_start(m0, k0, d.N, d.H, d.W, d.C, d.R);
-          INFO(desc_str(d) << ", " << pixels << " pixels, m0 " << m0 << ", k0 " << k0 << ": start (c " << at.c << ", w "
-                           << at.w << ", h " << at.h << ", n " << at.n << "), offsets (" << at.off_w << ", "
-                           << at.off_h << ")");
-          auto out = poisoned<__half>((size_t)pixels * 64);
-          kernels::wgmma_detail::tma_im2col_probe(d_x.get(), d, pixels, at, out.get(), 0);
-          CUDA_CHECK(cudaDeviceSynchronize());
-          const std::vector<float> raw = download_half(out);
-          const std::vector<float> model = tma_im2col_model(x, d, at, pixels);
-          int bad_rows = 0;
-          std::string first;
-          for (int i = 0; i < pixels; i++) {
-            bool ok = true;
-            for (int c = 0; c < 64; c++) ok = ok && landed(raw, i, c) == model[(size_t)i * 64 + c];
-            if (ok) continue;
-            if (bad_rows++ < 4)
-              first += "\n  row " + std::to_string(i) + ": landed " +
-                       row_source([&](int c) { return landed(raw, i, c); }, x, d, at.c) + ", model " +
-                       row_source([&](int c) { return model[(size_t)i * 64 + c]; }, x, d, at.c);
-          }
-          INFO("first differing rows:" << first);
-          CHECK(bad_rows == 0);
-        }
-    }
-  }
+  for (const ConvDesc& d : shapes) check_im2col_copies(d, seed++);
+}
+
+// The same copies from images smaller than, as large as and one larger than a 3x3 filter: the
+// _pp_im2col forward trapped on a 1x1 image with R = 3 on an H200 (session 10), and the
+// launchers now refuse images smaller than the filter (wgmma_config_takes_image). A copy that
+// never completes traps and leaves the process's CUDA context unusable, so these are hidden and
+// one per image size: a GPU session runs each in its own process (cs_gpu_tests "[tma_small1]",
+// then 2, 3, 4) and reads which sizes land as the model says.
+TEST_CASE("wgmma TMA im2col copy from a 1x1 image, 3x3 filter", "[.][tma_small1]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
+  check_im2col_copies({4, 1, 1, 64, 8, 3}, 1310);
+}
+TEST_CASE("wgmma TMA im2col copy from a 2x2 image, 3x3 filter", "[.][tma_small2]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
+  check_im2col_copies({4, 2, 2, 64, 8, 3}, 1311);
+}
+TEST_CASE("wgmma TMA im2col copy from a 3x3 image, 3x3 filter", "[.][tma_small3]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
+  check_im2col_copies({4, 3, 3, 64, 8, 3}, 1312);
+}
+TEST_CASE("wgmma TMA im2col copy from a 4x4 image, 3x3 filter", "[.][tma_small4]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
+  check_im2col_copies({4, 4, 4, 64, 8, 3}, 1313);
 }
 
 // TMA's tiled copy of a matrix (tma_map_2d: the _pp_tma tiles' B, the weight gradient's A), and

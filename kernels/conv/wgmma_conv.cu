@@ -177,12 +177,12 @@ __device__ __forceinline__ void fence_mbarrier_init_cluster() {
 #endif
 }
 // Arrives on the mbarrier at the same shared-memory offset in block `cta` of this cluster
-// (mapa), with release semantics at cluster scope.
-__device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t cta) {
+// (mapa), with the default semantics (release, CTA scope), as CUTLASS's ClusterBarrier::arrive.
+__device__ __forceinline__ void mbar_arrive_remote(uint32_t bar, uint32_t cta) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   asm volatile(
       "{\n.reg .b32 remote;\nmapa.shared::cluster.u32 remote, %0, %1;\n"
-      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n}\n" ::"r"(bar),
+      "mbarrier.arrive.shared::cluster.b64 _, [remote];\n}\n" ::"r"(bar),
       "r"(cta)
       : "memory");
 #endif
@@ -679,12 +679,20 @@ __device__ __forceinline__ void pp_schedule(const Params& p, uint32_t base, int 
   // The work units u = first, first + step, ...; a cluster's blocks walk the same ones.
   const int first = blockIdx.x / kCs, step = gridDim.x / kCs;
   // A stage is free again once the consumers of every block of the cluster have released it:
-  // each block's producer refills its own copy and (kCs > 1) multicasts into the others'.
+  // each block's producer refills its own copy and (kCs > 1) multicasts into the others'. A
+  // consumer warp releases it with one arrival per block: lane 0 on its own barrier, or lane c
+  // on block c's. The arrivals go out as one instruction of the warp: the first clustered tiles
+  // had lane 0 arrive on each block in turn with release semantics at cluster scope, and ran
+  // 1.8x (2 blocks) to 4x (8 blocks) slower than the same tile without a cluster on the H200
+  // (session 10's conv_bench); CUTLASS's consumer_release spreads the arrivals over threads
+  // too, and uses the default (CTA-scope) release, as here: what must precede a peer's refill
+  // is that this warp's MMAs have read the stage (wgmma_wait), not any memory write of its own.
   auto release = [&b](uint32_t s) {
+    const uint32_t lane = threadIdx.x & 31;
     if constexpr (kCs > 1) {
-      for (int c = 0; c < kCs; c++) mbar_arrive_cluster(b.empty(s), (uint32_t)c);
+      if (lane < (uint32_t)kCs) mbar_arrive_remote(b.empty(s), lane);
     } else {
-      mbar_arrive(b.empty(s));
+      if (lane == 0) mbar_arrive(b.empty(s));
     }
   };
 
@@ -721,7 +729,6 @@ __device__ __forceinline__ void pp_schedule(const Params& p, uint32_t base, int 
     }
   } else {
     const int g = threadIdx.x >> 7, tid = threadIdx.x & 127;
-    const bool warp_leader = (threadIdx.x & 31) == 0;
     float acc[T::kAcc];
     uint32_t r = 0;  // the block's slice count before unit i
     int i = 0;
@@ -747,12 +754,12 @@ __device__ __forceinline__ void pp_schedule(const Params& p, uint32_t base, int 
         wgmma_wait<1>();
         fence_operands(acc);
         // The MMAs of the previous slice of this tile have completed: release its stage.
-        if (kt > 0 && warp_leader) release((r - 1) % T::kStages);
+        if (kt > 0) release((r - 1) % T::kStages);
       }
       mbar_arrive(b.order(g ^ 1));  // the other consumer's turn
       wgmma_wait<0>();
       fence_operands(acc);
-      if (wk.k_tiles > 0 && warp_leader) release((r - 1) % T::kStages);
+      if (wk.k_tiles > 0) release((r - 1) % T::kStages);
       epilogue(acc, wk, g, tid);
     }
   }
@@ -1464,11 +1471,16 @@ void launch_wgrad_tile(const WgradParams& p, cudaStream_t stream) {
 
 // wgmma_config_channel_multiple's rule for the tensor a launch gathers from (`channels` of
 // them), naming fn: std::invalid_argument otherwise.
-void require_channels(const char* fn, WgmmaConfig config, int channels) {
+// And wgmma_config_takes_image's rule for d's image and filter.
+void require_channels(const char* fn, WgmmaConfig config, int channels, const ConvDesc& d) {
   if (!wgmma_config_takes_channels(config, channels))
     throw std::invalid_argument(std::string(fn) + ": " + config_name(config) + " needs the gathered tensor's channels (" +
                                 std::to_string(channels) + ") to be a multiple of " +
                                 std::to_string(wgmma_config_channel_multiple(config)));
+  if (!wgmma_config_takes_image(config, d.H, d.W, d.R))
+    throw std::invalid_argument(std::string(fn) + ": " + config_name(config) + " needs an image at least as large as " +
+                                "the filter (" + std::to_string(d.H) + "x" + std::to_string(d.W) + " image, " +
+                                std::to_string(d.R) + "x" + std::to_string(d.R) + " filter): use another config");
 }
 
 }  // namespace
@@ -1578,7 +1590,7 @@ void conv_forward_wgmma(const __half* x, const __half* w, __half* y, const ConvD
   const char* fn = "conv_forward_wgmma";
   const IgemmConfigInfo cfg = wgmma_config_info(config);
   const IgemmParams p = igemm_detail::make_igemm_params(fn, x, w, y, d, cfg.block_m);
-  require_channels(fn, config, d.C);
+  require_channels(fn, config, d.C, d);
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
   with_tile<WgTile>(config, [&](auto t) { launch_tile<decltype(t)>(p, stream); });
 }
@@ -1594,7 +1606,7 @@ void conv_forward_wgmma_stats(const __half* x, const __half* w, __half* y, const
   const IgemmConfigInfo cfg = wgmma_config_info(config);
   IgemmParams p = igemm_detail::make_igemm_params(fn, x, w, y, d, cfg.block_m);
   const int blocks_per_group = igemm_detail::set_stats_params(fn, p, stats, d, cfg.block_m);
-  require_channels(fn, config, d.C);
+  require_channels(fn, config, d.C, d);
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
   with_tile<WgTile>(config, [&](auto t) { launch_tile<decltype(t), ConvEpilogue::kStats>(p, stream); });
   igemm_detail::launch_stats_reduce(stats.partials, ceil_div(p.M, cfg.block_m), blocks_per_group,
@@ -1608,7 +1620,7 @@ void conv_forward_wgmma_pool(const __half* x, const __half* w, __half* y_pooled,
   IgemmParams p = igemm_detail::make_igemm_params(fn, x, w, y_pooled, d, cfg.block_m);
   igemm_detail::set_pool_params(fn, p, argmax, d, cfg.block_m);
   const int blocks_per_group = stats ? igemm_detail::set_stats_params(fn, p, *stats, d, cfg.block_m) : 0;
-  require_channels(fn, config, d.C);
+  require_channels(fn, config, d.C, d);
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
   if (stats == nullptr) {
     with_tile<WgTile>(config, [&](auto t) { launch_tile<decltype(t), ConvEpilogue::kPool>(p, stream); });
@@ -1625,7 +1637,7 @@ void conv_backward_data_wgmma(const __half* dy, const __half* w, __half* dx, __h
   require(wt_scratch != nullptr && aligned16(wt_scratch), fn,
           "wt_scratch must be 16-byte aligned");
   require(d.C % 8 == 0 && d.K % 8 == 0, fn, "C and K must be multiples of 8");
-  require_channels(fn, config, d.K);  // dy, with K channels, is the gathered tensor
+  require_channels(fn, config, d.K, d);  // dy, with K channels, is the gathered tensor
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
   // As a forward convolution: input dy with K channels, C filters, output dx.
   const ConvDesc as_forward{d.N, d.H, d.W, d.K, d.C, d.R};
@@ -1642,7 +1654,7 @@ void conv_backward_data_wgmma_bn_sums(const __half* dy, const __half* w, __half*
   const IgemmConfigInfo cfg = wgmma_config_info(config);
   IgemmParams p = igemm_detail::make_igemm_params(fn, dy, w, dx, as_forward, cfg.block_m);
   const int blocks_per_group = igemm_detail::set_bn_sums_params(fn, p, bn, as_forward, cfg.block_m);
-  require_channels(fn, config, d.K);
+  require_channels(fn, config, d.K, d);
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
   conv_flip_transpose_weights(w, wt_scratch, d, stream);
   p.w = wt_scratch;
@@ -1705,7 +1717,7 @@ void conv_backward_filter_wgmma(const __half* x, const __half* dy, __half* dw, f
   const IgemmConfigInfo cfg = wgmma_config_info(config);
   const WgradParams p =
       igemm_detail::make_wgrad_params(fn, x, dy, dw, partials, d, cfg.block_m, cfg.block_k, splits);
-  require_channels(fn, config, d.C);
+  require_channels(fn, config, d.C, d);
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
   with_tile<WgWgradTile>(config, [&](auto t) { launch_wgrad_tile<decltype(t)>(p, stream); });
   igemm_detail::conv_wgrad_reduce(partials, dw, (long)d.K * p.Ng, p.splits, stream);
