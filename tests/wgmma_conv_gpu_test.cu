@@ -569,6 +569,7 @@ TEST_CASE("wgmma launchers check their preconditions (host)", "[gpu][wgmma]") {
   CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k128x128x64s4PpIm2colC4) == 64);
   CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k128x128x64s4PpIm2colC8) == 64);
   CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k128x64x64s4PpIm2col) == 64);
+  CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k128x128x64s5PpIm2col) == 64);
   for (WgmmaConfig c : kernels::kWgmmaConfigs) CHECK_NOTHROW(kernels::wgmma_config_info(c));  // lists vs tiles
   CHECK(kernels::wgmma_config_channel_multiple(cfg) == 8);
   CHECK_THROWS_WITH(kernels::conv_forward_wgmma(fake(0x10000), fake(0x20000), fake(0x30000), ConvDesc{2, 4, 4, 32, 64, 3},
@@ -947,12 +948,14 @@ TEST_CASE("wgmma TMA im2col copy lands as the model says", "[gpu][wgmma][tma]") 
   for (const ConvDesc& d : shapes) check_im2col_copies(d, seed++);
 }
 
-// The same copies from images smaller than, as large as and one larger than a 3x3 filter: the
-// _pp_im2col forward trapped on a 1x1 image with R = 3 on an H200 (session 10), and the
-// launchers now refuse images smaller than the filter (wgmma_config_takes_image). A copy that
-// never completes traps and leaves the process's CUDA context unusable, so these are hidden and
-// one per image size: a GPU session runs each in its own process (cs_gpu_tests "[tma_small1]",
-// then 2, 3, 4) and reads which sizes land as the model says.
+// The same copies from images smaller than, as large as and one larger than a 3x3 filter. On an
+// H200 (session 10) the 2x2, 3x3 and 4x4 ones landed as the model says and the 1x1 one faulted
+// (illegal instruction, at the copy past the last filter column: im2col_start's (w 0, h 0, n N)
+// lies outside the bounding box when W <= pad; wgmma_config_takes_image). A faulting copy
+// leaves the process's CUDA context unusable, so these are hidden and one per image size: a GPU
+// session runs each in its own process (cs_gpu_tests "[tma_small1]", then 2, 3, 4). The next
+// step: start that slice at the box's lower corner (w -pad, h -pad, n N), run these, and if the
+// 1x1 one passes, drop the image rule.
 TEST_CASE("wgmma TMA im2col copy from a 1x1 image, 3x3 filter", "[.][tma_small1]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   GPU_TEST_SKIP_WITHOUT_WGMMA();
@@ -1031,7 +1034,8 @@ TEST_CASE("wgmma TMA tiles on two odd shapes vs reference", "[gpu][wgmma][tma]")
   GPU_TEST_SKIP_WITHOUT_WGMMA();
   const std::vector<WgmmaConfig> tma = {WgmmaConfig::k128x128x64s4PpTma, WgmmaConfig::k128x128x64s4PpIm2col,
                                         WgmmaConfig::k128x128x64s4PpIm2colC2, WgmmaConfig::k128x128x64s4PpIm2colC4,
-                                        WgmmaConfig::k128x128x64s4PpIm2colC8, WgmmaConfig::k128x64x64s4PpIm2col};
+                                        WgmmaConfig::k128x128x64s4PpIm2colC8, WgmmaConfig::k128x64x64s4PpIm2col,
+                                        WgmmaConfig::k128x128x64s5PpIm2col};
   check_odd_shape({3, 5, 5, 64, 64, 3}, 1190, tma);
   check_odd_shape({3, 10, 10, 64, 192, 3}, 1195, tma);
 }

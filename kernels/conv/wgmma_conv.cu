@@ -383,7 +383,8 @@ __device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 2], uint64_t desc_a,
 // m64 tiles per warpgroup, each with its own accumulators and A descriptor, the same B).
 // Producer 2: the persistent ping-pong schedule (the _pp configs, conv_fwd_wgmma_pp below): a
 // BlockM x BlockN tile is one consumer warpgroup's (two m64 tiles), the two consumer warpgroups
-// take turns on a persistent block's tiles, and each has its own sC for its epilogue. Producer
+// take turns on a persistent block's tiles, and each has its own sC for its epilogue (with 5
+// stages the two share one, in turn: kOneEpilogue). Producer
 // 3: the same, with the operand that needs no gather (the forward's filter rows, the weight
 // gradient's dy rows) copied by TMA from one producer thread (the _pp_tma configs). Producer 4:
 // both operands by TMA, the gathered one in TMA's im2col mode; one producer thread issues all
@@ -423,13 +424,19 @@ struct WgTile {
   static constexpr int kEpilogueThreads = kPingPong ? 128 : kMmaThreads;
   static constexpr int kEpilogueBytes =
       kBlockM * kCStride * 2 + igemm_detail::epilogue_red_bytes<BlockN, kEpilogueThreads>();
-  // full[], empty[] after the stages; ping-pong: also order[2] (8 bytes each), padded to 16.
-  static constexpr int kBarrierBytes = kPingPong ? (((2 * kStages + 2) * 8 + 15) & ~15) : Producer ? 2 * kStages * 8 : 0;
+  // Ping-pong: each consumer has its own epilogue buffer, unless two do not fit beside the
+  // stages (the 5-stage tile): then both use one, in turn (pp_schedule's epi barrier).
+  static constexpr bool kOneEpilogue =
+      kPingPong && (size_t)kPipeBytes + (2 * kStages + 4) * 8 + 2 * kEpilogueBytes + 1024 > 227 * 1024;
+  // full[], empty[] after the stages; ping-pong: also order[2] (and with one epilogue buffer
+  // epi), 8 bytes each, padded to 16.
+  static constexpr int kBarrierBytes =
+      kPingPong ? (((2 * kStages + 2 + (kOneEpilogue ? 1 : 0)) * 8 + 15) & ~15) : Producer ? 2 * kStages * 8 : 0;
   // + 1024: the dynamic shared memory base is rounded up to the swizzle atom. Ping-pong: the
-  // stages, the barriers, then both consumers' epilogue buffers (the producer keeps loading
-  // the next tiles into the stages while a consumer runs its epilogue).
+  // stages, the barriers, then the consumers' epilogue buffers (the producer keeps loading the
+  // next tiles into the stages while a consumer runs its epilogue).
   static constexpr size_t kSmemBytes =
-      kPingPong ? (size_t)kPipeBytes + kBarrierBytes + 2 * kEpilogueBytes + 1024
+      kPingPong ? (size_t)kPipeBytes + kBarrierBytes + (kOneEpilogue ? 1 : 2) * kEpilogueBytes + 1024
                 : (size_t)(kPipeBytes + kBarrierBytes > kEpilogueBytes ? kPipeBytes + kBarrierBytes : kEpilogueBytes) +
                       1024;
   static_assert(BlockN == 64 || BlockN == 128 || (BlockN == 256 && Producer),
@@ -622,7 +629,9 @@ __device__ __forceinline__ void mma_threads_sync() {
 // stage s landed: kLoaderThreads arrivals; with T::kTma one more, producer thread 0's, which
 // also expects the TMA copy's bytes; with T::kIm2col only that one), empty[s] (the MMAs on it
 // completed: one arrival per warp of the consumer, of every block of the cluster), order[g]
-// (the other consumer finished waiting for its tile's slices: 128 arrivals). With clusters a
+// (the other consumer finished waiting for its tile's slices: 128 arrivals), with
+// T::kOneEpilogue epi (the previous tile's epilogue is done with the shared buffer: 128
+// arrivals, one phase per tile). With clusters a
 // stage's B arrives from every block's producer (its multicast part), so a producer refills a
 // stage only when the consumers of all blocks have released it, and full[s] counts the peers'
 // bytes too (they may land before this block's producer arrives with expect_tx: the phase
@@ -651,6 +660,7 @@ struct PpBarriers {
   __device__ uint32_t full(uint32_t s) const { return bars + 8u * s; }
   __device__ uint32_t empty(uint32_t s) const { return bars + 8u * (T::kStages + s); }
   __device__ uint32_t order(int g) const { return bars + 8u * (2 * T::kStages + g); }
+  __device__ uint32_t epi() const { return bars + 8u * (2 * T::kStages + 2); }  // T::kOneEpilogue only
 };
 
 template <class T, class Params, class WorkOf, class MakeLoader, class Tma, class Mmas, class Epilogue>
@@ -667,6 +677,7 @@ __device__ __forceinline__ void pp_schedule(const Params& p, uint32_t base, int 
     }
     mbar_init(b.order(0), 128);
     mbar_init(b.order(1), 128);
+    if constexpr (T::kOneEpilogue) mbar_init(b.epi(), 128);
     // The inits before any TMA copy completes on these barriers (the async proxy) and, in a
     // cluster, before the other blocks arrive on them and copy into this one (CUTLASS's TMA
     // pipelines fence here whatever the cluster size).
@@ -760,7 +771,14 @@ __device__ __forceinline__ void pp_schedule(const Params& p, uint32_t base, int 
       wgmma_wait<0>();
       fence_operands(acc);
       if (wk.k_tiles > 0) release((r - 1) % T::kStages);
+      // With one epilogue buffer, tile i's epilogue starts once tile i - 1's (the other
+      // consumer's) is done with it: every thread of that one arrives on epi after its last
+      // read of the buffer (phase i - 1).
+      if constexpr (T::kOneEpilogue) {
+        if (i > 0) mbar_wait(b.epi(), (i - 1) & 1);
+      }
       epilogue(acc, wk, g, tid);
+      if constexpr (T::kOneEpilogue) mbar_arrive(b.epi());
     }
   }
   // The blocks of a cluster arrive on each other's barriers and copy into each other's shared
@@ -889,7 +907,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
       },
       [&](float (&a)[T::kAcc], const PpWork& wk, int g, int tid) {
         if (wk.m0 >= p.M) return;  // a cluster's row tile past the output (see above)
-        unsigned char* epi = smem + T::kPipeBytes + T::kBarrierBytes + g * T::kEpilogueBytes;
+        unsigned char* epi = smem + T::kPipeBytes + T::kBarrierBytes + (T::kOneEpilogue ? 0 : g) * T::kEpilogueBytes;
         __half* sC = reinterpret_cast<__half*>(epi);
         warpgroup_barrier_sync(g);  // this consumer's previous epilogue has read all of sC
 #pragma unroll
@@ -1168,6 +1186,7 @@ void with_tile(WgmmaConfig config, F&& f) {
     case WgmmaConfig::k128x128x64s4PpIm2colC4: return f(Tile<128, 128, 1, 4, 6, 0>{});
     case WgmmaConfig::k128x128x64s4PpIm2colC8: return f(Tile<128, 128, 1, 4, 7, 0>{});
     case WgmmaConfig::k128x64x64s4PpIm2col: return f(Tile<128, 64, 1, 4, 4, 0>{});
+    case WgmmaConfig::k128x128x64s5PpIm2col: return f(Tile<128, 128, 1, 5, 4, 0>{});
   }
   throw std::invalid_argument("wgmma: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
@@ -1194,6 +1213,7 @@ const char* config_name(WgmmaConfig config) {
     case WgmmaConfig::k128x128x64s4PpIm2colC4: return "wgmma_128x128x64_s4_pp_im2col_c4";
     case WgmmaConfig::k128x128x64s4PpIm2colC8: return "wgmma_128x128x64_s4_pp_im2col_c8";
     case WgmmaConfig::k128x64x64s4PpIm2col: return "wgmma_128x64x64_s4_pp_im2col";
+    case WgmmaConfig::k128x128x64s5PpIm2col: return "wgmma_128x128x64_s5_pp_im2col";
   }
   throw std::invalid_argument("wgmma_config_info: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
@@ -1282,6 +1302,8 @@ struct WgWgradTile {
   static constexpr int kPipeBytes = kStages * kStageBytes;
   // full[], empty[] after the stages (ping-pong: and order[2])
   static constexpr int kBarrierBytes = kPingPong ? (2 * kStages + 2) * 8 : Producer ? 2 * kStages * 8 : 0;
+  static constexpr bool kOneEpilogue = false;  // its epilogue stores from registers (pp_schedule)
+  static_assert(!kOneEpilogue, "no epilogue buffer to share");
   static constexpr size_t kSmemBytes = (size_t)kPipeBytes + kBarrierBytes + 1024;  // + base alignment
   static_assert(BlockN == 64 || BlockN == 128 || (BlockN == 256 && Producer),
                 "wgmma wrappers for n64, n128 and n256 (n256: 128 accumulators, with a producer)");

@@ -55,20 +55,20 @@ enum class WgmmaConfig : int {
                          // epilogue overlaps the other's MMAs and the loads of the next tiles
   k128x128x64s4PpTma,    // as k128x128x64s4Pp, the operand that needs no gather (the forward's
                          // filter rows, the weight gradient's dy rows) copied by TMA from one
-                         // producer thread: half the producer's cp.async work. Not yet run on a
-                         // GPU: wgmma_config_gpu_tested() is false, so the engine leaves it out
+                         // producer thread: half the producer's cp.async work
   k128x128x64s4PpIm2col,  // as k128x128x64s4PpTma, both operands by TMA: the gathered one (the
                           // forward's activations, the weight gradient's x) in TMA's im2col
                           // mode, so no thread computes a gather address (cuDNN's Hopper
                           // kernels load this way). One producer thread issues every copy.
                           // Needs the gathered tensor's channels a multiple of 64
-                          // (wgmma_config_channel_multiple). Not yet run on a GPU either
+                          // (wgmma_config_channel_multiple) and an image at least as large as
+                          // the filter (wgmma_config_takes_image)
   k128x128x64s4PpIm2colC2,  // as k128x128x64s4PpIm2col in clusters of two blocks that take two
                             // row tiles of the same filter tile at a time and copy half of the
                             // filter slice each, by TMA multicast into both: B's reads from L2
                             // halve (cuDNN's Hopper forward runs clusters of 8). In the weight
                             // gradient the two blocks take two filter tiles of the same output
-                            // channels and share A (dy) the same way. Not yet run on a GPU
+                            // channels and share A (dy) the same way
   k128x128x64s4PpIm2colC4,  // as k128x128x64s4PpIm2colC2 in clusters of four (each block copies a
                             // quarter of B, or in the weight gradient a 32-pixel half of one of
                             // A's column blocks): by the count in docs/conv_kernels.md a 128 x 128
@@ -78,6 +78,13 @@ enum class WgmmaConfig : int {
                             // per consumer thread): for the 64-channel outputs, where a 128 x 128
                             // tile is half empty (of the recipe, layer1's input gradient, whose
                             // best was the 128 x 64 cp.async tile, at 0.70x cuDNN on the H200)
+  k128x128x64s5PpIm2col,    // as k128x128x64s4PpIm2col with 5 stages (160 KiB of copies in
+                            // flight instead of 128), its two consumers sharing one epilogue
+                            // buffer in turn to make room: the 4-stage tile, the fastest
+                            // forward of ours at layer1 and layer2 on the H200, keeps the tensor
+                            // pipe ~46% busy and its warps wait on their barriers, while sharing
+                            // B across a cluster (less L2 traffic) did not make it faster. Not
+                            // yet run on a GPU: wgmma_config_gpu_tested() is false
 };
 constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaConfig::k128x64x64s4,
                                          WgmmaConfig::k128x128x64s4Async, WgmmaConfig::k128x64x64s4Async,
@@ -88,14 +95,15 @@ constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaC
                                          WgmmaConfig::k256x128x64s4Ws,    WgmmaConfig::k128x128x64s4Pp,
                                          WgmmaConfig::k128x128x64s4PpTma, WgmmaConfig::k128x128x64s4PpIm2col,
                                          WgmmaConfig::k128x128x64s4PpIm2colC2, WgmmaConfig::k128x128x64s4PpIm2colC4,
-                                         WgmmaConfig::k128x128x64s4PpIm2colC8, WgmmaConfig::k128x64x64s4PpIm2col};
+                                         WgmmaConfig::k128x128x64s4PpIm2colC8, WgmmaConfig::k128x64x64s4PpIm2col,
+                                         WgmmaConfig::k128x128x64s5PpIm2col};
 
 // The configs whose gathered operand comes by TMA in im2col mode, and those that copy by TMA at
 // all (those, and the _pp_tma tile).
 constexpr bool wgmma_config_im2col(WgmmaConfig config) {
   return config == WgmmaConfig::k128x128x64s4PpIm2col || config == WgmmaConfig::k128x128x64s4PpIm2colC2 ||
          config == WgmmaConfig::k128x128x64s4PpIm2colC4 || config == WgmmaConfig::k128x128x64s4PpIm2colC8 ||
-         config == WgmmaConfig::k128x64x64s4PpIm2col;
+         config == WgmmaConfig::k128x64x64s4PpIm2col || config == WgmmaConfig::k128x128x64s5PpIm2col;
 }
 constexpr bool wgmma_config_tma(WgmmaConfig config) {
   return config == WgmmaConfig::k128x128x64s4PpTma || wgmma_config_im2col(config);
@@ -104,8 +112,9 @@ constexpr bool wgmma_config_tma(WgmmaConfig config) {
 // Whether a config's kernels have passed the GPU tests on a device (a session with a GPU sets
 // this when they do). The engine's selection only considers tested configs (unless asked to:
 // speedrun --conv-kernels auto-untested), so a kernel that has never run cannot stop a training
-// run; the tests and conv_bench run every config. None of the TMA tiles has run yet.
-constexpr bool wgmma_config_gpu_tested(WgmmaConfig config) { return !wgmma_config_tma(config); }
+// run; the tests and conv_bench run every config. The TMA tiles passed theirs on an H200 at
+// 888dbe7 (docs/results/2026-11-27-h200-session10/call3); the 5-stage one has not run yet.
+constexpr bool wgmma_config_gpu_tested(WgmmaConfig config) { return config != WgmmaConfig::k128x128x64s5PpIm2col; }
 
 // The channel count of the tensor a config gathers from (the forward's C, the input gradient's
 // K, the weight gradient's C) must be a multiple of this: 8 for every config (16-byte vectors),
@@ -117,11 +126,14 @@ constexpr bool wgmma_config_takes_channels(WgmmaConfig config, int channels) {
   return channels % wgmma_config_channel_multiple(config) == 0;
 }
 // The image rule of the im2col configs: an H x W image at least as large as the R x R filter.
-// On an H200 (docs/results/2026-11-27-h200-session10) the _pp_im2col forward trapped on a 1x1
-// image with R = 3 (its TMA copy never completed) while every shape with H, W >= R passed. Why
-// is not known yet (the hidden "[tma_small]" probes copy from 1x1, 2x2 and 3x3 images, one per
-// process, to find out); until then the launchers throw std::invalid_argument for smaller
-// images, and the engine records the config as rejected. Every recipe image is 4x4 or larger.
+// On an H200 (docs/results/2026-11-27-h200-session10) the im2col copy of a slice past the last
+// filter column (wgmma_detail::im2col_start's start (c 0, w 0, h 0, n N), all zeros) faulted
+// with an illegal instruction from a 1x1 image with R = 3 (compute-sanitizer names the TMA
+// instruction), while every copy from 2x2, 3x3 and 4x4 images landed as the model says: that
+// start lies outside the copy's bounding box (w and h from -pad to W - 1 - pad) when W or H is
+// at most pad. Until a start inside the box for those slices has run on a GPU ("[tma_small1]"),
+// the launchers throw std::invalid_argument for images smaller than the filter, and the engine
+// records the config as rejected. Every recipe image is 4x4 or larger.
 constexpr bool wgmma_config_takes_image(WgmmaConfig config, int H, int W, int R) {
   return !wgmma_config_im2col(config) || (H >= R && W >= R);
 }
