@@ -19,6 +19,12 @@
 #      repetitions (tests/gpu_test_util.h).
 #    (The first H100 run, docs/results/2026-11-27-h100-gpu-check/, ran them one after the
 #    other and memcheck hit its limit in the batch-512 cuDNN and BN cases, now tagged [recipe].)
+#    probes (only when GPU_CHECK_STEPS names it), before both: Catch2 filters of PROBES
+#    (";"-separated; default "[tma];[tma_small4];[tma_small3];[tma_small2];[tma_small1];[halo]":
+#    the TMA copies and tiles, the hidden per-image-size TMA im2col copies, the wgmma
+#    descriptor shift probe), each in its own process, one after the other, into gpu_tests.log
+#    (one summary row each): a faulting TMA copy ends its process's CUDA context, so these run
+#    alone first after a change to the TMA tiles (docs/conv_kernels.md, "Next GPU sessions").
 # 3. kernel_bench: kernel_bench --json OUTDIR/kernel_bench.json.
 # 4. conv_bench (when built): the hand-written conv kernels against cuDNN,
 #    --json OUTDIR/conv_bench.json, plus CONV_BENCH_ARGS (e.g. "--configs
@@ -47,9 +53,8 @@
 #    COUNT launches whose demangled name matches REGEX, with the sections of SET ("full": speed
 #    of light, launch, occupancy, warp states, scheduler, compute and memory workload, source
 #    counters; "light": speed of light and launch shape only, for many launches).
-#    The default: eight wgmma forward tiles on layer1 (the block-wide s3, the warp-specialized
-#    s4_ws, the persistent ping-pong s4_pp, s4_pp_tma, s4_pp_im2col and its clusters _c2, _c4,
-#    _c8), two
+#    The default: three wgmma forward tiles on layer1 (the block-wide s3, the persistent
+#    ping-pong s4_pp_im2col and s5_pp_im2col), two
 #    weight-gradient ones on layer2 (s4_pp and s4_pp_im2col, one ncu run each), and cuDNN's
 #    forward kernel on layer1, to compare with.
 # GPU_CHECK_STEPS (comma-separated, default all but variants: gpu_tests,kernel_bench,conv_bench,
@@ -84,6 +89,7 @@ T_BUILD=${T_BUILD:-900}
 T_SANITIZER=${T_SANITIZER:-300}
 T_RACECHECK=${T_RACECHECK:-240}
 T_TESTS=${T_TESTS:-240}
+T_PROBE=${T_PROBE:-60}
 T_BENCH=${T_BENCH:-120}
 # conv_bench checks every variant against host sums over whole tensors before timing it, and
 # with thirteen wgmma tiles and their fused epilogues it has some 700 rows.
@@ -135,9 +141,12 @@ status_of() {
 # The GPU test binary's shards, by source file (Catch2's -# file-name tags): the three files
 # with the most CPU-reference work each alone, the wgmma kernels alone (a hang in the newest
 # kernels costs only their shard), and everything else, so a new test file is never left out.
-# Each entry is NAME=FILTER; FILTER's comma-separated terms are OR-ed.
+# Each entry is NAME=FILTER; FILTER's comma-separated terms are OR-ed. Hidden tests ("[.]": probes
+# a session runs by name, one process each, e.g. "[tma_small1]") are left out: a file-name tag
+# alone selects them too (session 10's wgmma shard ran a hidden probe whose TMA copy faulted and
+# took the rest of the shard's CUDA context with it).
 shards() {  # shards EXTRA: EXTRA (e.g. "~[recipe]") is appended to every term
-  local x=$1 own="~[#resnet9_gpu_test]~[#implicit_gemm_gpu_test]~[#igemm_backward_gpu_test]~[#wgmma_conv_gpu_test]"
+  local x="~[.]$1" own="~[#resnet9_gpu_test]~[#implicit_gemm_gpu_test]~[#igemm_backward_gpu_test]~[#wgmma_conv_gpu_test]"
   echo "resnet9=[#resnet9_gpu_test]$x"
   echo "igemm=[#implicit_gemm_gpu_test]$x,[#igemm_backward_gpu_test]$x"
   echo "wgmma=[#wgmma_conv_gpu_test]$x"
@@ -261,7 +270,20 @@ fi
 [ -x "$BUILD/speedrun" ] && echo "binaries: $("$BUILD/speedrun" --version 2>&1)" | tee -a "$OUT/$LOG"
 
 # ---------------------------------------------------------------- 2. GPU tests, sanitizer
-want gpu_tests && : >"$OUT/gpu_tests.log"
+if want gpu_tests || want probes; then : >"$OUT/gpu_tests.log"; fi
+# The probes first, one process each and one after the other: a TMA copy that faults (or never
+# completes, and traps) leaves its process's CUDA context unusable, so each runs alone, before
+# the shards share the GPU.
+if ! want probes; then
+  skip_step probes "not in GPU_CHECK_STEPS"
+elif [ ! -x "$BUILD/cs_gpu_tests" ]; then
+  skip_step probes "no $BUILD/cs_gpu_tests"
+else
+  IFS=';' read -r -a PROBE_LIST <<<"${PROBES:-[tma];[tma_small4];[tma_small3];[tma_small2];[tma_small1];[halo]}"
+  for filter in "${PROBE_LIST[@]}"; do
+    run_step "probe$filter" "$T_PROBE" gpu_tests.log "$BUILD/cs_gpu_tests" "$filter" --durations yes
+  done
+fi
 if ! want gpu_tests; then
   skip_step gpu_tests "not in GPU_CHECK_STEPS"
 elif [ ! -x "$BUILD/cs_gpu_tests" ]; then
@@ -418,9 +440,10 @@ else
   # ncu's demangled names spell template arguments as "(int)128", enumerators as "(Enum)0".
   I='\(int\)'
   # The forward tiles: conv_bench's statistics loop launches each config's plain kernel once, in
-  # config order, before any is timed, so the first eight matches are eight different kernels
-  # (_s3, _s4_ws, _s4_pp and the five TMA tiles).
-  DEFAULT_PROFILES="fwd_layer1#layer1#conv_fwd_wgmma(_pp)?_kernel<.*WgTile<${I}128, ${I}128, ${I}(0, ${I}3, ${I}0|1, ${I}4, ${I}[1-7]), ${I}0>, .*Epilogue\\)0>#8#full"
+  # config order, before any is timed, so the first three matches are three different kernels:
+  # _s3, _s4_pp_im2col (the fastest of ours on the H200) and _s5_pp_im2col (session 10 profiled
+  # the others: docs/results/2026-11-27-h200-session10/call2).
+  DEFAULT_PROFILES="fwd_layer1#layer1#conv_fwd_wgmma(_pp)?_kernel<.*WgTile<${I}128, ${I}128, ${I}(0, ${I}3, ${I}0|1, ${I}[45], ${I}4), ${I}0>, .*Epilogue\\)0>#3#full"
   # The weight-gradient tiles run back to back, each many times: one ncu run per tile (a count
   # of two over several tiles profiled the first tile twice).
   DEFAULT_PROFILES+=";wgrad_layer2_pp#layer2#conv_wgrad_wgmma_pp_kernel<.*WgWgradTile<${I}128, ${I}128, ${I}1, ${I}4, ${I}2, ${I}0>#1#full"

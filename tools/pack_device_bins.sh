@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the GPU binaries for a Hopper device machine (sm_90a only, so they are small enough
 # to carry) and copies them into .gpu-bin/, and packs that into .gpu-pack/bins.tar.xz (both
-# git-ignored; the archive is a few MB against tens of MB unpacked, so it fits beside half of
-# the data in one 64 MiB device call). A device call then carries .gpu-pack and runs:
+# git-ignored; the archive is a few MB against tens of MB unpacked; with the committed tree it
+# fits a 64 MiB device call, a half of the data going in a call of its own: README, "Working
+# with a GPU machine"). A device call then carries .gpu-pack and runs:
 #   tar xJf .gpu-pack/bins.tar.xz && BUILD_DIR=.gpu-bin tools/gpu_check.sh "$OUT" [DATA_DIR] [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
