@@ -111,9 +111,16 @@ __global__ void __launch_bounds__(kConvThreads)
   __shared__ float s_in[kInRows][kImage + 2][kChannels];    // rows oy0-1..oy0+kRowsPerBlock
   constexpr int kBlocksPerImage = kImage / kRowsPerBlock;
   const int b = blockIdx.x / kBlocksPerImage, oy0 = (blockIdx.x % kBlocksPerImage) * kRowsPerBlock;
+  // Filled in s_w's own order, so a warp's stores go to 32 consecutive words (no bank
+  // conflict); w (KRSC: [27 outputs][27 taps], 3.4 KB, L1-resident after the first blocks) is
+  // read transposed. Walking w's order instead made each warp's stores up to 27-way bank
+  // conflicts (rows of 32 words: one bank for all taps of an output), the likely reason why
+  // kernel_bench on the H200 (docs/results/2026-11-27-h200-session10/call1) took longer for
+  // that version than the H100 (docs/results/2026-11-27-h100-gpu-check/call3) for the one
+  // before it, while the kernels it left unchanged ran faster on the H200.
   for (int i = threadIdx.x; i < Cout * kD; i += blockDim.x) {
-    const int o = i / kD, tap = i % kD;  // w is KRSC: [27 outputs][27 taps]
-    s_w[tap][o] = o < kD ? w[i] : 0.0f;
+    const int tap = i / Cout, o = i % Cout;
+    s_w[tap][o] = o < kD ? w[o * kD + tap] : 0.0f;
   }
   for (int i = threadIdx.x; i < kInRows * (kImage + 2) * kChannels; i += blockDim.x) {
     const int c = i % kChannels, col = (i / kChannels) % (kImage + 2), r = i / (kChannels * (kImage + 2));
