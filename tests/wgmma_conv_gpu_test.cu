@@ -638,6 +638,10 @@ TEST_CASE("wgmma launchers check their preconditions (host)", "[gpu][wgmma]") {
 std::vector<float> tma_im2col_model(const std::vector<float>& x, const ConvDesc& d, kernels::wgmma_detail::Im2colStart at,
                                     int pixels) {
   const int pad = (d.R - 1) / 2, lower = -pad, upper = pad - (d.R - 1);
+  // The start must lie inside the bounding box: one outside faulted on an H200 (session 10).
+  INFO("im2col start (w " << at.w << ", h " << at.h << ") in the box [" << lower << ", " << d.W - 1 + upper << "] x ["
+                          << lower << ", " << d.H - 1 + upper << "]");
+  CHECK((at.w >= lower && at.w <= d.W - 1 + upper && at.h >= lower && at.h <= d.H - 1 + upper));
   std::vector<float> tile((size_t)pixels * 64, 0.0f);
   int w = at.w, h = at.h, n = at.n;
   for (int i = 0; i < pixels; i++) {
@@ -950,12 +954,12 @@ TEST_CASE("wgmma TMA im2col copy lands as the model says", "[gpu][wgmma][tma]") 
 
 // The same copies from images smaller than, as large as and one larger than a 3x3 filter. On an
 // H200 (session 10) the 2x2, 3x3 and 4x4 ones landed as the model says and the 1x1 one faulted
-// (illegal instruction, at the copy past the last filter column: im2col_start's (w 0, h 0, n N)
-// lies outside the bounding box when W <= pad; wgmma_config_takes_image). A faulting copy
-// leaves the process's CUDA context unusable, so these are hidden and one per image size: a GPU
-// session runs each in its own process (cs_gpu_tests "[tma_small1]", then 2, 3, 4). The next
-// step: start that slice at the box's lower corner (w -pad, h -pad, n N), run these, and if the
-// 1x1 one passes, drop the image rule.
+// (illegal instruction, at the copy past the last filter column, which im2col_start then
+// started at (w 0, h 0, n N), outside the bounding box when W <= pad; the model now checks
+// that every start lies inside, and im2col_start starts that copy at the box's lower corner).
+// A faulting copy leaves the process's CUDA context unusable, so these are hidden and one per
+// image size: a GPU session runs each in its own process (tools/gpu_check.sh's probes step).
+// If the 1x1 one passes, the image rule (wgmma_config_takes_image) can go.
 TEST_CASE("wgmma TMA im2col copy from a 1x1 image, 3x3 filter", "[.][tma_small1]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   GPU_TEST_SKIP_WITHOUT_WGMMA();

@@ -757,7 +757,11 @@ __device__ __forceinline__ void pp_schedule(const Params& p, uint32_t base, int 
       for (int kt = 0; kt < wk.k_tiles; kt++, r++) {
         const uint32_t s = r % T::kStages;
         mbar_wait(b.full(s), (r / T::kStages) & 1);
-        fence_proxy_async();  // the copies, now visible to this thread, before the tensor cores read them
+        // cp.async copies (generic proxy) made visible to the tensor cores (async proxy). With
+        // T::kIm2col every copy is TMA, which writes through the async proxy and completes on
+        // the barrier: nothing to fence (CUTLASS's TMA consumers do not), and the fence sat
+        // between every full wait and its MMAs.
+        if constexpr (!T::kIm2col) fence_proxy_async();
         fence_operands(acc);
         wgmma_fence();
         mmas(acc, base + s * T::kStageBytes);

@@ -113,8 +113,10 @@ constexpr bool wgmma_config_tma(WgmmaConfig config) {
 // this when they do). The engine's selection only considers tested configs (unless asked to:
 // speedrun --conv-kernels auto-untested), so a kernel that has never run cannot stop a training
 // run; the tests and conv_bench run every config. The TMA tiles passed theirs on an H200 at
-// 888dbe7 (docs/results/2026-11-27-h200-session10/call3); the 5-stage one has not run yet.
-constexpr bool wgmma_config_gpu_tested(WgmmaConfig config) { return config != WgmmaConfig::k128x128x64s5PpIm2col; }
+// 888dbe7 (docs/results/2026-11-27-h200-session10/call3); the im2col ones changed since (their
+// consumers no longer fence the proxies, their copies past the last filter column start
+// elsewhere: the next GPU session tests them again), and the 5-stage one has not run yet.
+constexpr bool wgmma_config_gpu_tested(WgmmaConfig config) { return !wgmma_config_im2col(config); }
 
 // The channel count of the tensor a config gathers from (the forward's C, the input gradient's
 // K, the weight gradient's C) must be a multiple of this: 8 for every config (16-byte vectors),
@@ -127,13 +129,14 @@ constexpr bool wgmma_config_takes_channels(WgmmaConfig config, int channels) {
 }
 // The image rule of the im2col configs: an H x W image at least as large as the R x R filter.
 // On an H200 (docs/results/2026-11-27-h200-session10) the im2col copy of a slice past the last
-// filter column (wgmma_detail::im2col_start's start (c 0, w 0, h 0, n N), all zeros) faulted
-// with an illegal instruction from a 1x1 image with R = 3 (compute-sanitizer names the TMA
-// instruction), while every copy from 2x2, 3x3 and 4x4 images landed as the model says: that
-// start lies outside the copy's bounding box (w and h from -pad to W - 1 - pad) when W or H is
-// at most pad. Until a start inside the box for those slices has run on a GPU ("[tma_small1]"),
-// the launchers throw std::invalid_argument for images smaller than the filter, and the engine
-// records the config as rejected. Every recipe image is 4x4 or larger.
+// filter column faulted with an illegal instruction from a 1x1 image with R = 3
+// (compute-sanitizer names the TMA instruction), while every copy from 2x2, 3x3 and 4x4 images
+// landed as the model says: its start then, (w 0, h 0, n N), lies outside the copy's bounding
+// box (w and h from -pad to W - 1 - pad) when W or H is at most pad. im2col_start now starts
+// those copies at the box's lower corner; until that has run on a GPU ("[tma_small1]", the
+// probes step of tools/gpu_check.sh) the launchers throw std::invalid_argument for images
+// smaller than the filter, and the engine records the config as rejected. Every recipe image
+// is 4x4 or larger.
 constexpr bool wgmma_config_takes_image(WgmmaConfig config, int H, int W, int R) {
   return !wgmma_config_im2col(config) || (H >= R && W >= R);
 }
@@ -308,16 +311,18 @@ __host__ __device__ inline AccCoord block_acc_coord(int block_m, int block_n, in
 // plus the offsets (s, r), zeros outside x (also past the last image). So the start is output
 // pixel m0's window corner (ow - pad, oh - pad, img) and the offsets are the slice's tap; the
 // channel coordinate is the slice's first channel. Columns k0 >= R * R * C (the weight
-// gradient's column blocks past its last filter column) start in image N, past the last one:
-// all zeros. The same coordinates serve the weight gradient's B (pixels as rows, filter
-// columns as k).
+// gradient's column blocks past its last filter column) start in image N, past the last one,
+// at the box's lower corner (-pad, -pad): all zeros. A start must lie inside the box (w and h
+// from -pad to W - 1 - pad): (0, 0, N), which these copies had until session 10, faulted on an
+// H200 for a 1x1 image with R = 3 (wgmma_config_takes_image). The same coordinates serve the
+// weight gradient's B (pixels as rows, filter columns as k).
 struct Im2colStart {
   int c, w, h, n;
   uint16_t off_w, off_h;
 };
 __host__ __device__ inline Im2colStart im2col_start(int m0, int k0, int N, int H, int W, int C, int R) {
-  if (k0 >= R * R * C) return {0, 0, 0, N, 0, 0};
   const int pad = (R - 1) / 2;
+  if (k0 >= R * R * C) return {0, -pad, -pad, N, 0, 0};
   const int tap = k0 / C, r = tap / R;
   const int img = m0 / (H * W), rem = m0 - img * (H * W), oh = rem / W;
   return {k0 - tap * C, rem - oh * W - pad, oh - pad, img, (uint16_t)(tap - r * R), (uint16_t)r};
