@@ -578,8 +578,8 @@ TEST_CASE("wgmma launchers check their preconditions (host)", "[gpu][wgmma]") {
   CHECK_THROWS_WITH(kernels::conv_backward_data_wgmma(fake(0x10000), fake(0x20000), fake(0x30000), fake(0x40000),
                                                       ConvDesc{2, 4, 4, 64, 32, 3}, im2col, 0),
                     Catch::Contains("multiple of 64"));  // dgrad gathers dy: K channels
-  // And an image at least as large as the filter (wgmma_config_takes_image: a 1x1 image with a
-  // 3x3 filter trapped the im2col forward on an H200).
+  // And an image at least as large as the filter (wgmma_config_takes_image: from a 1x1 image
+  // with a 3x3 filter an im2col copy faulted on an H200).
   CHECK_FALSE(kernels::wgmma_config_takes_image(im2col, 1, 1, 3));
   CHECK_FALSE(kernels::wgmma_config_takes_image(WgmmaConfig::k128x64x64s4PpIm2col, 8, 2, 3));
   CHECK(kernels::wgmma_config_takes_image(im2col, 3, 3, 3));

@@ -426,6 +426,7 @@ struct WgTile {
       kBlockM * kCStride * 2 + igemm_detail::epilogue_red_bytes<BlockN, kEpilogueThreads>();
   // Ping-pong: each consumer has its own epilogue buffer, unless two do not fit beside the
   // stages (the 5-stage tile): then both use one, in turn (pp_schedule's epi barrier).
+  // ((2 * kStages + 4) * 8: the barriers below with epi, at most, after the padding.)
   static constexpr bool kOneEpilogue =
       kPingPong && (size_t)kPipeBytes + (2 * kStages + 4) * 8 + 2 * kEpilogueBytes + 1024 > 227 * 1024;
   // full[], empty[] after the stages; ping-pong: also order[2] (and with one epilogue buffer
@@ -1495,10 +1496,10 @@ void launch_wgrad_tile(const WgradParams& p, cudaStream_t stream) {
   CUDA_CHECK_LAUNCH();
 }
 
-// wgmma_config_channel_multiple's rule for the tensor a launch gathers from (`channels` of
-// them), naming fn: std::invalid_argument otherwise.
-// And wgmma_config_takes_image's rule for d's image and filter.
-void require_channels(const char* fn, WgmmaConfig config, int channels, const ConvDesc& d) {
+// The config's rules for a launch of shape d: wgmma_config_channel_multiple's for the tensor it
+// gathers from (`channels` of them) and wgmma_config_takes_image's for d's image and filter,
+// naming fn: std::invalid_argument otherwise.
+void require_config_takes(const char* fn, WgmmaConfig config, int channels, const ConvDesc& d) {
   if (!wgmma_config_takes_channels(config, channels))
     throw std::invalid_argument(std::string(fn) + ": " + config_name(config) + " needs the gathered tensor's channels (" +
                                 std::to_string(channels) + ") to be a multiple of " +
@@ -1616,7 +1617,7 @@ void conv_forward_wgmma(const __half* x, const __half* w, __half* y, const ConvD
   const char* fn = "conv_forward_wgmma";
   const IgemmConfigInfo cfg = wgmma_config_info(config);
   const IgemmParams p = igemm_detail::make_igemm_params(fn, x, w, y, d, cfg.block_m);
-  require_channels(fn, config, d.C, d);
+  require_config_takes(fn, config, d.C, d);
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
   with_tile<WgTile>(config, [&](auto t) { launch_tile<decltype(t)>(p, stream); });
 }
@@ -1632,7 +1633,7 @@ void conv_forward_wgmma_stats(const __half* x, const __half* w, __half* y, const
   const IgemmConfigInfo cfg = wgmma_config_info(config);
   IgemmParams p = igemm_detail::make_igemm_params(fn, x, w, y, d, cfg.block_m);
   const int blocks_per_group = igemm_detail::set_stats_params(fn, p, stats, d, cfg.block_m);
-  require_channels(fn, config, d.C, d);
+  require_config_takes(fn, config, d.C, d);
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
   with_tile<WgTile>(config, [&](auto t) { launch_tile<decltype(t), ConvEpilogue::kStats>(p, stream); });
   igemm_detail::launch_stats_reduce(stats.partials, ceil_div(p.M, cfg.block_m), blocks_per_group,
@@ -1646,7 +1647,7 @@ void conv_forward_wgmma_pool(const __half* x, const __half* w, __half* y_pooled,
   IgemmParams p = igemm_detail::make_igemm_params(fn, x, w, y_pooled, d, cfg.block_m);
   igemm_detail::set_pool_params(fn, p, argmax, d, cfg.block_m);
   const int blocks_per_group = stats ? igemm_detail::set_stats_params(fn, p, *stats, d, cfg.block_m) : 0;
-  require_channels(fn, config, d.C, d);
+  require_config_takes(fn, config, d.C, d);
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
   if (stats == nullptr) {
     with_tile<WgTile>(config, [&](auto t) { launch_tile<decltype(t), ConvEpilogue::kPool>(p, stream); });
@@ -1663,7 +1664,7 @@ void conv_backward_data_wgmma(const __half* dy, const __half* w, __half* dx, __h
   require(wt_scratch != nullptr && aligned16(wt_scratch), fn,
           "wt_scratch must be 16-byte aligned");
   require(d.C % 8 == 0 && d.K % 8 == 0, fn, "C and K must be multiples of 8");
-  require_channels(fn, config, d.K, d);  // dy, with K channels, is the gathered tensor
+  require_config_takes(fn, config, d.K, d);  // dy, with K channels, is the gathered tensor
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
   // As a forward convolution: input dy with K channels, C filters, output dx.
   const ConvDesc as_forward{d.N, d.H, d.W, d.K, d.C, d.R};
@@ -1680,7 +1681,7 @@ void conv_backward_data_wgmma_bn_sums(const __half* dy, const __half* w, __half*
   const IgemmConfigInfo cfg = wgmma_config_info(config);
   IgemmParams p = igemm_detail::make_igemm_params(fn, dy, w, dx, as_forward, cfg.block_m);
   const int blocks_per_group = igemm_detail::set_bn_sums_params(fn, p, bn, as_forward, cfg.block_m);
-  require_channels(fn, config, d.K, d);
+  require_config_takes(fn, config, d.K, d);
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
   conv_flip_transpose_weights(w, wt_scratch, d, stream);
   p.w = wt_scratch;
@@ -1743,7 +1744,7 @@ void conv_backward_filter_wgmma(const __half* x, const __half* dy, __half* dw, f
   const IgemmConfigInfo cfg = wgmma_config_info(config);
   const WgradParams p =
       igemm_detail::make_wgrad_params(fn, x, dy, dw, partials, d, cfg.block_m, cfg.block_k, splits);
-  require_channels(fn, config, d.C, d);
+  require_config_takes(fn, config, d.C, d);
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
   with_tile<WgWgradTile>(config, [&](auto t) { launch_wgrad_tile<decltype(t)>(p, stream); });
   igemm_detail::conv_wgrad_reduce(partials, dw, (long)d.K * p.Ng, p.splits, stream);
