@@ -960,26 +960,21 @@ TEST_CASE("wgmma TMA im2col copy lands as the model says", "[gpu][wgmma][tma]") 
 // A faulting copy leaves the process's CUDA context unusable, so these are hidden and one per
 // image size: a GPU session runs each in its own process (tools/gpu_check.sh's probes step).
 // If the 1x1 one passes, the image rule (wgmma_config_takes_image) can go.
-TEST_CASE("wgmma TMA im2col copy from a 1x1 image, 3x3 filter", "[.][tma_small1]") {
+namespace {
+
+// The copies from four images of size x size pixels, 64 channels, a 3x3 filter.
+void check_small_image_copies(int size) {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   GPU_TEST_SKIP_WITHOUT_WGMMA();
-  check_im2col_copies({4, 1, 1, 64, 8, 3}, 1310);
+  check_im2col_copies({4, size, size, 64, 8, 3}, 1309 + (uint64_t)size);
 }
-TEST_CASE("wgmma TMA im2col copy from a 2x2 image, 3x3 filter", "[.][tma_small2]") {
-  GPU_TEST_SKIP_WITHOUT_DEVICE();
-  GPU_TEST_SKIP_WITHOUT_WGMMA();
-  check_im2col_copies({4, 2, 2, 64, 8, 3}, 1311);
-}
-TEST_CASE("wgmma TMA im2col copy from a 3x3 image, 3x3 filter", "[.][tma_small3]") {
-  GPU_TEST_SKIP_WITHOUT_DEVICE();
-  GPU_TEST_SKIP_WITHOUT_WGMMA();
-  check_im2col_copies({4, 3, 3, 64, 8, 3}, 1312);
-}
-TEST_CASE("wgmma TMA im2col copy from a 4x4 image, 3x3 filter", "[.][tma_small4]") {
-  GPU_TEST_SKIP_WITHOUT_DEVICE();
-  GPU_TEST_SKIP_WITHOUT_WGMMA();
-  check_im2col_copies({4, 4, 4, 64, 8, 3}, 1313);
-}
+
+}  // namespace
+
+TEST_CASE("wgmma TMA im2col copy from a 1x1 image, 3x3 filter", "[.][tma_small1]") { check_small_image_copies(1); }
+TEST_CASE("wgmma TMA im2col copy from a 2x2 image, 3x3 filter", "[.][tma_small2]") { check_small_image_copies(2); }
+TEST_CASE("wgmma TMA im2col copy from a 3x3 image, 3x3 filter", "[.][tma_small3]") { check_small_image_copies(3); }
+TEST_CASE("wgmma TMA im2col copy from a 4x4 image, 3x3 filter", "[.][tma_small4]") { check_small_image_copies(4); }
 
 // TMA's tiled copy of a matrix (tma_map_2d: the _pp_tma tiles' B, the weight gradient's A), and
 // its multicast in clusters of 2, 4, 8 (the _c2, _c4, _c8 tiles' shared operand, each block

@@ -1126,10 +1126,12 @@ void launch_tma_probe(const CUtensorMap& map, const wgmma_detail::Im2colStart& a
 // (row r, chunk c at sw128_offset(r, c)), then computes d = A[shift .. shift + 63] x B^T over
 // the 64 columns with four m64n64k16 wgmma whose A descriptor starts `shift` rows (shift * 128
 // bytes) into the tile, with `base_offset` in the descriptor's bits 49-51, and stores d [64][64].
+constexpr int kShiftProbeARows = 72, kShiftProbeBRows = 64;  // a [72][64], b [64][64]
+constexpr int kShiftProbeSmemBytes = (kShiftProbeARows + kShiftProbeBRows) * 128 + 1024;  // + base alignment
 __global__ void __launch_bounds__(128) wgmma_shift_probe_kernel(const __half* __restrict__ a,
                                                                 const __half* __restrict__ b, int shift,
                                                                 int base_offset, float* __restrict__ d) {
-  constexpr int kARows = 72, kBRows = 64;
+  constexpr int kARows = kShiftProbeARows, kBRows = kShiftProbeBRows;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t raw = ptx::smem_addr(smem_raw);
   const uint32_t base = (raw + 1023u) & ~1023u;
@@ -1606,7 +1608,7 @@ void wgmma_shift_probe(const __half* a, const __half* b, int shift, int base_off
   require(shift >= 0 && shift <= 8, fn, "shift must be in [0, 8]");
   require(base_offset >= 0 && base_offset <= 7, fn, "base_offset must be in [0, 7]");
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
-  wgmma_shift_probe_kernel<<<1, 128, (72 + 64) * 128 + 1024, stream>>>(a, b, shift, base_offset, d);
+  wgmma_shift_probe_kernel<<<1, 128, kShiftProbeSmemBytes, stream>>>(a, b, shift, base_offset, d);
   CUDA_CHECK_LAUNCH();
 }
 
