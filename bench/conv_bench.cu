@@ -315,11 +315,12 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
          }});
   // A wgmma config takes a pass whose gathered tensor has a multiple of its channel count (the
   // forward's and weight gradient's x: C channels, the input gradient's dy: K); the im2col
-  // configs need 64, so not the prep conv's 32.
+  // and halo configs need 64, so not the prep conv's 32. The fused epilogues: not the halo tile.
   using kernels::wgmma_config_takes_channels;
   if (kernels::wgmma_supported())
     for (kernels::WgmmaConfig config : kernels::kWgmmaConfigs)
-      if (wgmma_config_takes_channels(config, d.C) && wanted(kernels::wgmma_config_info(config).name))
+      if (wgmma_config_takes_channels(config, d.C) && kernels::wgmma_config_fused_epilogues(config) &&
+          wanted(kernels::wgmma_config_info(config).name))
         fwd_variants.push_back(
             {"wgmma", kernels::wgmma_config_info(config), kernels::wgmma_blocks_per_sm(config, false),
              kernels::wgmma_stats_scratch_bytes(d, config),
@@ -523,6 +524,7 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
     DeviceBuffer<__half> d_wt(kernels::igemm_dgrad_scratch_bytes(d) / sizeof(__half));
     for (kernels::WgmmaConfig config : kernels::kWgmmaConfigs) {
       if (!wgmma_config_takes_channels(config, d.C)) continue;  // of the recipe, prep (C = 32, no input gradient)
+      if (!kernels::wgmma_config_takes_image(config, d.H, d.W, d.R)) continue;
       const auto info = kernels::wgmma_config_info(config);
       if (!wanted(info.name)) continue;
       Row row = new_row("fwd", "wgmma", info.name);
@@ -550,6 +552,7 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
       brow.t = bench::time_calls(bwd, g_iters);
       brow.cudnn_us = cudnn_us[1];
       rows.push_back(brow);
+      if (!kernels::wgmma_config_fused_epilogues(config)) continue;
       bn_sums_row("wgmma", info, row.blocks_per_sm, [&](const kernels::BnBackwardSums& bn) {
         kernels::conv_backward_data_wgmma_bn_sums(d_dy.get(), d_w.get(), d_dx.get(), d_wt.get(), d, config, bn, 0);
       });
@@ -594,7 +597,8 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
         });
   if (kernels::wgmma_supported())
     for (kernels::WgmmaConfig config : kernels::kWgmmaConfigs)
-      if (wgmma_config_takes_channels(config, d.C) && wanted(kernels::wgmma_config_info(config).name))
+      if (wgmma_config_takes_channels(config, d.C) && kernels::wgmma_config_weight_gradient(config) &&
+          wanted(kernels::wgmma_config_info(config).name))
         wgrad_rows(
             "wgmma", kernels::wgmma_config_info(config), kernels::wgmma_wgrad_default_splits(d, config, sm_count),
             kernels::wgmma_blocks_per_sm(config, true),

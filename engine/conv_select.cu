@@ -264,6 +264,8 @@ void ConvSelect::autotune(__half* x, __half* w, __half* y, void* workspace, size
       for (kernels::WgmmaConfig config : kernels::kWgmmaConfigs) {
         // Never run on a GPU yet: only when asked for.
         if (!kernels::wgmma_config_gpu_tested(config) && policy_ != ConvPolicy::kAutoUntested) continue;
+        // A pass the config has no kernel for (the halo tile's weight gradient): not a candidate.
+        if (pass == ConvPass::kBwdFilter && !kernels::wgmma_config_weight_gradient(config)) continue;
         Choice c;
         c.impl = Impl::kWgmma;
         c.wgmma_config = config;

@@ -132,7 +132,8 @@ bool same_shape(const cs::ConvDesc& a, const cs::ConvDesc& b) {
 
 
 // The fastest of our conv kernels for one fused launch: every igemm config and, on Hopper, every
-// GPU-tested wgmma config (every one with `untested`: the auto-untested policy), each selected
+// GPU-tested wgmma config with fused epilogues (kernels::wgmma_config_fused_epilogues; with
+// `untested`, the auto-untested policy, also those not yet tested), each selected
 // with select(kernel) and timed by launch() on the stream;
 // a config whose tile does not suit the shape (std::invalid_argument) is skipped, and so is one
 // whose result check() rejects (check runs after the timing, so on that config's output; it
@@ -173,7 +174,8 @@ OurChoice time_our_configs(const std::function<void(const Resnet9Gpu::OurConv&)>
   for (kernels::IgemmConfig c : kernels::kIgemmConfigs) consider(false, (int)c, kernels::igemm_config_info(c).name);
   if (kernels::wgmma_supported())
     for (kernels::WgmmaConfig c : kernels::kWgmmaConfigs)
-      if (untested || kernels::wgmma_config_gpu_tested(c)) consider(true, (int)c, kernels::wgmma_config_info(c).name);
+      if ((untested || kernels::wgmma_config_gpu_tested(c)) && kernels::wgmma_config_fused_epilogues(c))
+        consider(true, (int)c, kernels::wgmma_config_info(c).name);
   if (!best.tried.empty()) best.tried.erase(0, 1);
   return best;
 }

@@ -73,14 +73,15 @@ TEST_CASE("conv selection: chosen passes agree with cuDNN under every policy", "
       }
       // One cuDNN candidate per pass, plus unless the policy is cudnn one per igemm config, and
       // on Hopper one per GPU-tested wgmma config (per wgmma config with auto-untested), for
-      // each pass.
+      // each pass the config runs (the halo tile has no weight gradient).
       const bool untested = policy == cs::ConvPolicy::kAutoUntested;
       size_t expected = 3;
       if (policy != cs::ConvPolicy::kCudnn) {
         expected += 3 * std::size(kernels::kIgemmConfigs);
         if (kernels::wgmma_supported())
           for (kernels::WgmmaConfig c : kernels::kWgmmaConfigs)
-            expected += untested || kernels::wgmma_config_gpu_tested(c) ? 3 : 0;
+            if (untested || kernels::wgmma_config_gpu_tested(c))
+              expected += kernels::wgmma_config_weight_gradient(c) ? 3 : 2;
       }
       CHECK(sel.candidates().size() == expected);
       for (const cs::ConvCandidate& c : sel.candidates()) {

@@ -134,7 +134,8 @@ void run_case(const Case& c, bool with_dout2, uint64_t seed, Kernel family) {
   if (family == Kernel::kIgemm)
     for (kernels::IgemmConfig cfg : kernels::kIgemmConfigs) configs.push_back({Kernel::kIgemm, (int)cfg});
   else
-    for (kernels::WgmmaConfig cfg : kernels::kWgmmaConfigs) configs.push_back({Kernel::kWgmma, (int)cfg});
+    for (kernels::WgmmaConfig cfg : kernels::kWgmmaConfigs)
+      if (kernels::wgmma_config_fused_epilogues(cfg)) configs.push_back({Kernel::kWgmma, (int)cfg});
   int ran = 0;
   for (const auto& kc : configs) {
     const Kernel kernel = kc.first;

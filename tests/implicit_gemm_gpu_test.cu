@@ -142,7 +142,8 @@ struct FwdKernel {
 std::vector<FwdKernel> fwd_kernels(bool wgmma) {
   std::vector<FwdKernel> k;
   if (wgmma)
-    for (kernels::WgmmaConfig c : kernels::kWgmmaConfigs) k.push_back({true, (int)c});
+    for (kernels::WgmmaConfig c : kernels::kWgmmaConfigs)
+      if (kernels::wgmma_config_fused_epilogues(c)) k.push_back({true, (int)c});  // not the halo tile
   else
     for (IgemmConfig c : kernels::kIgemmConfigs) k.push_back({false, (int)c});
   return k;

@@ -39,6 +39,7 @@
 #include "kernels/conv/wgmma_conv.cuh"
 #include "kernels/ref/conv.h"
 #include "tests/gpu_test_util.h"
+#include "tests/mbarrier_model.h"
 #include "tests/support.h"
 
 using gpu_test::bitwise_equal;
@@ -131,7 +132,8 @@ void check_wgrad_recipe(int H, int C, int K, int R, int real_channels, uint64_t 
   auto d_x = upload_half(in.x), d_dy = upload_half(in.dy);
   const int sms = sm_count();
   for (WgmmaConfig config : kernels::kWgmmaConfigs) {
-    if (!accepts(config, C, d)) continue;  // the launcher's check has its own test
+    // The launcher's checks have their own tests.
+    if (!accepts(config, C, d) || !kernels::wgmma_config_weight_gradient(config)) continue;
     const auto info = kernels::wgmma_config_info(config);
     const int dflt = kernels::wgmma_wgrad_default_splits(d, config, sms);
     for (int splits : {dflt, 3}) {
@@ -331,6 +333,10 @@ TEST_CASE("wgmma wgrad split choice (host)", "[gpu][wgmma]") {
       INFO(desc_str(d) << " " << info.name);
       const int s = kernels::wgmma_wgrad_default_splits(d, config, 132);
       CHECK(s >= 1);
+      if (!kernels::wgmma_config_weight_gradient(config)) {  // the halo tile: no weight gradient
+        CHECK(s == 1);
+        continue;
+      }
       CHECK(kernels::wgmma_wgrad_split(d, s).splits == s);
       const long tiles = (long)((d.K + 127) / 128) * ((d.R * d.R * d.C + info.block_n - 1) / info.block_n);
       CHECK(tiles * s <= 8 * 132 + tiles);
@@ -348,13 +354,7 @@ TEST_CASE("wgmma wgrad split choice (host)", "[gpu][wgmma]") {
 // larger than wgmma_detail::load_ahead the same model deadlocks (the second check).
 namespace ws_model {
 
-struct Barrier {
-  int count, arrived = 0, phase = 0;
-  void arrive() {
-    if (++arrived == count) arrived = 0, phase++;
-  }
-  bool passed(int parity) const { return (phase & 1) != parity; }
-};
+using model::Barrier;
 
 // "ok", "deadlock" or a description of the race.
 std::string run(int S, int F, int L, int K, int P, int C, unsigned seed) {
@@ -738,6 +738,10 @@ TEST_CASE("wgmma blocks per SM follow from shared memory", "[gpu][wgmma]") {
     const int expected = 2 * (info.smem_bytes + 1024) <= 228 * 1024 ? 2 : 1;
     for (bool wgrad : {false, true}) {
       INFO(info.name << (wgrad ? " weight gradient" : " forward") << ", " << info.smem_bytes << " bytes");
+      if (wgrad && !kernels::wgmma_config_weight_gradient(config)) {
+        CHECK_THROWS_AS(kernels::wgmma_blocks_per_sm(config, wgrad), std::invalid_argument);
+        continue;
+      }
       CHECK(kernels::wgmma_blocks_per_sm(config, wgrad) == expected);
     }
   }
@@ -837,6 +841,10 @@ void check_odd_shape(const ConvDesc& d, uint64_t seed, const std::vector<WgmmaCo
     const auto y = run_forward(d, d_x, d_w, config);
     CHECK(gpu_test::all_finite(y));
     CHECK(rel_l2_error(y.data(), y_ref.data(), (long)y.size()) <= kTol);
+    if (!kernels::wgmma_config_weight_gradient(config)) {
+      CHECK_THROWS_AS(run_wgrad(d, d_x, d_dy, config, 1), std::invalid_argument);
+      continue;
+    }
     for (int splits : {1, 2}) {
       const auto dw = run_wgrad(d, d_x, d_dy, config, splits);
       CHECK(gpu_test::all_finite(dw));
@@ -1034,7 +1042,7 @@ TEST_CASE("wgmma TMA tiles on two odd shapes vs reference", "[gpu][wgmma][tma]")
   const std::vector<WgmmaConfig> tma = {WgmmaConfig::k128x128x64s4PpTma, WgmmaConfig::k128x128x64s4PpIm2col,
                                         WgmmaConfig::k128x128x64s4PpIm2colC2, WgmmaConfig::k128x128x64s4PpIm2colC4,
                                         WgmmaConfig::k128x128x64s4PpIm2colC8, WgmmaConfig::k128x64x64s4PpIm2col,
-                                        WgmmaConfig::k128x128x64s5PpIm2col};
+                                        WgmmaConfig::k128x128x64s5PpIm2col, WgmmaConfig::k128x128x64PpHalo};
   check_odd_shape({3, 5, 5, 64, 64, 3}, 1190, tma);
   check_odd_shape({3, 10, 10, 64, 192, 3}, 1195, tma);
 }

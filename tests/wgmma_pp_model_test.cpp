@@ -35,15 +35,11 @@
 #include <string>
 #include <vector>
 
+#include "tests/mbarrier_model.h"
+
 namespace {
 
-struct Barrier {
-  int count, arrived = 0, phase = 0;
-  void arrive() {
-    if (++arrived == count) arrived = 0, phase++;
-  }
-  bool passed(int parity) const { return (phase & 1) != parity; }
-};
+using model::Barrier;
 
 // tiles[i]: the k_tiles of the block's tile i. "ok", "deadlock" or a description of the race.
 // B blocks form a cluster (B = 1: none): each walks the same tiles; every producer's copy of a

@@ -53,8 +53,8 @@
 #    COUNT launches whose demangled name matches REGEX, with the sections of SET ("full": speed
 #    of light, launch, occupancy, warp states, scheduler, compute and memory workload, source
 #    counters; "light": speed of light and launch shape only, for many launches).
-#    The default: three wgmma forward tiles on layer1 (the block-wide s3, the persistent
-#    ping-pong s4_pp_im2col and s5_pp_im2col), two
+#    The default: four wgmma forward tiles on layer1 (the block-wide s3, the persistent
+#    ping-pong s4_pp_im2col and s5_pp_im2col, the halo tile pp_halo), two
 #    weight-gradient ones on layer2 (s4_pp and s4_pp_im2col, one ncu run each), and cuDNN's
 #    forward kernel on layer1, to compare with.
 # GPU_CHECK_STEPS (comma-separated, default all but variants: gpu_tests,kernel_bench,conv_bench,
@@ -68,7 +68,7 @@
 # gpu_tests.log, sanitizer.log, kernel_bench.json, conv_bench.json, speedrun.json, torch.json;
 # the variants step adds one speedrun_NAME.json per variant, so run it in a call of its own
 # (GPU_CHECK_STEPS=variants: gpu_check.log and three files by default), and the profile step
-# one ncu_NAME.txt per PROFILE_SPECS item (four by default: with conv_bench, six files).
+# one ncu_NAME.txt per PROFILE_SPECS item (five by default: with conv_bench, seven files).
 set -u -o pipefail
 
 if [ $# -lt 1 ]; then
@@ -444,6 +444,9 @@ else
   # _s3, _s4_pp_im2col (the fastest of ours on the H200) and _s5_pp_im2col (session 10 profiled
   # the others: docs/results/2026-11-27-h200-session10/call2).
   DEFAULT_PROFILES="fwd_layer1#layer1#conv_fwd_wgmma(_pp)?_kernel<.*WgTile<${I}128, ${I}128, ${I}(0, ${I}3, ${I}0|1, ${I}[45], ${I}4), ${I}0>, .*Epilogue\\)0>#3#full"
+  # The halo tile's forward (its own kernel), for the barrier waits and tensor-pipe use against
+  # the im2col tiles'.
+  DEFAULT_PROFILES+=";fwd_layer1_halo#layer1#conv_fwd_wgmma_halo_kernel#1#full"
   # The weight-gradient tiles run back to back, each many times: one ncu run per tile (a count
   # of two over several tiles profiled the first tile twice).
   DEFAULT_PROFILES+=";wgrad_layer2_pp#layer2#conv_wgrad_wgmma_pp_kernel<.*WgWgradTile<${I}128, ${I}128, ${I}1, ${I}4, ${I}2, ${I}0>#1#full"

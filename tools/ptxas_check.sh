@@ -12,7 +12,7 @@ if [ ! -x "$NVCC" ]; then
   echo "ptxas_check: no nvcc (looked for $NVCC)" >&2
   exit 2
 fi
-FILES=(kernels/conv/implicit_gemm.cu kernels/conv/igemm_backward.cu kernels/conv/wgmma_conv.cu
+FILES=(kernels/conv/implicit_gemm.cu kernels/conv/igemm_backward.cu kernels/conv/wgmma_conv.cu kernels/conv/wgmma_halo.cu
        kernels/bn.cu kernels/whiten.cu kernels/head.cu kernels/optim.cu kernels/augment.cu)
 tmp=$(mktemp -d /tmp/cs-ptxas.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT

@@ -22,8 +22,7 @@
 // from the accumulators; conv_wgrad_reduce adds the slabs.
 #include "kernels/conv/wgmma_conv.cuh"
 
-#include <cuda.h>           // CUtensorMap (the type only: the driver call goes through the runtime)
-#include <cudaTypedefs.h>   // PFN_cuTensorMapEncodeTiled_v12000
+#include <cuda.h>  // CUtensorMap (the type only: the driver call goes through the runtime)
 
 #include <algorithm>
 #include <cstdint>
@@ -35,338 +34,20 @@
 #include "kernels/conv/igemm_backward.cuh"
 #include "kernels/conv/igemm_loader.cuh"
 #include "kernels/conv/ptx_sm80.cuh"
+#include "kernels/conv/ptx_sm90.cuh"
+#include "kernels/conv/tma_map.cuh"
+#include "kernels/conv/wgmma_halo.cuh"
 
 namespace kernels {
 
 namespace {
 
+using namespace sm90;  // the PTX wrappers (kernels/conv/ptx_sm90.cuh)
+using tma::tma_map_2d;
+using tma::tma_map_im2col;
 using wgmma_detail::acc_coord;
 using wgmma_detail::sw128_desc;
 using wgmma_detail::sw128_offset;
-
-// ------------------------------------------------------------------ PTX wrappers (sm_90a)
-
-// Makes this thread's generic-proxy shared-memory writes (here: completed cp.async copies)
-// visible to the async proxy the tensor cores read through; before the barrier.
-__device__ __forceinline__ void fence_proxy_async() {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-#endif
-}
-// Orders earlier register accesses (the accumulators) before the next wgmma.mma_async.
-__device__ __forceinline__ void wgmma_fence() {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void wgmma_commit() {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-#endif
-}
-// Waits until at most n of this warpgroup's committed wgmma groups are pending.
-template <int n>
-__device__ __forceinline__ void wgmma_wait() {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(n) : "memory");
-#endif
-}
-
-// mbarriers (shared-memory barrier objects with a phase bit) for the warp-specialized pipeline.
-// init: `count` arrivals complete a phase; arrive: release semantics (this thread's earlier
-// writes, and the fence.proxy.async before it, happen before the phase completes); wait:
-// acquire, until the phase of the given parity (0, 1, 0, ... in order) has completed.
-__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-#endif
-}
-__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.shared::cta.b64 state, [%0];\n}\n" ::"r"(bar) : "memory");
-#endif
-}
-// A wait that spins this often (seconds at least; a slice's loads take microseconds) means a
-// phase that will never complete, i.e. a broken pipeline: the kernel traps, and the launch
-// fails with an error, instead of hanging the GPU (the protocol itself is model-checked in
-// tests/wgmma_conv_gpu_test.cu). kCluster: acquire at cluster scope, for a barrier that other
-// blocks of the cluster arrive on (the _c2 tile's empty barriers).
-template <bool kCluster = false>
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr uint32_t kMbarSpinLimit = 1u << 26;
-  uint32_t done = 0;
-  for (uint32_t spins = 0; !done; spins++) {
-    if constexpr (kCluster)
-      asm volatile(
-          "{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
-          "selp.u32 %0, 1, 0, p;\n}\n"
-          : "=r"(done)
-          : "r"(bar), "r"(parity)
-          : "memory");
-    else
-      asm volatile(
-          "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-          : "=r"(done)
-          : "r"(bar), "r"(parity)
-          : "memory");
-    if (!done && spins == kMbarSpinLimit) __trap();
-  }
-#endif
-}
-// The mbarrier's pending count drops by one once every cp.async this thread issued before has
-// landed (.noinc: the arrival counts towards the barrier's expected count, so the producer
-// neither waits for its copies nor arrives itself; PTX ISA "cp.async.mbarrier.arrive").
-__device__ __forceinline__ void cp_async_mbar_arrive_noinc(uint32_t bar) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
-#endif
-}
-// Arrives on the mbarrier and adds `bytes` to the transaction count its phase waits for (the
-// TMA copies issued next complete them).
-__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-#endif
-}
-// TMA: the box of the 2-D tensor map at (c0 innermost, c1) to shared memory at dst (1024-byte
-// aligned for the 128-byte swizzle), completing its bytes on the mbarrier; out-of-range
-// elements are zeros.
-__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
-      : "memory");
-#endif
-}
-// TMA im2col (the _pp_im2col tiles): the 4-D tensor map's copy starting at (c, w, h, n) with
-// the filter-tap offsets (off_w, off_h) (wgmma_detail::im2col_start) to shared memory at dst
-// (1024-byte aligned), completing its bytes on the mbarrier; positions outside the tensor read
-// as zeros.
-__device__ __forceinline__ void tma_load_im2col(uint32_t dst, const CUtensorMap* map, const wgmma_detail::Im2colStart& at,
-                                                uint32_t bar) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile(
-      "cp.async.bulk.tensor.4d.shared::cluster.global.im2col.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], "
-      "[%6], {%7, %8};\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(at.c), "r"(at.w), "r"(at.h), "r"(at.n), "r"(bar), "h"(at.off_w),
-      "h"(at.off_h)
-      : "memory");
-#endif
-}
-// Clusters (the _c2 tile): this block's rank in its cluster; a barrier of every thread of every
-// block of the cluster (release / acquire: shared-memory writes before it, mbarrier inits
-// included, are visible to the cluster after it); the fence that makes this thread's mbarrier
-// inits visible to the cluster's other blocks before that barrier.
-__device__ __forceinline__ uint32_t cluster_ctarank() {
-  uint32_t r = 0;
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-#endif
-  return r;
-}
-__device__ __forceinline__ void cluster_sync() {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void fence_mbarrier_init_cluster() {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-#endif
-}
-// Arrives on the mbarrier at the same shared-memory offset in block `cta` of this cluster
-// (mapa), with the default semantics (release, CTA scope), as CUTLASS's ClusterBarrier::arrive.
-__device__ __forceinline__ void mbar_arrive_remote(uint32_t bar, uint32_t cta) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile(
-      "{\n.reg .b32 remote;\nmapa.shared::cluster.u32 remote, %0, %1;\n"
-      "mbarrier.arrive.shared::cluster.b64 _, [remote];\n}\n" ::"r"(bar),
-      "r"(cta)
-      : "memory");
-#endif
-}
-// tma_load_2d into every block of the cluster named in cta_mask (bit i: rank i), at the same
-// shared-memory offset in each, completing the bytes on each one's mbarrier at `bar`'s offset.
-__device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar,
-                                                      uint16_t cta_mask) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, "
-      "{%2, %3}], [%4], %5;\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(cta_mask)
-      : "memory");
-#endif
-}
-// A barrier among the 128 threads of consumer warpgroup g of a ping-pong block (named barriers
-// 2 and 3), for its epilogue while the other warpgroup computes.
-__device__ __forceinline__ void warpgroup_barrier_sync(int g) {
-  asm volatile("bar.sync %0, 128;\n" ::"r"(2 + g) : "memory");
-}
-// A barrier among the first `threads` threads of the block only (named barrier 1; 0 is
-// __syncthreads'), for the consumer warpgroups once the producer warps have left.
-__device__ __forceinline__ void named_barrier_sync(int threads) {
-  asm volatile("bar.sync 1, %0;\n" ::"r"(threads) : "memory");
-}
-
-// d (m64 x n128, fp32, this thread's 64 values) += A (m64 x k16) * B (k16 x n128), both from
-// shared memory through matrix descriptors; Trans 0: both K-major, 1: both M/N-major (the
-// instruction's imm-trans-a and imm-trans-b).
-template <int Trans>
-__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "setp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
-      "%0, %1, %2, %3, %4, %5, %6, %7, "
-      "%8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, "
-      "%24, %25, %26, %27, %28, %29, %30, %31, "
-      "%32, %33, %34, %35, %36, %37, %38, %39, "
-      "%40, %41, %42, %43, %44, %45, %46, %47, "
-      "%48, %49, %50, %51, %52, %53, %54, %55, "
-      "%56, %57, %58, %59, %60, %61, %62, %63"
-      "}, %64, %65, p, 1, 1, %67, %68;\n"
-      "}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),
-        "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
-        "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
-        "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),
-        "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]),
-        "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
-        "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "l"(desc_a), "l"(desc_b), "r"(1), "n"(Trans), "n"(Trans));
-#else
-  __trap();  // sm_90a only; the launcher refuses other GPUs
-#endif
-}
-
-// d (m64 x n64, fp32, this thread's 32 values) += A (m64 x k16) * B (k16 x n64), as above.
-template <int Trans>
-__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "setp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
-      "%0, %1, %2, %3, %4, %5, %6, %7, "
-      "%8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, "
-      "%24, %25, %26, %27, %28, %29, %30, %31"
-      "}, %32, %33, p, 1, 1, %35, %36;\n"
-      "}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),
-        "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
-        "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "l"(desc_a), "l"(desc_b), "r"(1), "n"(Trans), "n"(Trans));
-#else
-  __trap();  // sm_90a only; the launcher refuses other GPUs
-#endif
-}
-
-// d (m64 x n256, fp32, this thread's 128 values) += A (m64 x k16) * B (k16 x n256), as above.
-template <int Trans>
-__device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_a, uint64_t desc_b) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "setp.ne.b32 p, %130, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {"
-      "%0, %1, %2, %3, %4, %5, %6, %7, "
-      "%8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, "
-      "%24, %25, %26, %27, %28, %29, %30, %31, "
-      "%32, %33, %34, %35, %36, %37, %38, %39, "
-      "%40, %41, %42, %43, %44, %45, %46, %47, "
-      "%48, %49, %50, %51, %52, %53, %54, %55, "
-      "%56, %57, %58, %59, %60, %61, %62, %63, "
-      "%64, %65, %66, %67, %68, %69, %70, %71, "
-      "%72, %73, %74, %75, %76, %77, %78, %79, "
-      "%80, %81, %82, %83, %84, %85, %86, %87, "
-      "%88, %89, %90, %91, %92, %93, %94, %95, "
-      "%96, %97, %98, %99, %100, %101, %102, %103, "
-      "%104, %105, %106, %107, %108, %109, %110, %111, "
-      "%112, %113, %114, %115, %116, %117, %118, %119, "
-      "%120, %121, %122, %123, %124, %125, %126, %127"
-      "}, %128, %129, p, 1, 1, %131, %132;\n"
-      "}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]),
-        "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
-        "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
-        "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),
-        "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]),
-        "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
-        "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
-        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]),
-        "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
-        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]),
-        "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
-        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]),
-        "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
-        "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]),
-        "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
-        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]),
-        "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
-        "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]),
-        "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
-        "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]),
-        "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
-        "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]),
-        "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-      : "l"(desc_a), "l"(desc_b), "r"(1), "n"(Trans), "n"(Trans));
-#else
-  __trap();  // sm_90a only; the launcher refuses other GPUs
-#endif
-}
-
-// The accumulators are asm operands of wgmma.mma_async, which keeps writing them after the
-// instruction issues; to the compiler they are final once the asm statement returns. This empty
-// asm "modifies" each of them, so no read of an accumulator is moved before the wait that
-// precedes it, and no write after it moves into the MMAs' window (CUTLASS's
-// warpgroup_fence_operand).
-template <int N>
-__device__ __forceinline__ void fence_operands(float (&d)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
-}
-
-template <int N, int Trans = 0>
-__device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b) {
-  if constexpr (N == 256)
-    wgmma_m64n256k16<Trans>(d, desc_a, desc_b);
-  else if constexpr (N == 128)
-    wgmma_m64n128k16<Trans>(d, desc_a, desc_b);
-  else
-    wgmma_m64n64k16<Trans>(d, desc_a, desc_b);
-}
 
 // ------------------------------------------------------------------------------ the tile
 
@@ -994,71 +675,6 @@ void launch_persistent(int units, cudaStream_t stream, const Args&... args) {
   }
 }
 
-// A driver function by name, looked up through the runtime (the binaries link cudart only);
-// throws if this driver has none.
-void* driver_entry_point(const char* name) {
-  void* f = nullptr;
-  cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
-  CUDA_CHECK(cudaGetDriverEntryPointByVersion(name, &f, 12000, cudaEnableDefault, &found));
-  if (found != cudaDriverEntryPointSuccess || f == nullptr)
-    throw std::runtime_error(std::string("wgmma: the driver has no ") + name + " (TMA needs CUDA 12+ drivers)");
-  return f;
-}
-
-// The driver's TMA map encoders, looked up once.
-PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
-  static const auto fn = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(driver_entry_point("cuTensorMapEncodeTiled"));
-  return fn;
-}
-PFN_cuTensorMapEncodeIm2col_v12000 encode_im2col() {
-  static const auto fn =
-      reinterpret_cast<PFN_cuTensorMapEncodeIm2col_v12000>(driver_entry_point("cuTensorMapEncodeIm2col"));
-  return fn;
-}
-
-// A TMA im2col map of the NHWC fp16 tensor x [N][H][W][C] for an R x R convolution with stride
-// 1 and pad (R - 1) / 2 (C % 64 == 0: the launchers' check; x 16-byte aligned): each copy is
-// `pixels` rows of 64 channels (128 bytes) in the 128-byte swizzle of wgmma_detail::sw128_offset,
-// started where wgmma_detail::im2col_start says (its comment derives the corners). Zeros outside x.
-CUtensorMap tma_map_im2col(const __half* x, int N, int H, int W, int C, int R, int pixels) {
-  CUtensorMap map;
-  const int pad = (R - 1) / 2;
-  const cuuint64_t dims[4] = {(cuuint64_t)C, (cuuint64_t)W, (cuuint64_t)H, (cuuint64_t)N};
-  const cuuint64_t strides[3] = {(cuuint64_t)C * sizeof(__half), (cuuint64_t)W * C * sizeof(__half),
-                                 (cuuint64_t)H * W * C * sizeof(__half)};  // bytes, dims 1..3
-  const int lower[2] = {-pad, -pad}, upper[2] = {pad - (R - 1), pad - (R - 1)};  // (w, h)
-  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
-  const CUresult r = encode_im2col()(&map, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4, const_cast<__half*>(x), dims, strides,
-                                     lower, upper, 64, (cuuint32_t)pixels, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                                     CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                                     CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS)
-    throw std::runtime_error("wgmma: cuTensorMapEncodeIm2col failed (error " + std::to_string((int)r) + ") for x " +
-                             std::to_string(N) + "x" + std::to_string(H) + "x" + std::to_string(W) + "x" +
-                             std::to_string(C) + ", R " + std::to_string(R) + ", " + std::to_string(pixels) +
-                             " pixels per copy");
-  return map;
-}
-
-// A TMA map of the fp16 row-major matrix [rows][cols] at base (cols % 8 == 0, base 16-byte
-// aligned: the launchers' checks), in boxes of box_rows rows x 64 columns (128 bytes) stored in
-// the 128-byte swizzle of wgmma_detail::sw128_offset (CU_TENSOR_MAP_SWIZZLE_128B: chunk c of
-// row r at c ^ (r % 8) in 1024-byte atoms), elements outside the matrix read as zeros.
-CUtensorMap tma_map_2d(const __half* base, int rows, int cols, int box_rows) {
-  CUtensorMap map;
-  const cuuint64_t dims[2] = {(cuuint64_t)cols, (cuuint64_t)rows};
-  const cuuint64_t strides[1] = {(cuuint64_t)cols * sizeof(__half)};  // bytes from one row to the next
-  const cuuint32_t box[2] = {64, (cuuint32_t)box_rows};
-  const cuuint32_t element_strides[2] = {1, 1};
-  const CUresult r = encode_tiled()(&map, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, const_cast<__half*>(base), dims, strides,
-                                    box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                                    CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS)
-    throw std::runtime_error("wgmma: cuTensorMapEncodeTiled failed (error " + std::to_string((int)r) + ") for a " +
-                             std::to_string(rows) + " x " + std::to_string(cols) + " matrix, box " +
-                             std::to_string(box_rows) + " x 64");
-  return map;
-}
 
 // ------------------------------------------------------------------------- TMA copy probes
 
@@ -1194,6 +810,8 @@ void with_tile(WgmmaConfig config, F&& f) {
     case WgmmaConfig::k128x128x64s4PpIm2colC8: return f(Tile<128, 128, 1, 4, 7, 0>{});
     case WgmmaConfig::k128x64x64s4PpIm2col: return f(Tile<128, 64, 1, 4, 4, 0>{});
     case WgmmaConfig::k128x128x64s5PpIm2col: return f(Tile<128, 128, 1, 5, 4, 0>{});
+    case WgmmaConfig::k128x128x64PpHalo:  // its own kernel (wgmma_halo.cu): the launchers branch before
+      throw std::logic_error("wgmma: the halo tile has no WgTile");
   }
   throw std::invalid_argument("wgmma: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
@@ -1221,6 +839,7 @@ const char* config_name(WgmmaConfig config) {
     case WgmmaConfig::k128x128x64s4PpIm2colC8: return "wgmma_128x128x64_s4_pp_im2col_c8";
     case WgmmaConfig::k128x64x64s4PpIm2col: return "wgmma_128x64x64_s4_pp_im2col";
     case WgmmaConfig::k128x128x64s5PpIm2col: return "wgmma_128x128x64_s5_pp_im2col";
+    case WgmmaConfig::k128x128x64PpHalo: return "wgmma_128x128x64_pp_halo";
   }
   throw std::invalid_argument("wgmma_config_info: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
@@ -1507,15 +1126,34 @@ void require_config_takes(const char* fn, WgmmaConfig config, int channels, cons
                                 std::to_string(channels) + ") to be a multiple of " +
                                 std::to_string(wgmma_config_channel_multiple(config)));
   if (!wgmma_config_takes_image(config, d.H, d.W, d.R))
-    throw std::invalid_argument(std::string(fn) + ": " + config_name(config) + " needs an image at least as large as " +
-                                "the filter (" + std::to_string(d.H) + "x" + std::to_string(d.W) + " image, " +
-                                std::to_string(d.R) + "x" + std::to_string(d.R) + " filter): use another config");
+    throw std::invalid_argument(std::string(fn) + ": " + config_name(config) + " does not take a " + std::to_string(d.H) +
+                                "x" + std::to_string(d.W) + " image with a " + std::to_string(d.R) + "x" +
+                                std::to_string(d.R) + " filter (" +
+                                (wgmma_config_halo(config) ? "a tile's rows of padded image exceed its buffer"
+                                                           : "it needs an image at least as large as the filter") +
+                                "): use another config");
+}
+// The pass rules (wgmma_config_weight_gradient, wgmma_config_fused_epilogues), naming fn.
+void require_weight_gradient(const char* fn, WgmmaConfig config) {
+  if (!wgmma_config_weight_gradient(config))
+    throw std::invalid_argument(std::string(fn) + ": " + config_name(config) + " has no weight gradient: use another config");
+}
+void require_fused_epilogues(const char* fn, WgmmaConfig config) {
+  if (!wgmma_config_fused_epilogues(config))
+    throw std::invalid_argument(std::string(fn) + ": " + config_name(config) +
+                                " has no fused epilogues (statistics, max-pool, BN-backward sums): use another config");
 }
 
 }  // namespace
 
 IgemmConfigInfo wgmma_config_info(WgmmaConfig config) {
   const char* name = config_name(config);
+  if (wgmma_config_halo(config)) {
+    // 128 positions x 128 channels; a warp's rows: 16 of each of its consumer's two m64 tiles;
+    // its B stages as the stages.
+    const wgmma_detail::HaloTileInfo h = wgmma_detail::halo_tile_info();
+    return {name, wgmma_detail::kHaloTileRows, 128, 64, 32, 128, h.b_stages, h.threads, h.smem_bytes};
+  }
   IgemmConfigInfo info{};
   with_tile<WgTile>(config, [&](auto t) {
     using T = decltype(t);
@@ -1555,6 +1193,10 @@ bool wgmma_supported() {
 
 int wgmma_blocks_per_sm(WgmmaConfig config, bool weight_gradient) {
   require(wgmma_supported(), "wgmma_blocks_per_sm", "needs a Hopper GPU and this binary's sm_90a code");
+  if (wgmma_config_halo(config)) {
+    require_weight_gradient("wgmma_blocks_per_sm", config);
+    return wgmma_detail::halo_blocks_per_sm();
+  }
   int blocks = 0;
   auto occupancy = [&](auto* kernel, int threads, size_t smem, bool l1) {
     CUDA_CHECK(set_smem_attributes(kernel, smem, l1));
@@ -1621,6 +1263,7 @@ void conv_forward_wgmma(const __half* x, const __half* w, __half* y, const ConvD
   const IgemmParams p = igemm_detail::make_igemm_params(fn, x, w, y, d, cfg.block_m);
   require_config_takes(fn, config, d.C, d);
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
+  if (wgmma_config_halo(config)) return wgmma_detail::conv_forward_wgmma_halo(x, w, y, d, stream);
   with_tile<WgTile>(config, [&](auto t) { launch_tile<decltype(t)>(p, stream); });
 }
 
@@ -1632,6 +1275,7 @@ size_t wgmma_stats_scratch_bytes(const ConvDesc& d, WgmmaConfig config) {
 void conv_forward_wgmma_stats(const __half* x, const __half* w, __half* y, const ConvDesc& d, WgmmaConfig config,
                               const IgemmStats& stats, cudaStream_t stream) {
   const char* fn = "conv_forward_wgmma_stats";
+  require_fused_epilogues(fn, config);
   const IgemmConfigInfo cfg = wgmma_config_info(config);
   IgemmParams p = igemm_detail::make_igemm_params(fn, x, w, y, d, cfg.block_m);
   const int blocks_per_group = igemm_detail::set_stats_params(fn, p, stats, d, cfg.block_m);
@@ -1645,6 +1289,7 @@ void conv_forward_wgmma_stats(const __half* x, const __half* w, __half* y, const
 void conv_forward_wgmma_pool(const __half* x, const __half* w, __half* y_pooled, uint8_t* argmax, const ConvDesc& d,
                              WgmmaConfig config, const IgemmStats* stats, cudaStream_t stream) {
   const char* fn = "conv_forward_wgmma_pool";
+  require_fused_epilogues(fn, config);
   const IgemmConfigInfo cfg = wgmma_config_info(config);
   IgemmParams p = igemm_detail::make_igemm_params(fn, x, w, y_pooled, d, cfg.block_m);
   igemm_detail::set_pool_params(fn, p, argmax, d, cfg.block_m);
@@ -1678,6 +1323,7 @@ void conv_backward_data_wgmma_bn_sums(const __half* dy, const __half* w, __half*
                                       const ConvDesc& d, WgmmaConfig config, const BnBackwardSums& bn,
                                       cudaStream_t stream) {
   const char* fn = "conv_backward_data_wgmma_bn_sums";
+  require_fused_epilogues(fn, config);
   require(wt_scratch != nullptr && aligned16(wt_scratch), fn, "wt_scratch must be 16-byte aligned");
   const ConvDesc as_forward{d.N, d.H, d.W, d.K, d.C, d.R};
   const IgemmConfigInfo cfg = wgmma_config_info(config);
@@ -1710,6 +1356,7 @@ int wgmma_wgrad_default_splits(const ConvDesc& d, WgmmaConfig config, int sm_cou
   // tile's time per slice: the estimate then asks for enough slabs to fill every slot, not just
   // every SM (the H200 conv_bench: the 3-stage tile at layer1 took 344 us at the one-per-SM
   // count and 247 us at twice that).
+  if (!wgmma_config_weight_gradient(config)) return 1;  // its launcher refuses any count
   const IgemmConfigInfo cfg = wgmma_config_info(config);
   int resident = 1;
   with_tile<WgWgradTile>(config, [&](auto t) {
@@ -1743,6 +1390,7 @@ void conv_backward_filter_wgmma(const __half* x, const __half* dy, __half* dw, f
                                 const ConvDesc& d, WgmmaConfig config, int splits,
                                 cudaStream_t stream) {
   const char* fn = "conv_backward_filter_wgmma";
+  require_weight_gradient(fn, config);
   const IgemmConfigInfo cfg = wgmma_config_info(config);
   const WgradParams p =
       igemm_detail::make_wgrad_params(fn, x, dy, dw, partials, d, cfg.block_m, cfg.block_k, splits);

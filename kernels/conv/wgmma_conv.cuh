@@ -85,6 +85,15 @@ enum class WgmmaConfig : int {
                             // pipe ~46% busy and its warps wait on their barriers, while sharing
                             // B across a cluster (less L2 traffic) did not make it faster. Not
                             // yet run on a GPU: wgmma_config_gpu_tested() is false
+  k128x128x64PpHalo,        // the halo tile: the im2col tile's persistent ping-pong schedule
+                            // and 128 x 128 tiles, but A is one TMA copy per 64-channel slice
+                            // of whole padded image rows, which all R x R filter taps read at
+                            // shifted offsets (wgmma_detail::HaloGeometry), instead of one
+                            // im2col copy per tap: a ninth of the im2col tile's A copies at
+                            // 3x3, for up to 12.5% more MMAs (positions in the padding columns
+                            // at 32 x 32, more on smaller images). Forward and input gradient
+                            // only, plain store (wgmma_config_weight_gradient,
+                            // wgmma_config_fused_epilogues). Not yet run on a GPU
 };
 constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaConfig::k128x64x64s4,
                                          WgmmaConfig::k128x128x64s4Async, WgmmaConfig::k128x64x64s4Async,
@@ -96,7 +105,7 @@ constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaC
                                          WgmmaConfig::k128x128x64s4PpTma, WgmmaConfig::k128x128x64s4PpIm2col,
                                          WgmmaConfig::k128x128x64s4PpIm2colC2, WgmmaConfig::k128x128x64s4PpIm2colC4,
                                          WgmmaConfig::k128x128x64s4PpIm2colC8, WgmmaConfig::k128x64x64s4PpIm2col,
-                                         WgmmaConfig::k128x128x64s5PpIm2col};
+                                         WgmmaConfig::k128x128x64s5PpIm2col, WgmmaConfig::k128x128x64PpHalo};
 
 // The configs whose gathered operand comes by TMA in im2col mode, and those that copy by TMA at
 // all (those, and the _pp_tma tile).
@@ -105,9 +114,19 @@ constexpr bool wgmma_config_im2col(WgmmaConfig config) {
          config == WgmmaConfig::k128x128x64s4PpIm2colC4 || config == WgmmaConfig::k128x128x64s4PpIm2colC8 ||
          config == WgmmaConfig::k128x64x64s4PpIm2col || config == WgmmaConfig::k128x128x64s5PpIm2col;
 }
+// The halo tile copies by TMA too, tiled, and is a config of its own kernel (wgmma_halo.cu).
+constexpr bool wgmma_config_halo(WgmmaConfig config) { return config == WgmmaConfig::k128x128x64PpHalo; }
 constexpr bool wgmma_config_tma(WgmmaConfig config) {
-  return config == WgmmaConfig::k128x128x64s4PpTma || wgmma_config_im2col(config);
+  return config == WgmmaConfig::k128x128x64s4PpTma || wgmma_config_im2col(config) || wgmma_config_halo(config);
 }
+
+// The passes a config runs besides the forward and the input gradient (which every config runs,
+// the latter through the forward kernel): the weight gradient, and the forward's and input
+// gradient's fused epilogues (statistics, max-pool, BN-backward sums). The halo tile has
+// neither (yet): its launchers for them throw std::invalid_argument, which the engine records
+// as a rejection like any other launcher precondition.
+constexpr bool wgmma_config_weight_gradient(WgmmaConfig config) { return !wgmma_config_halo(config); }
+constexpr bool wgmma_config_fused_epilogues(WgmmaConfig config) { return !wgmma_config_halo(config); }
 
 // Whether a config's kernels have passed the GPU tests on a device (a session with a GPU sets
 // this when they do). The engine's selection only considers tested configs (unless asked to:
@@ -115,18 +134,67 @@ constexpr bool wgmma_config_tma(WgmmaConfig config) {
 // run; the tests and conv_bench run every config. The TMA tiles passed theirs on an H200 at
 // 888dbe7 (docs/results/2026-11-27-h200-session10/call3); the im2col ones changed since (their
 // consumers no longer fence the proxies, their copies past the last filter column start
-// elsewhere: the next GPU session tests them again), and the 5-stage one has not run yet.
-constexpr bool wgmma_config_gpu_tested(WgmmaConfig config) { return !wgmma_config_im2col(config); }
+// elsewhere: the next GPU session tests them again), and the 5-stage and halo ones have not run
+// yet.
+constexpr bool wgmma_config_gpu_tested(WgmmaConfig config) {
+  return !wgmma_config_im2col(config) && !wgmma_config_halo(config);
+}
 
 // The channel count of the tensor a config gathers from (the forward's C, the input gradient's
 // K, the weight gradient's C) must be a multiple of this: 8 for every config (16-byte vectors),
-// 64 for the im2col ones, whose TMA copies one filter tap's 64 channels per slice. The launchers
-// throw std::invalid_argument for other shapes (the engine then records the config as rejected).
-constexpr int wgmma_config_channel_multiple(WgmmaConfig config) { return wgmma_config_im2col(config) ? 64 : 8; }
+// 64 for the im2col and halo ones, whose TMA copies 64 channels per slice. The launchers throw
+// std::invalid_argument for other shapes (the engine then records the config as rejected).
+constexpr int wgmma_config_channel_multiple(WgmmaConfig config) {
+  return wgmma_config_im2col(config) || wgmma_config_halo(config) ? 64 : 8;
+}
 // That rule: whether a config takes a pass whose gathered tensor has `channels` channels.
 constexpr bool wgmma_config_takes_channels(WgmmaConfig config, int channels) {
   return channels % wgmma_config_channel_multiple(config) == 0;
 }
+namespace wgmma_detail {
+
+// The halo tile's geometry (WgmmaConfig::k128x128x64PpHalo, kernels/conv/wgmma_halo.cu), for an
+// H x W image, an R x R filter (R odd), stride 1, pad = (R - 1) / 2. Number the positions of an
+// image by its padded row width wp = W + 2 pad: q = oh * wp + ow. A tile computes the 128
+// positions q0 .. q0 + 127 of one image (q0 = 128 t, t < tiles); position q is output pixel
+// (oh, ow) when ow < W (the positions with ow >= W fall on the padding columns: computed, not
+// stored), and the tiles cover every pixel up to the last, (H - 1) * wp + W - 1. Filter tap
+// (r, s) of position q reads x[oh + r - pad][ow + s - pad], which is padded pixel (oh + r,
+// ow + s), i.e. padded index q + r * wp + s (padded pixel (ph, pw) has index ph * wp + pw). So
+// one buffer of whole padded rows serves every tap: rows ph0 = q0 / wp .. ph0 + box_rows - 1,
+// one tiled TMA box of 64 channels x wp x box_rows of x at (c, -pad, ph0 - pad, n), zeros in the
+// padding and below the image, landing as box_rows * wp rows of 128 bytes, w fastest. Tap
+// (r, s)'s 128 A rows then start at buffer row halo_tap_row(q0, r, s) = q0 - ph0 * wp + r * wp + s,
+// and the last row any tap reads, (q0 - ph0 * wp) + 127 + (R - 1) * (wp + 1), is below
+// (wp - 1) + span with span = 128 + (R - 1) * (wp + 1): box_rows is the number of padded rows such
+// a range can touch. Example: 32 x 32, R 3: wp 34, 9 tiles of 128 positions for 1024 pixels
+// (1152 rows computed: 12.5% more MMAs than the im2col tiles), box 7 rows = 238 rows of 128 bytes.
+struct HaloGeometry {
+  int pad, wp;    // pad, padded row width W + 2 pad
+  int tiles;      // 128-position tiles per image
+  int box_rows;   // padded rows per copy
+  __host__ __device__ constexpr int rows() const { return box_rows * wp; }  // buffer rows per copy
+};
+constexpr int kHaloTileRows = 128;       // positions per tile (two m64 tiles of one consumer)
+constexpr int kHaloMaxRows = 256;        // a buffer's rows: 32 KiB (and TMA's largest box side)
+__host__ __device__ constexpr HaloGeometry halo_geometry(int H, int W, int R) {
+  const int pad = (R - 1) / 2, wp = W + 2 * pad;
+  const int positions = (H - 1) * wp + W;  // up to the last pixel
+  const int span = kHaloTileRows + (R - 1) * (wp + 1);
+  return {pad, wp, (positions + kHaloTileRows - 1) / kHaloTileRows, (wp - 1 + span - 1) / wp + 1};
+}
+// The first buffer row of tap (r, s) for the tile at q0.
+__host__ __device__ constexpr int halo_tap_row(const HaloGeometry& g, int q0, int r, int s) {
+  return q0 - (q0 / g.wp) * g.wp + r * g.wp + s;
+}
+// Whether a copy fits the tile's buffer (and TMA's box limits): every recipe shape with R = 3
+// does (32 x 32: 238 rows; 4 x 4: 150).
+__host__ __device__ constexpr bool halo_fits(int H, int W, int R) {
+  return H >= 1 && W >= 1 && R >= 1 && R % 2 == 1 && halo_geometry(H, W, R).rows() <= kHaloMaxRows;
+}
+
+}  // namespace wgmma_detail
+
 // The image rule of the im2col configs: an H x W image at least as large as the R x R filter.
 // On an H200 (docs/results/2026-11-27-h200-session10) the im2col copy of a slice past the last
 // filter column faulted with an illegal instruction from a 1x1 image with R = 3
@@ -136,8 +204,9 @@ constexpr bool wgmma_config_takes_channels(WgmmaConfig config, int channels) {
 // those copies at the box's lower corner; until that has run on a GPU ("[tma_small1]", the
 // probes step of tools/gpu_check.sh) the launchers throw std::invalid_argument for images
 // smaller than the filter, and the engine records the config as rejected. Every recipe image
-// is 4x4 or larger.
+// is 4x4 or larger. The halo tile's rule: its copy fits its buffer (wgmma_detail::halo_fits).
 constexpr bool wgmma_config_takes_image(WgmmaConfig config, int H, int W, int R) {
+  if (wgmma_config_halo(config)) return wgmma_detail::halo_fits(H, W, R);
   return !wgmma_config_im2col(config) || (H >= R && W >= R);
 }
 
@@ -152,7 +221,8 @@ bool wgmma_supported();
 // How many blocks of a config's forward (and input-gradient) kernel, or of its weight-gradient
 // kernel, the current device keeps resident per SM (cudaOccupancyMaxActiveBlocksPerMultiprocessor
 // with the config's shared memory and the launchers' attributes), for benchmarks to report.
-// Requires wgmma_supported() (std::invalid_argument otherwise); CUDA errors throw.
+// Requires wgmma_supported() (std::invalid_argument otherwise, and for the weight gradient of a
+// config without one); CUDA errors throw.
 int wgmma_blocks_per_sm(WgmmaConfig config, bool weight_gradient);
 
 // y = conv(x, w), as conv_forward_igemm (the same requirements, std::invalid_argument
@@ -204,7 +274,8 @@ WgradSplit wgmma_wgrad_split(const ConvDesc& d, int splits);
 // runs in ceil(tiles / (sm_count * resident)) waves of ceil(slices / slabs) slices each, plus the fp32 partials
 // (written by the GEMM, read back by the reduction) at memory bandwidth. The smallest estimate
 // wins (ties: fewer slabs). The constants are rough H100 figures (docs/conv_kernels.md); the
-// engine times the choice, and conv_bench also times half and twice it.
+// engine times the choice, and conv_bench also times half and twice it. 1 for a config without a
+// weight gradient (wgmma_config_weight_gradient), whose launcher refuses every count.
 int wgmma_wgrad_default_splits(const ConvDesc& d, WgmmaConfig config, int sm_count);
 
 // dw = the weight gradient (overwritten), as conv_backward_filter_igemm: partials of
@@ -347,6 +418,13 @@ __host__ __device__ inline Im2colStart im2col_start(int m0, int k0, int N, int H
 void tma_im2col_probe(const __half* x, const ConvDesc& d, int pixels, const Im2colStart& at, __half* out,
                       cudaStream_t stream);
 void tma_tile_probe(const __half* m, int rows, int cols, int box_rows, int col0, int row0, int cluster, __half* out,
+                    cudaStream_t stream);
+
+// tma_halo_probe: the halo tile's copy (tma_map_4d of x as (C, W, H, N) in boxes of 64 channels x
+// box_w x box_h x 1 image; d's C % 64 == 0), one box at (c, w, h, n), coordinates as the
+// tile gives them (w and h may be negative: zeros); out: box_h * box_w x 64 halves (swizzled,
+// 128-byte rows w fastest). box_w, box_h in [1, 256], box_h * box_w <= kHaloMaxRows.
+void tma_halo_probe(const __half* x, const ConvDesc& d, int box_w, int box_h, int c, int w, int h, int n, __half* out,
                     cudaStream_t stream);
 
 // A probe for a halo tile (docs/conv_kernels.md, "Next GPU sessions"): d [64][64] fp32 =
