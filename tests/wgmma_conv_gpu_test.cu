@@ -1042,7 +1042,8 @@ TEST_CASE("wgmma TMA tiles on two odd shapes vs reference", "[gpu][wgmma][tma]")
   const std::vector<WgmmaConfig> tma = {WgmmaConfig::k128x128x64s4PpTma, WgmmaConfig::k128x128x64s4PpIm2col,
                                         WgmmaConfig::k128x128x64s4PpIm2colC2, WgmmaConfig::k128x128x64s4PpIm2colC4,
                                         WgmmaConfig::k128x128x64s4PpIm2colC8, WgmmaConfig::k128x64x64s4PpIm2col,
-                                        WgmmaConfig::k128x128x64s5PpIm2col, WgmmaConfig::k128x128x64PpHalo};
+                                        WgmmaConfig::k128x128x64s5PpIm2col, WgmmaConfig::k128x128x64PpHalo,
+                                        WgmmaConfig::k128x64x64PpHalo};
   check_odd_shape({3, 5, 5, 64, 64, 3}, 1190, tma);
   check_odd_shape({3, 10, 10, 64, 192, 3}, 1195, tma);
 }

@@ -4,7 +4,6 @@
 // convolution against the CPU reference runs with every other wgmma config in
 // tests/wgmma_conv_gpu_test.cu (recipe shapes, odd shapes, and the "[tma]" test of the TMA tiles).
 #include <catch2/catch.hpp>
-
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -55,7 +54,7 @@ std::vector<float> tiled_box_model(const std::vector<float>& x, const ConvDesc& 
 // inside the copy; the tiles cover each output pixel exactly once. Shapes: the recipe's images
 // with R = 3 and 1, odd sizes, R = 5, a 1x1 image.
 TEST_CASE("wgmma halo tile geometry gives the convolution's operand (host model)", "[gpu][wgmma]") {
-  const ConvDesc shapes[] = {{2, 32, 32, 64, 8, 3}, {2, 16, 16, 64, 8, 3}, {3, 8, 8, 64, 8, 3}, {5, 4, 4, 64, 8, 3},
+  const ConvDesc shapes[] = {{2, 32, 32, 64, 8, 3}, {2, 16, 16, 64, 8, 3}, {3, 8, 8, 64, 8, 3},   {5, 4, 4, 64, 8, 3},
                              {2, 32, 32, 64, 8, 1}, {2, 5, 7, 64, 8, 3},   {2, 11, 13, 64, 8, 3}, {2, 6, 6, 64, 8, 5},
                              {3, 1, 1, 64, 8, 3},   {2, 3, 3, 64, 8, 1}};
   for (const ConvDesc& d : shapes) {
@@ -65,7 +64,7 @@ TEST_CASE("wgmma halo tile geometry gives the convolution's operand (host model)
     CHECK(g.rows() <= kernels::wgmma_detail::kHaloMaxRows);
     std::vector<float> x((size_t)d.N * d.H * d.W * d.C);
     for (size_t i = 0; i < x.size(); i++) x[i] = (float)(i + 1);  // distinct, never zero
-    auto operand = [&](int n, int ih, int iw, int c) -> float {  // x with its zero padding
+    auto operand = [&](int n, int ih, int iw, int c) -> float {   // x with its zero padding
       if (ih < 0 || ih >= d.H || iw < 0 || iw >= d.W) return 0.0f;
       return x[(((size_t)n * d.H + ih) * d.W + iw) * d.C + c];
     };
@@ -137,38 +136,48 @@ TEST_CASE("wgmma halo tile geometry: recipe sizes and limits (host)", "[gpu][wgm
 // rows overflow the buffer, the weight gradient and the fused epilogues; and the copy probe
 // checks its box.
 TEST_CASE("wgmma halo tile launchers check their preconditions (host)", "[gpu][wgmma]") {
-  const kernels::WgmmaConfig halo = kernels::WgmmaConfig::k128x128x64PpHalo;
-  auto fake = [](uintptr_t a) { return reinterpret_cast<__half*>(a); };
-  float* f = reinterpret_cast<float*>(0x50000);
-  CHECK_THROWS_WITH(kernels::conv_forward_wgmma(fake(0x10000), fake(0x20000), fake(0x30000), ConvDesc{2, 4, 4, 32, 64, 3},
-                                                halo, 0),
-                    Catch::Contains("multiple of 64"));
-  CHECK_THROWS_WITH(kernels::conv_backward_data_wgmma(fake(0x10000), fake(0x20000), fake(0x30000), fake(0x40000),
-                                                      ConvDesc{2, 4, 4, 64, 32, 3}, halo, 0),
-                    Catch::Contains("multiple of 64"));
-  CHECK_THROWS_WITH(kernels::conv_forward_wgmma(fake(0x10000), fake(0x20000), fake(0x30000),
-                                                ConvDesc{2, 32, 32, 64, 64, 5}, halo, 0),
-                    Catch::Contains("exceed its buffer"));
-  CHECK_THROWS_WITH(kernels::conv_backward_filter_wgmma(fake(0x10000), fake(0x20000), fake(0x30000), f,
-                                                        ConvDesc{2, 4, 4, 64, 64, 3}, halo, 1, 0),
-                    Catch::Contains("no weight gradient"));
-  CHECK_THROWS_WITH(kernels::conv_forward_wgmma_pool(fake(0x10000), fake(0x20000), fake(0x30000), nullptr,
-                                                     ConvDesc{2, 4, 4, 64, 64, 3}, halo, nullptr, 0),
-                    Catch::Contains("no fused epilogues"));
-  CHECK_THROWS_WITH(kernels::conv_forward_wgmma_stats(fake(0x10000), fake(0x20000), fake(0x30000),
-                                                      ConvDesc{4, 8, 8, 64, 64, 3}, halo, {f, f + 64, f + 128, 2}, 0),
-                    Catch::Contains("no fused epilogues"));
-  CHECK_THROWS_WITH(kernels::conv_backward_data_wgmma_bn_sums(fake(0x10000), fake(0x20000), fake(0x30000), fake(0x40000),
-                                                              ConvDesc{4, 8, 8, 64, 64, 3}, halo, {}, 0),
-                    Catch::Contains("no fused epilogues"));
-  CHECK(kernels::wgmma_wgrad_default_splits(ConvDesc{512, 32, 32, 64, 128, 3}, halo, 132) == 1);
-  CHECK_THROWS_WITH(kernels::wgmma_detail::tma_halo_probe(fake(0x10000), ConvDesc{2, 32, 32, 64, 64, 3}, 34, 8, 0, -1,
-                                                          -1, 0, fake(0x20000), 0),
-                    Catch::Contains("box_w"));
-  const auto info = kernels::wgmma_config_info(halo);
-  CHECK(std::string(info.name) == "wgmma_128x128x64_pp_halo");
-  CHECK(info.threads == 384);
-  CHECK(info.smem_bytes <= 227 * 1024);
+  for (const kernels::WgmmaConfig halo :
+       {kernels::WgmmaConfig::k128x128x64PpHalo, kernels::WgmmaConfig::k128x64x64PpHalo}) {
+    INFO(kernels::wgmma_config_info(halo).name);
+    auto fake = [](uintptr_t a) { return reinterpret_cast<__half*>(a); };
+    float* f = reinterpret_cast<float*>(0x50000);
+    CHECK_THROWS_WITH(
+        kernels::conv_forward_wgmma(fake(0x10000), fake(0x20000), fake(0x30000), ConvDesc{2, 4, 4, 32, 64, 3}, halo, 0),
+        Catch::Contains("multiple of 64"));
+    CHECK_THROWS_WITH(kernels::conv_backward_data_wgmma(fake(0x10000), fake(0x20000), fake(0x30000), fake(0x40000),
+                                                        ConvDesc{2, 4, 4, 64, 32, 3}, halo, 0),
+                      Catch::Contains("multiple of 64"));
+    CHECK_THROWS_WITH(kernels::conv_forward_wgmma(fake(0x10000), fake(0x20000), fake(0x30000),
+                                                  ConvDesc{2, 32, 32, 64, 64, 5}, halo, 0),
+                      Catch::Contains("exceed its buffer"));
+    CHECK_THROWS_WITH(kernels::conv_backward_filter_wgmma(fake(0x10000), fake(0x20000), fake(0x30000), f,
+                                                          ConvDesc{2, 4, 4, 64, 64, 3}, halo, 1, 0),
+                      Catch::Contains("no weight gradient"));
+    CHECK_THROWS_WITH(kernels::conv_forward_wgmma_pool(fake(0x10000), fake(0x20000), fake(0x30000), nullptr,
+                                                       ConvDesc{2, 4, 4, 64, 64, 3}, halo, nullptr, 0),
+                      Catch::Contains("no fused epilogues"));
+    CHECK_THROWS_WITH(kernels::conv_forward_wgmma_stats(fake(0x10000), fake(0x20000), fake(0x30000),
+                                                        ConvDesc{4, 8, 8, 64, 64, 3}, halo, {f, f + 64, f + 128, 2}, 0),
+                      Catch::Contains("no fused epilogues"));
+    CHECK_THROWS_WITH(
+        kernels::conv_backward_data_wgmma_bn_sums(fake(0x10000), fake(0x20000), fake(0x30000), fake(0x40000),
+                                                  ConvDesc{4, 8, 8, 64, 64, 3}, halo, {}, 0),
+        Catch::Contains("no fused epilogues"));
+    CHECK(kernels::wgmma_wgrad_default_splits(ConvDesc{512, 32, 32, 64, 128, 3}, halo, 132) == 1);
+    CHECK_THROWS_WITH(kernels::wgmma_detail::tma_halo_probe(fake(0x10000), ConvDesc{2, 32, 32, 64, 64, 3}, 34, 8, 0, -1,
+                                                            -1, 0, fake(0x20000), 0),
+                      Catch::Contains("box_w"));
+    const auto info = kernels::wgmma_config_info(halo);
+    CHECK(info.threads == 384);
+    CHECK(info.smem_bytes <= 227 * 1024);
+    CHECK(kernels::wgmma_config_halo(halo));
+  }
+  CHECK(std::string(kernels::wgmma_config_info(kernels::WgmmaConfig::k128x128x64PpHalo).name) ==
+        "wgmma_128x128x64_pp_halo");
+  CHECK(kernels::wgmma_config_info(kernels::WgmmaConfig::k128x128x64PpHalo).block_n == 128);
+  CHECK(std::string(kernels::wgmma_config_info(kernels::WgmmaConfig::k128x64x64PpHalo).name) ==
+        "wgmma_128x64x64_pp_halo");
+  CHECK(kernels::wgmma_config_info(kernels::WgmmaConfig::k128x64x64PpHalo).block_n == 64);
 }
 
 // The halo tile's copy on the GPU (tma_halo_probe: the map and the copy instruction the tile

@@ -16,9 +16,8 @@
 // Asserted: every run ends (no deadlock); MMAs read an A buffer and a B stage only when the very
 // copies they need have landed there; no copy is issued into, or lands in, a buffer or stage
 // whose MMAs on an older copy are pending. Without the order barrier the model reads too early.
-#include <catch2/catch.hpp>
-
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <random>
 #include <string>
 #include <vector>
@@ -35,8 +34,7 @@ struct Ring {
   std::vector<Barrier> full, empty;
   std::vector<int> landed;                // stage -> copy number that landed last
   std::vector<std::vector<int>> reading;  // stage -> copies with MMAs pending
-  explicit Ring(int s)
-      : stages(s), full(s, Barrier{1}), empty(s, Barrier{1}), landed(s, -1), reading(s) {}
+  explicit Ring(int s) : stages(s), full(s, Barrier{1}), empty(s, Barrier{1}), landed(s, -1), reading(s) {}
 };
 
 // `units` units of cs channel slices x taps filter taps each, SA A buffers, SB B stages.
@@ -83,7 +81,8 @@ std::string run_halo(int SA, int SB, int units, int cs, int taps, bool ordered, 
         Ring& r = which == 0 ? a : b;
         const int st = n % r.stages;
         if (n >= r.stages && !r.empty[st].passed((n / r.stages - 1) & 1)) continue;
-        if (!issue_ok(r, n)) return std::string(which ? "B" : "A") + " copy " + std::to_string(n) + " issued into a stage being read";
+        if (!issue_ok(r, n))
+          return std::string(which ? "B" : "A") + " copy " + std::to_string(n) + " issued into a stage being read";
         in_flight.push_back(program[pc_prod++]);
         moved = true;
       } else if (kind == 1) {
@@ -91,7 +90,9 @@ std::string run_halo(int SA, int SB, int units, int cs, int taps, bool ordered, 
         Ring& r = which == 0 ? a : b;
         const int st = n % r.stages;
         for (int old : r.reading[st])
-          if (old != n) return std::string(which ? "B" : "A") + " copy " + std::to_string(n) + " lands while " + std::to_string(old) + " is read";
+          if (old != n)
+            return std::string(which ? "B" : "A") + " copy " + std::to_string(n) + " lands while " +
+                   std::to_string(old) + " is read";
         in_flight.erase(in_flight.begin() + x);
         r.landed[st] = n;
         r.full[st].arrive();

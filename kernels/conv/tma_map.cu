@@ -27,7 +27,8 @@ void* driver_entry_point(const char* name) {
 
 // The driver's TMA map encoders, looked up once.
 PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
-  static const auto fn = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(driver_entry_point("cuTensorMapEncodeTiled"));
+  static const auto fn =
+      reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(driver_entry_point("cuTensorMapEncodeTiled"));
   return fn;
 }
 PFN_cuTensorMapEncodeIm2col_v12000 encode_im2col() {
@@ -47,13 +48,13 @@ CUtensorMap tma_map_im2col(const __half* x, int N, int H, int W, int C, int R, i
   const int pad = (R - 1) / 2;
   const cuuint64_t dims[4] = {(cuuint64_t)C, (cuuint64_t)W, (cuuint64_t)H, (cuuint64_t)N};
   const cuuint64_t strides[3] = {(cuuint64_t)C * sizeof(__half), (cuuint64_t)W * C * sizeof(__half),
-                                 (cuuint64_t)H * W * C * sizeof(__half)};  // bytes, dims 1..3
+                                 (cuuint64_t)H * W * C * sizeof(__half)};        // bytes, dims 1..3
   const int lower[2] = {-pad, -pad}, upper[2] = {pad - (R - 1), pad - (R - 1)};  // (w, h)
   const cuuint32_t element_strides[4] = {1, 1, 1, 1};
-  const CUresult r = encode_im2col()(&map, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4, const_cast<__half*>(x), dims, strides,
-                                     lower, upper, 64, (cuuint32_t)pixels, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                                     CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                                     CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  const CUresult r =
+      encode_im2col()(&map, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4, const_cast<__half*>(x), dims, strides, lower, upper, 64,
+                      (cuuint32_t)pixels, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                      CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS)
     throw std::runtime_error("wgmma: cuTensorMapEncodeIm2col failed (error " + std::to_string((int)r) + ") for x " +
                              std::to_string(N) + "x" + std::to_string(H) + "x" + std::to_string(W) + "x" +

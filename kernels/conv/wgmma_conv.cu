@@ -810,8 +810,9 @@ void with_tile(WgmmaConfig config, F&& f) {
     case WgmmaConfig::k128x128x64s4PpIm2colC8: return f(Tile<128, 128, 1, 4, 7, 0>{});
     case WgmmaConfig::k128x64x64s4PpIm2col: return f(Tile<128, 64, 1, 4, 4, 0>{});
     case WgmmaConfig::k128x128x64s5PpIm2col: return f(Tile<128, 128, 1, 5, 4, 0>{});
-    case WgmmaConfig::k128x128x64PpHalo:  // its own kernel (wgmma_halo.cu): the launchers branch before
-      throw std::logic_error("wgmma: the halo tile has no WgTile");
+    case WgmmaConfig::k128x128x64PpHalo:  // their own kernel (wgmma_halo.cu): the launchers branch before
+    case WgmmaConfig::k128x64x64PpHalo:
+      throw std::logic_error("wgmma: the halo tiles have no WgTile");
   }
   throw std::invalid_argument("wgmma: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
@@ -840,6 +841,7 @@ const char* config_name(WgmmaConfig config) {
     case WgmmaConfig::k128x64x64s4PpIm2col: return "wgmma_128x64x64_s4_pp_im2col";
     case WgmmaConfig::k128x128x64s5PpIm2col: return "wgmma_128x128x64_s5_pp_im2col";
     case WgmmaConfig::k128x128x64PpHalo: return "wgmma_128x128x64_pp_halo";
+    case WgmmaConfig::k128x64x64PpHalo: return "wgmma_128x64x64_pp_halo";
   }
   throw std::invalid_argument("wgmma_config_info: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
@@ -1133,6 +1135,9 @@ void require_config_takes(const char* fn, WgmmaConfig config, int channels, cons
                                                            : "it needs an image at least as large as the filter") +
                                 "): use another config");
 }
+// A halo config's output channels per tile.
+int halo_block_n(WgmmaConfig config) { return config == WgmmaConfig::k128x64x64PpHalo ? 64 : 128; }
+
 // The pass rules (wgmma_config_weight_gradient, wgmma_config_fused_epilogues), naming fn.
 void require_weight_gradient(const char* fn, WgmmaConfig config) {
   if (!wgmma_config_weight_gradient(config))
@@ -1149,10 +1154,11 @@ void require_fused_epilogues(const char* fn, WgmmaConfig config) {
 IgemmConfigInfo wgmma_config_info(WgmmaConfig config) {
   const char* name = config_name(config);
   if (wgmma_config_halo(config)) {
-    // 128 positions x 128 channels; a warp's rows: 16 of each of its consumer's two m64 tiles;
+    // 128 positions x BlockN channels; a warp's rows: 16 of each of its consumer's two m64 tiles;
     // its B stages as the stages.
-    const wgmma_detail::HaloTileInfo h = wgmma_detail::halo_tile_info();
-    return {name, wgmma_detail::kHaloTileRows, 128, 64, 32, 128, h.b_stages, h.threads, h.smem_bytes};
+    const int block_n = halo_block_n(config);
+    const wgmma_detail::HaloTileInfo h = wgmma_detail::halo_tile_info(block_n);
+    return {name, wgmma_detail::kHaloTileRows, block_n, 64, 32, block_n, h.b_stages, h.threads, h.smem_bytes};
   }
   IgemmConfigInfo info{};
   with_tile<WgTile>(config, [&](auto t) {
@@ -1195,7 +1201,7 @@ int wgmma_blocks_per_sm(WgmmaConfig config, bool weight_gradient) {
   require(wgmma_supported(), "wgmma_blocks_per_sm", "needs a Hopper GPU and this binary's sm_90a code");
   if (wgmma_config_halo(config)) {
     require_weight_gradient("wgmma_blocks_per_sm", config);
-    return wgmma_detail::halo_blocks_per_sm();
+    return wgmma_detail::halo_blocks_per_sm(halo_block_n(config));
   }
   int blocks = 0;
   auto occupancy = [&](auto* kernel, int threads, size_t smem, bool l1) {
@@ -1263,7 +1269,7 @@ void conv_forward_wgmma(const __half* x, const __half* w, __half* y, const ConvD
   const IgemmParams p = igemm_detail::make_igemm_params(fn, x, w, y, d, cfg.block_m);
   require_config_takes(fn, config, d.C, d);
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
-  if (wgmma_config_halo(config)) return wgmma_detail::conv_forward_wgmma_halo(x, w, y, d, stream);
+  if (wgmma_config_halo(config)) return wgmma_detail::conv_forward_wgmma_halo(x, w, y, d, halo_block_n(config), stream);
   with_tile<WgTile>(config, [&](auto t) { launch_tile<decltype(t)>(p, stream); });
 }
 

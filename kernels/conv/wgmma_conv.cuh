@@ -94,6 +94,9 @@ enum class WgmmaConfig : int {
                             // at 32 x 32, more on smaller images). Forward and input gradient
                             // only, plain store (wgmma_config_weight_gradient,
                             // wgmma_config_fused_epilogues). Not yet run on a GPU
+  k128x64x64PpHalo,         // the halo tile with 64 columns (m64n64k16) and 8 B stages: for
+                            // the 64-channel outputs (layer1's input gradient), where 128
+                            // columns would be half empty
 };
 constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaConfig::k128x64x64s4,
                                          WgmmaConfig::k128x128x64s4Async, WgmmaConfig::k128x64x64s4Async,
@@ -105,7 +108,8 @@ constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaC
                                          WgmmaConfig::k128x128x64s4PpTma, WgmmaConfig::k128x128x64s4PpIm2col,
                                          WgmmaConfig::k128x128x64s4PpIm2colC2, WgmmaConfig::k128x128x64s4PpIm2colC4,
                                          WgmmaConfig::k128x128x64s4PpIm2colC8, WgmmaConfig::k128x64x64s4PpIm2col,
-                                         WgmmaConfig::k128x128x64s5PpIm2col, WgmmaConfig::k128x128x64PpHalo};
+                                         WgmmaConfig::k128x128x64s5PpIm2col, WgmmaConfig::k128x128x64PpHalo,
+                                         WgmmaConfig::k128x64x64PpHalo};
 
 // The configs whose gathered operand comes by TMA in im2col mode, and those that copy by TMA at
 // all (those, and the _pp_tma tile).
@@ -114,15 +118,17 @@ constexpr bool wgmma_config_im2col(WgmmaConfig config) {
          config == WgmmaConfig::k128x128x64s4PpIm2colC4 || config == WgmmaConfig::k128x128x64s4PpIm2colC8 ||
          config == WgmmaConfig::k128x64x64s4PpIm2col || config == WgmmaConfig::k128x128x64s5PpIm2col;
 }
-// The halo tile copies by TMA too, tiled, and is a config of its own kernel (wgmma_halo.cu).
-constexpr bool wgmma_config_halo(WgmmaConfig config) { return config == WgmmaConfig::k128x128x64PpHalo; }
+// The halo tiles copy by TMA too, tiled, and are configs of their own kernel (wgmma_halo.cu).
+constexpr bool wgmma_config_halo(WgmmaConfig config) {
+  return config == WgmmaConfig::k128x128x64PpHalo || config == WgmmaConfig::k128x64x64PpHalo;
+}
 constexpr bool wgmma_config_tma(WgmmaConfig config) {
   return config == WgmmaConfig::k128x128x64s4PpTma || wgmma_config_im2col(config) || wgmma_config_halo(config);
 }
 
 // The passes a config runs besides the forward and the input gradient (which every config runs,
 // the latter through the forward kernel): the weight gradient, and the forward's and input
-// gradient's fused epilogues (statistics, max-pool, BN-backward sums). The halo tile has
+// gradient's fused epilogues (statistics, max-pool, BN-backward sums). The halo tiles have
 // neither (yet): its launchers for them throw std::invalid_argument, which the engine records
 // as a rejection like any other launcher precondition.
 constexpr bool wgmma_config_weight_gradient(WgmmaConfig config) { return !wgmma_config_halo(config); }

@@ -37,21 +37,23 @@ using namespace sm90;  // the PTX wrappers (kernels/conv/ptx_sm90.cuh)
 using wgmma_detail::HaloGeometry;
 using wgmma_detail::sw128_desc;
 
-// The tile: 128 positions x 128 output channels per unit, 64-channel slices. Shared memory: the
-// A buffers, the B stages, the barriers, then one epilogue tile sC per consumer:
-// 2 x 32 + 5 x 16 + 2 x 34 KiB = 212 KiB (+ 1 KiB for aligning the base); a sixth B stage does
-// not fit beside two epilogue tiles.
+// The tile: 128 positions x BlockN output channels per unit, 64-channel slices, BStages B stages.
+// Shared memory: the A buffers, the B stages, the barriers, then one epilogue tile sC per
+// consumer. BlockN 128: 2 x 32 + 5 x 16 + 2 x 34 KiB = 212 KiB (+ 1 KiB for aligning the base;
+// a sixth B stage does not fit beside two epilogue tiles); BlockN 64 (the 64-channel outputs,
+// where 128 columns would be half empty): 2 x 32 + 8 x 8 + 2 x 18 KiB = 164 KiB.
+template <int BlockN, int BStages>
 struct HaloTile {
-  static constexpr int kBlockM = wgmma_detail::kHaloTileRows, kBlockN = 128, kBlockK = 64;
+  static constexpr int kBlockM = wgmma_detail::kHaloTileRows, kBlockN = BlockN, kBlockK = 64;
   static constexpr int kMmaThreads = 256, kThreads = 384;  // two consumer warpgroups, a producer
   static constexpr int kRowBytes = 128;                    // 64 fp16 channels
-  static constexpr int kAStages = 2, kBStages = 5;
+  static constexpr int kAStages = 2, kBStages = BStages;
   static constexpr int kAStageBytes = wgmma_detail::kHaloMaxRows * kRowBytes;  // 32 KiB
-  static constexpr int kBStageBytes = kBlockN * kRowBytes;                    // 16 KiB
+  static constexpr int kBStageBytes = kBlockN * kRowBytes;                     // 16 or 8 KiB
   static constexpr int kPipeBytes = kAStages * kAStageBytes + kBStages * kBStageBytes;
-  static constexpr int kAccSub = kBlockN / 2;      // fp32 accumulators per m64 tile per thread
-  static constexpr int kAcc = 2 * kAccSub;         // a consumer's two m64 tiles
-  static constexpr int kCStride = kBlockN + 8;     // halves per sC row (padded)
+  static constexpr int kAccSub = kBlockN / 2;   // fp32 accumulators per m64 tile per thread
+  static constexpr int kAcc = 2 * kAccSub;      // a consumer's two m64 tiles
+  static constexpr int kCStride = kBlockN + 8;  // halves per sC row (padded)
   static constexpr int kEpilogueBytes = kBlockM * kCStride * 2;
   // full and empty per A buffer and per B stage, order per consumer; 8 bytes each, padded to 16.
   static constexpr int kBarrierBytes = ((2 * kAStages + 2 * kBStages + 2) * 8 + 15) & ~15;
@@ -59,9 +61,12 @@ struct HaloTile {
   static_assert(kAStageBytes % 1024 == 0 && kBStageBytes % 1024 == 0, "stages on 1024-byte swizzle atoms");
   static_assert(kEpilogueBytes % 16 == 0, "sC rows read as 16-byte vectors");
   static_assert(kSmemBytes <= 227 * 1024, "a Hopper block has at most 227 KiB of shared memory");
+  static_assert(BlockN == 64 || BlockN == 128, "the m64n64k16 and m64n128k16 wrappers");
 };
-using T = HaloTile;
+using Halo128 = HaloTile<128, 5>;
+using Halo64 = HaloTile<64, 8>;
 
+template <class T>
 struct HaloBarriers {
   uint32_t bars;
   __device__ uint32_t a_full(uint32_t s) const { return bars + 8u * s; }
@@ -84,6 +89,7 @@ struct HaloParams {
 struct HaloWork {
   int n, q0, ph0, n0;
 };
+template <class T>
 __device__ __forceinline__ HaloWork halo_work(const HaloParams& p, int u) {
   const int nt = u % p.tiles_n, pt = u / p.tiles_n;
   const int n = pt / p.g.tiles, q0 = (pt - n * p.g.tiles) * T::kBlockM;
@@ -91,6 +97,7 @@ __device__ __forceinline__ HaloWork halo_work(const HaloParams& p, int u) {
 }
 
 // A consumer's two m64 accumulator tiles: registers j * kAccSub .. as the wgmma wrappers take them.
+template <class T>
 __device__ __forceinline__ float (&sub_acc(float (&acc)[T::kAcc], int j))[T::kAccSub] {
   return *reinterpret_cast<float(*)[T::kAccSub]>(acc + j * T::kAccSub);
 }
@@ -106,6 +113,7 @@ __device__ __forceinline__ float (&sub_acc(float (&acc)[T::kAcc], int j))[T::kAc
 // Parity waits are exact for the reason pp_schedule's are: the producer cannot refill a stage
 // before its consumer has released it, and the order barrier keeps a consumer from waiting on a
 // stage's phase before the other consumer has waited on the phase before it.
+template <class T>
 __global__ void __launch_bounds__(T::kThreads, 1)
     conv_fwd_wgmma_halo_kernel(const HaloParams p, const __grid_constant__ CUtensorMap tm_x,
                                const __grid_constant__ CUtensorMap tm_w) {
@@ -114,7 +122,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
   const uint32_t base = (raw + 1023u) & ~1023u;  // swizzle atoms need 1024-byte alignment
   unsigned char* smem = smem_raw + (base - raw);
   const uint32_t a_base = base, b_base = base + T::kAStages * T::kAStageBytes;
-  const HaloBarriers b{base + T::kPipeBytes};
+  const HaloBarriers<T> b{base + T::kPipeBytes};
   if (threadIdx.x == 0) {
     for (int s = 0; s < T::kAStages; s++) {
       mbar_init(b.a_full(s), 1);
@@ -134,9 +142,9 @@ __global__ void __launch_bounds__(T::kThreads, 1)
   if (threadIdx.x >= T::kMmaThreads) {  // the producer: one thread issues every copy
     if (threadIdx.x == T::kMmaThreads) {
       const uint32_t a_bytes = (uint32_t)p.g.rows() * T::kRowBytes;  // the whole box, zeros included
-      uint32_t ra = 0, rb = 0;  // A buffers and B stages filled so far
+      uint32_t ra = 0, rb = 0;                                       // A buffers and B stages filled so far
       for (int u = blockIdx.x; u < p.units; u += gridDim.x) {
-        const HaloWork wk = halo_work(p, u);
+        const HaloWork wk = halo_work<T>(p, u);
         for (int cs = 0; cs < c_slices; cs++, ra++) {
           const uint32_t sa = ra % T::kAStages;
           if (ra >= (uint32_t)T::kAStages) mbar_wait(b.a_empty(sa), (ra / T::kAStages - 1) & 1);
@@ -166,7 +174,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
   uint32_t ra = 0, rb = 0;  // the block's A and B slices before unit i
   int i = 0;
   for (int u = blockIdx.x; u < p.units; u += gridDim.x, i++) {
-    const HaloWork wk = halo_work(p, u);
+    const HaloWork wk = halo_work<T>(p, u);
     if ((i & 1) != g) {  // the other consumer's unit
       ra += c_slices;
       rb += c_slices * taps;
@@ -194,7 +202,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
           for (int kk = 0; kk < T::kBlockK / 16; kk++)
 #pragma unroll
             for (int j = 0; j < 2; j++)
-              wgmma_m64k16<T::kBlockN>(sub_acc(acc, j), sw128_desc(a_tap + j * 64 * T::kRowBytes + kk * 32),
+              wgmma_m64k16<T::kBlockN>(sub_acc<T>(acc, j), sw128_desc(a_tap + j * 64 * T::kRowBytes + kk * 32),
                                        sw128_desc(b_stage + kk * 32));
           wgmma_commit();
           wgmma_wait<1>();
@@ -238,12 +246,12 @@ __global__ void __launch_bounds__(T::kThreads, 1)
 // One halo copy into shared memory, written back as it landed (tma_halo_probe): thread 0
 // arrives on an mbarrier expecting the box's bytes and issues the copy exactly as the tile's
 // producer does; every thread waits, then the block copies the bytes out.
-__global__ void __launch_bounds__(128) tma_halo_probe_kernel(const __grid_constant__ CUtensorMap map, int c, int w,
-                                                             int h, int n, int bytes, uint4* out) {
+__global__ void __launch_bounds__(128)
+    tma_halo_probe_kernel(const __grid_constant__ CUtensorMap map, int c, int w, int h, int n, int bytes, uint4* out) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t raw = ptx::smem_addr(smem_raw);
   const uint32_t base = (raw + 1023u) & ~1023u;
-  const uint32_t bar = base + (uint32_t)T::kAStageBytes;
+  const uint32_t bar = base + (uint32_t)Halo128::kAStageBytes;
   const unsigned char* smem = smem_raw + (base - raw);
   if (threadIdx.x == 0) {
     mbar_init(bar, 1);
@@ -258,50 +266,74 @@ __global__ void __launch_bounds__(128) tma_halo_probe_kernel(const __grid_consta
   for (int i = threadIdx.x; i < bytes / 16; i += blockDim.x) out[i] = *reinterpret_cast<const uint4*>(smem + 16 * i);
 }
 
+// The kernel's shared-memory attribute, set once per tile.
+template <class T>
 const cudaError_t& halo_kernel_attributes() {
-  static const cudaError_t e = cudaFuncSetAttribute(conv_fwd_wgmma_halo_kernel,
+  static const cudaError_t e = cudaFuncSetAttribute(conv_fwd_wgmma_halo_kernel<T>,
                                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)T::kSmemBytes);
   return e;
+}
+
+// Calls f(tile) with the tile of `block_n` columns (128 or 64).
+template <class F>
+void with_halo_tile(int block_n, F&& f) {
+  if (block_n == 128) return f(Halo128{});
+  if (block_n == 64) return f(Halo64{});
+  throw std::invalid_argument("wgmma halo tile: BlockN must be 128 or 64, not " + std::to_string(block_n));
 }
 
 }  // namespace
 
 namespace wgmma_detail {
 
-void conv_forward_wgmma_halo(const __half* x, const __half* w, __half* y, const ConvDesc& d, cudaStream_t stream) {
-  CUDA_CHECK(halo_kernel_attributes());
-  HaloParams p{};
-  p.y = y;
-  p.N = d.N;
-  p.H = d.H;
-  p.W = d.W;
-  p.C = d.C;
-  p.K = d.K;
-  p.R = d.R;
-  p.g = halo_geometry(d.H, d.W, d.R);
-  p.tiles_n = ceil_div(d.K, T::kBlockN);
-  const long long units = (long long)d.N * p.g.tiles * p.tiles_n;
-  if (units > (1LL << 30)) throw std::invalid_argument("conv_forward_wgmma_halo: too many tiles for one launch");
-  p.units = (int)units;
-  // x as (C, W, H, N) in boxes of whole padded rows; w as a [K][R R C] matrix in boxes of 128
-  // filter rows x 64 columns.
-  const CUtensorMap tm_x = tma::tma_map_4d(x, d.N, d.H, d.W, d.C, p.g.wp, p.g.box_rows);
-  const CUtensorMap tm_w = tma::tma_map_2d(w, d.K, d.R * d.R * d.C, T::kBlockN);
-  int device = 0, sms = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const int blocks = (int)std::min<long long>(units, std::max(1, sms));
-  conv_fwd_wgmma_halo_kernel<<<blocks, T::kThreads, T::kSmemBytes, stream>>>(p, tm_x, tm_w);
-  CUDA_CHECK_LAUNCH();
+void conv_forward_wgmma_halo(const __half* x, const __half* w, __half* y, const ConvDesc& d, int block_n,
+                             cudaStream_t stream) {
+  with_halo_tile(block_n, [&](auto tile) {
+    using T = decltype(tile);
+    CUDA_CHECK(halo_kernel_attributes<T>());
+    HaloParams p{};
+    p.y = y;
+    p.N = d.N;
+    p.H = d.H;
+    p.W = d.W;
+    p.C = d.C;
+    p.K = d.K;
+    p.R = d.R;
+    p.g = halo_geometry(d.H, d.W, d.R);
+    p.tiles_n = ceil_div(d.K, T::kBlockN);
+    const long long units = (long long)d.N * p.g.tiles * p.tiles_n;
+    if (units > (1LL << 30)) throw std::invalid_argument("conv_forward_wgmma_halo: too many tiles for one launch");
+    p.units = (int)units;
+    // x as (C, W, H, N) in boxes of whole padded rows; w as a [K][R R C] matrix in boxes of
+    // BlockN filter rows x 64 columns.
+    const CUtensorMap tm_x = tma::tma_map_4d(x, d.N, d.H, d.W, d.C, p.g.wp, p.g.box_rows);
+    const CUtensorMap tm_w = tma::tma_map_2d(w, d.K, d.R * d.R * d.C, T::kBlockN);
+    int device = 0, sms = 0;
+    CUDA_CHECK(cudaGetDevice(&device));
+    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    const int blocks = (int)std::min<long long>(units, std::max(1, sms));
+    conv_fwd_wgmma_halo_kernel<T><<<blocks, T::kThreads, T::kSmemBytes, stream>>>(p, tm_x, tm_w);
+    CUDA_CHECK_LAUNCH();
+  });
 }
 
-HaloTileInfo halo_tile_info() { return {T::kThreads, T::kSmemBytes, T::kBStages}; }
+HaloTileInfo halo_tile_info(int block_n) {
+  HaloTileInfo info{};
+  with_halo_tile(block_n, [&](auto tile) {
+    using T = decltype(tile);
+    info = {T::kThreads, T::kSmemBytes, T::kBStages};
+  });
+  return info;
+}
 
-int halo_blocks_per_sm() {
-  CUDA_CHECK(halo_kernel_attributes());
+int halo_blocks_per_sm(int block_n) {
   int blocks = 0;
-  CUDA_CHECK(
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, conv_fwd_wgmma_halo_kernel, T::kThreads, T::kSmemBytes));
+  with_halo_tile(block_n, [&](auto tile) {
+    using T = decltype(tile);
+    CUDA_CHECK(halo_kernel_attributes<T>());
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, conv_fwd_wgmma_halo_kernel<T>, T::kThreads,
+                                                             T::kSmemBytes));
+  });
   return blocks;
 }
 
@@ -313,8 +345,8 @@ void tma_halo_probe(const __half* x, const ConvDesc& d, int box_w, int box_h, in
   require(box_w >= 1 && box_w <= 256 && box_h >= 1 && box_h <= 256 && box_w * box_h <= kHaloMaxRows, fn,
           "box_w, box_h in [1, 256] with box_w * box_h at most kHaloMaxRows");
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
-  const int bytes = box_w * box_h * T::kRowBytes;
-  const size_t smem = (size_t)T::kAStageBytes + 8 + 1024;
+  const int bytes = box_w * box_h * Halo128::kRowBytes;
+  const size_t smem = (size_t)Halo128::kAStageBytes + 8 + 1024;
   CUDA_CHECK(cudaFuncSetAttribute(tma_halo_probe_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
   tma_halo_probe_kernel<<<1, 128, smem, stream>>>(tma::tma_map_4d(x, d.N, d.H, d.W, d.C, box_w, box_h), c, w, h, n,
                                                   bytes, reinterpret_cast<uint4*>(out));
