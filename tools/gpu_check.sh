@@ -20,9 +20,9 @@
 #    (The first H100 run, docs/results/2026-11-27-h100-gpu-check/, ran them one after the
 #    other and memcheck hit its limit in the batch-512 cuDNN and BN cases, now tagged [recipe].)
 #    probes (only when GPU_CHECK_STEPS names it), before both: Catch2 filters of PROBES
-#    (";"-separated; default "[tma];[tma_small4];[tma_small3];[tma_small2];[tma_small1];[halo]":
-#    the TMA copies and tiles, the hidden per-image-size TMA im2col copies, the wgmma
-#    descriptor shift probe), each in its own process, one after the other, into gpu_tests.log
+#    (";"-separated; default "[tma];[tma_small4];[tma_small3];[tma_small2];[tma_small1];[halo];
+#    [halo_mn]": the TMA copies and tiles, the hidden per-image-size TMA im2col copies, the
+#    wgmma descriptor shift probes, K-major and M/N-major), each in its own process, one after the other, into gpu_tests.log
 #    (one summary row each): a faulting TMA copy ends its process's CUDA context, so these run
 #    alone first after a change to the TMA tiles (docs/conv_kernels.md, "Next GPU sessions").
 # 3. kernel_bench: kernel_bench --json OUTDIR/kernel_bench.json.
@@ -279,7 +279,7 @@ if ! want probes; then
 elif [ ! -x "$BUILD/cs_gpu_tests" ]; then
   skip_step probes "no $BUILD/cs_gpu_tests"
 else
-  IFS=';' read -r -a PROBE_LIST <<<"${PROBES:-[tma];[tma_small4];[tma_small3];[tma_small2];[tma_small1];[halo]}"
+  IFS=';' read -r -a PROBE_LIST <<<"${PROBES:-[tma];[tma_small4];[tma_small3];[tma_small2];[tma_small1];[halo];[halo_mn]}"
   for filter in "${PROBE_LIST[@]}"; do
     run_step "probe$filter" "$T_PROBE" gpu_tests.log "$BUILD/cs_gpu_tests" "$filter" --durations yes
   done

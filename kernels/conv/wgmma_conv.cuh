@@ -442,6 +442,15 @@ void tma_halo_probe(const __half* x, const ConvDesc& d, int box_w, int box_h, in
 // tile's per-tap operands can start at any row of an aligned tile. Needs wgmma_supported().
 void wgmma_shift_probe(const __half* a, const __half* b, int shift, int base_offset, float* d, cudaStream_t stream);
 
+// The same question for the weight gradient's M/N-major operands, whose reduction runs over
+// pixel rows (a halo weight gradient would start each filter tap's x operand some pixel rows
+// into one buffer): d [64][64] fp32 = sum over k < 64 of A[k][m] * B[shift + k][n], a [64][64]
+// and b [72][64] fp16 row-major (row = pixel, 64 channels), both stored as one 64-channel column
+// block of the 128-byte swizzle (sw128_mn_offset's layout), read by m64n64k16 in the transposed
+// mode with B's descriptor (sw128_mn_desc) starting `shift` rows (0..8) into its tile. Not yet
+// run on a GPU (tests/wgmma_halo_probe_gpu_test.cu, "[halo_mn]"). Needs wgmma_supported().
+void wgmma_shift_probe_mn(const __half* a, const __half* b, int shift, float* d, cudaStream_t stream);
+
 }  // namespace wgmma_detail
 
 }  // namespace kernels
