@@ -83,15 +83,15 @@ CUtensorMap tma_map_2d(const __half* base, int rows, int cols, int box_rows) {
   return map;
 }
 
-// The halo tile's map: x as (C, W, H, N) in boxes of (64, box_w, box_h, 1). The box's rows of
-// 128 bytes land w fastest, then h, each in the 128-byte swizzle; a box may start at negative
-// w and h (the padding), which read as zeros like everything outside x.
-CUtensorMap tma_map_4d(const __half* x, int N, int H, int W, int C, int box_w, int box_h) {
+// The halo tiles' map: x as (C, W, H, N) in boxes of (64, box_w, box_h, box_n). The box's rows
+// of 128 bytes land w fastest, then h, then the image, each in the 128-byte swizzle; a box may
+// start at negative w and h (the padding), which read as zeros like everything outside x.
+CUtensorMap tma_map_4d(const __half* x, int N, int H, int W, int C, int box_w, int box_h, int box_n) {
   CUtensorMap map;
   const cuuint64_t dims[4] = {(cuuint64_t)C, (cuuint64_t)W, (cuuint64_t)H, (cuuint64_t)N};
   const cuuint64_t strides[3] = {(cuuint64_t)C * sizeof(__half), (cuuint64_t)W * C * sizeof(__half),
                                  (cuuint64_t)H * W * C * sizeof(__half)};  // bytes, dims 1..3
-  const cuuint32_t box[4] = {64, (cuuint32_t)box_w, (cuuint32_t)box_h, 1};
+  const cuuint32_t box[4] = {64, (cuuint32_t)box_w, (cuuint32_t)box_h, (cuuint32_t)box_n};
   const cuuint32_t element_strides[4] = {1, 1, 1, 1};
   const CUresult r = encode_tiled()(&map, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4, const_cast<__half*>(x), dims, strides,
                                     box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
@@ -99,7 +99,8 @@ CUtensorMap tma_map_4d(const __half* x, int N, int H, int W, int C, int box_w, i
   if (r != CUDA_SUCCESS)
     throw std::runtime_error("wgmma: cuTensorMapEncodeTiled failed (error " + std::to_string((int)r) + ") for x " +
                              std::to_string(N) + "x" + std::to_string(H) + "x" + std::to_string(W) + "x" +
-                             std::to_string(C) + ", box 64 x " + std::to_string(box_w) + " x " + std::to_string(box_h));
+                             std::to_string(C) + ", box 64 x " + std::to_string(box_w) + " x " + std::to_string(box_h) +
+                             " x " + std::to_string(box_n));
   return map;
 }
 

@@ -20,9 +20,10 @@ CUtensorMap tma_map_im2col(const __half* x, int N, int H, int W, int C, int R, i
 CUtensorMap tma_map_2d(const __half* base, int rows, int cols, int box_rows);
 
 // A tiled map of the NHWC fp16 tensor x [N][H][W][C] (C % 8 == 0, x 16-byte aligned) as the 4-D
-// tensor (C, W, H, N), in boxes of 64 channels x box_w x box_h x 1 image: a box lands as
-// box_h * box_w rows of 128 bytes, w fastest (the halo tile's copy, kernels/conv/wgmma_halo.cuh).
-CUtensorMap tma_map_4d(const __half* x, int N, int H, int W, int C, int box_w, int box_h);
+// tensor (C, W, H, N), in boxes of 64 channels x box_w x box_h x box_n images: a box lands as
+// box_n * box_h * box_w rows of 128 bytes, w fastest, then h, then the image (the halo tiles'
+// copy, kernels/conv/wgmma_halo.cu).
+CUtensorMap tma_map_4d(const __half* x, int N, int H, int W, int C, int box_w, int box_h, int box_n);
 
 }  // namespace tma
 }  // namespace kernels

@@ -159,44 +159,105 @@ constexpr bool wgmma_config_takes_channels(WgmmaConfig config, int channels) {
 }
 namespace wgmma_detail {
 
-// The halo tile's geometry (WgmmaConfig::k128x128x64PpHalo, kernels/conv/wgmma_halo.cu), for an
-// H x W image, an R x R filter (R odd), stride 1, pad = (R - 1) / 2. Number the positions of an
-// image by its padded row width wp = W + 2 pad: q = oh * wp + ow. A tile computes the 128
-// positions q0 .. q0 + 127 of one image (q0 = 128 t, t < tiles); position q is output pixel
-// (oh, ow) when ow < W (the positions with ow >= W fall on the padding columns: computed, not
-// stored), and the tiles cover every pixel up to the last, (H - 1) * wp + W - 1. Filter tap
-// (r, s) of position q reads x[oh + r - pad][ow + s - pad], which is padded pixel (oh + r,
-// ow + s), i.e. padded index q + r * wp + s (padded pixel (ph, pw) has index ph * wp + pw). So
-// one buffer of whole padded rows serves every tap: rows ph0 = q0 / wp .. ph0 + box_rows - 1,
-// one tiled TMA box of 64 channels x wp x box_rows of x at (c, -pad, ph0 - pad, n), zeros in the
-// padding and below the image, landing as box_rows * wp rows of 128 bytes, w fastest. Tap
-// (r, s)'s 128 A rows then start at buffer row halo_tap_row(q0, r, s) = q0 - ph0 * wp + r * wp + s,
-// and the last row any tap reads, (q0 - ph0 * wp) + 127 + (R - 1) * (wp + 1), is below
-// (wp - 1) + span with span = 128 + (R - 1) * (wp + 1): box_rows is the number of padded rows such
-// a range can touch. Example: 32 x 32, R 3: wp 34, 9 tiles of 128 positions for 1024 pixels
-// (1152 rows computed: 12.5% more MMAs than the im2col tiles), box 7 rows = 238 rows of 128 bytes.
+// The halo tiles' geometry (WgmmaConfig::k128x128x64PpHalo, k128x64x64PpHalo,
+// kernels/conv/wgmma_halo.cu), for N images of H x W, an R x R filter (R odd), stride 1,
+// pad = (R - 1) / 2. Positions are numbered along rows of width wp that include zero columns, so
+// that filter tap (r, s) of the output pixel at position q reads x at position q + r * wp + s of
+// one buffer that a tiled TMA box fills (zeros outside x): one box per tile and 64-channel slice
+// serves every tap, each tap's 128 A rows starting at buffer row halo_tap_row(). A tile computes
+// 128 consecutive positions; the ones that are no output pixel (padding columns and rows) are
+// computed and not stored. Two ways to number, the one with fewer tiles chosen where both fit:
+// - rows mode (images > 0 false): per image, wp = W + 2 pad, position q = oh * wp + ow, the
+//   tiles covering positions 0 .. (H - 1) * wp + W - 1 of each image. Tap (r, s) of q reads
+//   x[oh + r - pad][ow + s - pad], padded pixel (oh + r, ow + s), padded index q + r * wp + s.
+//   Tile q0's box: 64 channels x wp x box_rows x 1 image at (c, -pad, q0 / wp - pad, n), whole
+//   padded rows from q0 / wp on, zeros in the padding and below the image; tap (r, s) starts at
+//   buffer row q0 % wp + r * wp + s. box_rows: the padded rows that (q0 % wp) + span rows can
+//   touch, span = 128 + (R - 1) * (wp + 1) (the last row any tap reads is below that). 32 x 32,
+//   R 3: wp 34, 9 tiles of 128 for 1024 pixels (12.5% more MMAs than the im2col tiles), box 7
+//   rows = 238 buffer rows.
+// - images mode (images > 0): across the batch, wp = W + pad and hp = H + pad rows per image
+//   (img = hp * wp positions), position q = n * img + oh * wp + ow. Tap (r, s) of q reads
+//   x[n][oh + r - pad][ow + s - pad]: with each image's rows from h = -pad and each row's
+//   columns from w = -pad, that is at q + r * wp + s, a column w >= W landing on the next row's
+//   zero columns and a row h >= H on the next image's zero rows, so pad zero columns per row
+//   and pad zero rows per image suffice. Tile q0's box: 64 channels x wp x hp x `images` images
+//   at (c, -pad, -pad, q0 / img), tap (r, s) starting at buffer row q0 % img + r * wp + s;
+//   `images`: the padded images (q0 % img) + span rows can touch. For small images: 8 x 8: 81
+//   positions per image (64 pixels) and boxes of 3 images = 243 rows; 4 x 4: 25 per image, 7
+//   images = 175 rows (rows mode: 128 positions per image).
 struct HaloGeometry {
-  int pad, wp;    // pad, padded row width W + 2 pad
-  int tiles;      // 128-position tiles per image
-  int box_rows;   // padded rows per copy
-  __host__ __device__ constexpr int rows() const { return box_rows * wp; }  // buffer rows per copy
+  int pad, wp;    // pad; the row width of the numbering
+  int images;     // 0: rows mode; > 0: images mode, padded images per box
+  int hp;         // images mode: rows per padded image, H + pad (rows mode: 0)
+  int tiles;      // 128-position tiles: rows mode per image, images mode over the batch
+  int box_rows;   // rows of the box per image: rows mode the padded rows, images mode hp
+  __host__ __device__ constexpr int rows() const {  // buffer rows per copy
+    return box_rows * wp * (images > 0 ? images : 1);
+  }
 };
-constexpr int kHaloTileRows = 128;       // positions per tile (two m64 tiles of one consumer)
-constexpr int kHaloMaxRows = 256;        // a buffer's rows: 32 KiB (and TMA's largest box side)
-__host__ __device__ constexpr HaloGeometry halo_geometry(int H, int W, int R) {
+constexpr int kHaloTileRows = 128;  // positions per tile (two m64 tiles of one consumer)
+constexpr int kHaloMaxRows = 256;   // a buffer's rows: 32 KiB (and TMA's largest box side)
+// The rows mode's numbering, and the images mode's (images > 0 when its box fits).
+__host__ __device__ constexpr HaloGeometry halo_rows_geometry(int H, int W, int R) {
   const int pad = (R - 1) / 2, wp = W + 2 * pad;
   const int positions = (H - 1) * wp + W;  // up to the last pixel
   const int span = kHaloTileRows + (R - 1) * (wp + 1);
-  return {pad, wp, (positions + kHaloTileRows - 1) / kHaloTileRows, (wp - 1 + span - 1) / wp + 1};
+  return {pad, wp, 0, 0, (positions + kHaloTileRows - 1) / kHaloTileRows, (wp - 1 + span - 1) / wp + 1};
 }
-// The first buffer row of tap (r, s) for the tile at q0.
-__host__ __device__ constexpr int halo_tap_row(const HaloGeometry& g, int q0, int r, int s) {
-  return q0 - (q0 / g.wp) * g.wp + r * g.wp + s;
+__host__ __device__ constexpr HaloGeometry halo_images_geometry(int N, int H, int W, int R) {
+  const int pad = (R - 1) / 2, wp = W + pad, hp = H + pad, img = hp * wp;
+  const long long positions = (long long)(N - 1) * img + (H - 1) * wp + W;  // up to the last pixel
+  const int span = kHaloTileRows + (R - 1) * (wp + 1);
+  const int images = (img - 1 + span - 1) / img + 1;
+  return {pad, wp, images * img <= kHaloMaxRows ? images : 0, hp,
+          (int)((positions + kHaloTileRows - 1) / kHaloTileRows), hp};
 }
-// Whether a copy fits the tile's buffer (and TMA's box limits): every recipe shape with R = 3
-// does (32 x 32: 238 rows; 4 x 4: 150).
+// The geometry the tiles use: images mode where its box fits and it needs fewer tiles.
+__host__ __device__ constexpr HaloGeometry halo_geometry(int N, int H, int W, int R) {
+  const HaloGeometry rows = halo_rows_geometry(H, W, R), imgs = halo_images_geometry(N, H, W, R);
+  const bool rows_fit = rows.rows() <= kHaloMaxRows;
+  if (imgs.images > 0 && (!rows_fit || (long long)imgs.tiles < (long long)N * rows.tiles)) return imgs;
+  return rows;
+}
+// Position tile t's copy (of image n in rows mode; t counts over the batch in images mode): the
+// box's start (w, h, image) and the buffer row of position q0 for tap (0, 0).
+struct HaloTileAt {
+  int q0, w, h, n, offset;
+};
+__host__ __device__ constexpr HaloTileAt halo_tile_at(const HaloGeometry& g, int n, int t) {
+  const int q0 = t * kHaloTileRows;
+  if (g.images > 0) {
+    const int img = g.hp * g.wp, n0 = q0 / img;
+    return {q0, -g.pad, -g.pad, n0, q0 - n0 * img};
+  }
+  const int ph0 = q0 / g.wp;
+  return {q0, -g.pad, ph0 - g.pad, n, q0 - ph0 * g.wp};
+}
+// The first buffer row of tap (r, s) for the tile.
+__host__ __device__ constexpr int halo_tap_row(const HaloGeometry& g, const HaloTileAt& at, int r, int s) {
+  return at.offset + r * g.wp + s;
+}
+// Position q of tile `at` (of image n in rows mode) as an output pixel: image, row, column, and
+// whether it is one (in x: oh < H, ow < W, image < N).
+struct HaloPixel {
+  int n, oh, ow;
+  bool valid;
+};
+__host__ __device__ constexpr HaloPixel halo_pixel(const HaloGeometry& g, int n, int q, int N, int H, int W) {
+  int img = n, rem = q;
+  if (g.images > 0) {
+    img = q / (g.hp * g.wp);
+    rem = q - img * (g.hp * g.wp);
+  }
+  const int oh = rem / g.wp, ow = rem - oh * g.wp;
+  return {img, oh, ow, img < N && oh < H && ow < W};
+}
+// Whether a copy fits the tile's buffer (and TMA's box limits) for some batch: every recipe
+// shape with R = 3 does (32 x 32: 238 rows in rows mode; 4 x 4: 175 in images mode).
 __host__ __device__ constexpr bool halo_fits(int H, int W, int R) {
-  return H >= 1 && W >= 1 && R >= 1 && R % 2 == 1 && halo_geometry(H, W, R).rows() <= kHaloMaxRows;
+  return H >= 1 && W >= 1 && R >= 1 && R % 2 == 1 &&
+         (halo_rows_geometry(H, W, R).rows() <= kHaloMaxRows || halo_images_geometry(1, H, W, R).images > 0);
 }
 
 }  // namespace wgmma_detail
@@ -426,12 +487,13 @@ void tma_im2col_probe(const __half* x, const ConvDesc& d, int pixels, const Im2c
 void tma_tile_probe(const __half* m, int rows, int cols, int box_rows, int col0, int row0, int cluster, __half* out,
                     cudaStream_t stream);
 
-// tma_halo_probe: the halo tile's copy (tma_map_4d of x as (C, W, H, N) in boxes of 64 channels x
-// box_w x box_h x 1 image; d's C % 64 == 0), one box at (c, w, h, n), coordinates as the
-// tile gives them (w and h may be negative: zeros); out: box_h * box_w x 64 halves (swizzled,
-// 128-byte rows w fastest). box_w, box_h in [1, 256], box_h * box_w <= kHaloMaxRows.
-void tma_halo_probe(const __half* x, const ConvDesc& d, int box_w, int box_h, int c, int w, int h, int n, __half* out,
-                    cudaStream_t stream);
+// tma_halo_probe: the halo tiles' copy (tma_map_4d of x as (C, W, H, N) in boxes of 64 channels
+// x box_w x box_h x box_n images; d's C % 64 == 0), one box at (c, w, h, n), coordinates as the
+// tiles give them (w and h may be negative: zeros); out: box_n * box_h * box_w x 64 halves
+// (swizzled, 128-byte rows w fastest, then h, then the image). box_w, box_h, box_n in [1, 256],
+// their product <= kHaloMaxRows.
+void tma_halo_probe(const __half* x, const ConvDesc& d, int box_w, int box_h, int box_n, int c, int w, int h, int n,
+                    __half* out, cudaStream_t stream);
 
 // A probe for a halo tile (docs/conv_kernels.md, "Next GPU sessions"): d [64][64] fp32 =
 // A[shift .. shift + 63] x B^T over 64 columns, where a [72][64] and b [64][64] are fp16 row-major

@@ -83,19 +83,22 @@ struct HaloParams {
   int N, H, W, C, K, R;
   HaloGeometry g;
   int tiles_n;  // output-channel tiles
-  int units;    // N * g.tiles * tiles_n
+  int units;    // position tiles (rows mode: N * g.tiles; images mode: g.tiles) * tiles_n
 };
 
 // Unit u: filter tile u % tiles_n of position tile u / tiles_n (consecutive units share their
-// A rows, which then come from L2), i.e. image n, positions q0 .., padded rows ph0 ...
+// A rows, which then come from L2): in rows mode tile t of image n, in images mode tile t of the
+// batch (n unused); `at` where its copy starts (wgmma_detail::halo_tile_at).
 struct HaloWork {
-  int n, q0, ph0, n0;
+  int n;
+  wgmma_detail::HaloTileAt at;
+  int n0;
 };
 template <class T>
 __device__ __forceinline__ HaloWork halo_work(const HaloParams& p, int u) {
   const int nt = u % p.tiles_n, pt = u / p.tiles_n;
-  const int n = pt / p.g.tiles, q0 = (pt - n * p.g.tiles) * T::kBlockM;
-  return {n, q0, q0 / p.g.wp, nt * T::kBlockN};
+  const int n = p.g.images > 0 ? 0 : pt / p.g.tiles, t = p.g.images > 0 ? pt : pt - n * p.g.tiles;
+  return {n, wgmma_detail::halo_tile_at(p.g, n, t), nt * T::kBlockN};
 }
 
 // A consumer's two m64 accumulator tiles: registers j * kAccSub .. as the wgmma wrappers take them.
@@ -105,10 +108,10 @@ __device__ __forceinline__ float (&sub_acc(float (&acc)[T::kAcc], int j))[T::kAc
 }
 
 // Grid: one block per SM (at most one per unit). Per unit and 64-channel slice cs the producer
-// copies A (the box of padded rows ph0 - pad .. at channel 64 cs, wgmma_detail::HaloGeometry)
-// into the next A buffer, then for each tap (r, s) B (filter rows n0 .. n0 + 127, columns
+// copies A (the unit's box at channel 64 cs, wgmma_detail::HaloGeometry) into the next A
+// buffer, then for each tap (r, s) B (filter rows n0 .. n0 + BlockN - 1, columns
 // (r R + s) C + 64 cs .., w as a [K][R R C] matrix) into the next B stage. A consumer's MMAs for
-// slice (cs, r, s): A rows from halo_tap_row(q0, r, s) of the buffer (+ 64 for the second m64
+// slice (cs, r, s): A rows from halo_tap_row(at, r, s) of the buffer (+ 64 for the second m64
 // tile), B the stage, four k16 steps of 32 bytes each. One slice of MMAs stays in flight; a B
 // stage is released once the next slice's MMAs are issued and its own have completed
 // (wgmma_wait<1>), an A buffer once the first slice of the next channel slice is that far.
@@ -151,8 +154,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
           const uint32_t sa = ra % T::kAStages;
           if (ra >= (uint32_t)T::kAStages) mbar_wait(b.a_empty(sa), (ra / T::kAStages - 1) & 1);
           mbar_arrive_expect_tx(b.a_full(sa), a_bytes);
-          tma_load_4d(a_base + sa * T::kAStageBytes, &tm_x, cs * T::kBlockK, -p.g.pad, wk.ph0 - p.g.pad, wk.n,
-                      b.a_full(sa));
+          tma_load_4d(a_base + sa * T::kAStageBytes, &tm_x, cs * T::kBlockK, wk.at.w, wk.at.h, wk.at.n, b.a_full(sa));
           for (int tap = 0; tap < taps; tap++, rb++) {
             const uint32_t sb = rb % T::kBStages;
             if (rb >= (uint32_t)T::kBStages) mbar_wait(b.b_empty(sb), (rb / T::kBStages - 1) & 1);
@@ -186,7 +188,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
     if (i > 0) mbar_wait(b.order(g), ((i - 1) >> 1) & 1);
 #pragma unroll
     for (int e = 0; e < T::kAcc; e++) acc[e] = 0.0f;
-    const uint32_t a_tile = (uint32_t)(wk.q0 - wk.ph0 * p.g.wp) * T::kRowBytes;  // tap (0, 0)'s first row
+    const uint32_t a_tile = (uint32_t)wk.at.offset * T::kRowBytes;  // tap (0, 0)'s first row
     for (int cs = 0; cs < c_slices; cs++, ra++) {
       const uint32_t sa = ra % T::kAStages;
       mbar_wait(b.a_full(sa), (ra / T::kAStages) & 1);
@@ -226,7 +228,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
     }
 
     // Epilogue: the accumulators -> fp16 sC [128][kCStride] -> y, 16 bytes per store, for the
-    // positions that are pixels (ow < W) and the channels that exist.
+    // positions that are pixels (wgmma_detail::halo_pixel) and the channels that exist.
     warpgroup_barrier_sync(g);  // this consumer's previous epilogue has read all of sC
 #pragma unroll
     for (int e = 0; e < T::kAcc; e += 2) {
@@ -237,9 +239,10 @@ __global__ void __launch_bounds__(T::kThreads, 1)
     constexpr int kChunks = T::kBlockN / 8;  // 16-byte chunks per row
     for (int idx = tid; idx < T::kBlockM * kChunks; idx += 128) {
       const int row = idx / kChunks, chunk = idx - row * kChunks;
-      const int q = wk.q0 + row, oh = q / p.g.wp, ow = q - oh * p.g.wp, col = wk.n0 + chunk * 8;
-      if (ow < p.W && oh < p.H && col < p.K)
-        *reinterpret_cast<uint4*>(p.y + (((size_t)wk.n * p.H + oh) * p.W + ow) * p.K + col) =
+      const auto px = wgmma_detail::halo_pixel(p.g, wk.n, wk.at.q0 + row, p.N, p.H, p.W);
+      const int col = wk.n0 + chunk * 8;
+      if (px.valid && col < p.K)
+        *reinterpret_cast<uint4*>(p.y + (((size_t)px.n * p.H + px.oh) * p.W + px.ow) * p.K + col) =
             *reinterpret_cast<const uint4*>(sC + row * T::kCStride + chunk * 8);
     }
   }
@@ -348,14 +351,15 @@ void conv_forward_wgmma_halo(const __half* x, const __half* w, __half* y, const 
     p.C = d.C;
     p.K = d.K;
     p.R = d.R;
-    p.g = halo_geometry(d.H, d.W, d.R);
+    p.g = halo_geometry(d.N, d.H, d.W, d.R);
     p.tiles_n = ceil_div(d.K, T::kBlockN);
-    const long long units = (long long)d.N * p.g.tiles * p.tiles_n;
+    const long long units = (p.g.images > 0 ? 1LL : (long long)d.N) * p.g.tiles * p.tiles_n;
     if (units > (1LL << 30)) throw std::invalid_argument("conv_forward_wgmma_halo: too many tiles for one launch");
     p.units = (int)units;
-    // x as (C, W, H, N) in boxes of whole padded rows; w as a [K][R R C] matrix in boxes of
-    // BlockN filter rows x 64 columns.
-    const CUtensorMap tm_x = tma::tma_map_4d(x, d.N, d.H, d.W, d.C, p.g.wp, p.g.box_rows);
+    // x as (C, W, H, N) in boxes of whole padded rows (or images); w as a [K][R R C] matrix in
+    // boxes of BlockN filter rows x 64 columns.
+    const CUtensorMap tm_x =
+        tma::tma_map_4d(x, d.N, d.H, d.W, d.C, p.g.wp, p.g.box_rows, p.g.images > 0 ? p.g.images : 1);
     const CUtensorMap tm_w = tma::tma_map_2d(w, d.K, d.R * d.R * d.C, T::kBlockN);
     int device = 0, sms = 0;
     CUDA_CHECK(cudaGetDevice(&device));
@@ -396,19 +400,20 @@ void wgmma_shift_probe_mn(const __half* a, const __half* b, int shift, float* d,
   CUDA_CHECK_LAUNCH();
 }
 
-void tma_halo_probe(const __half* x, const ConvDesc& d, int box_w, int box_h, int c, int w, int h, int n, __half* out,
-                    cudaStream_t stream) {
+void tma_halo_probe(const __half* x, const ConvDesc& d, int box_w, int box_h, int box_n, int c, int w, int h, int n,
+                    __half* out, cudaStream_t stream) {
   const char* fn = "tma_halo_probe";
   require(x != nullptr && out != nullptr && aligned16(x) && aligned16(out), fn, "x and out: non-null, 16-byte aligned");
   require(d.N > 0 && d.H > 0 && d.W > 0 && d.C > 0 && d.C % 64 == 0, fn, "needs a non-empty x with C a multiple of 64");
-  require(box_w >= 1 && box_w <= 256 && box_h >= 1 && box_h <= 256 && box_w * box_h <= kHaloMaxRows, fn,
-          "box_w, box_h in [1, 256] with box_w * box_h at most kHaloMaxRows");
+  require(box_w >= 1 && box_w <= 256 && box_h >= 1 && box_h <= 256 && box_n >= 1 && box_n <= 256 &&
+              box_w * box_h * box_n <= kHaloMaxRows,
+          fn, "box_w, box_h, box_n in [1, 256] with box_w * box_h * box_n at most kHaloMaxRows");
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
-  const int bytes = box_w * box_h * Halo128::kRowBytes;
+  const int bytes = box_w * box_h * box_n * Halo128::kRowBytes;
   const size_t smem = (size_t)Halo128::kAStageBytes + 8 + 1024;
   CUDA_CHECK(cudaFuncSetAttribute(tma_halo_probe_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-  tma_halo_probe_kernel<<<1, 128, smem, stream>>>(tma::tma_map_4d(x, d.N, d.H, d.W, d.C, box_w, box_h), c, w, h, n,
-                                                  bytes, reinterpret_cast<uint4*>(out));
+  const CUtensorMap map = tma::tma_map_4d(x, d.N, d.H, d.W, d.C, box_w, box_h, box_n);
+  tma_halo_probe_kernel<<<1, 128, smem, stream>>>(map, c, w, h, n, bytes, reinterpret_cast<uint4*>(out));
   CUDA_CHECK_LAUNCH();
 }
 
