@@ -737,17 +737,26 @@ void launch_tma_probe(const CUtensorMap& map, const wgmma_detail::Im2colStart& a
   CUDA_CHECK_LAUNCH();
 }
 
-// A probe for a halo tile's shifted operands (wgmma_detail::wgmma_shift_probe): one warpgroup
-// stores A (72 rows) and B (64 rows) of 64 fp16 each in the 128-byte swizzle, 1024-byte aligned
-// (row r, chunk c at sw128_offset(r, c)), then computes d = A[shift .. shift + 63] x B^T over
-// the 64 columns with four m64n64k16 wgmma whose A descriptor starts `shift` rows (shift * 128
-// bytes) into the tile, with `base_offset` in the descriptor's bits 49-51, and stores d [64][64].
-constexpr int kShiftProbeARows = 72, kShiftProbeBRows = 64;  // a [72][64], b [64][64]
-constexpr int kShiftProbeSmemBytes = (kShiftProbeARows + kShiftProbeBRows) * 128 + 1024;  // + base alignment
+// The probes of a halo tile's shifted operands (wgmma_detail::wgmma_shift_probe, _mn): one
+// warpgroup stores A then B, rows of 64 fp16 each, in the 128-byte swizzle, 1024-byte aligned
+// (row r, chunk c at sw128_offset(r, c)), then runs four m64n64k16 wgmma and stores d [64][64].
+// K-major (kMn false): A has 72 rows, B 64, d = A[shift .. shift + 63] x B^T over the 64
+// columns, A's descriptor starting `shift` rows (shift * 128 bytes) into its tile with
+// `base_offset` in the descriptor's bits 49-51. M/N-major (kMn true, the weight gradient's
+// operand mode, the reduction down the rows): A has 64 rows, B 72, d[m][n] = sum over k < 64 of
+// A[k][m] B[shift + k][n], B's descriptor starting `shift` rows into its tile; a k16 step is 16
+// rows, two 8-row atoms (2048 bytes), and with one 64-column block the leading-dimension offset
+// (the column-block stride) is never used.
+template <bool kMn>
+struct ShiftProbe {
+  static constexpr int kARows = kMn ? 64 : 72, kBRows = kMn ? 72 : 64;
+  static constexpr int kSmemBytes = (kARows + kBRows) * 128 + 1024;  // + base alignment
+};
+template <bool kMn>
 __global__ void __launch_bounds__(128) wgmma_shift_probe_kernel(const __half* __restrict__ a,
                                                                 const __half* __restrict__ b, int shift,
                                                                 int base_offset, float* __restrict__ d) {
-  constexpr int kARows = kShiftProbeARows, kBRows = kShiftProbeBRows;
+  constexpr int kARows = ShiftProbe<kMn>::kARows, kBRows = ShiftProbe<kMn>::kBRows;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const uint32_t raw = ptx::smem_addr(smem_raw);
   const uint32_t base = (raw + 1023u) & ~1023u;
@@ -767,9 +776,14 @@ __global__ void __launch_bounds__(128) wgmma_shift_probe_kernel(const __half* __
   fence_operands(acc);
   wgmma_fence();
 #pragma unroll
-  for (int kk = 0; kk < 4; kk++)
-    wgmma_m64k16<64>(acc, sw128_desc(base + shift * 128 + kk * 32) | ((uint64_t)(base_offset & 7) << 49),
-                     sw128_desc(base + kARows * 128 + kk * 32));
+  for (int kk = 0; kk < 4; kk++) {
+    if constexpr (kMn)
+      wgmma_m64k16<64, 1>(acc, wgmma_detail::sw128_mn_desc(base + kk * 2048, kARows * 128),
+                          wgmma_detail::sw128_mn_desc(base + kARows * 128 + shift * 128 + kk * 2048, kBRows * 128));
+    else
+      wgmma_m64k16<64>(acc, sw128_desc(base + shift * 128 + kk * 32) | ((uint64_t)(base_offset & 7) << 49),
+                       sw128_desc(base + kARows * 128 + kk * 32));
+  }
   wgmma_commit();
   wgmma_wait<0>();
   fence_operands(acc);
@@ -1256,7 +1270,17 @@ void wgmma_shift_probe(const __half* a, const __half* b, int shift, int base_off
   require(shift >= 0 && shift <= 8, fn, "shift must be in [0, 8]");
   require(base_offset >= 0 && base_offset <= 7, fn, "base_offset must be in [0, 7]");
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
-  wgmma_shift_probe_kernel<<<1, 128, kShiftProbeSmemBytes, stream>>>(a, b, shift, base_offset, d);
+  wgmma_shift_probe_kernel<false><<<1, 128, ShiftProbe<false>::kSmemBytes, stream>>>(a, b, shift, base_offset, d);
+  CUDA_CHECK_LAUNCH();
+}
+
+void wgmma_shift_probe_mn(const __half* a, const __half* b, int shift, float* d, cudaStream_t stream) {
+  const char* fn = "wgmma_shift_probe_mn";
+  require(a != nullptr && b != nullptr && d != nullptr && aligned16(a) && aligned16(b), fn,
+          "a, b and d: non-null, a and b 16-byte aligned");
+  require(shift >= 0 && shift <= 8, fn, "shift must be in [0, 8]");
+  require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
+  wgmma_shift_probe_kernel<true><<<1, 128, ShiftProbe<true>::kSmemBytes, stream>>>(a, b, shift, 0, d);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -36,8 +36,6 @@ namespace {
 using namespace sm90;  // the PTX wrappers (kernels/conv/ptx_sm90.cuh)
 using wgmma_detail::HaloGeometry;
 using wgmma_detail::sw128_desc;
-using wgmma_detail::sw128_mn_desc;
-using wgmma_detail::sw128_offset;
 
 // The tile: 128 positions x BlockN output channels per unit, 64-channel slices, BStages B stages.
 // Shared memory: the A buffers, the B stages, the barriers, then one epilogue tile sC per
@@ -271,53 +269,6 @@ __global__ void __launch_bounds__(128)
   for (int i = threadIdx.x; i < bytes / 16; i += blockDim.x) out[i] = *reinterpret_cast<const uint4*>(smem + 16 * i);
 }
 
-// The M/N-major shift probe (wgmma_detail::wgmma_shift_probe_mn): one warpgroup stores A
-// (kShiftMnARows pixel rows of 64 channels) and B (kShiftMnBRows rows) row by row in the 128-byte
-// swizzle (row r, chunk c at sw128_offset(r, c): one column block, as the weight gradient's
-// M/N-major tiles lay out 64 channels), 1024-byte aligned, then computes d[m][n] = sum over
-// k < 64 of A[k][m] B[shift + k][n] with four m64n64k16 in the transposed (M/N-major) mode,
-// B's descriptor starting `shift` rows (shift * 128 bytes) into its tile, and stores d [64][64].
-constexpr int kShiftMnARows = 64, kShiftMnBRows = 72;
-constexpr int kShiftMnSmemBytes = (kShiftMnARows + kShiftMnBRows) * 128 + 1024;  // + base alignment
-__global__ void __launch_bounds__(128) wgmma_shift_probe_mn_kernel(const __half* __restrict__ a,
-                                                                   const __half* __restrict__ b, int shift,
-                                                                   float* __restrict__ d) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  const uint32_t raw = ptx::smem_addr(smem_raw);
-  const uint32_t base = (raw + 1023u) & ~1023u;
-  unsigned char* smem = smem_raw + (base - raw);
-  for (int i = threadIdx.x; i < (kShiftMnARows + kShiftMnBRows) * 8; i += blockDim.x) {
-    const int row = i / 8, chunk = i % 8;
-    const bool is_a = row < kShiftMnARows;
-    const __half* src = is_a ? a + (size_t)row * 64 + chunk * 8 : b + (size_t)(row - kShiftMnARows) * 64 + chunk * 8;
-    const uint32_t dst =
-        is_a ? sw128_offset(row, chunk) : kShiftMnARows * 128 + sw128_offset(row - kShiftMnARows, chunk);
-    *reinterpret_cast<uint4*>(smem + dst) = *reinterpret_cast<const uint4*>(src);
-  }
-  fence_proxy_async();  // the generic-proxy stores, before the tensor cores read them
-  __syncthreads();
-  float acc[32];
-#pragma unroll
-  for (int e = 0; e < 32; e++) acc[e] = 0.0f;
-  fence_operands(acc);
-  wgmma_fence();
-  // k16 step: 16 pixel rows = two 8-row atoms further (2048 bytes); one column block, so the
-  // leading-dimension offset (the column-block stride) is never used.
-#pragma unroll
-  for (int kk = 0; kk < 4; kk++)
-    wgmma_m64k16<64, 1>(acc, sw128_mn_desc(base + kk * 2048, kShiftMnARows * 128),
-                        sw128_mn_desc(base + kShiftMnARows * 128 + shift * 128 + kk * 2048, kShiftMnBRows * 128));
-  wgmma_commit();
-  wgmma_wait<0>();
-  fence_operands(acc);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-#pragma unroll
-  for (int e = 0; e < 32; e++) {
-    const auto at = wgmma_detail::acc_coord(warp, lane, e);
-    d[at.row * 64 + at.col] = acc[e];
-  }
-}
-
 // The kernel's shared-memory attribute, set once per tile.
 template <class T>
 const cudaError_t& halo_kernel_attributes() {
@@ -388,16 +339,6 @@ int halo_blocks_per_sm(int block_n) {
                                                              T::kSmemBytes));
   });
   return blocks;
-}
-
-void wgmma_shift_probe_mn(const __half* a, const __half* b, int shift, float* d, cudaStream_t stream) {
-  const char* fn = "wgmma_shift_probe_mn";
-  require(a != nullptr && b != nullptr && d != nullptr && aligned16(a) && aligned16(b), fn,
-          "a, b and d: non-null, a and b 16-byte aligned");
-  require(shift >= 0 && shift <= kShiftMnBRows - 64, fn, "shift must be in [0, 8]");
-  require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
-  wgmma_shift_probe_mn_kernel<<<1, 128, kShiftMnSmemBytes, stream>>>(a, b, shift, d);
-  CUDA_CHECK_LAUNCH();
 }
 
 void tma_halo_probe(const __half* x, const ConvDesc& d, int box_w, int box_h, int box_n, int c, int w, int h, int n,
