@@ -129,7 +129,7 @@ constexpr bool wgmma_config_tma(WgmmaConfig config) {
 // The passes a config runs besides the forward and the input gradient (which every config runs,
 // the latter through the forward kernel): the weight gradient, and the forward's and input
 // gradient's fused epilogues (statistics, max-pool, BN-backward sums). The halo tiles have
-// neither (yet): its launchers for them throw std::invalid_argument, which the engine records
+// neither (yet): their launchers for those throw std::invalid_argument, which the engine records
 // as a rejection like any other launcher precondition.
 constexpr bool wgmma_config_weight_gradient(WgmmaConfig config) { return !wgmma_config_halo(config); }
 constexpr bool wgmma_config_fused_epilogues(WgmmaConfig config) { return !wgmma_config_halo(config); }
@@ -167,7 +167,7 @@ namespace wgmma_detail {
 // serves every tap, each tap's 128 A rows starting at buffer row halo_tap_row(). A tile computes
 // 128 consecutive positions; the ones that are no output pixel (padding columns and rows) are
 // computed and not stored. Two ways to number, the one with fewer tiles chosen where both fit:
-// - rows mode (images > 0 false): per image, wp = W + 2 pad, position q = oh * wp + ow, the
+// - rows mode (images == 0): per image, wp = W + 2 pad, position q = oh * wp + ow, the
 //   tiles covering positions 0 .. (H - 1) * wp + W - 1 of each image. Tap (r, s) of q reads
 //   x[oh + r - pad][ow + s - pad], padded pixel (oh + r, ow + s), padded index q + r * wp + s.
 //   Tile q0's box: 64 channels x wp x box_rows x 1 image at (c, -pad, q0 / wp - pad, n), whole
