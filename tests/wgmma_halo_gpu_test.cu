@@ -1,8 +1,10 @@
-// The halo tile (kernels/conv/wgmma_halo.cu, WgmmaConfig::k128x128x64PpHalo): its geometry on the
-// host, against the definition of the convolution's operand, through a model of the tiled TMA
-// box as the PTX ISA describes it; then, on a Hopper GPU, the copy itself against that model. The
-// convolution against the CPU reference runs with every other wgmma config in
-// tests/wgmma_conv_gpu_test.cu (recipe shapes, odd shapes, and the "[tma]" test of the TMA tiles).
+// The halo tiles (kernels/conv/wgmma_halo.cu, WgmmaConfig::k128x128x64PpHalo, k128x64x64PpHalo):
+// their geometry on the host, against the definition of the convolution's operand, through a
+// model of the tiled TMA box as the PTX ISA describes it; their launchers' checks; then, on a
+// Hopper GPU, the copy against that model and the tiles against the CPU reference (through
+// tests/wgmma_conv_gpu_test.cu's checks, wgmma_test_util.h) on the recipe's and odd shapes. In
+// a file, so a process, of their own (tools/gpu_check.sh: the "halo" shard; the probes step runs
+// "[tma_halo]" alone): a kernel that traps takes only this file's tests with it.
 #include <catch2/catch.hpp>
 #include <cstdint>
 #include <iterator>
@@ -12,6 +14,7 @@
 #include "kernels/conv/wgmma_conv.cuh"
 #include "tests/gpu_test_util.h"
 #include "tests/support.h"
+#include "tests/wgmma_test_util.h"
 
 using gpu_test::download_half;
 using gpu_test::poisoned;
@@ -227,7 +230,7 @@ TEST_CASE("wgmma halo tile launchers check their preconditions (host)", "[gpu][w
 // a middle and the last tile, first and last channel slice: rows-mode boxes from negative w and
 // h (the padding) and running past the last row, images-mode boxes of several images running
 // past the last image.
-TEST_CASE("wgmma TMA halo copy lands as the model says", "[gpu][wgmma][tma]") {
+TEST_CASE("wgmma TMA halo copy lands as the model says", "[gpu][wgmma][tma_halo]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   GPU_TEST_SKIP_WITHOUT_WGMMA();
   const ConvDesc shapes[] = {{2, 32, 32, 128, 8, 3}, {3, 4, 4, 64, 8, 3}, {2, 1, 1, 64, 8, 3},
@@ -262,4 +265,60 @@ TEST_CASE("wgmma TMA halo copy lands as the model says", "[gpu][wgmma][tma]") {
           CHECK(bad_rows == 0);
         }
   }
+}
+
+namespace {
+
+const std::vector<kernels::WgmmaConfig> kHaloConfigs = {kernels::WgmmaConfig::k128x128x64PpHalo,
+                                                        kernels::WgmmaConfig::k128x64x64PpHalo};
+
+}  // namespace
+
+// Both halo tiles on two odd shapes against the CPU reference (rows mode, the second with a
+// partial last column tile, K = 192), the first thing to run after the copy test: "[tma_halo]".
+TEST_CASE("wgmma TMA halo tiles on two odd shapes vs reference", "[gpu][wgmma][tma_halo]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
+  wgmma_test::odd_shape_vs_reference({3, 5, 5, 64, 64, 3}, 1590, kHaloConfigs);
+  wgmma_test::odd_shape_vs_reference({3, 10, 10, 64, 192, 3}, 1595, kHaloConfigs);
+}
+
+// Odd shapes with C and K multiples of 64 (the halo tiles take no other): images mode (3x3, 6x9,
+// 1x1 images, R = 1 and 5), tiles that cross images and run past the last one, a partial last
+// column tile (K = 192).
+TEST_CASE("wgmma halo tiles: odd shapes vs reference", "[gpu][wgmma]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
+  const ConvDesc shapes[] = {{2, 6, 9, 64, 192, 3}, {5, 3, 3, 128, 64, 1}, {2, 6, 6, 64, 128, 5},
+                             {4, 1, 1, 64, 64, 3},  {7, 4, 4, 64, 64, 3},  {2, 11, 13, 64, 64, 3}};
+  uint64_t seed = 1600;
+  for (const ConvDesc& d : shapes) wgmma_test::odd_shape_vs_reference(d, seed += 10, kHaloConfigs);
+}
+
+// The recipe's 3x3 layers at batch 512, forward and input gradient (the prep conv's 32 channels
+// are not a multiple of 64): rows mode at 32 x 32 and 16 x 16, images mode at 8 x 8 and 4 x 4.
+TEST_CASE("wgmma halo conv layer1 64->128 3x3 @32, batch 512", "[gpu][wgmma][recipe]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
+  wgmma_test::recipe_vs_reference(32, 64, 128, 3, 64, true, 1610, kHaloConfigs);
+}
+TEST_CASE("wgmma halo conv layer1 res 128->128 3x3 @16, batch 512", "[gpu][wgmma][recipe]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
+  wgmma_test::recipe_vs_reference(16, 128, 128, 3, 128, true, 1620, kHaloConfigs);
+}
+TEST_CASE("wgmma halo conv layer2 128->256 3x3 @16, batch 512", "[gpu][wgmma][recipe]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
+  wgmma_test::recipe_vs_reference(16, 128, 256, 3, 128, true, 1630, kHaloConfigs);
+}
+TEST_CASE("wgmma halo conv layer3 256->512 3x3 @8, batch 512", "[gpu][wgmma][recipe]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
+  wgmma_test::recipe_vs_reference(8, 256, 512, 3, 256, true, 1640, kHaloConfigs);
+}
+TEST_CASE("wgmma halo conv layer3 res 512->512 3x3 @4, batch 512", "[gpu][wgmma][recipe]") {
+  GPU_TEST_SKIP_WITHOUT_DEVICE();
+  GPU_TEST_SKIP_WITHOUT_WGMMA();
+  wgmma_test::recipe_vs_reference(4, 512, 512, 3, 512, true, 1650, kHaloConfigs);
 }

@@ -8,10 +8,10 @@
 #    benchmarks after them then have the GPU to themselves):
 #    - gpu_tests: the GPU tests (ctest -L gpu --parallel 4 when the build's CTest files point
 #      at this checkout, else the test binary directly, a build carried from another path
-#      having stale absolute paths in its CTest files: in four shards by source file, one
+#      having stale absolute paths in its CTest files: in five shards by source file, one
 #      summary row each, see shards() below).
 #    - sanitizer: the GPU tests under compute-sanitizer memcheck (the test binary directly, in
-#      the same four shards, each "~[recipe]": the batch-512 cases are left out, the odd-shape
+#      the same five shards, each "~[recipe]": the batch-512 cases are left out, the odd-shape
 #      cases exercise every predicated edge at a fraction of the cost), and racecheck on the
 #      mma.sync conv kernels' odd shapes ("[igemm]~[recipe]", shared-memory races; the wgmma
 #      kernels' tensor-core reads go through the async proxy, which racecheck may not model).
@@ -20,9 +20,10 @@
 #    (The first H100 run, docs/results/2026-11-27-h100-gpu-check/, ran them one after the
 #    other and memcheck hit its limit in the batch-512 cuDNN and BN cases, now tagged [recipe].)
 #    probes (only when GPU_CHECK_STEPS names it), before both: Catch2 filters of PROBES
-#    (";"-separated; default "[tma];[tma_small4];[tma_small3];[tma_small2];[tma_small1];[halo];
-#    [halo_mn]": the TMA copies and tiles, the hidden per-image-size TMA im2col copies, the
-#    wgmma descriptor shift probes, K-major and M/N-major), each in its own process, one after the other, into gpu_tests.log
+#    (";"-separated; default "[tma];[tma_halo];[tma_small4];[tma_small3];[tma_small2];
+#    [tma_small1];[halo];[halo_mn]": the TMA copies and tiles, the halo tiles' copies and tiles,
+#    the hidden per-image-size TMA im2col copies, the wgmma descriptor shift probes, K-major and
+#    M/N-major), each in its own process, one after the other, into gpu_tests.log
 #    (one summary row each): a faulting TMA copy ends its process's CUDA context, so these run
 #    alone first after a change to the TMA tiles (docs/conv_kernels.md, "Next GPU sessions").
 # 3. kernel_bench: kernel_bench --json OUTDIR/kernel_bench.json.
@@ -140,16 +141,20 @@ status_of() {
 
 # The GPU test binary's shards, by source file (Catch2's -# file-name tags): the three files
 # with the most CPU-reference work each alone, the wgmma kernels alone (a hang in the newest
-# kernels costs only their shard), and everything else, so a new test file is never left out.
+# kernels costs only their shard), the halo tiles (the newest) alone, and everything else, so a
+# new test file is never left out.
 # Each entry is NAME=FILTER; FILTER's comma-separated terms are OR-ed. Hidden tests ("[.]": probes
 # a session runs by name, one process each, e.g. "[tma_small1]") are left out: a file-name tag
 # alone selects them too (session 10's wgmma shard ran a hidden probe whose TMA copy faulted and
 # took the rest of the shard's CUDA context with it).
 shards() {  # shards EXTRA: EXTRA (e.g. "~[recipe]") is appended to every term
-  local x="~[.]$1" own="~[#resnet9_gpu_test]~[#implicit_gemm_gpu_test]~[#igemm_backward_gpu_test]~[#wgmma_conv_gpu_test]"
+  local x="~[.]$1"
+  local own="~[#resnet9_gpu_test]~[#implicit_gemm_gpu_test]~[#igemm_backward_gpu_test]~[#wgmma_conv_gpu_test]"
+  own+="~[#wgmma_halo_gpu_test]"
   echo "resnet9=[#resnet9_gpu_test]$x"
   echo "igemm=[#implicit_gemm_gpu_test]$x,[#igemm_backward_gpu_test]$x"
   echo "wgmma=[#wgmma_conv_gpu_test]$x"
+  echo "halo=[#wgmma_halo_gpu_test]$x"
   echo "other=[gpu]$own$x"
 }
 
@@ -279,7 +284,7 @@ if ! want probes; then
 elif [ ! -x "$BUILD/cs_gpu_tests" ]; then
   skip_step probes "no $BUILD/cs_gpu_tests"
 else
-  IFS=';' read -r -a PROBE_LIST <<<"${PROBES:-[tma];[tma_small4];[tma_small3];[tma_small2];[tma_small1];[halo];[halo_mn]}"
+  IFS=';' read -r -a PROBE_LIST <<<"${PROBES:-[tma];[tma_halo];[tma_small4];[tma_small3];[tma_small2];[tma_small1];[halo];[halo_mn]}"
   for filter in "${PROBE_LIST[@]}"; do
     run_step "probe$filter" "$T_PROBE" gpu_tests.log "$BUILD/cs_gpu_tests" "$filter" --durations yes
   done
