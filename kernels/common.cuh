@@ -3,6 +3,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <stdexcept>
@@ -23,6 +24,15 @@ inline int grid_stride_blocks(long n, int block, int max_blocks = 4096) {
   long blocks = ceil_div(n, (long)block);
   if (blocks < 1) blocks = 1;
   return (int)(blocks < max_blocks ? blocks : max_blocks);
+}
+
+// The blocks a persistent kernel (one block per SM) launches for `tiles` tiles on the current
+// device: one per SM, at most one per tile (the wgmma ping-pong and halo tiles).
+inline int persistent_blocks(long long tiles) {
+  int device = 0, sms = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return (int)std::min<long long>(tiles, std::max(1, sms));
 }
 
 // Whether p is 16-byte aligned (the vector loads and cp.async copies need it).

@@ -617,15 +617,6 @@ constexpr auto fwd_kernel() {
     return conv_fwd_wgmma_kernel<T, E>;
 }
 
-// The blocks a persistent kernel (one block per SM) launches for `tiles` tiles: one per SM, at
-// most one per tile.
-int persistent_blocks(long long tiles) {
-  int device = 0, sms = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return (int)std::min<long long>(tiles, std::max(1, sms));
-}
-
 // A launch configuration of `clusters` clusters of `cluster` blocks along x (the _c2 tile's
 // persistent grid); not copyable, since `config` points to `attr`.
 struct ClusterLaunch {

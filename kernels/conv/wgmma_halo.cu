@@ -19,7 +19,6 @@
 
 #include <cuda.h>  // CUtensorMap
 
-#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -312,11 +311,7 @@ void conv_forward_wgmma_halo(const __half* x, const __half* w, __half* y, const 
     const CUtensorMap tm_x =
         tma::tma_map_4d(x, d.N, d.H, d.W, d.C, p.g.wp, p.g.box_rows, p.g.images > 0 ? p.g.images : 1);
     const CUtensorMap tm_w = tma::tma_map_2d(w, d.K, d.R * d.R * d.C, T::kBlockN);
-    int device = 0, sms = 0;
-    CUDA_CHECK(cudaGetDevice(&device));
-    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    const int blocks = (int)std::min<long long>(units, std::max(1, sms));
-    conv_fwd_wgmma_halo_kernel<T><<<blocks, T::kThreads, T::kSmemBytes, stream>>>(p, tm_x, tm_w);
+    conv_fwd_wgmma_halo_kernel<T><<<persistent_blocks(units), T::kThreads, T::kSmemBytes, stream>>>(p, tm_x, tm_w);
     CUDA_CHECK_LAUNCH();
   });
 }
