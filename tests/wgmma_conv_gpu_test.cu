@@ -58,10 +58,7 @@ namespace {
 constexpr double kTol = 2e-3;
 
 
-std::string desc_str(const ConvDesc& d) {
-  return std::to_string(d.N) + "x" + std::to_string(d.H) + "x" + std::to_string(d.W) + "x" +
-         std::to_string(d.C) + " -> K=" + std::to_string(d.K) + " R=" + std::to_string(d.R);
-}
+using wgmma_test::desc_str;
 
 // x uniform in [-1, 1) with channels >= real_channels zero, w uniform in +-1/sqrt(fan_in), dy
 // uniform in +-1/64; all fp16-rounded.
@@ -888,11 +885,7 @@ TEST_CASE("wgmma conv odd shapes vs reference", "[gpu][wgmma]") {
 
 namespace {
 
-// Row i of a TMA copy as it landed in shared memory: channel c of row i sits at element
-// sw128_offset(i, c / 8) / 2 + c % 8 of the raw bytes (the 128-byte swizzle the maps ask for).
-float landed(const std::vector<float>& raw, int i, int c) {
-  return raw[kernels::wgmma_detail::sw128_offset(i, c / 8) / 2 + c % 8];
-}
+using wgmma_test::landed;
 
 // Where the 64 values row(0) .. row(63) of a copied row came from, for a failure's message: the
 // pixel of x whose channels c0 .. c0 + 63 they are (x random, so one pixel matches), "zeros", or

@@ -29,11 +29,6 @@ using testing_support::random_vector;
 
 namespace {
 
-std::string shape_str(const ConvDesc& d) {
-  return std::to_string(d.N) + "x" + std::to_string(d.H) + "x" + std::to_string(d.W) + "x" + std::to_string(d.C) +
-         " R" + std::to_string(d.R);
-}
-
 // A tiled TMA box of the 4-D tensor x (C, W, H, N) as it lands: box_n * box_h * box_w rows of
 // 64 channels, w fastest, then h, then the image: row j holds channels c .. c + 63 of pixel
 // (n + j / (box_h box_w), h + (j / box_w) % box_h, w + j % box_w), zeros where that lies
@@ -58,7 +53,7 @@ void check_geometry(const ConvDesc& d, const HaloGeometry& g) {
   CHECK(g.rows() <= kernels::wgmma_detail::kHaloMaxRows);
   std::vector<float> x((size_t)d.N * d.H * d.W * d.C);
   for (size_t i = 0; i < x.size(); i++) x[i] = (float)(i + 1);  // distinct, never zero
-  auto operand = [&](int n, int ih, int iw, int c) -> float {  // x with its zero padding
+  auto operand = [&](int n, int ih, int iw, int c) -> float {   // x with its zero padding
     if (ih < 0 || ih >= d.H || iw < 0 || iw >= d.W) return 0.0f;
     return x[(((size_t)n * d.H + ih) * d.W + iw) * d.C + c];
   };
@@ -114,7 +109,7 @@ TEST_CASE("wgmma halo tile geometry gives the convolution's operand (host model)
                              {3, 1, 1, 64, 8, 3},   {2, 3, 3, 64, 8, 1},   {7, 4, 4, 128, 8, 3},  {4, 2, 3, 64, 8, 5}};
   int modes = 0;
   for (const ConvDesc& d : shapes) {
-    INFO(shape_str(d));
+    INFO(wgmma_test::desc_str(d));
     REQUIRE(halo_fits(d.H, d.W, d.R));
     const HaloGeometry rows = kernels::wgmma_detail::halo_rows_geometry(d.H, d.W, d.R);
     const HaloGeometry imgs = kernels::wgmma_detail::halo_images_geometry(d.N, d.H, d.W, d.R);
@@ -233,8 +228,8 @@ TEST_CASE("wgmma halo tile launchers check their preconditions (host)", "[gpu][w
 TEST_CASE("wgmma TMA halo copy lands as the model says", "[gpu][wgmma][tma_halo]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();
   GPU_TEST_SKIP_WITHOUT_WGMMA();
-  const ConvDesc shapes[] = {{2, 32, 32, 128, 8, 3}, {3, 4, 4, 64, 8, 3}, {2, 1, 1, 64, 8, 3},
-                             {2, 11, 13, 64, 8, 5},  {5, 8, 8, 128, 8, 3}};
+  const ConvDesc shapes[] = {
+      {2, 32, 32, 128, 8, 3}, {3, 4, 4, 64, 8, 3}, {2, 1, 1, 64, 8, 3}, {2, 11, 13, 64, 8, 5}, {5, 8, 8, 128, 8, 3}};
   uint64_t seed = 1500;
   for (const ConvDesc& d : shapes) {
     const std::vector<float> x = round_to_half(random_vector((long)d.N * d.H * d.W * d.C, seed++));
@@ -245,9 +240,9 @@ TEST_CASE("wgmma TMA halo copy lands as the model says", "[gpu][wgmma][tma_halo]
       for (int t : {0, g.tiles / 2, g.tiles - 1})
         for (int c : {0, d.C - 64}) {
           const auto at = kernels::wgmma_detail::halo_tile_at(g, n, t);
-          INFO(shape_str(d) << (g.images > 0 ? " images" : " rows") << " mode: box 64 x " << g.wp << " x " << g.box_rows
-                            << " x " << box_images(g) << " at (c " << c << ", w " << at.w << ", h " << at.h << ", n "
-                            << at.n << ")");
+          INFO(wgmma_test::desc_str(d) << (g.images > 0 ? " images" : " rows") << " mode: box 64 x " << g.wp << " x "
+                                       << g.box_rows << " x " << box_images(g) << " at (c " << c << ", w " << at.w
+                                       << ", h " << at.h << ", n " << at.n << ")");
           auto out = poisoned<__half>((size_t)g.rows() * 64);
           kernels::wgmma_detail::tma_halo_probe(d_x.get(), d, g.wp, g.box_rows, box_images(g), c, at.w, at.h, at.n,
                                                 out.get(), 0);
@@ -257,8 +252,7 @@ TEST_CASE("wgmma TMA halo copy lands as the model says", "[gpu][wgmma][tma_halo]
           int bad_rows = 0, first_bad = -1;
           for (int i = 0; i < g.rows(); i++) {
             bool ok = true;
-            for (int k = 0; k < 64; k++)
-              ok = ok && raw[kernels::wgmma_detail::sw128_offset(i, k / 8) / 2 + k % 8] == model[(size_t)i * 64 + k];
+            for (int k = 0; k < 64; k++) ok = ok && wgmma_test::landed(raw, i, k) == model[(size_t)i * 64 + k];
             if (!ok && bad_rows++ == 0) first_bad = i;
           }
           INFO("first differing buffer row " << first_bad);

@@ -3,11 +3,25 @@
 // process: CPU-reference inputs, the launchers, rel. L2 against kernels/ref/conv.h.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "kernels/conv/wgmma_conv.cuh"
 
 namespace wgmma_test {
+
+// A shape for test messages: "NxHxWxC -> K=.. R=..".
+inline std::string desc_str(const kernels::ConvDesc& d) {
+  return std::to_string(d.N) + "x" + std::to_string(d.H) + "x" + std::to_string(d.W) + "x" + std::to_string(d.C) +
+         " -> K=" + std::to_string(d.K) + " R=" + std::to_string(d.R);
+}
+
+// Row i of a TMA copy as it landed in shared memory (the probes write it back raw): channel c of
+// row i sits at element sw128_offset(i, c / 8) / 2 + c % 8 of the raw bytes (the 128-byte
+// swizzle the maps ask for).
+inline float landed(const std::vector<float>& raw, int i, int c) {
+  return raw[kernels::wgmma_detail::sw128_offset(i, c / 8) / 2 + c % 8];
+}
 
 // Forward (and with dgrad the input gradient) at a recipe shape, batch 512, H x H images, C ->
 // K channels (the first real_channels of C nonzero), R x R filters: images 0..3 and 510..511
