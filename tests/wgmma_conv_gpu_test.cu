@@ -533,6 +533,53 @@ TEST_CASE("wgmma accumulator fragment map covers the tile once (host)", "[gpu][w
   CHECK(acc_coord(2, 5, 4).col == 10);
 }
 
+// The 7-stage tile's register epilogue (pp_store_direct): the quad transpose, run for the four
+// lanes of a quad in lockstep as the shuffles do, must leave lane q holding 8-column block
+// 4J + q of its row whole, columns in order, for every row half and block group of an m64 x 128
+// tile, starting from the registers acc_coord says hold those columns.
+TEST_CASE("wgmma register epilogue: the quad transpose gathers 16-byte chunks (host model)", "[gpu][wgmma]") {
+  using kernels::wgmma_detail::acc_coord;
+  using kernels::wgmma_detail::quad_receive;
+  using kernels::wgmma_detail::quad_send;
+  using kernels::wgmma_detail::quad_send_slot;
+  // The send slots: the two whose bit m differs from the lane's, ascending.
+  for (int q = 0; q < 4; q++)
+    for (int m : {1, 2}) {
+      CHECK((quad_send_slot(q, m, 0) & m) != (q & m));
+      CHECK((quad_send_slot(q, m, 1) & m) != (q & m));
+      CHECK(quad_send_slot(q, m, 0) < quad_send_slot(q, m, 1));
+    }
+  constexpr int kN = 128;
+  auto code = [](int row, int col) { return (uint32_t)(row * 1000 + col); };  // a pair by its first column
+  long wrong = 0, checked = 0;
+  for (int warp = 0; warp < 4; warp++)
+    for (int quad = 0; quad < 8; quad++)
+      for (int h = 0; h < 2; h++)
+        for (int g4 = 0; g4 < kN / 32; g4++) {
+          uint32_t v[4][4];
+          for (int q = 0; q < 4; q++)
+            for (int i = 0; i < 4; i++) {
+              const int e = 4 * (4 * g4 + i) + 2 * h;  // pp_store_direct's register of (block, half)
+              const auto at = acc_coord(warp, 4 * quad + q, e);
+              const auto next = acc_coord(warp, 4 * quad + q, e + 1);
+              REQUIRE(next.row == at.row);
+              REQUIRE(next.col == at.col + 1);
+              v[q][i] = code(at.row, at.col);
+            }
+          for (int m = 1; m <= 2; m *= 2)
+            for (int k = 0; k < 2; k++) {
+              uint32_t sent[4];
+              for (int q = 0; q < 4; q++) sent[q] = quad_send(v[q], q, m, k);
+              for (int q = 0; q < 4; q++) quad_receive(v[q], q, m, k, sent[q ^ m]);
+            }
+          const int row = 16 * warp + quad + 8 * h;
+          for (int q = 0; q < 4; q++)
+            for (int l = 0; l < 4; l++, checked++) wrong += v[q][l] != code(row, 8 * (4 * g4 + q) + 2 * l);
+        }
+  CHECK(checked == 4 * 8 * 2 * (kN / 32) * 16);
+  CHECK(wrong == 0);
+}
+
 TEST_CASE("wgmma launchers check their preconditions (host)", "[gpu][wgmma]") {
   auto fake = [](uintptr_t a) { return reinterpret_cast<__half*>(a); };
   const WgmmaConfig cfg = WgmmaConfig::k128x64x64s4;
@@ -579,6 +626,19 @@ TEST_CASE("wgmma launchers check their preconditions (host)", "[gpu][wgmma]") {
   CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k128x128x64s4PpIm2colC8) == 64);
   CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k128x64x64s4PpIm2col) == 64);
   CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k128x128x64s5PpIm2col) == 64);
+  CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k128x128x64s7PpIm2col) == 64);
+  // The 7-stage tile stores from registers: it has the weight gradient but no fused epilogues,
+  // whose launchers refuse it by name before anything else.
+  const WgmmaConfig deep = WgmmaConfig::k128x128x64s7PpIm2col;
+  CHECK(kernels::wgmma_config_weight_gradient(deep));
+  CHECK_FALSE(kernels::wgmma_config_fused_epilogues(deep));
+  CHECK(kernels::wgmma_config_fused_epilogues(WgmmaConfig::k128x128x64s5PpIm2col));
+  CHECK_THROWS_WITH(kernels::conv_forward_wgmma_pool(fake(0x10000), fake(0x20000), fake(0x30000), nullptr,
+                                                     ConvDesc{2, 4, 4, 64, 64, 3}, deep, nullptr, 0),
+                    Catch::Contains("no fused epilogues"));
+  CHECK_THROWS_WITH(kernels::conv_forward_wgmma_stats(fake(0x10000), fake(0x20000), fake(0x30000),
+                                                      ConvDesc{4, 8, 8, 64, 64, 3}, deep, {f, f + 64, f + 128, 2}, 0),
+                    Catch::Contains("no fused epilogues"));
   for (WgmmaConfig c : kernels::kWgmmaConfigs) CHECK_NOTHROW(kernels::wgmma_config_info(c));  // lists vs tiles
   CHECK(kernels::wgmma_config_channel_multiple(cfg) == 8);
   CHECK_THROWS_WITH(kernels::conv_forward_wgmma(fake(0x10000), fake(0x20000), fake(0x30000), ConvDesc{2, 4, 4, 32, 64, 3},
@@ -1046,7 +1106,7 @@ TEST_CASE("wgmma TMA tiles on two odd shapes vs reference", "[gpu][wgmma][tma]")
   const std::vector<WgmmaConfig> tma = {WgmmaConfig::k128x128x64s4PpTma, WgmmaConfig::k128x128x64s4PpIm2col,
                                         WgmmaConfig::k128x128x64s4PpIm2colC2, WgmmaConfig::k128x128x64s4PpIm2colC4,
                                         WgmmaConfig::k128x128x64s4PpIm2colC8, WgmmaConfig::k128x64x64s4PpIm2col,
-                                        WgmmaConfig::k128x128x64s5PpIm2col};
+                                        WgmmaConfig::k128x128x64s5PpIm2col, WgmmaConfig::k128x128x64s7PpIm2col};
   check_odd_shape({3, 5, 5, 64, 64, 3}, 1190, tma);
   check_odd_shape({3, 10, 10, 64, 192, 3}, 1195, tma);
 }

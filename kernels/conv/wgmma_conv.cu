@@ -106,10 +106,16 @@ struct WgTile {
   static constexpr int kEpilogueBytes =
       kBlockM * kCStride * 2 + igemm_detail::epilogue_red_bytes<BlockN, kEpilogueThreads>();
   // Ping-pong: each consumer has its own epilogue buffer, unless two do not fit beside the
-  // stages (the 5-stage tile): then both use one, in turn (pp_schedule's epi barrier).
+  // stages (the 5-stage tile): then both use one, in turn (pp_schedule's epi barrier); where not
+  // even one fits (the 7-stage tile), none: the consumers store y straight from their
+  // accumulators (pp_store_direct), and the tile has no fused epilogues
+  // (wgmma_config_fused_epilogues; launch_tile refuses them).
   // ((2 * kStages + 4) * 8: the barriers below with epi, at most, after the padding.)
+  static constexpr bool kDirectEpilogue =
+      kPingPong && (size_t)kPipeBytes + (2 * kStages + 4) * 8 + kEpilogueBytes + 1024 > 227 * 1024;
   static constexpr bool kOneEpilogue =
-      kPingPong && (size_t)kPipeBytes + (2 * kStages + 4) * 8 + 2 * kEpilogueBytes + 1024 > 227 * 1024;
+      kPingPong && !kDirectEpilogue &&
+      (size_t)kPipeBytes + (2 * kStages + 4) * 8 + 2 * kEpilogueBytes + 1024 > 227 * 1024;
   // full[], empty[] after the stages; ping-pong: also order[2] (and with one epilogue buffer
   // epi), 8 bytes each, padded to 16.
   static constexpr int kBarrierBytes =
@@ -118,7 +124,7 @@ struct WgTile {
   // stages, the barriers, then the consumers' epilogue buffers (the producer keeps loading the
   // next tiles into the stages while a consumer runs its epilogue).
   static constexpr size_t kSmemBytes =
-      kPingPong ? (size_t)kPipeBytes + kBarrierBytes + (kOneEpilogue ? 1 : 2) * kEpilogueBytes + 1024
+      kPingPong ? (size_t)kPipeBytes + kBarrierBytes + (kDirectEpilogue ? 0 : kOneEpilogue ? 1 : 2) * kEpilogueBytes + 1024
                 : (size_t)(kPipeBytes + kBarrierBytes > kEpilogueBytes ? kPipeBytes + kBarrierBytes : kEpilogueBytes) +
                       1024;
   static_assert(BlockN == 64 || BlockN == 128 || (BlockN == 256 && Producer),
@@ -126,6 +132,7 @@ struct WgTile {
   static_assert((BlockM == 128 && !kPingPong) || (kAcc <= 128 && Producer),
                 "two m64 tiles per warpgroup (256 rows, or a ping-pong tile): at most 128 accumulators, with a producer");
   static_assert(!kPingPong || (BlockM == 128 && MmaInFlight == 1), "ping-pong: 128-row tiles, one slice of MMAs in flight");
+  static_assert(!kDirectEpilogue || BlockN % 32 == 0, "the register epilogue stores quads of 8-column blocks");
   static_assert(Producer >= 0 && Producer <= 7,
                 "no producer, a producer warpgroup, ping-pong (3: B by TMA, 4: both by TMA, 5-7: and clusters)");
   static_assert(kTmaBRows % 8 == 0 && (kTmaBRows * kRowBytes) % 1024 == 0, "B's parts: whole swizzle atoms");
@@ -529,6 +536,44 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const Ig
       [] { mma_threads_sync<T>(); });
 }
 
+// The register epilogue (T::kDirectEpilogue): a ping-pong consumer's BlockM x BlockN tile of
+// fp32 accumulators to y [M][K] as fp16, straight from registers. Per m64 tile, row half h and
+// group J of four 8-column blocks, the lanes of each quad transpose their fp16 pairs
+// (wgmma_detail::quad_send / quad_receive: two butterfly stages of two shuffles) so that lane q
+// holds block 4J + q of its row whole and stores it as one 16-byte chunk: a quad writes 64
+// contiguous bytes of a row. Rows past M and chunks past K (K % 8 == 0: a chunk is wholly inside
+// or outside) are not stored; every lane takes part in the shuffles.
+template <class T>
+__device__ __forceinline__ void pp_store_direct(const float (&acc)[T::kAcc], const IgemmParams& p, int m0, int n0,
+                                                int warp, int lane) {
+  const int q = lane & 3;
+#pragma unroll
+  for (int j = 0; j < T::kSubM; j++)
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const int row = m0 + 64 * j + 16 * warp + (lane >> 2) + 8 * h;
+#pragma unroll
+      for (int g4 = 0; g4 < T::kBlockN / 32; g4++) {
+        uint32_t v[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+          const int e = j * T::kAccSub + 4 * (4 * g4 + i) + 2 * h;  // acc_coord's register of (block, half)
+          const __half2 pair = __floats2half2_rn(acc[e], acc[e + 1]);
+          v[i] = *reinterpret_cast<const uint32_t*>(&pair);
+        }
+#pragma unroll
+        for (int m = 1; m <= 2; m *= 2)
+#pragma unroll
+          for (int k = 0; k < 2; k++)
+            wgmma_detail::quad_receive(v, q, m, k,
+                                       __shfl_xor_sync(0xffffffffu, wgmma_detail::quad_send(v, q, m, k), m));
+        const int col = n0 + 8 * (4 * g4 + q);
+        if (row < p.M && col < p.K)
+          *reinterpret_cast<uint4*>(p.y + (size_t)row * p.K + col) = make_uint4(v[0], v[1], v[2], v[3]);
+      }
+    }
+}
+
 // The ping-pong forward's work units for an M x K output: one per tile, or with clusters one
 // per kCluster row tiles of a filter tile.
 template <class T>
@@ -593,6 +638,11 @@ __global__ void __launch_bounds__(T::kThreads, 1)
       },
       [&](float (&a)[T::kAcc], const PpWork& wk, int g, int tid) {
         if (wk.m0 >= p.M) return;  // a cluster's row tile past the output (see above)
+        if constexpr (T::kDirectEpilogue) {
+          static_assert(E == ConvEpilogue::kStore, "the register epilogue only stores y");
+          pp_store_direct<T>(a, p, wk.m0, wk.n0, warp, lane);
+          return;
+        }
         unsigned char* epi = smem + T::kPipeBytes + T::kBarrierBytes + (T::kOneEpilogue ? 0 : g) * T::kEpilogueBytes;
         __half* sC = reinterpret_cast<__half*>(epi);
         warpgroup_barrier_sync(g);  // this consumer's previous epilogue has read all of sC
@@ -815,6 +865,7 @@ void with_tile(WgmmaConfig config, F&& f) {
     case WgmmaConfig::k128x128x64s4PpIm2colC8: return f(Tile<128, 128, 1, 4, 7, 0>{});
     case WgmmaConfig::k128x64x64s4PpIm2col: return f(Tile<128, 64, 1, 4, 4, 0>{});
     case WgmmaConfig::k128x128x64s5PpIm2col: return f(Tile<128, 128, 1, 5, 4, 0>{});
+    case WgmmaConfig::k128x128x64s7PpIm2col: return f(Tile<128, 128, 1, 7, 4, 0>{});
     case WgmmaConfig::k128x128x64PpHalo:  // their own kernel (wgmma_halo.cu): the launchers branch before
     case WgmmaConfig::k128x64x64PpHalo:
       throw std::logic_error("wgmma: the halo tiles have no WgTile");
@@ -845,6 +896,7 @@ const char* config_name(WgmmaConfig config) {
     case WgmmaConfig::k128x128x64s4PpIm2colC8: return "wgmma_128x128x64_s4_pp_im2col_c8";
     case WgmmaConfig::k128x64x64s4PpIm2col: return "wgmma_128x64x64_s4_pp_im2col";
     case WgmmaConfig::k128x128x64s5PpIm2col: return "wgmma_128x128x64_s5_pp_im2col";
+    case WgmmaConfig::k128x128x64s7PpIm2col: return "wgmma_128x128x64_s7_pp_im2col";
     case WgmmaConfig::k128x128x64PpHalo: return "wgmma_128x128x64_pp_halo";
     case WgmmaConfig::k128x64x64PpHalo: return "wgmma_128x64x64_pp_halo";
   }
@@ -867,8 +919,9 @@ cudaError_t set_smem_attributes(Kernel* kernel, size_t bytes, bool l1) {
                               l1 ? wgmma_detail::l1_carveout_percent(bytes) : (int)cudaSharedmemCarveoutMaxShared);
 }
 
-template <class T, ConvEpilogue E = ConvEpilogue::kStore>
-void launch_tile(const IgemmParams& p, cudaStream_t stream) {
+// Launches tile T's forward kernel with epilogue E (its grid, or the persistent one).
+template <class T, ConvEpilogue E>
+void launch_tile_kernel(const IgemmParams& p, cudaStream_t stream) {
   auto* kernel = fwd_kernel<T, E>();
   static const cudaError_t attr = set_smem_attributes(kernel, T::kSmemBytes, T::kL1 != 0);
   CUDA_CHECK(attr);
@@ -884,6 +937,18 @@ void launch_tile(const IgemmParams& p, cudaStream_t stream) {
     kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
   }
   CUDA_CHECK_LAUNCH();
+}
+
+// A forward launch of tile T with epilogue E.
+template <class T, ConvEpilogue E = ConvEpilogue::kStore>
+void launch_tile(const IgemmParams& p, cudaStream_t stream) {
+  if constexpr (T::kDirectEpilogue && E != ConvEpilogue::kStore) {
+    // Unreachable: the fused launchers refuse the tile first (require_fused_epilogues); and no
+    // such kernel is compiled.
+    throw std::logic_error("wgmma: a register-epilogue tile has no fused epilogues");
+  } else {
+    launch_tile_kernel<T, E>(p, stream);
+  }
 }
 
 // ------------------------------------------------------------------- weight gradient

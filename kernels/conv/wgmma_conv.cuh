@@ -85,6 +85,11 @@ enum class WgmmaConfig : int {
                             // pipe ~46% busy and its warps wait on their barriers, while sharing
                             // B across a cluster (less L2 traffic) did not make it faster. Not
                             // yet run on a GPU: wgmma_config_gpu_tested() is false
+  k128x128x64s7PpIm2col,    // as k128x128x64s5PpIm2col with 7 stages (224 KiB of copies in
+                            // flight, loads five slices ahead, as deep as cuDNN's Hopper forward,
+                            // whose blocks hold 231 KiB), no epilogue buffer left: the consumers
+                            // store y straight from their accumulators, so it has no fused
+                            // epilogues (wgmma_config_fused_epilogues). Not yet run on a GPU
   k128x128x64PpHalo,        // the halo tile: the im2col tile's persistent ping-pong schedule
                             // and 128 x 128 tiles, but A is one TMA copy per 64-channel slice
                             // of whole padded image rows, which all R x R filter taps read at
@@ -108,15 +113,16 @@ constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaC
                                          WgmmaConfig::k128x128x64s4PpTma, WgmmaConfig::k128x128x64s4PpIm2col,
                                          WgmmaConfig::k128x128x64s4PpIm2colC2, WgmmaConfig::k128x128x64s4PpIm2colC4,
                                          WgmmaConfig::k128x128x64s4PpIm2colC8, WgmmaConfig::k128x64x64s4PpIm2col,
-                                         WgmmaConfig::k128x128x64s5PpIm2col, WgmmaConfig::k128x128x64PpHalo,
-                                         WgmmaConfig::k128x64x64PpHalo};
+                                         WgmmaConfig::k128x128x64s5PpIm2col, WgmmaConfig::k128x128x64s7PpIm2col,
+                                         WgmmaConfig::k128x128x64PpHalo,     WgmmaConfig::k128x64x64PpHalo};
 
 // The configs whose gathered operand comes by TMA in im2col mode, and those that copy by TMA at
 // all (those, and the _pp_tma tile).
 constexpr bool wgmma_config_im2col(WgmmaConfig config) {
   return config == WgmmaConfig::k128x128x64s4PpIm2col || config == WgmmaConfig::k128x128x64s4PpIm2colC2 ||
          config == WgmmaConfig::k128x128x64s4PpIm2colC4 || config == WgmmaConfig::k128x128x64s4PpIm2colC8 ||
-         config == WgmmaConfig::k128x64x64s4PpIm2col || config == WgmmaConfig::k128x128x64s5PpIm2col;
+         config == WgmmaConfig::k128x64x64s4PpIm2col || config == WgmmaConfig::k128x128x64s5PpIm2col ||
+         config == WgmmaConfig::k128x128x64s7PpIm2col;
 }
 // The halo tiles copy by TMA too, tiled, and are configs of their own kernel (wgmma_halo.cu).
 constexpr bool wgmma_config_halo(WgmmaConfig config) {
@@ -129,10 +135,13 @@ constexpr bool wgmma_config_tma(WgmmaConfig config) {
 // The passes a config runs besides the forward and the input gradient (which every config runs,
 // the latter through the forward kernel): the weight gradient, and the forward's and input
 // gradient's fused epilogues (statistics, max-pool, BN-backward sums). The halo tiles have
-// neither (yet): their launchers for those throw std::invalid_argument, which the engine records
-// as a rejection like any other launcher precondition.
+// neither (yet), the 7-stage tile no fused epilogues (they stage the tile in shared memory,
+// which its stages fill): their launchers for those throw std::invalid_argument, which the
+// engine records as a rejection like any other launcher precondition.
 constexpr bool wgmma_config_weight_gradient(WgmmaConfig config) { return !wgmma_config_halo(config); }
-constexpr bool wgmma_config_fused_epilogues(WgmmaConfig config) { return !wgmma_config_halo(config); }
+constexpr bool wgmma_config_fused_epilogues(WgmmaConfig config) {
+  return !wgmma_config_halo(config) && config != WgmmaConfig::k128x128x64s7PpIm2col;
+}
 
 // Whether a config's kernels have passed the GPU tests on a device (a session with a GPU sets
 // this when they do). The engine's selection only considers tested configs (unless asked to:
@@ -140,8 +149,8 @@ constexpr bool wgmma_config_fused_epilogues(WgmmaConfig config) { return !wgmma_
 // run; the tests and conv_bench run every config. The TMA tiles passed theirs on an H200 at
 // 888dbe7 (docs/results/2026-11-27-h200-session10/call3); the im2col ones changed since (their
 // consumers no longer fence the proxies, their copies past the last filter column start
-// elsewhere: the next GPU session tests them again), and the 5-stage and halo ones have not run
-// yet.
+// elsewhere: the next GPU session tests them again), and the 5-stage, 7-stage and halo ones have
+// not run yet.
 constexpr bool wgmma_config_gpu_tested(WgmmaConfig config) {
   return !wgmma_config_im2col(config) && !wgmma_config_halo(config);
 }
@@ -436,6 +445,34 @@ __host__ __device__ inline AccCoord block_acc_coord(int block_m, int block_n, in
   const int per_tile = block_n / 2, j = e / per_tile;
   const AccCoord at = acc_coord(warp & 3, lane, e - j * per_tile);
   return {(warp >> 2) * (block_m / 2) + 64 * j + at.row, at.col};
+}
+
+// The register epilogue of the deepest ping-pong tile (kDirectEpilogue in wgmma_conv.cu: no
+// shared memory left for an sC) stores y straight from the accumulators in 16-byte chunks. In
+// the D fragment (acc_coord) the four lanes q = 0..3 of a quad hold, per row, 2 columns of each
+// 8-column block: lane q's v[i] (one fp16 pair, as 32 bits) is columns 8 (4J + i) + 2q, +1 of
+// four consecutive blocks 4J .. 4J + 3. A 4 x 4 transpose inside the quad (v[i] of lane q <->
+// v[q] of lane i) leaves lane q with block 4J + q whole, v[l] being columns 8 (4J + q) + 2l,
+// +1: eight consecutive channels, one 16-byte store, so a quad writes 64 contiguous bytes per
+// row instead of four 16-byte pieces of four sectors.
+// Two butterfly stages, m = 1 then m = 2 (the shuffle's lane mask), each sending two values to
+// the partner lane q ^ m: quad_send_slot(q, m, k) is the k-th (k = 0, 1) slot lane q sends, the
+// one whose bit m differs from q's, and the k-th value received goes into the same slot (the
+// partner sends the slots lane q keeps, in the same order, moved by m). Device code selects the
+// slot with a predicate on q's bit, not an index, so that v stays in registers.
+__host__ __device__ constexpr int quad_send_slot(int q, int m, int k) { return (~q & m) | (k * (3 ^ m)); }
+
+// One lane's part of the transpose, `shfl(value, m)` returning lane q ^ m's `value` (device:
+// __shfl_xor_sync over the warp; a host test runs the four lanes' steps in lockstep instead,
+// through quad_send / quad_receive below).
+__host__ __device__ inline uint32_t quad_send(const uint32_t (&v)[4], int q, int m, int k) {
+  return (q & m) ? v[(m == 1 ? 2 * k : k)] : v[(m == 1 ? 2 * k + 1 : k + 2)];
+}
+__host__ __device__ inline void quad_receive(uint32_t (&v)[4], int q, int m, int k, uint32_t value) {
+  if (q & m)
+    v[m == 1 ? 2 * k : k] = value;
+  else
+    v[m == 1 ? 2 * k + 1 : k + 2] = value;
 }
 
 // Where a TMA im2col copy starts (the _pp_im2col configs): the copy of `pixels` rows of 64
