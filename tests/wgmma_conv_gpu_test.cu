@@ -533,7 +533,7 @@ TEST_CASE("wgmma accumulator fragment map covers the tile once (host)", "[gpu][w
   CHECK(acc_coord(2, 5, 4).col == 10);
 }
 
-// The 7-stage tile's register epilogue (pp_store_direct): the quad transpose, run for the four
+// The 7-stage tile's register epilogue (sm90::store_acc_direct): the quad transpose, run for the four
 // lanes of a quad in lockstep as the shuffles do, must leave lane q holding 8-column block
 // 4J + q of its row whole, columns in order, for every row half and block group of an m64 x 128
 // tile, starting from the registers acc_coord says hold those columns.
@@ -559,7 +559,7 @@ TEST_CASE("wgmma register epilogue: the quad transpose gathers 16-byte chunks (h
           uint32_t v[4][4];
           for (int q = 0; q < 4; q++)
             for (int i = 0; i < 4; i++) {
-              const int e = 4 * (4 * g4 + i) + 2 * h;  // pp_store_direct's register of (block, half)
+              const int e = 4 * (4 * g4 + i) + 2 * h;  // store_acc_direct's register of (block, half)
               const auto at = acc_coord(warp, 4 * quad + q, e);
               const auto next = acc_coord(warp, 4 * quad + q, e + 1);
               REQUIRE(next.row == at.row);

@@ -1,4 +1,4 @@
-// The halo tiles (kernels/conv/wgmma_halo.cu, WgmmaConfig::k128x128x64PpHalo, k128x64x64PpHalo):
+// The halo tiles (kernels/conv/wgmma_halo.cu, the configs wgmma_config_halo names):
 // their geometry on the host, against the definition of the convolution's operand, through a
 // model of the tiled TMA box as the PTX ISA describes it; their launchers' checks; then, on a
 // Hopper GPU, the copy against that model and the tiles against the CPU reference (through
@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kernels/conv/wgmma_conv.cuh"
+#include "kernels/conv/wgmma_halo.cuh"  // halo_tile_info (the launchers' tile lookup)
 #include "tests/gpu_test_util.h"
 #include "tests/support.h"
 #include "tests/wgmma_test_util.h"
@@ -176,8 +177,9 @@ TEST_CASE("wgmma halo tile geometry: recipe sizes and limits (host)", "[gpu][wgm
 // rows overflow the buffer, the weight gradient and the fused epilogues; and the copy probe
 // checks its box.
 TEST_CASE("wgmma halo tile launchers check their preconditions (host)", "[gpu][wgmma]") {
-  for (const kernels::WgmmaConfig halo :
-       {kernels::WgmmaConfig::k128x128x64PpHalo, kernels::WgmmaConfig::k128x64x64PpHalo}) {
+  for (const kernels::WgmmaConfig halo : {kernels::WgmmaConfig::k128x128x64PpHalo,
+                                          kernels::WgmmaConfig::k128x64x64PpHalo,
+                                          kernels::WgmmaConfig::k128x128x64s10PpHalo}) {
     INFO(kernels::wgmma_config_info(halo).name);
     auto fake = [](uintptr_t a) { return reinterpret_cast<__half*>(a); };
     float* f = reinterpret_cast<float*>(0x50000);
@@ -218,6 +220,15 @@ TEST_CASE("wgmma halo tile launchers check their preconditions (host)", "[gpu][w
   CHECK(std::string(kernels::wgmma_config_info(kernels::WgmmaConfig::k128x64x64PpHalo).name) ==
         "wgmma_128x64x64_pp_halo");
   CHECK(kernels::wgmma_config_info(kernels::WgmmaConfig::k128x64x64PpHalo).block_n == 64);
+  // The deep tile: 10 B stages, no room left for epilogue tiles (it stores from registers).
+  const auto deep = kernels::wgmma_config_info(kernels::WgmmaConfig::k128x128x64s10PpHalo);
+  CHECK(std::string(deep.name) == "wgmma_128x128x64_s10_pp_halo");
+  CHECK(deep.block_n == 128);
+  CHECK(deep.stages == 10);
+  CHECK(kernels::wgmma_config_info(kernels::WgmmaConfig::k128x128x64PpHalo).stages == 5);
+  CHECK(deep.smem_bytes < kernels::wgmma_config_info(kernels::WgmmaConfig::k128x128x64PpHalo).smem_bytes +
+                              5 * 16 * 1024);  // five more B stages, less the two epilogue tiles
+  CHECK_THROWS_AS(kernels::wgmma_detail::halo_tile_info({128, 7}), std::invalid_argument);
 }
 
 // The halo tiles' copy on the GPU (tma_halo_probe: the map and the copy instruction the tiles
@@ -264,11 +275,12 @@ TEST_CASE("wgmma TMA halo copy lands as the model says", "[gpu][wgmma][tma_halo]
 namespace {
 
 const std::vector<kernels::WgmmaConfig> kHaloConfigs = {kernels::WgmmaConfig::k128x128x64PpHalo,
-                                                        kernels::WgmmaConfig::k128x64x64PpHalo};
+                                                        kernels::WgmmaConfig::k128x64x64PpHalo,
+                                                        kernels::WgmmaConfig::k128x128x64s10PpHalo};
 
 }  // namespace
 
-// Both halo tiles on two odd shapes against the CPU reference (rows mode, the second with a
+// The halo tiles on two odd shapes against the CPU reference (rows mode, the second with a
 // partial last column tile, K = 192), the first thing to run after the copy test: "[tma_halo]".
 TEST_CASE("wgmma TMA halo tiles on two odd shapes vs reference", "[gpu][wgmma][tma_halo]") {
   GPU_TEST_SKIP_WITHOUT_DEVICE();

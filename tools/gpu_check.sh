@@ -54,10 +54,10 @@
 #    COUNT launches whose demangled name matches REGEX, with the sections of SET ("full": speed
 #    of light, launch, occupancy, warp states, scheduler, compute and memory workload, source
 #    counters; "light": speed of light and launch shape only, for many launches).
-#    The default: five wgmma forward tiles on layer1 (the block-wide s3, the persistent
-#    ping-pong s4_pp_im2col, s5_pp_im2col and s7_pp_im2col, the halo tile pp_halo), two
-#    weight-gradient ones on layer2 (s4_pp_im2col and s7_pp_im2col, one ncu run each), and
-#    cuDNN's forward kernel on layer1, to compare with.
+#    The default: six wgmma forward tiles on layer1 (the block-wide s3, the persistent
+#    ping-pong s4_pp_im2col, s5_pp_im2col and s7_pp_im2col, the halo tiles pp_halo and
+#    s10_pp_halo), the weight gradient of s7_pp_im2col on layer2, and cuDNN's forward kernel on
+#    layer1, to compare with.
 # GPU_CHECK_STEPS (comma-separated, default all but variants: gpu_tests,kernel_bench,conv_bench,
 # speedrun,torch,crosscheck,sanitizer) picks steps, so a short device session can split them
 # over two calls (the data only arrives with the second; see README "Working with a GPU
@@ -453,12 +453,13 @@ else
   DEFAULT_PROFILES+=";fwd_layer1_s7#layer1#conv_fwd_wgmma_pp_kernel<.*WgTile<${I}128, ${I}128, ${I}1, ${I}7, ${I}4, ${I}0>#1#full"
   # The halo tile's forward (its own kernel), for the barrier waits and tensor-pipe use against
   # the im2col tiles'.
-  DEFAULT_PROFILES+=";fwd_layer1_halo#layer1#conv_fwd_wgmma_halo_kernel#1#full"
+  DEFAULT_PROFILES+=";fwd_layer1_halo#layer1#conv_fwd_wgmma_halo_kernel<.*HaloTile<${I}128, ${I}5>#1#full"
+  DEFAULT_PROFILES+=";fwd_layer1_halo10#layer1#conv_fwd_wgmma_halo_kernel<.*HaloTile<${I}128, ${I}10>#1#full"
   # The weight-gradient tiles run back to back, each many times: one ncu run per tile (a count
-  # of two over several tiles profiled the first tile twice). The im2col tile at 4 and 7 stages
-  # (session 10 profiled the cp.async ping-pong one, _s4_pp).
+  # of two over several tiles profiled the first tile twice). The im2col tile at 7 stages
+  # (session 10 profiled it at 4 stages, and the cp.async ping-pong one:
+  # docs/results/2026-11-27-h200-session10/call2).
   DEFAULT_PROFILES+=";wgrad_layer2_s7#layer2#conv_wgrad_wgmma_pp_kernel<.*WgWgradTile<${I}128, ${I}128, ${I}1, ${I}7, ${I}4, ${I}0>#1#full"
-  DEFAULT_PROFILES+=";wgrad_layer2_im2col#layer2#conv_wgrad_wgmma_pp_kernel<.*WgWgradTile<${I}128, ${I}128, ${I}1, ${I}4, ${I}4, ${I}0>#1#full"
   # cuDNN's Hopper forward (layer1 launches one sm90_xmma_fprop kernel, autotune included).
   DEFAULT_PROFILES+=";cudnn_fwd_layer1#layer1#sm90_xmma_fprop#1#full"
   IFS=';' read -r -a PROFILES <<<"${PROFILE_SPECS:-$DEFAULT_PROFILES}"

@@ -37,6 +37,7 @@
 #include "kernels/conv/ptx_sm90.cuh"
 #include "kernels/conv/tma_map.cuh"
 #include "kernels/conv/wgmma_halo.cuh"
+#include "kernels/conv/wgmma_store.cuh"
 
 namespace kernels {
 
@@ -108,8 +109,8 @@ struct WgTile {
   // Ping-pong: each consumer has its own epilogue buffer, unless two do not fit beside the
   // stages (the 5-stage tile): then both use one, in turn (pp_schedule's epi barrier); where not
   // even one fits (the 7-stage tile), none: the consumers store y straight from their
-  // accumulators (pp_store_direct), and the tile has no fused epilogues
-  // (wgmma_config_fused_epilogues; launch_tile refuses them).
+  // accumulators (sm90::store_acc_direct, kernels/conv/wgmma_store.cuh), and the tile has no
+  // fused epilogues (wgmma_config_fused_epilogues; launch_tile refuses them).
   // ((2 * kStages + 4) * 8: the barriers below with epi, at most, after the padding.)
   static constexpr bool kDirectEpilogue =
       kPingPong && (size_t)kPipeBytes + (2 * kStages + 4) * 8 + kEpilogueBytes + 1024 > 227 * 1024;
@@ -536,44 +537,6 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const Ig
       [] { mma_threads_sync<T>(); });
 }
 
-// The register epilogue (T::kDirectEpilogue): a ping-pong consumer's BlockM x BlockN tile of
-// fp32 accumulators to y [M][K] as fp16, straight from registers. Per m64 tile, row half h and
-// group J of four 8-column blocks, the lanes of each quad transpose their fp16 pairs
-// (wgmma_detail::quad_send / quad_receive: two butterfly stages of two shuffles) so that lane q
-// holds block 4J + q of its row whole and stores it as one 16-byte chunk: a quad writes 64
-// contiguous bytes of a row. Rows past M and chunks past K (K % 8 == 0: a chunk is wholly inside
-// or outside) are not stored; every lane takes part in the shuffles.
-template <class T>
-__device__ __forceinline__ void pp_store_direct(const float (&acc)[T::kAcc], const IgemmParams& p, int m0, int n0,
-                                                int warp, int lane) {
-  const int q = lane & 3;
-#pragma unroll
-  for (int j = 0; j < T::kSubM; j++)
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-      const int row = m0 + 64 * j + 16 * warp + (lane >> 2) + 8 * h;
-#pragma unroll
-      for (int g4 = 0; g4 < T::kBlockN / 32; g4++) {
-        uint32_t v[4];
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-          const int e = j * T::kAccSub + 4 * (4 * g4 + i) + 2 * h;  // acc_coord's register of (block, half)
-          const __half2 pair = __floats2half2_rn(acc[e], acc[e + 1]);
-          v[i] = *reinterpret_cast<const uint32_t*>(&pair);
-        }
-#pragma unroll
-        for (int m = 1; m <= 2; m *= 2)
-#pragma unroll
-          for (int k = 0; k < 2; k++)
-            wgmma_detail::quad_receive(v, q, m, k,
-                                       __shfl_xor_sync(0xffffffffu, wgmma_detail::quad_send(v, q, m, k), m));
-        const int col = n0 + 8 * (4 * g4 + q);
-        if (row < p.M && col < p.K)
-          *reinterpret_cast<uint4*>(p.y + (size_t)row * p.K + col) = make_uint4(v[0], v[1], v[2], v[3]);
-      }
-    }
-}
-
 // The ping-pong forward's work units for an M x K output: one per tile, or with clusters one
 // per kCluster row tiles of a filter tile.
 template <class T>
@@ -640,7 +603,9 @@ __global__ void __launch_bounds__(T::kThreads, 1)
         if (wk.m0 >= p.M) return;  // a cluster's row tile past the output (see above)
         if constexpr (T::kDirectEpilogue) {
           static_assert(E == ConvEpilogue::kStore, "the register epilogue only stores y");
-          pp_store_direct<T>(a, p, wk.m0, wk.n0, warp, lane);
+          const int m0 = wk.m0, M = p.M;
+          store_acc_direct<T::kSubM, T::kBlockN>(a, p.y, p.K, wk.n0, warp, lane,
+                                                 [=](int row) { return m0 + row < M ? (long long)(m0 + row) : -1LL; });
           return;
         }
         unsigned char* epi = smem + T::kPipeBytes + T::kBarrierBytes + (T::kOneEpilogue ? 0 : g) * T::kEpilogueBytes;
@@ -868,6 +833,7 @@ void with_tile(WgmmaConfig config, F&& f) {
     case WgmmaConfig::k128x128x64s7PpIm2col: return f(Tile<128, 128, 1, 7, 4, 0>{});
     case WgmmaConfig::k128x128x64PpHalo:  // their own kernel (wgmma_halo.cu): the launchers branch before
     case WgmmaConfig::k128x64x64PpHalo:
+    case WgmmaConfig::k128x128x64s10PpHalo:
       throw std::logic_error("wgmma: the halo tiles have no WgTile");
   }
   throw std::invalid_argument("wgmma: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
@@ -899,6 +865,7 @@ const char* config_name(WgmmaConfig config) {
     case WgmmaConfig::k128x128x64s7PpIm2col: return "wgmma_128x128x64_s7_pp_im2col";
     case WgmmaConfig::k128x128x64PpHalo: return "wgmma_128x128x64_pp_halo";
     case WgmmaConfig::k128x64x64PpHalo: return "wgmma_128x64x64_pp_halo";
+    case WgmmaConfig::k128x128x64s10PpHalo: return "wgmma_128x128x64_s10_pp_halo";
   }
   throw std::invalid_argument("wgmma_config_info: unknown WgmmaConfig " + std::to_string(static_cast<int>(config)));
 }
@@ -1205,8 +1172,15 @@ void require_config_takes(const char* fn, WgmmaConfig config, int channels, cons
                                                            : "it needs an image at least as large as the filter") +
                                 "): use another config");
 }
-// A halo config's output channels per tile.
-int halo_block_n(WgmmaConfig config) { return config == WgmmaConfig::k128x64x64PpHalo ? 64 : 128; }
+// A halo config's tile (wgmma_halo.cuh): output channels per unit and B stages.
+wgmma_detail::HaloTileId halo_tile_id(WgmmaConfig config) {
+  switch (config) {
+    case WgmmaConfig::k128x128x64PpHalo: return {128, 5};
+    case WgmmaConfig::k128x64x64PpHalo: return {64, 8};
+    case WgmmaConfig::k128x128x64s10PpHalo: return {128, 10};
+    default: throw std::logic_error(std::string("wgmma: ") + config_name(config) + " is no halo tile");
+  }
+}
 
 // The pass rules (wgmma_config_weight_gradient, wgmma_config_fused_epilogues), naming fn.
 void require_weight_gradient(const char* fn, WgmmaConfig config) {
@@ -1226,9 +1200,9 @@ IgemmConfigInfo wgmma_config_info(WgmmaConfig config) {
   if (wgmma_config_halo(config)) {
     // 128 positions x BlockN channels; a warp's rows: 16 of each of its consumer's two m64 tiles;
     // its B stages as the stages.
-    const int block_n = halo_block_n(config);
-    const wgmma_detail::HaloTileInfo h = wgmma_detail::halo_tile_info(block_n);
-    return {name, wgmma_detail::kHaloTileRows, block_n, 64, 32, block_n, h.b_stages, h.threads, h.smem_bytes};
+    const wgmma_detail::HaloTileId id = halo_tile_id(config);
+    const wgmma_detail::HaloTileInfo h = wgmma_detail::halo_tile_info(id);
+    return {name, wgmma_detail::kHaloTileRows, id.block_n, 64, 32, id.block_n, h.b_stages, h.threads, h.smem_bytes};
   }
   IgemmConfigInfo info{};
   with_tile<WgTile>(config, [&](auto t) {
@@ -1271,7 +1245,7 @@ int wgmma_blocks_per_sm(WgmmaConfig config, bool weight_gradient) {
   require(wgmma_supported(), "wgmma_blocks_per_sm", "needs a Hopper GPU and this binary's sm_90a code");
   if (wgmma_config_halo(config)) {
     require_weight_gradient("wgmma_blocks_per_sm", config);
-    return wgmma_detail::halo_blocks_per_sm(halo_block_n(config));
+    return wgmma_detail::halo_blocks_per_sm(halo_tile_id(config));
   }
   int blocks = 0;
   auto occupancy = [&](auto* kernel, int threads, size_t smem, bool l1) {
@@ -1349,7 +1323,7 @@ void conv_forward_wgmma(const __half* x, const __half* w, __half* y, const ConvD
   const IgemmParams p = igemm_detail::make_igemm_params(fn, x, w, y, d, cfg.block_m);
   require_config_takes(fn, config, d.C, d);
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
-  if (wgmma_config_halo(config)) return wgmma_detail::conv_forward_wgmma_halo(x, w, y, d, halo_block_n(config), stream);
+  if (wgmma_config_halo(config)) return wgmma_detail::conv_forward_wgmma_halo(x, w, y, d, halo_tile_id(config), stream);
   with_tile<WgTile>(config, [&](auto t) { launch_tile<decltype(t)>(p, stream); });
 }
 

@@ -102,6 +102,10 @@ enum class WgmmaConfig : int {
   k128x64x64PpHalo,         // the halo tile with 64 columns (m64n64k16) and 8 B stages: for
                             // the 64-channel outputs (layer1's input gradient), where 128
                             // columns would be half empty
+  k128x128x64s10PpHalo,     // the 128-column halo tile with 10 B stages (the filter copies run
+                            // 9 taps ahead instead of 4: the 7-stage im2col tile's question for
+                            // the halo tile), storing y from registers for want of room for
+                            // epilogue tiles. Not yet run on a GPU
 };
 constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaConfig::k128x64x64s4,
                                          WgmmaConfig::k128x128x64s4Async, WgmmaConfig::k128x64x64s4Async,
@@ -114,7 +118,8 @@ constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaC
                                          WgmmaConfig::k128x128x64s4PpIm2colC2, WgmmaConfig::k128x128x64s4PpIm2colC4,
                                          WgmmaConfig::k128x128x64s4PpIm2colC8, WgmmaConfig::k128x64x64s4PpIm2col,
                                          WgmmaConfig::k128x128x64s5PpIm2col, WgmmaConfig::k128x128x64s7PpIm2col,
-                                         WgmmaConfig::k128x128x64PpHalo,     WgmmaConfig::k128x64x64PpHalo};
+                                         WgmmaConfig::k128x128x64PpHalo,     WgmmaConfig::k128x64x64PpHalo,
+                                         WgmmaConfig::k128x128x64s10PpHalo};
 
 // The configs whose gathered operand comes by TMA in im2col mode, and those that copy by TMA at
 // all (those, and the _pp_tma tile).
@@ -126,7 +131,8 @@ constexpr bool wgmma_config_im2col(WgmmaConfig config) {
 }
 // The halo tiles copy by TMA too, tiled, and are configs of their own kernel (wgmma_halo.cu).
 constexpr bool wgmma_config_halo(WgmmaConfig config) {
-  return config == WgmmaConfig::k128x128x64PpHalo || config == WgmmaConfig::k128x64x64PpHalo;
+  return config == WgmmaConfig::k128x128x64PpHalo || config == WgmmaConfig::k128x64x64PpHalo ||
+         config == WgmmaConfig::k128x128x64s10PpHalo;
 }
 constexpr bool wgmma_config_tma(WgmmaConfig config) {
   return config == WgmmaConfig::k128x128x64s4PpTma || wgmma_config_im2col(config) || wgmma_config_halo(config);

@@ -1,5 +1,5 @@
-// The halo-tile forward convolution (sm_90a; WgmmaConfig::k128x128x64PpHalo): the tile, the
-// kernel, then the launcher and the copy probe. Geometry: wgmma_detail::HaloGeometry
+// The halo-tile forward convolution (sm_90a; the configs wgmma_config_halo names): the tile,
+// the kernel, then the launcher and the copy probe. Geometry: wgmma_detail::HaloGeometry
 // (kernels/conv/wgmma_conv.cuh); design: docs/conv_kernels.md, "The halo tile".
 //
 // The schedule is the im2col tile's persistent ping-pong (wgmma_conv.cu, pp_schedule): one block
@@ -27,6 +27,7 @@
 #include "kernels/conv/ptx_sm80.cuh"
 #include "kernels/conv/ptx_sm90.cuh"
 #include "kernels/conv/tma_map.cuh"
+#include "kernels/conv/wgmma_store.cuh"
 
 namespace kernels {
 
@@ -40,7 +41,10 @@ using wgmma_detail::sw128_desc;
 // Shared memory: the A buffers, the B stages, the barriers, then one epilogue tile sC per
 // consumer. BlockN 128: 2 x 32 + 5 x 16 + 2 x 34 KiB = 212 KiB (+ 1 KiB for aligning the base;
 // a sixth B stage does not fit beside two epilogue tiles); BlockN 64 (the 64-channel outputs,
-// where 128 columns would be half empty): 2 x 32 + 8 x 8 + 2 x 18 KiB = 164 KiB.
+// where 128 columns would be half empty): 2 x 32 + 8 x 8 + 2 x 18 KiB = 164 KiB. With more B
+// stages than leave room for the epilogue tiles (BlockN 128 with 10: 2 x 32 + 10 x 16 = 224
+// KiB, the B copies run 9 taps ahead instead of 4) there are none (kDirectEpilogue): the
+// consumers store y straight from their accumulators (sm90::store_acc_direct).
 template <int BlockN, int BStages>
 struct HaloTile {
   static constexpr int kBlockM = wgmma_detail::kHaloTileRows, kBlockN = BlockN, kBlockK = 64;
@@ -56,7 +60,9 @@ struct HaloTile {
   static constexpr int kEpilogueBytes = kBlockM * kCStride * 2;
   // full and empty per A buffer and per B stage, order per consumer; 8 bytes each, padded to 16.
   static constexpr int kBarrierBytes = ((2 * kAStages + 2 * kBStages + 2) * 8 + 15) & ~15;
-  static constexpr size_t kSmemBytes = (size_t)kPipeBytes + kBarrierBytes + 2 * kEpilogueBytes + 1024;
+  static constexpr bool kDirectEpilogue = (size_t)kPipeBytes + kBarrierBytes + 2 * kEpilogueBytes + 1024 > 227 * 1024;
+  static constexpr size_t kSmemBytes =
+      (size_t)kPipeBytes + kBarrierBytes + (kDirectEpilogue ? 0 : 2 * kEpilogueBytes) + 1024;
   static_assert(kAStageBytes % 1024 == 0 && kBStageBytes % 1024 == 0, "stages on 1024-byte swizzle atoms");
   static_assert(kEpilogueBytes % 16 == 0, "sC rows read as 16-byte vectors");
   static_assert(kSmemBytes <= 227 * 1024, "a Hopper block has at most 227 KiB of shared memory");
@@ -64,6 +70,9 @@ struct HaloTile {
 };
 using Halo128 = HaloTile<128, 5>;
 using Halo64 = HaloTile<64, 8>;
+using Halo128Deep = HaloTile<128, 10>;
+static_assert(!Halo128::kDirectEpilogue && !Halo64::kDirectEpilogue && Halo128Deep::kDirectEpilogue,
+              "the epilogue each halo config is documented with");
 
 template <class T>
 struct HaloBarriers {
@@ -170,6 +179,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
   auto release = [lane](uint32_t bar) {
     if (lane == 0) mbar_arrive(bar);
   };
+  // (No epilogue tiles with T::kDirectEpilogue: sC is then never used.)
   __half* sC = reinterpret_cast<__half*>(smem + T::kPipeBytes + T::kBarrierBytes + g * T::kEpilogueBytes);
   float acc[T::kAcc];
   uint32_t ra = 0, rb = 0;  // the block's A and B slices before unit i
@@ -225,7 +235,17 @@ __global__ void __launch_bounds__(T::kThreads, 1)
     }
 
     // Epilogue: the accumulators -> fp16 sC [128][kCStride] -> y, 16 bytes per store, for the
-    // positions that are pixels (wgmma_detail::halo_pixel) and the channels that exist.
+    // positions that are pixels (wgmma_detail::halo_pixel) and the channels that exist; or,
+    // with no sC, the same straight from the registers.
+    if constexpr (T::kDirectEpilogue) {
+      const int n_img = wk.n, q0 = wk.at.q0, N = p.N, H = p.H, W = p.W;
+      const HaloGeometry geo = p.g;
+      store_acc_direct<2, T::kBlockN>(acc, p.y, p.K, wk.n0, warp, lane, [=](int row) {
+        const auto px = wgmma_detail::halo_pixel(geo, n_img, q0 + row, N, H, W);
+        return px.valid ? ((long long)px.n * H + px.oh) * W + px.ow : -1LL;
+      });
+      continue;
+    }
     warpgroup_barrier_sync(g);  // this consumer's previous epilogue has read all of sC
 #pragma unroll
     for (int e = 0; e < T::kAcc; e += 2) {
@@ -276,21 +296,23 @@ const cudaError_t& halo_kernel_attributes() {
   return e;
 }
 
-// Calls f(tile) with the tile of `block_n` columns (128 or 64).
+// Calls f(tile) with the tile `id` names.
 template <class F>
-void with_halo_tile(int block_n, F&& f) {
-  if (block_n == 128) return f(Halo128{});
-  if (block_n == 64) return f(Halo64{});
-  throw std::invalid_argument("wgmma halo tile: BlockN must be 128 or 64, not " + std::to_string(block_n));
+void with_halo_tile(wgmma_detail::HaloTileId id, F&& f) {
+  if (id.block_n == 128 && id.b_stages == Halo128::kBStages) return f(Halo128{});
+  if (id.block_n == 64 && id.b_stages == Halo64::kBStages) return f(Halo64{});
+  if (id.block_n == 128 && id.b_stages == Halo128Deep::kBStages) return f(Halo128Deep{});
+  throw std::invalid_argument("wgmma halo tile: no tile of " + std::to_string(id.block_n) + " columns with " +
+                              std::to_string(id.b_stages) + " B stages");
 }
 
 }  // namespace
 
 namespace wgmma_detail {
 
-void conv_forward_wgmma_halo(const __half* x, const __half* w, __half* y, const ConvDesc& d, int block_n,
+void conv_forward_wgmma_halo(const __half* x, const __half* w, __half* y, const ConvDesc& d, HaloTileId id,
                              cudaStream_t stream) {
-  with_halo_tile(block_n, [&](auto tile) {
+  with_halo_tile(id, [&](auto tile) {
     using T = decltype(tile);
     CUDA_CHECK(halo_kernel_attributes<T>());
     HaloParams p{};
@@ -316,18 +338,18 @@ void conv_forward_wgmma_halo(const __half* x, const __half* w, __half* y, const 
   });
 }
 
-HaloTileInfo halo_tile_info(int block_n) {
+HaloTileInfo halo_tile_info(HaloTileId id) {
   HaloTileInfo info{};
-  with_halo_tile(block_n, [&](auto tile) {
+  with_halo_tile(id, [&](auto tile) {
     using T = decltype(tile);
     info = {T::kThreads, T::kSmemBytes, T::kBStages};
   });
   return info;
 }
 
-int halo_blocks_per_sm(int block_n) {
+int halo_blocks_per_sm(HaloTileId id) {
   int blocks = 0;
-  with_halo_tile(block_n, [&](auto tile) {
+  with_halo_tile(id, [&](auto tile) {
     using T = decltype(tile);
     CUDA_CHECK(halo_kernel_attributes<T>());
     CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, conv_fwd_wgmma_halo_kernel<T>, T::kThreads,
