@@ -627,18 +627,25 @@ TEST_CASE("wgmma launchers check their preconditions (host)", "[gpu][wgmma]") {
   CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k128x64x64s4PpIm2col) == 64);
   CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k128x128x64s5PpIm2col) == 64);
   CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k128x128x64s7PpIm2col) == 64);
-  // The 7-stage tile stores from registers: it has the weight gradient but no fused epilogues,
-  // whose launchers refuse it by name before anything else.
-  const WgmmaConfig deep = WgmmaConfig::k128x128x64s7PpIm2col;
-  CHECK(kernels::wgmma_config_weight_gradient(deep));
-  CHECK_FALSE(kernels::wgmma_config_fused_epilogues(deep));
+  CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k128x64x64s9PpIm2col) == 64);
+  // The 7- and 9-stage tiles store from registers: they have the weight gradient but no fused
+  // epilogues, whose launchers refuse them by name before anything else.
   CHECK(kernels::wgmma_config_fused_epilogues(WgmmaConfig::k128x128x64s5PpIm2col));
-  CHECK_THROWS_WITH(kernels::conv_forward_wgmma_pool(fake(0x10000), fake(0x20000), fake(0x30000), nullptr,
-                                                     ConvDesc{2, 4, 4, 64, 64, 3}, deep, nullptr, 0),
-                    Catch::Contains("no fused epilogues"));
-  CHECK_THROWS_WITH(kernels::conv_forward_wgmma_stats(fake(0x10000), fake(0x20000), fake(0x30000),
-                                                      ConvDesc{4, 8, 8, 64, 64, 3}, deep, {f, f + 64, f + 128, 2}, 0),
-                    Catch::Contains("no fused epilogues"));
+  for (const WgmmaConfig deep : {WgmmaConfig::k128x128x64s7PpIm2col, WgmmaConfig::k128x64x64s9PpIm2col}) {
+    INFO(kernels::wgmma_config_info(deep).name);
+    CHECK(kernels::wgmma_config_weight_gradient(deep));
+    CHECK_FALSE(kernels::wgmma_config_fused_epilogues(deep));
+    CHECK_THROWS_WITH(kernels::conv_forward_wgmma_pool(fake(0x10000), fake(0x20000), fake(0x30000), nullptr,
+                                                       ConvDesc{2, 4, 4, 64, 64, 3}, deep, nullptr, 0),
+                      Catch::Contains("no fused epilogues"));
+    CHECK_THROWS_WITH(kernels::conv_forward_wgmma_stats(fake(0x10000), fake(0x20000), fake(0x30000),
+                                                        ConvDesc{4, 8, 8, 64, 64, 3}, deep, {f, f + 64, f + 128, 2}, 0),
+                      Catch::Contains("no fused epilogues"));
+    CHECK_THROWS_WITH(
+        kernels::conv_backward_data_wgmma_bn_sums(fake(0x10000), fake(0x20000), fake(0x30000), fake(0x40000),
+                                                  ConvDesc{4, 8, 8, 64, 64, 3}, deep, {}, 0),
+        Catch::Contains("no fused epilogues"));
+  }
   for (WgmmaConfig c : kernels::kWgmmaConfigs) CHECK_NOTHROW(kernels::wgmma_config_info(c));  // lists vs tiles
   CHECK(kernels::wgmma_config_channel_multiple(cfg) == 8);
   CHECK_THROWS_WITH(kernels::conv_forward_wgmma(fake(0x10000), fake(0x20000), fake(0x30000), ConvDesc{2, 4, 4, 32, 64, 3},
@@ -1106,7 +1113,8 @@ TEST_CASE("wgmma TMA tiles on two odd shapes vs reference", "[gpu][wgmma][tma]")
   const std::vector<WgmmaConfig> tma = {WgmmaConfig::k128x128x64s4PpTma, WgmmaConfig::k128x128x64s4PpIm2col,
                                         WgmmaConfig::k128x128x64s4PpIm2colC2, WgmmaConfig::k128x128x64s4PpIm2colC4,
                                         WgmmaConfig::k128x128x64s4PpIm2colC8, WgmmaConfig::k128x64x64s4PpIm2col,
-                                        WgmmaConfig::k128x128x64s5PpIm2col, WgmmaConfig::k128x128x64s7PpIm2col};
+                                        WgmmaConfig::k128x128x64s5PpIm2col, WgmmaConfig::k128x128x64s7PpIm2col,
+                                        WgmmaConfig::k128x64x64s9PpIm2col};
   check_odd_shape({3, 5, 5, 64, 64, 3}, 1190, tma);
   check_odd_shape({3, 10, 10, 64, 192, 3}, 1195, tma);
 }

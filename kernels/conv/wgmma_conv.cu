@@ -108,9 +108,10 @@ struct WgTile {
       kBlockM * kCStride * 2 + igemm_detail::epilogue_red_bytes<BlockN, kEpilogueThreads>();
   // Ping-pong: each consumer has its own epilogue buffer, unless two do not fit beside the
   // stages (the 5-stage tile): then both use one, in turn (pp_schedule's epi barrier); where not
-  // even one fits (the 7-stage tile), none: the consumers store y straight from their
-  // accumulators (sm90::store_acc_direct, kernels/conv/wgmma_store.cuh), and the tile has no
-  // fused epilogues (wgmma_config_fused_epilogues; launch_tile refuses them).
+  // even one fits (the 7-stage tile, the 9-stage 64-column one), none: the consumers store y
+  // straight from their accumulators (sm90::store_acc_direct, kernels/conv/wgmma_store.cuh),
+  // and the tile has no fused epilogues (wgmma_config_fused_epilogues; launch_tile refuses
+  // them).
   // ((2 * kStages + 4) * 8: the barriers below with epi, at most, after the padding.)
   static constexpr bool kDirectEpilogue =
       kPingPong && (size_t)kPipeBytes + (2 * kStages + 4) * 8 + kEpilogueBytes + 1024 > 227 * 1024;
@@ -831,6 +832,7 @@ void with_tile(WgmmaConfig config, F&& f) {
     case WgmmaConfig::k128x64x64s4PpIm2col: return f(Tile<128, 64, 1, 4, 4, 0>{});
     case WgmmaConfig::k128x128x64s5PpIm2col: return f(Tile<128, 128, 1, 5, 4, 0>{});
     case WgmmaConfig::k128x128x64s7PpIm2col: return f(Tile<128, 128, 1, 7, 4, 0>{});
+    case WgmmaConfig::k128x64x64s9PpIm2col: return f(Tile<128, 64, 1, 9, 4, 0>{});
     case WgmmaConfig::k128x128x64PpHalo:  // their own kernel (wgmma_halo.cu): the launchers branch before
     case WgmmaConfig::k128x64x64PpHalo:
     case WgmmaConfig::k128x128x64s10PpHalo:
@@ -863,6 +865,7 @@ const char* config_name(WgmmaConfig config) {
     case WgmmaConfig::k128x64x64s4PpIm2col: return "wgmma_128x64x64_s4_pp_im2col";
     case WgmmaConfig::k128x128x64s5PpIm2col: return "wgmma_128x128x64_s5_pp_im2col";
     case WgmmaConfig::k128x128x64s7PpIm2col: return "wgmma_128x128x64_s7_pp_im2col";
+    case WgmmaConfig::k128x64x64s9PpIm2col: return "wgmma_128x64x64_s9_pp_im2col";
     case WgmmaConfig::k128x128x64PpHalo: return "wgmma_128x128x64_pp_halo";
     case WgmmaConfig::k128x64x64PpHalo: return "wgmma_128x64x64_pp_halo";
     case WgmmaConfig::k128x128x64s10PpHalo: return "wgmma_128x128x64_s10_pp_halo";

@@ -90,6 +90,11 @@ enum class WgmmaConfig : int {
                             // whose blocks hold 231 KiB), no epilogue buffer left: the consumers
                             // store y straight from their accumulators, so it has no fused
                             // epilogues (wgmma_config_fused_epilogues). Not yet run on a GPU
+  k128x64x64s9PpIm2col,     // as k128x64x64s4PpIm2col with 9 stages (216 KiB): its slices are
+                            // half as much MMA work as the 128-column tile's, so its copies
+                            // have half as long to land per stage; from registers as the
+                            // 7-stage tile, no fused epilogues. For layer1's input gradient
+                            // (64 output channels). Not yet run on a GPU
   k128x128x64PpHalo,        // the halo tile: the im2col tile's persistent ping-pong schedule
                             // and 128 x 128 tiles, but A is one TMA copy per 64-channel slice
                             // of whole padded image rows, which all R x R filter taps read at
@@ -118,6 +123,7 @@ constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaC
                                          WgmmaConfig::k128x128x64s4PpIm2colC2, WgmmaConfig::k128x128x64s4PpIm2colC4,
                                          WgmmaConfig::k128x128x64s4PpIm2colC8, WgmmaConfig::k128x64x64s4PpIm2col,
                                          WgmmaConfig::k128x128x64s5PpIm2col, WgmmaConfig::k128x128x64s7PpIm2col,
+                                         WgmmaConfig::k128x64x64s9PpIm2col,
                                          WgmmaConfig::k128x128x64PpHalo,     WgmmaConfig::k128x64x64PpHalo,
                                          WgmmaConfig::k128x128x64s10PpHalo};
 
@@ -127,7 +133,7 @@ constexpr bool wgmma_config_im2col(WgmmaConfig config) {
   return config == WgmmaConfig::k128x128x64s4PpIm2col || config == WgmmaConfig::k128x128x64s4PpIm2colC2 ||
          config == WgmmaConfig::k128x128x64s4PpIm2colC4 || config == WgmmaConfig::k128x128x64s4PpIm2colC8 ||
          config == WgmmaConfig::k128x64x64s4PpIm2col || config == WgmmaConfig::k128x128x64s5PpIm2col ||
-         config == WgmmaConfig::k128x128x64s7PpIm2col;
+         config == WgmmaConfig::k128x128x64s7PpIm2col || config == WgmmaConfig::k128x64x64s9PpIm2col;
 }
 // The halo tiles copy by TMA too, tiled, and are configs of their own kernel (wgmma_halo.cu).
 constexpr bool wgmma_config_halo(WgmmaConfig config) {
@@ -141,12 +147,14 @@ constexpr bool wgmma_config_tma(WgmmaConfig config) {
 // The passes a config runs besides the forward and the input gradient (which every config runs,
 // the latter through the forward kernel): the weight gradient, and the forward's and input
 // gradient's fused epilogues (statistics, max-pool, BN-backward sums). The halo tiles have
-// neither (yet), the 7-stage tile no fused epilogues (they stage the tile in shared memory,
-// which its stages fill): their launchers for those throw std::invalid_argument, which the
-// engine records as a rejection like any other launcher precondition.
+// neither (yet), the deepest im2col tiles (7 and 9 stages) no fused epilogues (they stage the
+// tile in shared memory, which those tiles' stages fill): their launchers for those throw
+// std::invalid_argument, which the engine records as a rejection like any other launcher
+// precondition.
 constexpr bool wgmma_config_weight_gradient(WgmmaConfig config) { return !wgmma_config_halo(config); }
 constexpr bool wgmma_config_fused_epilogues(WgmmaConfig config) {
-  return !wgmma_config_halo(config) && config != WgmmaConfig::k128x128x64s7PpIm2col;
+  return !wgmma_config_halo(config) && config != WgmmaConfig::k128x128x64s7PpIm2col &&
+         config != WgmmaConfig::k128x64x64s9PpIm2col;
 }
 
 // Whether a config's kernels have passed the GPU tests on a device (a session with a GPU sets
@@ -155,8 +163,8 @@ constexpr bool wgmma_config_fused_epilogues(WgmmaConfig config) {
 // run; the tests and conv_bench run every config. The TMA tiles passed theirs on an H200 at
 // 888dbe7 (docs/results/2026-11-27-h200-session10/call3); the im2col ones changed since (their
 // consumers no longer fence the proxies, their copies past the last filter column start
-// elsewhere: the next GPU session tests them again), and the 5-stage, 7-stage and halo ones have
-// not run yet.
+// elsewhere: the next GPU session tests them again), and the 5-, 7- and 9-stage and halo ones
+// have not run yet.
 constexpr bool wgmma_config_gpu_tested(WgmmaConfig config) {
   return !wgmma_config_im2col(config) && !wgmma_config_halo(config);
 }
