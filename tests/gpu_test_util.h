@@ -200,6 +200,12 @@ std::string bitwise_mismatch(const std::vector<T>& a, const std::vector<T>& b) {
          std::to_string(value_of(b[first]));
 }
 
+// A conv shape for test messages: "NxHxWxC -> K=.. R=..".
+inline std::string desc_str(const kernels::ConvDesc& d) {
+  return std::to_string(d.N) + "x" + std::to_string(d.H) + "x" + std::to_string(d.W) + "x" + std::to_string(d.C) +
+         " -> K=" + std::to_string(d.K) + " R=" + std::to_string(d.R);
+}
+
 }  // namespace gpu_test
 
 // Printed with printf (not a Catch2 macro) so it shows in the output of a passing test.

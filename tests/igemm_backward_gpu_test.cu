@@ -51,10 +51,7 @@ namespace {
 
 constexpr double kTol = 2e-3;
 
-std::string desc_str(const ConvDesc& d) {
-  return std::to_string(d.N) + "x" + std::to_string(d.H) + "x" + std::to_string(d.W) + "x" +
-         std::to_string(d.C) + " -> K=" + std::to_string(d.K) + " R=" + std::to_string(d.R);
-}
+using gpu_test::desc_str;
 
 ref::ConvShape shape_of(const ConvDesc& d, int images) { return {images, d.H, d.W, d.C, d.K, d.R}; }
 

@@ -161,10 +161,7 @@ std::vector<__half> run_igemm(const Problem& p, const DeviceBuffer<__half>& d_x,
   return run_fwd(p, d_x, d_w, {false, (int)config});
 }
 
-std::string desc_str(const ConvDesc& d) {
-  return std::to_string(d.N) + "x" + std::to_string(d.H) + "x" + std::to_string(d.W) + "x" +
-         std::to_string(d.C) + " -> K=" + std::to_string(d.K) + " R=" + std::to_string(d.R);
-}
+using gpu_test::desc_str;
 
 // A recipe shape at batch 512: reference slices = images 0..3 and 510..511.
 void check_recipe_shape(int H, int C, int K, int R, int real_channels, uint64_t seed) {

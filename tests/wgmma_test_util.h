@@ -7,14 +7,11 @@
 #include <vector>
 
 #include "kernels/conv/wgmma_conv.cuh"
+#include "tests/gpu_test_util.h"
 
 namespace wgmma_test {
 
-// A shape for test messages: "NxHxWxC -> K=.. R=..".
-inline std::string desc_str(const kernels::ConvDesc& d) {
-  return std::to_string(d.N) + "x" + std::to_string(d.H) + "x" + std::to_string(d.W) + "x" + std::to_string(d.C) +
-         " -> K=" + std::to_string(d.K) + " R=" + std::to_string(d.R);
-}
+using gpu_test::desc_str;  // tests/gpu_test_util.h
 
 // Row i of a TMA copy as it landed in shared memory (the probes write it back raw): channel c of
 // row i sits at element sw128_offset(i, c / 8) / 2 + c % 8 of the raw bytes (the 128-byte
