@@ -74,15 +74,22 @@ using wgmma_detail::sw128_offset;
 // same in clusters of 2, 4, 8 blocks that take tiles with the same filter rows (consecutive
 // row tiles, one filter tile) at the same time, each copying its 1 / kCluster of B by TMA
 // multicast into all of them (the _pp_im2col_c2, _c4, _c8 configs): B's L2 reads divide by the
-// cluster size.
+// cluster size. Producer 8: persistent and cooperative (coop_schedule, the _coop_im2col
+// config): both operands by TMA as with 4, but both consumer warpgroups compute every tile
+// together, each its BlockM / 2 rows (one m64 tile) x all BlockN columns, so the tile can be
+// 128 x 256 (m64n256k16: 128 accumulators per thread) where a ping-pong consumer's whole tile
+// must fit its registers; they store it from registers (kDirectEpilogue) while the producer
+// already loads the next tile's slices.
 template <int BlockM, int BlockN, int MmaInFlight, int Stages, int Producer, int L1>
 struct WgTile {
   static constexpr int kBlockM = BlockM, kBlockN = BlockN, kBlockK = 64, kStages = Stages;
   static constexpr int kMmaInFlight = MmaInFlight, kProducer = Producer, kL1 = L1;
-  static constexpr bool kPingPong = Producer >= 2;
+  static constexpr bool kPingPong = Producer >= 2 && Producer <= 7;
+  static constexpr bool kCoop = Producer == 8;
+  static constexpr bool kPersistent = kPingPong || kCoop;  // conv_fwd_wgmma_pp_kernel's schedules
   static constexpr bool kTma = Producer >= 3;     // B (the filter rows) by TMA
   static constexpr bool kIm2col = Producer >= 4;  // A too (im2col): no cp.async loader at all
-  static constexpr int kCluster = Producer >= 5 ? 1 << (Producer - 4) : 1;  // blocks per cluster, sharing B
+  static constexpr int kCluster = Producer >= 5 && Producer <= 7 ? 1 << (Producer - 4) : 1;  // blocks per cluster, sharing B
   static constexpr int kTmaBRows = BlockN / kCluster;                        // B rows each block copies
   static constexpr int kLoadAhead = wgmma_detail::load_ahead(kStages, MmaInFlight);
   static constexpr int kMmaThreads = 256;                        // two warpgroups
@@ -114,7 +121,7 @@ struct WgTile {
   // them).
   // ((2 * kStages + 4) * 8: the barriers below with epi, at most, after the padding.)
   static constexpr bool kDirectEpilogue =
-      kPingPong && (size_t)kPipeBytes + (2 * kStages + 4) * 8 + kEpilogueBytes + 1024 > 227 * 1024;
+      kCoop || (kPingPong && (size_t)kPipeBytes + (2 * kStages + 4) * 8 + kEpilogueBytes + 1024 > 227 * 1024);
   static constexpr bool kOneEpilogue =
       kPingPong && !kDirectEpilogue &&
       (size_t)kPipeBytes + (2 * kStages + 4) * 8 + 2 * kEpilogueBytes + 1024 > 227 * 1024;
@@ -127,6 +134,7 @@ struct WgTile {
   // next tiles into the stages while a consumer runs its epilogue).
   static constexpr size_t kSmemBytes =
       kPingPong ? (size_t)kPipeBytes + kBarrierBytes + (kDirectEpilogue ? 0 : kOneEpilogue ? 1 : 2) * kEpilogueBytes + 1024
+      : kCoop   ? (size_t)kPipeBytes + kBarrierBytes + 1024  // no sC: the register epilogue
                 : (size_t)(kPipeBytes + kBarrierBytes > kEpilogueBytes ? kPipeBytes + kBarrierBytes : kEpilogueBytes) +
                       1024;
   static_assert(BlockN == 64 || BlockN == 128 || (BlockN == 256 && Producer),
@@ -135,8 +143,10 @@ struct WgTile {
                 "two m64 tiles per warpgroup (256 rows, or a ping-pong tile): at most 128 accumulators, with a producer");
   static_assert(!kPingPong || (BlockM == 128 && MmaInFlight == 1), "ping-pong: 128-row tiles, one slice of MMAs in flight");
   static_assert(!kDirectEpilogue || BlockN % 32 == 0, "the register epilogue stores quads of 8-column blocks");
-  static_assert(Producer >= 0 && Producer <= 7,
-                "no producer, a producer warpgroup, ping-pong (3: B by TMA, 4: both by TMA, 5-7: and clusters)");
+  static_assert(Producer >= 0 && Producer <= 8,
+                "no producer, a producer warpgroup, ping-pong (3: B by TMA, 4: both by TMA, 5-7: and clusters), "
+                "cooperative (8)");
+  static_assert(!kCoop || (BlockM == 128 && MmaInFlight == 1), "cooperative: 128-row tiles, one slice in flight");
   static_assert(kTmaBRows % 8 == 0 && (kTmaBRows * kRowBytes) % 1024 == 0, "B's parts: whole swizzle atoms");
   static_assert(L1 == 0 || L1 == 1, "through L1 or not");
   static_assert(kARows * kRowStep == kBlockM && kBRows * kRowStep == BlockN, "loader: whole passes");
@@ -330,7 +340,7 @@ __device__ __forceinline__ void mma_threads_sync() {
 // work(u) gives this block's tile {m0, n0, k_tiles, z} of unit u; make_loader(work, tid) a loader for it
 // (load(p, stage_addr) issues one slice and steps; never called with T::kIm2col); with
 // T::kTma, tma(work, kt, stage_addr, full_bar) issues slice kt's TMA copies (producer thread 0,
-// after mbar_arrive_expect_tx of T::kTmaBytes); mmas(acc, stage_addr) issues a consumer's
+// after mbar_arrive_expect_tx of T::kTmaBytes); mmas(acc, stage_addr, g) issues consumer g's
 // wgmma instructions on a stage; epilogue(acc, work, g, tid) stores a consumer's tile (tid:
 // 0..127 in warpgroup g).
 struct PpWork {
@@ -455,7 +465,7 @@ __device__ __forceinline__ void pp_schedule(const Params& p, uint32_t base, int 
         if constexpr (!T::kIm2col) fence_proxy_async();
         fence_operands(acc);
         wgmma_fence();
-        mmas(acc, base + s * T::kStageBytes);
+        mmas(acc, base + s * T::kStageBytes, g);
         wgmma_commit();
         wgmma_wait<1>();
         fence_operands(acc);
@@ -479,6 +489,91 @@ __device__ __forceinline__ void pp_schedule(const Params& p, uint32_t base, int 
   // The blocks of a cluster arrive on each other's barriers and copy into each other's shared
   // memory: none may exit while another still can.
   if constexpr (kCs > 1) cluster_sync();
+}
+
+// The persistent cooperative schedule (T::kCoop): one block per SM walks the work units u =
+// blockIdx.x, + gridDim.x, ... as in pp_schedule, but both consumer warpgroups compute every
+// unit, each its half of the tile (mmas(acc, stage, g) issues consumer g's MMAs), then both
+// store it (epilogue(acc, work, g, tid), from registers) while the producer thread already
+// copies the next unit's slices into the stages they have released. One ring of T::kStages
+// stages, slice number r of the block (over its units) in stage r % kStages; per stage a
+// `full` mbarrier (one arrival: the producer's expect_tx, completed by the TMA copies' bytes)
+// and an `empty` one (one arrival per consumer warp, 8: both warpgroups must have read the
+// stage). Parity waits are exact: a consumer waits for slice r only after it has read slice
+// r - kStages, and the producer refills that stage only once both consumers have released slice
+// r - kStages, so a full barrier is at most one phase ahead of the wait; an empty barrier's
+// next phase cannot start before its current one completes, since a consumer's release of slice
+// r + kStages needs that slice copied, which needs the current phase (slice r) complete. This
+// is the warp-specialized pipeline's protocol (wgmma_ws_pipeline, whose host model covers it)
+// over the block's slices of all its units, with TMA copies instead of cp.async.
+template <class T, class Params, class WorkOf, class Tma, class Mmas, class Epilogue>
+__device__ __forceinline__ void coop_schedule(const Params& p, uint32_t base, int units, WorkOf work, Tma tma,
+                                              Mmas mmas, Epilogue epilogue) {
+  static_assert(T::kProducer == 8 && T::kCoop && T::kIm2col && T::kMmaInFlight == 1 && T::kThreads == 384,
+                "a cooperative tile: both operands by TMA, one slice of MMAs in flight, a producer warpgroup");
+  const uint32_t bars = base + T::kPipeBytes;
+  auto full = [bars](uint32_t s) { return bars + 8u * s; };
+  auto empty = [bars](uint32_t s) { return bars + 8u * (T::kStages + s); };
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < T::kStages; s++) {
+      mbar_init(full(s), 1);
+      mbar_init(empty(s), T::kMmaThreads / 32);
+    }
+    fence_mbarrier_init_cluster();  // the inits before any TMA copy completes on them
+  }
+  __syncthreads();
+  if (threadIdx.x >= T::kMmaThreads) {  // the producer: one thread issues every copy
+    if (threadIdx.x == T::kMmaThreads) {
+      uint32_t r = 0;
+      for (int u = blockIdx.x; u < units; u += gridDim.x) {
+        const PpWork wk = work(u);
+        for (int kt = 0; kt < wk.k_tiles; kt++, r++) {
+          const uint32_t s = r % T::kStages;
+          if (r >= (uint32_t)T::kStages) mbar_wait(empty(s), (r / T::kStages - 1) & 1);
+          mbar_arrive_expect_tx(full(s), T::kTmaBytes);
+          tma(wk, kt, base + s * T::kStageBytes, full(s));
+        }
+      }
+    }
+    return;  // no block-wide barrier follows
+  }
+  const int g = threadIdx.x >> 7, tid = threadIdx.x & 127;
+  const bool warp_leader = (threadIdx.x & 31) == 0;
+  float acc[T::kAcc];
+  uint32_t r = 0;
+  for (int u = blockIdx.x; u < units; u += gridDim.x) {
+    const PpWork wk = work(u);
+#pragma unroll
+    for (int e = 0; e < T::kAcc; e++) acc[e] = 0.0f;
+    for (int kt = 0; kt < wk.k_tiles; kt++, r++) {
+      const uint32_t s = r % T::kStages;
+      mbar_wait(full(s), (r / T::kStages) & 1);
+      // Both operands came by TMA (async proxy): no proxy fence before the MMAs.
+      fence_operands(acc);
+      wgmma_fence();
+      mmas(acc, base + s * T::kStageBytes, g);
+      wgmma_commit();
+      wgmma_wait<1>();
+      fence_operands(acc);
+      // The previous slice's MMAs have completed: release its stage.
+      if (kt > 0 && warp_leader) mbar_arrive(empty((r - 1) % T::kStages));
+    }
+    wgmma_wait<0>();
+    fence_operands(acc);
+    if (wk.k_tiles > 0 && warp_leader) mbar_arrive(empty((r - 1) % T::kStages));
+    epilogue(acc, wk, g, tid);
+  }
+}
+
+// The persistent kernels' schedule: ping-pong (pp_schedule) or cooperative (coop_schedule, which
+// has no cp.async loader: make_loader unused).
+template <class T, class Params, class WorkOf, class MakeLoader, class Tma, class Mmas, class Epilogue>
+__device__ __forceinline__ void persistent_schedule(const Params& p, uint32_t base, int units, WorkOf work,
+                                                    MakeLoader make_loader, Tma tma, Mmas mmas, Epilogue epilogue) {
+  if constexpr (T::kCoop)
+    coop_schedule<T>(p, base, units, work, tma, mmas, epilogue);
+  else
+    pp_schedule<T>(p, base, units, work, make_loader, tma, mmas, epilogue);
 }
 
 // ---------------------------------------------------------------------------- the kernel
@@ -550,7 +645,9 @@ __host__ __device__ inline int pp_fwd_units(int M, int K) {
 // share their pixels, so their A slices come from L2). A consumer warpgroup's MMAs: both m64
 // tiles of its 128 rows against all BlockN filter rows per k16. Its epilogue: the accumulators
 // to fp16 in its own sC, then conv_epilogue with the warpgroup's 128 threads, while the other
-// consumer computes.
+// consumer computes (or, kDirectEpilogue, straight from the registers). The cooperative tile
+// (T::kCoop; coop_schedule) runs the same units, consumer g computing rows 64 g .. 64 g + 63 of
+// each (one m64 tile) and storing them from registers.
 // tm_b (T::kTma only): the filters w as a [K][Kg] matrix, boxes of BlockN rows x 64 columns in
 // the 128-byte swizzle (tma_map_2d): B of slice kt of tile (m0, n0) is the box at (kt * 64, n0).
 // tm_a (T::kIm2col only): x in im2col mode, BlockM pixels x 64 channels in the same swizzle
@@ -573,7 +670,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
   const int k_tiles = ceil_div(p.Kg, T::kBlockK);
   const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3;  // warp in its warpgroup
   const int rank = T::kCluster > 1 ? (int)cluster_ctarank() : 0;
-  pp_schedule<T>(
+  persistent_schedule<T>(
       p, base, units,
       [=](int u) {
         return PpWork{((u / tiles_n) * T::kCluster + rank) * T::kBlockM, (u % tiles_n) * T::kBlockN, k_tiles, 0};
@@ -590,21 +687,22 @@ __global__ void __launch_bounds__(T::kThreads, 1)
         else
           tma_load_2d(stage + T::kABytes, &tm_b, kt * T::kBlockK, wk.n0, bar);
       },
-      [](float (&a)[T::kAcc], uint32_t stage) {
-        // A: the tile's 128 pixel rows, 64 per m64 tile; B: all BlockN filter rows; K-major,
-        // +32 bytes per k16.
+      [](float (&a)[T::kAcc], uint32_t stage, int g) {
+        // A: the tile's 128 pixel rows, 64 per m64 tile (cooperative: this consumer's 64); B: all
+        // BlockN filter rows; K-major, +32 bytes per k16.
+        const uint32_t a_rows = stage + (T::kCoop ? g * 64 * T::kRowBytes : 0);
 #pragma unroll
         for (int kk = 0; kk < T::kBlockK / 16; kk++)
 #pragma unroll
           for (int j = 0; j < T::kSubM; j++)
-            wgmma_m64k16<T::kBlockN>(sub_acc<T>(a, j), sw128_desc(stage + j * 64 * T::kRowBytes + kk * 32),
+            wgmma_m64k16<T::kBlockN>(sub_acc<T>(a, j), sw128_desc(a_rows + j * 64 * T::kRowBytes + kk * 32),
                                      sw128_desc(stage + T::kABytes + kk * 32));
       },
       [&](float (&a)[T::kAcc], const PpWork& wk, int g, int tid) {
         if (wk.m0 >= p.M) return;  // a cluster's row tile past the output (see above)
         if constexpr (T::kDirectEpilogue) {
           static_assert(E == ConvEpilogue::kStore, "the register epilogue only stores y");
-          const int m0 = wk.m0, M = p.M;
+          const int m0 = wk.m0 + (T::kCoop ? 64 * g : 0), M = p.M;  // this consumer's first row
           store_acc_direct<T::kSubM, T::kBlockN>(a, p.y, p.K, wk.n0, warp, lane,
                                                  [=](int row) { return m0 + row < M ? (long long)(m0 + row) : -1LL; });
           return;
@@ -624,10 +722,10 @@ __global__ void __launch_bounds__(T::kThreads, 1)
       });
 }
 
-// The forward kernel of a tile: the persistent ping-pong one for the _pp tiles.
+// The forward kernel of a tile: the persistent one (ping-pong or cooperative) for the _pp and _coop tiles.
 template <class T, ConvEpilogue E = ConvEpilogue::kStore>
 constexpr auto fwd_kernel() {
-  if constexpr (T::kPingPong)
+  if constexpr (T::kPersistent)
     return conv_fwd_wgmma_pp_kernel<T, E>;
   else
     return conv_fwd_wgmma_kernel<T, E>;
@@ -833,6 +931,7 @@ void with_tile(WgmmaConfig config, F&& f) {
     case WgmmaConfig::k128x128x64s5PpIm2col: return f(Tile<128, 128, 1, 5, 4, 0>{});
     case WgmmaConfig::k128x128x64s7PpIm2col: return f(Tile<128, 128, 1, 7, 4, 0>{});
     case WgmmaConfig::k128x64x64s9PpIm2col: return f(Tile<128, 64, 1, 9, 4, 0>{});
+    case WgmmaConfig::k128x256x64s4CoopIm2col: return f(Tile<128, 256, 1, 4, 8, 0>{});
     case WgmmaConfig::k128x128x64PpHalo:  // their own kernel (wgmma_halo.cu): the launchers branch before
     case WgmmaConfig::k128x64x64PpHalo:
     case WgmmaConfig::k128x128x64s10PpHalo:
@@ -866,6 +965,7 @@ const char* config_name(WgmmaConfig config) {
     case WgmmaConfig::k128x128x64s5PpIm2col: return "wgmma_128x128x64_s5_pp_im2col";
     case WgmmaConfig::k128x128x64s7PpIm2col: return "wgmma_128x128x64_s7_pp_im2col";
     case WgmmaConfig::k128x64x64s9PpIm2col: return "wgmma_128x64x64_s9_pp_im2col";
+    case WgmmaConfig::k128x256x64s4CoopIm2col: return "wgmma_128x256x64_s4_coop_im2col";
     case WgmmaConfig::k128x128x64PpHalo: return "wgmma_128x128x64_pp_halo";
     case WgmmaConfig::k128x64x64PpHalo: return "wgmma_128x64x64_pp_halo";
     case WgmmaConfig::k128x128x64s10PpHalo: return "wgmma_128x128x64_s10_pp_halo";
@@ -895,7 +995,7 @@ void launch_tile_kernel(const IgemmParams& p, cudaStream_t stream) {
   auto* kernel = fwd_kernel<T, E>();
   static const cudaError_t attr = set_smem_attributes(kernel, T::kSmemBytes, T::kL1 != 0);
   CUDA_CHECK(attr);
-  if constexpr (T::kPingPong) {
+  if constexpr (T::kPersistent) {
     // The filters as a [K][Kg] matrix for the TMA tiles, x in im2col mode for the im2col tile;
     // unused (zero) maps otherwise.
     const CUtensorMap tm_a =
@@ -936,14 +1036,16 @@ template <int BlockM, int BlockN, int MmaInFlight, int Stages, int Producer, int
 struct WgWgradTile {
   static constexpr int kBlockM = BlockM, kBlockN = BlockN, kBlockK = 64, kStages = Stages;
   static constexpr int kMmaInFlight = MmaInFlight, kProducer = Producer, kL1 = L1;
-  static constexpr bool kPingPong = Producer >= 2;  // the tile is one consumer warpgroup's
+  static constexpr bool kPingPong = Producer >= 2 && Producer <= 7;  // the tile is one consumer warpgroup's
+  static constexpr bool kCoop = Producer == 8;  // both consumers compute each tile, 64 channels each
+  static constexpr bool kPersistent = kPingPong || kCoop;
   static constexpr bool kTma = Producer >= 3;       // A (the dy rows) by TMA
   static constexpr bool kIm2col = Producer >= 4;    // B (x) too, in im2col mode: no loader
   // Producer 5, 6, 7: clusters of 2, 4, 8 blocks that take the same output channels and slab
   // for consecutive filter tiles, each copying its 1 / kCluster of A (dy) into all of them by
   // multicast: kTmaAParts pieces of kTmaARows pixel rows (whole 64-pixel column blocks when
   // the cluster has no more blocks than A has column blocks, else an equal piece of one).
-  static constexpr int kCluster = Producer >= 5 ? 1 << (Producer - 4) : 1;
+  static constexpr int kCluster = Producer >= 5 && Producer <= 7 ? 1 << (Producer - 4) : 1;
   static constexpr int kAColumnBlocks = BlockM / 64;
   static constexpr int kTmaARows = kCluster <= kAColumnBlocks ? 64 : 64 * kAColumnBlocks / kCluster;
   static constexpr int kTmaAParts = kAColumnBlocks * (64 / kTmaARows) / kCluster;  // per block
@@ -951,8 +1053,9 @@ struct WgWgradTile {
                 "A splits over the cluster in whole 8-pixel swizzle atoms");
   // m64 tiles (64-channel column blocks) per warpgroup
   static constexpr int kSubM = kPingPong ? BlockM / 64 : BlockM / 128;
-  static_assert(Producer >= 0 && Producer <= 7,
-                "no producer, a producer warpgroup, ping-pong (3: A by TMA, 4 to 7: both by TMA)");
+  static_assert(Producer >= 0 && Producer <= 8,
+                "no producer, a producer warpgroup, ping-pong (3: A by TMA, 4 to 7: both by TMA), cooperative (8)");
+  static_assert(!kCoop || (BlockM == 128 && MmaInFlight == 1), "cooperative: 128-channel tiles, one slice in flight");
   static constexpr int kLoadAhead = wgmma_detail::load_ahead(kStages, MmaInFlight);
   static constexpr int kMmaThreads = 256;
   static constexpr int kThreads = kMmaThreads + (Producer ? 128 : 0);
@@ -1048,7 +1151,8 @@ __host__ __device__ inline int pp_wgrad_units(int K, int Ng, int splits) {
 // columns n0 = (t % tiles_n) * BlockN .., output channels m0 = ((t / tiles_n) % tiles_m) * BlockM
 // .. and slab z = t / (tiles_n * tiles_m) (consecutive tiles share their slab's dy slices). A
 // consumer warpgroup computes both 64-channel column blocks of its tile and stores the slab's
-// partial dw from the accumulators, as conv_wgrad_wgmma_kernel.
+// partial dw from the accumulators, as conv_wgrad_wgmma_kernel. The cooperative tile (T::kCoop;
+// coop_schedule): consumer g computes and stores column block g of every tile.
 // tm_a (T::kTma only): dy as a [P][K] matrix, boxes of 64 pixels x 64 channels in the 128-byte
 // swizzle: column block j of A in slice kt of tile (m0, slab z) is the box at (m0 + 64 j,
 // (z * slices_per_split + kt) * 64), which is sw128_mn_offset's layout.
@@ -1073,7 +1177,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
   const int slices = ceil_div(p.P, T::kBlockK);
   const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3;
   const int rank = T::kCluster > 1 ? (int)cluster_ctarank() : 0;
-  pp_schedule<T>(
+  persistent_schedule<T>(
       p, base, units,
       [=](int u) {
         const int z = u / (pairs * tiles_m);
@@ -1107,25 +1211,28 @@ __global__ void __launch_bounds__(T::kThreads, 1)
                             bar);
         }
       },
-      [](float (&a)[T::kAcc], uint32_t stage) {
-        // A: both column blocks of the tile's channels, one per m64 tile; B: all BlockN
-        // columns; M/N-major, +2048 bytes (two 8-pixel atoms) per k16.
+      [](float (&a)[T::kAcc], uint32_t stage, int g) {
+        // A: both column blocks of the tile's channels, one per m64 tile (cooperative: this
+        // consumer's one); B: all BlockN columns; M/N-major, +2048 bytes (two 8-pixel atoms)
+        // per k16.
+        const uint32_t a_blocks = stage + (T::kCoop ? g * T::kColumnBlockBytes : 0);
 #pragma unroll
         for (int kk = 0; kk < T::kBlockK / 16; kk++)
 #pragma unroll
           for (int j = 0; j < T::kSubM; j++)
             wgmma_m64k16<T::kBlockN, 1>(
                 sub_acc<T>(a, j),
-                wgmma_detail::sw128_mn_desc(stage + j * T::kColumnBlockBytes + kk * 2048, T::kColumnBlockBytes),
+                wgmma_detail::sw128_mn_desc(a_blocks + j * T::kColumnBlockBytes + kk * 2048, T::kColumnBlockBytes),
                 wgmma_detail::sw128_mn_desc(stage + T::kABytes + kk * 2048, T::kColumnBlockBytes));
       },
-      [&](float (&a)[T::kAcc], const PpWork& wk, int, int) {
+      [&](float (&a)[T::kAcc], const PpWork& wk, int g, int) {
         if (wk.n0 >= p.Ng) return;  // a cluster's filter tile past Ng (see above)
         float* out = p.partials + (size_t)wk.z * p.K * p.Ng;
+        const int m0 = wk.m0 + (T::kCoop ? 64 * g : 0);  // this consumer's first channel
 #pragma unroll
         for (int e = 0; e < T::kAcc; e += 2) {
           const auto at = pp_acc_coord<T>(warp, lane, e);
-          const int m = wk.m0 + at.row, n = wk.n0 + at.col;
+          const int m = m0 + at.row, n = wk.n0 + at.col;
           if (m < p.K && n < p.Ng) *reinterpret_cast<float2*>(out + (size_t)m * p.Ng + n) = make_float2(a[e], a[e + 1]);
         }
       });
@@ -1133,7 +1240,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
 
 template <class T>
 constexpr auto wgrad_kernel() {
-  if constexpr (T::kPingPong)
+  if constexpr (T::kPersistent)
     return conv_wgrad_wgmma_pp_kernel<T>;
   else
     return conv_wgrad_wgmma_kernel<T>;
@@ -1144,7 +1251,7 @@ void launch_wgrad_tile(const WgradParams& p, cudaStream_t stream) {
   auto* kernel = wgrad_kernel<T>();
   static const cudaError_t attr = set_smem_attributes(kernel, T::kSmemBytes, T::kL1 != 0);
   CUDA_CHECK(attr);
-  if constexpr (T::kPingPong) {
+  if constexpr (T::kPersistent) {
     // dy as a [P][K] matrix in boxes of 64 pixels for the TMA tiles (kTmaARows: fewer for the
     // clusters that split a column block), x in im2col mode (64 pixels per copy) for the im2col
     // tiles; unused (zero) maps otherwise.

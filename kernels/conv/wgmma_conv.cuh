@@ -95,6 +95,16 @@ enum class WgmmaConfig : int {
                             // have half as long to land per stage; from registers as the
                             // 7-stage tile, no fused epilogues. For layer1's input gradient
                             // (64 output channels). Not yet run on a GPU
+  k128x256x64s4CoopIm2col,  // the im2col tile's copies (both operands by TMA, persistent) in a
+                            // 128 x 256 tile that both consumer warpgroups compute together (the
+                            // cooperative schedule, m64n256k16: 64 rows x 256 columns each), so
+                            // each slice reads 48 KiB for twice the 128 x 128 tile's MMAs (a
+                            // quarter less L2 and shared-memory traffic per flop; 4 stages,
+                            // 192 KiB, give a copy three 1024-cycle slices to land). Stores
+                            // from registers, no fused epilogues. For the passes with 256 or
+                            // more output columns: the forward of layer2, layer3, layer3_res,
+                            // their input gradients from layer3 on, every weight gradient.
+                            // Not yet run on a GPU
   k128x128x64PpHalo,        // the halo tile: the im2col tile's persistent ping-pong schedule
                             // and 128 x 128 tiles, but A is one TMA copy per 64-channel slice
                             // of whole padded image rows, which all R x R filter taps read at
@@ -123,7 +133,7 @@ constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaC
                                          WgmmaConfig::k128x128x64s4PpIm2colC2, WgmmaConfig::k128x128x64s4PpIm2colC4,
                                          WgmmaConfig::k128x128x64s4PpIm2colC8, WgmmaConfig::k128x64x64s4PpIm2col,
                                          WgmmaConfig::k128x128x64s5PpIm2col, WgmmaConfig::k128x128x64s7PpIm2col,
-                                         WgmmaConfig::k128x64x64s9PpIm2col,
+                                         WgmmaConfig::k128x64x64s9PpIm2col,  WgmmaConfig::k128x256x64s4CoopIm2col,
                                          WgmmaConfig::k128x128x64PpHalo,     WgmmaConfig::k128x64x64PpHalo,
                                          WgmmaConfig::k128x128x64s10PpHalo};
 
@@ -133,7 +143,8 @@ constexpr bool wgmma_config_im2col(WgmmaConfig config) {
   return config == WgmmaConfig::k128x128x64s4PpIm2col || config == WgmmaConfig::k128x128x64s4PpIm2colC2 ||
          config == WgmmaConfig::k128x128x64s4PpIm2colC4 || config == WgmmaConfig::k128x128x64s4PpIm2colC8 ||
          config == WgmmaConfig::k128x64x64s4PpIm2col || config == WgmmaConfig::k128x128x64s5PpIm2col ||
-         config == WgmmaConfig::k128x128x64s7PpIm2col || config == WgmmaConfig::k128x64x64s9PpIm2col;
+         config == WgmmaConfig::k128x128x64s7PpIm2col || config == WgmmaConfig::k128x64x64s9PpIm2col ||
+         config == WgmmaConfig::k128x256x64s4CoopIm2col;
 }
 // The halo tiles copy by TMA too, tiled, and are configs of their own kernel (wgmma_halo.cu).
 constexpr bool wgmma_config_halo(WgmmaConfig config) {
@@ -147,14 +158,14 @@ constexpr bool wgmma_config_tma(WgmmaConfig config) {
 // The passes a config runs besides the forward and the input gradient (which every config runs,
 // the latter through the forward kernel): the weight gradient, and the forward's and input
 // gradient's fused epilogues (statistics, max-pool, BN-backward sums). The halo tiles have
-// neither (yet), the deepest im2col tiles (7 and 9 stages) no fused epilogues (they stage the
-// tile in shared memory, which those tiles' stages fill): their launchers for those throw
-// std::invalid_argument, which the engine records as a rejection like any other launcher
-// precondition.
+// neither (yet), the tiles that store from registers (the 7- and 9-stage im2col tiles, the
+// cooperative one) no fused epilogues (they stage the tile in shared memory, which those tiles'
+// stages fill): their launchers for those throw std::invalid_argument, which the engine records
+// as a rejection like any other launcher precondition.
 constexpr bool wgmma_config_weight_gradient(WgmmaConfig config) { return !wgmma_config_halo(config); }
 constexpr bool wgmma_config_fused_epilogues(WgmmaConfig config) {
   return !wgmma_config_halo(config) && config != WgmmaConfig::k128x128x64s7PpIm2col &&
-         config != WgmmaConfig::k128x64x64s9PpIm2col;
+         config != WgmmaConfig::k128x64x64s9PpIm2col && config != WgmmaConfig::k128x256x64s4CoopIm2col;
 }
 
 // Whether a config's kernels have passed the GPU tests on a device (a session with a GPU sets
@@ -163,8 +174,8 @@ constexpr bool wgmma_config_fused_epilogues(WgmmaConfig config) {
 // run; the tests and conv_bench run every config. The TMA tiles passed theirs on an H200 at
 // 888dbe7 (docs/results/2026-11-27-h200-session10/call3); the im2col ones changed since (their
 // consumers no longer fence the proxies, their copies past the last filter column start
-// elsewhere: the next GPU session tests them again), and the 5-, 7- and 9-stage and halo ones
-// have not run yet.
+// elsewhere: the next GPU session tests them again), and the 5-, 7- and 9-stage, cooperative
+// and halo ones have not run yet.
 constexpr bool wgmma_config_gpu_tested(WgmmaConfig config) {
   return !wgmma_config_im2col(config) && !wgmma_config_halo(config);
 }
