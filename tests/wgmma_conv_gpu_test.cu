@@ -629,11 +629,12 @@ TEST_CASE("wgmma launchers check their preconditions (host)", "[gpu][wgmma]") {
   CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k128x128x64s7PpIm2col) == 64);
   CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k128x64x64s9PpIm2col) == 64);
   CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k128x256x64s4CoopIm2col) == 64);
-  // The 7- and 9-stage tiles and the cooperative one store from registers: they have the weight
+  CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k256x128x64s4CoopIm2col) == 64);
+  // The 7- and 9-stage tiles and the cooperative ones store from registers: they have the weight
   // gradient but no fused epilogues, whose launchers refuse them by name before anything else.
   CHECK(kernels::wgmma_config_fused_epilogues(WgmmaConfig::k128x128x64s5PpIm2col));
   for (const WgmmaConfig deep : {WgmmaConfig::k128x128x64s7PpIm2col, WgmmaConfig::k128x64x64s9PpIm2col,
-                                 WgmmaConfig::k128x256x64s4CoopIm2col}) {
+                                 WgmmaConfig::k128x256x64s4CoopIm2col, WgmmaConfig::k256x128x64s4CoopIm2col}) {
     INFO(kernels::wgmma_config_info(deep).name);
     CHECK(kernels::wgmma_config_weight_gradient(deep));
     CHECK_FALSE(kernels::wgmma_config_fused_epilogues(deep));
@@ -1116,7 +1117,8 @@ TEST_CASE("wgmma TMA tiles on two odd shapes vs reference", "[gpu][wgmma][tma]")
                                         WgmmaConfig::k128x128x64s4PpIm2colC2, WgmmaConfig::k128x128x64s4PpIm2colC4,
                                         WgmmaConfig::k128x128x64s4PpIm2colC8, WgmmaConfig::k128x64x64s4PpIm2col,
                                         WgmmaConfig::k128x128x64s5PpIm2col, WgmmaConfig::k128x128x64s7PpIm2col,
-                                        WgmmaConfig::k128x64x64s9PpIm2col, WgmmaConfig::k128x256x64s4CoopIm2col};
+                                        WgmmaConfig::k128x64x64s9PpIm2col, WgmmaConfig::k128x256x64s4CoopIm2col,
+                                        WgmmaConfig::k256x128x64s4CoopIm2col};
   check_odd_shape({3, 5, 5, 64, 64, 3}, 1190, tma);
   check_odd_shape({3, 10, 10, 64, 192, 3}, 1195, tma);
 }

@@ -54,10 +54,10 @@
 #    COUNT launches whose demangled name matches REGEX, with the sections of SET ("full": speed
 #    of light, launch, occupancy, warp states, scheduler, compute and memory workload, source
 #    counters; "light": speed of light and launch shape only, for many launches).
-#    The default: six wgmma forward tiles on layer1 (the block-wide s3, the persistent
-#    ping-pong s4_pp_im2col, s5_pp_im2col and s7_pp_im2col, the halo tiles pp_halo and
-#    s10_pp_halo), the weight gradients of s7_pp_im2col and s4_coop_im2col on layer2, and
-#    cuDNN's forward kernel on layer1, to compare with.
+#    The default: seven wgmma forward tiles on layer1 (the block-wide s3, the persistent
+#    ping-pong s4_pp_im2col, s5_pp_im2col and s7_pp_im2col, the cooperative 256x128 one, the
+#    halo tiles pp_halo and s10_pp_halo), the weight gradients of s7_pp_im2col and the
+#    cooperative 128x256 one on layer2, and cuDNN's forward kernel on layer1, to compare with.
 # GPU_CHECK_STEPS (comma-separated, default all but variants: gpu_tests,kernel_bench,conv_bench,
 # speedrun,torch,crosscheck,sanitizer) picks steps, so a short device session can split them
 # over two calls (the data only arrives with the second; see README "Working with a GPU
@@ -460,7 +460,8 @@ else
   # (session 10 profiled it at 4 stages, and the cp.async ping-pong one:
   # docs/results/2026-11-27-h200-session10/call2).
   DEFAULT_PROFILES+=";wgrad_layer2_s7#layer2#conv_wgrad_wgmma_pp_kernel<.*WgWgradTile<${I}128, ${I}128, ${I}1, ${I}7, ${I}4, ${I}0>#1#full"
-  # The cooperative 128 x 256 tile's weight gradient (its forward shares the kernel name).
+  # The cooperative tiles: the 256 x 128 forward on layer1, the 128 x 256 weight gradient.
+  DEFAULT_PROFILES+=";fwd_layer1_coop#layer1#conv_fwd_wgmma_pp_kernel<.*WgTile<${I}256, ${I}128, ${I}1, ${I}4, ${I}8, ${I}0>#1#full"
   DEFAULT_PROFILES+=";wgrad_layer2_coop#layer2#conv_wgrad_wgmma_pp_kernel<.*WgWgradTile<${I}128, ${I}256, ${I}1, ${I}4, ${I}8, ${I}0>#1#full"
   # cuDNN's Hopper forward (layer1 launches one sm90_xmma_fprop kernel, autotune included).
   DEFAULT_PROFILES+=";cudnn_fwd_layer1#layer1#sm90_xmma_fprop#1#full"

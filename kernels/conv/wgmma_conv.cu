@@ -75,11 +75,11 @@ using wgmma_detail::sw128_offset;
 // row tiles, one filter tile) at the same time, each copying its 1 / kCluster of B by TMA
 // multicast into all of them (the _pp_im2col_c2, _c4, _c8 configs): B's L2 reads divide by the
 // cluster size. Producer 8: persistent and cooperative (coop_schedule, the _coop_im2col
-// config): both operands by TMA as with 4, but both consumer warpgroups compute every tile
-// together, each its BlockM / 2 rows (one m64 tile) x all BlockN columns, so the tile can be
-// 128 x 256 (m64n256k16: 128 accumulators per thread) where a ping-pong consumer's whole tile
-// must fit its registers; they store it from registers (kDirectEpilogue) while the producer
-// already loads the next tile's slices.
+// configs): both operands by TMA as with 4, but both consumer warpgroups compute every tile
+// together, each its BlockM / 2 rows (one or two m64 tiles) x all BlockN columns, so the tile
+// can be 128 x 256 or 256 x 128 (128 accumulators per thread) where a ping-pong consumer's
+// whole tile must fit its registers; they store it from registers (kDirectEpilogue) while the
+// producer already loads the next tile's slices.
 template <int BlockM, int BlockN, int MmaInFlight, int Stages, int Producer, int L1>
 struct WgTile {
   static constexpr int kBlockM = BlockM, kBlockN = BlockN, kBlockK = 64, kStages = Stages;
@@ -146,7 +146,8 @@ struct WgTile {
   static_assert(Producer >= 0 && Producer <= 8,
                 "no producer, a producer warpgroup, ping-pong (3: B by TMA, 4: both by TMA, 5-7: and clusters), "
                 "cooperative (8)");
-  static_assert(!kCoop || (BlockM == 128 && MmaInFlight == 1), "cooperative: 128-row tiles, one slice in flight");
+  static_assert(!kCoop || ((BlockM == 128 || BlockM == 256) && MmaInFlight == 1),
+                "cooperative: 128 or 256 rows (one or two m64 tiles per consumer), one slice in flight");
   static_assert(kTmaBRows % 8 == 0 && (kTmaBRows * kRowBytes) % 1024 == 0, "B's parts: whole swizzle atoms");
   static_assert(L1 == 0 || L1 == 1, "through L1 or not");
   static_assert(kARows * kRowStep == kBlockM && kBRows * kRowStep == BlockN, "loader: whole passes");
@@ -646,8 +647,8 @@ __host__ __device__ inline int pp_fwd_units(int M, int K) {
 // tiles of its 128 rows against all BlockN filter rows per k16. Its epilogue: the accumulators
 // to fp16 in its own sC, then conv_epilogue with the warpgroup's 128 threads, while the other
 // consumer computes (or, kDirectEpilogue, straight from the registers). The cooperative tile
-// (T::kCoop; coop_schedule) runs the same units, consumer g computing rows 64 g .. 64 g + 63 of
-// each (one m64 tile) and storing them from registers.
+// (T::kCoop; coop_schedule) runs the same units, consumer g computing its BlockM / 2 rows of
+// each (one or two m64 tiles) and storing them from registers.
 // tm_b (T::kTma only): the filters w as a [K][Kg] matrix, boxes of BlockN rows x 64 columns in
 // the 128-byte swizzle (tma_map_2d): B of slice kt of tile (m0, n0) is the box at (kt * 64, n0).
 // tm_a (T::kIm2col only): x in im2col mode, BlockM pixels x 64 channels in the same swizzle
@@ -688,9 +689,9 @@ __global__ void __launch_bounds__(T::kThreads, 1)
           tma_load_2d(stage + T::kABytes, &tm_b, kt * T::kBlockK, wk.n0, bar);
       },
       [](float (&a)[T::kAcc], uint32_t stage, int g) {
-        // A: the tile's 128 pixel rows, 64 per m64 tile (cooperative: this consumer's 64); B: all
-        // BlockN filter rows; K-major, +32 bytes per k16.
-        const uint32_t a_rows = stage + (T::kCoop ? g * 64 * T::kRowBytes : 0);
+        // A: the tile's 128 pixel rows, 64 per m64 tile (cooperative: this consumer's BlockM / 2);
+        // B: all BlockN filter rows; K-major, +32 bytes per k16.
+        const uint32_t a_rows = stage + (T::kCoop ? g * (T::kBlockM / 2) * T::kRowBytes : 0);
 #pragma unroll
         for (int kk = 0; kk < T::kBlockK / 16; kk++)
 #pragma unroll
@@ -702,7 +703,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
         if (wk.m0 >= p.M) return;  // a cluster's row tile past the output (see above)
         if constexpr (T::kDirectEpilogue) {
           static_assert(E == ConvEpilogue::kStore, "the register epilogue only stores y");
-          const int m0 = wk.m0 + (T::kCoop ? 64 * g : 0), M = p.M;  // this consumer's first row
+          const int m0 = wk.m0 + (T::kCoop ? g * T::kBlockM / 2 : 0), M = p.M;  // this consumer's first row
           store_acc_direct<T::kSubM, T::kBlockN>(a, p.y, p.K, wk.n0, warp, lane,
                                                  [=](int row) { return m0 + row < M ? (long long)(m0 + row) : -1LL; });
           return;
@@ -932,6 +933,7 @@ void with_tile(WgmmaConfig config, F&& f) {
     case WgmmaConfig::k128x128x64s7PpIm2col: return f(Tile<128, 128, 1, 7, 4, 0>{});
     case WgmmaConfig::k128x64x64s9PpIm2col: return f(Tile<128, 64, 1, 9, 4, 0>{});
     case WgmmaConfig::k128x256x64s4CoopIm2col: return f(Tile<128, 256, 1, 4, 8, 0>{});
+    case WgmmaConfig::k256x128x64s4CoopIm2col: return f(Tile<256, 128, 1, 4, 8, 0>{});
     case WgmmaConfig::k128x128x64PpHalo:  // their own kernel (wgmma_halo.cu): the launchers branch before
     case WgmmaConfig::k128x64x64PpHalo:
     case WgmmaConfig::k128x128x64s10PpHalo:
@@ -966,6 +968,7 @@ const char* config_name(WgmmaConfig config) {
     case WgmmaConfig::k128x128x64s7PpIm2col: return "wgmma_128x128x64_s7_pp_im2col";
     case WgmmaConfig::k128x64x64s9PpIm2col: return "wgmma_128x64x64_s9_pp_im2col";
     case WgmmaConfig::k128x256x64s4CoopIm2col: return "wgmma_128x256x64_s4_coop_im2col";
+    case WgmmaConfig::k256x128x64s4CoopIm2col: return "wgmma_256x128x64_s4_coop_im2col";
     case WgmmaConfig::k128x128x64PpHalo: return "wgmma_128x128x64_pp_halo";
     case WgmmaConfig::k128x64x64PpHalo: return "wgmma_128x64x64_pp_halo";
     case WgmmaConfig::k128x128x64s10PpHalo: return "wgmma_128x128x64_s10_pp_halo";
@@ -1055,7 +1058,8 @@ struct WgWgradTile {
   static constexpr int kSubM = kPingPong ? BlockM / 64 : BlockM / 128;
   static_assert(Producer >= 0 && Producer <= 8,
                 "no producer, a producer warpgroup, ping-pong (3: A by TMA, 4 to 7: both by TMA), cooperative (8)");
-  static_assert(!kCoop || (BlockM == 128 && MmaInFlight == 1), "cooperative: 128-channel tiles, one slice in flight");
+  static_assert(!kCoop || ((BlockM == 128 || BlockM == 256) && MmaInFlight == 1),
+                "cooperative: 128 or 256 channels (one or two m64 tiles per consumer), one slice in flight");
   static constexpr int kLoadAhead = wgmma_detail::load_ahead(kStages, MmaInFlight);
   static constexpr int kMmaThreads = 256;
   static constexpr int kThreads = kMmaThreads + (Producer ? 128 : 0);
@@ -1152,7 +1156,7 @@ __host__ __device__ inline int pp_wgrad_units(int K, int Ng, int splits) {
 // .. and slab z = t / (tiles_n * tiles_m) (consecutive tiles share their slab's dy slices). A
 // consumer warpgroup computes both 64-channel column blocks of its tile and stores the slab's
 // partial dw from the accumulators, as conv_wgrad_wgmma_kernel. The cooperative tile (T::kCoop;
-// coop_schedule): consumer g computes and stores column block g of every tile.
+// coop_schedule): consumer g computes and stores its BlockM / 2 channels of every tile.
 // tm_a (T::kTma only): dy as a [P][K] matrix, boxes of 64 pixels x 64 channels in the 128-byte
 // swizzle: column block j of A in slice kt of tile (m0, slab z) is the box at (m0 + 64 j,
 // (z * slices_per_split + kt) * 64), which is sw128_mn_offset's layout.
@@ -1215,7 +1219,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
         // A: both column blocks of the tile's channels, one per m64 tile (cooperative: this
         // consumer's one); B: all BlockN columns; M/N-major, +2048 bytes (two 8-pixel atoms)
         // per k16.
-        const uint32_t a_blocks = stage + (T::kCoop ? g * T::kColumnBlockBytes : 0);
+        const uint32_t a_blocks = stage + (T::kCoop ? g * T::kSubM * T::kColumnBlockBytes : 0);
 #pragma unroll
         for (int kk = 0; kk < T::kBlockK / 16; kk++)
 #pragma unroll
@@ -1228,7 +1232,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
       [&](float (&a)[T::kAcc], const PpWork& wk, int g, int) {
         if (wk.n0 >= p.Ng) return;  // a cluster's filter tile past Ng (see above)
         float* out = p.partials + (size_t)wk.z * p.K * p.Ng;
-        const int m0 = wk.m0 + (T::kCoop ? 64 * g : 0);  // this consumer's first channel
+        const int m0 = wk.m0 + (T::kCoop ? g * T::kBlockM / 2 : 0);  // this consumer's first channel
 #pragma unroll
         for (int e = 0; e < T::kAcc; e += 2) {
           const auto at = pp_acc_coord<T>(warp, lane, e);

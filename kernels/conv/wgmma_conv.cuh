@@ -105,6 +105,11 @@ enum class WgmmaConfig : int {
                             // more output columns: the forward of layer2, layer3, layer3_res,
                             // their input gradients from layer3 on, every weight gradient.
                             // Not yet run on a GPU
+  k256x128x64s4CoopIm2col,  // the cooperative tile the other way round: 256 x 128, each consumer
+                            // 128 rows (two m64n128k16 tiles), the same 48 KiB per slice for
+                            // the 128-column passes (layer1's and layer1_res's forward, layer2's
+                            // input gradient) and, in the weight gradient, 256 output channels
+                            // (layer2 on). Not yet run on a GPU
   k128x128x64PpHalo,        // the halo tile: the im2col tile's persistent ping-pong schedule
                             // and 128 x 128 tiles, but A is one TMA copy per 64-channel slice
                             // of whole padded image rows, which all R x R filter taps read at
@@ -134,6 +139,7 @@ constexpr WgmmaConfig kWgmmaConfigs[] = {WgmmaConfig::k128x128x64s4,      WgmmaC
                                          WgmmaConfig::k128x128x64s4PpIm2colC8, WgmmaConfig::k128x64x64s4PpIm2col,
                                          WgmmaConfig::k128x128x64s5PpIm2col, WgmmaConfig::k128x128x64s7PpIm2col,
                                          WgmmaConfig::k128x64x64s9PpIm2col,  WgmmaConfig::k128x256x64s4CoopIm2col,
+                                         WgmmaConfig::k256x128x64s4CoopIm2col,
                                          WgmmaConfig::k128x128x64PpHalo,     WgmmaConfig::k128x64x64PpHalo,
                                          WgmmaConfig::k128x128x64s10PpHalo};
 
@@ -144,7 +150,7 @@ constexpr bool wgmma_config_im2col(WgmmaConfig config) {
          config == WgmmaConfig::k128x128x64s4PpIm2colC4 || config == WgmmaConfig::k128x128x64s4PpIm2colC8 ||
          config == WgmmaConfig::k128x64x64s4PpIm2col || config == WgmmaConfig::k128x128x64s5PpIm2col ||
          config == WgmmaConfig::k128x128x64s7PpIm2col || config == WgmmaConfig::k128x64x64s9PpIm2col ||
-         config == WgmmaConfig::k128x256x64s4CoopIm2col;
+         config == WgmmaConfig::k128x256x64s4CoopIm2col || config == WgmmaConfig::k256x128x64s4CoopIm2col;
 }
 // The halo tiles copy by TMA too, tiled, and are configs of their own kernel (wgmma_halo.cu).
 constexpr bool wgmma_config_halo(WgmmaConfig config) {
@@ -159,13 +165,14 @@ constexpr bool wgmma_config_tma(WgmmaConfig config) {
 // the latter through the forward kernel): the weight gradient, and the forward's and input
 // gradient's fused epilogues (statistics, max-pool, BN-backward sums). The halo tiles have
 // neither (yet), the tiles that store from registers (the 7- and 9-stage im2col tiles, the
-// cooperative one) no fused epilogues (they stage the tile in shared memory, which those tiles'
+// cooperative ones) no fused epilogues (they stage the tile in shared memory, which those tiles'
 // stages fill): their launchers for those throw std::invalid_argument, which the engine records
 // as a rejection like any other launcher precondition.
 constexpr bool wgmma_config_weight_gradient(WgmmaConfig config) { return !wgmma_config_halo(config); }
 constexpr bool wgmma_config_fused_epilogues(WgmmaConfig config) {
   return !wgmma_config_halo(config) && config != WgmmaConfig::k128x128x64s7PpIm2col &&
-         config != WgmmaConfig::k128x64x64s9PpIm2col && config != WgmmaConfig::k128x256x64s4CoopIm2col;
+         config != WgmmaConfig::k128x64x64s9PpIm2col && config != WgmmaConfig::k128x256x64s4CoopIm2col &&
+         config != WgmmaConfig::k256x128x64s4CoopIm2col;
 }
 
 // Whether a config's kernels have passed the GPU tests on a device (a session with a GPU sets
