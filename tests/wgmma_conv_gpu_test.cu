@@ -740,7 +740,8 @@ std::vector<float> tma_im2col_model(const std::vector<float>& x, const ConvDesc&
 }
 
 // im2col_start against the definition of the im2col matrix, through that model: for every tile
-// of 128 rows (the forward's A) and of 64 rows (the weight gradient's B, pixels as rows), every
+// of 128 rows (the forward's A), of 64 rows (the weight gradient's B, pixels as rows) and of 256
+// rows (the 256 x 128 cooperative tile's A), every
 // 64-column slice, including one past the last column (all zeros), on odd and recipe-like
 // shapes with C a multiple of 64 (R = 1, 3, 5; partial last tiles; a 1x1 image; images shorter
 // than a tile, so copies cross images).
@@ -762,7 +763,7 @@ TEST_CASE("wgmma im2col copy starts give the im2col matrix (host model)", "[gpu]
       return x[(((size_t)img * d.H + ih) * d.W + iw) * d.C + c];
     };
     long bad = 0, checked = 0;
-    for (int pixels : {128, 64})
+    for (int pixels : {128, 64, 256})
       for (int m0 = 0; m0 < M; m0 += pixels)
         for (int k0 = 0; k0 <= Kg; k0 += 64) {
           const auto tile = tma_im2col_model(x, d, im2col_start(m0, k0, d.N, d.H, d.W, d.C, d.R), pixels);
@@ -979,15 +980,15 @@ std::string row_source(Row row, const std::vector<float>& x, const ConvDesc& d, 
 
 namespace {
 
-// TMA's im2col copies of x of shape d (random, from seed), 128-row (forward A) and 64-row
-// (weight-gradient B), at the first, a middle and the last row tile and filter taps first,
+// TMA's im2col copies of x of shape d (random, from seed), 128-row (forward A), 64-row
+// (weight-gradient B) and 256-row (the 256 x 128 cooperative tile's A), at the first, a middle and the last row tile and filter taps first,
 // middle, last and past the last, against tma_im2col_model (see the test below).
 void check_im2col_copies(const ConvDesc& d, uint64_t seed) {
   using kernels::wgmma_detail::im2col_start;
   const std::vector<float> x = round_to_half(random_vector((long)d.N * d.H * d.W * d.C, seed));
   const auto d_x = upload_half(x);
   const int M = d.N * d.H * d.W, Kg = d.R * d.R * d.C;
-  for (int pixels : {128, 64}) {
+  for (int pixels : {128, 64, 256}) {
     const int last_m0 = (M - 1) / pixels * pixels;
     for (int m0 : {0, std::min(pixels / 2 + 8, last_m0), last_m0})
       for (int k0 : {0, d.C, (d.R * d.R / 2) * d.C + 64 % d.C, Kg - 64, Kg}) {
