@@ -533,10 +533,10 @@ TEST_CASE("wgmma accumulator fragment map covers the tile once (host)", "[gpu][w
   CHECK(acc_coord(2, 5, 4).col == 10);
 }
 
-// The 7-stage tile's register epilogue (sm90::store_acc_direct): the quad transpose, run for the four
-// lanes of a quad in lockstep as the shuffles do, must leave lane q holding 8-column block
-// 4J + q of its row whole, columns in order, for every row half and block group of an m64 x 128
-// tile, starting from the registers acc_coord says hold those columns.
+// The register epilogue (sm90::store_acc_direct, the tiles with no sC): the quad transpose, run
+// for the four lanes of a quad in lockstep as the shuffles do, must leave lane q holding 8-column
+// block 4J + q of its row whole, columns in order, for every row half and block group of an
+// m64 x 128 tile, starting from the registers acc_coord says hold those columns.
 TEST_CASE("wgmma register epilogue: the quad transpose gathers 16-byte chunks (host model)", "[gpu][wgmma]") {
   using kernels::wgmma_detail::acc_coord;
   using kernels::wgmma_detail::quad_receive;

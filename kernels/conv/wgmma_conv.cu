@@ -1328,6 +1328,10 @@ IgemmConfigInfo wgmma_config_info(WgmmaConfig config) {
     if (T::kTma != wgmma_config_tma(config) || T::kIm2col != wgmma_config_im2col(config))
       throw std::logic_error(std::string("wgmma_config_info: ") + name +
                              ": wgmma_config_tma / wgmma_config_im2col disagree with its tile");
+    // Likewise the list of tiles without fused epilogues: exactly those that store from registers.
+    if (T::kDirectEpilogue == wgmma_config_fused_epilogues(config))
+      throw std::logic_error(std::string("wgmma_config_info: ") + name +
+                             ": wgmma_config_fused_epilogues disagrees with its tile's epilogue");
   });
   return info;
 }

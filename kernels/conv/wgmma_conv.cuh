@@ -479,8 +479,9 @@ __host__ __device__ inline AccCoord block_acc_coord(int block_m, int block_n, in
   return {(warp >> 2) * (block_m / 2) + 64 * j + at.row, at.col};
 }
 
-// The register epilogue of the deepest ping-pong tile (kDirectEpilogue in wgmma_conv.cu: no
-// shared memory left for an sC) stores y straight from the accumulators in 16-byte chunks. In
+// The register epilogue of the tiles with no shared memory left for an sC (kDirectEpilogue in
+// wgmma_conv.cu and wgmma_halo.cu; sm90::store_acc_direct in wgmma_store.cuh) stores y straight
+// from the accumulators in 16-byte chunks. In
 // the D fragment (acc_coord) the four lanes q = 0..3 of a quad hold, per row, 2 columns of each
 // 8-column block: lane q's v[i] (one fp16 pair, as 32 bits) is columns 8 (4J + i) + 2q, +1 of
 // four consecutive blocks 4J .. 4J + 3. A 4 x 4 transpose inside the quad (v[i] of lane q <->
