@@ -741,10 +741,9 @@ std::vector<float> tma_im2col_model(const std::vector<float>& x, const ConvDesc&
 
 // im2col_start against the definition of the im2col matrix, through that model: for every tile
 // of 128 rows (the forward's A), of 64 rows (the weight gradient's B, pixels as rows) and of 256
-// rows (the 256 x 128 cooperative tile's A), every
-// 64-column slice, including one past the last column (all zeros), on odd and recipe-like
-// shapes with C a multiple of 64 (R = 1, 3, 5; partial last tiles; a 1x1 image; images shorter
-// than a tile, so copies cross images).
+// rows (the 256 x 128 cooperative tile's A), every 64-column slice, including one past the last
+// column (all zeros), on odd and recipe-like shapes with C a multiple of 64 (R = 1, 3, 5;
+// partial last tiles; a 1x1 image; images shorter than a tile, so copies cross images).
 TEST_CASE("wgmma im2col copy starts give the im2col matrix (host model)", "[gpu][wgmma]") {
   using kernels::wgmma_detail::im2col_start;
   const ConvDesc shapes[] = {{3, 5, 5, 64, 8, 3}, {2, 6, 9, 64, 8, 3}, {5, 3, 3, 128, 8, 1}, {2, 6, 6, 64, 8, 5},
@@ -981,8 +980,9 @@ std::string row_source(Row row, const std::vector<float>& x, const ConvDesc& d, 
 namespace {
 
 // TMA's im2col copies of x of shape d (random, from seed), 128-row (forward A), 64-row
-// (weight-gradient B) and 256-row (the 256 x 128 cooperative tile's A), at the first, a middle and the last row tile and filter taps first,
-// middle, last and past the last, against tma_im2col_model (see the test below).
+// (weight-gradient B) and 256-row (the 256 x 128 cooperative tile's A), at the first, a middle
+// and the last row tile and filter taps first, middle, last and past the last, against
+// tma_im2col_model (see the test below).
 void check_im2col_copies(const ConvDesc& d, uint64_t seed) {
   using kernels::wgmma_detail::im2col_start;
   const std::vector<float> x = round_to_half(random_vector((long)d.N * d.H * d.W * d.C, seed));
