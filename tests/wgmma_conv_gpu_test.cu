@@ -638,16 +638,7 @@ TEST_CASE("wgmma launchers check their preconditions (host)", "[gpu][wgmma]") {
     INFO(kernels::wgmma_config_info(deep).name);
     CHECK(kernels::wgmma_config_weight_gradient(deep));
     CHECK_FALSE(kernels::wgmma_config_fused_epilogues(deep));
-    CHECK_THROWS_WITH(kernels::conv_forward_wgmma_pool(fake(0x10000), fake(0x20000), fake(0x30000), nullptr,
-                                                       ConvDesc{2, 4, 4, 64, 64, 3}, deep, nullptr, 0),
-                      Catch::Contains("no fused epilogues"));
-    CHECK_THROWS_WITH(kernels::conv_forward_wgmma_stats(fake(0x10000), fake(0x20000), fake(0x30000),
-                                                        ConvDesc{4, 8, 8, 64, 64, 3}, deep, {f, f + 64, f + 128, 2}, 0),
-                      Catch::Contains("no fused epilogues"));
-    CHECK_THROWS_WITH(
-        kernels::conv_backward_data_wgmma_bn_sums(fake(0x10000), fake(0x20000), fake(0x30000), fake(0x40000),
-                                                  ConvDesc{4, 8, 8, 64, 64, 3}, deep, {}, 0),
-        Catch::Contains("no fused epilogues"));
+    wgmma_test::check_refuses_fused_epilogues(deep);
   }
   for (WgmmaConfig c : kernels::kWgmmaConfigs) CHECK_NOTHROW(kernels::wgmma_config_info(c));  // lists vs tiles
   CHECK(kernels::wgmma_config_channel_multiple(cfg) == 8);
@@ -1132,5 +1123,18 @@ void recipe_vs_reference(int H, int C, int K, int R, int real_channels, bool dgr
 }
 void odd_shape_vs_reference(const ConvDesc& d, uint64_t seed, const std::vector<WgmmaConfig>& configs) {
   check_odd_shape(d, seed, configs);
+}
+void check_refuses_fused_epilogues(WgmmaConfig config) {
+  auto fake = [](uintptr_t a) { return reinterpret_cast<__half*>(a); };
+  float* f = reinterpret_cast<float*>(0x50000);
+  CHECK_THROWS_WITH(kernels::conv_forward_wgmma_pool(fake(0x10000), fake(0x20000), fake(0x30000), nullptr,
+                                                     ConvDesc{2, 4, 4, 64, 64, 3}, config, nullptr, 0),
+                    Catch::Contains("no fused epilogues"));
+  CHECK_THROWS_WITH(kernels::conv_forward_wgmma_stats(fake(0x10000), fake(0x20000), fake(0x30000),
+                                                      ConvDesc{4, 8, 8, 64, 64, 3}, config, {f, f + 64, f + 128, 2}, 0),
+                    Catch::Contains("no fused epilogues"));
+  CHECK_THROWS_WITH(kernels::conv_backward_data_wgmma_bn_sums(fake(0x10000), fake(0x20000), fake(0x30000),
+                                                              fake(0x40000), ConvDesc{4, 8, 8, 64, 64, 3}, config, {}, 0),
+                    Catch::Contains("no fused epilogues"));
 }
 }  // namespace wgmma_test

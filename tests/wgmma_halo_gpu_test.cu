@@ -195,16 +195,7 @@ TEST_CASE("wgmma halo tile launchers check their preconditions (host)", "[gpu][w
     CHECK_THROWS_WITH(kernels::conv_backward_filter_wgmma(fake(0x10000), fake(0x20000), fake(0x30000), f,
                                                           ConvDesc{2, 4, 4, 64, 64, 3}, halo, 1, 0),
                       Catch::Contains("no weight gradient"));
-    CHECK_THROWS_WITH(kernels::conv_forward_wgmma_pool(fake(0x10000), fake(0x20000), fake(0x30000), nullptr,
-                                                       ConvDesc{2, 4, 4, 64, 64, 3}, halo, nullptr, 0),
-                      Catch::Contains("no fused epilogues"));
-    CHECK_THROWS_WITH(kernels::conv_forward_wgmma_stats(fake(0x10000), fake(0x20000), fake(0x30000),
-                                                        ConvDesc{4, 8, 8, 64, 64, 3}, halo, {f, f + 64, f + 128, 2}, 0),
-                      Catch::Contains("no fused epilogues"));
-    CHECK_THROWS_WITH(
-        kernels::conv_backward_data_wgmma_bn_sums(fake(0x10000), fake(0x20000), fake(0x30000), fake(0x40000),
-                                                  ConvDesc{4, 8, 8, 64, 64, 3}, halo, {}, 0),
-        Catch::Contains("no fused epilogues"));
+    wgmma_test::check_refuses_fused_epilogues(halo);
     CHECK(kernels::wgmma_wgrad_default_splits(ConvDesc{512, 32, 32, 64, 128, 3}, halo, 132) == 1);
     CHECK_THROWS_WITH(kernels::wgmma_detail::tma_halo_probe(fake(0x10000), ConvDesc{2, 32, 32, 64, 64, 3}, 34, 8, 1, 0,
                                                             -1, -1, 0, fake(0x20000), 0),

@@ -32,4 +32,8 @@ void recipe_vs_reference(int H, int C, int K, int R, int real_channels, bool dgr
 // config without one).
 void odd_shape_vs_reference(const kernels::ConvDesc& d, uint64_t seed, const std::vector<kernels::WgmmaConfig>& configs);
 
+// The fused-epilogue launchers (pool, statistics, BN-backward sums) refuse `config` by name
+// ("no fused epilogues") before anything else, on any machine (Catch2 checks).
+void check_refuses_fused_epilogues(kernels::WgmmaConfig config);
+
 }  // namespace wgmma_test

@@ -341,6 +341,19 @@ __device__ __forceinline__ void fence_operands(float (&d)[N]) {
   for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
 }
 
+// One slice of MMAs as every pipeline issues it: issue() (the slice's wgmma instructions on acc)
+// between the fences, committed as one group, then a wait until at most kInFlight groups are
+// pending, after which acc may be read (kInFlight 0) or the slice before may be released.
+template <int kInFlight, int N, class Issue>
+__device__ __forceinline__ void wgmma_slice(float (&acc)[N], Issue issue) {
+  fence_operands(acc);
+  wgmma_fence();
+  issue();
+  wgmma_commit();
+  wgmma_wait<kInFlight>();
+  fence_operands(acc);
+}
+
 template <int N, int Trans = 0>
 __device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b) {
   if constexpr (N == 256)

@@ -206,12 +206,7 @@ __device__ __forceinline__ void wgmma_mainloop(Loader& loader, const Params& p, 
     if (next < k_tiles) loader.load(p, base + (next % T::kStages) * T::kStageBytes);
     ptx::cp_async_commit();
 
-    fence_operands(acc);
-    wgmma_fence();
-    mmas(acc, base + (kt % T::kStages) * T::kStageBytes);
-    wgmma_commit();
-    wgmma_wait<T::kMmaInFlight>();
-    fence_operands(acc);
+    wgmma_slice<T::kMmaInFlight>(acc, [&] { mmas(acc, base + (kt % T::kStages) * T::kStageBytes); });
   }
   wgmma_wait<0>();
   fence_operands(acc);
@@ -258,12 +253,7 @@ __device__ __forceinline__ bool wgmma_ws_pipeline(Loader& loader, const Params& 
   for (int kt = 0; kt < k_tiles; kt++) {
     const int s = kt % T::kStages;
     mbar_wait(full(s), (kt / T::kStages) & 1);
-    fence_operands(acc);
-    wgmma_fence();
-    mmas(acc, base + s * T::kStageBytes);
-    wgmma_commit();
-    wgmma_wait<T::kMmaInFlight>();
-    fence_operands(acc);
+    wgmma_slice<T::kMmaInFlight>(acc, [&] { mmas(acc, base + s * T::kStageBytes); });
     // The MMAs of slice kt - kMmaInFlight have completed: its stage may be refilled.
     if (kt >= T::kMmaInFlight && warp_leader) mbar_arrive(empty((kt - T::kMmaInFlight) % T::kStages));
   }
@@ -464,12 +454,7 @@ __device__ __forceinline__ void pp_schedule(const Params& p, uint32_t base, int 
         // the barrier: nothing to fence (CUTLASS's TMA consumers do not), and the fence sat
         // between every full wait and its MMAs.
         if constexpr (!T::kIm2col) fence_proxy_async();
-        fence_operands(acc);
-        wgmma_fence();
-        mmas(acc, base + s * T::kStageBytes, g);
-        wgmma_commit();
-        wgmma_wait<1>();
-        fence_operands(acc);
+        wgmma_slice<1>(acc, [&] { mmas(acc, base + s * T::kStageBytes, g); });
         // The MMAs of the previous slice of this tile have completed: release its stage.
         if (kt > 0) release((r - 1) % T::kStages);
       }
@@ -550,12 +535,7 @@ __device__ __forceinline__ void coop_schedule(const Params& p, uint32_t base, in
       const uint32_t s = r % T::kStages;
       mbar_wait(full(s), (r / T::kStages) & 1);
       // Both operands came by TMA (async proxy): no proxy fence before the MMAs.
-      fence_operands(acc);
-      wgmma_fence();
-      mmas(acc, base + s * T::kStageBytes, g);
-      wgmma_commit();
-      wgmma_wait<1>();
-      fence_operands(acc);
+      wgmma_slice<1>(acc, [&] { mmas(acc, base + s * T::kStageBytes, g); });
       // The previous slice's MMAs have completed: release its stage.
       if (kt > 0 && warp_leader) mbar_arrive(empty((r - 1) % T::kStages));
     }

@@ -207,17 +207,14 @@ __global__ void __launch_bounds__(T::kThreads, 1)
           // Both operands came by TMA (async proxy): no proxy fence before the MMAs.
           const uint32_t a_tap = a_stage + (uint32_t)(r * p.g.wp + s) * T::kRowBytes;
           const uint32_t b_stage = b_base + sb * T::kBStageBytes;
-          fence_operands(acc);
-          wgmma_fence();
+          wgmma_slice<1>(acc, [&] {
 #pragma unroll
-          for (int kk = 0; kk < T::kBlockK / 16; kk++)
+            for (int kk = 0; kk < T::kBlockK / 16; kk++)
 #pragma unroll
-            for (int j = 0; j < 2; j++)
-              wgmma_m64k16<T::kBlockN>(sub_acc<T>(acc, j), sw128_desc(a_tap + j * 64 * T::kRowBytes + kk * 32),
-                                       sw128_desc(b_stage + kk * 32));
-          wgmma_commit();
-          wgmma_wait<1>();
-          fence_operands(acc);
+              for (int j = 0; j < 2; j++)
+                wgmma_m64k16<T::kBlockN>(sub_acc<T>(acc, j), sw128_desc(a_tap + j * 64 * T::kRowBytes + kk * 32),
+                                         sw128_desc(b_stage + kk * 32));
+          });
           // The previous slice's MMAs have completed: its B stage, and at the first tap of a
           // channel slice the previous channel slice's A buffer, may be refilled.
           const bool first_tap = r == 0 && s == 0;
