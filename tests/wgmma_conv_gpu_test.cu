@@ -1134,7 +1134,8 @@ void check_refuses_fused_epilogues(WgmmaConfig config) {
                                                       ConvDesc{4, 8, 8, 64, 64, 3}, config, {f, f + 64, f + 128, 2}, 0),
                     Catch::Contains("no fused epilogues"));
   CHECK_THROWS_WITH(kernels::conv_backward_data_wgmma_bn_sums(fake(0x10000), fake(0x20000), fake(0x30000),
-                                                              fake(0x40000), ConvDesc{4, 8, 8, 64, 64, 3}, config, {}, 0),
+                                                              fake(0x40000), ConvDesc{4, 8, 8, 64, 64, 3}, config,
+                                                              {}, 0),
                     Catch::Contains("no fused epilogues"));
 }
 }  // namespace wgmma_test

@@ -18,9 +18,8 @@
 // MMAs on an older slice still read. With an empty barrier that completes on one consumer's
 // release (as if it counted only one warpgroup's warps) the model finds copies overwriting a
 // stage the other consumer still reads: it sees what the count of both prevents.
-#include <catch2/catch.hpp>
-
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <random>
 #include <string>
 #include <vector>
@@ -42,9 +41,9 @@ std::string run_coop(int S, const std::vector<int>& units, unsigned seed, int em
     if (k > 0) last.push_back(total - 1);
   }
   std::vector<Barrier> full(S, Barrier{1}), empty(S, Barrier{empty_count});
-  std::vector<int> landed(S, -1);               // stage -> the slice whose copy landed there
-  std::vector<std::vector<int>> reading(S);     // stage -> slices with MMAs pending on it
-  std::vector<int> in_flight;                   // copies issued, not landed, in order
+  std::vector<int> landed(S, -1);            // stage -> the slice whose copy landed there
+  std::vector<std::vector<int>> reading(S);  // stage -> slices with MMAs pending on it
+  std::vector<int> in_flight;                // copies issued, not landed, in order
   int prod_r = 0;
   struct Consumer {
     int r = 0, pc = 0;  // pc: 0 wait full, 1 wait MMAs (<= 1 pending), 2 unit end, 3 epilogue, 4 done
@@ -69,8 +68,9 @@ std::string run_coop(int S, const std::vector<int>& units, unsigned seed, int em
         const int st = prod_r % S;
         if (prod_r >= S && !empty[st].passed((prod_r / S - 1) & 1)) continue;
         for (int r : reading[st])
-          if (r != prod_r) return "slice " + std::to_string(prod_r) + " issued into a stage slice " +
-                                  std::to_string(r) + " is read from";
+          if (r != prod_r)
+            return "slice " + std::to_string(prod_r) + " issued into a stage slice " + std::to_string(r) +
+                   " is read from";
         landed[st] = -1;
         in_flight.push_back(prod_r++);
         moved = true;
@@ -78,7 +78,8 @@ std::string run_coop(int S, const std::vector<int>& units, unsigned seed, int em
         const int sl = in_flight.front();
         in_flight.erase(in_flight.begin());
         for (int r : reading[sl % S])
-          if (r != sl) return "copy of slice " + std::to_string(sl) + " lands while slice " + std::to_string(r) + " is read";
+          if (r != sl)
+            return "copy of slice " + std::to_string(sl) + " lands while slice " + std::to_string(r) + " is read";
         landed[sl % S] = sl;
         full[sl % S].arrive();
         moved = true;

@@ -177,9 +177,9 @@ TEST_CASE("wgmma halo tile geometry: recipe sizes and limits (host)", "[gpu][wgm
 // rows overflow the buffer, the weight gradient and the fused epilogues; and the copy probe
 // checks its box.
 TEST_CASE("wgmma halo tile launchers check their preconditions (host)", "[gpu][wgmma]") {
-  for (const kernels::WgmmaConfig halo : {kernels::WgmmaConfig::k128x128x64PpHalo,
-                                          kernels::WgmmaConfig::k128x64x64PpHalo,
-                                          kernels::WgmmaConfig::k128x128x64s10PpHalo}) {
+  for (const kernels::WgmmaConfig halo :
+       {kernels::WgmmaConfig::k128x128x64PpHalo, kernels::WgmmaConfig::k128x64x64PpHalo,
+        kernels::WgmmaConfig::k128x128x64s10PpHalo}) {
     INFO(kernels::wgmma_config_info(halo).name);
     auto fake = [](uintptr_t a) { return reinterpret_cast<__half*>(a); };
     float* f = reinterpret_cast<float*>(0x50000);

@@ -89,7 +89,8 @@ struct WgTile {
   static constexpr bool kPersistent = kPingPong || kCoop;  // conv_fwd_wgmma_pp_kernel's schedules
   static constexpr bool kTma = Producer >= 3;     // B (the filter rows) by TMA
   static constexpr bool kIm2col = Producer >= 4;  // A too (im2col): no cp.async loader at all
-  static constexpr int kCluster = Producer >= 5 && Producer <= 7 ? 1 << (Producer - 4) : 1;  // blocks per cluster, sharing B
+  // blocks per cluster, sharing B
+  static constexpr int kCluster = Producer >= 5 && Producer <= 7 ? 1 << (Producer - 4) : 1;
   static constexpr int kTmaBRows = BlockN / kCluster;                        // B rows each block copies
   static constexpr int kLoadAhead = wgmma_detail::load_ahead(kStages, MmaInFlight);
   static constexpr int kMmaThreads = 256;                        // two warpgroups
@@ -118,7 +119,8 @@ struct WgTile {
   // even one fits (the 7-stage tile, the 9-stage 64-column one), none: the consumers store y
   // straight from their accumulators (sm90::store_acc_direct, kernels/conv/wgmma_store.cuh),
   // and the tile has no fused epilogues (wgmma_config_fused_epilogues; launch_tile refuses
-  // them).
+  // them). The cooperative tiles always do (their one tile-wide sC would not fit beside even
+  // 3 stages: docs/conv_kernels.md).
   // ((2 * kStages + 4) * 8: the barriers below with epi, at most, after the padding.)
   static constexpr bool kDirectEpilogue =
       kCoop || (kPingPong && (size_t)kPipeBytes + (2 * kStages + 4) * 8 + kEpilogueBytes + 1024 > 227 * 1024);
@@ -132,8 +134,9 @@ struct WgTile {
   // + 1024: the dynamic shared memory base is rounded up to the swizzle atom. Ping-pong: the
   // stages, the barriers, then the consumers' epilogue buffers (the producer keeps loading the
   // next tiles into the stages while a consumer runs its epilogue).
+  static constexpr int kEpilogueBuffers = kDirectEpilogue ? 0 : kOneEpilogue ? 1 : 2;  // ping-pong
   static constexpr size_t kSmemBytes =
-      kPingPong ? (size_t)kPipeBytes + kBarrierBytes + (kDirectEpilogue ? 0 : kOneEpilogue ? 1 : 2) * kEpilogueBytes + 1024
+      kPingPong ? (size_t)kPipeBytes + kBarrierBytes + kEpilogueBuffers * kEpilogueBytes + 1024
       : kCoop   ? (size_t)kPipeBytes + kBarrierBytes + 1024  // no sC: the register epilogue
                 : (size_t)(kPipeBytes + kBarrierBytes > kEpilogueBytes ? kPipeBytes + kBarrierBytes : kEpilogueBytes) +
                       1024;
