@@ -107,6 +107,13 @@ __device__ __forceinline__ HaloWork halo_work(const HaloParams& p, int u) {
   return {n, wgmma_detail::halo_tile_at(p.g, n, t), nt * T::kBlockN};
 }
 
+// The row of y [N * H * W][K] (the pixel) that position q of image n (rows mode; the batch's
+// position in images mode) stores to, or -1 for a position in the padding (wgmma_detail::halo_pixel).
+__device__ __forceinline__ long long halo_out_row(const HaloParams& p, int n, int q) {
+  const auto px = wgmma_detail::halo_pixel(p.g, n, q, p.N, p.H, p.W);
+  return px.valid ? ((long long)px.n * p.H + px.oh) * p.W + px.ow : -1LL;
+}
+
 // A consumer's two m64 accumulator tiles: registers j * kAccSub .. as the wgmma wrappers take them.
 template <class T>
 __device__ __forceinline__ float (&sub_acc(float (&acc)[T::kAcc], int j))[T::kAccSub] {
@@ -235,12 +242,8 @@ __global__ void __launch_bounds__(T::kThreads, 1)
     // positions that are pixels (wgmma_detail::halo_pixel) and the channels that exist; or,
     // with no sC, the same straight from the registers.
     if constexpr (T::kDirectEpilogue) {
-      const int n_img = wk.n, q0 = wk.at.q0, N = p.N, H = p.H, W = p.W;
-      const HaloGeometry geo = p.g;
-      store_acc_direct<2, T::kBlockN>(acc, p.y, p.K, wk.n0, warp, lane, [=](int row) {
-        const auto px = wgmma_detail::halo_pixel(geo, n_img, q0 + row, N, H, W);
-        return px.valid ? ((long long)px.n * H + px.oh) * W + px.ow : -1LL;
-      });
+      store_acc_direct<2, T::kBlockN>(acc, p.y, p.K, wk.n0, warp, lane,
+                                      [&](int row) { return halo_out_row(p, wk.n, wk.at.q0 + row); });
       continue;
     }
     warpgroup_barrier_sync(g);  // this consumer's previous epilogue has read all of sC
@@ -253,10 +256,10 @@ __global__ void __launch_bounds__(T::kThreads, 1)
     constexpr int kChunks = T::kBlockN / 8;  // 16-byte chunks per row
     for (int idx = tid; idx < T::kBlockM * kChunks; idx += 128) {
       const int row = idx / kChunks, chunk = idx - row * kChunks;
-      const auto px = wgmma_detail::halo_pixel(p.g, wk.n, wk.at.q0 + row, p.N, p.H, p.W);
+      const long long out = halo_out_row(p, wk.n, wk.at.q0 + row);
       const int col = wk.n0 + chunk * 8;
-      if (px.valid && col < p.K)
-        *reinterpret_cast<uint4*>(p.y + (((size_t)px.n * p.H + px.oh) * p.W + px.ow) * p.K + col) =
+      if (out >= 0 && col < p.K)
+        *reinterpret_cast<uint4*>(p.y + out * p.K + col) =
             *reinterpret_cast<const uint4*>(sC + row * T::kCStride + chunk * 8);
     }
   }
