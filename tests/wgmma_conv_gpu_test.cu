@@ -35,6 +35,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/conv/conv_epilogue.cuh"  // the sC layouts (igemm_detail::PaddedC, SwizzledC)
 #include "kernels/conv/igemm_backward.cuh"
 #include "kernels/conv/wgmma_conv.cuh"
 #include "kernels/ref/conv.h"
@@ -533,6 +534,74 @@ TEST_CASE("wgmma accumulator fragment map covers the tile once (host)", "[gpu][w
   CHECK(acc_coord(2, 5, 4).col == 10);
 }
 
+// The epilogue buffer's sC layouts (conv_epilogue.cuh): the padded one of most tiles and the
+// swizzled one of the compact buffer (the 6-stage ping-pong tile). Each places every element of
+// a BlockM x BlockN tile once, inside its own row, a 16-byte chunk's 8 columns together; a
+// warp's fragment stores (4 bytes per lane, a ping-pong consumer's accumulators) hit 32
+// different banks, and the epilogues' 16-byte row reads (8 consecutive chunks of a row per
+// quarter warp, one 128-byte wavefront) 8 different 16-byte bank groups.
+template <class CL>
+void check_c_layout(int block_m, int block_n) {
+  INFO("sC " << block_m << " x " << block_n);
+  const int stride = CL::kRowHalves;
+  std::vector<int> hits((size_t)block_m * stride, 0);
+  long misplaced = 0, split = 0;
+  for (int r = 0; r < block_m; r++)
+    for (int c = 0; c < block_n; c++) {
+      const int at = CL::at(r, c);
+      misplaced += at < r * stride || at >= r * stride + block_n;
+      split += at != CL::at(r, c & ~7) + (c & 7) || CL::at(r, c & ~7) % 8 != 0;
+      if (at >= 0 && at < (int)hits.size()) hits[at]++;
+    }
+  CHECK(misplaced == 0);
+  CHECK(split == 0);
+  CHECK(std::count(hits.begin(), hits.end(), 1) == (long)block_m * block_n);
+  long conflicts = 0;
+  for (int warp = 0; warp < 4; warp++)
+    for (int e = 0; e < (block_m / 64) * block_n / 2; e += 2) {
+      std::set<int> banks;
+      for (int lane = 0; lane < 32; lane++) {
+        const auto at = kernels::wgmma_detail::block_acc_coord(2 * block_m, block_n, warp, lane, e);
+        banks.insert(CL::at(at.row, at.col) / 2 % 32);  // a half2 per lane: one 4-byte word
+      }
+      conflicts += banks.size() != 32;
+    }
+  CHECK(conflicts == 0);
+  long read_conflicts = 0;
+  for (int r = 0; r < block_m; r++)
+    for (int k0 = 0; k0 < block_n / 8; k0 += 8) {
+      std::set<int> groups;
+      for (int k = k0; k < k0 + 8; k++) groups.insert(CL::at(r, 8 * k) / 8 % 8);
+      read_conflicts += groups.size() != 8;
+    }
+  CHECK(read_conflicts == 0);
+}
+
+TEST_CASE("wgmma epilogue sC layouts: padded and swizzled, conflict-free (host)", "[gpu][wgmma]") {
+  using kernels::igemm_detail::PaddedC;
+  using kernels::igemm_detail::SwizzledC;
+  check_c_layout<PaddedC<136>>(128, 128);
+  check_c_layout<PaddedC<72>>(128, 64);
+  check_c_layout<SwizzledC<128>>(128, 128);
+  check_c_layout<SwizzledC<64>>(128, 64);
+  check_c_layout<SwizzledC<256>>(64, 256);  // a cooperative consumer's rows
+  // Unpadded rows without the swizzle would put a fragment store's 8 rows on one bank group.
+  CHECK(SwizzledC<128>::kRowHalves == 128);
+  CHECK(SwizzledC<128>::at(1, 0) == 128 + 8);  // chunk 0 of row 1 at chunk 1
+  CHECK(SwizzledC<128>::at(3, 8) == 3 * 128 + 2 * 8);  // chunk 1 of row 3 at chunk 1 ^ 3
+  CHECK(SwizzledC<128>::at(9, 64) == 9 * 128 + 9 * 8);  // chunk 8 of row 9 at 8 | (0 ^ 1)
+  // The fragment stores' chunk offsets (chunk_at: one per 8-column block for all of a thread's
+  // rows, which lie 8 apart) agree with at().
+  long chunk_wrong = 0;
+  for (int r0 = 0; r0 < 64; r0++)
+    for (int i = 0; r0 + 8 * i < 128; i++)
+      for (int c = 0; c < 128; c++)
+        chunk_wrong += SwizzledC<128>::chunk_at(r0, c / 8) + 8 * i * 128 + c % 8 != SwizzledC<128>::at(r0 + 8 * i, c);
+  CHECK(chunk_wrong == 0);
+  CHECK(SwizzledC<128>::kRedAliasesC);
+  CHECK_FALSE(PaddedC<136>::kRedAliasesC);
+}
+
 // The register epilogue (sm90::store_acc_direct, the tiles with no sC): the quad transpose, run
 // for the four lanes of a quad in lockstep as the shuffles do, must leave lane q holding 8-column
 // block 4J + q of its row whole, columns in order, for every row half and block group of an
@@ -626,15 +695,19 @@ TEST_CASE("wgmma launchers check their preconditions (host)", "[gpu][wgmma]") {
   CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k128x128x64s4PpIm2colC8) == 64);
   CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k128x64x64s4PpIm2col) == 64);
   CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k128x128x64s5PpIm2col) == 64);
+  CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k128x128x64s6PpIm2col) == 64);
   CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k128x128x64s7PpIm2col) == 64);
+  CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k128x128x64s7PpIm2colC8) == 64);
   CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k128x64x64s9PpIm2col) == 64);
   CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k128x256x64s4CoopIm2col) == 64);
   CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k256x128x64s4CoopIm2col) == 64);
   // The 7- and 9-stage tiles and the cooperative ones store from registers: they have the weight
   // gradient but no fused epilogues, whose launchers refuse them by name before anything else.
   CHECK(kernels::wgmma_config_fused_epilogues(WgmmaConfig::k128x128x64s5PpIm2col));
-  for (const WgmmaConfig deep : {WgmmaConfig::k128x128x64s7PpIm2col, WgmmaConfig::k128x64x64s9PpIm2col,
-                                 WgmmaConfig::k128x256x64s4CoopIm2col, WgmmaConfig::k256x128x64s4CoopIm2col}) {
+  CHECK(kernels::wgmma_config_fused_epilogues(WgmmaConfig::k128x128x64s6PpIm2col));  // the compact buffer
+  for (const WgmmaConfig deep : {WgmmaConfig::k128x128x64s7PpIm2col, WgmmaConfig::k128x128x64s7PpIm2colC8,
+                                 WgmmaConfig::k128x64x64s9PpIm2col, WgmmaConfig::k128x256x64s4CoopIm2col,
+                                 WgmmaConfig::k256x128x64s4CoopIm2col}) {
     INFO(kernels::wgmma_config_info(deep).name);
     CHECK(kernels::wgmma_config_weight_gradient(deep));
     CHECK_FALSE(kernels::wgmma_config_fused_epilogues(deep));
@@ -1108,7 +1181,8 @@ TEST_CASE("wgmma TMA tiles on two odd shapes vs reference", "[gpu][wgmma][tma]")
   const std::vector<WgmmaConfig> tma = {WgmmaConfig::k128x128x64s4PpTma, WgmmaConfig::k128x128x64s4PpIm2col,
                                         WgmmaConfig::k128x128x64s4PpIm2colC2, WgmmaConfig::k128x128x64s4PpIm2colC4,
                                         WgmmaConfig::k128x128x64s4PpIm2colC8, WgmmaConfig::k128x64x64s4PpIm2col,
-                                        WgmmaConfig::k128x128x64s5PpIm2col, WgmmaConfig::k128x128x64s7PpIm2col,
+                                        WgmmaConfig::k128x128x64s5PpIm2col, WgmmaConfig::k128x128x64s6PpIm2col,
+                                        WgmmaConfig::k128x128x64s7PpIm2col, WgmmaConfig::k128x128x64s7PpIm2colC8,
                                         WgmmaConfig::k128x64x64s9PpIm2col, WgmmaConfig::k128x256x64s4CoopIm2col,
                                         WgmmaConfig::k256x128x64s4CoopIm2col};
   check_odd_shape({3, 5, 5, 64, 64, 3}, 1190, tma);

@@ -228,13 +228,14 @@ TEST_CASE("wgmma ping-pong schedule protocol: no deadlock, no stage race (host m
 
 // The clustered tile (wgmma_128x128x64_s4_pp_im2col_c2): two blocks, each with one TMA producer
 // whose copies land in both; a stage is refilled only when both blocks' consumers released it.
-// Also clusters of 4 and 8 (the _c4, _c8 tiles), and a model of 2 producers per block, for margin.
+// Also clusters of 4 and 8 (the _c4, _c8 tiles; 7 stages: _s7_pp_im2col_c8), and a model of 2
+// producers per block, for margin.
 TEST_CASE("wgmma ping-pong schedule in clusters: no deadlock, no stage race (host model)", "[wgmma][pp]") {
   const std::vector<std::vector<int>> blocks = {{9}, {9, 9, 9}, {18, 18, 18, 18, 18}, {1, 1, 1, 1, 1, 1, 1},
                                                 {2, 3, 1, 5}, {72, 72}, {7, 7, 0}};
   for (int B : {2, 4, 8})
     for (int P : {1, 2})
-      for (int S : {2, 4})
+      for (int S : {2, 4, 7})
         for (const auto& tiles : blocks)
           for (unsigned seed = 0; seed < 10; seed++) {
             INFO("blocks " << B << " producers " << P << " stages " << S << " tiles " << tiles.size()
@@ -252,12 +253,12 @@ TEST_CASE("wgmma ping-pong model: without the order barrier a consumer reads a s
   CHECK(races > 0);
 }
 
-// The 5-stage tile (wgmma_128x128x64_s5_pp_im2col): its two consumers share one epilogue buffer,
-// tile i's epilogue waiting for the epi barrier's phase i - 1.
+// The 5- and 6-stage tiles (wgmma_128x128x64_s5_pp_im2col, _s6_pp_im2col): their two consumers
+// share one epilogue buffer, tile i's epilogue waiting for the epi barrier's phase i - 1.
 TEST_CASE("wgmma ping-pong schedule with one epilogue buffer: no deadlock, no overlap (host model)", "[wgmma][pp]") {
   const std::vector<std::vector<int>> blocks = {{9}, {9, 9}, {9, 9, 9}, {18, 18, 18, 18, 18}, {1, 1, 1, 1, 1, 1, 1},
                                                 {2, 3, 1, 5}, {72, 72, 72}, {7, 7, 0}, {4, 0, 4, 4}};
-  for (int S : {2, 5})
+  for (int S : {2, 5, 6})
     for (const auto& tiles : blocks)
       for (unsigned seed = 0; seed < 25; seed++) {
         INFO("stages " << S << " tiles " << tiles.size() << " first k_tiles " << tiles[0] << " seed " << seed);

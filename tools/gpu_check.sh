@@ -54,10 +54,11 @@
 #    COUNT launches whose demangled name matches REGEX, with the sections of SET ("full": speed
 #    of light, launch, occupancy, warp states, scheduler, compute and memory workload, source
 #    counters; "light": speed of light and launch shape only, for many launches).
-#    The default: seven wgmma forward tiles on layer1 (the block-wide s3, the persistent
-#    ping-pong s4_pp_im2col, s5_pp_im2col and s7_pp_im2col, the cooperative 256x128 one, the
-#    halo tiles pp_halo and s10_pp_halo), the weight gradients of s7_pp_im2col and the
-#    cooperative 128x256 one on layer2, and cuDNN's forward kernel on layer1, to compare with.
+#    The default: eight wgmma forward tiles on layer1 (the block-wide s3, the persistent
+#    ping-pong s4_pp_im2col, s5_pp_im2col, s6_pp_im2col and s7_pp_im2col, the cooperative
+#    256x128 one, the halo tiles pp_halo and s10_pp_halo), the weight gradients of
+#    s7_pp_im2col and the cooperative 128x256 one on layer2, and cuDNN's forward kernel on
+#    layer1, to compare with.
 # GPU_CHECK_STEPS (comma-separated, default all but variants: gpu_tests,kernel_bench,conv_bench,
 # speedrun,torch,crosscheck,sanitizer) picks steps, so a short device session can split them
 # over two calls (the data only arrives with the second; see README "Working with a GPU
@@ -445,10 +446,10 @@ else
   # ncu's demangled names spell template arguments as "(int)128", enumerators as "(Enum)0".
   I='\(int\)'
   # The forward tiles: conv_bench's statistics loop launches each config's plain kernel once, in
-  # config order, before any is timed, so the first three matches are three different kernels:
-  # _s3, _s4_pp_im2col (the fastest of ours on the H200) and _s5_pp_im2col (session 10 profiled
-  # the others: docs/results/2026-11-27-h200-session10/call2).
-  DEFAULT_PROFILES="fwd_layer1#layer1#conv_fwd_wgmma(_pp)?_kernel<.*WgTile<${I}128, ${I}128, ${I}(0, ${I}3, ${I}0|1, ${I}[45], ${I}4), ${I}0>, .*Epilogue\\)0>#3#full"
+  # config order, before any is timed, so the first four matches are four different kernels:
+  # _s3, _s4_pp_im2col (the fastest of ours on the H200), _s5_pp_im2col and _s6_pp_im2col
+  # (session 10 profiled the others: docs/results/2026-11-27-h200-session10/call2).
+  DEFAULT_PROFILES="fwd_layer1#layer1#conv_fwd_wgmma(_pp)?_kernel<.*WgTile<${I}128, ${I}128, ${I}(0, ${I}3, ${I}0|1, ${I}[456], ${I}4), ${I}0>, .*Epilogue\\)0>#4#full"
   # The 7-stage tile has no statistics epilogue, so that loop does not launch it: its own item.
   DEFAULT_PROFILES+=";fwd_layer1_s7#layer1#conv_fwd_wgmma_pp_kernel<.*WgTile<${I}128, ${I}128, ${I}1, ${I}7, ${I}4, ${I}0>#1#full"
   # The halo tile's forward (its own kernel), for the barrier waits and tensor-pipe use against

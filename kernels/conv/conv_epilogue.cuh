@@ -1,15 +1,16 @@
 // The epilogues of the forward kernels, shared by the mma.sync and the wgmma kernels (device
 // code, included by kernels/conv/*.cu). Both end with the fp16 output tile in shared memory
-// (sC [BlockM][CStride], rows m0 .., columns n0 ..) and call conv_epilogue<E>, which
+// (sC, rows m0 .., columns n0 .., element (r, c) at CL::at(r, c): PaddedC or SwizzledC below)
+// and call conv_epilogue<E>, which
 //   - stores it to y (kStore),
 //   - and accumulates the BN-backward sums, when y is an input gradient (kBnSums, below),
 //   - or the BN statistics of y (kStats: per-group sums of y and y^2),
 //   - or instead of storing y writes its 2x2 max-pool and argmax (kPool), with the statistics
 //     of the pooled values (kPoolStats).
-// Every reduction goes through an fp32 scratch after sC (epilogue_red_bytes) and per-tile
-// partials [2][ceil(M / BlockM)][K] (row tile m0 / BlockM: blockIdx.y in the kernels with a tile
-// per block, any tile of a persistent block) that launch_stats_reduce adds per group: no
-// atomics, deterministic.
+// Every reduction goes through an fp32 scratch after sC (or, SwizzledC, over it;
+// epilogue_red_bytes) and per-tile partials [2][ceil(M / BlockM)][K] (row tile m0 / BlockM:
+// blockIdx.y in the kernels with a tile per block, any tile of a persistent block) that
+// launch_stats_reduce adds per group: no atomics, deterministic.
 // The design and tests: docs/conv_kernels.md.
 //
 // The BN-backward sums. In the recipe a conv's input is the output of a BN + CELU (+ max-pool)
@@ -34,6 +35,39 @@
 
 namespace kernels {
 namespace igemm_detail {
+
+// The layouts of sC [BlockM rows][BlockN columns] fp16. Every access is within one 16-byte
+// chunk (8 columns from a multiple of 8), so a layout only places chunks.
+// PaddedC: rows Stride halves apart (Stride = BlockN + 8: one 16-byte chunk of padding, an odd
+// number of chunks per row, so the eight rows of a fragment store start on eight different bank
+// groups); the reduction scratch `red` follows sC.
+template <int Stride>
+struct PaddedC {
+  static constexpr bool kRedAliasesC = false;
+  static constexpr int kRowHalves = Stride;  // from one row's start to the next's
+  __host__ __device__ static constexpr int at(int r, int c) { return r * Stride + c; }
+};
+// SwizzledC: rows BlockN halves apart, unpadded, chunk k of row r at chunk k ^ (r % 8): the
+// eight rows of a fragment store hit eight different chunks (conflict-free as padded), a row's
+// chunks stay within the row (BlockN >= 64: at least 8 chunks). 4 KiB smaller than PaddedC at
+// 128 x 128, and the reduction scratch `red` lies over sC (kRedAliasesC: the epilogues pass a
+// barrier after their last read of sC before they write it): what lets an epilogue buffer fit
+// beside 6 stages of 32 KiB (the 6-stage ping-pong tile, kernels/conv/wgmma_conv.cu).
+template <int BlockN>
+struct SwizzledC {
+  static_assert(BlockN % 64 == 0, "swizzled sC: at least 8 chunks per row");
+  static constexpr bool kRedAliasesC = true;
+  static constexpr int kRowHalves = BlockN;
+  // Row r starts at a multiple of 64 halves, so its chunk index's low three bits are bits 3-5
+  // of the half index: one XOR (with r % 8, the same for all of a fragment thread's rows, which
+  // lie 8 apart) flips them.
+  __host__ __device__ static constexpr int at(int r, int c) { return (r * BlockN + c) ^ ((r & 7) << 3); }
+  // Chunk b of row r0, where every row r0 + 8i has it too, i.e. at(r0 + 8 i, 8 b + c) =
+  // chunk_at(r0, b) + 8 i * BlockN + c for c < 8: the fragment stores address a thread's rows,
+  // which lie 8 apart, from one chunk offset per block b (computing at() per store made ptxas
+  // keep every row's offsets live beside the accumulators, and spill).
+  __host__ __device__ static constexpr int chunk_at(int r0, int b) { return r0 * BlockN + ((b ^ (r0 & 7)) << 3); }
+};
 
 // Shared memory every epilogue's reduction fits in after sC: fp32 [2][Threads / (BlockN / 8)]
 // [BlockN] (the pool and BN-backward sums' scratch; the statistics' [2][Threads / (BlockN / 2)]
@@ -96,7 +130,7 @@ __device__ __forceinline__ void reduce_chunk_sums(const float (&a)[8], const flo
   store_block_partials<BlockN, kSlices>(red, ((c >> 2) & 1) * kHalfN + (c >> 3) * 4 + (c & 3), c, n0, row, p);
 }
 
-// Writes the fp16 tile sC [BlockM][CStride] (rows m0 .., columns n0 ..; rows m >= M and
+// Writes the fp16 tile sC (BlockM x BlockN, layout CL; rows m0 .., columns n0 ..; rows m >= M and
 // columns n >= K are skipped) to p.y in 16-byte chunks: thread tid (of Threads) owns the
 // 8-channel chunk column tid % kChunksN and rows tid / kChunksN + i * kSlices, so consecutive
 // threads write consecutive chunks of a row (coalesced) and read a row of sC (conflict-free).
@@ -107,9 +141,9 @@ __device__ __forceinline__ void reduce_chunk_sums(const float (&a)[8], const flo
 // statistics epilogue's layout, so launch_stats_reduce adds them per group.
 // The block's rows lie in one BN group (p.bn_group_pixels is a multiple of BlockM, or M). Each
 // thread sums its rows in row order; reduce_chunk_sums adds them up through red
-// [2][kSlices][BlockN] (fp32, must not overlap sC). sync() is a barrier over the Threads
-// threads (__syncthreads, or a named barrier when other warps have left).
-template <int BlockM, int BlockN, int Threads, int CStride, bool kBnSums, class Sync>
+// [2][kSlices][BlockN] (fp32, after sC, or over it with CL::kRedAliasesC). sync() is a barrier
+// over the Threads threads (__syncthreads, or a named barrier when other warps have left).
+template <int BlockM, int BlockN, int Threads, class CL, bool kBnSums, class Sync>
 __device__ __forceinline__ void conv_store_tile(const __half* sC, float* red, const IgemmParams& p,
                                                 int m0, int n0, int tid, Sync sync) {
   constexpr int kChunksN = BlockN / 8;
@@ -127,7 +161,7 @@ __device__ __forceinline__ void conv_store_tile(const __half* sC, float* red, co
       const int r = idx / kChunksN, m = m0 + r, n = n0 + (idx % kChunksN) * 8;
       if (m < p.M && n < p.K)
         *reinterpret_cast<uint4*>(p.y + (size_t)m * p.K + n) =
-            *reinterpret_cast<const uint4*>(sC + r * CStride + (idx % kChunksN) * 8);
+            *reinterpret_cast<const uint4*>(sC + CL::at(r, (idx % kChunksN) * 8));
     }
     return;
   }
@@ -152,7 +186,7 @@ __device__ __forceinline__ void conv_store_tile(const __half* sC, float* red, co
   for (int i = 0; i < BlockM / kSlices; i++) {
     const int r = row0 + i * kSlices, m = m0 + r;
     if (m < p.M && n_ok) {
-      const uint4 v = *reinterpret_cast<const uint4*>(sC + r * CStride + ch * 8);
+      const uint4 v = *reinterpret_cast<const uint4*>(sC + CL::at(r, ch * 8));
       const size_t off = (size_t)m * p.K + n;
       *reinterpret_cast<uint4*>(p.y + off) = v;
       if constexpr (kBnSums) {
@@ -182,15 +216,17 @@ __device__ __forceinline__ void conv_store_tile(const __half* sC, float* red, co
       }
     }
   }
-  if constexpr (kBnSums)
+  if constexpr (kBnSums) {
+    if constexpr (CL::kRedAliasesC) sync();  // every thread's last read of sC before red overwrites it
     reduce_chunk_sums<BlockN, kSlices>(s, ss, red, row0, ch, tid, n0, tile_row<BlockM>(m0, p), p, sync);
+  }
 }
 
 // The BN statistics epilogue (after conv_store_tile stored the tile): this block's partial
 // sum and sum of squares of each of its columns over its rows m < M, from the fp16 values in
 // sC, to p.partials[mb][n] and p.partials[mbs + mb][n] (TileRow), through red
-// [2][kStatSlices][BlockN] fp32 (must not overlap sC). sync(): as conv_store_tile's.
-template <int BlockM, int BlockN, int Threads, int CStride, class Sync>
+// [2][kStatSlices][BlockN] fp32 (as conv_store_tile's). sync(): as conv_store_tile's.
+template <int BlockM, int BlockN, int Threads, class CL, class Sync>
 __device__ __forceinline__ void conv_stats_tile(const __half* sC, float* red, const IgemmParams& p, int m0,
                                                 int n0, int tid, Sync sync) {
   constexpr int kStatSlices = Threads / (BlockN / 2);
@@ -204,12 +240,13 @@ __device__ __forceinline__ void conv_stats_tile(const __half* sC, float* red, co
   const int rows = min(BlockM, p.M - m0);
   float2 s = make_float2(0.0f, 0.0f), ss = make_float2(0.0f, 0.0f);
   for (int r = slice; r < rows; r += kStatSlices) {
-    const float2 v = __half22float2(*reinterpret_cast<const __half2*>(sC + r * CStride + 2 * pair));
+    const float2 v = __half22float2(*reinterpret_cast<const __half2*>(sC + CL::at(r, 2 * pair)));
     s.x += v.x;
     s.y += v.y;
     ss.x += v.x * v.x;
     ss.y += v.y * v.y;
   }
+  if constexpr (CL::kRedAliasesC) sync();  // every thread's last read of sC before red overwrites it
   *reinterpret_cast<float2*>(red + slice * BlockN + 2 * pair) = s;
   *reinterpret_cast<float2*>(red + (kStatSlices + slice) * BlockN + 2 * pair) = ss;
   sync();
@@ -219,8 +256,8 @@ __device__ __forceinline__ void conv_stats_tile(const __half* sC, float* red, co
 // The fused 2x2 max-pool epilogue (instead of conv_store_tile): the tile's rows are whole
 // pairs of output rows (the launcher checks BlockM % 2W == 0; H, W even). Writes the pooled
 // tile to p.y ([M / 4][K]), the argmax bytes to p.argmax (when not null) and with kStats the
-// partial sums of the pooled values through red [2][kPoolSlices][BlockN] fp32 (after sC).
-template <int BlockM, int BlockN, int Threads, int CStride, bool kStats, class Sync>
+// partial sums of the pooled values through red [2][kPoolSlices][BlockN] fp32 (as conv_store_tile's).
+template <int BlockM, int BlockN, int Threads, class CL, bool kStats, class Sync>
 __device__ __forceinline__ void conv_pool_tile(const __half* sC, float* red, const IgemmParams& p, int m0,
                                                int n0, int tid, Sync sync) {
   constexpr int kChunksN = BlockN / 8;
@@ -249,13 +286,12 @@ __device__ __forceinline__ void conv_pool_tile(const __half* sC, float* red, con
     // The window's rows are < M exactly when its pooled pixel is < M / 4 (M = N*H*W is a
     // multiple of 2W, so the last tile holds whole row pairs too).
     if (pooled < pooled_end) {
-      const __half* win = sC + pool_window_row(q, p.W) * CStride + ch * 8;
+      const int wr = pool_window_row(q, p.W);
       alignas(16) __half v[4][8];  // window position dy * 2 + dx, channel
-      *reinterpret_cast<uint4*>(v[0]) = *reinterpret_cast<const uint4*>(win);
-      *reinterpret_cast<uint4*>(v[1]) = *reinterpret_cast<const uint4*>(win + CStride);
-      *reinterpret_cast<uint4*>(v[2]) = *reinterpret_cast<const uint4*>(win + p.W * CStride);
-      *reinterpret_cast<uint4*>(v[3]) =
-          *reinterpret_cast<const uint4*>(win + (p.W + 1) * CStride);
+      *reinterpret_cast<uint4*>(v[0]) = *reinterpret_cast<const uint4*>(sC + CL::at(wr, ch * 8));
+      *reinterpret_cast<uint4*>(v[1]) = *reinterpret_cast<const uint4*>(sC + CL::at(wr + 1, ch * 8));
+      *reinterpret_cast<uint4*>(v[2]) = *reinterpret_cast<const uint4*>(sC + CL::at(wr + p.W, ch * 8));
+      *reinterpret_cast<uint4*>(v[3]) = *reinterpret_cast<const uint4*>(sC + CL::at(wr + p.W + 1, ch * 8));
       alignas(16) __half out[8];
       uint32_t arg_lo = 0, arg_hi = 0;  // argmax bytes of channels 0..3, 4..7 (little-endian)
 #pragma unroll
@@ -285,8 +321,10 @@ __device__ __forceinline__ void conv_pool_tile(const __half* sC, float* red, con
 
   // Thread t's 8 column sums and sums of squares (over its pooled rows, in row order), slice
   // t / kChunksN, then the block's partials.
-  if constexpr (kStats)
+  if constexpr (kStats) {
+    if constexpr (CL::kRedAliasesC) sync();  // every thread's last read of sC before red overwrites it
     reduce_chunk_sums<BlockN, kPoolSlices>(s, ss, red, q0, ch, tid, n0, tile_row<BlockM>(m0, p), p, sync);
+  }
 }
 
 // The epilogues a forward kernel can end with, after the fp16 tile is in sC and every thread
@@ -294,14 +332,14 @@ __device__ __forceinline__ void conv_pool_tile(const __half* sC, float* red, con
 // statistics (kStats), or the fused max-pool (kPool) + its statistics (kPoolStats).
 enum class ConvEpilogue { kStore, kBnSums, kStats, kPool, kPoolStats };
 
-template <ConvEpilogue E, int BlockM, int BlockN, int Threads, int CStride, class Sync>
+template <ConvEpilogue E, int BlockM, int BlockN, int Threads, class CL, class Sync>
 __device__ __forceinline__ void conv_epilogue(const __half* sC, float* red, const IgemmParams& p, int m0, int n0,
                                               int tid, Sync sync) {
   if constexpr (E == ConvEpilogue::kPool || E == ConvEpilogue::kPoolStats) {
-    conv_pool_tile<BlockM, BlockN, Threads, CStride, E == ConvEpilogue::kPoolStats>(sC, red, p, m0, n0, tid, sync);
+    conv_pool_tile<BlockM, BlockN, Threads, CL, E == ConvEpilogue::kPoolStats>(sC, red, p, m0, n0, tid, sync);
   } else {
-    conv_store_tile<BlockM, BlockN, Threads, CStride, E == ConvEpilogue::kBnSums>(sC, red, p, m0, n0, tid, sync);
-    if constexpr (E == ConvEpilogue::kStats) conv_stats_tile<BlockM, BlockN, Threads, CStride>(sC, red, p, m0, n0, tid, sync);
+    conv_store_tile<BlockM, BlockN, Threads, CL, E == ConvEpilogue::kBnSums>(sC, red, p, m0, n0, tid, sync);
+    if constexpr (E == ConvEpilogue::kStats) conv_stats_tile<BlockM, BlockN, Threads, CL>(sC, red, p, m0, n0, tid, sync);
   }
 }
 

@@ -219,7 +219,7 @@ __global__ void __launch_bounds__(T::kThreads, T::kMinBlocks)
                                 : kStats   ? ConvEpilogue::kStats
                                 : kBnSums  ? ConvEpilogue::kBnSums
                                            : ConvEpilogue::kStore;
-  igemm_detail::conv_epilogue<kEpi, T::kBlockM, T::kBlockN, T::kThreads, T::kCStride>(
+  igemm_detail::conv_epilogue<kEpi, T::kBlockM, T::kBlockN, T::kThreads, igemm_detail::PaddedC<T::kCStride>>(
       sC, reinterpret_cast<float*>(smem + T::kEpilogueHalves), p, m0, n0, threadIdx.x, [] { __syncthreads(); });
 }
 

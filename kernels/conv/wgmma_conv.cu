@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "kernels/common.cuh"
 #include "kernels/conv/conv_epilogue.cuh"
@@ -66,7 +67,7 @@ using wgmma_detail::sw128_offset;
 // Producer 2: the persistent ping-pong schedule (the _pp configs, conv_fwd_wgmma_pp below): a
 // BlockM x BlockN tile is one consumer warpgroup's (two m64 tiles), the two consumer warpgroups
 // take turns on a persistent block's tiles, and each has its own sC for its epilogue (with 5
-// stages the two share one, in turn: kOneEpilogue). Producer
+// stages the two share one, in turn: kOneEpilogue; with 6, a compact one: kCompactC). Producer
 // 3: the same, with the operand that needs no gather (the forward's filter rows, the weight
 // gradient's dy rows) copied by TMA from one producer thread (the _pp_tma configs). Producer 4:
 // both operands by TMA, the gathered one in TMA's im2col mode; one producer thread issues all
@@ -107,26 +108,36 @@ struct WgTile {
   static_assert(kTmaBytes % 1024 == 0, "TMA boxes land on 1024-byte swizzle atoms");
   static constexpr int kAccSub = BlockN / 2;             // fp32 accumulators per m64 tile
   static constexpr int kAcc = kSubM * kAccSub;           // per thread
-  static constexpr int kCStride = BlockN + 8;            // halves per sC row (padded, as mma.sync)
+  static constexpr int kCStride = BlockN + 8;            // halves per padded sC row (as mma.sync)
   static constexpr int kPipeBytes = kStages * kStageBytes;
   // sC, then the epilogues' scratch (statistics, pool, BN-backward sums; conv_epilogue.cuh);
   // ping-pong: one of each per consumer warpgroup, whose 128 threads run its epilogue.
   static constexpr int kEpilogueThreads = kPingPong ? 128 : kMmaThreads;
-  static constexpr int kEpilogueBytes =
-      kBlockM * kCStride * 2 + igemm_detail::epilogue_red_bytes<BlockN, kEpilogueThreads>();
-  // Ping-pong: each consumer has its own epilogue buffer, unless two do not fit beside the
-  // stages (the 5-stage tile): then both use one, in turn (pp_schedule's epi barrier); where not
-  // even one fits (the 7-stage tile, the 9-stage 64-column one), none: the consumers store y
-  // straight from their accumulators (sm90::store_acc_direct, kernels/conv/wgmma_store.cuh),
-  // and the tile has no fused epilogues (wgmma_config_fused_epilogues; launch_tile refuses
-  // them). The cooperative tiles always do (their one tile-wide sC would not fit beside even
-  // 3 stages: docs/conv_kernels.md).
+  static constexpr int kRedBytes = igemm_detail::epilogue_red_bytes<BlockN, kEpilogueThreads>();
+  static constexpr int kPaddedEpilogueBytes = kBlockM * kCStride * 2 + kRedBytes;
+  // The compact buffer: sC swizzled, unpadded, the scratch over it (igemm_detail::SwizzledC).
+  static constexpr int kCompactEpilogueBytes = kBlockM * BlockN * 2 > kRedBytes ? kBlockM * BlockN * 2 : kRedBytes;
+  // Whether `buffers` epilogue buffers of `bytes` fit beside a ping-pong tile's stages.
   // ((2 * kStages + 4) * 8: the barriers below with epi, at most, after the padding.)
+  static constexpr bool fits_beside_stages(int buffers, int bytes) {
+    return (size_t)kPipeBytes + (2 * kStages + 4) * 8 + (size_t)buffers * bytes + 1024 <= 227 * 1024;
+  }
+  // Ping-pong: each consumer has its own epilogue buffer, unless two do not fit beside the
+  // stages (the 5-stage tile): then both use one, in turn (pp_schedule's epi barrier). Where not
+  // even one padded buffer fits, one compact one (kCompactC: the 6-stage tile); where not even
+  // that (the 7-stage tile, the 9-stage 64-column one), none: the consumers store y straight
+  // from their accumulators (sm90::store_acc_direct, kernels/conv/wgmma_store.cuh), and the
+  // tile has no fused epilogues (wgmma_config_fused_epilogues; launch_tile refuses them). The
+  // cooperative tiles always do (their one tile-wide sC would not fit beside even 3 stages:
+  // docs/conv_kernels.md).
   static constexpr bool kDirectEpilogue =
-      kCoop || (kPingPong && (size_t)kPipeBytes + (2 * kStages + 4) * 8 + kEpilogueBytes + 1024 > 227 * 1024);
-  static constexpr bool kOneEpilogue =
-      kPingPong && !kDirectEpilogue &&
-      (size_t)kPipeBytes + (2 * kStages + 4) * 8 + 2 * kEpilogueBytes + 1024 > 227 * 1024;
+      kCoop || (kPingPong && !fits_beside_stages(1, kPaddedEpilogueBytes) &&
+                !fits_beside_stages(1, kCompactEpilogueBytes));
+  static constexpr bool kCompactC = kPingPong && !kDirectEpilogue && !fits_beside_stages(1, kPaddedEpilogueBytes);
+  using CLayout = std::conditional_t<kCompactC, igemm_detail::SwizzledC<BlockN>, igemm_detail::PaddedC<kCStride>>;
+  static constexpr int kEpilogueBytes = kCompactC ? kCompactEpilogueBytes : kPaddedEpilogueBytes;
+  static constexpr int kRedOffset = kCompactC ? 0 : kBlockM * kCStride * 2;  // red's byte offset in the buffer
+  static constexpr bool kOneEpilogue = kPingPong && !kDirectEpilogue && !fits_beside_stages(2, kEpilogueBytes);
   // full[], empty[] after the stages; ping-pong: also order[2] (and with one epilogue buffer
   // epi), 8 bytes each, padded to 16.
   static constexpr int kBarrierBytes =
@@ -602,19 +613,19 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_fwd_wgmma_kernel(const Ig
   if (!mma_thread) return;
   mma_threads_sync<T>();  // every warpgroup is done with the stages before sC overwrites them
 
-  // Epilogue: accumulators -> fp16 sC [BlockM][kCStride] -> y in 16-byte chunks (coalesced).
+  // Epilogue: accumulators -> fp16 sC (padded rows) -> y in 16-byte chunks (coalesced).
+  static_assert(!T::kCompactC, "the compact epilogue buffer is the ping-pong tiles'");
   __half* sC = reinterpret_cast<__half*>(smem);
 #pragma unroll
   for (int e = 0; e < T::kAcc; e += 2) {
     const auto at = wgmma_detail::block_acc_coord(T::kBlockM, T::kBlockN, warp, lane, e);
-    *reinterpret_cast<__half2*>(sC + at.row * T::kCStride + at.col) = __floats2half2_rn(acc[e], acc[e + 1]);
+    *reinterpret_cast<__half2*>(sC + T::CLayout::at(at.row, at.col)) = __floats2half2_rn(acc[e], acc[e + 1]);
   }
   mma_threads_sync<T>();
   // sC -> y (or the pooled y) in 16-byte chunks (coalesced), with the epilogue's sums through
   // the scratch after sC.
-  igemm_detail::conv_epilogue<E, T::kBlockM, T::kBlockN, T::kMmaThreads, T::kCStride>(
-      sC, reinterpret_cast<float*>(smem + T::kBlockM * T::kCStride * 2), p, m0, n0, threadIdx.x,
-      [] { mma_threads_sync<T>(); });
+  igemm_detail::conv_epilogue<E, T::kBlockM, T::kBlockN, T::kMmaThreads, typename T::CLayout>(
+      sC, reinterpret_cast<float*>(smem + T::kRedOffset), p, m0, n0, threadIdx.x, [] { mma_threads_sync<T>(); });
 }
 
 // The ping-pong forward's work units for an M x K output: one per tile, or with clusters one
@@ -694,14 +705,31 @@ __global__ void __launch_bounds__(T::kThreads, 1)
         unsigned char* epi = smem + T::kPipeBytes + T::kBarrierBytes + (T::kOneEpilogue ? 0 : g) * T::kEpilogueBytes;
         __half* sC = reinterpret_cast<__half*>(epi);
         warpgroup_barrier_sync(g);  // this consumer's previous epilogue has read all of sC
+        if constexpr (T::kCompactC) {
+          // Swizzled sC: this thread's rows r0 + 64 j + 8 h (pp_acc_coord) share one chunk
+          // offset per 8-column block b (SwizzledC::chunk_at), its column pair 2 (lane % 4) + {0, 1}.
+          const int r0 = 16 * warp + (lane >> 2);
 #pragma unroll
-        for (int e = 0; e < T::kAcc; e += 2) {
-          const auto at = pp_acc_coord<T>(warp, lane, e);
-          *reinterpret_cast<__half2*>(sC + at.row * T::kCStride + at.col) = __floats2half2_rn(a[e], a[e + 1]);
+          for (int b = 0; b < T::kBlockN / 8; b++) {
+            __half* const chunk = sC + T::CLayout::chunk_at(r0, b) + 2 * (lane & 3);
+#pragma unroll
+            for (int j = 0; j < T::kSubM; j++)
+#pragma unroll
+              for (int h = 0; h < 2; h++) {
+                const int e = j * T::kAccSub + 4 * b + 2 * h;
+                *reinterpret_cast<__half2*>(chunk + (64 * j + 8 * h) * T::kBlockN) = __floats2half2_rn(a[e], a[e + 1]);
+              }
+          }
+        } else {
+#pragma unroll
+          for (int e = 0; e < T::kAcc; e += 2) {
+            const auto at = pp_acc_coord<T>(warp, lane, e);
+            *reinterpret_cast<__half2*>(sC + T::CLayout::at(at.row, at.col)) = __floats2half2_rn(a[e], a[e + 1]);
+          }
         }
         warpgroup_barrier_sync(g);
-        igemm_detail::conv_epilogue<E, T::kBlockM, T::kBlockN, T::kEpilogueThreads, T::kCStride>(
-            sC, reinterpret_cast<float*>(epi + T::kBlockM * T::kCStride * 2), p, wk.m0, wk.n0, tid,
+        igemm_detail::conv_epilogue<E, T::kBlockM, T::kBlockN, T::kEpilogueThreads, typename T::CLayout>(
+            sC, reinterpret_cast<float*>(epi + T::kRedOffset), p, wk.m0, wk.n0, tid,
             [g] { warpgroup_barrier_sync(g); });
       });
 }
@@ -913,7 +941,9 @@ void with_tile(WgmmaConfig config, F&& f) {
     case WgmmaConfig::k128x128x64s4PpIm2colC8: return f(Tile<128, 128, 1, 4, 7, 0>{});
     case WgmmaConfig::k128x64x64s4PpIm2col: return f(Tile<128, 64, 1, 4, 4, 0>{});
     case WgmmaConfig::k128x128x64s5PpIm2col: return f(Tile<128, 128, 1, 5, 4, 0>{});
+    case WgmmaConfig::k128x128x64s6PpIm2col: return f(Tile<128, 128, 1, 6, 4, 0>{});
     case WgmmaConfig::k128x128x64s7PpIm2col: return f(Tile<128, 128, 1, 7, 4, 0>{});
+    case WgmmaConfig::k128x128x64s7PpIm2colC8: return f(Tile<128, 128, 1, 7, 7, 0>{});
     case WgmmaConfig::k128x64x64s9PpIm2col: return f(Tile<128, 64, 1, 9, 4, 0>{});
     case WgmmaConfig::k128x256x64s4CoopIm2col: return f(Tile<128, 256, 1, 4, 8, 0>{});
     case WgmmaConfig::k256x128x64s4CoopIm2col: return f(Tile<256, 128, 1, 4, 8, 0>{});
@@ -948,7 +978,9 @@ const char* config_name(WgmmaConfig config) {
     case WgmmaConfig::k128x128x64s4PpIm2colC8: return "wgmma_128x128x64_s4_pp_im2col_c8";
     case WgmmaConfig::k128x64x64s4PpIm2col: return "wgmma_128x64x64_s4_pp_im2col";
     case WgmmaConfig::k128x128x64s5PpIm2col: return "wgmma_128x128x64_s5_pp_im2col";
+    case WgmmaConfig::k128x128x64s6PpIm2col: return "wgmma_128x128x64_s6_pp_im2col";
     case WgmmaConfig::k128x128x64s7PpIm2col: return "wgmma_128x128x64_s7_pp_im2col";
+    case WgmmaConfig::k128x128x64s7PpIm2colC8: return "wgmma_128x128x64_s7_pp_im2col_c8";
     case WgmmaConfig::k128x64x64s9PpIm2col: return "wgmma_128x64x64_s9_pp_im2col";
     case WgmmaConfig::k128x256x64s4CoopIm2col: return "wgmma_128x256x64_s4_coop_im2col";
     case WgmmaConfig::k256x128x64s4CoopIm2col: return "wgmma_256x128x64_s4_coop_im2col";
