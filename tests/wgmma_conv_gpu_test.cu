@@ -701,17 +701,19 @@ TEST_CASE("wgmma launchers check their preconditions (host)", "[gpu][wgmma]") {
   CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k128x64x64s9PpIm2col) == 64);
   CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k128x256x64s4CoopIm2col) == 64);
   CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k256x128x64s4CoopIm2col) == 64);
-  // The 7- and 9-stage tiles and the cooperative ones store from registers: they have the weight
-  // gradient but no fused epilogues, whose launchers refuse them by name before anything else.
-  CHECK(kernels::wgmma_config_fused_epilogues(WgmmaConfig::k128x128x64s5PpIm2col));
-  CHECK(kernels::wgmma_config_fused_epilogues(WgmmaConfig::k128x128x64s6PpIm2col));  // the compact buffer
-  for (const WgmmaConfig deep : {WgmmaConfig::k128x128x64s7PpIm2col, WgmmaConfig::k128x128x64s7PpIm2colC8,
-                                 WgmmaConfig::k128x64x64s9PpIm2col, WgmmaConfig::k128x256x64s4CoopIm2col,
-                                 WgmmaConfig::k256x128x64s4CoopIm2col}) {
-    INFO(kernels::wgmma_config_info(deep).name);
-    CHECK(kernels::wgmma_config_weight_gradient(deep));
-    CHECK_FALSE(kernels::wgmma_config_fused_epilogues(deep));
-    wgmma_test::check_refuses_fused_epilogues(deep);
+  // The deep ping-pong tiles have fused epilogues: in the compact buffer (6 stages) or in the
+  // tile's held last stage (7 and 9). The cooperative ones store from registers: they have the
+  // weight gradient but no fused epilogues, whose launchers refuse them by name before anything
+  // else.
+  for (const WgmmaConfig deep : {WgmmaConfig::k128x128x64s5PpIm2col, WgmmaConfig::k128x128x64s6PpIm2col,
+                                 WgmmaConfig::k128x128x64s7PpIm2col, WgmmaConfig::k128x128x64s7PpIm2colC8,
+                                 WgmmaConfig::k128x64x64s9PpIm2col})
+    CHECK(kernels::wgmma_config_fused_epilogues(deep));
+  for (const WgmmaConfig coop : {WgmmaConfig::k128x256x64s4CoopIm2col, WgmmaConfig::k256x128x64s4CoopIm2col}) {
+    INFO(kernels::wgmma_config_info(coop).name);
+    CHECK(kernels::wgmma_config_weight_gradient(coop));
+    CHECK_FALSE(kernels::wgmma_config_fused_epilogues(coop));
+    wgmma_test::check_refuses_fused_epilogues(coop);
   }
   for (WgmmaConfig c : kernels::kWgmmaConfigs) CHECK_NOTHROW(kernels::wgmma_config_info(c));  // lists vs tiles
   CHECK(kernels::wgmma_config_channel_multiple(cfg) == 8);

@@ -20,6 +20,10 @@
 //     waits for the epi barrier's phase i - 1 (tile i - 1's epilogue done), then runs its
 //     epilogue in the shared buffer (for a random time) and arrives on epi (the fourth test;
 //     without that wait the model finds two epilogues in the buffer at once, the fifth);
+//   - the epilogue in the tile's last stage (the 7- and 9-stage tiles' fused epilogues, which
+//     have no epilogue buffer: pp_schedule's kHold): a consumer keeps that stage through its
+//     epilogue and releases it after (the sixth test; released before, as the plain store
+//     does, the model finds copies landing in the stage the epilogue writes, the seventh);
 //   - clusters (the _c2 tile): B such blocks walk the same tiles; each producer's copy of a slice
 //     lands in every block (multicast), and a consumer releases a stage on every block's empty
 //     barrier, whose phase so needs all blocks' releases (the third test; with each consumer
@@ -48,7 +52,9 @@ using model::Barrier;
 // consumer releases a stage on the empty barrier of every block (B arrivals per phase), and a
 // producer refills a stage once its own block's empty barrier says all have released it.
 // epi: 0 each consumer has its own epilogue buffer (not modelled); 1 one shared buffer behind
-// the epi barrier; 2 one shared buffer without the wait (to show what the barrier prevents).
+// the epi barrier; 2 one shared buffer without the wait (to show what the barrier prevents);
+// 3 the epilogue in the tile's last stage, released after it; 4 the same, released before it
+// (to show what holding it prevents).
 std::string run_pp(int S, const std::vector<int>& tiles, int P, bool ordered, unsigned seed, int B = 1, int epi = 0) {
   std::mt19937 rng(seed);
   int total = 0;
@@ -60,6 +66,7 @@ std::string run_pp(int S, const std::vector<int>& tiles, int P, bool ordered, un
     std::vector<std::vector<int>> reading;  // stage -> slices with MMAs pending
     Barrier epi{1};                         // one arrival per tile (the model's warpgroup agent)
     int in_epilogue = -1;                   // the tile whose epilogue uses the shared buffer
+    std::vector<int> held;                  // stage -> the tile whose epilogue uses it, or -1
   };
   std::vector<Block> blk(B);
   for (Block& k : blk) {
@@ -68,6 +75,7 @@ std::string run_pp(int S, const std::vector<int>& tiles, int P, bool ordered, un
     k.order.assign(2, Barrier{1});
     k.landed.assign(S, std::vector<int>(P * B, -1));
     k.reading.assign(S, std::vector<int>());
+    k.held.assign(S, -1);
   }
   struct Prod {
     int r = 0;
@@ -107,8 +115,12 @@ std::string run_pp(int S, const std::vector<int>& tiles, int P, bool ordered, un
         Prod& p = prod[x];
         const int st = p.r % S;
         if (p.r >= S && !blk[x / P].empty[st].passed((p.r / S - 1) & 1)) continue;
-        for (int d = 0; d < B; d++)
+        for (int d = 0; d < B; d++) {
           if (!blk[d].reading[st].empty()) return "slice " + std::to_string(p.r) + " issued into a stage being read";
+          if (blk[d].held[st] >= 0)
+            return "slice " + std::to_string(p.r) + " issued into the stage of tile " +
+                   std::to_string(blk[d].held[st]) + "'s epilogue";
+        }
         for (int d = 0; d < B; d++) p.in_flight.push_back({p.r, d});
         p.r++;
         moved = true;
@@ -127,6 +139,9 @@ std::string run_pp(int S, const std::vector<int>& tiles, int P, bool ordered, un
         const int st = sl % S;
         for (int r : blk[d].reading[st])
           if (r != sl) return "copy of slice " + std::to_string(sl) + " lands while slice " + std::to_string(r) + " is read";
+        if (blk[d].held[st] >= 0)
+          return "copy of slice " + std::to_string(sl) + " lands in the stage of tile " +
+                 std::to_string(blk[d].held[st]) + "'s epilogue";
         p.in_flight.erase(p.in_flight.begin() + (long)j);
         blk[d].landed[st][x] = sl;
         blk[d].full[st].arrive();  // the copy's arrival (or its bytes), once it has landed
@@ -169,13 +184,25 @@ std::string run_pp(int S, const std::vector<int>& tiles, int P, bool ordered, un
           moved = true;
         } else if (c.pc == 3) {
           if (!c.pending.empty()) continue;
-          if (n > 0) release((first[c.i] + n - 1) % S);
+          if (n > 0 && epi != 3) release((first[c.i] + n - 1) % S);
           if (epi) {
             c.pc = 5;
           } else {
             c.i += 2, c.kt = 0;
             c.pc = c.i < (int)tiles.size() ? 0 : 4;
           }
+          moved = true;
+        } else if (c.pc == 5 && epi >= 3) {
+          if (n > 0) k.held[(first[c.i] + n - 1) % S] = c.i;  // the epilogue writes its last stage
+          c.pc = 6;
+          moved = true;
+        } else if (c.pc == 6 && epi >= 3) {
+          if (n > 0) {
+            k.held[(first[c.i] + n - 1) % S] = -1;
+            if (epi == 3) release((first[c.i] + n - 1) % S);
+          }
+          c.i += 2, c.kt = 0;
+          c.pc = c.i < (int)tiles.size() ? 0 : 4;
           moved = true;
         } else if (c.pc == 5) {
           if (epi == 1 && c.i > 0 && !k.epi.passed((c.i - 1) & 1)) continue;
@@ -273,4 +300,30 @@ TEST_CASE("wgmma ping-pong model: one epilogue buffer without the epi wait overl
     if (res.find("still reads") != std::string::npos) overlaps++;
   }
   CHECK(overlaps > 0);
+}
+
+// The 7- and 9-stage tiles' fused epilogues (and the clustered 7-stage one's): no epilogue
+// buffer, so a consumer runs its epilogue in its tile's last stage and releases that stage only
+// after it (pp_schedule's kHold).
+TEST_CASE("wgmma ping-pong schedule with the epilogue in a held stage: no deadlock, no overwrite (host model)",
+          "[wgmma][pp]") {
+  const std::vector<std::vector<int>> blocks = {{9}, {9, 9}, {9, 9, 9}, {18, 18, 18, 18, 18}, {1, 1, 1, 1, 1, 1, 1},
+                                                {2, 3, 1, 5}, {72, 72, 72}};
+  for (int B : {1, 2, 8})
+    for (int S : {2, 7, 9})
+      for (const auto& tiles : blocks)
+        for (unsigned seed = 0; seed < 10; seed++) {
+          INFO("blocks " << B << " stages " << S << " tiles " << tiles.size() << " first k_tiles " << tiles[0]
+                         << " seed " << seed);
+          CHECK(run_pp(S, tiles, 1, true, seed, B, 3) == "ok");
+        }
+}
+
+TEST_CASE("wgmma ping-pong model: an epilogue in a stage released before it is overwritten", "[wgmma][pp]") {
+  int overwrites = 0;
+  for (unsigned seed = 0; seed < 200; seed++) {
+    const std::string res = run_pp(2, {1, 1, 1, 1, 1, 1}, 1, true, seed, 1, 4);
+    if (res.find("epilogue") != std::string::npos) overwrites++;
+  }
+  CHECK(overwrites > 0);
 }

@@ -126,10 +126,11 @@ struct WgTile {
   // stages (the 5-stage tile): then both use one, in turn (pp_schedule's epi barrier). Where not
   // even one padded buffer fits, one compact one (kCompactC: the 6-stage tile); where not even
   // that (the 7-stage tile, the 9-stage 64-column one), none: the consumers store y straight
-  // from their accumulators (sm90::store_acc_direct, kernels/conv/wgmma_store.cuh), and the
-  // tile has no fused epilogues (wgmma_config_fused_epilogues; launch_tile refuses them). The
-  // cooperative tiles always do (their one tile-wide sC would not fit beside even 3 stages:
-  // docs/conv_kernels.md).
+  // from their accumulators (sm90::store_acc_direct, kernels/conv/wgmma_store.cuh) and run the
+  // fused epilogues in their tile's last stage, which they hold until done (kHeld in
+  // conv_fwd_wgmma_pp_kernel). The cooperative tiles always store from registers (their one
+  // tile-wide sC would not fit beside even 3 stages: docs/conv_kernels.md) and have no fused
+  // epilogues (wgmma_config_fused_epilogues; launch_tile refuses them).
   static constexpr bool kDirectEpilogue =
       kCoop || (kPingPong && !fits_beside_stages(1, kPaddedEpilogueBytes) &&
                 !fits_beside_stages(1, kCompactEpilogueBytes));
@@ -369,7 +370,7 @@ struct PpBarriers {
   __device__ uint32_t epi() const { return bars + 8u * (2 * T::kStages + 2); }  // T::kOneEpilogue only
 };
 
-template <class T, class Params, class WorkOf, class MakeLoader, class Tma, class Mmas, class Epilogue>
+template <class T, bool kHold, class Params, class WorkOf, class MakeLoader, class Tma, class Mmas, class Epilogue>
 __device__ __forceinline__ void pp_schedule(const Params& p, uint32_t base, int units, WorkOf work,
                                             MakeLoader make_loader, Tma tma, Mmas mmas, Epilogue epilogue) {
   static_assert(T::kProducer >= 2 && T::kMmaInFlight == 1 && T::kLoaderThreads == 128 && T::kThreads == 384,
@@ -475,15 +476,24 @@ __device__ __forceinline__ void pp_schedule(const Params& p, uint32_t base, int 
       mbar_arrive(b.order(g ^ 1));  // the other consumer's turn
       wgmma_wait<0>();
       fence_operands(acc);
-      if (wk.k_tiles > 0) release((r - 1) % T::kStages);
+      const uint32_t last = (r - 1) % T::kStages;  // the tile's last slice's stage (k_tiles > 0)
+      if (!kHold && wk.k_tiles > 0) release(last);
       // With one epilogue buffer, tile i's epilogue starts once tile i - 1's (the other
       // consumer's) is done with it: every thread of that one arrives on epi after its last
       // read of the buffer (phase i - 1).
       if constexpr (T::kOneEpilogue) {
         if (i > 0) mbar_wait(b.epi(), (i - 1) & 1);
       }
-      epilogue(acc, wk, g, tid);
+      epilogue(acc, wk, g, tid, base + last * T::kStageBytes);
       if constexpr (T::kOneEpilogue) mbar_arrive(b.epi());
+      if constexpr (kHold) {
+        // The epilogue used the last slice's stage as its buffer, through the generic proxy:
+        // order this thread's accesses before the TMA copies (async proxy) that refill it, then
+        // release it, each warp once all its lanes are done.
+        fence_proxy_async();
+        __syncwarp();
+        if (wk.k_tiles > 0) release(last);
+      }
     }
   }
   // The blocks of a cluster arrive on each other's barriers and copy into each other's shared
@@ -556,19 +566,23 @@ __device__ __forceinline__ void coop_schedule(const Params& p, uint32_t base, in
     wgmma_wait<0>();
     fence_operands(acc);
     if (wk.k_tiles > 0 && warp_leader) mbar_arrive(empty((r - 1) % T::kStages));
-    epilogue(acc, wk, g, tid);
+    epilogue(acc, wk, g, tid, 0u);  // no held stage
   }
 }
 
 // The persistent kernels' schedule: ping-pong (pp_schedule) or cooperative (coop_schedule, which
-// has no cp.async loader: make_loader unused).
-template <class T, class Params, class WorkOf, class MakeLoader, class Tma, class Mmas, class Epilogue>
+// has no cp.async loader: make_loader unused). kHold (ping-pong only): a consumer keeps its tile's
+// last stage through its epilogue, which uses it as its buffer (the fused epilogues of the tiles
+// with no epilogue buffer), and releases it after.
+template <class T, bool kHold = false, class Params, class WorkOf, class MakeLoader, class Tma, class Mmas,
+          class Epilogue>
 __device__ __forceinline__ void persistent_schedule(const Params& p, uint32_t base, int units, WorkOf work,
                                                     MakeLoader make_loader, Tma tma, Mmas mmas, Epilogue epilogue) {
+  static_assert(!kHold || T::kPingPong, "a held stage holds one consumer's tile: the ping-pong schedule's");
   if constexpr (T::kCoop)
     coop_schedule<T>(p, base, units, work, tma, mmas, epilogue);
   else
-    pp_schedule<T>(p, base, units, work, make_loader, tma, mmas, epilogue);
+    pp_schedule<T, kHold>(p, base, units, work, make_loader, tma, mmas, epilogue);
 }
 
 // ---------------------------------------------------------------------------- the kernel
@@ -640,7 +654,8 @@ __host__ __device__ inline int pp_fwd_units(int M, int K) {
 // share their pixels, so their A slices come from L2). A consumer warpgroup's MMAs: both m64
 // tiles of its 128 rows against all BlockN filter rows per k16. Its epilogue: the accumulators
 // to fp16 in its own sC, then conv_epilogue with the warpgroup's 128 threads, while the other
-// consumer computes (or, kDirectEpilogue, straight from the registers). The cooperative tile
+// consumer computes (or, kDirectEpilogue, straight from the registers, and the fused epilogues
+// in the tile's last stage: kHeld below). The cooperative tile
 // (T::kCoop; coop_schedule) runs the same units, consumer g computing its BlockM / 2 rows of
 // each (one or two m64 tiles) and storing them from registers.
 // tm_b (T::kTma only): the filters w as a [K][Kg] matrix, boxes of BlockN rows x 64 columns in
@@ -665,7 +680,16 @@ __global__ void __launch_bounds__(T::kThreads, 1)
   const int k_tiles = ceil_div(p.Kg, T::kBlockK);
   const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3;  // warp in its warpgroup
   const int rank = T::kCluster > 1 ? (int)cluster_ctarank() : 0;
-  persistent_schedule<T>(
+  // The fused epilogues of a ping-pong tile with no epilogue buffer run in its last slice's stage
+  // (held through the epilogue: pp_schedule's kHold), in the compact layout (a stage of 128
+  // pixel rows holds a 128-row sC, the scratch over it); the cooperative tiles have none.
+  constexpr bool kHeld = T::kDirectEpilogue && E != ConvEpilogue::kStore;
+  static_assert(!kHeld || (T::kPingPong && T::kBlockM * T::kBlockN * 2 <= T::kStageBytes &&
+                           T::kRedBytes <= T::kStageBytes),
+                "a held stage holds a consumer's compact sC and the scratch over it");
+  constexpr bool kSwizzledC = kHeld || T::kCompactC;
+  using CL = std::conditional_t<kHeld, igemm_detail::SwizzledC<T::kBlockN>, typename T::CLayout>;
+  persistent_schedule<T, kHeld>(
       p, base, units,
       [=](int u) {
         return PpWork{((u / tiles_n) * T::kCluster + rank) * T::kBlockM, (u % tiles_n) * T::kBlockN, k_tiles, 0};
@@ -693,25 +717,30 @@ __global__ void __launch_bounds__(T::kThreads, 1)
             wgmma_m64k16<T::kBlockN>(sub_acc<T>(a, j), sw128_desc(a_rows + j * 64 * T::kRowBytes + kk * 32),
                                      sw128_desc(stage + T::kABytes + kk * 32));
       },
-      [&](float (&a)[T::kAcc], const PpWork& wk, int g, int tid) {
+      [&](float (&a)[T::kAcc], const PpWork& wk, int g, int tid, uint32_t last_stage) {
         if (wk.m0 >= p.M) return;  // a cluster's row tile past the output (see above)
-        if constexpr (T::kDirectEpilogue) {
+        if constexpr (T::kDirectEpilogue && !kHeld) {
           static_assert(E == ConvEpilogue::kStore, "the register epilogue only stores y");
           const int m0 = wk.m0 + (T::kCoop ? g * T::kBlockM / 2 : 0), M = p.M;  // this consumer's first row
           store_acc_direct<T::kSubM, T::kBlockN>(a, p.y, p.K, wk.n0, warp, lane,
                                                  [=](int row) { return m0 + row < M ? (long long)(m0 + row) : -1LL; });
           return;
         }
-        unsigned char* epi = smem + T::kPipeBytes + T::kBarrierBytes + (T::kOneEpilogue ? 0 : g) * T::kEpilogueBytes;
+        unsigned char* epi = kHeld ? smem + (last_stage - base)
+                                   : smem + T::kPipeBytes + T::kBarrierBytes +
+                                         (T::kOneEpilogue ? 0 : g) * T::kEpilogueBytes;
         __half* sC = reinterpret_cast<__half*>(epi);
-        warpgroup_barrier_sync(g);  // this consumer's previous epilogue has read all of sC
-        if constexpr (T::kCompactC) {
+        // This consumer's previous epilogue has read all of sC; with a held stage, every warp's
+        // MMAs have read the stage (a warp's wgmma_wait covers its own part of the warpgroup's
+        // MMAs, which all read the whole of B).
+        warpgroup_barrier_sync(g);
+        if constexpr (kSwizzledC) {
           // Swizzled sC: this thread's rows r0 + 64 j + 8 h (pp_acc_coord) share one chunk
           // offset per 8-column block b (SwizzledC::chunk_at), its column pair 2 (lane % 4) + {0, 1}.
           const int r0 = 16 * warp + (lane >> 2);
 #pragma unroll
           for (int b = 0; b < T::kBlockN / 8; b++) {
-            __half* const chunk = sC + T::CLayout::chunk_at(r0, b) + 2 * (lane & 3);
+            __half* const chunk = sC + CL::chunk_at(r0, b) + 2 * (lane & 3);
 #pragma unroll
             for (int j = 0; j < T::kSubM; j++)
 #pragma unroll
@@ -724,12 +753,12 @@ __global__ void __launch_bounds__(T::kThreads, 1)
 #pragma unroll
           for (int e = 0; e < T::kAcc; e += 2) {
             const auto at = pp_acc_coord<T>(warp, lane, e);
-            *reinterpret_cast<__half2*>(sC + T::CLayout::at(at.row, at.col)) = __floats2half2_rn(a[e], a[e + 1]);
+            *reinterpret_cast<__half2*>(sC + CL::at(at.row, at.col)) = __floats2half2_rn(a[e], a[e + 1]);
           }
         }
         warpgroup_barrier_sync(g);
-        igemm_detail::conv_epilogue<E, T::kBlockM, T::kBlockN, T::kEpilogueThreads, typename T::CLayout>(
-            sC, reinterpret_cast<float*>(epi + T::kRedOffset), p, wk.m0, wk.n0, tid,
+        igemm_detail::conv_epilogue<E, T::kBlockM, T::kBlockN, T::kEpilogueThreads, CL>(
+            sC, reinterpret_cast<float*>(epi + (kHeld ? 0 : T::kRedOffset)), p, wk.m0, wk.n0, tid,
             [g] { warpgroup_barrier_sync(g); });
       });
 }
@@ -1030,10 +1059,10 @@ void launch_tile_kernel(const IgemmParams& p, cudaStream_t stream) {
 // A forward launch of tile T with epilogue E.
 template <class T, ConvEpilogue E = ConvEpilogue::kStore>
 void launch_tile(const IgemmParams& p, cudaStream_t stream) {
-  if constexpr (T::kDirectEpilogue && E != ConvEpilogue::kStore) {
+  if constexpr (T::kCoop && E != ConvEpilogue::kStore) {
     // Unreachable: the fused launchers refuse the tile first (require_fused_epilogues); and no
     // such kernel is compiled.
-    throw std::logic_error("wgmma: a register-epilogue tile has no fused epilogues");
+    throw std::logic_error("wgmma: a cooperative tile has no fused epilogues");
   } else {
     launch_tile_kernel<T, E>(p, stream);
   }
@@ -1244,7 +1273,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
                 wgmma_detail::sw128_mn_desc(a_blocks + j * T::kColumnBlockBytes + kk * 2048, T::kColumnBlockBytes),
                 wgmma_detail::sw128_mn_desc(stage + T::kABytes + kk * 2048, T::kColumnBlockBytes));
       },
-      [&](float (&a)[T::kAcc], const PpWork& wk, int g, int) {
+      [&](float (&a)[T::kAcc], const PpWork& wk, int g, int, uint32_t) {
         if (wk.n0 >= p.Ng) return;  // a cluster's filter tile past Ng (see above)
         float* out = p.partials + (size_t)wk.z * p.K * p.Ng;
         const int m0 = wk.m0 + (T::kCoop ? g * T::kBlockM / 2 : 0);  // this consumer's first channel
@@ -1343,8 +1372,8 @@ IgemmConfigInfo wgmma_config_info(WgmmaConfig config) {
     if (T::kTma != wgmma_config_tma(config) || T::kIm2col != wgmma_config_im2col(config))
       throw std::logic_error(std::string("wgmma_config_info: ") + name +
                              ": wgmma_config_tma / wgmma_config_im2col disagree with its tile");
-    // Likewise the list of tiles without fused epilogues: exactly those that store from registers.
-    if (T::kDirectEpilogue == wgmma_config_fused_epilogues(config))
+    // Likewise the list of tiles without fused epilogues: exactly the cooperative ones.
+    if (T::kCoop == wgmma_config_fused_epilogues(config))
       throw std::logic_error(std::string("wgmma_config_info: ") + name +
                              ": wgmma_config_fused_epilogues disagrees with its tile's epilogue");
   });

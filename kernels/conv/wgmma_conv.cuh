@@ -86,26 +86,28 @@ enum class WgmmaConfig : int {
                             // B across a cluster (less L2 traffic) did not make it faster. Not
                             // yet run on a GPU: wgmma_config_gpu_tested() is false
   k128x128x64s6PpIm2col,    // as k128x128x64s5PpIm2col with 6 stages (192 KiB of copies in
-                            // flight), the deepest with fused epilogues: its one epilogue
+                            // flight), the deepest with an epilogue buffer: its one epilogue
                             // buffer is the compact one (sC swizzled instead of padded, the
                             // reduction scratch over it: igemm_detail::SwizzledC), 32 KiB where
                             // the padded one takes 42 KiB. Not yet run on a GPU
   k128x128x64s7PpIm2col,    // as k128x128x64s5PpIm2col with 7 stages (224 KiB of copies in
                             // flight, loads five slices ahead, as deep as cuDNN's Hopper forward,
                             // whose blocks hold 231 KiB), no epilogue buffer left: the consumers
-                            // store y straight from their accumulators, so it has no fused
-                            // epilogues (wgmma_config_fused_epilogues). Not yet run on a GPU
+                            // store y straight from their accumulators, and run the fused
+                            // epilogues in the tile's last stage, which they hold until done.
+                            // Not yet run on a GPU
   k128x128x64s7PpIm2colC8,  // k128x128x64s7PpIm2col in clusters of eight sharing B by TMA
                             // multicast, as k128x128x64s4PpIm2colC8: the shape of cuDNN's Hopper
                             // forward (7 stages of 128 x 128 x 64, 8-block clusters). At 4 stages
                             // the clusters were slower than one block (a stage is refilled only
                             // once all eight blocks' consumers have released it, so the slowest
-                            // sets the pace); deeper stages give that wait slack. Register
-                            // epilogue, no fused epilogues. Not yet run on a GPU
+                            // sets the pace); deeper stages give that wait slack. Epilogues
+                            // as the 7-stage tile's. Not yet run on a GPU
   k128x64x64s9PpIm2col,     // as k128x64x64s4PpIm2col with 9 stages (216 KiB): its slices are
                             // half as much MMA work as the 128-column tile's, so its copies
-                            // have half as long to land per stage; from registers as the
-                            // 7-stage tile, no fused epilogues. For layer1's input gradient
+                            // have half as long to land per stage; epilogues as the 7-stage
+                            // tile's (the held stage, 24 KiB, takes the 16 KiB sC and its
+                            // scratch over it). For layer1's input gradient
                             // (64 output channels). Not yet run on a GPU
   k128x256x64s4CoopIm2col,  // the im2col tile's copies (both operands by TMA, persistent) in a
                             // 128 x 256 tile that both consumer warpgroups compute together (the
@@ -179,16 +181,15 @@ constexpr bool wgmma_config_tma(WgmmaConfig config) {
 // The passes a config runs besides the forward and the input gradient (which every config runs,
 // the latter through the forward kernel): the weight gradient, and the forward's and input
 // gradient's fused epilogues (statistics, max-pool, BN-backward sums). The halo tiles have
-// neither (yet), the tiles that store from registers (the 7- and 9-stage im2col tiles, the
-// clustered 7-stage one, the cooperative ones) no fused epilogues (they stage the tile in shared
-// memory, which those tiles' stages fill): their launchers for those throw
-// std::invalid_argument, which the engine records as a rejection like any other launcher
-// precondition.
+// neither (yet), the cooperative tiles no fused epilogues (those stage a consumer's tile in
+// shared memory, which their stages fill; the ping-pong tiles with no epilogue buffer, the 7-
+// and 9-stage ones, run theirs in the tile's last stage, which the consumer holds until its
+// epilogue is done): their launchers for those throw std::invalid_argument, which the engine
+// records as a rejection like any other launcher precondition.
 constexpr bool wgmma_config_weight_gradient(WgmmaConfig config) { return !wgmma_config_halo(config); }
 constexpr bool wgmma_config_fused_epilogues(WgmmaConfig config) {
-  return !wgmma_config_halo(config) && config != WgmmaConfig::k128x128x64s7PpIm2col &&
-         config != WgmmaConfig::k128x128x64s7PpIm2colC8 && config != WgmmaConfig::k128x64x64s9PpIm2col &&
-         config != WgmmaConfig::k128x256x64s4CoopIm2col && config != WgmmaConfig::k256x128x64s4CoopIm2col;
+  return !wgmma_config_halo(config) && config != WgmmaConfig::k128x256x64s4CoopIm2col &&
+         config != WgmmaConfig::k256x128x64s4CoopIm2col;
 }
 
 // Whether a config's kernels have passed the GPU tests on a device (a session with a GPU sets
