@@ -16,8 +16,10 @@ namespace kernels {
 namespace sm90 {
 
 
-// Makes this thread's generic-proxy shared-memory writes (here: completed cp.async copies)
-// visible to the async proxy the tensor cores read through; before the barrier.
+// Orders this thread's generic-proxy shared-memory accesses before later async-proxy ones, ahead
+// of the barrier that hands the memory over: completed cp.async copies before the MMAs that
+// read them (the tensor cores read through the async proxy), or an epilogue's use of a held
+// pipeline stage before the TMA copy that refills it.
 __device__ __forceinline__ void fence_proxy_async() {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
