@@ -598,6 +598,22 @@ TEST_CASE("wgmma epilogue sC layouts: padded and swizzled, conflict-free (host)"
       for (int c = 0; c < 128; c++)
         chunk_wrong += SwizzledC<128>::chunk_at(r0, c / 8) + 8 * i * 128 + c % 8 != SwizzledC<128>::at(r0 + 8 * i, c);
   CHECK(chunk_wrong == 0);
+  // The compact fragment stores (conv_fwd_wgmma_pp_kernel) write register e = j * N / 2 + 4 b
+  // + 2 h (and e + 1) of a consumer thread at row r0 + 64 j + 8 h, columns 8 b + 2 (lane % 4)
+  // (+ 1), r0 = 16 warp + lane / 4: where pp_acc_coord puts it.
+  long frag_wrong = 0;
+  for (int n : {64, 128})
+    for (int warp = 0; warp < 4; warp++)
+      for (int lane = 0; lane < 32; lane++)
+        for (int j = 0; j < 2; j++)
+          for (int b = 0; b < n / 8; b++)
+            for (int h = 0; h < 2; h++)
+              for (int odd = 0; odd < 2; odd++) {
+                const int e = j * n / 2 + 4 * b + 2 * h + odd;
+                const auto at = kernels::wgmma_detail::block_acc_coord(256, n, warp, lane, e);
+                frag_wrong += at.row != 16 * warp + lane / 4 + 64 * j + 8 * h || at.col != 8 * b + 2 * (lane % 4) + odd;
+              }
+  CHECK(frag_wrong == 0);
   CHECK(SwizzledC<128>::kRedAliasesC);
   CHECK_FALSE(PaddedC<136>::kRedAliasesC);
 }
