@@ -535,7 +535,8 @@ TEST_CASE("wgmma accumulator fragment map covers the tile once (host)", "[gpu][w
 }
 
 // The epilogue buffer's sC layouts (conv_epilogue.cuh): the padded one of most tiles and the
-// swizzled one of the compact buffer (the 6-stage ping-pong tile). Each places every element of
+// swizzled one of the compact buffer (the 6-stage ping-pong tile) and of the held stages (the 7-
+// and 9-stage tiles' fused epilogues). Each places every element of
 // a BlockM x BlockN tile once, inside its own row, a 16-byte chunk's 8 columns together; a
 // warp's fragment stores (4 bytes per lane, a ping-pong consumer's accumulators) hit 32
 // different banks, and the epilogues' 16-byte row reads (8 consecutive chunks of a row per
