@@ -338,7 +338,7 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
   DeviceBuffer<float> d_sum((size_t)groups * sp.K), d_sumsq((size_t)groups * sp.K);
   for (const FwdVariant& v : fwd_variants) {
     const auto& info = v.info;
-    if (group_pixels % info.block_m != 0) continue;  // each block's rows in one group
+    if (group_pixels % info.epilogue_m != 0) continue;  // each epilogue's rows in one group
     DeviceBuffer<float> d_part(v.stats_scratch / sizeof(float));
     const kernels::IgemmStats st{d_sum.get(), d_sumsq.get(), d_part.get(), kGhostGroup};
     std::vector<__half> y_plain;
@@ -393,7 +393,7 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
     DeviceBuffer<uint8_t> d_arg(pooled_n);
     for (const FwdVariant& v : fwd_variants) {
       const auto& info = v.info;
-      if (info.block_m % (2 * sp.H) != 0) continue;  // a tile must hold whole row pairs
+      if (info.epilogue_m % (2 * sp.H) != 0) continue;  // an epilogue must hold whole row pairs
       d_y.poison();
       v.plain();
       CUDA_CHECK(cudaDeviceSynchronize());
@@ -472,7 +472,7 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
     row.info = info;
     row.blocks_per_sm = blocks_per_sm;
     row.epilogue = "bn_sums";
-    DeviceBuffer<float> d_part(kernels::dgrad_bn_sums_scratch_bytes(d, info.block_m) / sizeof(float));
+    DeviceBuffer<float> d_part(kernels::dgrad_bn_sums_scratch_bytes(d, info.epilogue_m) / sizeof(float));
     const kernels::BnBackwardSums bn{nullptr,        d_bn_v.get(), d_bn_bias.get(), d_bn_mean.get(),
                                      d_bn_invstd.get(), kAlpha,     d_sdz.get(),     d_sdzx.get(),
                                      d_part.get(),    kGhostGroup};
@@ -755,7 +755,8 @@ int main(int argc, char** argv) {
       const kernels::IgemmConfigInfo& info = r.info;
       j["tile"] = {{"block_m", info.block_m}, {"block_n", info.block_n}, {"block_k", info.block_k},
                    {"warp_m", info.warp_m},   {"warp_n", info.warp_n},   {"stages", info.stages},
-                   {"threads", info.threads}, {"smem_bytes", info.smem_bytes}};
+                   {"threads", info.threads}, {"smem_bytes", info.smem_bytes}, {"epilogue_m", info.epilogue_m},
+                   {"epilogue_threads", info.epilogue_threads}};
       if (r.splits > 0) j["splits"] = r.splits;
       if (r.blocks_per_sm > 0) j["blocks_per_sm"] = r.blocks_per_sm;
       if (speedup > 0) j["speedup_vs_cudnn"] = speedup;

@@ -557,7 +557,7 @@ void Resnet9Gpu::choose_bn_grad_configs() {
   int max_c = 0;
   for (int i = 1; i < kUnits; ++i) {
     const kernels::ConvDesc d = conv_desc(i);
-    partial_bytes = std::max(partial_bytes, kernels::dgrad_bn_sums_scratch_bytes(d, 64));  // smallest BlockM
+    partial_bytes = std::max(partial_bytes, kernels::dgrad_bn_sums_scratch_bytes(d, 64));  // smallest epilogue_m
     wt_bytes = std::max(wt_bytes, kernels::igemm_dgrad_scratch_bytes(d));
     max_c = std::max(max_c, units_[i - 1].shape.C);
   }

@@ -145,11 +145,11 @@ void run_case(const Case& c, bool with_dout2, uint64_t seed, Kernel family) {
                                               : kernels::wgmma_config_info((kernels::WgmmaConfig)cfg);
     INFO("config " << info.name);
     // The group rule: each block's rows in one group.
-    if (G > 1 && (long)s.group * s.Ho() * s.Wo() % info.block_m != 0) continue;
+    if (G > 1 && (long)s.group * s.Ho() * s.Wo() % info.epilogue_m != 0) continue;
     // The wgmma im2col config gathers dy through TMA, 64 of its K channels per copy.
     if (kernel == Kernel::kWgmma && !kernels::wgmma_config_takes_channels((kernels::WgmmaConfig)cfg, d.K)) continue;
     ++ran;
-    DeviceBuffer<float> d_partials(kernels::dgrad_bn_sums_scratch_bytes(d, info.block_m) / sizeof(float));
+    DeviceBuffer<float> d_partials(kernels::dgrad_bn_sums_scratch_bytes(d, info.epilogue_m) / sizeof(float));
     auto dx_plain = poisoned<__half>(out_n), dx_fused = poisoned<__half>(out_n);
     auto sum_dz = poisoned<float>(GC), sum_dzx = poisoned<float>(GC);
     const BnBackwardSums bn{with_dout2 ? d_dout2.get() : nullptr, d_bn_in, d_bias.get(), d_mean.get(),

@@ -188,7 +188,7 @@ void check_recipe_shape(int H, int C, int K, int R, int real_channels, uint64_t 
 // ---------------------------------------------------------------- fused max-pool helpers
 
 bool pool_accepts(const ConvDesc& d, const kernels::IgemmConfigInfo& info) {
-  return d.H % 2 == 0 && d.W % 2 == 0 && info.block_m % (2 * d.W) == 0;
+  return d.H % 2 == 0 && d.W % 2 == 0 && info.epilogue_m % (2 * d.W) == 0;
 }
 
 // x and w with integer values in {-1, 0, 1}: every conv output is a small integer, exact in
@@ -282,9 +282,9 @@ PoolOut run_pool(const Problem& p, const DeviceBuffer<__half>& d_x, const Device
 // Images per statistics group for the odd shapes: the smallest proper divisor g of N whose
 // groups the config can split (g * H * W % BlockM == 0), so several groups get tested where the
 // shape allows; else N (one group).
-int odd_stats_group(const ConvDesc& d, int block_m) {
+int odd_stats_group(const ConvDesc& d, int epilogue_m) {
   for (int g = 1; g < d.N; g++)
-    if (d.N % g == 0 && ((long)g * d.H * d.W) % block_m == 0) return g;
+    if (d.N % g == 0 && ((long)g * d.H * d.W) % epilogue_m == 0) return g;
   return d.N;
 }
 
@@ -330,12 +330,13 @@ long check_pool(const Problem& p, const DeviceBuffer<__half>& d_x, const DeviceB
   // Double sums over the reference's pooled values, group by group, pixel-major.
   const int groups = d.N / group_images;
   const long group_pixels = (long)group_images * (d.H / 2) * (d.W / 2);
-  // The epilogue's threads: all of an igemm block's, the two MMA warpgroups of a wgmma one.
-  const int slices = (kernel.wgmma ? 256 : info.threads) / (info.block_n / 8);
-  const int blocks_per_group =
-      groups == 1 ? (int)((d.N * (long)d.H * d.W + info.block_m - 1) / info.block_m)
-                  : (int)((long)group_images * d.H * d.W / info.block_m);
-  const double n_add = info.block_m / 4 / slices + slices + blocks_per_group;
+  // The epilogue's threads and rows: an igemm block's, a wgmma block's two MMA warpgroups', a
+  // ping-pong or cooperative consumer's (IgemmConfigInfo::epilogue_threads, epilogue_m).
+  const int em = info.epilogue_m;
+  const int slices = info.epilogue_threads / (info.block_n / 8);
+  const int blocks_per_group = groups == 1 ? (int)((d.N * (long)d.H * d.W + em - 1) / em)
+                                           : (int)((long)group_images * d.H * d.W / em);
+  const double n_add = em / 4 / slices + slices + blocks_per_group;
   const double tol = std::max(1e-5, 2.0 * n_add * std::ldexp(1.0, -24));
   long bad = 0;
   double worst = 0.0;
@@ -583,6 +584,12 @@ void check_stats_epilogue(bool wgmma) {
       {{8, 8, 8, 64, 128, 3}, 2},      // 4 ghost groups of 128 pixels
       {{8, 8, 8, 32, 64, 1}, 4},       // the prep conv's shape, 2 groups
       {{4, 16, 16, 128, 256, 3}, 1},   // 4 groups of one 16x16 image (256 pixels)
+      // 1x1 on 64 channels (one 64-wide slice: the cooperative tiles' two consumers take turns
+      // in the one stage), a partial last tile (180 pixels: the 128 x 256 cooperative tile's
+      // last consumer has no rows); then 4 groups of 64 pixels, which only the 64-row
+      // epilogues split (igemm's 64 x 64 tile, the 128 x 256 cooperative tile's consumers).
+      {{5, 6, 6, 64, 256, 1}, 5},
+      {{8, 4, 8, 64, 256, 1}, 2},
   };
   cudaStream_t stream;
   CUDA_CHECK(cudaStreamCreate(&stream));
@@ -597,7 +604,7 @@ void check_stats_epilogue(bool wgmma) {
     for (const FwdKernel& kernel : fwd_kernels(wgmma)) {
       const auto info = kernel.info();
       // Several groups need each block's rows in one group.
-      if (groups > 1 && group_pixels % info.block_m != 0) continue;
+      if (groups > 1 && group_pixels % info.epilogue_m != 0) continue;
       if (!kernel.accepts(d.C)) continue;
       INFO("config " << info.name << ", shape " << desc_str(d) << ", group_images " << cs.group_images);
       const auto y_plain = run_fwd(p, d_x, d_w, kernel);
@@ -800,7 +807,7 @@ void check_pool_odd_shapes(bool wgmma) {
       for (const FwdKernel& kernel : fwd_kernels(wgmma)) {
         const auto info = kernel.info();
         if (!pool_accepts(d, info) || !kernel.accepts(d.C)) continue;
-        const long ties = check_pool(p, d_x, d_w, kernel, odd_stats_group(d, info.block_m), stream);
+        const long ties = check_pool(p, d_x, d_w, kernel, odd_stats_group(d, info.epilogue_m), stream);
         if (integer) integer_ties += ties;
         tested++;
       }

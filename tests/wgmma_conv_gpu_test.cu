@@ -598,15 +598,20 @@ TEST_CASE("wgmma epilogue sC layouts: padded and swizzled, conflict-free (host)"
     for (int i = 0; r0 + 8 * i < 128; i++)
       for (int c = 0; c < 128; c++)
         chunk_wrong += SwizzledC<128>::chunk_at(r0, c / 8) + 8 * i * 128 + c % 8 != SwizzledC<128>::at(r0 + 8 * i, c);
+  for (int r0 = 0; r0 < 8; r0++)  // a cooperative consumer's 64 x 256
+    for (int i = 0; r0 + 8 * i < 64; i++)
+      for (int c = 0; c < 256; c++)
+        chunk_wrong += SwizzledC<256>::chunk_at(r0, c / 8) + 8 * i * 256 + c % 8 != SwizzledC<256>::at(r0 + 8 * i, c);
   CHECK(chunk_wrong == 0);
   // The compact fragment stores (conv_fwd_wgmma_pp_kernel) write register e = j * N / 2 + 4 b
   // + 2 h (and e + 1) of a consumer thread at row r0 + 64 j + 8 h, columns 8 b + 2 (lane % 4)
-  // (+ 1), r0 = 16 warp + lane / 4: where pp_acc_coord puts it.
+  // (+ 1), r0 = 16 warp + lane / 4: where pp_acc_coord puts it. (The cooperative consumers' the
+  // same: 128 x 128 as two m64 tiles, 64 x 256 as one.)
   long frag_wrong = 0;
-  for (int n : {64, 128})
+  for (int n : {64, 128, 256})
     for (int warp = 0; warp < 4; warp++)
       for (int lane = 0; lane < 32; lane++)
-        for (int j = 0; j < 2; j++)
+        for (int j = 0; j < (n == 256 ? 1 : 2); j++)
           for (int b = 0; b < n / 8; b++)
             for (int h = 0; h < 2; h++)
               for (int odd = 0; odd < 2; odd++) {
@@ -719,18 +724,41 @@ TEST_CASE("wgmma launchers check their preconditions (host)", "[gpu][wgmma]") {
   CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k128x256x64s4CoopIm2col) == 64);
   CHECK(kernels::wgmma_config_channel_multiple(WgmmaConfig::k256x128x64s4CoopIm2col) == 64);
   // The deep ping-pong tiles have fused epilogues: in the compact buffer (6 stages) or in the
-  // tile's held last stage (7 and 9). The cooperative ones store from registers: they have the
-  // weight gradient but no fused epilogues, whose launchers refuse them by name before anything
-  // else.
+  // tile's held last stage (7 and 9); so do the cooperative ones, one held stage per consumer.
   for (const WgmmaConfig deep : {WgmmaConfig::k128x128x64s5PpIm2col, WgmmaConfig::k128x128x64s6PpIm2col,
                                  WgmmaConfig::k128x128x64s7PpIm2col, WgmmaConfig::k128x128x64s7PpIm2colC8,
-                                 WgmmaConfig::k128x64x64s9PpIm2col})
+                                 WgmmaConfig::k128x64x64s9PpIm2col, WgmmaConfig::k128x256x64s4CoopIm2col,
+                                 WgmmaConfig::k256x128x64s4CoopIm2col})
     CHECK(kernels::wgmma_config_fused_epilogues(deep));
+  // A fused epilogue's rows and threads: the block's (two warpgroups), a ping-pong consumer's
+  // tile, a cooperative consumer's half of the tile. The partials, the ghost-group rule and the
+  // pool's row-pair rule go by those rows.
+  for (WgmmaConfig c : kernels::kWgmmaConfigs) {
+    const auto info = kernels::wgmma_config_info(c);
+    INFO(info.name);
+    const bool coop = c == WgmmaConfig::k128x256x64s4CoopIm2col || c == WgmmaConfig::k256x128x64s4CoopIm2col;
+    const bool persistent = info.threads == 384 && (coop || std::string(info.name).find("_pp") != std::string::npos);
+    CHECK(info.epilogue_m == (coop ? info.block_m / 2 : info.block_m));
+    CHECK(info.epilogue_threads == (persistent ? 128 : 256));
+  }
   for (const WgmmaConfig coop : {WgmmaConfig::k128x256x64s4CoopIm2col, WgmmaConfig::k256x128x64s4CoopIm2col}) {
     INFO(kernels::wgmma_config_info(coop).name);
     CHECK(kernels::wgmma_config_weight_gradient(coop));
-    CHECK_FALSE(kernels::wgmma_config_fused_epilogues(coop));
-    wgmma_test::check_refuses_fused_epilogues(coop);
+  }
+  {
+    float* f = reinterpret_cast<float*>(0x50000);
+    // 128 x 256: 64-row epilogues, so 2W = 128 (W = 64) is refused as 2W = 64 is not.
+    CHECK_THROWS_WITH(kernels::conv_forward_wgmma_pool(fake(0x10000), fake(0x20000), fake(0x30000), nullptr,
+                                                       ConvDesc{1, 2, 64, 64, 64, 3},
+                                                       WgmmaConfig::k128x256x64s4CoopIm2col, nullptr, 0),
+                      Catch::Contains("multiple of 2 * W"));
+    // 256 x 128: 128-row epilogues, so ghost groups of 64 pixels are refused.
+    CHECK_THROWS_WITH(
+        kernels::conv_forward_wgmma_stats(fake(0x10000), fake(0x20000), fake(0x30000), ConvDesc{4, 8, 8, 64, 64, 3},
+                                          WgmmaConfig::k256x128x64s4CoopIm2col, {f, f + 64, f + 128, 1}, 0),
+        Catch::Contains("multiple of BlockM"));
+    CHECK(kernels::wgmma_stats_scratch_bytes(ConvDesc{4, 8, 8, 64, 64, 3}, WgmmaConfig::k128x256x64s4CoopIm2col) ==
+          2 * (256 / 64) * 64 * sizeof(float));
   }
   for (WgmmaConfig c : kernels::kWgmmaConfigs) CHECK_NOTHROW(kernels::wgmma_config_info(c));  // lists vs tiles
   CHECK(kernels::wgmma_config_channel_multiple(cfg) == 8);

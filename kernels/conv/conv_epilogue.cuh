@@ -86,6 +86,13 @@ __device__ __forceinline__ TileRow tile_row(int m0, const IgemmParams& p) {
   return {m0 / BlockM, (p.M + BlockM - 1) / BlockM};
 }
 
+// The columns each of an epilogue's Threads threads reduces at the end (store_block_partials
+// for columns tid, tid + Threads, ..): one where Threads >= BlockN.
+template <int BlockN, int Threads>
+constexpr int columns_per_thread() {
+  return (BlockN + Threads - 1) / Threads;
+}
+
 // The end of every epilogue reduction, after its barrier: thread c < BlockN adds column c's
 // kSlices partials of the two sums, at red[j][pos] and red[kSlices + j][pos] (fp32
 // [2][kSlices][BlockN]), in slice order and writes the tile's partials
@@ -108,13 +115,14 @@ __device__ __forceinline__ void store_block_partials(const float* red, int pos, 
 // The chunk-column epilogues' block reduction (the BN-backward sums, the pooled statistics):
 // thread tid, of slice `slice`, holds the 8 sums a[] and b[] of its chunk column ch (channels
 // n0 + 8 ch ..) over its rows. They go to red [2][kSlices][BlockN] fp32 (a, then b); then
-// thread c < BlockN adds column c's kSlices partials in slice order and writes the block's
-// partials p.partials[row.mb][n0 + c] (a) and p.partials[row.mbs + row.mb][n0 + c] (b), for
-// columns < K. Fixed order: deterministic. Within a slice row, channels ch*8 + j*4 +
-// 0..3 sit at j*BlockN/2 + ch*4, so consecutive threads store consecutive float4s (no bank
-// conflicts); the reduction's loads then have a 2-way conflict (a warp reads two 16-float runs
-// BlockN/2 apart), once per block. sync(): a barrier over the block's epilogue threads.
-template <int BlockN, int kSlices, class Sync>
+// thread tid adds the kSlices partials of columns c = tid, tid + Threads, .. < BlockN (one
+// column each where Threads >= BlockN; two for a cooperative consumer's 256 columns, 128
+// threads) in slice order and writes the block's partials p.partials[row.mb][n0 + c] (a) and
+// p.partials[row.mbs + row.mb][n0 + c] (b), for columns < K. Fixed order: deterministic.
+// Within a slice row, channels ch*8 + j*4 + 0..3 sit at j*BlockN/2 + ch*4, so consecutive
+// threads store consecutive float4s (no bank conflicts); the reduction's loads then have a
+// 2-way conflict (a warp reads two 16-float runs BlockN/2 apart), once per block. sync(): a barrier over the block's epilogue threads.
+template <int BlockN, int kSlices, int Threads, class Sync>
 __device__ __forceinline__ void reduce_chunk_sums(const float (&a)[8], const float (&b)[8], float* red, int slice,
                                                   int ch, int tid, int n0, TileRow row, const IgemmParams& p,
                                                   Sync sync) {
@@ -126,8 +134,11 @@ __device__ __forceinline__ void reduce_chunk_sums(const float (&a)[8], const flo
   *reinterpret_cast<float4*>(rb) = make_float4(b[0], b[1], b[2], b[3]);
   *reinterpret_cast<float4*>(rb + kHalfN) = make_float4(b[4], b[5], b[6], b[7]);
   sync();
-  const int c = tid;
-  store_block_partials<BlockN, kSlices>(red, ((c >> 2) & 1) * kHalfN + (c >> 3) * 4 + (c & 3), c, n0, row, p);
+#pragma unroll
+  for (int i = 0; i < columns_per_thread<BlockN, Threads>(); i++) {
+    const int c = tid + i * Threads;
+    store_block_partials<BlockN, kSlices>(red, ((c >> 2) & 1) * kHalfN + (c >> 3) * 4 + (c & 3), c, n0, row, p);
+  }
 }
 
 // Writes the fp16 tile sC (BlockM x BlockN, layout CL; rows m0 .., columns n0 ..; rows m >= M and
@@ -150,7 +161,6 @@ __device__ __forceinline__ void conv_store_tile(const __half* sC, float* red, co
   constexpr int kSlices = Threads / kChunksN;
   static_assert(Threads % kChunksN == 0, "store: a fixed chunk column per thread");
   static_assert(BlockM % kSlices == 0, "store: whole passes over the rows");
-  static_assert(!kBnSums || Threads >= BlockN, "BN sums: a thread per column for the reduction");
   if constexpr (!kBnSums) {
     // The plain store, the same chunks in the same order as below, written as its own loop:
     // ptxas allocates the forward kernels' registers differently otherwise (the 128 x 128 x 64
@@ -218,7 +228,7 @@ __device__ __forceinline__ void conv_store_tile(const __half* sC, float* red, co
   }
   if constexpr (kBnSums) {
     if constexpr (CL::kRedAliasesC) sync();  // every thread's last read of sC before red overwrites it
-    reduce_chunk_sums<BlockN, kSlices>(s, ss, red, row0, ch, tid, n0, tile_row<BlockM>(m0, p), p, sync);
+    reduce_chunk_sums<BlockN, kSlices, Threads>(s, ss, red, row0, ch, tid, n0, tile_row<BlockM>(m0, p), p, sync);
   }
 }
 
@@ -231,7 +241,6 @@ __device__ __forceinline__ void conv_stats_tile(const __half* sC, float* red, co
                                                 int n0, int tid, Sync sync) {
   constexpr int kStatSlices = Threads / (BlockN / 2);
   static_assert(Threads % (BlockN / 2) == 0, "stats: whole slices of column pairs");
-  static_assert(Threads >= BlockN, "stats: a thread per column for the reduction");
   // Thread t sums column pair t % kPairs over
   // rows t / kPairs, + kStatSlices, ... (consecutive threads read consecutive words); the
   // kStatSlices partials of a column are then added in slice order. Fixed order: deterministic.
@@ -250,7 +259,10 @@ __device__ __forceinline__ void conv_stats_tile(const __half* sC, float* red, co
   *reinterpret_cast<float2*>(red + slice * BlockN + 2 * pair) = s;
   *reinterpret_cast<float2*>(red + (kStatSlices + slice) * BlockN + 2 * pair) = ss;
   sync();
-  store_block_partials<BlockN, kStatSlices>(red, tid, tid, n0, tile_row<BlockM>(m0, p), p);
+#pragma unroll
+  for (int i = 0; i < columns_per_thread<BlockN, Threads>(); i++)
+    store_block_partials<BlockN, kStatSlices>(red, tid + i * Threads, tid + i * Threads, n0, tile_row<BlockM>(m0, p),
+                                              p);
 }
 
 // The fused 2x2 max-pool epilogue (instead of conv_store_tile): the tile's rows are whole
@@ -265,7 +277,6 @@ __device__ __forceinline__ void conv_pool_tile(const __half* sC, float* red, con
   constexpr int kPoolSlices = Threads / kChunksN;
   static_assert(Threads % kChunksN == 0, "pool: a fixed chunk column per thread");
   static_assert(kPooledRows % kPoolSlices == 0, "pool: whole passes over the pooled rows");
-  static_assert(!kStats || Threads >= BlockN, "pool stats: a thread per column for the reduction");
   // The tile's rows are whole pairs of output rows (m0 % 2W == 0), so pooled pixel m0/4 + q
   // is the max over sC rows pool_window_row(q, W) + {0, 1, W, W + 1}. Thread t owns the
   // 8-channel chunk t % kChunksN of pooled rows q = t / kChunksN + i * kPoolSlices: per row it
@@ -323,7 +334,7 @@ __device__ __forceinline__ void conv_pool_tile(const __half* sC, float* red, con
   // t / kChunksN, then the block's partials.
   if constexpr (kStats) {
     if constexpr (CL::kRedAliasesC) sync();  // every thread's last read of sC before red overwrites it
-    reduce_chunk_sums<BlockN, kPoolSlices>(s, ss, red, q0, ch, tid, n0, tile_row<BlockM>(m0, p), p, sync);
+    reduce_chunk_sums<BlockN, kPoolSlices, Threads>(s, ss, red, q0, ch, tid, n0, tile_row<BlockM>(m0, p), p, sync);
   }
 }
 

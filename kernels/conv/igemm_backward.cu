@@ -283,8 +283,8 @@ void conv_backward_data_igemm(const __half* dy, const __half* w, __half* dx, __h
   conv_forward_igemm(dy, wt_scratch, dx, as_forward, config, stream);
 }
 
-size_t dgrad_bn_sums_scratch_bytes(const ConvDesc& d, int block_m) {
-  const long long grid_m = ceil_div((long long)d.N * d.H * d.W, (long long)std::max(block_m, 1));
+size_t dgrad_bn_sums_scratch_bytes(const ConvDesc& d, int epilogue_m) {
+  const long long grid_m = ceil_div((long long)d.N * d.H * d.W, (long long)std::max(epilogue_m, 1));
   return 2 * (size_t)grid_m * (size_t)d.C * sizeof(float);
 }
 
@@ -297,9 +297,9 @@ void conv_backward_data_igemm_bn_sums(const __half* dy, const __half* w, __half*
   // (shapes, tensors, the BN sums' rules) before the first launch, so a bad call leaves nothing
   // half-done; the filters are swapped for their transform afterwards.
   const ConvDesc as_forward{d.N, d.H, d.W, d.K, d.C, d.R};
-  const int block_m = igemm_config_info(config).block_m;
-  igemm_detail::IgemmParams p = igemm_detail::make_igemm_params(fn, dy, w, dx, as_forward, block_m);
-  const int blocks_per_group = igemm_detail::set_bn_sums_params(fn, p, bn, as_forward, block_m);
+  const IgemmConfigInfo cfg = igemm_config_info(config);
+  igemm_detail::IgemmParams p = igemm_detail::make_igemm_params(fn, dy, w, dx, as_forward, cfg.block_m);
+  const int blocks_per_group = igemm_detail::set_bn_sums_params(fn, p, bn, as_forward, cfg.epilogue_m);
   conv_flip_transpose_weights(w, wt_scratch, d, stream);
   p.w = wt_scratch;
   igemm_detail::launch_igemm_bn_sums(config, p, bn, d.N / bn.group_images, blocks_per_group, stream);

@@ -69,12 +69,13 @@ struct BnBackwardSums {
   float alpha;               // CELU's alpha (> 0)
   float* sum_dz;             // [N / group_images][C], written
   float* sum_dzx;            // [N / group_images][C], written
-  float* partials;           // scratch: dgrad_bn_sums_scratch_bytes(d, BlockM of the config)
+  float* partials;           // scratch: dgrad_bn_sums_scratch_bytes(d, the config's epilogue_m)
   int group_images;          // images per BN group; divides N; when N / group_images > 1,
-                             // group_images * H * W % BlockM == 0 (each block in one group)
+                             // group_images * H * W % epilogue_m == 0 (each epilogue in one group)
 };
-// Bytes of scratch for the per-block partial sums of a dgrad with BlockM-pixel tiles.
-size_t dgrad_bn_sums_scratch_bytes(const ConvDesc& d, int block_m);
+// Bytes of scratch for the partial sums of a dgrad whose epilogues cover epilogue_m pixels
+// each (IgemmConfigInfo::epilogue_m: BlockM, or a cooperative wgmma tile's BlockM / 2).
+size_t dgrad_bn_sums_scratch_bytes(const ConvDesc& d, int epilogue_m);
 
 // conv_backward_data_igemm plus the sums above (dx is bitwise the same as without them).
 // Requirements: conv_backward_data_igemm's, and the BnBackwardSums fields' (bn_in, dout2 16-byte

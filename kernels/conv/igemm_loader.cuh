@@ -51,18 +51,23 @@ void require_igemm_shape(const char* fn, const ConvDesc& d);
 IgemmParams make_igemm_params(const char* fn, const __half* x, const __half* w, __half* y,
                               const ConvDesc& d, int block_m);
 
-// The statistics epilogue's checks (IgemmStats, naming fn) for a forward conv d with BlockM-row
-// tiles; sets p.partials and returns the blocks per group (the grid's when there is one).
+// The fused epilogues' rules go by epilogue_m, the rows one epilogue covers and writes one
+// partials row for (IgemmConfigInfo::epilogue_m: BlockM, or a cooperative wgmma tile's
+// BlockM / 2, one epilogue per consumer); the messages say BlockM.
+// The statistics epilogue's checks (IgemmStats, naming fn) for a forward conv d with
+// epilogue_m-row epilogues; sets p.partials and returns the epilogues per group (all of them
+// when there is one group).
 int set_stats_params(const char* fn, IgemmParams& p, const IgemmStats& stats, const ConvDesc& d,
-                     int block_m);
-// The max-pool epilogue's checks (H, W even, BlockM % 2W == 0, argmax 8-byte aligned or null);
-// sets p.argmax.
-void set_pool_params(const char* fn, IgemmParams& p, uint8_t* argmax, const ConvDesc& d, int block_m);
+                     int epilogue_m);
+// The max-pool epilogue's checks (H, W even, epilogue_m % 2W == 0, argmax 8-byte aligned or
+// null); sets p.argmax.
+void set_pool_params(const char* fn, IgemmParams& p, uint8_t* argmax, const ConvDesc& d, int epilogue_m);
 // The BN-backward sums epilogue (conv_epilogue.cuh) of a dgrad run as the forward convolution
 // d (its output y is the dgrad's dx, d.K its channels): checks bn (naming fn), sets p.bn_* and
-// p.partials, and returns the BlockM-row blocks per BN group (the grid's when there is one).
+// p.partials, and returns the epilogue_m-row epilogues per BN group (all of them when there is
+// one group).
 int set_bn_sums_params(const char* fn, IgemmParams& p, const BnBackwardSums& bn, const ConvDesc& d,
-                       int block_m);
+                       int epilogue_m);
 // Adds per-block partials [2][grid_m][K] (already enqueued on the stream) per group of
 // blocks_per_group consecutive blocks, in block order: sum_a[g][n] from the first half,
 // sum_b[g][n] from the second, g < groups. Deterministic (no atomics).

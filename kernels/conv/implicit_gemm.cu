@@ -244,8 +244,8 @@ __global__ void igemm_stats_reduce_kernel(const float* partials, int grid_m, int
 
 template <class T>
 IgemmConfigInfo info_of(const char* name) {
-  return {name, T::kBlockM, T::kBlockN, T::kBlockK, T::kWarpM, T::kWarpN, T::kStages, T::kThreads,
-          T::kSmemBytes};
+  return {name,     T::kBlockM,    T::kBlockN,   T::kBlockK, T::kWarpM,
+          T::kWarpN, T::kStages,    T::kThreads,  T::kSmemBytes, T::kBlockM, T::kThreads};
 }
 
 IgemmParams make_params(const char* fn, const __half* x, const __half* w, __half* y,
@@ -335,7 +335,7 @@ void launch_stats_reduce(const float* partials, int grid_m, int blocks_per_group
 }
 
 int set_stats_params(const char* fn, IgemmParams& p, const IgemmStats& stats, const ConvDesc& d,
-                     int block_m) {
+                     int epilogue_m) {
   require(stats.sum != nullptr && stats.sumsq != nullptr && stats.partials != nullptr, fn,
           "null statistics buffer");
   require(stats.group_images > 0 && d.N % stats.group_images == 0, fn,
@@ -343,17 +343,17 @@ int set_stats_params(const char* fn, IgemmParams& p, const IgemmStats& stats, co
   const int groups = d.N / stats.group_images;
   const int group_pixels = stats.group_images * d.H * d.W;
   // Each block's rows must lie in one group, so its partial belongs to one group.
-  require(groups == 1 || group_pixels % block_m == 0, fn,
+  require(groups == 1 || group_pixels % epilogue_m == 0, fn,
           "with several groups, group_images * H * W must be a multiple of BlockM");
   p.partials = stats.partials;
-  return groups == 1 ? ceil_div(p.M, block_m) : group_pixels / block_m;
+  return groups == 1 ? ceil_div(p.M, epilogue_m) : group_pixels / epilogue_m;
 }
 
-void set_pool_params(const char* fn, IgemmParams& p, uint8_t* argmax, const ConvDesc& d, int block_m) {
+void set_pool_params(const char* fn, IgemmParams& p, uint8_t* argmax, const ConvDesc& d, int epilogue_m) {
   require(d.H % 2 == 0 && d.W % 2 == 0, fn, "H and W must be even (2x2 stride-2 pool)");
   // m0 = blockIdx.y * BlockM is then a multiple of 2W, and an image's H*W pixels are whole row
   // pairs (H even): every tile is whole row pairs, every 2x2 window inside one tile.
-  require(block_m % (2 * d.W) == 0, fn,
+  require(epilogue_m % (2 * d.W) == 0, fn,
           "BlockM must be a multiple of 2 * W (whole pairs of output rows per block)");
   require(argmax == nullptr || (reinterpret_cast<uintptr_t>(argmax) & 7) == 0, fn,
           "argmax must be 8-byte aligned");
@@ -361,7 +361,7 @@ void set_pool_params(const char* fn, IgemmParams& p, uint8_t* argmax, const Conv
 }
 
 int set_bn_sums_params(const char* fn, IgemmParams& p, const BnBackwardSums& bn, const ConvDesc& d,
-                       int block_m) {
+                       int epilogue_m) {
   require(bn.bn_in != nullptr && bn.bias != nullptr && bn.save_mean != nullptr &&
               bn.save_invstd != nullptr,
           fn, "BN sums: bn_in, bias, save_mean and save_invstd are needed");
@@ -374,7 +374,7 @@ int set_bn_sums_params(const char* fn, IgemmParams& p, const BnBackwardSums& bn,
           "BN sums: group_images must divide N");
   const int groups = d.N / bn.group_images;
   const long long group_pixels = (long long)bn.group_images * d.H * d.W;
-  require(groups == 1 || group_pixels % block_m == 0, fn,
+  require(groups == 1 || group_pixels % epilogue_m == 0, fn,
           "BN sums: with several groups, group_images * H * W must be a multiple of BlockM");
   p.bn_dout2 = bn.dout2;
   p.bn_in = bn.bn_in;
@@ -384,14 +384,14 @@ int set_bn_sums_params(const char* fn, IgemmParams& p, const BnBackwardSums& bn,
   p.bn_alpha = bn.alpha;
   p.bn_group_pixels = (int)group_pixels;
   p.partials = bn.partials;
-  const int grid_m = ceil_div(p.M, block_m);
-  return groups == 1 ? grid_m : (int)(group_pixels / block_m);
+  const int grid_m = ceil_div(p.M, epilogue_m);
+  return groups == 1 ? grid_m : (int)(group_pixels / epilogue_m);
 }
 
 void launch_igemm_bn_sums(IgemmConfig config, const IgemmParams& p, const BnBackwardSums& bn, int groups,
                           int blocks_per_group, cudaStream_t stream) {
   launch<false, false, true>(config, p, stream);
-  launch_stats_reduce(bn.partials, ceil_div(p.M, igemm_config_info(config).block_m), blocks_per_group, groups, p.K,
+  launch_stats_reduce(bn.partials, ceil_div(p.M, igemm_config_info(config).epilogue_m), blocks_per_group, groups, p.K,
                       bn.sum_dz, bn.sum_dzx, stream);
 }
 
@@ -417,7 +417,7 @@ void conv_forward_igemm(const __half* x, const __half* w, __half* y, const ConvD
 
 size_t igemm_stats_scratch_bytes(const ConvDesc& d, IgemmConfig config) {
   const IgemmConfigInfo cfg = igemm_config_info(config);
-  const long long grid_m = ceil_div((long long)d.N * d.H * d.W, (long long)cfg.block_m);
+  const long long grid_m = ceil_div((long long)d.N * d.H * d.W, (long long)cfg.epilogue_m);
   return 2 * (size_t)grid_m * (size_t)d.K * sizeof(float);
 }
 
@@ -426,9 +426,9 @@ void conv_forward_igemm_stats(const __half* x, const __half* w, __half* y, const
   const char* fn = "conv_forward_igemm_stats";
   const IgemmConfigInfo cfg = igemm_config_info(config);
   IgemmParams p = make_params(fn, x, w, y, d, cfg);
-  const int blocks_per_group = igemm_detail::set_stats_params(fn, p, stats, d, cfg.block_m);
+  const int blocks_per_group = igemm_detail::set_stats_params(fn, p, stats, d, cfg.epilogue_m);
   launch<true, false>(config, p, stream);
-  launch_stats_reduce(stats, d, ceil_div(p.M, cfg.block_m), blocks_per_group, stream);
+  launch_stats_reduce(stats, d, ceil_div(p.M, cfg.epilogue_m), blocks_per_group, stream);
 }
 
 void conv_forward_igemm_pool(const __half* x, const __half* w, __half* y_pooled, uint8_t* argmax,
@@ -437,14 +437,14 @@ void conv_forward_igemm_pool(const __half* x, const __half* w, __half* y_pooled,
   const char* fn = "conv_forward_igemm_pool";
   const IgemmConfigInfo cfg = igemm_config_info(config);
   IgemmParams p = make_params(fn, x, w, y_pooled, d, cfg);
-  igemm_detail::set_pool_params(fn, p, argmax, d, cfg.block_m);
+  igemm_detail::set_pool_params(fn, p, argmax, d, cfg.epilogue_m);
   if (stats == nullptr) {
     launch<false, true>(config, p, stream);
     return;
   }
-  const int blocks_per_group = igemm_detail::set_stats_params(fn, p, *stats, d, cfg.block_m);
+  const int blocks_per_group = igemm_detail::set_stats_params(fn, p, *stats, d, cfg.epilogue_m);
   launch<true, true>(config, p, stream);
-  launch_stats_reduce(*stats, d, ceil_div(p.M, cfg.block_m), blocks_per_group, stream);
+  launch_stats_reduce(*stats, d, ceil_div(p.M, cfg.epilogue_m), blocks_per_group, stream);
 }
 
 }  // namespace kernels

@@ -46,6 +46,11 @@ struct IgemmConfigInfo {
   int warp_m, warp_n;
   int stages, threads;
   size_t smem_bytes;  // dynamic shared memory per block
+  // One fused epilogue's rows and threads (statistics, max-pool, BN-backward sums; the partial
+  // sums are per epilogue_m rows, so the scratch sizes and the group and pool rules go by it):
+  // the block's tile and threads, a wgmma ping-pong consumer's tile (128 rows, its 128
+  // threads), or a cooperative wgmma consumer's half of the tile (block_m / 2 rows, 128).
+  int epilogue_m, epilogue_threads;
 };
 IgemmConfigInfo igemm_config_info(IgemmConfig config);
 

@@ -80,7 +80,8 @@ using wgmma_detail::sw128_offset;
 // together, each its BlockM / 2 rows (one or two m64 tiles) x all BlockN columns, so the tile
 // can be 128 x 256 or 256 x 128 (128 accumulators per thread) where a ping-pong consumer's
 // whole tile must fit its registers; they store it from registers (kDirectEpilogue) while the
-// producer already loads the next tile's slices.
+// producer already loads the next tile's slices, and run the fused epilogues each in a stage of
+// the tile that it holds (coop_schedule's kHold).
 template <int BlockM, int BlockN, int MmaInFlight, int Stages, int Producer, int L1>
 struct WgTile {
   static constexpr int kBlockM = BlockM, kBlockN = BlockN, kBlockK = 64, kStages = Stages;
@@ -111,12 +112,15 @@ struct WgTile {
   static constexpr int kCStride = BlockN + 8;            // halves per padded sC row (as mma.sync)
   static constexpr int kPipeBytes = kStages * kStageBytes;
   // sC, then the epilogues' scratch (statistics, pool, BN-backward sums; conv_epilogue.cuh);
-  // ping-pong: one of each per consumer warpgroup, whose 128 threads run its epilogue.
-  static constexpr int kEpilogueThreads = kPingPong ? 128 : kMmaThreads;
+  // ping-pong: one of each per consumer warpgroup, whose 128 threads run its epilogue on its
+  // tile; cooperative: each consumer runs it on its kEpilogueM = BlockM / 2 rows.
+  static constexpr int kEpilogueThreads = kPersistent ? 128 : kMmaThreads;
+  static constexpr int kEpilogueM = kCoop ? BlockM / 2 : BlockM;
   static constexpr int kRedBytes = igemm_detail::epilogue_red_bytes<BlockN, kEpilogueThreads>();
-  static constexpr int kPaddedEpilogueBytes = kBlockM * kCStride * 2 + kRedBytes;
+  static constexpr int kPaddedEpilogueBytes = kEpilogueM * kCStride * 2 + kRedBytes;
   // The compact buffer: sC swizzled, unpadded, the scratch over it (igemm_detail::SwizzledC).
-  static constexpr int kCompactEpilogueBytes = kBlockM * BlockN * 2 > kRedBytes ? kBlockM * BlockN * 2 : kRedBytes;
+  static constexpr int kCompactEpilogueBytes =
+      kEpilogueM * BlockN * 2 > kRedBytes ? kEpilogueM * BlockN * 2 : kRedBytes;
   // Whether `buffers` epilogue buffers of `bytes` fit beside a ping-pong tile's stages.
   // ((2 * kStages + 4) * 8: the barriers below with epi, at most, after the padding.)
   static constexpr bool fits_beside_stages(int buffers, int bytes) {
@@ -129,15 +133,15 @@ struct WgTile {
   // from their accumulators (sm90::store_acc_direct, kernels/conv/wgmma_store.cuh) and run the
   // fused epilogues in their tile's last stage, which they hold until done (kHeld in
   // conv_fwd_wgmma_pp_kernel). The cooperative tiles always store from registers (their one
-  // tile-wide sC would not fit beside even 3 stages: docs/conv_kernels.md) and have no fused
-  // epilogues (wgmma_config_fused_epilogues; launch_tile refuses them).
+  // tile-wide sC would not fit beside even 3 stages: docs/conv_kernels.md) and run the fused
+  // epilogues in held stages too, one per consumer (coop_schedule).
   static constexpr bool kDirectEpilogue =
       kCoop || (kPingPong && !fits_beside_stages(1, kPaddedEpilogueBytes) &&
                 !fits_beside_stages(1, kCompactEpilogueBytes));
   static constexpr bool kCompactC = kPingPong && !kDirectEpilogue && !fits_beside_stages(1, kPaddedEpilogueBytes);
   using CLayout = std::conditional_t<kCompactC, igemm_detail::SwizzledC<BlockN>, igemm_detail::PaddedC<kCStride>>;
   static constexpr int kEpilogueBytes = kCompactC ? kCompactEpilogueBytes : kPaddedEpilogueBytes;
-  static constexpr int kRedOffset = kCompactC ? 0 : kBlockM * kCStride * 2;  // red's byte offset in the buffer
+  static constexpr int kRedOffset = kCompactC ? 0 : kEpilogueM * kCStride * 2;  // red's byte offset in the buffer
   static constexpr bool kOneEpilogue = kPingPong && !kDirectEpilogue && !fits_beside_stages(2, kEpilogueBytes);
   // full[], empty[] after the stages; ping-pong: also order[2] (and with one epilogue buffer
   // epi), 8 bytes each, padded to 16.
@@ -516,7 +520,15 @@ __device__ __forceinline__ void pp_schedule(const Params& p, uint32_t base, int 
 // r + kStages needs that slice copied, which needs the current phase (slice r) complete. This
 // is the warp-specialized pipeline's protocol (wgmma_ws_pipeline, whose host model covers it)
 // over the block's slices of all its units, with TMA copies instead of cp.async.
-template <class T, class Params, class WorkOf, class Tma, class Mmas, class Epilogue>
+// kHold (the fused epilogues, which stage a consumer's half of the tile in shared memory): each
+// consumer keeps one stage of the unit through its epilogue, consumer g the one of slice
+// k_tiles - 1 - g, and runs its epilogue there (its compact sC fits a stage: the static_assert
+// in conv_fwd_wgmma_pp_kernel). Both consumers' MMAs read every stage, so neither writes one
+// before both are past a common barrier after their last MMAs; then each releases the other's
+// stage (read, never written by it) and, after its epilogue, its own. With one slice per unit
+// (R * R * C = 64) the two share that stage in turn: consumer 1's epilogue after consumer 0's,
+// a second common barrier between them. tests/wgmma_coop_model_test.cpp models this.
+template <class T, bool kHold, class Params, class WorkOf, class Tma, class Mmas, class Epilogue>
 __device__ __forceinline__ void coop_schedule(const Params& p, uint32_t base, int units, WorkOf work, Tma tma,
                                               Mmas mmas, Epilogue epilogue) {
   static_assert(T::kProducer == 8 && T::kCoop && T::kIm2col && T::kMmaInFlight == 1 && T::kThreads == 384,
@@ -560,27 +572,46 @@ __device__ __forceinline__ void coop_schedule(const Params& p, uint32_t base, in
       mbar_wait(full(s), (r / T::kStages) & 1);
       // Both operands came by TMA (async proxy): no proxy fence before the MMAs.
       wgmma_slice<1>(acc, [&] { mmas(acc, base + s * T::kStageBytes, g); });
-      // The previous slice's MMAs have completed: release its stage.
-      if (kt > 0 && warp_leader) mbar_arrive(empty((r - 1) % T::kStages));
+      // The previous slice's MMAs have completed: release its stage (kHold: not consumer 1's
+      // held one, the unit's last but one).
+      if (kt > 0 && !(kHold && kt == wk.k_tiles - 1) && warp_leader) mbar_arrive(empty((r - 1) % T::kStages));
     }
     wgmma_wait<0>();
     fence_operands(acc);
-    if (wk.k_tiles > 0 && warp_leader) mbar_arrive(empty((r - 1) % T::kStages));
-    epilogue(acc, wk, g, tid, 0u);  // no held stage
+    if constexpr (!kHold) {
+      if (wk.k_tiles > 0 && warp_leader) mbar_arrive(empty((r - 1) % T::kStages));
+      epilogue(acc, wk, g, tid, 0u);  // no held stage
+    } else {
+      // Every MMA of both consumers on the unit's stages has completed (k_tiles > 0: the
+      // launcher's Kg > 0).
+      mma_threads_sync<T>();
+      const bool two = wk.k_tiles >= 2;
+      const uint32_t mine = (r - 1 - (two ? g : 0)) % T::kStages;
+      if (two && warp_leader) mbar_arrive(empty((r - 2 + g) % T::kStages));  // the other's
+      if (!two && g == 1) mma_threads_sync<T>();  // one stage: after consumer 0's epilogue
+      epilogue(acc, wk, g, tid, base + mine * T::kStageBytes);
+      // The epilogue wrote the stage through the generic proxy: order this thread's accesses
+      // before the TMA copies (async proxy) that refill it, then release it, each warp once all
+      // its lanes are done.
+      fence_proxy_async();
+      __syncwarp();
+      if (warp_leader) mbar_arrive(empty(mine));
+      if (!two && g == 0) mma_threads_sync<T>();  // consumer 1's turn in the one stage
+    }
   }
 }
 
 // The persistent kernels' schedule: ping-pong (pp_schedule) or cooperative (coop_schedule, which
-// has no cp.async loader: make_loader unused). kHold (ping-pong only): a consumer keeps its tile's
-// last stage through its epilogue, which uses it as its buffer (the fused epilogues of the tiles
-// with no epilogue buffer), and releases it after.
+// has no cp.async loader: make_loader unused). kHold: a consumer keeps a stage of its tile
+// through its epilogue, which uses it as its buffer (the fused epilogues of the tiles with no
+// epilogue buffer), and releases it after: the ping-pong consumer its tile's last stage, the
+// cooperative ones one stage each (coop_schedule).
 template <class T, bool kHold = false, class Params, class WorkOf, class MakeLoader, class Tma, class Mmas,
           class Epilogue>
 __device__ __forceinline__ void persistent_schedule(const Params& p, uint32_t base, int units, WorkOf work,
                                                     MakeLoader make_loader, Tma tma, Mmas mmas, Epilogue epilogue) {
-  static_assert(!kHold || T::kPingPong, "a held stage holds one consumer's tile: the ping-pong schedule's");
   if constexpr (T::kCoop)
-    coop_schedule<T>(p, base, units, work, tma, mmas, epilogue);
+    coop_schedule<T, kHold>(p, base, units, work, tma, mmas, epilogue);
   else
     pp_schedule<T, kHold>(p, base, units, work, make_loader, tma, mmas, epilogue);
 }
@@ -657,7 +688,8 @@ __host__ __device__ inline int pp_fwd_units(int M, int K) {
 // consumer computes (or, kDirectEpilogue, straight from the registers, and the fused epilogues
 // in the tile's last stage: kHeld below). The cooperative tile
 // (T::kCoop; coop_schedule) runs the same units, consumer g computing its BlockM / 2 rows of
-// each (one or two m64 tiles) and storing them from registers.
+// each (one or two m64 tiles) and storing them from registers, or running the fused epilogues
+// on them (kEpilogueM rows, its 128 threads) in a stage it holds.
 // tm_b (T::kTma only): the filters w as a [K][Kg] matrix, boxes of BlockN rows x 64 columns in
 // the 128-byte swizzle (tma_map_2d): B of slice kt of tile (m0, n0) is the box at (kt * 64, n0).
 // tm_a (T::kIm2col only): x in im2col mode, BlockM pixels x 64 channels in the same swizzle
@@ -680,12 +712,12 @@ __global__ void __launch_bounds__(T::kThreads, 1)
   const int k_tiles = ceil_div(p.Kg, T::kBlockK);
   const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3;  // warp in its warpgroup
   const int rank = T::kCluster > 1 ? (int)cluster_ctarank() : 0;
-  // The fused epilogues of a ping-pong tile with no epilogue buffer run in its last slice's stage
-  // (held through the epilogue: pp_schedule's kHold), in the compact layout (a stage of 128
-  // pixel rows holds a 128-row sC, the scratch over it); the cooperative tiles have none.
+  // The fused epilogues of a tile with no epilogue buffer run in a stage of the tile held
+  // through the epilogue (persistent_schedule's kHold: a ping-pong consumer's last, one per
+  // cooperative consumer), in the compact layout (a stage of 128 pixel rows holds a 128-row sC,
+  // the scratch over it; a cooperative stage of 48 KiB a consumer's 32 KiB).
   constexpr bool kHeld = T::kDirectEpilogue && E != ConvEpilogue::kStore;
-  static_assert(!kHeld || (T::kPingPong && T::kBlockM * T::kBlockN * 2 <= T::kStageBytes &&
-                           T::kRedBytes <= T::kStageBytes),
+  static_assert(!kHeld || (T::kEpilogueM * T::kBlockN * 2 <= T::kStageBytes && T::kRedBytes <= T::kStageBytes),
                 "a held stage holds a consumer's compact sC and the scratch over it");
   constexpr bool kSwizzledC = kHeld || T::kCompactC;
   using CL = std::conditional_t<kHeld, igemm_detail::SwizzledC<T::kBlockN>, typename T::CLayout>;
@@ -718,10 +750,14 @@ __global__ void __launch_bounds__(T::kThreads, 1)
                                      sw128_desc(stage + T::kABytes + kk * 32));
       },
       [&](float (&a)[T::kAcc], const PpWork& wk, int g, int tid, uint32_t last_stage) {
-        if (wk.m0 >= p.M) return;  // a cluster's row tile past the output (see above)
+        // This consumer's first row. None past the output: a cluster's row tile past it (see
+        // above), a cooperative consumer's half of the last row tile; that consumer writes
+        // no partials either (each of the ceil(M / kEpilogueM) partials rows has rows < M).
+        const int m0 = wk.m0 + (T::kCoop ? g * T::kEpilogueM : 0);
+        if (m0 >= p.M) return;
         if constexpr (T::kDirectEpilogue && !kHeld) {
           static_assert(E == ConvEpilogue::kStore, "the register epilogue only stores y");
-          const int m0 = wk.m0 + (T::kCoop ? g * T::kBlockM / 2 : 0), M = p.M;  // this consumer's first row
+          const int M = p.M;
           store_acc_direct<T::kSubM, T::kBlockN>(a, p.y, p.K, wk.n0, warp, lane,
                                                  [=](int row) { return m0 + row < M ? (long long)(m0 + row) : -1LL; });
           return;
@@ -732,7 +768,8 @@ __global__ void __launch_bounds__(T::kThreads, 1)
         __half* sC = reinterpret_cast<__half*>(epi);
         // This consumer's previous epilogue has read all of sC; with a held stage, every warp's
         // MMAs have read the stage (a warp's wgmma_wait covers its own part of the warpgroup's
-        // MMAs, which all read the whole of B).
+        // MMAs, which all read the whole of B; the cooperative schedule has passed a barrier of
+        // both consumers already).
         warpgroup_barrier_sync(g);
         if constexpr (kSwizzledC) {
           // Swizzled sC: this thread's rows r0 + 64 j + 8 h (pp_acc_coord) share one chunk
@@ -757,8 +794,8 @@ __global__ void __launch_bounds__(T::kThreads, 1)
           }
         }
         warpgroup_barrier_sync(g);
-        igemm_detail::conv_epilogue<E, T::kBlockM, T::kBlockN, T::kEpilogueThreads, CL>(
-            sC, reinterpret_cast<float*>(epi + (kHeld ? 0 : T::kRedOffset)), p, wk.m0, wk.n0, tid,
+        igemm_detail::conv_epilogue<E, T::kEpilogueM, T::kBlockN, T::kEpilogueThreads, CL>(
+            sC, reinterpret_cast<float*>(epi + (kHeld ? 0 : T::kRedOffset)), p, m0, wk.n0, tid,
             [g] { warpgroup_barrier_sync(g); });
       });
 }
@@ -1059,13 +1096,7 @@ void launch_tile_kernel(const IgemmParams& p, cudaStream_t stream) {
 // A forward launch of tile T with epilogue E.
 template <class T, ConvEpilogue E = ConvEpilogue::kStore>
 void launch_tile(const IgemmParams& p, cudaStream_t stream) {
-  if constexpr (T::kCoop && E != ConvEpilogue::kStore) {
-    // Unreachable: the fused launchers refuse the tile first (require_fused_epilogues); and no
-    // such kernel is compiled.
-    throw std::logic_error("wgmma: a cooperative tile has no fused epilogues");
-  } else {
-    launch_tile_kernel<T, E>(p, stream);
-  }
+  launch_tile_kernel<T, E>(p, stream);
 }
 
 // ------------------------------------------------------------------- weight gradient
@@ -1360,22 +1391,22 @@ IgemmConfigInfo wgmma_config_info(WgmmaConfig config) {
     // its B stages as the stages.
     const wgmma_detail::HaloTileId id = halo_tile_id(config);
     const wgmma_detail::HaloTileInfo h = wgmma_detail::halo_tile_info(id);
-    return {name, wgmma_detail::kHaloTileRows, id.block_n, 64, 32, id.block_n, h.b_stages, h.threads, h.smem_bytes};
+    return {name,      wgmma_detail::kHaloTileRows, id.block_n, 64,           32,
+            id.block_n, h.b_stages,                 h.threads,  h.smem_bytes, wgmma_detail::kHaloTileRows,
+            128};
   }
   IgemmConfigInfo info{};
   with_tile<WgTile>(config, [&](auto t) {
     using T = decltype(t);
     // A warp's rows: 16 of each of its warpgroup's m64 tiles.
-    info = {name, T::kBlockM, T::kBlockN, T::kBlockK, 16 * T::kSubM, T::kBlockN, T::kStages, T::kThreads, T::kSmemBytes};
+    info = {name,          T::kBlockM,    T::kBlockN,     T::kBlockK,    16 * T::kSubM,
+            T::kBlockN,    T::kStages,    T::kThreads,    T::kSmemBytes, T::kEpilogueM,
+            T::kEpilogueThreads};
     // The header's lists of TMA and im2col configs (the channel rule, the tested flag) must
     // name exactly the tiles that copy that way (every test asks for each config's info).
     if (T::kTma != wgmma_config_tma(config) || T::kIm2col != wgmma_config_im2col(config))
       throw std::logic_error(std::string("wgmma_config_info: ") + name +
                              ": wgmma_config_tma / wgmma_config_im2col disagree with its tile");
-    // Likewise the list of tiles without fused epilogues: exactly the cooperative ones.
-    if (T::kCoop == wgmma_config_fused_epilogues(config))
-      throw std::logic_error(std::string("wgmma_config_info: ") + name +
-                             ": wgmma_config_fused_epilogues disagrees with its tile's epilogue");
   });
   return info;
 }
@@ -1490,7 +1521,7 @@ void conv_forward_wgmma(const __half* x, const __half* w, __half* y, const ConvD
 }
 
 size_t wgmma_stats_scratch_bytes(const ConvDesc& d, WgmmaConfig config) {
-  const long long grid_m = ceil_div((long long)d.N * d.H * d.W, (long long)wgmma_config_info(config).block_m);
+  const long long grid_m = ceil_div((long long)d.N * d.H * d.W, (long long)wgmma_config_info(config).epilogue_m);
   return 2 * (size_t)grid_m * (size_t)d.K * sizeof(float);
 }
 
@@ -1500,11 +1531,11 @@ void conv_forward_wgmma_stats(const __half* x, const __half* w, __half* y, const
   require_fused_epilogues(fn, config);
   const IgemmConfigInfo cfg = wgmma_config_info(config);
   IgemmParams p = igemm_detail::make_igemm_params(fn, x, w, y, d, cfg.block_m);
-  const int blocks_per_group = igemm_detail::set_stats_params(fn, p, stats, d, cfg.block_m);
+  const int blocks_per_group = igemm_detail::set_stats_params(fn, p, stats, d, cfg.epilogue_m);
   require_config_takes(fn, config, d.C, d);
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
   with_tile<WgTile>(config, [&](auto t) { launch_tile<decltype(t), ConvEpilogue::kStats>(p, stream); });
-  igemm_detail::launch_stats_reduce(stats.partials, ceil_div(p.M, cfg.block_m), blocks_per_group,
+  igemm_detail::launch_stats_reduce(stats.partials, ceil_div(p.M, cfg.epilogue_m), blocks_per_group,
                                     d.N / stats.group_images, d.K, stats.sum, stats.sumsq, stream);
 }
 
@@ -1514,8 +1545,8 @@ void conv_forward_wgmma_pool(const __half* x, const __half* w, __half* y_pooled,
   require_fused_epilogues(fn, config);
   const IgemmConfigInfo cfg = wgmma_config_info(config);
   IgemmParams p = igemm_detail::make_igemm_params(fn, x, w, y_pooled, d, cfg.block_m);
-  igemm_detail::set_pool_params(fn, p, argmax, d, cfg.block_m);
-  const int blocks_per_group = stats ? igemm_detail::set_stats_params(fn, p, *stats, d, cfg.block_m) : 0;
+  igemm_detail::set_pool_params(fn, p, argmax, d, cfg.epilogue_m);
+  const int blocks_per_group = stats ? igemm_detail::set_stats_params(fn, p, *stats, d, cfg.epilogue_m) : 0;
   require_config_takes(fn, config, d.C, d);
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
   if (stats == nullptr) {
@@ -1523,7 +1554,7 @@ void conv_forward_wgmma_pool(const __half* x, const __half* w, __half* y_pooled,
     return;
   }
   with_tile<WgTile>(config, [&](auto t) { launch_tile<decltype(t), ConvEpilogue::kPoolStats>(p, stream); });
-  igemm_detail::launch_stats_reduce(stats->partials, ceil_div(p.M, cfg.block_m), blocks_per_group,
+  igemm_detail::launch_stats_reduce(stats->partials, ceil_div(p.M, cfg.epilogue_m), blocks_per_group,
                                     d.N / stats->group_images, d.K, stats->sum, stats->sumsq, stream);
 }
 
@@ -1550,13 +1581,13 @@ void conv_backward_data_wgmma_bn_sums(const __half* dy, const __half* w, __half*
   const ConvDesc as_forward{d.N, d.H, d.W, d.K, d.C, d.R};
   const IgemmConfigInfo cfg = wgmma_config_info(config);
   IgemmParams p = igemm_detail::make_igemm_params(fn, dy, w, dx, as_forward, cfg.block_m);
-  const int blocks_per_group = igemm_detail::set_bn_sums_params(fn, p, bn, as_forward, cfg.block_m);
+  const int blocks_per_group = igemm_detail::set_bn_sums_params(fn, p, bn, as_forward, cfg.epilogue_m);
   require_config_takes(fn, config, d.K, d);
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
   conv_flip_transpose_weights(w, wt_scratch, d, stream);
   p.w = wt_scratch;
   with_tile<WgTile>(config, [&](auto t) { launch_tile<decltype(t), ConvEpilogue::kBnSums>(p, stream); });
-  igemm_detail::launch_stats_reduce(bn.partials, ceil_div(p.M, cfg.block_m), blocks_per_group,
+  igemm_detail::launch_stats_reduce(bn.partials, ceil_div(p.M, cfg.epilogue_m), blocks_per_group,
                                     d.N / bn.group_images, d.C, bn.sum_dz, bn.sum_dzx, stream);
 }
 

@@ -115,7 +115,9 @@ enum class WgmmaConfig : int {
                             // each slice reads 48 KiB for twice the 128 x 128 tile's MMAs (a
                             // quarter less L2 and shared-memory traffic per flop; 4 stages,
                             // 192 KiB, give a copy three 1024-cycle slices to land). Stores
-                            // from registers, no fused epilogues. For the passes with 256 or
+                            // from registers; the fused epilogues run per consumer (64 rows)
+                            // in a stage it holds (two of the tile's last, one per consumer).
+                            // For the passes with 256 or
                             // more output columns: the forward of layer2, layer3, layer3_res,
                             // their input gradients from layer3 on, every weight gradient.
                             // Not yet run on a GPU
@@ -181,16 +183,13 @@ constexpr bool wgmma_config_tma(WgmmaConfig config) {
 // The passes a config runs besides the forward and the input gradient (which every config runs,
 // the latter through the forward kernel): the weight gradient, and the forward's and input
 // gradient's fused epilogues (statistics, max-pool, BN-backward sums). The halo tiles have
-// neither (yet), the cooperative tiles no fused epilogues (those stage a consumer's tile in
-// shared memory, which their stages fill; the ping-pong tiles with no epilogue buffer, the 7-
-// and 9-stage ones, run theirs in the tile's last stage, which the consumer holds until its
-// epilogue is done): their launchers for those throw std::invalid_argument, which the engine
-// records as a rejection like any other launcher precondition.
+// neither (yet): their launchers for those throw std::invalid_argument, which the engine
+// records as a rejection like any other launcher precondition. (The fused epilogues stage a
+// consumer's tile in shared memory: the tiles whose stages leave no room for that, the 7- and
+// 9-stage ping-pong ones and the cooperative ones, run them in stages of the tile that the
+// consumers hold until their epilogues are done.)
 constexpr bool wgmma_config_weight_gradient(WgmmaConfig config) { return !wgmma_config_halo(config); }
-constexpr bool wgmma_config_fused_epilogues(WgmmaConfig config) {
-  return !wgmma_config_halo(config) && config != WgmmaConfig::k128x256x64s4CoopIm2col &&
-         config != WgmmaConfig::k256x128x64s4CoopIm2col;
-}
+constexpr bool wgmma_config_fused_epilogues(WgmmaConfig config) { return !wgmma_config_halo(config); }
 
 // Whether a config's kernels have passed the GPU tests on a device (a session with a GPU sets
 // this when they do). The engine's selection only considers tested configs (unless asked to:
@@ -359,7 +358,8 @@ void conv_forward_wgmma(const __half* x, const __half* w, __half* y, const ConvD
 // (kernels/conv/implicit_gemm.cuh): the same outputs, requirements and determinism, from this
 // kernel (y, y_pooled bitwise the max-pool of this config's conv_forward_wgmma output). Scratch
 // for the partial sums: wgmma_stats_scratch_bytes (as igemm_stats_scratch_bytes, with this
-// config's BlockM). Plus wgmma_supported().
+// config's epilogue_m rows per partial; the group and pool rules also go by epilogue_m, which
+// is BlockM but for the cooperative tiles' BlockM / 2). Plus wgmma_supported().
 size_t wgmma_stats_scratch_bytes(const ConvDesc& d, WgmmaConfig config);
 void conv_forward_wgmma_stats(const __half* x, const __half* w, __half* y, const ConvDesc& d,
                               WgmmaConfig config, const IgemmStats& stats, cudaStream_t stream);
@@ -374,7 +374,8 @@ void conv_backward_data_wgmma(const __half* dy, const __half* w, __half* dx, __h
 
 // conv_backward_data_wgmma plus the BN-backward sums of its output (BnBackwardSums,
 // kernels/conv/igemm_backward.cuh; dx is bitwise the same as without them), as
-// conv_backward_data_igemm_bn_sums. Scratch for the partials: dgrad_bn_sums_scratch_bytes(d, 128).
+// conv_backward_data_igemm_bn_sums. Scratch for the partials: dgrad_bn_sums_scratch_bytes(d,
+// wgmma_config_info(config).epilogue_m).
 void conv_backward_data_wgmma_bn_sums(const __half* dy, const __half* w, __half* dx,
                                       __half* wt_scratch, const ConvDesc& d, WgmmaConfig config,
                                       const BnBackwardSums& bn, cudaStream_t stream);
