@@ -69,8 +69,9 @@ void set_pool_params(const char* fn, IgemmParams& p, uint8_t* argmax, const Conv
 int set_bn_sums_params(const char* fn, IgemmParams& p, const BnBackwardSums& bn, const ConvDesc& d,
                        int epilogue_m);
 // Adds per-block partials [2][grid_m][K] (already enqueued on the stream) per group of
-// blocks_per_group consecutive blocks, in block order: sum_a[g][n] from the first half,
-// sum_b[g][n] from the second, g < groups. Deterministic (no atomics).
+// blocks_per_group consecutive blocks, in a fixed order (sixteen interleaved runs of rows, then
+// those sums): sum_a[g][n] from the first half, sum_b[g][n] from the second, g < groups
+// (<= 65535). Deterministic (no atomics).
 void launch_stats_reduce(const float* partials, int grid_m, int blocks_per_group, int groups, int K,
                          float* sum_a, float* sum_b, cudaStream_t stream);
 // The forward kernel with the BN-backward sums epilogue on p (from make_igemm_params and
