@@ -121,7 +121,8 @@ __device__ __forceinline__ void store_block_partials(const float* red, int pos, 
 // p.partials[row.mbs + row.mb][n0 + c] (b), for columns < K. Fixed order: deterministic.
 // Within a slice row, channels ch*8 + j*4 + 0..3 sit at j*BlockN/2 + ch*4, so consecutive
 // threads store consecutive float4s (no bank conflicts); the reduction's loads then have a
-// 2-way conflict (a warp reads two 16-float runs BlockN/2 apart), once per block. sync(): a barrier over the block's epilogue threads.
+// 2-way conflict (a warp reads two 16-float runs BlockN/2 apart), once per block. sync(): a
+// barrier over the block's epilogue threads.
 template <int BlockN, int kSlices, int Threads, class Sync>
 __device__ __forceinline__ void reduce_chunk_sums(const float (&a)[8], const float (&b)[8], float* red, int slice,
                                                   int ch, int tid, int n0, TileRow row, const IgemmParams& p,

@@ -279,8 +279,9 @@ __global__ void __launch_bounds__(kReduceChannels* kReduceLanes)
 
 template <class T>
 IgemmConfigInfo info_of(const char* name) {
-  return {name,     T::kBlockM,    T::kBlockN,   T::kBlockK, T::kWarpM,
-          T::kWarpN, T::kStages,    T::kThreads,  T::kSmemBytes, T::kBlockM, T::kThreads};
+  // One epilogue per block, over its tile, with all its threads.
+  return {name,        T::kBlockM,  T::kBlockN,    T::kBlockK, T::kWarpM, T::kWarpN,
+          T::kStages,  T::kThreads, T::kSmemBytes, T::kBlockM, T::kThreads};
 }
 
 IgemmParams make_params(const char* fn, const __half* x, const __half* w, __half* y,
