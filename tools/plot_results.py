@@ -16,7 +16,12 @@ conv_bench records (schema cifar-speedrun/conv_bench/v2, docs/conv_kernels.md) g
   igemm_vs_cudnn.png    per layer and pass: cuDNN's autotuned algorithm against the fastest
                         passing implicit-GEMM config (and, in the forward panel, the fused
                         conv + max-pool forward of the pooled layers), TFLOP/s, with the
-                        speed-up over cuDNN written above each igemm bar.
+                        speed-up over cuDNN written above each igemm bar;
+  fused_epilogue_cost.png  per layer, what each fused epilogue adds to the same tile's launch
+                        without it (statistics over the plain forward, pooled statistics over the
+                        pool alone, BN-backward sums over the plain input gradient), in us, for
+                        the tile whose fused launch is fastest, one bar per file: all the
+                        conv_bench files given, e.g. two sessions' on the same GPU.
 Needs matplotlib (Debian: python3-matplotlib). Only reads the files; numbers are plotted as
 the tools wrote them.
 """
@@ -191,6 +196,67 @@ def plot_igemm_vs_cudnn(path, rec, out, plt):
     plt.close(fig)
 
 
+def fused_costs(rec):
+    """{(epilogue, layer): (extra_us, config)}: for each fused epilogue and layer, the passing fused
+    row of ours with the lowest time, minus the time of the same kernel and config without it."""
+    rows = [r for r in rec.get("results", []) if r.get("median_us", -1) > 0 and r["kernel"] != "cudnn"
+            and r["check"]["status"] == "pass"]
+    by_key = {(r["layer"], r["pass"], r["kernel"], r["config"], r.get("epilogue", "none")): r for r in rows}
+    out = {}
+    # (fused epilogue, its pass, the epilogue it is compared with)
+    for epi, p, base in (("stats", "fwd", "none"), ("pool+stats", "fwd", "pool"), ("bn_sums", "bwd_data", "none")):
+        for r in rows:
+            if r["pass"] != p or r.get("epilogue", "none") != epi:
+                continue
+            b = by_key.get((r["layer"], p, r["kernel"], r["config"], base))
+            if b is None:
+                continue
+            key = (epi, r["layer"])
+            if key not in out or r["median_us"] < out[key][2]:
+                out[key] = (r["median_us"] - b["median_us"], r["config"], r["median_us"])
+    return {k: v[:2] for k, v in out.items()}
+
+
+def plot_fused_cost(convs, out, plt):
+    costs = [(path, rec, fused_costs(rec)) for path, rec in convs]
+    if not any(c for _, _, c in costs):
+        return
+    panels = [("stats", "statistics (over the plain forward)"), ("pool+stats", "pooled statistics (over pool)"),
+              ("bn_sums", "BN-backward sums (over the plain input gradient)")]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5))
+    for ax, (epi, title) in zip(axes, panels):
+        layers = list(dict.fromkeys(layer for _, _, c in costs for (e, layer) in c if e == epi))
+        width = 0.8 / len(costs)
+        for k, (path, rec, c) in enumerate(costs):
+            xs, ys, notes = [], [], []
+            for i, layer in enumerate(layers):
+                if (epi, layer) in c:
+                    xs.append(i + k * width)
+                    ys.append(c[(epi, layer)][0])
+                    notes.append(c[(epi, layer)][1])
+            gpu = (rec.get("gpu") or {}).get("name", "?")
+            # The session's folder too: sessions' calls write files of the same names.
+            name = "/".join(os.path.abspath(path).split(os.sep)[-4:-1])
+            bars = ax.bar(xs, ys, width=width, label=f"{name} ({gpu}, {rec.get('git_commit', '?')[:7]})",
+                          color=f"C{k}")
+            for bar, note in zip(bars, notes):
+                ax.annotate(note.replace("wgmma_", ""), (bar.get_x() + bar.get_width() / 2, max(bar.get_height(), 0)),
+                            ha="center", va="bottom", fontsize=5, rotation=90)
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(layers))])
+        ax.set_xticklabels(layers, rotation=45, ha="right", fontsize=8)
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(min(lo, 0), hi * 1.4)  # room for the config names above the bars
+        ax.axhline(0, color="black", linewidth=0.5)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=6)
+    axes[0].set_ylabel("us added by the fused epilogue (same tile)")
+    fig.suptitle("what the fused epilogues cost: the fastest fused launch minus the same tile without the epilogue")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "fused_epilogue_cost.png"), dpi=120)
+    plt.close(fig)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="folder for the PNG files (created)")
@@ -230,6 +296,8 @@ def main():
         plot_conv_bench(path, rec, args.out, plt)
     for path, rec in conv:
         plot_igemm_vs_cudnn(path, rec, args.out, plt)
+    if conv:
+        plot_fused_cost(conv, args.out, plt)
     print(f"plot_results: wrote PNGs to {args.out}")
 
 
