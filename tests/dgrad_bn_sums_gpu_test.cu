@@ -288,6 +288,13 @@ TEST_CASE("dgrad BN-sums launchers check their preconditions (host)", "[gpu][ige
   CHECK_THROWS_AS(kernels::conv_backward_data_igemm_bn_sums(h(0x30000), h(0x40000), h(0x50000), h(0x60000), odd,
                                                             kernels::IgemmConfig::k128x128x32s4, one, 0),
                   std::invalid_argument);
+  // More groups than the partials reduction's grid takes (65535), which only an epilogue of fewer
+  // rows than its block's tile can reach (the 128 x 256 cooperative tile's 64): 70000 images of
+  // 8 x 8 pixels, one group each.
+  CHECK_THROWS_WITH(kernels::conv_backward_data_wgmma_bn_sums(h(0x30000), h(0x40000), h(0x50000), h(0x60000),
+                                                              ConvDesc{70000, 8, 8, 64, 64, 3},
+                                                              kernels::WgmmaConfig::k128x256x64s4CoopIm2col, one, 0),
+                    Catch::Contains("65535 groups"));
   // The BN backward from sums.
   const kernels::GhostBnCeluShape s{4, 8, 8, 16, 2, 2};
   auto from_sums = [&](const float* sum_dz, const uint8_t* arg, const __half* x) {

@@ -759,6 +759,12 @@ TEST_CASE("wgmma launchers check their preconditions (host)", "[gpu][wgmma]") {
         Catch::Contains("multiple of BlockM"));
     CHECK(kernels::wgmma_stats_scratch_bytes(ConvDesc{4, 8, 8, 64, 64, 3}, WgmmaConfig::k128x256x64s4CoopIm2col) ==
           2 * (256 / 64) * 64 * sizeof(float));
+    // More groups than the partials reduction's grid takes (65535), which only the 64-row
+    // epilogues of a 128-row grid can reach: 70000 images of 8 x 8 pixels, one group each.
+    CHECK_THROWS_WITH(
+        kernels::conv_forward_wgmma_stats(fake(0x10000), fake(0x20000), fake(0x30000), ConvDesc{70000, 8, 8, 64, 64, 3},
+                                          WgmmaConfig::k128x256x64s4CoopIm2col, {f, f + 64, f + 128, 1}, 0),
+        Catch::Contains("65535 groups"));
   }
   for (WgmmaConfig c : kernels::kWgmmaConfigs) CHECK_NOTHROW(kernels::wgmma_config_info(c));  // lists vs tiles
   CHECK(kernels::wgmma_config_channel_multiple(cfg) == 8);
