@@ -1074,8 +1074,8 @@ cudaError_t set_smem_attributes(Kernel* kernel, size_t bytes, bool l1) {
 }
 
 // Launches tile T's forward kernel with epilogue E (its grid, or the persistent one).
-template <class T, ConvEpilogue E>
-void launch_tile_kernel(const IgemmParams& p, cudaStream_t stream) {
+template <class T, ConvEpilogue E = ConvEpilogue::kStore>
+void launch_tile(const IgemmParams& p, cudaStream_t stream) {
   auto* kernel = fwd_kernel<T, E>();
   static const cudaError_t attr = set_smem_attributes(kernel, T::kSmemBytes, T::kL1 != 0);
   CUDA_CHECK(attr);
@@ -1091,12 +1091,6 @@ void launch_tile_kernel(const IgemmParams& p, cudaStream_t stream) {
     kernel<<<grid, T::kThreads, T::kSmemBytes, stream>>>(p);
   }
   CUDA_CHECK_LAUNCH();
-}
-
-// A forward launch of tile T with epilogue E.
-template <class T, ConvEpilogue E = ConvEpilogue::kStore>
-void launch_tile(const IgemmParams& p, cudaStream_t stream) {
-  launch_tile_kernel<T, E>(p, stream);
 }
 
 // ------------------------------------------------------------------- weight gradient

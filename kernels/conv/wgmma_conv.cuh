@@ -117,10 +117,9 @@ enum class WgmmaConfig : int {
                             // 192 KiB, give a copy three 1024-cycle slices to land). Stores
                             // from registers; the fused epilogues run per consumer (64 rows)
                             // in a stage it holds (two of the tile's last, one per consumer).
-                            // For the passes with 256 or
-                            // more output columns: the forward of layer2, layer3, layer3_res,
-                            // their input gradients from layer3 on, every weight gradient.
-                            // Not yet run on a GPU
+                            // For the passes with 256 or more output columns: the forward of
+                            // layer2, layer3, layer3_res, their input gradients from layer3 on,
+                            // every weight gradient. Not yet run on a GPU
   k256x128x64s4CoopIm2col,  // the cooperative tile the other way round: 256 x 128, each consumer
                             // 128 rows (two m64n128k16 tiles), the same 48 KiB per slice for
                             // the 128-column passes (layer1's and layer1_res's forward, layer2's
