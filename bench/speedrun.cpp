@@ -94,6 +94,10 @@ options:
   --fused-bn-grad         GPU: each layer's BN-backward sums in the epilogue of the input
                           gradient that produces its output gradient (our kernels; off by
                           default: slower while our convs are)
+  --fusions F             GPU: the three fusions above at once: none (default), all, or
+                          auto (each kept only on the layers where, timed at setup, the
+                          fused conv and the BN stage after it beat the unfused pair); not
+                          with the --fused-* flags
   --bn-kernels K          GPU ghost-BN + CELU kernels: vector (default; 8 channels per thread,
                           16-byte accesses) or pair (the older 2-channel kernels)
   --warmup                do one extra run first (seed S), reported but left out of the
@@ -159,6 +163,8 @@ struct Options {
   bool scale_schedule = false;        // --scale-schedule
   bool fused_stats = false;           // --fused-stats (GPU engine)
   bool fused_bn_grad = false;         // --fused-bn-grad (GPU engine)
+  bool fused_auto = false;            // --fusions auto (GPU engine)
+  std::string fusions;                // --fusions: none, all or auto; "" when not given
   std::string bn_kernels = "vector";  // --bn-kernels (GPU engine)
   net::Recipe recipe;
   int train_subset = -1, test_subset = -1;  // -1: the whole split
@@ -297,6 +303,10 @@ Options parse_args(int argc, char** argv) {
       o.fused_stats = a.flag_only();
     } else if (arg == "--fused-bn-grad") {
       o.fused_bn_grad = a.flag_only();
+    } else if (arg == "--fusions") {
+      o.fusions = a.value();
+      if (o.fusions != "none" && o.fusions != "all" && o.fusions != "auto")
+        throw UsageError("--fusions: expected none, all or auto, got '" + o.fusions + "'");
     } else if (arg == "--bn-kernels") {
       o.bn_kernels = a.value();
       if (o.bn_kernels != "vector" && o.bn_kernels != "pair")
@@ -339,6 +349,12 @@ Options parse_args(int argc, char** argv) {
     }
   }
   if (o.help || o.version) return o;
+  if (!o.fusions.empty()) {
+    if (o.fused_pool || o.fused_stats || o.fused_bn_grad)
+      throw UsageError("--fusions: not with --fused-pool, --fused-stats or --fused-bn-grad (give one or the other)");
+    o.fused_pool = o.fused_stats = o.fused_bn_grad = o.fusions != "none";
+    o.fused_auto = o.fusions == "auto";
+  }
   if (o.scale_schedule) {
     // The recipe's knots are epochs of its own length (Recipe{}.epochs); stretch them to --epochs.
     const float stretch = (float)o.recipe.epochs / (float)net::Recipe{}.epochs;
@@ -556,6 +572,7 @@ int train_main(int argc, char** argv) {
   cfg.fused_pool = opt.fused_pool;
   cfg.fused_stats = opt.fused_stats;
   cfg.fused_bn_grad = opt.fused_bn_grad;
+  cfg.fused_auto = opt.fused_auto;
   cfg.bn_vectorized = opt.bn_kernels == "vector";
   const net::Recipe& r = cfg.recipe;
   const net::Widths widths = net::Widths::from_multiplier(r.width);
@@ -721,6 +738,7 @@ int train_main(int argc, char** argv) {
     c["fused_pool"] = opt.fused_pool;
     c["fused_stats"] = opt.fused_stats;
     c["fused_bn_grad"] = opt.fused_bn_grad;
+    c["fused_auto"] = opt.fused_auto;
     c["bn_kernels"] = opt.bn_kernels;
     c["scale_schedule"] = opt.scale_schedule;
     c["data_dir"] = cifar.dir;

@@ -180,6 +180,29 @@ OurChoice time_our_configs(const std::function<void(const Resnet9Gpu::OurConv&)>
   return best;
 }
 
+// Options::fused_auto: a unit's fused pair (our fused conv and the BN stage that starts from
+// its sums) and its unfused pair (the selected conv and the full BN stage), each timed as one
+// call of both launches (cs::setup_time_us: GPU time, the median of 5, or one call with quick).
+struct PairTimes {
+  double fused_us = 0, unfused_us = 0;
+  bool fused_faster() const { return fused_us < unfused_us; }
+  // kept (the fused pair won) or dropped, with both times: "<kept> (fused pair 91.2 us <
+  // unfused 97.0 us)".
+  std::string note(const std::string& kept, const std::string& dropped) const {
+    char buf[96];
+    std::snprintf(buf, sizeof(buf), " (fused pair %.1f us %s unfused %.1f us)", fused_us,
+                  fused_faster() ? "<" : ">=", unfused_us);
+    return (fused_faster() ? kept : dropped) + buf;
+  }
+};
+PairTimes time_pairs(const std::function<void()>& fused, const std::function<void()>& unfused, cudaStream_t s,
+                     bool quick) {
+  PairTimes t;
+  t.fused_us = cs::setup_time_us(fused, s, 5, quick);
+  t.unfused_us = cs::setup_time_us(unfused, s, 5, quick);
+  return t;
+}
+
 // "" when out agrees with ref (cs::OutputDistance::agrees), else what differs.
 std::string disagreement(const char* what, const cs::OutputDistance& d) {
   if (d.agrees()) return "";
@@ -477,7 +500,8 @@ void Resnet9Gpu::choose_fused_configs() {
   __half* cand_out = arena_.alloc<__half>(max_out, "fused_check_cand");
   double* partial = arena_.alloc<double>(cs::kCompareScratchDoubles, "fused_check_partials");
   // Each unit times every tile config that accepts its shape (igemm, and on Hopper wgmma) and
-  // keeps the fastest whose result agrees; none leaves the unit unfused.
+  // keeps the fastest whose result agrees; none leaves the unit unfused. With fused_auto it then
+  // times the pair the step would run fused against the unfused one and keeps the faster.
   for (int i = 0; i < kUnits; ++i) {
     Unit& u = units_[i];
     if (want[i] == Fusion::kNone) continue;
@@ -485,26 +509,44 @@ void Resnet9Gpu::choose_fused_configs() {
     const __half* w = i == 0 ? prep_w_ : w_half_ + u.conv_off;
     const float* bias = w_ + u.bias_off;
     const long post_n = (long)B_ * u.shape.Ho() * u.shape.Wo() * u.shape.C;
-    u.conv->forward(in, w, u.y, workspace_);
-    kernels::pool_bn_celu_forward_train(u.y, u.p, bias, nullptr, ref_out, u.save_mean, u.save_invstd, nullptr,
-                                        nullptr, bn_scratch_, u.shape, bn_prm_, s);
+    // The unfused path into ref_out (the selected conv, then pool + BN + CELU), and BN + CELU
+    // from a fused conv's sums into cand_out.
+    auto unfused = [&] {
+      u.conv->forward(in, w, u.y, workspace_);
+      kernels::pool_bn_celu_forward_train(u.y, u.p, bias, nullptr, ref_out, u.save_mean, u.save_invstd, nullptr,
+                                          nullptr, bn_scratch_, u.shape, bn_prm_, s);
+    };
+    auto bn_from_sums = [&] {
+      kernels::bn_celu_forward_train_from_sums(u.fusion == Fusion::kPool ? u.p : u.y, fused_sum_, fused_sumsq_, bias,
+                                               nullptr, cand_out, u.save_mean, u.save_invstd, nullptr, nullptr, u.shape,
+                                               bn_prm_, s);
+    };
+    unfused();
     u.fusion = want[i];
-    const OurChoice c = time_our_configs(
+    OurChoice c = time_our_configs(
         [&](const OurConv& k) { u.fused_conv = k; },
         [&] { enqueue_fused_conv(i, in, w, true); },
         [&] {
-          kernels::bn_celu_forward_train_from_sums(u.fusion == Fusion::kPool ? u.p : u.y, fused_sum_, fused_sumsq_,
-                                                   bias, nullptr, cand_out, u.save_mean, u.save_invstd, nullptr,
-                                                   nullptr, u.shape, bn_prm_, s);
+          bn_from_sums();
           return disagreement("BN + CELU output", cs::compare_outputs(cand_out, ref_out, post_n, partial, s));
         },
         s, options_.quick_autotune, options_.conv_policy == cs::ConvPolicy::kAutoUntested);
-    u.fusion = c.found ? want[i] : Fusion::kNone;
     u.fused_conv = c.kernel;
-    const char* what = want[i] == Fusion::kPool ? "conv+pool" : "conv+stats";
-    fused_note_ += "  " + u.name + ": " +
-                   (c.found ? std::string(what) + " " + c.kernel.name() : std::string("not fused (no config fits and agrees)")) +
-                   " [" + c.tried + "]\n";
+    const std::string fused = std::string(want[i] == Fusion::kPool ? "conv+pool " : "conv+stats ") + c.kernel.name();
+    std::string verdict = c.found ? fused : std::string("not fused (no config fits and agrees)");
+    if (c.found && options_.fused_auto) {
+      // No residual in either pair: it costs both the same.
+      const PairTimes t = time_pairs(
+          [&] {
+            enqueue_fused_conv(i, in, w, true);
+            bn_from_sums();
+          },
+          unfused, s, options_.quick_autotune);
+      verdict = t.note(fused, "not fused: " + fused);
+      c.found = t.fused_faster();
+    }
+    u.fusion = c.found ? want[i] : Fusion::kNone;
+    fused_note_ += "  " + u.name + ": " + verdict + " [" + c.tried + "]\n";
   }
   ctx_.sync();
   arena_.release_to(mark);
@@ -612,33 +654,49 @@ void Resnet9Gpu::choose_bn_grad_configs() {
     }
     fill_half(u.d_y, (long)B_ * u.shape.H * u.shape.W * u.shape.C, 40 + i, 1.0f, s);
     if (dout2 != nullptr) fill_half(dout2, out_n, 60 + i, 1.0f, s);
-    u.conv->backward_data(u.d_y, w, ref_dout, workspace_);
-    auto unit_backward = [&](const __half* dout, __half* dy) {  // the step's unfused BN backward
+    // The step's unfused backward into ref_dout and ref_dy (the selected dgrad, then the BN
+    // backward with its statistics pass), and the BN backward from a fused dgrad's sums into
+    // cand_dy.
+    auto unfused = [&] {
+      u.conv->backward_data(u.d_y, w, ref_dout, workspace_);
       if (argmax != nullptr)
-        kernels::pool_bn_celu_backward_argmax(dout, dout2, prev.p, argmax, bias, prev.save_mean, prev.save_invstd,
-                                              dy, dbias, bn_scratch_, sh, bn_prm_, s);
+        kernels::pool_bn_celu_backward_argmax(ref_dout, dout2, prev.p, argmax, bias, prev.save_mean, prev.save_invstd,
+                                              ref_dy, dbias, bn_scratch_, sh, bn_prm_, s);
       else
-        kernels::pool_bn_celu_backward(dout, dout2, prev.y, prev.p, bias, prev.save_mean, prev.save_invstd, dy,
+        kernels::pool_bn_celu_backward(ref_dout, dout2, prev.y, prev.p, bias, prev.save_mean, prev.save_invstd, ref_dy,
                                        dbias, bn_scratch_, sh, bn_prm_, s);
     };
-    unit_backward(ref_dout, ref_dy);
-    const OurChoice c = time_our_configs(
+    auto bn_backward_from_sums = [&] {
+      kernels::pool_bn_celu_backward_from_sums(prev.d_out, dout2, prev.y, prev.p, argmax, bn_grad_sum_dz_,
+                                               bn_grad_sum_dzx_, bias, prev.save_mean, prev.save_invstd, cand_dy, dbias,
+                                               sh, bn_prm_, s);
+    };
+    unfused();
+    OurChoice c = time_our_configs(
         [&](const OurConv& k) { prev.bn_grad_conv = k; },
         [&] { enqueue_dgrad_bn_sums(i, w); },
         [&] {
           const std::string why = disagreement("d_out", cs::compare_outputs(prev.d_out, ref_dout, out_n, partial, s));
           if (!why.empty()) return why;
-          kernels::pool_bn_celu_backward_from_sums(prev.d_out, dout2, prev.y, prev.p, argmax, bn_grad_sum_dz_,
-                                                   bn_grad_sum_dzx_, bias, prev.save_mean, prev.save_invstd,
-                                                   cand_dy, dbias, sh, bn_prm_, s);
+          bn_backward_from_sums();
           return disagreement("BN backward", cs::compare_outputs(cand_dy, ref_dy, conv_n, partial, s));
         },
         s, options_.quick_autotune, options_.conv_policy == cs::ConvPolicy::kAutoUntested);
-    prev.bn_grad_fused = c.found;
     prev.bn_grad_conv = c.kernel;
-    bn_grad_note_ += "  " + prev.name + " (dgrad of " + u.name + "): " +
-                     (c.found ? "dgrad+bn_sums " + c.kernel.name() : std::string("not fused (no config fits and agrees)")) +
-                     " [" + c.tried + "]\n";
+    const std::string fused = "dgrad+bn_sums " + c.kernel.name();
+    std::string verdict = c.found ? fused : std::string("not fused (no config fits and agrees)");
+    if (c.found && options_.fused_auto) {
+      const PairTimes t = time_pairs(
+          [&] {
+            enqueue_dgrad_bn_sums(i, w);
+            bn_backward_from_sums();
+          },
+          unfused, s, options_.quick_autotune);
+      verdict = t.note(fused, "not fused: " + fused);
+      c.found = t.fused_faster();
+    }
+    prev.bn_grad_fused = c.found;
+    bn_grad_note_ += "  " + prev.name + " (dgrad of " + u.name + "): " + verdict + " [" + c.tried + "]\n";
   }
   ctx_.sync();
   arena_.release_to(mark);
@@ -1282,6 +1340,7 @@ GpuTrainer::GpuTrainer(const data::Cifar10& data, const TrainConfig& cfg) : data
   options.fused_pool = cfg_.fused_pool;
   options.fused_stats = cfg_.fused_stats;
   options.fused_bn_grad = cfg_.fused_bn_grad;
+  options.fused_auto = cfg_.fused_auto;
   options.bn_vectorized = cfg_.bn_vectorized;
   options.quick_autotune = cfg_.quick_autotune;
   net_ = std::make_unique<Resnet9Gpu>(*ctx_, A, r, spe_, options);

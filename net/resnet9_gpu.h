@@ -60,6 +60,13 @@ struct Resnet9GpuOptions {
   // output gradient. Those dgrads then run our kernels (igemm, or wgmma on Hopper), the fastest
   // config per unit at setup, whatever the conv selection chose. Off by default, as fused_pool.
   bool fused_bn_grad = false;
+  // With the fusions above: keep each on a unit only where it pays there. At setup the unit
+  // times the fused pair (its chosen fused conv and the BN stage that starts from the conv's
+  // sums) against the unfused pair (the selected conv and the full BN stage) and runs the
+  // faster; fused_choice() and fused_bn_grad_choice() give both times. Off: every fusion asked
+  // for runs wherever a config fits and agrees. A fusion pays only where our fused conv is at
+  // most the BN pass it saves slower than the selected conv.
+  bool fused_auto = false;
   // The ghost-BN + CELU kernels' variant (kernels::GhostBnCeluParams::vectorized).
   bool bn_vectorized = true;
   // Setup without the timing: cuDNN keeps its heuristic algorithms and every candidate (our

@@ -29,6 +29,9 @@ struct TrainConfig {
   // GPU engine: the BN-backward sums in the epilogue of the dgrad that produces each unit's
   // output gradient (Resnet9Gpu::Options::fused_bn_grad).
   bool fused_bn_grad = false;
+  // GPU engine: keep each fusion above only on the units where it timed faster at setup
+  // (Resnet9Gpu::Options::fused_auto).
+  bool fused_auto = false;
   // GPU engine: the ghost-BN + CELU kernels with 8 channels per thread (true) or the older
   // 2-channel ones (kernels/bn.cuh, GhostBnCeluParams::vectorized).
   bool bn_vectorized = true;

@@ -235,16 +235,19 @@ TEST_CASE("resnet9 GPU training step matches the CPU reference within its noise 
   // conv + max-pool (argmax, BN sums in the conv's epilogue), BN from the sums and backward via
   // the argmax (1); our conv kernels wherever eligible, the other layers with the BN sums in
   // the conv's epilogue too, and every BN backward from sums the dgrad before it accumulated (2);
-  // as 0 with the 2-channel BN kernels (3).
-  const int fusion = GENERATE(0, 1, 2, 3);
+  // as 0 with the 2-channel BN kernels (3); the selection with every fusion asked for, each kept
+  // only on the units where its pair timed faster (4: whatever mix of fused and unfused units
+  // that gives, the step must still match).
+  const int fusion = GENERATE(0, 1, 2, 3, 4);
   INFO("variant " << fusion);
   net::Resnet9Gpu::Options options;
-  options.conv_policy = fusion == 1 ? cs::ConvPolicy::kAuto
-                        : fusion == 2 ? cs::ConvPolicy::kIgemm
-                                      : cs::ConvPolicy::kCudnn;
-  options.fused_pool = fusion == 1 || fusion == 2;
-  options.fused_stats = fusion == 2;
-  options.fused_bn_grad = fusion == 2;
+  options.conv_policy = fusion == 1 || fusion == 4 ? cs::ConvPolicy::kAuto
+                        : fusion == 2              ? cs::ConvPolicy::kIgemm
+                                                   : cs::ConvPolicy::kCudnn;
+  options.fused_pool = fusion == 1 || fusion == 2 || fusion == 4;
+  options.fused_stats = fusion == 2 || fusion == 4;
+  options.fused_bn_grad = fusion == 2 || fusion == 4;
+  options.fused_auto = fusion == 4;
   options.bn_vectorized = fusion != 3;
   options.quick_autotune = gpu_test::quick_autotune();
   cs::GpuContext ctx;
@@ -253,10 +256,23 @@ TEST_CASE("resnet9 GPU training step matches the CPU reference within its noise 
   std::printf("resnet9 gpu test (variant %d): arena peak %s, graph: %s\n%s%s", fusion,
               cs::format_bytes(arena.peak_bytes()).c_str(), gpu.graph_note().c_str(),
               gpu.conv_algorithms().c_str(), gpu.fused_choice().c_str());
-  if (options.fused_pool) CHECK(gpu.fused_choice().find("not fused") == std::string::npos);
-  if (options.fused_bn_grad) {
+  auto count = [](const std::string& text, const std::string& what) {
+    long n = 0;
+    for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) n++;
+    return n;
+  };
+  if (options.fused_auto) {
+    // Every unit found a config and timed its two pairs: 8 forwards (3 pooled, 5 with the
+    // statistics) and 7 dgrads with the BN-backward sums.
     std::printf("%s", gpu.fused_bn_grad_choice().c_str());
-    CHECK(gpu.fused_bn_grad_choice().find("not fused") == std::string::npos);
+    CHECK(count(gpu.fused_choice(), "(fused pair ") == 8);
+    CHECK(count(gpu.fused_bn_grad_choice(), "(fused pair ") == 7);
+  } else {
+    if (options.fused_pool) CHECK(gpu.fused_choice().find("not fused") == std::string::npos);
+    if (options.fused_bn_grad) {
+      std::printf("%s", gpu.fused_bn_grad_choice().c_str());
+      CHECK(gpu.fused_bn_grad_choice().find("not fused") == std::string::npos);
+    }
   }
   gpu.set_params(ref.params0);
   gpu.set_running_stats(ref.running_mean0, ref.running_var0);

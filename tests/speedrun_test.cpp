@@ -111,7 +111,7 @@ TEST_CASE("speedrun: --help lists every flag, --version prints the version", "[s
   CHECK(help.code == 0);
   for (const char* flag : {"--device", "--epochs", "--width", "--batch", "--bn-group",
                            "--train-subset", "--test-subset", "--seed", "--runs", "--data",
-                           "--json", "--save", "--eval-every-epoch", "--conv-kernels", "--fused-pool", "--fused-stats", "--fused-bn-grad", "--bn-kernels", "--scale-schedule", "--warmup", "--help",
+                           "--json", "--save", "--eval-every-epoch", "--conv-kernels", "--fused-pool", "--fused-stats", "--fused-bn-grad", "--fusions", "--bn-kernels", "--scale-schedule", "--warmup", "--help",
                            "--version", "speedrun eval", "speedrun predict"}) {
     INFO(flag);
     CHECK(help.out.find(flag) != std::string::npos);
@@ -185,6 +185,9 @@ TEST_CASE("speedrun: usage errors exit 2 and name the flag (other flags)", "[spe
                       {"--fused-pool=1", "--fused-pool"},
                       {"--fused-stats=yes", "--fused-stats"},
                       {"--fused-bn-grad=1", "--fused-bn-grad"},
+                      {"--fusions some", "--fusions"},
+                      {"--fusions", "--fusions"},
+                      {"--fusions auto --fused-pool", "--fusions"},
                       {"--scale-schedule=on", "--scale-schedule"}},
                      tmp.path);
 }
@@ -239,6 +242,7 @@ TEST_CASE("speedrun: a tiny CPU run writes a JSON record with the schema fields"
   CHECK(c.at("fused_pool") == false);
   CHECK(c.at("fused_stats") == false);
   CHECK(c.at("fused_bn_grad") == false);
+  CHECK(c.at("fused_auto") == false);
   CHECK(c.at("bn_kernels") == "vector");
   CHECK(c.at("scale_schedule") == false);
   CHECK(c.at("lr_knots") == nlohmann::json::array({0.0, 2.0, 8.0}));
@@ -309,6 +313,21 @@ TEST_CASE("speedrun: --scale-schedule stretches the lr knots to --epochs", "[spe
 TEST_CASE("speedrun: --conv-kernels auto-untested is accepted and recorded", "[speedrun]") {
   if (!binary_present()) return;
   CHECK(tiny_cpu_run("untested", "--conv-kernels auto-untested").at("config").at("conv_kernels") == "auto-untested");
+}
+
+// --fusions sets the three fusion options at once, and auto also keeps each only where it
+// times faster (the CPU engine ignores them; the record says what was asked for).
+TEST_CASE("speedrun: --fusions sets the three fused options (auto: each where faster)", "[speedrun]") {
+  if (!binary_present()) return;
+  for (const char* mode : {"auto", "all", "none"}) {
+    INFO(mode);
+    const auto c = tiny_cpu_run(std::string("fusions_") + mode, std::string("--fusions ") + mode).at("config");
+    const bool on = std::string(mode) != "none";
+    CHECK(c.at("fused_pool") == on);
+    CHECK(c.at("fused_stats") == on);
+    CHECK(c.at("fused_bn_grad") == on);
+    CHECK(c.at("fused_auto") == (std::string(mode) == "auto"));
+  }
 }
 
 TEST_CASE("speedrun: failed runs exit non-zero and leave no JSON", "[speedrun]") {

@@ -47,7 +47,8 @@
 #    OUTDIR/speedrun_NAME.json: the per-layer conv selection and the fused epilogues measured in
 #    training against the default, in one session on the same data and GPU. SPEEDRUN_VARIANTS
 #    is "NAME=ARGS" items separated by ";" (default: "cudnn=;auto=--conv-kernels auto;
-#    fused=--conv-kernels auto --fused-pool --fused-stats --fused-bn-grad"); NAME a word.
+#    fused=--conv-kernels auto --fusions all;fused_auto=--conv-kernels auto --fusions auto":
+#    every fusion, and each only where it timed faster at setup); NAME a word.
 # 9. profile (only when GPU_CHECK_STEPS names it): Nsight Compute (ncu) on chosen kernels of
 #    conv_bench, one OUTDIR/ncu_NAME.txt per PROFILE_SPECS item "NAME#LAYERS#REGEX#COUNT#SET",
 #    items separated by ";": conv_bench --layers LAYERS --iters 1 under ncu, profiling the first
@@ -69,7 +70,7 @@
 # gpu_check.log (setup, benchmarks', speedrun's and torch's output, the summary table),
 # gpu_tests.log, sanitizer.log, kernel_bench.json, conv_bench.json, speedrun.json, torch.json;
 # the variants step adds one speedrun_NAME.json per variant, so run it in a call of its own
-# (GPU_CHECK_STEPS=variants: gpu_check.log and three files by default), and the profile step
+# (GPU_CHECK_STEPS=variants: gpu_check.log and four files by default), and the profile step
 # one ncu_NAME.txt per PROFILE_SPECS item (five by default: with conv_bench, seven files).
 set -u -o pipefail
 
@@ -412,7 +413,7 @@ elif [ ! -x "$BUILD/speedrun" ]; then
   skip_step variants "no $BUILD/speedrun"
 else
   ensure_bins
-  IFS=';' read -r -a VARIANTS <<<"${SPEEDRUN_VARIANTS:-cudnn=;auto=--conv-kernels auto;fused=--conv-kernels auto --fused-pool --fused-stats --fused-bn-grad}"
+  IFS=';' read -r -a VARIANTS <<<"${SPEEDRUN_VARIANTS:-cudnn=;auto=--conv-kernels auto;fused=--conv-kernels auto --fusions all;fused_auto=--conv-kernels auto --fusions auto}"
   for variant in "${VARIANTS[@]}"; do
     vname=${variant%%=*}
     vargs=${variant#*=}

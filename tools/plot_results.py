@@ -57,6 +57,8 @@ def label_of(path, rec):
     conv = config.get("conv_kernels")
     # The fused-epilogue options that are on (speedrun's config.fused_*), so variants differ.
     fused = "+".join(k[len("fused_"):] for k in ("fused_pool", "fused_stats", "fused_bn_grad") if config.get(k))
+    if fused and config.get("fused_auto"):
+        fused += " where faster"  # --fusions auto
     extra = (", conv " + conv if conv else "") + (", fused " + fused if fused else "")
     return f"{rec.get('tool', '?')} ({gpu}{extra}) {name}"
 
