@@ -117,6 +117,7 @@ struct Row {
   std::string epilogue = "none";  // fwd: "none", "stats", "pool", "pool+stats"; bwd_data: "none", "bn_sums"
   kernels::IgemmConfigInfo info{};          // igemm only
   int splits = 0;                           // igemm / wgmma bwd_filter: split-K slabs launched
+  kernels::WgradStreamK stream_k{};         // wgmma bwd_filter, stream-K: its plan (workers > 0)
   int blocks_per_sm = 0;                    // wgmma: resident blocks per SM (0: not reported)
   kernels::ConvDesc d{};
   double flop = 0;
@@ -596,16 +597,37 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
           kernels::conv_backward_filter_igemm(d_x.get(), d_dy.get(), d_dw.get(), part, d, config, splits, 0);
         });
   if (kernels::wgmma_supported())
-    for (kernels::WgmmaConfig config : kernels::kWgmmaConfigs)
-      if (wgmma_config_takes_channels(config, d.C) && kernels::wgmma_config_weight_gradient(config) &&
-          wanted(kernels::wgmma_config_info(config).name))
-        wgrad_rows(
-            "wgmma", kernels::wgmma_config_info(config), kernels::wgmma_wgrad_default_splits(d, config, sm_count),
-            kernels::wgmma_blocks_per_sm(config, true),
-            [&](int want) { return kernels::wgmma_wgrad_split(d, want).splits; },
-            [&](int splits, float* part) {
-              kernels::conv_backward_filter_wgmma(d_x.get(), d_dy.get(), d_dw.get(), part, d, config, splits, 0);
-            });
+    for (kernels::WgmmaConfig config : kernels::kWgmmaConfigs) {
+      if (!wgmma_config_takes_channels(config, d.C) || !kernels::wgmma_config_weight_gradient(config) ||
+          !wanted(kernels::wgmma_config_info(config).name))
+        continue;
+      wgrad_rows(
+          "wgmma", kernels::wgmma_config_info(config), kernels::wgmma_wgrad_default_splits(d, config, sm_count),
+          kernels::wgmma_blocks_per_sm(config, true),
+          [&](int want) { return kernels::wgmma_wgrad_split(d, want).splits; },
+          [&](int splits, float* part) {
+            kernels::conv_backward_filter_wgmma(d_x.get(), d_dy.get(), d_dw.get(), part, d, config, splits, 0);
+          });
+      if (!kernels::wgmma_config_streamk(config)) continue;
+      // The same tile stream-K (one equal run of slices per resident block, the partials of each
+      // tile added in order by a second kernel), timed with that kernel as the split-K rows.
+      Row row = new_row("bwd_filter", "wgmma", kernels::wgmma_config_info(config).name);
+      row.info = kernels::wgmma_config_info(config);
+      row.stream_k = kernels::wgmma_wgrad_streamk_plan(d, config);
+      row.blocks_per_sm = kernels::wgmma_blocks_per_sm(config, true);
+      DeviceBuffer<float> d_part(kernels::wgrad_streamk_scratch_bytes(d, row.stream_k) / sizeof(float));
+      auto call = [&] {
+        kernels::conv_backward_filter_wgmma_streamk(d_x.get(), d_dy.get(), d_dw.get(), d_part.get(), d, config, 0);
+      };
+      d_dw.poison();
+      d_part.poison();
+      call();
+      CUDA_CHECK(cudaDeviceSynchronize());
+      check_output(row, d_dw, dw_ref, "dw over all 512 images", kTolOut);
+      row.t = bench::time_calls(call, g_iters);
+      row.cudnn_us = cudnn_us[2];
+      rows.push_back(row);
+    }
 }
 
 std::string shape_str(const kernels::ConvDesc& d) {
@@ -620,7 +642,8 @@ void print_usage() {
       "  Times the hand-written implicit-GEMM convolutions (every tile config: the forward with\n"
       "  and without the BN-statistics and fused max-pool epilogues, the input gradient with and\n"
       "  without the BN-backward sums epilogue, the split-K weight gradient; on Hopper also the\n"
-      "  wgmma forward, input gradient (with and without the sums) and weight gradient)\n"
+      "  wgmma forward, input gradient (with and without the sums) and weight gradient, split-K\n"
+      "  and, for some tiles, stream-K)\n"
       "  and cuDNN's autotuned passes on the recipe's conv shapes (batch 512), after checking each\n"
       "  against the CPU reference. Summary per layer: the fastest passing variant of each pass\n"
       "  and the three passes summed, against cuDNN.\n"
@@ -649,6 +672,7 @@ std::string config_label(const Row& r) {
   std::string s = r.config;
   if (r.epilogue != "none") s += " +" + r.epilogue;
   if (r.splits > 0) s += " splits=" + std::to_string(r.splits);
+  if (r.stream_k.workers > 0) s += " stream-K";
   if (r.blocks_per_sm > 0) s += " occ=" + std::to_string(r.blocks_per_sm);
   return s;
 }
@@ -758,6 +782,8 @@ int main(int argc, char** argv) {
                    {"threads", info.threads}, {"smem_bytes", info.smem_bytes}, {"epilogue_m", info.epilogue_m},
                    {"epilogue_threads", info.epilogue_threads}};
       if (r.splits > 0) j["splits"] = r.splits;
+      if (r.stream_k.workers > 0)
+        j["stream_k"] = {{"runs", r.stream_k.workers}, {"slices_per_run", r.stream_k.run}, {"slots", r.stream_k.slots}};
       if (r.blocks_per_sm > 0) j["blocks_per_sm"] = r.blocks_per_sm;
       if (speedup > 0) j["speedup_vs_cudnn"] = speedup;
     }
@@ -788,6 +814,7 @@ int main(int argc, char** argv) {
                   b->t.median_us, b->cudnn_us, vs);
       json jp = {{"kernel", b->kernel}, {"config", b->config}, {"ours_us", b->t.median_us}};
       if (b->splits > 0) jp["splits"] = b->splits;
+      if (b->stream_k.workers > 0) jp["stream_k"] = true;
       if (b->cudnn_us > 0) {
         jp["cudnn_us"] = b->cudnn_us;
         jp["speedup_vs_cudnn"] = speedup;

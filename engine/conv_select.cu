@@ -144,7 +144,10 @@ void ConvSelect::run_ours(ConvPass pass, const Choice& c, const __half* a, const
         kernels::conv_backward_data_igemm(a, b, out, static_cast<__half*>(scratch), kd, c.config, stream());
       return;
     case ConvPass::kBwdFilter:  // a = x, b = dy
-      if (c.impl == Impl::kWgmma)
+      if (c.impl == Impl::kWgmma && c.stream_k)
+        kernels::conv_backward_filter_wgmma_streamk(a, b, out, static_cast<float*>(scratch), kd, c.wgmma_config,
+                                                    stream());
+      else if (c.impl == Impl::kWgmma)
         kernels::conv_backward_filter_wgmma(a, b, out, static_cast<float*>(scratch), kd, c.wgmma_config, c.splits,
                                             stream());
       else
@@ -271,6 +274,21 @@ void ConvSelect::autotune(__half* x, __half* w, __half* y, void* workspace, size
         c.wgmma_config = config;
         try_config(c, "wgmma", kernels::wgmma_config_info(config).name,
                    kernels::wgmma_wgrad_default_splits(kd, config, sm_count));
+        // The same tile's stream-K weight gradient, its own candidate (not yet run on a GPU:
+        // only when asked for, as an untested config).
+        if (pass != ConvPass::kBwdFilter || !kernels::wgmma_config_streamk(config)) continue;
+        if (!kernels::wgmma_streamk_gpu_tested() && policy_ != ConvPolicy::kAutoUntested) continue;
+        c.stream_k = true;
+        c.splits = 0;
+        ConvCandidate ic{pass, "wgmma", kernels::wgmma_config_info(config).name};
+        ic.stream_k = true;
+        try {
+          c.scratch = kernels::wgrad_streamk_scratch_bytes(kd, kernels::wgmma_wgrad_streamk_plan(kd, config));
+          try_ours(c, ic);
+        } catch (const std::invalid_argument& e) {  // the plan's preconditions
+          ic.status = std::string("rejected: ") + e.what();
+          candidates_.push_back(ic);
+        }
       }
     }
   }
@@ -317,7 +335,7 @@ std::string ConvSelect::chosen() const {
       s += "cudnn:" + algos[pi];
     } else if (c.impl == Impl::kWgmma) {
       s += std::string("wgmma:") + kernels::wgmma_config_info(c.wgmma_config).name;
-      if (pi == 2) s += "/splits=" + std::to_string(c.splits);
+      if (pi == 2) s += c.stream_k ? std::string("/stream-K") : "/splits=" + std::to_string(c.splits);
     } else {
       s += std::string("igemm:") + kernels::igemm_config_info(c.config).name;
       if (pi == 2) s += "/splits=" + std::to_string(c.splits);

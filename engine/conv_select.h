@@ -63,12 +63,13 @@ const char* conv_pass_name(ConvPass p);  // "fwd", "bwd_data", "bwd_filter"
 
 struct ConvCandidate {
   ConvPass pass;
-  std::string kernel;  // "cudnn" | "igemm" | "wgmma"
-  std::string config;  // cuDNN's algorithm name or our tile config
-  int splits = 0;      // igemm / wgmma bwd_filter: split-K slabs
-  double us = -1;      // median time per call; < 0 when not timed
-  double rel_diff = 0; // igemm: rel. L2 distance to cuDNN's output
-  std::string status;  // "ok", or why the candidate was not eligible
+  std::string kernel;     // "cudnn" | "igemm" | "wgmma"
+  std::string config;     // cuDNN's algorithm name or our tile config
+  int splits = 0;         // igemm / wgmma bwd_filter: split-K slabs (0 with stream_k)
+  bool stream_k = false;  // wgmma bwd_filter: stream-K (kernels::conv_backward_filter_wgmma_streamk)
+  double us = -1;         // median time per call; < 0 when not timed
+  double rel_diff = 0;    // igemm: rel. L2 distance to cuDNN's output
+  std::string status;     // "ok", or why the candidate was not eligible
 };
 
 class ConvSelect {
@@ -99,6 +100,7 @@ class ConvSelect {
   const ConvDesc& desc() const { return d_; }
   ConvPolicy policy() const { return policy_; }
   // e.g. "fwd=wgmma:wgmma_128x128x64_s4 bwd_data=cudnn:ALGO_1 bwd_filter=igemm:64x64x32_s4/splits=24"
+  // (a stream-K weight gradient: "bwd_filter=wgmma:wgmma_128x256x64_s4_ws/stream-K")
   std::string chosen() const;
   // Every candidate autotune() considered, in the order tried (cuDNN's chosen one first per pass).
   const std::vector<ConvCandidate>& candidates() const { return candidates_; }
@@ -109,8 +111,9 @@ class ConvSelect {
     Impl impl = Impl::kCudnn;
     kernels::IgemmConfig config = kernels::IgemmConfig::k128x128x32s4;   // kIgemm
     kernels::WgmmaConfig wgmma_config = kernels::WgmmaConfig::k128x128x64s4;  // kWgmma
-    int splits = 1;      // kIgemm / kWgmma weight gradient
-    size_t scratch = 0;  // our kernels' scratch bytes
+    int splits = 1;         // kIgemm / kWgmma weight gradient
+    bool stream_k = false;  // kWgmma weight gradient: stream-K instead of `splits` slabs
+    size_t scratch = 0;     // our kernels' scratch bytes
   };
   cudaStream_t stream() const;
   bool igemm_shape_ok() const;

@@ -1178,10 +1178,11 @@ std::string Resnet9Gpu::conv_candidates() const {
                   cs::conv_policy_name(c->policy()));
     s += line;
     for (const cs::ConvCandidate& k : c->candidates()) {
-      std::string config = k.config + (k.splits > 0 ? "/splits=" + std::to_string(k.splits) : "");
-      std::snprintf(line, sizeof(line), "    %-10s %-5s %-30s %9.1f us  diff %.1e  %s\n",
-                    cs::conv_pass_name(k.pass), k.kernel.c_str(), config.c_str(), k.us, k.rel_diff,
-                    k.status.c_str());
+      std::string config = k.config + (k.stream_k     ? std::string("/stream-K")
+                                       : k.splits > 0 ? "/splits=" + std::to_string(k.splits)
+                                                      : "");
+      std::snprintf(line, sizeof(line), "    %-10s %-5s %-30s %9.1f us  diff %.1e  %s\n", cs::conv_pass_name(k.pass),
+                    k.kernel.c_str(), config.c_str(), k.us, k.rel_diff, k.status.c_str());
       s += line;
     }
   }

@@ -242,6 +242,70 @@ TEST_CASE("igemm wgrad split-K partition (host)", "[gpu][igemm]") {
     }
 }
 
+// The stream-K partition (kernels::WgradStreamK): every (tile, slice) in exactly one segment,
+// the runs equal but the last (never empty), a run's segments in tile order and non-empty up to
+// the first empty one, within the loop bound; each tile's segments in slots 0 .. runs_of - 1,
+// one each, in slice order (what the reduction's order rests on), and the scratch holds them.
+TEST_CASE("wgrad stream-K partition (host)", "[gpu][igemm][streamk]") {
+  const ConvDesc shapes[] = {{512, 32, 32, 64, 128, 3}, {512, 4, 4, 512, 512, 3}, {512, 8, 8, 256, 512, 3},
+                             {3, 5, 7, 8, 24, 3},       {1, 1, 1, 8, 8, 3},       {512, 32, 32, 32, 64, 1}};
+  const int blocks[][2] = {{128, 128}, {128, 256}, {256, 128}, {128, 64}};
+  for (const ConvDesc& d : shapes)
+    for (const auto& b : blocks)
+      for (int workers : {1, 2, 7, 132, 264, 1000, 1 << 20}) {
+        INFO(desc_str(d) << " tile " << b[0] << " x " << b[1] << ", " << workers << " workers");
+        const kernels::WgradStreamK p = kernels::wgrad_streamk(d, b[0], b[1], 64, workers);
+        const long slices = ((long)d.N * d.H * d.W + 63) / 64;
+        const long tiles_n = ((long)d.R * d.R * d.C + b[1] - 1) / b[1], tiles = (d.K + b[0] - 1) / b[0] * tiles_n;
+        REQUIRE(p.slices == slices);
+        REQUIRE(p.tiles_n == tiles_n);
+        REQUIRE(p.tiles == tiles);
+        CHECK(p.workers >= 1);
+        CHECK(p.workers <= workers);
+        CHECK((long)p.workers * p.run >= p.total());       // every slice
+        CHECK((long)(p.workers - 1) * p.run < p.total());  // the last run is not empty
+        std::vector<int> seen(p.total(), 0);
+        std::vector<std::vector<int>> slot_first(tiles);  // tile -> first slice of each slot
+        for (auto& v : slot_first) v.assign(p.slots, -1);
+        long bad = 0;
+        for (int w = 0; w < p.workers; w++) {
+          long covered = 0;
+          int j = 0, last_tile = -1;
+          for (; j < p.segments; j++) {
+            const kernels::WgradSegment sg = p.segment(w, j);
+            if (sg.k_tiles == 0) break;
+            bad += sg.tile <= last_tile || sg.tile >= tiles || sg.slice0 < 0 || sg.slice0 + sg.k_tiles > slices;
+            bad += sg.slot < 0 || sg.slot >= p.runs_of(sg.tile) || p.runs_of(sg.tile) > p.slots;
+            if (bad) break;
+            last_tile = sg.tile;
+            for (int k = 0; k < sg.k_tiles; k++) seen[(long)sg.tile * slices + sg.slice0 + k]++;
+            bad += slot_first[sg.tile][sg.slot] != -1;  // one segment per slot
+            slot_first[sg.tile][sg.slot] = sg.slice0;
+            covered += sg.k_tiles;
+          }
+          for (int k = j; k < p.segments + 2; k++)
+            bad += p.segment(w, k).k_tiles != 0;  // none after the first empty one
+          const long want = std::min<long>(p.run, p.total() - (long)w * p.run);
+          bad += covered != want;
+        }
+        CHECK(bad == 0);
+        long wrong = 0;
+        for (int v : seen) wrong += v != 1;
+        CHECK(wrong == 0);
+        for (long t = 0; t < tiles; t++) {
+          const int runs = p.runs_of((int)t);
+          for (int z = 0; z < p.slots; z++) {
+            const bool used = slot_first[t][z] != -1;
+            wrong += used != (z < runs);
+            if (z > 0 && z < runs) wrong += slot_first[t][z] <= slot_first[t][z - 1];  // in slice order
+          }
+          wrong += slot_first[t][0] != 0;  // slot 0 starts the tile
+        }
+        CHECK(wrong == 0);
+        CHECK(kernels::wgrad_streamk_scratch_bytes(d, p) == (size_t)p.slots * d.K * d.R * d.R * d.C * sizeof(float));
+      }
+}
+
 // The launchers reject what the kernels cannot do before touching the GPU (the pointers below
 // are never dereferenced).
 TEST_CASE("igemm backward launchers check their preconditions (host)", "[gpu][igemm]") {

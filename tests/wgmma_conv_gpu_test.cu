@@ -113,6 +113,17 @@ std::vector<float> run_wgrad(const ConvDesc& d, const gpu_test::DeviceBuffer<__h
   return download_half(dw);
 }
 
+// The stream-K weight gradient (wgmma_config_streamk configs), its scratch from the device's plan.
+std::vector<float> run_wgrad_streamk(const ConvDesc& d, const gpu_test::DeviceBuffer<__half>& x,
+                                     const gpu_test::DeviceBuffer<__half>& dy, WgmmaConfig config) {
+  auto dw = poisoned<__half>((size_t)d.K * d.R * d.R * d.C);
+  const kernels::WgradStreamK plan = kernels::wgmma_wgrad_streamk_plan(d, config);
+  auto part = poisoned<float>(kernels::wgrad_streamk_scratch_bytes(d, plan) / sizeof(float));
+  kernels::conv_backward_filter_wgmma_streamk(x.get(), dy.get(), dw.get(), part.get(), d, config, 0);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  return download_half(dw);
+}
+
 int sm_count() {
   int dev = 0, sms = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
@@ -143,6 +154,17 @@ void check_wgrad_recipe(int H, int C, int K, int R, int real_channels, uint64_t 
       std::printf("wgmma wgrad %-20s %s splits %d: rel_l2 %.2e\n", info.name, desc_str(d).c_str(), splits, e);
       CHECK(e <= kTol);
       if (splits == dflt) CHECK(bitwise_equal(run_wgrad(d, d_x, d_dy, config, splits), dw));
+    }
+    if (kernels::wgmma_config_streamk(config)) {
+      INFO("wgrad config " << info.name << ", shape " << desc_str(d) << ", stream-K");
+      const auto dw = run_wgrad_streamk(d, d_x, d_dy, config);
+      CHECK(gpu_test::all_finite(dw));
+      const double e = rel_l2_error(dw.data(), dw_ref.data(), (long)dw.size());
+      const kernels::WgradStreamK plan = kernels::wgmma_wgrad_streamk_plan(d, config);
+      std::printf("wgmma wgrad %-20s %s stream-K (%d runs of %d slices, %d slots): rel_l2 %.2e\n", info.name,
+                  desc_str(d).c_str(), plan.workers, plan.run, plan.slots, e);
+      CHECK(e <= kTol);
+      CHECK(bitwise_equal(run_wgrad_streamk(d, d_x, d_dy, config), dw));
     }
   }
 }
@@ -358,24 +380,31 @@ TEST_CASE("wgmma wgrad split choice (host)", "[gpu][wgmma]") {
 // interleavings: P producer threads and C MMA warps, each stepping on its own; a producer's
 // copies of a slice land at random times but in order; MMAs complete at random times but in
 // order; mbarriers complete a phase at `count` arrivals and try_wait.parity passes once the
-// phase of that parity is over. Asserted: every run finishes (no deadlock), an MMA warp reads a
-// stage only when every producer's copy of its slice has landed there, and no copy is issued
-// into, or lands in, a stage whose MMAs on an older slice are still pending. With a lead one
-// larger than wgmma_detail::load_ahead the same model deadlocks (the second check).
+// phase of that parity is over. The slices come in runs of `segs` (one call of the pipeline
+// each, the stages and phases continuing from run to run, as the stream-K weight gradient's
+// segments); at the end of each run a producer drains its copies and signals the rest, and with
+// release_all (kReleaseAll) the MMA warps wait for their MMAs and release the run's last stages.
+// Asserted: every run finishes (no deadlock), an MMA warp reads a stage only when every
+// producer's copy of its slice has landed there, and no copy is issued into, or lands in, a
+// stage whose MMAs on an older slice are still pending. With a lead one larger than
+// wgmma_detail::load_ahead the same model deadlocks, and so do several runs without release_all
+// (the controls).
 namespace ws_model {
 
 using model::Barrier;
 
 // "ok", "deadlock" or a description of the race.
-std::string run(int S, int F, int L, int K, int P, int C, unsigned seed) {
+std::string run(int S, int F, int L, const std::vector<int>& segs, int P, int C, unsigned seed,
+                bool release_all = false) {
   std::mt19937 rng(seed);
   std::vector<Barrier> full(S, Barrier{P}), empty(S, Barrier{C});
   struct Copy { int slice; bool landed; };
   std::vector<std::vector<Copy>> copies(P);             // per producer, in issue order
   std::vector<std::vector<int>> landed(S, std::vector<int>(P, -1));  // stage -> producer -> slice
   std::vector<std::vector<int>> reading(S);              // stage -> slices with MMAs pending
-  struct Prod { int kt = 0, pc = 0; };                   // pc: 0 issue, 1 signal, 2 drain, 3 done
-  struct Mma { int kt = 0, pc = 0; std::vector<int> pending; };  // pc: 0 wait, 1 mma wait, 2 done
+  // r: the slice (over all runs); g, kt, first: the run, the slice in it, its first slice.
+  struct Prod { int r = 0, g = 0, kt = 0, first = 0, pc = 0; };  // pc: 0 issue, 1 signal, 2 drain, 3 done
+  struct Mma { int r = 0, g = 0, kt = 0, first = 0, pc = 0; std::vector<int> pending; };  // pc: 0 wait, 1 mma wait, 2 done
   std::vector<Prod> prod(P);
   std::vector<Mma> mma(C);
   auto all_landed = [&](int p, int keep) {
@@ -384,6 +413,7 @@ std::string run(int S, int F, int L, int K, int P, int C, unsigned seed) {
       if (!copies[p][i].landed) return false;
     return true;
   };
+  auto next = [](auto& x) { x.r++, x.kt++; };  // one slice on (the run ends after its last)
   for (int step = 0; step < 1000000; step++) {
     // Every enabled action, then one at random.
     std::vector<std::pair<int, int>> acts;  // (kind, index)
@@ -421,37 +451,49 @@ std::string run(int S, int F, int L, int K, int P, int C, unsigned seed) {
       } else if (kind == 0) {
         Prod& p = prod[i];
         if (p.pc == 0) {
-          if (p.kt >= K) { p.pc = 2; moved = true; }
-          else if (p.kt < S || empty[p.kt % S].passed((p.kt / S - 1) & 1)) {
-            if (!reading[p.kt % S].empty())
-              return "slice " + std::to_string(p.kt) + " issued into a stage being read";
-            landed[p.kt % S][i] = -1;
-            copies[i].push_back({p.kt, false});
-            if (p.kt >= L) p.pc = 1; else p.kt++;
+          if (p.kt >= segs[p.g]) { p.pc = 2; moved = true; }
+          else if (p.r < S || empty[p.r % S].passed((p.r / S - 1) & 1)) {
+            if (!reading[p.r % S].empty())
+              return "slice " + std::to_string(p.r) + " issued into a stage being read";
+            landed[p.r % S][i] = -1;
+            copies[i].push_back({p.r, false});
+            if (p.kt >= L) p.pc = 1; else next(p);
             moved = true;
           }
         } else if (p.pc == 1 && all_landed(i, L)) {  // cp.async.wait_group L, fence, arrive
-          full[(p.kt - L) % S].arrive();
-          p.kt++, p.pc = 0, moved = true;
-        } else if (p.pc == 2 && all_landed(i, 0)) {
-          for (int j = std::max(0, K - L); j < K; j++) full[j % S].arrive();
-          p.pc = 3, moved = true;
+          full[(p.r - L) % S].arrive();
+          next(p);
+          p.pc = 0, moved = true;
+        } else if (p.pc == 2 && all_landed(i, 0)) {  // the run's end: wait for all, signal the rest
+          const int n = segs[p.g];
+          for (int j = std::max(0, n - L); j < n; j++) full[(p.first + j) % S].arrive();
+          p.g++, p.kt = 0, p.first = p.r;
+          p.pc = p.g == (int)segs.size() ? 3 : 0, moved = true;
         }
       } else {
         Mma& m = mma[i];
         if (m.pc == 0) {
-          if (m.kt >= K) { if (m.pending.empty()) m.pc = 2, moved = true; }
-          else if (full[m.kt % S].passed((m.kt / S) & 1)) {
+          if (m.kt >= segs[m.g]) {  // the run's end: wgmma.wait_group 0 (and kReleaseAll)
+            if (m.pending.empty()) {
+              const int n = segs[m.g];
+              if (release_all)
+                for (int j = std::max(0, n - F); j < n; j++) empty[(m.first + j) % S].arrive();
+              m.g++, m.kt = 0, m.first = m.r;
+              if (m.g == (int)segs.size()) m.pc = 2;
+              moved = true;
+            }
+          } else if (full[m.r % S].passed((m.r / S) & 1)) {
             for (int p = 0; p < P; p++)
-              if (landed[m.kt % S][p] != m.kt)
-                return "slice " + std::to_string(m.kt) + " read before it landed";
-            m.pending.push_back(m.kt);
-            reading[m.kt % S].push_back(m.kt);
+              if (landed[m.r % S][p] != m.r)
+                return "slice " + std::to_string(m.r) + " read before it landed";
+            m.pending.push_back(m.r);
+            reading[m.r % S].push_back(m.r);
             m.pc = 1, moved = true;
           }
         } else if (m.pc == 1 && (int)m.pending.size() <= F) {  // wgmma.wait_group F, then release
-          if (m.kt >= F) empty[(m.kt - F) % S].arrive();
-          m.kt++, m.pc = 0, moved = true;
+          if (m.kt >= F) empty[(m.r - F) % S].arrive();
+          next(m);
+          m.pc = 0, moved = true;
         }
       }
       if (moved) break;
@@ -478,11 +520,33 @@ TEST_CASE("wgmma warp-specialized pipeline protocol: no deadlock, no stage race 
         if (load_ahead(S, F) < 1) continue;
         for (unsigned seed = 0; seed < 40; seed++) {
           INFO("stages " << S << " mma_in_flight " << F << " slices " << K << " seed " << seed);
-          CHECK(ws_model::run(S, F, load_ahead(S, F), K, 3, 2, seed) == "ok");
-          if (ws_model::run(S, F, load_ahead(S, F) + 1, K, 3, 2, seed) == "deadlock") deadlocks_one_ahead++;
+          CHECK(ws_model::run(S, F, load_ahead(S, F), {K}, 3, 2, seed) == "ok");
+          if (ws_model::run(S, F, load_ahead(S, F) + 1, {K}, 3, 2, seed) == "deadlock") deadlocks_one_ahead++;
         }
       }
   CHECK(deadlocks_one_ahead > 0);
+}
+
+// The stream-K weight gradient calls the pipeline once per segment, continuing the stages and
+// phases (r0) and releasing each segment's last stages (kReleaseAll): runs of segments of 1 to
+// 9 slices, which start at every stage offset, with the 4- and 6-stage warp-specialized tiles'
+// lead. Without the releases the producer waits for stages no one frees.
+TEST_CASE("wgmma warp-specialized pipeline over several segments: no deadlock, no race (host model)",
+          "[gpu][wgmma]") {
+  using kernels::wgmma_detail::load_ahead;
+  const std::vector<std::vector<int>> runs = {{1, 1, 1, 1, 1}, {2, 9}, {5, 3, 1}, {9, 1, 4}, {3, 3, 3, 3}, {7, 2}};
+  int deadlocks_without_release = 0;
+  for (int S : {4, 6})
+    for (int F : {0, 1})
+      for (const auto& segs : runs)
+        for (unsigned seed = 0; seed < 30; seed++) {
+          INFO("stages " << S << " mma_in_flight " << F << " segments " << segs.size() << " first " << segs[0]
+                         << " seed " << seed);
+          CHECK(ws_model::run(S, F, load_ahead(S, F), segs, 3, 2, seed, true) == "ok");
+          if (ws_model::run(S, F, load_ahead(S, F), segs, 3, 2, seed, false) == "deadlock")
+            deadlocks_without_release++;
+        }
+  CHECK(deadlocks_without_release > 0);
 }
 
 // The accumulator map covers the warpgroup's 64 x N tile exactly once, for N = 64, 128 and 256.
@@ -692,6 +756,18 @@ TEST_CASE("wgmma launchers check their preconditions (host)", "[gpu][wgmma]") {
   CHECK_THROWS_AS(wgrad(ConvDesc{2, 4, 4, 16, 16, 3}, nullptr, 1), std::invalid_argument);
   CHECK_THROWS_AS(wgrad(ConvDesc{2, 4, 4, 16, 16, 3}, fake(0x10000), 0), std::invalid_argument);      // no slab
   CHECK_THROWS_AS(wgrad(ConvDesc{2, 4, 4, 16, 16, 3}, fake(0x10000), 65536), std::invalid_argument);  // grid z
+  // Stream-K: only the configs that have it (cfg has not), and the plan likewise.
+  CHECK_THROWS_AS(kernels::conv_backward_filter_wgmma_streamk(fake(0x10000), fake(0x20000), fake(0x30000),
+                                                              reinterpret_cast<float*>(0x40000),
+                                                              ConvDesc{2, 4, 4, 16, 16, 3}, cfg, 0),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(kernels::wgmma_wgrad_streamk_plan(ConvDesc{2, 4, 4, 16, 16, 3}, cfg), std::invalid_argument);
+  for (WgmmaConfig c : kernels::kWgmmaConfigs)
+    if (kernels::wgmma_config_streamk(c))
+      CHECK_THROWS_AS(kernels::conv_backward_filter_wgmma_streamk(fake(0x10008), fake(0x20000), fake(0x30000),
+                                                                  reinterpret_cast<float*>(0x40000),
+                                                                  ConvDesc{2, 4, 4, 16, 16, 3}, c, 0),
+                      std::invalid_argument);  // align
   // The fused epilogues' own rules (conv_forward_igemm_pool's and _stats'), checked before
   // anything runs.
   auto pool = [&](const ConvDesc& d, uint8_t* arg) {
@@ -1043,6 +1119,12 @@ void check_odd_shape(const ConvDesc& d, uint64_t seed, const std::vector<WgmmaCo
     }
     for (int splits : {1, 2}) {
       const auto dw = run_wgrad(d, d_x, d_dy, config, splits);
+      CHECK(gpu_test::all_finite(dw));
+      CHECK(rel_l2_error(dw.data(), dw_ref.data(), (long)dw.size()) <= kTol);
+    }
+    if (kernels::wgmma_config_streamk(config)) {
+      INFO("stream-K");
+      const auto dw = run_wgrad_streamk(d, d_x, d_dy, config);
       CHECK(gpu_test::all_finite(dw));
       CHECK(rel_l2_error(dw.data(), dw_ref.data(), (long)dw.size()) <= kTol);
     }

@@ -232,6 +232,27 @@ __global__ void conv_wgrad_reduce_kernel(const float* __restrict__ partials, __h
   *reinterpret_cast<uint2*>(dw + i) = *reinterpret_cast<const uint2*>(h);
 }
 
+// The stream-K partials' sum: as conv_wgrad_reduce_kernel, with the slot count of the
+// element's tile (four consecutive elements never straddle two tiles: block_n % 4 == 0).
+__global__ void conv_wgrad_streamk_reduce_kernel(const float* __restrict__ partials, __half* __restrict__ dw, int K,
+                                                 int Ng, int block_m, int block_n, const WgradStreamK plan) {
+  const long i = 4 * ((long)blockIdx.x * blockDim.x + threadIdx.x);
+  const long n = (long)K * Ng;
+  if (i >= n) return;
+  const int m = (int)(i / Ng), c = (int)(i % Ng);
+  const int runs = plan.runs_of((m / block_m) * plan.tiles_n + c / block_n);
+  float4 s = *reinterpret_cast<const float4*>(partials + i);
+  for (int z = 1; z < runs; z++) {
+    const float4 v = *reinterpret_cast<const float4*>(partials + (size_t)z * n + i);
+    s.x += v.x;
+    s.y += v.y;
+    s.z += v.z;
+    s.w += v.w;
+  }
+  __half2 h[2] = {__floats2half2_rn(s.x, s.y), __floats2half2_rn(s.z, s.w)};
+  *reinterpret_cast<uint2*>(dw + i) = *reinterpret_cast<const uint2*>(h);
+}
+
 // ---------------------------------------------------------------------------- launchers
 
 
@@ -334,6 +355,32 @@ int igemm_wgrad_default_splits(const ConvDesc& d, IgemmConfig config, int sm_cou
   return (int)std::max(1LL, std::min(want, cap));
 }
 
+WgradStreamK wgrad_streamk(const ConvDesc& d, int block_m, int block_n, int block_k, int workers) {
+  WgradStreamK p{};
+  p.tiles_n = (int)ceil_div((long long)d.R * d.R * d.C, (long long)std::max(block_n, 1));
+  p.tiles = (int)ceil_div((long long)d.K, (long long)std::max(block_m, 1)) * p.tiles_n;
+  p.slices = (int)std::max(1LL, ceil_div((long long)d.N * d.H * d.W, (long long)std::max(block_k, 1)));
+  const long long total = p.total();
+  const long long want = std::min<long long>(std::max(workers, 1), total);
+  p.run = (int)ceil_div(total, want);
+  p.workers = (int)ceil_div(total, (long long)p.run);  // no empty run
+  // A run of `run` slices meets at most (run - 1) / slices + 2 tiles, and a tile at most
+  // (slices - 1) / run + 2 runs; the exact counts for the loop bound and the scratch.
+  p.segments = 1;
+  for (int w = 0; w < p.workers; w++) {
+    int j = 0;
+    while (p.segment(w, j).k_tiles > 0) j++;
+    p.segments = std::max(p.segments, j);
+  }
+  p.slots = 1;
+  for (int t = 0; t < p.tiles; t++) p.slots = std::max(p.slots, p.runs_of(t));
+  return p;
+}
+
+size_t wgrad_streamk_scratch_bytes(const ConvDesc& d, const WgradStreamK& plan) {
+  return (size_t)std::max(plan.slots, 1) * d.K * d.R * d.R * d.C * sizeof(float);
+}
+
 size_t igemm_wgrad_scratch_bytes(const ConvDesc& d, int splits) {
   return (size_t)std::max(splits, 1) * d.K * d.R * d.R * d.C * sizeof(float);
 }
@@ -385,6 +432,15 @@ void conv_wgrad_reduce(const float* partials, __half* dw, long n, int splits, cu
   const int threads = 256;
   conv_wgrad_reduce_kernel<<<(unsigned)ceil_div(n / 4, (long)threads), threads, 0, stream>>>(
       partials, dw, n, splits);
+  CUDA_CHECK_LAUNCH();
+}
+
+void conv_wgrad_streamk_reduce(const float* partials, __half* dw, int K, int Ng, int block_m, int block_n,
+                               const WgradStreamK& plan, cudaStream_t stream) {
+  const int threads = 256;
+  const long n = (long)K * Ng;
+  conv_wgrad_streamk_reduce_kernel<<<(unsigned)ceil_div(n / 4, (long)threads), threads, 0, stream>>>(
+      partials, dw, K, Ng, block_m, block_n, plan);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -103,6 +103,52 @@ WgradSplit wgrad_split(const ConvDesc& d, int block_k, int splits);
 // drain stay small against its steady state.
 int igemm_wgrad_default_splits(const ConvDesc& d, IgemmConfig config, int sm_count);
 
+// Stream-K, the other way to split the weight gradient's reduction (the wgmma launcher
+// conv_backward_filter_wgmma_streamk): the output tiles' slices, tile after tile (tile t =
+// output channels (t / tiles_n) * BlockM .., filter columns (t % tiles_n) * BlockN ..; each
+// tile `slices` slices of BlockK pixels), are dealt out to `workers` blocks in equal runs of
+// `run` consecutive slices (the last run may be shorter) that cross tile boundaries. So every
+// block has the same work, whatever the tile count: slabs of whole tiles leave the last wave
+// part empty when tiles x slabs is not a multiple of the resident blocks (layer3_res: 72 tiles of
+// 128 x 256 in 3 slabs are 1.64 waves of 132, docs/conv_kernels.md). A run's part of one tile is
+// a segment; each segment writes an fp32 partial tile into slot (its run - the tile's first
+// run), and a second kernel adds a tile's slots in order (conv_wgrad_streamk_reduce): no
+// atomics, deterministic for a given plan.
+struct WgradSegment {
+  int tile;     // output tile
+  int slice0;   // its first slice in the tile
+  int k_tiles;  // slices (0: no such segment)
+  int slot;     // partial buffer
+};
+struct WgradStreamK {
+  int tiles_n, tiles;  // output tiles: tiles / tiles_n x tiles_n
+  int slices;          // BlockK slices per tile
+  int workers;         // runs, one per block launched
+  int run;             // slices per run
+  int segments;        // the most segments of one run (the kernel's loop bound)
+  int slots;           // the most runs meeting one tile (partial buffers)
+  __host__ __device__ long long total() const { return (long long)tiles * slices; }
+  // The runs that meet tile t: first_run(t) .. first_run(t) + runs_of(t) - 1.
+  __host__ __device__ int first_run(int t) const { return (int)((long long)t * slices / run); }
+  __host__ __device__ int runs_of(int t) const {
+    return (int)(((long long)(t + 1) * slices - 1) / run) - first_run(t) + 1;
+  }
+  // Segment j of run w (j = 0: the tile its first slice lies in); k_tiles == 0 past its end.
+  __host__ __device__ WgradSegment segment(int w, int j) const {
+    const long long a = (long long)w * run, b = a + run < total() ? a + run : total();
+    const long long t = a / slices + j;
+    if (a >= b || t >= tiles) return {0, 0, 0, 0};
+    const long long lo = a > t * slices ? a : t * slices, hi = b < (t + 1) * slices ? b : (t + 1) * slices;
+    if (lo >= hi) return {(int)t, 0, 0, 0};
+    return {(int)t, (int)(lo - t * slices), (int)(hi - lo), w - first_run((int)t)};
+  }
+};
+// The plan for `workers` blocks (at least 1; fewer when there are fewer slices than that) of
+// block_m x block_n tiles walking block_k-pixel slices.
+WgradStreamK wgrad_streamk(const ConvDesc& d, int block_m, int block_n, int block_k, int workers);
+// Bytes of fp32 scratch for a plan's partial tiles: slots x K x R*R*C floats.
+size_t wgrad_streamk_scratch_bytes(const ConvDesc& d, const WgradStreamK& plan);
+
 // Bytes of fp32 scratch for the partial sums of `splits` slabs (an upper bound for whatever
 // igemm_wgrad_split makes of it), a multiple of 16.
 size_t igemm_wgrad_scratch_bytes(const ConvDesc& d, int splits);
@@ -122,6 +168,13 @@ namespace igemm_detail {
 // (deterministic); partials [splits][n] fp32. n % 4 == 0, both 16-byte aligned (the wgrad
 // launchers' preconditions guarantee it: n = K * R * R * C with K % 8 == 0).
 void conv_wgrad_reduce(const float* partials, __half* dw, long n, int splits, cudaStream_t stream);
+
+// dw[m][n] = fp16(sum over slots 0 .. plan.runs_of(t) - 1 of partials[slot][m][n]), t the
+// block_m x block_n tile of (m, n) (as in WgradStreamK), in slot order (deterministic);
+// partials [plan.slots][K][Ng] fp32, dw [K][Ng]. Ng % 4 == 0, block_n % 4 == 0, both 16-byte
+// aligned.
+void conv_wgrad_streamk_reduce(const float* partials, __half* dw, int K, int Ng, int block_m, int block_n,
+                               const WgradStreamK& plan, cudaStream_t stream);
 
 // A step of `step` pixels as whole image rows (dh, modulo H) and a rest (dw < W), computed once
 // per loader so that advancing a cursor takes no loop: ow + dw carries at most one row, and

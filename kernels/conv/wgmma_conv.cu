@@ -244,40 +244,65 @@ __device__ __forceinline__ void wgmma_mainloop(Loader& loader, const Params& p, 
 // MMAs of slice j + kLoadAhead - kStages done, which the MMA warps release after waiting for
 // slice j - 1 (kLoadAhead = kStages - 1 - kMmaInFlight). The caller has initialised the
 // barriers (ws_init_barriers) and synchronised the block.
-template <class T, class Loader, class Params, class Mmas>
-__device__ __forceinline__ bool wgmma_ws_pipeline(Loader& loader, const Params& p, uint32_t base, uint32_t bars,
-                                                  int k_tiles, float (&acc)[T::kAcc], Mmas mmas) {
-  auto full = [bars](int s) { return bars + 8u * s; };
-  auto empty = [bars](int s) { return bars + 8u * (T::kStages + s); };
-  if (threadIdx.x >= T::kMmaThreads) {
-    for (int kt = 0; kt < k_tiles; kt++) {
-      const int s = kt % T::kStages;
-      if (kt >= T::kStages) mbar_wait(empty(s), (kt / T::kStages - 1) & 1);
-      loader.load(p, base + s * T::kStageBytes);
-      ptx::cp_async_commit();
-      if (kt >= T::kLoadAhead) {
-        ptx::cp_async_wait<T::kLoadAhead>();  // slice kt - kLoadAhead has landed
-        fence_proxy_async();
-        mbar_arrive(full((kt - T::kLoadAhead) % T::kStages));
-      }
+// Several runs in a row (the stream-K weight gradient's segments, each with its own loader):
+// r0 = the slices of the earlier runs, so the stages and barrier phases continue where they
+// left off, as in one long run; and kReleaseAll, so that each run's MMA warps release the
+// stages of its last kMmaInFlight slices once those MMAs are done (a single run leaves them:
+// nothing refills them). The two roles are ws_produce and ws_consume, for a kernel that runs
+// each role's loop over its runs on its own (so that neither role's registers stay live in the
+// other's code).
+template <class T, class Loader, class Params>
+__device__ __forceinline__ void ws_produce(Loader& loader, const Params& p, uint32_t base, uint32_t bars, int k_tiles,
+                                           uint32_t r0 = 0) {
+  auto full = [bars](uint32_t s) { return bars + 8u * s; };
+  auto empty = [bars](uint32_t s) { return bars + 8u * (T::kStages + s); };
+  for (int kt = 0; kt < k_tiles; kt++) {
+    const uint32_t r = r0 + kt, s = r % T::kStages;
+    if (r >= (uint32_t)T::kStages) mbar_wait(empty(s), (r / T::kStages - 1) & 1);
+    loader.load(p, base + s * T::kStageBytes);
+    ptx::cp_async_commit();
+    if (kt >= T::kLoadAhead) {
+      ptx::cp_async_wait<T::kLoadAhead>();  // slice kt - kLoadAhead has landed
+      fence_proxy_async();
+      mbar_arrive(full((r - T::kLoadAhead) % T::kStages));
     }
-    ptx::cp_async_wait<0>();
-    fence_proxy_async();
-    for (int j = max(0, k_tiles - T::kLoadAhead); j < k_tiles; j++) mbar_arrive(full(j % T::kStages));
-    return false;
   }
+  ptx::cp_async_wait<0>();
+  fence_proxy_async();
+  for (int j = max(0, k_tiles - T::kLoadAhead); j < k_tiles; j++) mbar_arrive(full((r0 + j) % T::kStages));
+}
+
+template <class T, bool kReleaseAll = false, class Mmas>
+__device__ __forceinline__ void ws_consume(uint32_t base, uint32_t bars, int k_tiles, float (&acc)[T::kAcc], Mmas mmas,
+                                           uint32_t r0 = 0) {
+  auto full = [bars](uint32_t s) { return bars + 8u * s; };
+  auto empty = [bars](uint32_t s) { return bars + 8u * (T::kStages + s); };
 #pragma unroll
   for (int e = 0; e < T::kAcc; e++) acc[e] = 0.0f;
   const bool warp_leader = (threadIdx.x & 31) == 0;
   for (int kt = 0; kt < k_tiles; kt++) {
-    const int s = kt % T::kStages;
-    mbar_wait(full(s), (kt / T::kStages) & 1);
+    const uint32_t r = r0 + kt, s = r % T::kStages;
+    mbar_wait(full(s), (r / T::kStages) & 1);
     wgmma_slice<T::kMmaInFlight>(acc, [&] { mmas(acc, base + s * T::kStageBytes); });
     // The MMAs of slice kt - kMmaInFlight have completed: its stage may be refilled.
-    if (kt >= T::kMmaInFlight && warp_leader) mbar_arrive(empty((kt - T::kMmaInFlight) % T::kStages));
+    if (kt >= T::kMmaInFlight && warp_leader) mbar_arrive(empty((r - T::kMmaInFlight) % T::kStages));
   }
   wgmma_wait<0>();
   fence_operands(acc);
+  if constexpr (kReleaseAll) {
+    if (warp_leader)
+      for (int j = max(0, k_tiles - T::kMmaInFlight); j < k_tiles; j++) mbar_arrive(empty((r0 + j) % T::kStages));
+  }
+}
+
+template <class T, class Loader, class Params, class Mmas>
+__device__ __forceinline__ bool wgmma_ws_pipeline(Loader& loader, const Params& p, uint32_t base, uint32_t bars,
+                                                  int k_tiles, float (&acc)[T::kAcc], Mmas mmas) {
+  if (threadIdx.x >= T::kMmaThreads) {
+    ws_produce<T>(loader, p, base, bars, k_tiles);
+    return false;
+  }
+  ws_consume<T>(base, bars, k_tiles, acc, mmas);
   return true;
 }
 
@@ -1171,6 +1196,36 @@ struct Sw128MnLayout {
   }
 };
 
+// The block-wide weight-gradient tiles' MMAs on one stage, for warpgroup `group`: A its
+// 64-channel column blocks (one per m64 tile), B all BlockN filter columns (LBO to the next
+// column block); M/N-major, +2048 bytes (two 8-pixel atoms) per k16.
+template <class T>
+__device__ __forceinline__ void wgrad_block_mmas(float (&a)[T::kAcc], uint32_t stage, int group) {
+  const uint32_t a_addr = stage + group * T::kSubM * T::kColumnBlockBytes, b_addr = stage + T::kABytes;
+#pragma unroll
+  for (int kk = 0; kk < T::kBlockK / 16; kk++)
+#pragma unroll
+    for (int j = 0; j < T::kSubM; j++)
+      wgmma_m64k16<T::kBlockN, 1>(
+          sub_acc<T>(a, j),
+          wgmma_detail::sw128_mn_desc(a_addr + j * T::kColumnBlockBytes + kk * 2048, T::kColumnBlockBytes),
+          wgmma_detail::sw128_mn_desc(b_addr + kk * 2048, T::kColumnBlockBytes));
+}
+
+// A block's fp32 accumulators as the partial dw tile at (m0, n0) of out [K][Ng], straight from
+// the registers: a quad of lanes writes 32 contiguous bytes of one row; rows < K and columns <
+// Ng only (Ng % 8 == 0 and columns come in pairs, so a pair is wholly inside or outside).
+template <class T>
+__device__ __forceinline__ void store_wgrad_partial(const float (&acc)[T::kAcc], float* out, int m0, int n0, int K,
+                                                    int Ng, int warp, int lane) {
+#pragma unroll
+  for (int e = 0; e < T::kAcc; e += 2) {
+    const auto at = wgmma_detail::block_acc_coord(T::kBlockM, T::kBlockN, warp, lane, e);
+    const int m = m0 + at.row, n = n0 + at.col;
+    if (m < K && n < Ng) *reinterpret_cast<float2*>(out + (size_t)m * Ng + n) = make_float2(acc[e], acc[e + 1]);
+  }
+}
+
 // Grid: x over filter-column tiles, y over output-channel tiles, z over pixel slabs (as the
 // mma.sync wgrad kernel). The main loop is the forward kernel's; only the operands differ.
 template <class T>
@@ -1187,29 +1242,76 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_wgrad_wgmma_kernel(const 
   igemm_detail::WgradLoader<T, Sw128MnLayout<T>> loader(p, m0, n0, slice0 * T::kBlockK,
                                                        threadIdx.x % T::kLoaderThreads);
   float acc[T::kAcc];
-  // A: this warpgroup's 64-channel column blocks (one per m64 tile); B: all BlockN filter columns (LBO to the
-  // second block); M/N-major, +2048 bytes (two 8-pixel atoms) per k16.
-  const bool mma_thread = wgmma_pipeline<T>(loader, p, base, k_tiles, acc, [group](float (&a)[T::kAcc], uint32_t stage) {
-    const uint32_t a_addr = stage + group * T::kSubM * T::kColumnBlockBytes, b_addr = stage + T::kABytes;
-#pragma unroll
-    for (int kk = 0; kk < T::kBlockK / 16; kk++)
-#pragma unroll
-      for (int j = 0; j < T::kSubM; j++)
-        wgmma_m64k16<T::kBlockN, 1>(
-            sub_acc<T>(a, j), wgmma_detail::sw128_mn_desc(a_addr + j * T::kColumnBlockBytes + kk * 2048, T::kColumnBlockBytes),
-            wgmma_detail::sw128_mn_desc(b_addr + kk * 2048, T::kColumnBlockBytes));
+  const bool mma_thread = wgmma_pipeline<T>(loader, p, base, k_tiles, acc, [group](float(&a)[T::kAcc], uint32_t stage) {
+    wgrad_block_mmas<T>(a, stage, group);
   });
-
   if (!mma_thread) return;
-  // Epilogue: this slab's partial dw, fp32, straight from the accumulators. A quad of lanes
-  // writes 32 contiguous bytes of one row; rows < K and columns < Ng only (Ng % 8 == 0 and
-  // columns come in pairs, so a pair is wholly inside or outside).
-  float* out = p.partials + (size_t)blockIdx.z * p.K * p.Ng;
-#pragma unroll
-  for (int e = 0; e < T::kAcc; e += 2) {
-    const auto at = wgmma_detail::block_acc_coord(T::kBlockM, T::kBlockN, warp, lane, e);
-    const int m = m0 + at.row, n = n0 + at.col;
-    if (m < p.K && n < p.Ng) *reinterpret_cast<float2*>(out + (size_t)m * p.Ng + n) = make_float2(acc[e], acc[e + 1]);
+  // Epilogue: this slab's partial dw.
+  store_wgrad_partial<T>(acc, p.partials + (size_t)blockIdx.z * p.K * p.Ng, m0, n0, p.K, p.Ng, warp, lane);
+}
+
+// The stream-K weight gradient (WgradStreamK): block w walks the segments of run w, each a
+// part of one output tile, through the same pipeline as conv_wgrad_wgmma_kernel (the
+// warp-specialized one continues its stages and barrier phases from segment to segment; the
+// block-wide one starts afresh after a block barrier), and stores each segment's partial tile
+// into its slot of p.partials ([plan.slots][K][Ng]). The block-wide and warp-specialized tiles
+// (not the persistent ones, which have their own unit schedule).
+// Blocks per SM the stream-K kernel is compiled for (__launch_bounds__): two where two blocks'
+// shared memory fits (the 3-stage tile), so that its segment loop cannot take the registers that
+// two blocks need (ptxas gave it 140 of the 128 they allow).
+template <class T>
+constexpr int kStreamKMinBlocks = 2 * (T::kSmemBytes + 1024) <= 228 * 1024 ? 2 : 1;
+
+template <class T>
+__global__ void __launch_bounds__(T::kThreads, kStreamKMinBlocks<T>)
+    conv_wgrad_wgmma_streamk_kernel(const WgradParams p, const WgradStreamK plan) {
+  static_assert(!T::kPersistent, "stream-K: the block-wide and warp-specialized tiles");
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t raw = ptx::smem_addr(smem_raw);
+  const uint32_t base = (raw + 1023u) & ~1023u;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int group = warp >> 2;
+  auto mmas = [group](float(&a)[T::kAcc], uint32_t stage) { wgrad_block_mmas<T>(a, stage, group); };
+  auto tile_m0 = [&](const WgradSegment& sg) { return (sg.tile / plan.tiles_n) * T::kBlockM; };
+  auto tile_n0 = [&](const WgradSegment& sg) { return (sg.tile % plan.tiles_n) * T::kBlockN; };
+  float acc[T::kAcc];
+  if constexpr (T::kProducer) {
+    // Each role walks the segments on its own: the producer loads them all, the MMA warps
+    // compute and store them; the stages and phases run on over the segments (r0).
+    const uint32_t bars = ws_init_barriers<T>(base);
+    uint32_t r0 = 0;  // slices of the earlier segments
+    if (threadIdx.x >= T::kMmaThreads) {
+      for (int j = 0; j < plan.segments; j++) {
+        const WgradSegment sg = plan.segment(blockIdx.x, j);
+        if (sg.k_tiles == 0) break;
+        igemm_detail::WgradLoader<T, Sw128MnLayout<T>> loader(p, tile_m0(sg), tile_n0(sg), sg.slice0 * T::kBlockK,
+                                                              threadIdx.x - T::kMmaThreads);
+        ws_produce<T>(loader, p, base, bars, sg.k_tiles, r0);
+        r0 += sg.k_tiles;
+      }
+      return;
+    }
+    for (int j = 0; j < plan.segments; j++) {
+      const WgradSegment sg = plan.segment(blockIdx.x, j);
+      if (sg.k_tiles == 0) break;
+      ws_consume<T, true>(base, bars, sg.k_tiles, acc, mmas, r0);
+      r0 += sg.k_tiles;
+      store_wgrad_partial<T>(acc, p.partials + (size_t)sg.slot * p.K * p.Ng, tile_m0(sg), tile_n0(sg), p.K, p.Ng, warp,
+                             lane);
+    }
+  } else {
+    for (int j = 0; j < plan.segments; j++) {
+      const WgradSegment sg = plan.segment(blockIdx.x, j);
+      if (sg.k_tiles == 0) break;
+      igemm_detail::WgradLoader<T, Sw128MnLayout<T>> loader(p, tile_m0(sg), tile_n0(sg), sg.slice0 * T::kBlockK,
+                                                            threadIdx.x);
+      // Every warpgroup's MMAs of the previous segment have completed (each waited for its
+      // own) before any thread refills the stages.
+      if (j > 0) __syncthreads();
+      wgmma_mainloop<T>(loader, p, base, sg.k_tiles, acc, mmas);
+      store_wgrad_partial<T>(acc, p.partials + (size_t)sg.slot * p.K * p.Ng, tile_m0(sg), tile_n0(sg), p.K, p.Ng, warp,
+                             lane);
+    }
   }
 }
 
@@ -1370,6 +1472,11 @@ void require_weight_gradient(const char* fn, WgmmaConfig config) {
   if (!wgmma_config_weight_gradient(config))
     throw std::invalid_argument(std::string(fn) + ": " + config_name(config) + " has no weight gradient: use another config");
 }
+void require_streamk(const char* fn, WgmmaConfig config) {
+  if (!wgmma_config_streamk(config))
+    throw std::invalid_argument(std::string(fn) + ": " + config_name(config) +
+                                " has no stream-K weight gradient (wgmma_config_streamk): use split-K");
+}
 void require_fused_epilogues(const char* fn, WgmmaConfig config) {
   if (!wgmma_config_fused_epilogues(config))
     throw std::invalid_argument(std::string(fn) + ": " + config_name(config) +
@@ -1427,6 +1534,27 @@ bool wgmma_supported() {
   }
   return fa.binaryVersion == 90;
 }
+
+namespace {
+
+// Calls f(Tile{}) with the weight-gradient tile of a stream-K config (wgmma_config_streamk; the
+// same tiles as with_tile's, which the launchers check against wgmma_config_info), so that only
+// these configs instantiate the stream-K kernel.
+template <class F>
+void with_streamk_tile(WgmmaConfig config, F&& f) {
+  switch (config) {
+    case WgmmaConfig::k128x128x64s3: return f(WgWgradTile<128, 128, 0, 3, 0, 0>{});
+    case WgmmaConfig::k128x128x64s4Async: return f(WgWgradTile<128, 128, 1, 4, 0, 0>{});
+    case WgmmaConfig::k128x64x64s8Async: return f(WgWgradTile<128, 64, 1, 8, 0, 0>{});
+    case WgmmaConfig::k128x256x64s4Ws: return f(WgWgradTile<128, 256, 1, 4, 1, 0>{});
+    case WgmmaConfig::k256x128x64s4Ws: return f(WgWgradTile<256, 128, 1, 4, 1, 0>{});
+    default: break;
+  }
+  throw std::logic_error(std::string("wgmma: with_streamk_tile lacks ") + config_name(config) +
+                         ", which wgmma_config_streamk lists");
+}
+
+}  // namespace
 
 int wgmma_blocks_per_sm(WgmmaConfig config, bool weight_gradient) {
   require(wgmma_supported(), "wgmma_blocks_per_sm", "needs a Hopper GPU and this binary's sm_90a code");
@@ -1645,6 +1773,43 @@ void conv_backward_filter_wgmma(const __half* x, const __half* dy, __half* dw, f
   require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
   with_tile<WgWgradTile>(config, [&](auto t) { launch_wgrad_tile<decltype(t)>(p, stream); });
   igemm_detail::conv_wgrad_reduce(partials, dw, (long)d.K * p.Ng, p.splits, stream);
+}
+
+WgradStreamK wgmma_wgrad_streamk_plan(const ConvDesc& d, WgmmaConfig config) {
+  const char* fn = "wgmma_wgrad_streamk_plan";
+  require_streamk(fn, config);
+  require(wgmma_supported(), fn, "needs a Hopper GPU (compute capability 9.0) and this binary's sm_90a code");
+  const IgemmConfigInfo cfg = wgmma_config_info(config);
+  int per_sm = 0;
+  with_streamk_tile(config, [&](auto t) {
+    using T = decltype(t);
+    if (T::kBlockM != cfg.block_m || T::kBlockN != cfg.block_n || T::kStages != cfg.stages)
+      throw std::logic_error(std::string("wgmma: the stream-K tile of ") + config_name(config) +
+                             " differs from the config's");
+    auto* kernel = conv_wgrad_wgmma_streamk_kernel<T>;
+    CUDA_CHECK(set_smem_attributes(kernel, T::kSmemBytes, T::kL1 != 0));
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, T::kThreads, T::kSmemBytes));
+  });
+  int device = 0, sms = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return wgrad_streamk(d, cfg.block_m, cfg.block_n, cfg.block_k, std::max(1, per_sm) * std::max(1, sms));
+}
+
+void conv_backward_filter_wgmma_streamk(const __half* x, const __half* dy, __half* dw, float* partials,
+                                        const ConvDesc& d, WgmmaConfig config, cudaStream_t stream) {
+  const char* fn = "conv_backward_filter_wgmma_streamk";
+  require_streamk(fn, config);
+  const IgemmConfigInfo cfg = wgmma_config_info(config);
+  const WgradParams p = igemm_detail::make_wgrad_params(fn, x, dy, dw, partials, d, cfg.block_m, cfg.block_k, 1);
+  require_config_takes(fn, config, d.C, d);
+  const WgradStreamK plan = wgmma_wgrad_streamk_plan(d, config);
+  with_streamk_tile(config, [&](auto t) {
+    using T = decltype(t);
+    conv_wgrad_wgmma_streamk_kernel<T><<<plan.workers, T::kThreads, T::kSmemBytes, stream>>>(p, plan);
+    CUDA_CHECK_LAUNCH();
+  });
+  igemm_detail::conv_wgrad_streamk_reduce(partials, dw, d.K, p.Ng, cfg.block_m, cfg.block_n, plan, stream);
 }
 
 }  // namespace kernels

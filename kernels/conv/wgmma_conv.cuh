@@ -189,6 +189,15 @@ constexpr bool wgmma_config_tma(WgmmaConfig config) {
 // consumers hold until their epilogues are done.)
 constexpr bool wgmma_config_weight_gradient(WgmmaConfig config) { return !wgmma_config_halo(config); }
 constexpr bool wgmma_config_fused_epilogues(WgmmaConfig config) { return !wgmma_config_halo(config); }
+// The configs whose weight gradient also runs stream-K (conv_backward_filter_wgmma_streamk):
+// the block-wide and warp-specialized tiles that were the fastest weight gradients of ours on
+// some layer on the H200 (session 10's conv_bench), so each stream-K kernel has a reason to be
+// compiled.
+constexpr bool wgmma_config_streamk(WgmmaConfig config) {
+  return config == WgmmaConfig::k128x128x64s3 || config == WgmmaConfig::k128x128x64s4Async ||
+         config == WgmmaConfig::k128x64x64s8Async || config == WgmmaConfig::k128x256x64s4Ws ||
+         config == WgmmaConfig::k256x128x64s4Ws;
+}
 
 // Whether a config's kernels have passed the GPU tests on a device (a session with a GPU sets
 // this when they do). The engine's selection only considers tested configs (unless asked to:
@@ -410,6 +419,30 @@ int wgmma_wgrad_default_splits(const ConvDesc& d, WgmmaConfig config, int sm_cou
 void conv_backward_filter_wgmma(const __half* x, const __half* dy, __half* dw, float* partials,
                                 const ConvDesc& d, WgmmaConfig config, int splits,
                                 cudaStream_t stream);
+
+// Whether the stream-K weight gradient has passed its GPU tests (a session with a GPU sets this
+// when they do); until then the engine's selection only tries it under auto-untested, as an
+// untested config. conv_bench and the tests run it regardless.
+constexpr bool wgmma_streamk_gpu_tested() { return false; }
+
+// The stream-K weight gradient (WgradStreamK, kernels/conv/igemm_backward.cuh): one run per
+// block the device keeps resident (the config's stream-K kernel's blocks per SM x SMs), so every
+// resident block has the same number of slices whatever the tile count, and a second kernel adds
+// each tile's partials in order. Against split-K's whole-tile slabs it saves the last wave's
+// empty slots where tiles x slabs do not fill whole waves (layer3_res), and it writes fewer
+// partial tiles where there are fewer tiles than blocks. The partials cross no tile boundary in
+// L2's favour, though: runs read their own parts of dy and x, so where those do not fit in L2
+// (layer1, layer2) split-K's slabs, whose tiles of one slab read the same pixels at once, should
+// stay ahead; conv_bench and the engine time both.
+// wgmma_wgrad_streamk_plan: the plan of a config on the current device (std::invalid_argument
+// for a config without stream-K, wgmma_config_streamk, or without wgmma_supported()).
+WgradStreamK wgmma_wgrad_streamk_plan(const ConvDesc& d, WgmmaConfig config);
+// dw = the weight gradient (overwritten), stream-K: partials of wgrad_streamk_scratch_bytes(d,
+// wgmma_wgrad_streamk_plan(d, config)) bytes, 16-byte aligned; the requirements of
+// conv_backward_filter_wgmma (std::invalid_argument otherwise) plus wgmma_config_streamk.
+// Asynchronous on `stream`; deterministic for a given (config, device).
+void conv_backward_filter_wgmma_streamk(const __half* x, const __half* dy, __half* dw, float* partials,
+                                        const ConvDesc& d, WgmmaConfig config, cudaStream_t stream);
 
 namespace wgmma_detail {
 
