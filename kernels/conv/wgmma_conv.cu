@@ -1250,18 +1250,18 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_wgrad_wgmma_kernel(const 
   store_wgrad_partial<T>(acc, p.partials + (size_t)blockIdx.z * p.K * p.Ng, m0, n0, p.K, p.Ng, warp, lane);
 }
 
-// The stream-K weight gradient (WgradStreamK): block w walks the segments of run w, each a
-// part of one output tile, through the same pipeline as conv_wgrad_wgmma_kernel (the
-// warp-specialized one continues its stages and barrier phases from segment to segment; the
-// block-wide one starts afresh after a block barrier), and stores each segment's partial tile
-// into its slot of p.partials ([plan.slots][K][Ng]). The block-wide and warp-specialized tiles
-// (not the persistent ones, which have their own unit schedule).
 // Blocks per SM the stream-K kernel is compiled for (__launch_bounds__): two where two blocks'
 // shared memory fits (the 3-stage tile), so that its segment loop cannot take the registers that
 // two blocks need (ptxas gave it 140 of the 128 they allow).
 template <class T>
 constexpr int kStreamKMinBlocks = 2 * (T::kSmemBytes + 1024) <= 228 * 1024 ? 2 : 1;
 
+// The stream-K weight gradient (WgradStreamK): block w walks the segments of run w, each a
+// part of one output tile, through the same pipeline as conv_wgrad_wgmma_kernel (the
+// warp-specialized one continues its stages and barrier phases from segment to segment; the
+// block-wide one starts afresh after a block barrier), and stores each segment's partial tile
+// into its slot of p.partials ([plan.slots][K][Ng]). The block-wide and warp-specialized tiles
+// (not the persistent ones, which have their own unit schedule).
 template <class T>
 __global__ void __launch_bounds__(T::kThreads, kStreamKMinBlocks<T>)
     conv_wgrad_wgmma_streamk_kernel(const WgradParams p, const WgradStreamK plan) {
@@ -1786,9 +1786,15 @@ WgradStreamK wgmma_wgrad_streamk_plan(const ConvDesc& d, WgmmaConfig config) {
     if (T::kBlockM != cfg.block_m || T::kBlockN != cfg.block_n || T::kStages != cfg.stages)
       throw std::logic_error(std::string("wgmma: the stream-K tile of ") + config_name(config) +
                              " differs from the config's");
-    auto* kernel = conv_wgrad_wgmma_streamk_kernel<T>;
-    CUDA_CHECK(set_smem_attributes(kernel, T::kSmemBytes, T::kL1 != 0));
-    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, T::kThreads, T::kSmemBytes));
+    // Once per tile (the launcher asks on every call), as the smem attribute.
+    static const int blocks = [] {
+      auto* kernel = conv_wgrad_wgmma_streamk_kernel<T>;
+      int n = 0;
+      CUDA_CHECK(set_smem_attributes(kernel, T::kSmemBytes, T::kL1 != 0));
+      CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, T::kThreads, T::kSmemBytes));
+      return n;
+    }();
+    per_sm = blocks;
   });
   int device = 0, sms = 0;
   CUDA_CHECK(cudaGetDevice(&device));
