@@ -563,6 +563,20 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
   // ---- weight gradient: the split-K kernel + the slab reduction (timed together), at the
   // default split count for this GPU and at half and twice that; the mma.sync configs, then on
   // Hopper the wgmma ones (the same split-K scheme and reduction).
+  // One weight-gradient row: launch(partials) into d_dw with `scratch` bytes of partials,
+  // checked against the reference, then timed.
+  auto wgrad_row = [&](Row row, size_t scratch, const std::function<void(float*)>& launch) {
+    DeviceBuffer<float> d_part(scratch / sizeof(float));
+    auto call = [&] { launch(d_part.get()); };
+    d_dw.poison();
+    d_part.poison();
+    call();
+    CUDA_CHECK(cudaDeviceSynchronize());
+    check_output(row, d_dw, dw_ref, "dw over all 512 images", kTolOut);
+    row.t = bench::time_calls(call, g_iters);
+    row.cudnn_us = cudnn_us[2];
+    rows.push_back(row);
+  };
   // launch(splits, partials) runs one config's weight gradient into d_dw.
   auto wgrad_rows = [&](const char* kernel, const kernels::IgemmConfigInfo& info, int dflt, int blocks_per_sm,
                         const std::function<int(int)>& launched_splits,
@@ -576,16 +590,7 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
       row.info = info;
       row.splits = splits;
       row.blocks_per_sm = blocks_per_sm;
-      DeviceBuffer<float> d_part(kernels::igemm_wgrad_scratch_bytes(d, splits) / sizeof(float));
-      auto call = [&] { launch(splits, d_part.get()); };
-      d_dw.poison();
-      d_part.poison();
-      call();
-      CUDA_CHECK(cudaDeviceSynchronize());
-      check_output(row, d_dw, dw_ref, "dw over all 512 images", kTolOut);
-      row.t = bench::time_calls(call, g_iters);
-      row.cudnn_us = cudnn_us[2];
-      rows.push_back(row);
+      wgrad_row(row, kernels::igemm_wgrad_scratch_bytes(d, splits), [&](float* part) { launch(splits, part); });
     }
   };
   for (kernels::IgemmConfig config : kernels::kIgemmConfigs)
@@ -615,18 +620,9 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
       row.info = kernels::wgmma_config_info(config);
       row.stream_k = kernels::wgmma_wgrad_streamk_plan(d, config);
       row.blocks_per_sm = kernels::wgmma_blocks_per_sm(config, true);
-      DeviceBuffer<float> d_part(kernels::wgrad_streamk_scratch_bytes(d, row.stream_k) / sizeof(float));
-      auto call = [&] {
-        kernels::conv_backward_filter_wgmma_streamk(d_x.get(), d_dy.get(), d_dw.get(), d_part.get(), d, config, 0);
-      };
-      d_dw.poison();
-      d_part.poison();
-      call();
-      CUDA_CHECK(cudaDeviceSynchronize());
-      check_output(row, d_dw, dw_ref, "dw over all 512 images", kTolOut);
-      row.t = bench::time_calls(call, g_iters);
-      row.cudnn_us = cudnn_us[2];
-      rows.push_back(row);
+      wgrad_row(row, kernels::wgrad_streamk_scratch_bytes(d, row.stream_k), [&](float* part) {
+        kernels::conv_backward_filter_wgmma_streamk(d_x.get(), d_dy.get(), d_dw.get(), part, d, config, 0);
+      });
     }
 }
 

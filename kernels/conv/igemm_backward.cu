@@ -214,14 +214,12 @@ __global__ void __launch_bounds__(T::kThreads, T::kMinBlocks)
     }
 }
 
-// dw[i] = fp16(sum over slabs z = 0, 1, ... of partials[z][i]), in slab order (deterministic).
-// Four consecutive elements per thread: 16-byte reads of each slab, one 8-byte write.
-__global__ void conv_wgrad_reduce_kernel(const float* __restrict__ partials, __half* __restrict__ dw,
-                                         long n, int splits) {
-  const long i = 4 * ((long)blockIdx.x * blockDim.x + threadIdx.x);
-  if (i >= n) return;
+// dw[i .. i + 3] = fp16(sum over z = 0 .. count - 1 of partials[z][i .. i + 3]), in order
+// (deterministic); partials [*][n]: 16-byte reads of each slab, one 8-byte write.
+__device__ __forceinline__ void reduce_partials4(const float* __restrict__ partials, __half* __restrict__ dw, long i,
+                                                 long n, int count) {
   float4 s = *reinterpret_cast<const float4*>(partials + i);
-  for (int z = 1; z < splits; z++) {
+  for (int z = 1; z < count; z++) {
     const float4 v = *reinterpret_cast<const float4*>(partials + (size_t)z * n + i);
     s.x += v.x;
     s.y += v.y;
@@ -232,6 +230,14 @@ __global__ void conv_wgrad_reduce_kernel(const float* __restrict__ partials, __h
   *reinterpret_cast<uint2*>(dw + i) = *reinterpret_cast<const uint2*>(h);
 }
 
+// dw[i] = fp16(sum over slabs z = 0, 1, ... of partials[z][i]), in slab order (deterministic).
+// Four consecutive elements per thread.
+__global__ void conv_wgrad_reduce_kernel(const float* __restrict__ partials, __half* __restrict__ dw,
+                                         long n, int splits) {
+  const long i = 4 * ((long)blockIdx.x * blockDim.x + threadIdx.x);
+  if (i < n) reduce_partials4(partials, dw, i, n, splits);
+}
+
 // The stream-K partials' sum: as conv_wgrad_reduce_kernel, with the slot count of the
 // element's tile (four consecutive elements never straddle two tiles: block_n % 4 == 0).
 __global__ void conv_wgrad_streamk_reduce_kernel(const float* __restrict__ partials, __half* __restrict__ dw, int K,
@@ -240,17 +246,7 @@ __global__ void conv_wgrad_streamk_reduce_kernel(const float* __restrict__ parti
   const long n = (long)K * Ng;
   if (i >= n) return;
   const int m = (int)(i / Ng), c = (int)(i % Ng);
-  const int runs = plan.runs_of((m / block_m) * plan.tiles_n + c / block_n);
-  float4 s = *reinterpret_cast<const float4*>(partials + i);
-  for (int z = 1; z < runs; z++) {
-    const float4 v = *reinterpret_cast<const float4*>(partials + (size_t)z * n + i);
-    s.x += v.x;
-    s.y += v.y;
-    s.z += v.z;
-    s.w += v.w;
-  }
-  __half2 h[2] = {__floats2half2_rn(s.x, s.y), __floats2half2_rn(s.z, s.w)};
-  *reinterpret_cast<uint2*>(dw + i) = *reinterpret_cast<const uint2*>(h);
+  reduce_partials4(partials, dw, i, n, plan.runs_of((m / block_m) * plan.tiles_n + c / block_n));
 }
 
 // ---------------------------------------------------------------------------- launchers

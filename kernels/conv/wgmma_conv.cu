@@ -1196,12 +1196,12 @@ struct Sw128MnLayout {
   }
 };
 
-// The block-wide weight-gradient tiles' MMAs on one stage, for warpgroup `group`: A its
-// 64-channel column blocks (one per m64 tile), B all BlockN filter columns (LBO to the next
-// column block); M/N-major, +2048 bytes (two 8-pixel atoms) per k16.
+// A weight-gradient warpgroup's MMAs on one stage: A its T::kSubM 64-channel column blocks
+// from a_block0 on (one per m64 tile), B all BlockN filter columns (LBO to the next column
+// block); M/N-major, +2048 bytes (two 8-pixel atoms) per k16.
 template <class T>
-__device__ __forceinline__ void wgrad_block_mmas(float (&a)[T::kAcc], uint32_t stage, int group) {
-  const uint32_t a_addr = stage + group * T::kSubM * T::kColumnBlockBytes, b_addr = stage + T::kABytes;
+__device__ __forceinline__ void wgrad_mmas(float (&a)[T::kAcc], uint32_t stage, int a_block0) {
+  const uint32_t a_addr = stage + a_block0 * T::kColumnBlockBytes, b_addr = stage + T::kABytes;
 #pragma unroll
   for (int kk = 0; kk < T::kBlockK / 16; kk++)
 #pragma unroll
@@ -1242,8 +1242,9 @@ __global__ void __launch_bounds__(T::kThreads, 1) conv_wgrad_wgmma_kernel(const 
   igemm_detail::WgradLoader<T, Sw128MnLayout<T>> loader(p, m0, n0, slice0 * T::kBlockK,
                                                        threadIdx.x % T::kLoaderThreads);
   float acc[T::kAcc];
+  // Warpgroup g: the column blocks of its kSubM m64 tiles.
   const bool mma_thread = wgmma_pipeline<T>(loader, p, base, k_tiles, acc, [group](float(&a)[T::kAcc], uint32_t stage) {
-    wgrad_block_mmas<T>(a, stage, group);
+    wgrad_mmas<T>(a, stage, group * T::kSubM);
   });
   if (!mma_thread) return;
   // Epilogue: this slab's partial dw.
@@ -1271,7 +1272,7 @@ __global__ void __launch_bounds__(T::kThreads, kStreamKMinBlocks<T>)
   const uint32_t base = (raw + 1023u) & ~1023u;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int group = warp >> 2;
-  auto mmas = [group](float(&a)[T::kAcc], uint32_t stage) { wgrad_block_mmas<T>(a, stage, group); };
+  auto mmas = [group](float(&a)[T::kAcc], uint32_t stage) { wgrad_mmas<T>(a, stage, group * T::kSubM); };
   auto tile_m0 = [&](const WgradSegment& sg) { return (sg.tile / plan.tiles_n) * T::kBlockM; };
   auto tile_n0 = [&](const WgradSegment& sg) { return (sg.tile % plan.tiles_n) * T::kBlockN; };
   float acc[T::kAcc];
@@ -1388,17 +1389,8 @@ __global__ void __launch_bounds__(T::kThreads, 1)
       },
       [](float (&a)[T::kAcc], uint32_t stage, int g) {
         // A: both column blocks of the tile's channels, one per m64 tile (cooperative: this
-        // consumer's one); B: all BlockN columns; M/N-major, +2048 bytes (two 8-pixel atoms)
-        // per k16.
-        const uint32_t a_blocks = stage + (T::kCoop ? g * T::kSubM * T::kColumnBlockBytes : 0);
-#pragma unroll
-        for (int kk = 0; kk < T::kBlockK / 16; kk++)
-#pragma unroll
-          for (int j = 0; j < T::kSubM; j++)
-            wgmma_m64k16<T::kBlockN, 1>(
-                sub_acc<T>(a, j),
-                wgmma_detail::sw128_mn_desc(a_blocks + j * T::kColumnBlockBytes + kk * 2048, T::kColumnBlockBytes),
-                wgmma_detail::sw128_mn_desc(stage + T::kABytes + kk * 2048, T::kColumnBlockBytes));
+        // consumer's kSubM ones).
+        wgrad_mmas<T>(a, stage, T::kCoop ? g * T::kSubM : 0);
       },
       [&](float (&a)[T::kAcc], const PpWork& wk, int g, int, uint32_t) {
         if (wk.n0 >= p.Ng) return;  // a cluster's filter tile past Ng (see above)
