@@ -186,8 +186,8 @@ OurChoice time_our_configs(const std::function<void(const Resnet9Gpu::OurConv&)>
 struct PairTimes {
   double fused_us = 0, unfused_us = 0;
   bool fused_faster() const { return fused_us < unfused_us; }
-  // kept (the fused pair won) or dropped, with both times: "<kept> (fused pair 91.2 us <
-  // unfused 97.0 us)".
+  // kept (the fused pair won) or dropped, with both times: "<kept> (fused pair F us <
+  // unfused U us)".
   std::string note(const std::string& kept, const std::string& dropped) const {
     char buf[96];
     std::snprintf(buf, sizeof(buf), " (fused pair %.1f us %s unfused %.1f us)", fused_us,
