@@ -1,6 +1,6 @@
 // The halo-tile forward convolution (sm_90a; the configs wgmma_config_halo names): the tile,
 // the kernel, then the launcher and the copy probe. Geometry: wgmma_detail::HaloGeometry
-// (kernels/conv/wgmma_conv.cuh); design: docs/conv_kernels.md, "The halo tile".
+// (kernels/conv/wgmma_conv.cuh); design: docs/conv_kernels.md, "The halo tiles".
 //
 // The schedule is the im2col tile's persistent ping-pong (wgmma_conv.cu, pp_schedule): one block
 // per SM walks the work units u = blockIdx.x, + gridDim.x, ...; one producer thread issues every

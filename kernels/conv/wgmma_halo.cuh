@@ -1,7 +1,7 @@
 // The halo tiles' launchers (the configs wgmma_config_halo names), called by kernels/conv/wgmma_conv.cu,
 // whose public launchers check the shape first; users call those (kernels/conv/wgmma_conv.cuh).
 // The geometry: wgmma_detail::HaloGeometry there; the design: docs/conv_kernels.md, "The halo
-// tile".
+// tiles".
 #pragma once
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
