@@ -250,6 +250,20 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
     row.flop = flop;
     return row;
   };
+  // One checked and timed row: `out` poisoned, launch() once, `out` against the reference `want`
+  // (what: its label) within tol, then launch() timed; cudnn: cuDNN's time for the pass (-1 for
+  // cuDNN's own rows). Returns the median.
+  auto checked_row = [&](Row row, DeviceBuffer<__half>& out, const std::vector<float>& want, const char* what,
+                         double tol, double cudnn, const std::function<void()>& launch) {
+    out.poison();
+    launch();
+    CUDA_CHECK(cudaDeviceSynchronize());
+    check_output(row, out, want, what, tol);
+    row.t = bench::time_calls(launch, g_iters);
+    row.cudnn_us = cudnn;
+    rows.push_back(row);
+    return row.t.median_us;
+  };
 
   double cudnn_us[3] = {-1, -1, -1};  // per pass, index as kPasses
   if (with_cudnn) {
@@ -263,30 +277,16 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
     }
     for (int pass = 0; pass < 3; pass++) {
       if (pass == 1 && !has_dgrad) continue;
-      Row row = new_row(kPasses[pass], "cudnn", conv.chosen());
-      std::function<void()> launch;
-      if (pass == 0) {
-        launch = [&] { conv.forward(d_x.get(), d_w.get(), d_y.get(), ws.get()); };
-        d_y.poison();
-        launch();
-        CUDA_CHECK(cudaDeviceSynchronize());
-        check_output(row, d_y, y_ref, "y images 0..1", kTolCudnn);
-      } else if (pass == 1) {
-        launch = [&] { conv.backward_data(d_dy.get(), d_w.get(), d_dx.get(), ws.get()); };
-        d_dx.poison();
-        launch();
-        CUDA_CHECK(cudaDeviceSynchronize());
-        check_output(row, d_dx, dx_ref, "dx images 0..1", kTolCudnn);
-      } else {
-        launch = [&] { conv.backward_filter(d_x.get(), d_dy.get(), d_dw.get(), ws.get()); };
-        d_dw.poison();
-        launch();
-        CUDA_CHECK(cudaDeviceSynchronize());
-        check_output(row, d_dw, dw_ref, "dw over all 512 images", kTolCudnn);
-      }
-      row.t = bench::time_calls(launch, g_iters);
-      cudnn_us[pass] = row.t.median_us;
-      rows.push_back(row);
+      const Row row = new_row(kPasses[pass], "cudnn", conv.chosen());
+      if (pass == 0)
+        cudnn_us[pass] = checked_row(row, d_y, y_ref, "y images 0..1", kTolCudnn, -1,
+                                     [&] { conv.forward(d_x.get(), d_w.get(), d_y.get(), ws.get()); });
+      else if (pass == 1)
+        cudnn_us[pass] = checked_row(row, d_dx, dx_ref, "dx images 0..1", kTolCudnn, -1,
+                                     [&] { conv.backward_data(d_dy.get(), d_w.get(), d_dx.get(), ws.get()); });
+      else
+        cudnn_us[pass] = checked_row(row, d_dw, dw_ref, "dw over all 512 images", kTolCudnn, -1,
+                                     [&] { conv.backward_filter(d_x.get(), d_dy.get(), d_dw.get(), ws.get()); });
     }
   }
 
@@ -504,16 +504,9 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
       if (!wanted(info.name)) continue;
       Row row = new_row("bwd_data", "igemm", info.name);
       row.info = info;
-      auto launch = [&] {
+      checked_row(row, d_dx, dx_ref, "dx images 0..1", kTolOut, cudnn_us[1], [&] {
         kernels::conv_backward_data_igemm(d_dy.get(), d_w.get(), d_dx.get(), d_wt.get(), d, config, 0);
-      };
-      d_dx.poison();
-      launch();
-      CUDA_CHECK(cudaDeviceSynchronize());
-      check_output(row, d_dx, dx_ref, "dx images 0..1", kTolOut);
-      row.t = bench::time_calls(launch, g_iters);
-      row.cudnn_us = cudnn_us[1];
-      rows.push_back(row);
+      });
       bn_sums_row("igemm", info, 0, [&](const kernels::BnBackwardSums& bn) {
         kernels::conv_backward_data_igemm_bn_sums(d_dy.get(), d_w.get(), d_dx.get(), d_wt.get(), d, config, bn, 0);
       });
@@ -531,28 +524,15 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
       Row row = new_row("fwd", "wgmma", info.name);
       row.info = info;
       row.blocks_per_sm = kernels::wgmma_blocks_per_sm(config, false);
-      auto fwd = [&] { kernels::conv_forward_wgmma(d_x.get(), d_w.get(), d_y.get(), d, config, 0); };
-      d_y.poison();
-      fwd();
-      CUDA_CHECK(cudaDeviceSynchronize());
-      check_output(row, d_y, y_ref, "y images 0..1", kTolOut);
-      row.t = bench::time_calls(fwd, g_iters);
-      row.cudnn_us = cudnn_us[0];
-      rows.push_back(row);
+      checked_row(row, d_y, y_ref, "y images 0..1", kTolOut, cudnn_us[0],
+                  [&] { kernels::conv_forward_wgmma(d_x.get(), d_w.get(), d_y.get(), d, config, 0); });
       if (!has_dgrad || !wgmma_config_takes_channels(config, d.K)) continue;
       Row brow = new_row("bwd_data", "wgmma", info.name);
       brow.info = info;
       brow.blocks_per_sm = row.blocks_per_sm;
-      auto bwd = [&] {
+      checked_row(brow, d_dx, dx_ref, "dx images 0..1", kTolOut, cudnn_us[1], [&] {
         kernels::conv_backward_data_wgmma(d_dy.get(), d_w.get(), d_dx.get(), d_wt.get(), d, config, 0);
-      };
-      d_dx.poison();
-      bwd();
-      CUDA_CHECK(cudaDeviceSynchronize());
-      check_output(brow, d_dx, dx_ref, "dx images 0..1", kTolOut);
-      brow.t = bench::time_calls(bwd, g_iters);
-      brow.cudnn_us = cudnn_us[1];
-      rows.push_back(brow);
+      });
       if (!kernels::wgmma_config_fused_epilogues(config)) continue;
       bn_sums_row("wgmma", info, row.blocks_per_sm, [&](const kernels::BnBackwardSums& bn) {
         kernels::conv_backward_data_wgmma_bn_sums(d_dy.get(), d_w.get(), d_dx.get(), d_wt.get(), d, config, bn, 0);
@@ -565,17 +545,10 @@ void bench_shape(std::vector<Row>& rows, cudnnHandle_t handle, bool with_cudnn, 
   // Hopper the wgmma ones (the same split-K scheme and reduction).
   // One weight-gradient row: launch(partials) into d_dw with `scratch` bytes of partials,
   // checked against the reference, then timed.
-  auto wgrad_row = [&](Row row, size_t scratch, const std::function<void(float*)>& launch) {
+  auto wgrad_row = [&](const Row& row, size_t scratch, const std::function<void(float*)>& launch) {
     DeviceBuffer<float> d_part(scratch / sizeof(float));
-    auto call = [&] { launch(d_part.get()); };
-    d_dw.poison();
     d_part.poison();
-    call();
-    CUDA_CHECK(cudaDeviceSynchronize());
-    check_output(row, d_dw, dw_ref, "dw over all 512 images", kTolOut);
-    row.t = bench::time_calls(call, g_iters);
-    row.cudnn_us = cudnn_us[2];
-    rows.push_back(row);
+    checked_row(row, d_dw, dw_ref, "dw over all 512 images", kTolOut, cudnn_us[2], [&] { launch(d_part.get()); });
   };
   // launch(splits, partials) runs one config's weight gradient into d_dw.
   auto wgrad_rows = [&](const char* kernel, const kernels::IgemmConfigInfo& info, int dflt, int blocks_per_sm,
