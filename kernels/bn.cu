@@ -403,7 +403,7 @@ __global__ void backward_apply_kernel(const __half* __restrict__ dout,
 // Block: kVecThreads threads; thread t owns channel vector cv = t % CV (CV = C / 8) and pixel
 // row t / CV of rows = kVecThreads / CV rows; threads past rows * CV only join the barriers.
 // Grid: (blocks over the group's pooled pixels, groups).
-constexpr int kVecThreads = 256;
+using bn_detail::kVecThreads;
 constexpr int kVecPixelsPerThread = 16;  // statistics kernels: pixels per thread, about
 constexpr int kVecApplyPixelsPerThread = 8;
 // ... but at least this many statistics blocks per group where the group has a pixel row for
@@ -509,26 +509,28 @@ constexpr int kBatchFor = kLoadsPerPixel >= 4 ? 1 : 4 / kLoadsPerPixel;
 
 // Block reduction of the per-thread sums a[8], b[8] over the rows (fixed order), written to
 // partial[blockIdx.x][grp][c][0..1] for the block's C channels (the two-channel kernels'
-// layout, so finalize_stats_kernel and backward_totals_kernel serve both).
+// layout, so finalize_stats_kernel and backward_totals_kernel serve both). red: the block's
+// kVecThreads slots of bn_detail::kVecRedSlot floats, per thread 8 a's then 8 b's.
+constexpr int kVecRedFloats = kVecThreads * bn_detail::kVecRedSlot;
 __device__ __forceinline__ void vec_store_partials(const Geometry& g, const VecLayout& l,
                                                    const float (&a)[8], const float (&b)[8],
                                                    float* red, float* __restrict__ partial) {
+  using bn_detail::vec_red_offset;
   const int CV = g.C / 8;
-  const int width = CV * 16;  // floats per row: per channel vector 8 a's then 8 b's
   if (l.active) {
 #pragma unroll
     for (int i = 0; i < 8; i++) {
-      red[l.row * width + l.cv * 16 + i] = a[i];
-      red[l.row * width + l.cv * 16 + 8 + i] = b[i];
+      red[vec_red_offset(threadIdx.x, i)] = a[i];
+      red[vec_red_offset(threadIdx.x, 8 + i)] = b[i];
     }
   }
   __syncthreads();
   const int G = g.N / g.group;
   const int grp = blockIdx.y;
-  for (int o = threadIdx.x; o < width; o += blockDim.x) {
-    float t = red[o];
-    for (int r = 1; r < l.rows; r++) t += red[r * width + o];
+  for (int o = threadIdx.x; o < CV * 16; o += blockDim.x) {  // sum j of channel vector cv
     const int cv = o / 16, j = o % 16;
+    float t = red[vec_red_offset(cv, j)];
+    for (int r = 1; r < l.rows; r++) t += red[vec_red_offset(r * CV + cv, j)];
     const int c = cv * 8 + (j & 7);
     partial[(((long)blockIdx.x * G + grp) * g.C + c) * 2 + (j >> 3)] = t;
   }
@@ -541,7 +543,7 @@ __global__ void __launch_bounds__(kVecThreads)
     pool_stats_vec_kernel(const __half* __restrict__ x, __half* __restrict__ pooled, Geometry g,
                           float* __restrict__ partial) {
   constexpr int kBatch = kBatchFor<kP * kP>;
-  __shared__ float red[kVecThreads * 16];
+  __shared__ float red[kVecRedFloats];
   const VecLayout l = vec_layout(g.C);
   const int grp = blockIdx.y;
   const int c = l.cv * 8;
@@ -653,7 +655,7 @@ __global__ void __launch_bounds__(kVecThreads)
                               const float* __restrict__ save_invstd, float alpha,
                               float* __restrict__ partial) {
   constexpr int kBatch = kBatchFor<2>;  // p_in and dout (and dout2) per pixel
-  __shared__ float red[kVecThreads * 16];
+  __shared__ float red[kVecRedFloats];
   const VecLayout l = vec_layout(g.C);
   const int grp = blockIdx.y;
   const int c = l.cv * 8;

@@ -112,4 +112,19 @@ void pool_bn_celu_backward_from_sums(const __half* dout, const __half* dout2, co
 // Averages per-group running statistics [G][C] into [C] (for evaluation).
 void bn_average_groups(const float* per_group, float* avg, int G, int C, cudaStream_t stream);
 
+namespace bn_detail {
+
+// Threads per block of the vectorised kernels (kernels/bn.cu).
+constexpr int kVecThreads = 256;
+
+// The vectorised statistics kernels' block reduction (kernels/bn.cu, vec_store_partials): thread
+// t (channel vector t % CV, pixel row t / CV) puts its 16 sums (8 channels, two sums each) into
+// shared-memory slot t, kVecRedSlot floats apart, and sum j at vec_red_offset(t, j). 17 and not
+// 16: a warp's store of sum j then hits 32 different banks, t * 17 running through every
+// residue mod 32 for 32 consecutive t, whatever C; with 16, every even thread's slot started on
+// bank 0 and every odd one's on bank 16, a 16-way conflict for each of a thread's 16 stores.
+constexpr int kVecRedSlot = 17;
+__host__ __device__ constexpr int vec_red_offset(int thread, int j) { return thread * kVecRedSlot + j; }
+
+}  // namespace bn_detail
 }  // namespace kernels

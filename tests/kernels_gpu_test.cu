@@ -540,6 +540,36 @@ __global__ void celu_eval_kernel(const float* x, int n, float alpha, float* y, f
 
 }  // namespace
 
+// The vectorised BN statistics kernels' block reduction (bn_detail::vec_red_offset): for every
+// channel count they take (C = 8 .. 2048 in steps of 8), each warp's store of each sum hits 32
+// different banks (4-byte words), the slots of the block's threads do not overlap, and they fit
+// the kVecThreads * kVecRedSlot floats the kernels declare.
+TEST_CASE("ghost-BN vector statistics: the block reduction's stores are conflict-free (host)", "[gpu][bn]") {
+  using namespace kernels::bn_detail;
+  // Warp-wide stores (one per warp and sum j) whose 4-byte words share a bank, over every C.
+  auto conflicted_stores = [](auto offset) {
+    int conflicted = 0;
+    for (int C = 8; C / 8 <= kVecThreads; C += 8) {
+      const int CV = C / 8, active = kVecThreads / CV * CV;  // whole pixel rows of CV threads
+      for (int warp0 = 0; warp0 < active; warp0 += 32)
+        for (int j = 0; j < 16; j++) {
+          std::vector<int> banks;
+          for (int t = warp0; t < std::min(warp0 + 32, active); t++) banks.push_back(offset(t, j) % 32);
+          std::sort(banks.begin(), banks.end());
+          conflicted += std::adjacent_find(banks.begin(), banks.end()) != banks.end();
+        }
+    }
+    return conflicted;
+  };
+  CHECK(conflicted_stores([](int t, int j) { return vec_red_offset(t, j); }) == 0);
+  // The check's control: the unpadded slots of 16 floats it replaced conflict.
+  CHECK(conflicted_stores([](int t, int j) { return t * 16 + j; }) > 0);
+  std::vector<int> used(kVecThreads * kVecRedSlot, 0);
+  for (int t = 0; t < kVecThreads; t++)
+    for (int j = 0; j < 16; j++) used.at(vec_red_offset(t, j))++;
+  CHECK(*std::max_element(used.begin(), used.end()) == 1);
+}
+
 // The series and exp branches of the fast expm1 (the host build: std::exp for the exp branch),
 // against double-precision expm1 on both sides of the series limit and down to -40.
 TEST_CASE("celu's expm1 for y <= 0 matches expm1 (host)", "[gpu][bn]") {
