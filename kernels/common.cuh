@@ -85,30 +85,30 @@ __device__ __forceinline__ float block_reduce_sum(float v, float* shared) {
 // few ulp of exp(y) stay below 3e-6 relative). The series' roundings are explicit fmas, so
 // every kernel computes the same bits (see kernels/bn_math.cuh); the host build (for tests)
 // uses std::exp.
+// No branches here or in celu / celu_grad: both forms are computed and one is selected. A
+// warp's values lie on both sides of 0 and of the limit, so branches diverged and every lane
+// paid for both forms anyway, plus the branching (nvcc compiled these ternaries on expressions
+// into branches: two per value). The selected value is computed exactly as before.
 constexpr float kCeluSeriesLimit = 0.0625f;
 __host__ __device__ inline float celu_expm1_nonpos(float y) {
-  if (y > -kCeluSeriesLimit) {
-    float p = fmaf(y, 1.0f / 24.0f, 1.0f / 6.0f);
-    p = fmaf(y, p, 0.5f);
-    p = fmaf(y, p, 1.0f);
+  float p = fmaf(y, 1.0f / 24.0f, 1.0f / 6.0f);
+  p = fmaf(y, p, 0.5f);
+  p = fmaf(y, p, 1.0f);
 #ifdef __CUDA_ARCH__
-    return __fmul_rn(y, p);
+  const float series = __fmul_rn(y, p), by_exp = __fsub_rn(__expf(y), 1.0f);
 #else
-    return y * p;
+  const float series = y * p, by_exp = std::exp(y) - 1.0f;
 #endif
-  }
-#ifdef __CUDA_ARCH__
-  return __fsub_rn(__expf(y), 1.0f);
-#else
-  return std::exp(y) - 1.0f;
-#endif
+  return y > -kCeluSeriesLimit ? series : by_exp;
 }
 __device__ __forceinline__ float celu(float x, float alpha) {
-  return x > 0.0f ? x : __fmul_rn(alpha, celu_expm1_nonpos(__fdividef(x, alpha)));
+  const float negative = __fmul_rn(alpha, celu_expm1_nonpos(__fdividef(x, alpha)));
+  return x > 0.0f ? x : negative;
 }
 // d celu / d x at the CELU input x.
 __device__ __forceinline__ float celu_grad(float x, float alpha) {
-  return x > 0.0f ? 1.0f : __expf(__fdividef(x, alpha));
+  const float negative = __expf(__fdividef(x, alpha));
+  return x > 0.0f ? 1.0f : negative;
 }
 
 __device__ __forceinline__ float2 load_half2(const __half* p) {
