@@ -48,6 +48,10 @@ json kernel_bench_record() {
     for (const char* v : {"autotuned", "IMPLICIT_GEMM"})
       results.push_back({{"family", "conv"}, {"name", std::string(pass) + " " + v},
                          {"shape", "512x32x32x64->128"}, {"tflops", 300.0}});
+  // Memory-bound rows (memory_kernels.png), one without a check.
+  results.push_back({{"family", "bn"}, {"name", "pool_bn_celu_forward_train prep"}, {"bytes", 2.0e8},
+                     {"median_us", 110.0}, {"pct_peak", 38.0}, {"check", {{"status", "pass"}}}});
+  results.push_back({{"family", "head"}, {"name", "head_forward"}, {"bytes", 9.0e6}, {"median_us", 7.0}});
   return {{"schema", "cifar-speedrun/kernel_bench/v1"}, {"gpu", {{"name", "synthetic"}}}, {"results", results}};
 }
 
@@ -112,8 +116,8 @@ TEST_CASE("plot_results.py draws every plot from synthetic records", "[tools]") 
     INFO("plot_results output:\n" << std::string(std::istreambuf_iterator<char>(f), {}));
     REQUIRE(rc == 0);
   }
-  for (const char* png : {"accuracy_vs_time.png", "epoch_curves.png", "conv_tflops.png", "igemm_vs_cudnn.png",
-                          "fused_epilogue_cost.png"}) {
+  for (const char* png : {"accuracy_vs_time.png", "epoch_curves.png", "conv_tflops.png", "memory_kernels.png",
+                          "igemm_vs_cudnn.png", "fused_epilogue_cost.png"}) {
     INFO(png);
     CHECK(fs::exists(out / png));
     CHECK((fs::exists(out / png) && fs::file_size(out / png) > 1000));

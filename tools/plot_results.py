@@ -11,7 +11,10 @@ tools/reference/resnet9_torch.py, also that script's earlier records without a s
                         accuracy, one line per run.
 kernel_bench records (schema cifar-speedrun/kernel_bench/v1) give:
   conv_tflops.png       per conv shape and pass: the autotuned path and every cuDNN candidate
-                        (and any other conv variant in the file), TFLOP/s.
+                        (and any other conv variant in the file), TFLOP/s;
+  memory_kernels.png    every other kernel with a byte count (BN + CELU, whitening, head, ...):
+                        its time in us, one bar per kernel_bench file given (e.g. two sessions'
+                        on the same GPU), with its share of the GPU's memory bandwidth.
 conv_bench records (schema cifar-speedrun/conv_bench/v2, docs/conv_kernels.md) give:
   igemm_vs_cudnn.png    per layer and pass: cuDNN's autotuned algorithm against the fastest
                         passing implicit-GEMM config (and, in the forward panel, the fused
@@ -143,6 +146,48 @@ def plot_conv_bench(path, rec, out, plt):
     fig.suptitle(f"convolutions at batch 512 on {gpu} ({os.path.basename(path)})")
     fig.tight_layout()
     fig.savefig(os.path.join(out, "conv_tflops.png"), dpi=120)
+    plt.close(fig)
+
+
+def plot_memory_kernels(benches, out, plt):
+    """memory_kernels.png: the kernel_bench rows outside the conv family that count their bytes,
+    passing their checks, as horizontal bars of time (us) per row name, one colour per file."""
+    per_file = []
+    for path, rec in benches:
+        rows = {r["name"]: r for r in rec.get("results", [])
+                if r.get("family") != "conv" and r.get("bytes") and r.get("median_us", -1) > 0
+                and (r.get("check") or {}).get("status", "pass") == "pass"}
+        per_file.append((path, rec, rows))
+    names = list(dict.fromkeys(n for _, _, rows in per_file for n in rows))
+    if not names:
+        return
+    n_files = len(per_file)
+    height = 0.8 / n_files
+    fig, ax = plt.subplots(figsize=(11, max(4.0, 0.22 * len(names) * max(1, n_files) + 1.5)))
+    for k, (path, rec, rows) in enumerate(per_file):
+        ys, xs, notes = [], [], []
+        for i, name in enumerate(names):
+            if name in rows:
+                ys.append(i + k * height)
+                xs.append(rows[name]["median_us"])
+                notes.append(f"{rows[name]['pct_peak']:.0f}%" if "pct_peak" in rows[name] else "")
+        gpu = (rec.get("gpu") or {}).get("name", "?")
+        label = "/".join(os.path.abspath(path).split(os.sep)[-4:-1])
+        bars = ax.barh(ys, xs, height=height, color=f"C{k}",
+                       label=f"{label} ({gpu}, {rec.get('git_commit', '?')[:7]})")
+        for bar, note in zip(bars, notes):
+            ax.annotate(note, (bar.get_width(), bar.get_y() + bar.get_height() / 2), va="center", fontsize=5,
+                        xytext=(2, 0), textcoords="offset points")
+    ax.set_yticks([i + 0.4 - height / 2 for i in range(len(names))])
+    ax.set_yticklabels(names, fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xscale("log")  # from a few us (the head) to ms (the once-per-run whitening statistics)
+    ax.set_xlabel("median time per call (us, log scale); beside each bar its share of the memory bandwidth")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("memory-bound kernels (kernel_bench)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "memory_kernels.png"), dpi=120)
     plt.close(fig)
 
 
@@ -296,6 +341,8 @@ def main():
         plot_epoch_curves(train, args.out, plt)
     for path, rec in bench:
         plot_conv_bench(path, rec, args.out, plt)
+    if bench:
+        plot_memory_kernels(bench, args.out, plt)
     for path, rec in conv:
         plot_igemm_vs_cudnn(path, rec, args.out, plt)
     if conv:
