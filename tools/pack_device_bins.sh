@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the GPU binaries for a Hopper device machine (sm_90a only, so they are small enough
 # to carry) and copies them into .gpu-bin/, and packs that into .gpu-pack/bins.tar.xz (both
-# git-ignored; the archive is a few MB against tens of MB unpacked; with the committed tree it
-# fits a 64 MiB device call, a half of the data going in a call of its own: README, "Working
+# git-ignored; the archive is some 15 MB against tens of MB unpacked; with the committed tree it
+# fits a 64 MiB device call, each half of the data going in a call of its own: README, "Working
 # with a GPU machine"). A device call then carries .gpu-pack and runs:
 #   tar xJf .gpu-pack/bins.tar.xz && BUILD_DIR=.gpu-bin tools/gpu_check.sh "$OUT" [DATA_DIR] [RUNS]
 set -euo pipefail
