@@ -149,6 +149,13 @@ def plot_conv_bench(path, rec, out, plt):
     plt.close(fig)
 
 
+def file_label(path, rec):
+    """A bench file's legend entry: its last three folders (one session's calls write files of the
+    same names), its GPU and commit."""
+    name = "/".join(os.path.abspath(path).split(os.sep)[-4:-1])
+    return f"{name} ({(rec.get('gpu') or {}).get('name', '?')}, {rec.get('git_commit', '?')[:7]})"
+
+
 def plot_memory_kernels(benches, out, plt):
     """memory_kernels.png: the kernel_bench rows outside the conv family that count their bytes,
     passing their checks, as horizontal bars of time (us) per row name, one colour per file."""
@@ -161,9 +168,8 @@ def plot_memory_kernels(benches, out, plt):
     names = list(dict.fromkeys(n for _, _, rows in per_file for n in rows))
     if not names:
         return
-    n_files = len(per_file)
-    height = 0.8 / n_files
-    fig, ax = plt.subplots(figsize=(11, max(4.0, 0.22 * len(names) * max(1, n_files) + 1.5)))
+    height = 0.8 / len(per_file)
+    fig, ax = plt.subplots(figsize=(11, max(4.0, 0.22 * len(names) * len(per_file) + 1.5)))
     for k, (path, rec, rows) in enumerate(per_file):
         ys, xs, notes = [], [], []
         for i, name in enumerate(names):
@@ -171,10 +177,7 @@ def plot_memory_kernels(benches, out, plt):
                 ys.append(i + k * height)
                 xs.append(rows[name]["median_us"])
                 notes.append(f"{rows[name]['pct_peak']:.0f}%" if "pct_peak" in rows[name] else "")
-        gpu = (rec.get("gpu") or {}).get("name", "?")
-        label = "/".join(os.path.abspath(path).split(os.sep)[-4:-1])
-        bars = ax.barh(ys, xs, height=height, color=f"C{k}",
-                       label=f"{label} ({gpu}, {rec.get('git_commit', '?')[:7]})")
+        bars = ax.barh(ys, xs, height=height, color=f"C{k}", label=file_label(path, rec))
         for bar, note in zip(bars, notes):
             ax.annotate(note, (bar.get_width(), bar.get_y() + bar.get_height() / 2), va="center", fontsize=5,
                         xytext=(2, 0), textcoords="offset points")
@@ -281,11 +284,7 @@ def plot_fused_cost(convs, out, plt):
                     xs.append(i + k * width)
                     ys.append(c[(epi, layer)][0])
                     notes.append(c[(epi, layer)][1])
-            gpu = (rec.get("gpu") or {}).get("name", "?")
-            # The session's folder too: sessions' calls write files of the same names.
-            name = "/".join(os.path.abspath(path).split(os.sep)[-4:-1])
-            bars = ax.bar(xs, ys, width=width, label=f"{name} ({gpu}, {rec.get('git_commit', '?')[:7]})",
-                          color=f"C{k}")
+            bars = ax.bar(xs, ys, width=width, label=file_label(path, rec), color=f"C{k}")
             for bar, note in zip(bars, notes):
                 ax.annotate(note.replace("wgmma_", ""), (bar.get_x() + bar.get_width() / 2, max(bar.get_height(), 0)),
                             ha="center", va="bottom", fontsize=5, rotation=90)
