@@ -180,27 +180,25 @@ OurChoice time_our_configs(const std::function<void(const Resnet9Gpu::OurConv&)>
   return best;
 }
 
-// Options::fused_auto: a unit's fused pair (our fused conv and the BN stage that starts from
-// its sums) and its unfused pair (the selected conv and the full BN stage), each timed as one
-// call of both launches (cs::setup_time_us: GPU time, the median of 5, or one call with quick).
-struct PairTimes {
-  double fused_us = 0, unfused_us = 0;
-  bool fused_faster() const { return fused_us < unfused_us; }
-  // kept (the fused pair won) or dropped, with both times: "<kept> (fused pair F us <
-  // unfused U us)".
-  std::string note(const std::string& kept, const std::string& dropped) const {
-    char buf[96];
-    std::snprintf(buf, sizeof(buf), " (fused pair %.1f us %s unfused %.1f us)", fused_us,
-                  fused_faster() ? "<" : ">=", unfused_us);
-    return (fused_faster() ? kept : dropped) + buf;
-  }
-};
-PairTimes time_pairs(const std::function<void()>& fused, const std::function<void()>& unfused, cudaStream_t s,
-                     bool quick) {
-  PairTimes t;
-  t.fused_us = cs::setup_time_us(fused, s, 5, quick);
-  t.unfused_us = cs::setup_time_us(unfused, s, 5, quick);
-  return t;
+// A unit's fusion once time_our_configs has run: what runs fused (`fused`), or why not. With
+// Options::fused_auto (`fused_auto`) and a config found it also times the unit's fused pair (our
+// fused conv and the BN stage that starts from its sums) against its unfused pair (the selected
+// conv and the full BN stage), each as one call of both launches (cs::setup_time_us: GPU time,
+// the median of 5, or one call with quick), and keeps the fusion only if the fused pair is
+// faster (c.found = false otherwise): "<fused> (fused pair F us < unfused U us)", or "not
+// fused: <fused> (... >= ...)".
+std::string fusion_verdict(OurChoice& c, const std::string& fused, bool fused_auto,
+                           const std::function<void()>& fused_pair, const std::function<void()>& unfused_pair,
+                           cudaStream_t s, bool quick) {
+  if (!c.found) return "not fused (no config fits and agrees)";
+  if (!fused_auto) return fused;
+  const double fused_us = cs::setup_time_us(fused_pair, s, 5, quick);
+  const double unfused_us = cs::setup_time_us(unfused_pair, s, 5, quick);
+  c.found = fused_us < unfused_us;
+  char buf[96];
+  std::snprintf(buf, sizeof(buf), " (fused pair %.1f us %s unfused %.1f us)", fused_us, c.found ? "<" : ">=",
+                unfused_us);
+  return (c.found ? fused : "not fused: " + fused) + buf;
 }
 
 // "" when out agrees with ref (cs::OutputDistance::agrees), else what differs.
@@ -532,19 +530,15 @@ void Resnet9Gpu::choose_fused_configs() {
         },
         s, options_.quick_autotune, options_.conv_policy == cs::ConvPolicy::kAutoUntested);
     u.fused_conv = c.kernel;
-    const std::string fused = std::string(want[i] == Fusion::kPool ? "conv+pool " : "conv+stats ") + c.kernel.name();
-    std::string verdict = c.found ? fused : std::string("not fused (no config fits and agrees)");
-    if (c.found && options_.fused_auto) {
-      // No residual in either pair: it costs both the same.
-      const PairTimes t = time_pairs(
-          [&] {
-            enqueue_fused_conv(i, in, w, true);
-            bn_from_sums();
-          },
-          unfused, s, options_.quick_autotune);
-      verdict = t.note(fused, "not fused: " + fused);
-      c.found = t.fused_faster();
-    }
+    // No residual in either pair: it costs both the same.
+    const std::string verdict = fusion_verdict(
+        c, std::string(want[i] == Fusion::kPool ? "conv+pool " : "conv+stats ") + c.kernel.name(),
+        options_.fused_auto,
+        [&] {
+          enqueue_fused_conv(i, in, w, true);
+          bn_from_sums();
+        },
+        unfused, s, options_.quick_autotune);
     u.fusion = c.found ? want[i] : Fusion::kNone;
     fused_note_ += "  " + u.name + ": " + verdict + " [" + c.tried + "]\n";
   }
@@ -683,18 +677,13 @@ void Resnet9Gpu::choose_bn_grad_configs() {
         },
         s, options_.quick_autotune, options_.conv_policy == cs::ConvPolicy::kAutoUntested);
     prev.bn_grad_conv = c.kernel;
-    const std::string fused = "dgrad+bn_sums " + c.kernel.name();
-    std::string verdict = c.found ? fused : std::string("not fused (no config fits and agrees)");
-    if (c.found && options_.fused_auto) {
-      const PairTimes t = time_pairs(
-          [&] {
-            enqueue_dgrad_bn_sums(i, w);
-            bn_backward_from_sums();
-          },
-          unfused, s, options_.quick_autotune);
-      verdict = t.note(fused, "not fused: " + fused);
-      c.found = t.fused_faster();
-    }
+    const std::string verdict = fusion_verdict(
+        c, "dgrad+bn_sums " + c.kernel.name(), options_.fused_auto,
+        [&] {
+          enqueue_dgrad_bn_sums(i, w);
+          bn_backward_from_sums();
+        },
+        unfused, s, options_.quick_autotune);
     prev.bn_grad_fused = c.found;
     bn_grad_note_ += "  " + prev.name + " (dgrad of " + u.name + "): " + verdict + " [" + c.tried + "]\n";
   }

@@ -374,7 +374,7 @@ WgradStreamK wgrad_streamk(const ConvDesc& d, int block_m, int block_n, int bloc
 }
 
 size_t wgrad_streamk_scratch_bytes(const ConvDesc& d, const WgradStreamK& plan) {
-  return (size_t)std::max(plan.slots, 1) * d.K * d.R * d.R * d.C * sizeof(float);
+  return igemm_wgrad_scratch_bytes(d, plan.slots);  // a slab's partials per slot
 }
 
 size_t igemm_wgrad_scratch_bytes(const ConvDesc& d, int splits) {
